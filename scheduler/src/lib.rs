@@ -1,1 +1,30 @@
-//! placeholder
+//! berthd: the replicated scheduler.
+//!
+//! One replica keeps the cluster's whole state — jobs, nodes, allocations — in a raft-rs
+//! log stored in sled, applied by a deterministic state machine. The leader runs the
+//! scheduling loop (which calls the pure `berth-policies`), proposes its decisions through
+//! the log, and after they are applied dispatches launches to node agents over their gRPC
+//! streams. Nothing is acted on before it is durable in the log.
+//!
+//! # Layout
+//! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
+//! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
+//! - [`raft_log`]: raft-rs's slog records into tracing.
+//! - [`state_machine`]: `apply(Command)` over jobs and nodes; outcomes and effects.
+//! - [`output_path`]: `%j %x %u %N` expansion of output file patterns.
+//! - [`scheduling`]: the leader's loop: state → `policies::schedule` → `Allocate` command.
+//! - [`agents`]: the registry of connected agents and the dispatch of effects to them.
+//! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
+//! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
+//!   `berth dev`).
+#![deny(missing_docs)]
+
+pub mod agents;
+pub mod daemon;
+pub mod output_path;
+pub mod raft_log;
+pub mod raft_loop;
+pub mod scheduling;
+pub mod server;
+pub mod state_machine;
+pub mod storage;

@@ -1,0 +1,130 @@
+//! Wires one berthd replica together: the Raft thread, the leader's loops and the gRPC
+//! server, all stopped by one shutdown signal (a `watch` flipped to `true`).
+//!
+//! Used by the `berthd` binary and embedded by `berth dev`. The caller binds the listener,
+//! so it knows the address (port 0 picks a free one) before anything runs.
+
+use crate::agents::{dispatch_loop, liveness_loop, AgentRegistry};
+use crate::raft_loop::{RaftConfig, RaftHandle, StartError};
+use crate::scheduling::{scheduling_loop, PendingReasons};
+use crate::server::{Api, Shared};
+use crate::storage::StoreError;
+use berth_proto::v1::{agent_service_server::AgentServiceServer, job_service_server::JobServiceServer, node_service_server::NodeServiceServer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest gRPC message accepted (a job spec carries its script; Slurm's default limit on a
+/// batch script is 4 MiB, plus room for the environment).
+pub const MESSAGE_BYTES_MAX: usize = 8 << 20;
+
+/// How one replica runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Raft id, state directory, tick and snapshot threshold.
+    pub raft: RaftConfig,
+    /// Partition for jobs that name none.
+    pub default_partition: String,
+    /// A node whose agent stays away this long is marked down and its jobs NODE_FAIL.
+    pub node_timeout: Duration,
+    /// Longest time between two scheduling passes.
+    pub schedule_interval: Duration,
+}
+
+impl DaemonConfig {
+    /// Defaults for a single replica storing in `state_dir`.
+    pub fn new(state_dir: std::path::PathBuf) -> DaemonConfig {
+        DaemonConfig {
+            raft: RaftConfig::new(1, state_dir),
+            default_partition: "gpu".into(),
+            node_timeout: Duration::from_secs(60),
+            schedule_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The replica could not start (state directory unusable or corrupt).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The durable store failed while running.
+    #[error("raft storage failed: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The Raft thread panicked.
+    #[error("raft thread panicked")]
+    Panicked,
+}
+
+/// A running replica.
+pub struct Daemon {
+    raft: RaftHandle,
+    raft_thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Daemon {
+    /// Opens the state, starts Raft, the leader loops and the gRPC server on `listener`.
+    ///
+    /// # Errors
+    /// [`DaemonError::Start`] when the state directory cannot be used.
+    pub fn start(cfg: DaemonConfig, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) -> Result<Daemon, DaemonError> {
+        std::fs::create_dir_all(&cfg.raft.state_dir).map_err(|e| {
+            StartError::Store(StoreError::Corrupt {
+                path: cfg.raft.state_dir.display().to_string(),
+                detail: format!("cannot create state directory: {e}"),
+            })
+        })?;
+        let (raft, raft_thread) = RaftHandle::start(cfg.raft.clone())?;
+        let agents = Arc::new(AgentRegistry::default());
+        let reasons = Arc::new(PendingReasons::default());
+        tokio::spawn(dispatch_loop(raft.clone(), agents.clone(), shutdown.clone()));
+        tokio::spawn(liveness_loop(raft.clone(), agents.clone(), cfg.node_timeout, shutdown.clone()));
+        tokio::spawn(scheduling_loop(raft.clone(), reasons.clone(), cfg.schedule_interval, shutdown.clone()));
+        let api = Api(Arc::new(Shared { raft: raft.clone(), agents, reasons, default_partition: cfg.default_partition }));
+        let mut stop = shutdown;
+        let server = tonic::transport::Server::builder()
+            .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .add_service(NodeServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .add_service(AgentServiceServer::new(api).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        Ok(Daemon { raft, raft_thread, server: tokio::spawn(server) })
+    }
+
+    /// The Raft handle (state, leadership).
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Waits until this replica leads, or `timeout` passes.
+    pub async fn wait_leader(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.raft.is_leader() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Waits for the server to stop (after shutdown), then stops Raft after a final flush.
+    ///
+    /// # Errors
+    /// The server's or the store's failure.
+    pub async fn wait(self) -> Result<(), DaemonError> {
+        let served = self.server.await.unwrap_or(Ok(()));
+        self.raft.shutdown();
+        let thread = self.raft_thread;
+        let raft = tokio::task::spawn_blocking(move || thread.join()).await.map_err(|_| DaemonError::Panicked)?;
+        served?;
+        raft.map_err(|_| DaemonError::Panicked)??;
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! The leader's scheduling loop: read committed state, ask `berth-policies` where pending
+//! jobs go, and propose the answer as one `Allocate` command.
+//!
+//! The loop runs a pass when a job or node changes (it listens to applied effects) and at
+//! least every `interval`. It waits for each `Allocate` to be applied before the next pass,
+//! so it never proposes from state its own previous decision has not reached yet. Decisions
+//! carry the leader's term. Why a job stays pending is kept in memory ([`PendingReasons`])
+//! rather than in the log: it changes every pass and is derived from state anyway.
+
+use crate::raft_loop::RaftHandle;
+use crate::state_machine::{Effect, Outcome};
+use berth_policies as policies;
+use berth_proto::v1 as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why each pending job did not start in the last pass (Slurm's pending reasons).
+#[derive(Default)]
+pub struct PendingReasons(Mutex<HashMap<u64, String>>);
+
+impl PendingReasons {
+    /// The reason for `job_id`, if the last pass left it pending.
+    pub fn get(&self, job_id: u64) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&job_id).cloned()
+    }
+
+    fn replace(&self, reasons: HashMap<u64, String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reasons;
+    }
+}
+
+/// Runs scheduling passes while this replica leads, until `shutdown` fires.
+pub async fn scheduling_loop(
+    raft: RaftHandle,
+    reasons: Arc<PendingReasons>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cfg = policies::PolicyConfig::default();
+    let mut effects = raft.subscribe();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+            r = effects.recv() => {
+                // Only changes that can free or need resources warrant an early pass.
+                let wake = match r {
+                    Ok(a) => a.effects.iter().any(|e| matches!(e, Effect::JobChanged(_) | Effect::NodeChanged(_))),
+                    Err(_) => true,
+                };
+                if !wake { continue; }
+            }
+        }
+        if raft.is_leader() {
+            pass(&raft, &reasons, &cfg).await;
+        }
+    }
+}
+
+async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::PolicyConfig) {
+    let now = crate::server::now_ms();
+    let (cluster, pending) = {
+        let sm = raft.state();
+        (sm.cluster_view(), sm.pending_jobs())
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let schedule = policies::schedule(&cluster, &pending, cfg, now);
+    reasons.replace(schedule.unplaced.iter().map(|(id, _)| (*id, "Resources".to_string())).collect());
+    if schedule.decisions.is_empty() {
+        return;
+    }
+    let placements = schedule.decisions.iter().map(placement).collect();
+    let alloc = pb::Allocate { term: raft.term(), placements };
+    match raft.propose(crate::server::command(pb::command::Cmd::Allocate(alloc))).await {
+        Ok(Outcome::Done) => {}
+        Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
+        Err(e) => tracing::warn!("allocation not proposed: {e}"),
+    }
+}
+
+fn placement(d: &policies::Decision) -> pb::Placement {
+    let allocations = d
+        .nodes
+        .iter()
+        .map(|g| pb::Allocation {
+            node: g.node.clone(),
+            gpu_uuids: g.gpu_uuids.clone(),
+            gpu_indices: g.gpu_indices.clone(),
+            cpus: g.cpus,
+            mem_mb: g.mem_mb,
+        })
+        .collect();
+    pb::Placement { job_id: d.job_id, allocations }
+}

@@ -1,0 +1,475 @@
+//! The replicated state machine: jobs and nodes, changed only by [`apply`]ing commands
+//! taken from the Raft log.
+//!
+//! `apply` is deterministic: it reads no clock (time arrives inside the command), no RNG, no
+//! disk, and keeps every collection in a `BTreeMap`, so the same log replayed from empty
+//! gives byte-identical state ([`StateMachine::encode`]). It never trusts a command: a
+//! command that does not fit the current state (a cancel of a finished job, a placement on
+//! a GPU that is no longer free) is answered with an [`Outcome`] error and changes nothing.
+//!
+//! Besides the outcome returned to the proposer, `apply` emits [`Effect`]s: what the leader
+//! must tell agents (launch, kill, forget) and which jobs changed (for `Watch`). Followers
+//! compute the same effects and ignore them.
+//!
+//! [`apply`]: StateMachine::apply
+
+use berth_policies as policies;
+use berth_proto::v1::{self as pb, command::Cmd, JobState, NodeState};
+use prost::Message as _;
+
+/// What applying one command meant for its proposer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A job was accepted with this id.
+    Submitted(u64),
+    /// The command was applied.
+    Done,
+    /// The command was refused; nothing changed. The text is for the user.
+    Rejected(String),
+    /// The job id does not exist.
+    NoSuchJob(u64),
+}
+
+/// Work for the leader, or news for watchers, produced by a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start this job; the agent of `node` runs the batch script.
+    Launch {
+        /// Node whose agent runs the script (the first allocated node).
+        node: String,
+        /// The job as allocated.
+        job: Box<pb::Job>,
+    },
+    /// Stop this job on `node` and report it as `state`.
+    Kill {
+        /// Node running the job.
+        node: String,
+        /// The job.
+        job_id: u64,
+        /// State to report once it is dead.
+        state: JobState,
+        /// Why.
+        reason: String,
+    },
+    /// The job's end is recorded; the agent of `node` may forget it.
+    Ack {
+        /// Node that reported the end.
+        node: String,
+        /// The job.
+        job_id: u64,
+    },
+    /// A job changed (for `Watch` and for waking the scheduling loop).
+    JobChanged(u64),
+    /// A node changed (registered, went down).
+    NodeChanged(String),
+}
+
+/// Jobs and nodes at one applied index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateMachine {
+    applied_index: u64,
+    state: pb::StateSnapshot,
+}
+
+/// Result of [`StateMachine::apply`].
+pub type Applied = (Outcome, Vec<Effect>);
+
+impl StateMachine {
+    /// Restores the state encoded by [`StateMachine::encode`] at `index`.
+    ///
+    /// # Errors
+    /// The decode error when `bytes` is not a state snapshot.
+    pub fn restore(index: u64, bytes: &[u8]) -> Result<StateMachine, prost::DecodeError> {
+        Ok(StateMachine { applied_index: index, state: pb::StateSnapshot::decode(bytes)? })
+    }
+
+    /// The state as deterministic protobuf bytes (maps are ordered).
+    pub fn encode(&self) -> Vec<u8> {
+        self.state.encode_to_vec()
+    }
+
+    /// The index of the last applied command.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: u64) -> Option<&pb::Job> {
+        self.state.jobs.get(&id)
+    }
+
+    /// Every job, by id.
+    pub fn jobs(&self) -> impl Iterator<Item = &pb::Job> {
+        self.state.jobs.values()
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &pb::Node> {
+        self.state.nodes.values()
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&pb::Node> {
+        self.state.nodes.get(name)
+    }
+
+    /// Marks `index` applied without a command (Raft's empty and conf-change entries).
+    ///
+    /// # Panics
+    /// If `index` does not grow: entries are applied once, in order.
+    pub fn skip(&mut self, index: u64) {
+        self.advance(index);
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert!(index > self.applied_index, "applied index went from {} to {index}", self.applied_index);
+        self.applied_index = index;
+    }
+
+    /// Applies the command at log `index`.
+    ///
+    /// # Panics
+    /// If `index` does not grow, or if a GPU would be granted twice (which the checks here
+    /// rule out; the assertion guards the invariant).
+    pub fn apply(&mut self, index: u64, cmd: pb::Command) -> Applied {
+        self.advance(index);
+        let now = cmd.time_ms;
+        let Some(cmd) = cmd.cmd else { return (Outcome::Rejected("empty command".into()), vec![]) };
+        match cmd {
+            Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
+            Cmd::Cancel(c) => self.cancel(c.job_id, now),
+            Cmd::Hold(c) => self.hold(c.job_id, c.hold),
+            Cmd::RegisterNode(c) => self.register_node(c.inventory.unwrap_or_default(), now),
+            Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
+            Cmd::Allocate(c) => self.allocate(c, now),
+            Cmd::JobEnded(c) => self.job_ended(c, now),
+        }
+    }
+
+    fn submit(&mut self, spec: pb::JobSpec, now: u64) -> Applied {
+        if let Err(why) = validate_spec(&spec) {
+            return (Outcome::Rejected(why), vec![]);
+        }
+        let wanted = pending_view(0, &spec);
+        if let Err(why) = policies::feasible_when_idle(&self.cluster_view(), &wanted) {
+            let msg = format!("Requested node configuration is not available ({why})");
+            return (Outcome::Rejected(msg), vec![]);
+        }
+        let id = self.state.next_job_id.max(1);
+        self.state.next_job_id = id + 1;
+        let held = spec.hold;
+        let job = pb::Job {
+            id,
+            partition: spec.partition.clone(),
+            spec: Some(spec),
+            state: JobState::Pending as i32,
+            reason: if held { "JobHeldUser" } else { "None" }.into(),
+            submit_time_ms: now,
+            held,
+            ..Default::default()
+        };
+        self.state.jobs.insert(id, job);
+        (Outcome::Submitted(id), vec![Effect::JobChanged(id)])
+    }
+
+    fn cancel(&mut self, id: u64, now: u64) -> Applied {
+        let Some(job) = self.state.jobs.get_mut(&id) else { return (Outcome::NoSuchJob(id), vec![]) };
+        match job.state() {
+            JobState::Pending => {
+                job.state = JobState::Cancelled as i32;
+                job.end_time_ms = now;
+                job.reason = "None".into();
+                (Outcome::Done, vec![Effect::JobChanged(id)])
+            }
+            JobState::Running if !job.kill_requested => {
+                job.kill_requested = true;
+                let node = job.allocations[0].node.clone();
+                let kill = Effect::Kill { node, job_id: id, state: JobState::Cancelled, reason: "cancelled".into() };
+                (Outcome::Done, vec![kill, Effect::JobChanged(id)])
+            }
+            _ => (Outcome::Rejected("Job/step already completing or completed".into()), vec![]),
+        }
+    }
+
+    fn hold(&mut self, id: u64, hold: bool) -> Applied {
+        let Some(job) = self.state.jobs.get_mut(&id) else { return (Outcome::NoSuchJob(id), vec![]) };
+        if job.state() != JobState::Pending {
+            return (Outcome::Rejected("Job is no longer pending execution".into()), vec![]);
+        }
+        job.held = hold;
+        job.reason = if hold { "JobHeldUser" } else { "None" }.into();
+        (Outcome::Done, vec![Effect::JobChanged(id)])
+    }
+
+    fn register_node(&mut self, mut inv: pb::NodeInventory, now: u64) -> Applied {
+        if let Err(why) = validate_inventory(&inv) {
+            return (Outcome::Rejected(why), vec![]);
+        }
+        let name = inv.name.clone();
+        let old = self.state.nodes.remove(&name);
+        // GPUs keep their holder across re-registration: the agent re-attached to its jobs.
+        for gpu in &mut inv.gpus {
+            gpu.job_id = old.as_ref().and_then(|n| held_by(n, &gpu.uuid)).unwrap_or(0);
+        }
+        let (cpus_alloc, memory_alloc_mb) = old.as_ref().map(|n| (n.cpus_alloc, n.memory_alloc_mb)).unwrap_or((0, 0));
+        let node = pb::Node {
+            inventory: Some(inv),
+            state: NodeState::Up as i32,
+            reason: String::new(),
+            registered_time_ms: now,
+            cpus_alloc,
+            memory_alloc_mb,
+        };
+        self.state.nodes.insert(name.clone(), node);
+        (Outcome::Done, vec![Effect::NodeChanged(name)])
+    }
+
+    fn node_down(&mut self, name: &str, reason: &str, now: u64) -> Applied {
+        let Some(node) = self.state.nodes.get_mut(name) else {
+            return (Outcome::Rejected(format!("unknown node {name}")), vec![]);
+        };
+        node.state = NodeState::Down as i32;
+        node.reason = reason.to_string();
+        let mut effects = vec![Effect::NodeChanged(name.to_string())];
+        let victims: Vec<u64> = self
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running && j.allocations.iter().any(|a| a.node == name))
+            .map(|j| j.id)
+            .collect();
+        for id in victims {
+            let finished = pb::JobFinished {
+                state: JobState::NodeFail as i32,
+                reason: format!("node {name} down: {reason}"),
+                ..Default::default()
+            };
+            self.finish(id, &finished, now);
+            effects.push(Effect::JobChanged(id));
+        }
+        (Outcome::Done, effects)
+    }
+
+    fn allocate(&mut self, alloc: pb::Allocate, now: u64) -> Applied {
+        let mut effects = Vec::new();
+        let mut refused = Vec::new();
+        for placement in alloc.placements {
+            if let Err(why) = self.check_placement(&placement) {
+                refused.push(format!("job {}: {why}", placement.job_id));
+                continue;
+            }
+            self.place(&placement, alloc.term, now);
+            let job = &self.state.jobs[&placement.job_id];
+            effects.push(Effect::Launch { node: placement.allocations[0].node.clone(), job: Box::new(job.clone()) });
+            effects.push(Effect::JobChanged(placement.job_id));
+        }
+        if refused.is_empty() {
+            (Outcome::Done, effects)
+        } else {
+            (Outcome::Rejected(refused.join("; ")), effects)
+        }
+    }
+
+    /// Everything a placement needs must hold before anything changes (all-or-nothing).
+    fn check_placement(&self, p: &pb::Placement) -> Result<(), String> {
+        let job = self.state.jobs.get(&p.job_id).ok_or("no such job")?;
+        if job.state() != JobState::Pending || job.held {
+            return Err("not pending".into());
+        }
+        if p.allocations.is_empty() {
+            return Err("no nodes".into());
+        }
+        for a in &p.allocations {
+            let node = self.state.nodes.get(&a.node).ok_or_else(|| format!("unknown node {}", a.node))?;
+            if node.state() != NodeState::Up {
+                return Err(format!("node {} is down", a.node));
+            }
+            let inv = node.inventory.as_ref().ok_or("node without inventory")?;
+            if node.cpus_alloc + a.cpus > inv.cpus {
+                return Err(format!("node {} lacks CPUs", a.node));
+            }
+            for uuid in &a.gpu_uuids {
+                match inv.gpus.iter().find(|g| &g.uuid == uuid) {
+                    Some(g) if g.job_id == 0 => {}
+                    Some(g) => return Err(format!("GPU {uuid} is held by job {}", g.job_id)),
+                    None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, p: &pb::Placement, term: u64, now: u64) {
+        for a in &p.allocations {
+            let node = self.state.nodes.get_mut(&a.node).expect("checked");
+            node.cpus_alloc += a.cpus;
+            node.memory_alloc_mb += a.mem_mb;
+            let inv = node.inventory.as_mut().expect("checked");
+            for gpu in inv.gpus.iter_mut().filter(|g| a.gpu_uuids.contains(&g.uuid)) {
+                assert_eq!(gpu.job_id, 0, "GPU {} granted to job {} while held by {}", gpu.uuid, p.job_id, gpu.job_id);
+                gpu.job_id = p.job_id;
+            }
+        }
+        let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
+        job.state = JobState::Running as i32;
+        job.reason = "None".into();
+        job.start_time_ms = now;
+        job.term = term;
+        job.allocations = p.allocations.clone();
+        let spec = job.spec.clone().unwrap_or_default();
+        let node = &p.allocations[0].node;
+        job.stdout_path = crate::output_path::resolve(&spec, job.id, node, &spec.stdout, "slurm-%j.out");
+        let stderr = if spec.stderr.is_empty() { &spec.stdout } else { &spec.stderr };
+        job.stderr_path = crate::output_path::resolve(&spec, job.id, node, stderr, "slurm-%j.out");
+    }
+
+    fn job_ended(&mut self, ended: pb::JobEnded, now: u64) -> Applied {
+        let ack = Effect::Ack { node: ended.node.clone(), job_id: ended.job_id };
+        let Some(job) = self.state.jobs.get(&ended.job_id) else { return (Outcome::NoSuchJob(ended.job_id), vec![]) };
+        let runs_there = job.state() == JobState::Running && job.allocations.first().map(|a| &a.node) == Some(&ended.node);
+        if !runs_there {
+            // A duplicate report, or a job the agent ran after berthd gave up on it: nothing
+            // to record, but the agent may forget it.
+            return (Outcome::Done, vec![ack]);
+        }
+        let finished = ended.finished.unwrap_or_default();
+        if !matches!(
+            finished.state(),
+            JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::Timeout | JobState::OutOfMemory
+        ) {
+            return (Outcome::Rejected(format!("{:?} is not an end state", finished.state())), vec![]);
+        }
+        self.finish(ended.job_id, &finished, now);
+        (Outcome::Done, vec![ack, Effect::JobChanged(ended.job_id)])
+    }
+
+    /// Records the end of a running job and frees everything it held.
+    fn finish(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
+        let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        job.state = f.state;
+        job.exit_code = f.exit_code;
+        job.exit_signal = f.signal;
+        job.reason = if f.reason.is_empty() { "None".into() } else { f.reason.clone() };
+        job.end_time_ms = if f.end_time_ms > 0 { f.end_time_ms } else { now };
+        job.kill_requested = false;
+        for a in job.allocations.clone() {
+            let Some(node) = self.state.nodes.get_mut(&a.node) else { continue };
+            node.cpus_alloc = node.cpus_alloc.saturating_sub(a.cpus);
+            node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(a.mem_mb);
+            for gpu in node.inventory.iter_mut().flat_map(|i| i.gpus.iter_mut()).filter(|g| g.job_id == id) {
+                gpu.job_id = 0;
+            }
+        }
+    }
+
+    /// The cluster as placement sees it: nodes sorted by name, free resources now.
+    pub fn cluster_view(&self) -> policies::ClusterSnapshot {
+        let nodes = self
+            .state
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let inv = n.inventory.as_ref()?;
+                Some(policies::NodeView {
+                    name: inv.name.clone(),
+                    partition: inv.partition.clone(),
+                    up: n.state() == NodeState::Up,
+                    cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
+                    memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
+                    gpus: inv
+                        .gpus
+                        .iter()
+                        .map(|g| policies::GpuView {
+                            uuid: g.uuid.clone(),
+                            index: g.index,
+                            gres_type: g.gres_type.clone(),
+                            free: g.job_id == 0,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        policies::ClusterSnapshot { nodes }
+    }
+
+    /// Jobs ready to be placed, FIFO by id (held jobs wait for release).
+    pub fn pending_jobs(&self) -> Vec<policies::PendingJob> {
+        self.state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Pending && !j.held)
+            .map(|j| pending_view(j.id, j.spec.as_ref().expect("jobs have specs")))
+            .collect()
+    }
+}
+
+fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
+    node.inventory.as_ref()?.gpus.iter().find(|g| g.uuid == uuid).map(|g| g.job_id)
+}
+
+/// One node's share of a job, as placement needs it.
+pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
+    let nodes = spec.nodes.max(1);
+    let tasks_per_node = spec.ntasks.max(1).div_ceil(nodes);
+    policies::PendingJob {
+        id,
+        partition: spec.partition.clone(),
+        nodes,
+        gpus_per_node: spec.gpus_per_node,
+        gpu_type: spec.gpu_type.clone(),
+        cpus_per_node: tasks_per_node * spec.cpus_per_task.max(1),
+        mem_per_node_mb: spec.mem_mb,
+    }
+}
+
+/// Limits on what one submit may carry; larger requests are refused whole.
+const SCRIPT_BYTES_MAX: usize = 4 << 20;
+
+fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
+    if !spec.script.starts_with("#!") {
+        return Err("batch script must start with #! followed by the path to an interpreter".into());
+    }
+    if spec.script.len() > SCRIPT_BYTES_MAX {
+        return Err(format!("batch script is {} bytes, the limit is {SCRIPT_BYTES_MAX}", spec.script.len()));
+    }
+    if spec.name.is_empty() || spec.partition.is_empty() || spec.work_dir.is_empty() {
+        return Err("job name, partition and work dir must be set".into());
+    }
+    if spec.nodes == 0 || spec.ntasks == 0 || spec.cpus_per_task == 0 {
+        return Err("nodes, ntasks and cpus-per-task must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Checks an agent's inventory; a bad one is refused before it can touch state.
+///
+/// # Errors
+/// A message naming the first problem found.
+pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
+    let name_ok = !inv.name.is_empty()
+        && inv.name.len() <= 64
+        && inv.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !name_ok {
+        return Err(format!("invalid node name {:?}", inv.name));
+    }
+    if inv.partition.is_empty() {
+        return Err("node has no partition".into());
+    }
+    if inv.cpus == 0 {
+        return Err("node reports 0 CPUs".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for g in &inv.gpus {
+        if g.uuid.is_empty() || !seen.insert(&g.uuid) {
+            return Err(format!("GPU uuid {:?} is empty or repeated", g.uuid));
+        }
+        if g.job_id != 0 {
+            return Err("agents may not assign GPUs to jobs".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "state_machine_tests.rs"]
+mod tests;
