@@ -116,6 +116,13 @@ pub fn compress(hosts: &[String]) -> String {
     parts.join(",")
 }
 
+/// A sort key that orders host names as Slurm does: by prefix, then by number
+/// (`n2` before `n10`), then by padding.
+pub fn natural_key(name: &str) -> (String, Option<u64>, usize) {
+    let HostName { prefix, number, digits } = HostName::new(name);
+    (prefix, number, digits)
+}
+
 /// Compresses numbers the way Slurm prints GPU indexes (`IDX:0-2,5`): sorted, deduplicated,
 /// consecutive runs joined with `-`.
 pub fn compress_numbers(numbers: &[u32]) -> String {

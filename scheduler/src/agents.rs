@@ -42,7 +42,10 @@ impl AgentRegistry {
     pub fn attach(&self, node: &str, tx: AgentSender) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock_conns().insert(node.to_string(), Conn { id, tx });
-        self.away_since.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+        self.away_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         id
     }
 
@@ -51,7 +54,10 @@ impl AgentRegistry {
         let mut conns = self.lock_conns();
         if conns.get(node).is_some_and(|c| c.id == conn) {
             conns.remove(node);
-            self.away_since.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), Instant::now());
+            self.away_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.to_string(), Instant::now());
         }
     }
 
@@ -64,8 +70,15 @@ impl AgentRegistry {
     /// (the agent will get the message again through [`reconcile`] when it re-attaches).
     pub fn send(&self, node: &str, msg: Msg, term: u64) -> bool {
         let conns = self.lock_conns();
-        let Some(conn) = conns.get(node) else { return false };
-        conn.tx.try_send(Ok(pb::ServerMessage { term, msg: Some(msg) })).is_ok()
+        let Some(conn) = conns.get(node) else {
+            return false;
+        };
+        conn.tx
+            .try_send(Ok(pb::ServerMessage {
+                term,
+                msg: Some(msg),
+            }))
+            .is_ok()
     }
 
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conn>> {
@@ -80,7 +93,11 @@ impl AgentRegistry {
 }
 
 /// Forwards the effects of applied commands to agents while this replica leads.
-pub async fn dispatch_loop(raft: RaftHandle, agents: std::sync::Arc<AgentRegistry>, mut shutdown: watch::Receiver<bool>) {
+pub async fn dispatch_loop(
+    raft: RaftHandle,
+    agents: std::sync::Arc<AgentRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut effects = raft.subscribe();
     loop {
         let applied = tokio::select! {
@@ -104,10 +121,25 @@ pub async fn dispatch_loop(raft: RaftHandle, agents: std::sync::Arc<AgentRegistr
         for effect in &applied.effects {
             match effect {
                 Effect::Launch { node, job } => {
-                    agents.send(node, Msg::Launch(pb::LaunchJob { job: Some((**job).clone()) }), term);
+                    agents.send(
+                        node,
+                        Msg::Launch(pb::LaunchJob {
+                            job: Some((**job).clone()),
+                        }),
+                        term,
+                    );
                 }
-                Effect::Kill { node, job_id, state, reason } => {
-                    let kill = pb::KillJob { job_id: *job_id, state: *state as i32, reason: reason.clone() };
+                Effect::Kill {
+                    node,
+                    job_id,
+                    state,
+                    reason,
+                } => {
+                    let kill = pb::KillJob {
+                        job_id: *job_id,
+                        state: *state as i32,
+                        reason: reason.clone(),
+                    };
                     agents.send(node, Msg::Kill(kill), term);
                 }
                 Effect::Ack { node, job_id } => {
@@ -124,7 +156,11 @@ fn resend_all(raft: &RaftHandle, agents: &AgentRegistry) {
         let sm = raft.state();
         sm.nodes()
             .filter_map(|n| n.inventory.as_ref().map(|i| i.name.clone()))
-            .flat_map(|node| reconcile(&sm, &node, &[]).into_iter().map(move |m| (node.clone(), m)))
+            .flat_map(|node| {
+                reconcile(&sm, &node, &[])
+                    .into_iter()
+                    .map(move |m| (node.clone(), m))
+            })
             .collect()
     };
     let term = raft.term();
@@ -139,7 +175,9 @@ fn resend_all(raft: &RaftHandle, agents: &AgentRegistry) {
 /// Reported *finished* jobs are not handled here: the caller proposes their `JobEnded`.
 pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Vec<Msg> {
     let mut out = Vec::new();
-    let running_here = |j: &pb::Job| j.state() == JobState::Running && j.allocations.first().is_some_and(|a| a.node == node);
+    let running_here = |j: &pb::Job| {
+        j.state() == JobState::Running && j.allocations.first().is_some_and(|a| a.node == node)
+    };
     for ev in reported {
         if !matches!(ev.event, Some(job_event::Event::Started(_))) {
             continue;
@@ -152,19 +190,29 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
             }
             // The agent runs a job berthd ended (node declared down meanwhile, or it was
             // never allocated here): stop it, so no job ever runs twice.
-            _ => out.push(kill(ev.job_id, JobState::Failed, "berthd no longer runs this job on this node")),
+            _ => out.push(kill(
+                ev.job_id,
+                JobState::Failed,
+                "berthd no longer runs this job on this node",
+            )),
         }
     }
     for job in sm.jobs().filter(|j| running_here(j)) {
         if !reported.iter().any(|ev| ev.job_id == job.id) {
-            out.push(Msg::Launch(pb::LaunchJob { job: Some(job.clone()) }));
+            out.push(Msg::Launch(pb::LaunchJob {
+                job: Some(job.clone()),
+            }));
         }
     }
     out
 }
 
 fn kill(job_id: u64, state: JobState, reason: &str) -> Msg {
-    Msg::Kill(pb::KillJob { job_id, state: state as i32, reason: reason.to_string() })
+    Msg::Kill(pb::KillJob {
+        job_id,
+        state: state as i32,
+        reason: reason.to_string(),
+    })
 }
 
 /// While leading, proposes `NodeDown` for every up node whose agent has been away longer

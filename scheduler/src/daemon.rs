@@ -9,7 +9,10 @@ use crate::raft_loop::{RaftConfig, RaftHandle, StartError};
 use crate::scheduling::{scheduling_loop, PendingReasons};
 use crate::server::{Api, Shared};
 use crate::storage::StoreError;
-use berth_proto::v1::{agent_service_server::AgentServiceServer, job_service_server::JobServiceServer, node_service_server::NodeServiceServer};
+use berth_proto::v1::{
+    agent_service_server::AgentServiceServer, job_service_server::JobServiceServer,
+    node_service_server::NodeServiceServer,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -72,7 +75,11 @@ impl Daemon {
     ///
     /// # Errors
     /// [`DaemonError::Start`] when the state directory cannot be used.
-    pub fn start(cfg: DaemonConfig, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) -> Result<Daemon, DaemonError> {
+    pub fn start(
+        cfg: DaemonConfig,
+        listener: tokio::net::TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Daemon, DaemonError> {
         std::fs::create_dir_all(&cfg.raft.state_dir).map_err(|e| {
             StartError::Store(StoreError::Corrupt {
                 path: cfg.raft.state_dir.display().to_string(),
@@ -82,19 +89,49 @@ impl Daemon {
         let (raft, raft_thread) = RaftHandle::start(cfg.raft.clone())?;
         let agents = Arc::new(AgentRegistry::default());
         let reasons = Arc::new(PendingReasons::default());
-        tokio::spawn(dispatch_loop(raft.clone(), agents.clone(), shutdown.clone()));
-        tokio::spawn(liveness_loop(raft.clone(), agents.clone(), cfg.node_timeout, shutdown.clone()));
-        tokio::spawn(scheduling_loop(raft.clone(), reasons.clone(), cfg.schedule_interval, shutdown.clone()));
-        let api = Api(Arc::new(Shared { raft: raft.clone(), agents, reasons, default_partition: cfg.default_partition }));
+        tokio::spawn(dispatch_loop(
+            raft.clone(),
+            agents.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(liveness_loop(
+            raft.clone(),
+            agents.clone(),
+            cfg.node_timeout,
+            shutdown.clone(),
+        ));
+        tokio::spawn(scheduling_loop(
+            raft.clone(),
+            reasons.clone(),
+            cfg.schedule_interval,
+            shutdown.clone(),
+        ));
+        let api = Api(Arc::new(Shared {
+            raft: raft.clone(),
+            agents,
+            reasons,
+            default_partition: cfg.default_partition,
+        }));
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()
-            .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX))
-            .add_service(NodeServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .add_service(
+                JobServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                NodeServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
+            )
             .add_service(AgentServiceServer::new(api).max_decoding_message_size(MESSAGE_BYTES_MAX))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-        Ok(Daemon { raft, raft_thread, server: tokio::spawn(server) })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            );
+        Ok(Daemon {
+            raft,
+            raft_thread,
+            server: tokio::spawn(server),
+        })
     }
 
     /// The Raft handle (state, leadership).
@@ -122,7 +159,9 @@ impl Daemon {
         let served = self.server.await.unwrap_or(Ok(()));
         self.raft.shutdown();
         let thread = self.raft_thread;
-        let raft = tokio::task::spawn_blocking(move || thread.join()).await.map_err(|_| DaemonError::Panicked)?;
+        let raft = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| DaemonError::Panicked)?;
         served?;
         raft.map_err(|_| DaemonError::Panicked)??;
         Ok(())

@@ -1,1 +1,75 @@
-fn main() {}
+//! `berthd`: one replica of the berth scheduler (a single voter until Raft HA lands).
+
+use anyhow::Context as _;
+use berth_scheduler::daemon::{Daemon, DaemonConfig};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// berthd: the Raft-replicated berth scheduler.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Raft id of this replica.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// gRPC address for clients and agents.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// Directory holding the Raft log, hard state and snapshots (created if missing).
+    #[arg(long, default_value = "/var/lib/berth")]
+    state_dir: PathBuf,
+    /// Partition for jobs that do not name one.
+    #[arg(long, default_value = "gpu")]
+    default_partition: String,
+    /// Seconds an agent may stay away before its node is marked down.
+    #[arg(long, default_value_t = 60)]
+    node_timeout_secs: u64,
+    /// Snapshot and compact the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut cfg = DaemonConfig::new(args.state_dir.clone());
+    cfg.raft.id = args.id;
+    cfg.raft.snapshot_entries = args.snapshot_entries.max(1);
+    cfg.default_partition = args.default_partition;
+    cfg.node_timeout = Duration::from_secs(args.node_timeout_secs.max(1));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let daemon = Daemon::start(cfg, listener, stop_rx)
+        .with_context(|| format!("cannot start on state dir {}", args.state_dir.display()))?;
+    tracing::info!(
+        "berthd listening on {} (state in {})",
+        args.listen,
+        args.state_dir.display()
+    );
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    daemon.wait().await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: the one signal that starts a graceful shutdown.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -44,7 +44,12 @@ mod tests {
 
     #[test]
     fn patterns_expand() {
-        let spec = JobSpec { name: "train".into(), user: "ana".into(), work_dir: "/home/ana/".into(), ..Default::default() };
+        let spec = JobSpec {
+            name: "train".into(),
+            user: "ana".into(),
+            work_dir: "/home/ana/".into(),
+            ..Default::default()
+        };
         let cases = [
             ("", "/home/ana/slurm-42.out"),
             ("%x-%j.log", "/home/ana/train-42.log"),

@@ -41,7 +41,12 @@ pub struct RaftConfig {
 impl RaftConfig {
     /// Defaults for replica `id` storing in `state_dir`.
     pub fn new(id: u64, state_dir: PathBuf) -> RaftConfig {
-        RaftConfig { id, state_dir, tick: Duration::from_millis(100), snapshot_entries: 10_000 }
+        RaftConfig {
+            id,
+            state_dir,
+            tick: Duration::from_millis(100),
+            snapshot_entries: 10_000,
+        }
     }
 }
 
@@ -117,7 +122,9 @@ impl RaftHandle {
     ///
     /// # Errors
     /// [`StartError`] when the store is missing pieces, corrupt, or raft-rs refuses it.
-    pub fn start(cfg: RaftConfig) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
+    pub fn start(
+        cfg: RaftConfig,
+    ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
         let store = SledStorage::open(&cfg.state_dir, &[cfg.id])?;
         let (sm, applied) = match store.latest_snapshot()? {
             Some(snap) => {
@@ -138,9 +145,17 @@ impl RaftHandle {
             ..Default::default()
         };
         raft_cfg.validate()?;
-        let logger = slog::Logger::root(crate::raft_log::TracingDrain, slog::o!("raft_id" => cfg.id));
+        let logger =
+            slog::Logger::root(crate::raft_log::TracingDrain, slog::o!("raft_id" => cfg.id));
         let mut node = RawNode::new(&raft_cfg, store, &logger)?;
-        let voters = node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+        let voters = node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .collect::<Vec<_>>();
         if voters == [cfg.id] {
             // The only voter needs no election timeout to know it wins.
             node.campaign()?;
@@ -154,8 +169,18 @@ impl RaftHandle {
             status: Arc::new(Status::default()),
             shutdown: Arc::new(AtomicBool::new(false)),
         };
-        let mut driver = Driver { node, rx, handle: handle.clone(), cfg, waiting: HashMap::new(), next_proposal: 1 };
-        let thread = std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).expect("spawn raft thread");
+        let mut driver = Driver {
+            node,
+            rx,
+            handle: handle.clone(),
+            cfg,
+            waiting: HashMap::new(),
+            next_proposal: 1,
+        };
+        let thread = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || driver.run())
+            .expect("spawn raft thread");
         Ok((handle, thread))
     }
 
@@ -235,7 +260,8 @@ impl Driver {
                 Ok(first) => {
                     self.propose(first);
                     // Everything already queued joins this ready: one fsync for the batch.
-                    let queued: Vec<Proposal> = self.rx.try_iter().take(PROPOSALS_BATCH_MAX).collect();
+                    let queued: Vec<Proposal> =
+                        self.rx.try_iter().take(PROPOSALS_BATCH_MAX).collect();
                     for p in queued {
                         self.propose(p);
                     }
@@ -255,7 +281,10 @@ impl Driver {
     fn propose(&mut self, p: Proposal) {
         let id = self.next_proposal;
         self.next_proposal += 1;
-        match self.node.propose(id.to_be_bytes().to_vec(), p.cmd.encode_to_vec()) {
+        match self
+            .node
+            .propose(id.to_be_bytes().to_vec(), p.cmd.encode_to_vec())
+        {
             Ok(()) => {
                 self.waiting.insert(id, p.reply);
             }
@@ -277,9 +306,11 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.node.store().apply_snapshot(&snap)?;
-            let sm = StateMachine::restore(snap.get_metadata().index, &snap.data).map_err(|e| StoreError::Corrupt {
-                path: self.cfg.state_dir.display().to_string(),
-                detail: format!("snapshot from leader: {e}"),
+            let sm = StateMachine::restore(snap.get_metadata().index, &snap.data).map_err(|e| {
+                StoreError::Corrupt {
+                    path: self.cfg.state_dir.display().to_string(),
+                    detail: format!("snapshot from leader: {e}"),
+                }
             })?;
             *self.handle.state.write().unwrap_or_else(|e| e.into_inner()) = sm;
         }
@@ -306,11 +337,18 @@ impl Driver {
     }
 
     fn send(&self, msgs: Vec<Message>) {
-        assert!(msgs.is_empty(), "single-voter replica {} asked to send {} raft messages", self.cfg.id, msgs.len());
+        assert!(
+            msgs.is_empty(),
+            "single-voter replica {} asked to send {} raft messages",
+            self.cfg.id,
+            msgs.len()
+        );
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
-        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
         let state = self.handle.state.clone();
         {
             let mut sm = state.write().unwrap_or_else(|e| e.into_inner());
@@ -334,11 +372,17 @@ impl Driver {
                 // the entry is skipped identically on every replica and at every replay.
                 tracing::error!(index = entry.index, "undecodable command in the log: {e}");
                 sm.skip(entry.index);
-                (Outcome::Rejected(format!("undecodable command: {e}")), vec![])
+                (
+                    Outcome::Rejected(format!("undecodable command: {e}")),
+                    vec![],
+                )
             }
         };
         if !effects.is_empty() {
-            let _ = self.handle.effects.send(Arc::new(AppliedEffects { index: entry.index, effects }));
+            let _ = self.handle.effects.send(Arc::new(AppliedEffects {
+                index: entry.index,
+                effects,
+            }));
         }
         if entry.context.len() == 8 {
             let id = u64::from_be_bytes(entry.context[..8].try_into().expect("8 bytes"));
@@ -363,7 +407,10 @@ impl Driver {
     fn publish_status(&self) {
         let raft = &self.node.raft;
         self.handle.status.term.store(raft.term, Ordering::Release);
-        self.handle.status.leader.store(raft.state == StateRole::Leader, Ordering::Release);
+        self.handle
+            .status
+            .leader
+            .store(raft.state == StateRole::Leader, Ordering::Release);
     }
 }
 
@@ -382,12 +429,25 @@ mod tests {
             cpus_per_task: 1,
             ..Default::default()
         };
-        pb::Command { time_ms: 1, cmd: Some(pb::command::Cmd::Submit(pb::SubmitJob { spec: Some(spec) })) }
+        pb::Command {
+            time_ms: 1,
+            cmd: Some(pb::command::Cmd::Submit(pb::SubmitJob { spec: Some(spec) })),
+        }
     }
 
     fn node() -> pb::Command {
-        let inv = pb::NodeInventory { name: "n1".into(), partition: "gpu".into(), cpus: 8, ..Default::default() };
-        pb::Command { time_ms: 1, cmd: Some(pb::command::Cmd::RegisterNode(pb::RegisterNode { inventory: Some(inv) })) }
+        let inv = pb::NodeInventory {
+            name: "n1".into(),
+            partition: "gpu".into(),
+            cpus: 8,
+            ..Default::default()
+        };
+        pb::Command {
+            time_ms: 1,
+            cmd: Some(pb::command::Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv),
+            })),
+        }
     }
 
     async fn wait_leader(h: &RaftHandle) {
@@ -430,7 +490,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(h.state().encode(), before);
-        assert_eq!(h.propose(submit("after")).await.unwrap(), Outcome::Submitted(13));
+        assert_eq!(
+            h.propose(submit("after")).await.unwrap(),
+            Outcome::Submitted(13)
+        );
         h.shutdown();
         thread.join().unwrap().unwrap();
     }

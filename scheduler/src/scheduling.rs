@@ -23,7 +23,11 @@ pub struct PendingReasons(Mutex<HashMap<u64, String>>);
 impl PendingReasons {
     /// The reason for `job_id`, if the last pass left it pending.
     pub fn get(&self, job_id: u64) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&job_id).cloned()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job_id)
+            .cloned()
     }
 
     fn replace(&self, reasons: HashMap<u64, String>) {
@@ -70,13 +74,25 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::Polic
         return;
     }
     let schedule = policies::schedule(&cluster, &pending, cfg, now);
-    reasons.replace(schedule.unplaced.iter().map(|(id, _)| (*id, "Resources".to_string())).collect());
+    reasons.replace(
+        schedule
+            .unplaced
+            .iter()
+            .map(|(id, _)| (*id, "Resources".to_string()))
+            .collect(),
+    );
     if schedule.decisions.is_empty() {
         return;
     }
     let placements = schedule.decisions.iter().map(placement).collect();
-    let alloc = pb::Allocate { term: raft.term(), placements };
-    match raft.propose(crate::server::command(pb::command::Cmd::Allocate(alloc))).await {
+    let alloc = pb::Allocate {
+        term: raft.term(),
+        placements,
+    };
+    match raft
+        .propose(crate::server::command(pb::command::Cmd::Allocate(alloc)))
+        .await
+    {
         Ok(Outcome::Done) => {}
         Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
         Err(e) => tracing::warn!("allocation not proposed: {e}"),
@@ -95,5 +111,8 @@ fn placement(d: &policies::Decision) -> pb::Placement {
             mem_mb: g.mem_mb,
         })
         .collect();
-    pb::Placement { job_id: d.job_id, allocations }
+    pb::Placement {
+        job_id: d.job_id,
+        allocations,
+    }
 }

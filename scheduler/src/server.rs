@@ -11,7 +11,9 @@ use crate::agents::{reconcile, AgentRegistry, AgentSender};
 use crate::raft_loop::{ProposeError, RaftHandle};
 use crate::scheduling::PendingReasons;
 use crate::state_machine::{validate_inventory, Effect, Outcome};
-use berth_proto::v1::{self as pb, agent_message, command::Cmd, job_event, server_message::Msg, JobState};
+use berth_proto::v1::{
+    self as pb, agent_message, command::Cmd, job_event, server_message::Msg, JobState,
+};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +23,18 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Milliseconds since the Unix epoch: the leader's clock, stamped into commands.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A command stamped with the leader's clock.
 pub fn command(cmd: Cmd) -> pb::Command {
-    pb::Command { time_ms: now_ms(), cmd: Some(cmd) }
+    pb::Command {
+        time_ms: now_ms(),
+        cmd: Some(cmd),
+    }
 }
 
 /// What the services share.
@@ -51,7 +59,11 @@ fn propose_status(e: ProposeError) -> Status {
 
 impl Api {
     async fn propose(&self, cmd: Cmd) -> Result<Outcome, Status> {
-        self.0.raft.propose(command(cmd)).await.map_err(propose_status)
+        self.0
+            .raft
+            .propose(command(cmd))
+            .await
+            .map_err(propose_status)
     }
 
     /// A job as users see it: with the scheduler's current pending reason.
@@ -78,46 +90,76 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for Api {
-    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        let mut spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("submit without a job spec"))?;
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let mut spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("submit without a job spec"))?;
         if spec.partition.is_empty() {
             spec.partition = self.0.default_partition.clone();
         }
-        match self.propose(Cmd::Submit(pb::SubmitJob { spec: Some(spec) })).await? {
+        match self
+            .propose(Cmd::Submit(pb::SubmitJob { spec: Some(spec) }))
+            .await?
+        {
             Outcome::Submitted(job_id) => Ok(Response::new(pb::SubmitResponse { job_id })),
             Outcome::Rejected(why) => Err(Status::invalid_argument(why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
 
-    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
         let job_id = req.into_inner().job_id;
         outcome_status(self.propose(Cmd::Cancel(pb::CancelJob { job_id })).await?)?;
         Ok(Response::new(pb::CancelResponse {}))
     }
 
-    async fn hold(&self, req: Request<pb::HoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
+    async fn hold(
+        &self,
+        req: Request<pb::HoldRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
         let r = req.into_inner();
-        outcome_status(self.propose(Cmd::Hold(pb::HoldJob { job_id: r.job_id, hold: r.hold })).await?)?;
+        outcome_status(
+            self.propose(Cmd::Hold(pb::HoldJob {
+                job_id: r.job_id,
+                hold: r.hold,
+            }))
+            .await?,
+        )?;
         Ok(Response::new(pb::HoldResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = req.into_inner().job_id;
         let sm = self.0.raft.state();
-        let job = sm.job(id).ok_or_else(|| Status::not_found("Invalid job id specified"))?;
+        let job = sm
+            .job(id)
+            .ok_or_else(|| Status::not_found("Invalid job id specified"))?;
         Ok(Response::new(self.view(job)))
     }
 
-    async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
         let sm = self.0.raft.state();
         let jobs = sm
             .jobs()
             .filter(|j| r.job_ids.is_empty() || r.job_ids.contains(&j.id))
-            .filter(|j| r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user)))
+            .filter(|j| {
+                r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user))
+            })
             .filter(|j| r.states.is_empty() || r.states.contains(&j.state))
-            .filter(|j| r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running))
+            .filter(|j| {
+                r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
+            })
             .map(|j| self.view(j))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
@@ -125,12 +167,22 @@ impl pb::job_service_server::JobService for Api {
 
     type WatchStream = BoxStream<pb::Job>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let ids = req.into_inner().job_ids;
         let wanted = move |id: u64| ids.is_empty() || ids.contains(&id);
         // Subscribe before reading the current state, so no change falls between the two.
         let mut effects = self.0.raft.subscribe();
-        let current: Vec<pb::Job> = self.0.raft.state().jobs().filter(|j| wanted(j.id)).map(|j| self.view(j)).collect();
+        let current: Vec<pb::Job> = self
+            .0
+            .raft
+            .state()
+            .jobs()
+            .filter(|j| wanted(j.id))
+            .map(|j| self.view(j))
+            .collect();
         let (tx, rx) = mpsc::channel(256);
         let api = self.clone();
         tokio::spawn(async move {
@@ -153,7 +205,9 @@ impl pb::job_service_server::JobService for Api {
                     }
                 }
             }
-            let _ = tx.send(Err(Status::data_loss("watch fell behind; watch again"))).await;
+            let _ = tx
+                .send(Err(Status::data_loss("watch fell behind; watch again")))
+                .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -161,7 +215,10 @@ impl pb::job_service_server::JobService for Api {
 
 #[tonic::async_trait]
 impl pb::node_service_server::NodeService for Api {
-    async fn list(&self, _req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let nodes = self.0.raft.state().nodes().cloned().collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
@@ -174,15 +231,26 @@ const REGISTER_WAIT: Duration = Duration::from_secs(10);
 impl pb::agent_service_server::AgentService for Api {
     type AttachStream = BoxStream<pb::ServerMessage>;
 
-    async fn attach(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_WAIT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Register within 10s"))??;
-        let Some(pb::AgentMessage { msg: Some(agent_message::Msg::Register(reg)) }) = first else {
-            return Err(Status::invalid_argument("the first message on an agent stream must be Register"));
+        let Some(pb::AgentMessage {
+            msg: Some(agent_message::Msg::Register(reg)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message on an agent stream must be Register",
+            ));
         };
-        let inv = reg.inventory.clone().ok_or_else(|| Status::invalid_argument("Register without inventory"))?;
+        let inv = reg
+            .inventory
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("Register without inventory"))?;
         validate_inventory(&inv).map_err(Status::invalid_argument)?;
         for ev in &reg.jobs {
             validate_event(ev).map_err(Status::invalid_argument)?;
@@ -190,14 +258,28 @@ impl pb::agent_service_server::AgentService for Api {
         if !self.0.raft.is_leader() {
             return Err(Status::unavailable("this berthd replica is not the leader"));
         }
-        match self.propose(Cmd::RegisterNode(pb::RegisterNode { inventory: Some(inv.clone()) })).await? {
+        match self
+            .propose(Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv.clone()),
+            }))
+            .await?
+        {
             Outcome::Done => {}
-            other => return Err(Status::invalid_argument(format!("registration refused: {other:?}"))),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "registration refused: {other:?}"
+                )))
+            }
         }
         let node = inv.name;
         let (tx, rx) = mpsc::channel(1024);
         let conn = self.0.agents.attach(&node, tx.clone());
-        tracing::info!(node, gpus = inv.gpus.len(), jobs = reg.jobs.len(), "agent attached");
+        tracing::info!(
+            node,
+            gpus = inv.gpus.len(),
+            jobs = reg.jobs.len(),
+            "agent attached"
+        );
         let api = self.clone();
         tokio::spawn(async move {
             api.after_register(&node, &tx, reg.jobs).await;
@@ -216,8 +298,15 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
     match &ev.event {
         Some(job_event::Event::Started(_)) => Ok(()),
         Some(job_event::Event::Finished(f)) => match f.state() {
-            JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::Timeout | JobState::OutOfMemory => Ok(()),
-            other => Err(format!("job {} finished in non-final state {other:?}", ev.job_id)),
+            JobState::Completed
+            | JobState::Failed
+            | JobState::Cancelled
+            | JobState::Timeout
+            | JobState::OutOfMemory => Ok(()),
+            other => Err(format!(
+                "job {} finished in non-final state {other:?}",
+                ev.job_id
+            )),
         },
         None => Err(format!("job event for job {} without an event", ev.job_id)),
     }
@@ -226,10 +315,20 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
 impl Api {
     async fn after_register(&self, node: &str, tx: &AgentSender, jobs: Vec<pb::JobEvent>) {
         let term = self.0.raft.term();
-        let _ = tx.send(Ok(pb::ServerMessage { term, msg: Some(Msg::Registered(pb::Registered { node: node.into() })) })).await;
+        let _ = tx
+            .send(Ok(pb::ServerMessage {
+                term,
+                msg: Some(Msg::Registered(pb::Registered { node: node.into() })),
+            }))
+            .await;
         let msgs = reconcile(&self.0.raft.state(), node, &jobs);
         for msg in msgs {
-            let _ = tx.send(Ok(pb::ServerMessage { term, msg: Some(msg) })).await;
+            let _ = tx
+                .send(Ok(pb::ServerMessage {
+                    term,
+                    msg: Some(msg),
+                }))
+                .await;
         }
         for ev in jobs {
             if let Some(job_event::Event::Finished(f)) = ev.event {
@@ -238,7 +337,12 @@ impl Api {
         }
     }
 
-    async fn serve_agent(&self, node: &str, tx: &AgentSender, mut inbound: Streaming<pb::AgentMessage>) {
+    async fn serve_agent(
+        &self,
+        node: &str,
+        tx: &AgentSender,
+        mut inbound: Streaming<pb::AgentMessage>,
+    ) {
         while let Some(msg) = inbound.next().await {
             let msg = match msg {
                 Ok(m) => m,
@@ -255,28 +359,51 @@ impl Api {
                         return;
                     }
                     match ev.event {
-                        Some(job_event::Event::Finished(f)) => self.job_finished(node, ev.job_id, f, tx).await,
-                        Some(job_event::Event::Started(s)) => tracing::debug!(node, job = ev.job_id, pid = s.pid, "started"),
+                        Some(job_event::Event::Finished(f)) => {
+                            self.job_finished(node, ev.job_id, f, tx).await
+                        }
+                        Some(job_event::Event::Started(s)) => {
+                            tracing::debug!(node, job = ev.job_id, pid = s.pid, "started")
+                        }
                         None => {}
                     }
                 }
                 Some(agent_message::Msg::Register(_)) | None => {
-                    let _ = tx.send(Err(Status::invalid_argument("unexpected message: Register only opens a stream"))).await;
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "unexpected message: Register only opens a stream",
+                        )))
+                        .await;
                     return;
                 }
             }
         }
     }
 
-    async fn job_finished(&self, node: &str, job_id: u64, finished: pb::JobFinished, tx: &AgentSender) {
+    async fn job_finished(
+        &self,
+        node: &str,
+        job_id: u64,
+        finished: pb::JobFinished,
+        tx: &AgentSender,
+    ) {
         if self.0.raft.state().job(job_id).is_none() {
             // Never a berth job: tell the agent to forget it, and keep it out of the log.
             tracing::warn!(node, job_id, "agent reported an unknown job");
             let ack = Msg::Ack(pb::AckJob { job_id });
-            let _ = tx.send(Ok(pb::ServerMessage { term: self.0.raft.term(), msg: Some(ack) })).await;
+            let _ = tx
+                .send(Ok(pb::ServerMessage {
+                    term: self.0.raft.term(),
+                    msg: Some(ack),
+                }))
+                .await;
             return;
         }
-        let ended = pb::JobEnded { job_id, node: node.to_string(), finished: Some(finished) };
+        let ended = pb::JobEnded {
+            job_id,
+            node: node.to_string(),
+            finished: Some(finished),
+        };
         match self.propose(Cmd::JobEnded(ended)).await {
             Ok(Outcome::Done) => {} // the Ack goes out through the dispatch loop
             Ok(other) => tracing::warn!(node, job_id, "job end refused: {other:?}"),

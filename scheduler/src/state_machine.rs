@@ -80,7 +80,10 @@ impl StateMachine {
     /// # Errors
     /// The decode error when `bytes` is not a state snapshot.
     pub fn restore(index: u64, bytes: &[u8]) -> Result<StateMachine, prost::DecodeError> {
-        Ok(StateMachine { applied_index: index, state: pb::StateSnapshot::decode(bytes)? })
+        Ok(StateMachine {
+            applied_index: index,
+            state: pb::StateSnapshot::decode(bytes)?,
+        })
     }
 
     /// The state as deterministic protobuf bytes (maps are ordered).
@@ -122,7 +125,11 @@ impl StateMachine {
     }
 
     fn advance(&mut self, index: u64) {
-        assert!(index > self.applied_index, "applied index went from {} to {index}", self.applied_index);
+        assert!(
+            index > self.applied_index,
+            "applied index went from {} to {index}",
+            self.applied_index
+        );
         self.applied_index = index;
     }
 
@@ -134,7 +141,9 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, cmd: pb::Command) -> Applied {
         self.advance(index);
         let now = cmd.time_ms;
-        let Some(cmd) = cmd.cmd else { return (Outcome::Rejected("empty command".into()), vec![]) };
+        let Some(cmd) = cmd.cmd else {
+            return (Outcome::Rejected("empty command".into()), vec![]);
+        };
         match cmd {
             Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
             Cmd::Cancel(c) => self.cancel(c.job_id, now),
@@ -173,7 +182,9 @@ impl StateMachine {
     }
 
     fn cancel(&mut self, id: u64, now: u64) -> Applied {
-        let Some(job) = self.state.jobs.get_mut(&id) else { return (Outcome::NoSuchJob(id), vec![]) };
+        let Some(job) = self.state.jobs.get_mut(&id) else {
+            return (Outcome::NoSuchJob(id), vec![]);
+        };
         match job.state() {
             JobState::Pending => {
                 job.state = JobState::Cancelled as i32;
@@ -184,17 +195,30 @@ impl StateMachine {
             JobState::Running if !job.kill_requested => {
                 job.kill_requested = true;
                 let node = job.allocations[0].node.clone();
-                let kill = Effect::Kill { node, job_id: id, state: JobState::Cancelled, reason: "cancelled".into() };
+                let kill = Effect::Kill {
+                    node,
+                    job_id: id,
+                    state: JobState::Cancelled,
+                    reason: "cancelled".into(),
+                };
                 (Outcome::Done, vec![kill, Effect::JobChanged(id)])
             }
-            _ => (Outcome::Rejected("Job/step already completing or completed".into()), vec![]),
+            _ => (
+                Outcome::Rejected("Job/step already completing or completed".into()),
+                vec![],
+            ),
         }
     }
 
     fn hold(&mut self, id: u64, hold: bool) -> Applied {
-        let Some(job) = self.state.jobs.get_mut(&id) else { return (Outcome::NoSuchJob(id), vec![]) };
+        let Some(job) = self.state.jobs.get_mut(&id) else {
+            return (Outcome::NoSuchJob(id), vec![]);
+        };
         if job.state() != JobState::Pending {
-            return (Outcome::Rejected("Job is no longer pending execution".into()), vec![]);
+            return (
+                Outcome::Rejected("Job is no longer pending execution".into()),
+                vec![],
+            );
         }
         job.held = hold;
         job.reason = if hold { "JobHeldUser" } else { "None" }.into();
@@ -209,9 +233,15 @@ impl StateMachine {
         let old = self.state.nodes.remove(&name);
         // GPUs keep their holder across re-registration: the agent re-attached to its jobs.
         for gpu in &mut inv.gpus {
-            gpu.job_id = old.as_ref().and_then(|n| held_by(n, &gpu.uuid)).unwrap_or(0);
+            gpu.job_id = old
+                .as_ref()
+                .and_then(|n| held_by(n, &gpu.uuid))
+                .unwrap_or(0);
         }
-        let (cpus_alloc, memory_alloc_mb) = old.as_ref().map(|n| (n.cpus_alloc, n.memory_alloc_mb)).unwrap_or((0, 0));
+        let (cpus_alloc, memory_alloc_mb) = old
+            .as_ref()
+            .map(|n| (n.cpus_alloc, n.memory_alloc_mb))
+            .unwrap_or((0, 0));
         let node = pb::Node {
             inventory: Some(inv),
             state: NodeState::Up as i32,
@@ -235,7 +265,9 @@ impl StateMachine {
             .state
             .jobs
             .values()
-            .filter(|j| j.state() == JobState::Running && j.allocations.iter().any(|a| a.node == name))
+            .filter(|j| {
+                j.state() == JobState::Running && j.allocations.iter().any(|a| a.node == name)
+            })
             .map(|j| j.id)
             .collect();
         for id in victims {
@@ -260,7 +292,10 @@ impl StateMachine {
             }
             self.place(&placement, alloc.term, now);
             let job = &self.state.jobs[&placement.job_id];
-            effects.push(Effect::Launch { node: placement.allocations[0].node.clone(), job: Box::new(job.clone()) });
+            effects.push(Effect::Launch {
+                node: placement.allocations[0].node.clone(),
+                job: Box::new(job.clone()),
+            });
             effects.push(Effect::JobChanged(placement.job_id));
         }
         if refused.is_empty() {
@@ -280,7 +315,11 @@ impl StateMachine {
             return Err("no nodes".into());
         }
         for a in &p.allocations {
-            let node = self.state.nodes.get(&a.node).ok_or_else(|| format!("unknown node {}", a.node))?;
+            let node = self
+                .state
+                .nodes
+                .get(&a.node)
+                .ok_or_else(|| format!("unknown node {}", a.node))?;
             if node.state() != NodeState::Up {
                 return Err(format!("node {} is down", a.node));
             }
@@ -305,8 +344,16 @@ impl StateMachine {
             node.cpus_alloc += a.cpus;
             node.memory_alloc_mb += a.mem_mb;
             let inv = node.inventory.as_mut().expect("checked");
-            for gpu in inv.gpus.iter_mut().filter(|g| a.gpu_uuids.contains(&g.uuid)) {
-                assert_eq!(gpu.job_id, 0, "GPU {} granted to job {} while held by {}", gpu.uuid, p.job_id, gpu.job_id);
+            for gpu in inv
+                .gpus
+                .iter_mut()
+                .filter(|g| a.gpu_uuids.contains(&g.uuid))
+            {
+                assert_eq!(
+                    gpu.job_id, 0,
+                    "GPU {} granted to job {} while held by {}",
+                    gpu.uuid, p.job_id, gpu.job_id
+                );
                 gpu.job_id = p.job_id;
             }
         }
@@ -318,15 +365,26 @@ impl StateMachine {
         job.allocations = p.allocations.clone();
         let spec = job.spec.clone().unwrap_or_default();
         let node = &p.allocations[0].node;
-        job.stdout_path = crate::output_path::resolve(&spec, job.id, node, &spec.stdout, "slurm-%j.out");
-        let stderr = if spec.stderr.is_empty() { &spec.stdout } else { &spec.stderr };
+        job.stdout_path =
+            crate::output_path::resolve(&spec, job.id, node, &spec.stdout, "slurm-%j.out");
+        let stderr = if spec.stderr.is_empty() {
+            &spec.stdout
+        } else {
+            &spec.stderr
+        };
         job.stderr_path = crate::output_path::resolve(&spec, job.id, node, stderr, "slurm-%j.out");
     }
 
     fn job_ended(&mut self, ended: pb::JobEnded, now: u64) -> Applied {
-        let ack = Effect::Ack { node: ended.node.clone(), job_id: ended.job_id };
-        let Some(job) = self.state.jobs.get(&ended.job_id) else { return (Outcome::NoSuchJob(ended.job_id), vec![]) };
-        let runs_there = job.state() == JobState::Running && job.allocations.first().map(|a| &a.node) == Some(&ended.node);
+        let ack = Effect::Ack {
+            node: ended.node.clone(),
+            job_id: ended.job_id,
+        };
+        let Some(job) = self.state.jobs.get(&ended.job_id) else {
+            return (Outcome::NoSuchJob(ended.job_id), vec![]);
+        };
+        let runs_there = job.state() == JobState::Running
+            && job.allocations.first().map(|a| &a.node) == Some(&ended.node);
         if !runs_there {
             // A duplicate report, or a job the agent ran after berthd gave up on it: nothing
             // to record, but the agent may forget it.
@@ -335,9 +393,16 @@ impl StateMachine {
         let finished = ended.finished.unwrap_or_default();
         if !matches!(
             finished.state(),
-            JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::Timeout | JobState::OutOfMemory
+            JobState::Completed
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Timeout
+                | JobState::OutOfMemory
         ) {
-            return (Outcome::Rejected(format!("{:?} is not an end state", finished.state())), vec![]);
+            return (
+                Outcome::Rejected(format!("{:?} is not an end state", finished.state())),
+                vec![],
+            );
         }
         self.finish(ended.job_id, &finished, now);
         (Outcome::Done, vec![ack, Effect::JobChanged(ended.job_id)])
@@ -349,14 +414,29 @@ impl StateMachine {
         job.state = f.state;
         job.exit_code = f.exit_code;
         job.exit_signal = f.signal;
-        job.reason = if f.reason.is_empty() { "None".into() } else { f.reason.clone() };
-        job.end_time_ms = if f.end_time_ms > 0 { f.end_time_ms } else { now };
+        job.reason = if f.reason.is_empty() {
+            "None".into()
+        } else {
+            f.reason.clone()
+        };
+        job.end_time_ms = if f.end_time_ms > 0 {
+            f.end_time_ms
+        } else {
+            now
+        };
         job.kill_requested = false;
         for a in job.allocations.clone() {
-            let Some(node) = self.state.nodes.get_mut(&a.node) else { continue };
+            let Some(node) = self.state.nodes.get_mut(&a.node) else {
+                continue;
+            };
             node.cpus_alloc = node.cpus_alloc.saturating_sub(a.cpus);
             node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(a.mem_mb);
-            for gpu in node.inventory.iter_mut().flat_map(|i| i.gpus.iter_mut()).filter(|g| g.job_id == id) {
+            for gpu in node
+                .inventory
+                .iter_mut()
+                .flat_map(|i| i.gpus.iter_mut())
+                .filter(|g| g.job_id == id)
+            {
                 gpu.job_id = 0;
             }
         }
@@ -404,7 +484,12 @@ impl StateMachine {
 }
 
 fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
-    node.inventory.as_ref()?.gpus.iter().find(|g| g.uuid == uuid).map(|g| g.job_id)
+    node.inventory
+        .as_ref()?
+        .gpus
+        .iter()
+        .find(|g| g.uuid == uuid)
+        .map(|g| g.job_id)
 }
 
 /// One node's share of a job, as placement needs it.
@@ -427,10 +512,15 @@ const SCRIPT_BYTES_MAX: usize = 4 << 20;
 
 fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     if !spec.script.starts_with("#!") {
-        return Err("batch script must start with #! followed by the path to an interpreter".into());
+        return Err(
+            "batch script must start with #! followed by the path to an interpreter".into(),
+        );
     }
     if spec.script.len() > SCRIPT_BYTES_MAX {
-        return Err(format!("batch script is {} bytes, the limit is {SCRIPT_BYTES_MAX}", spec.script.len()));
+        return Err(format!(
+            "batch script is {} bytes, the limit is {SCRIPT_BYTES_MAX}",
+            spec.script.len()
+        ));
     }
     if spec.name.is_empty() || spec.partition.is_empty() || spec.work_dir.is_empty() {
         return Err("job name, partition and work dir must be set".into());
@@ -448,7 +538,10 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
 pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
     let name_ok = !inv.name.is_empty()
         && inv.name.len() <= 64
-        && inv.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && inv
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !name_ok {
         return Err(format!("invalid node name {:?}", inv.name));
     }

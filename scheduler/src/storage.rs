@@ -65,14 +65,26 @@ impl SledStorage {
     /// directory holds a database that berthd did not write or that does not decode.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<SledStorage, Error> {
         let path = dir.display().to_string();
-        let sled_err = |source| Error::Sled { path: path.clone(), source };
+        let sled_err = |source| Error::Sled {
+            path: path.clone(),
+            source,
+        };
         let db = sled::Config::new().path(dir).open().map_err(sled_err)?;
         let log = db.open_tree("log").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
-        let store = SledStorage { path: path.clone(), db, log, meta };
+        let store = SledStorage {
+            path: path.clone(),
+            db,
+            log,
+            meta,
+        };
         match store.meta.get("format").map_err(sled_err)? {
             Some(f) if f.as_ref() == FORMAT => {}
-            Some(f) => return Err(store.corrupt(format!("unknown format {:?}", String::from_utf8_lossy(&f)))),
+            Some(f) => {
+                return Err(
+                    store.corrupt(format!("unknown format {:?}", String::from_utf8_lossy(&f)))
+                )
+            }
             None if !store.log.is_empty() || store.meta.len() > 0 => {
                 return Err(store.corrupt("no berth format marker".into()))
             }
@@ -93,20 +105,30 @@ impl SledStorage {
         cs.set_voters(voters.to_vec());
         self.put("conf_state", &cs)?;
         self.put("hard_state", &HardState::default())?;
-        self.meta.insert("format", FORMAT).map_err(|e| self.sled(e))?;
+        self.meta
+            .insert("format", FORMAT)
+            .map_err(|e| self.sled(e))?;
         self.flush()
     }
 
     fn sled(&self, source: sled::Error) -> Error {
-        Error::Sled { path: self.path.clone(), source }
+        Error::Sled {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn corrupt(&self, detail: String) -> Error {
-        Error::Corrupt { path: self.path.clone(), detail }
+        Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
     }
 
     fn put(&self, key: &str, msg: &dyn protobuf::Message) -> Result<(), Error> {
-        let bytes = msg.write_to_bytes().map_err(|e| self.corrupt(format!("encode {key}: {e}")))?;
+        let bytes = msg
+            .write_to_bytes()
+            .map_err(|e| self.corrupt(format!("encode {key}: {e}")))?;
         self.meta.insert(key, bytes).map_err(|e| self.sled(e))?;
         Ok(())
     }
@@ -114,7 +136,9 @@ impl SledStorage {
     fn get<M: protobuf::Message>(&self, key: &str) -> Result<Option<M>, Error> {
         match self.meta.get(key).map_err(|e| self.sled(e))? {
             None => Ok(None),
-            Some(bytes) => M::parse_from_bytes(&bytes).map(Some).map_err(|e| self.corrupt(format!("{key}: {e}"))),
+            Some(bytes) => M::parse_from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| self.corrupt(format!("{key}: {e}"))),
         }
     }
 
@@ -151,7 +175,11 @@ impl SledStorage {
         if meta.index == 0 {
             return Ok(None);
         }
-        let data = self.meta.get("snapshot_data").map_err(|e| self.sled(e))?.unwrap_or_default();
+        let data = self
+            .meta
+            .get("snapshot_data")
+            .map_err(|e| self.sled(e))?
+            .unwrap_or_default();
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = data.to_vec().into();
@@ -176,14 +204,21 @@ impl SledStorage {
     /// [`Error::Order`] when the entries would leave a hole after the last index or start
     /// inside the compacted prefix; [`Error::Sled`] on write failure.
     pub fn append(&self, entries: &[Entry]) -> Result<(), Error> {
-        let Some(first_new) = entries.first().map(|e| e.index) else { return Ok(()) };
+        let Some(first_new) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
         let (first, last) = (self.first()?, self.last()?);
         if first_new < first || first_new > last + 1 {
-            return Err(Error::Order(format!("entries start at {first_new}, log holds [{first}, {last}]")));
+            return Err(Error::Order(format!(
+                "entries start at {first_new}, log holds [{first}, {last}]"
+            )));
         }
         for pair in entries.windows(2) {
             if pair[1].index != pair[0].index + 1 {
-                return Err(Error::Order(format!("entry {} follows {}", pair[1].index, pair[0].index)));
+                return Err(Error::Order(format!(
+                    "entry {} follows {}",
+                    pair[1].index, pair[0].index
+                )));
             }
         }
         let mut batch = sled::Batch::default();
@@ -191,7 +226,9 @@ impl SledStorage {
             batch.remove(&index_key(stale));
         }
         for e in entries {
-            let bytes = e.write_to_bytes().map_err(|err| self.corrupt(format!("encode entry: {err}")))?;
+            let bytes = e
+                .write_to_bytes()
+                .map_err(|err| self.corrupt(format!("encode entry: {err}")))?;
             batch.insert(&index_key(e.index), bytes);
         }
         self.log.apply_batch(batch).map_err(|e| self.sled(e))
@@ -238,9 +275,13 @@ impl SledStorage {
     pub fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), Error> {
         let last = self.last()?;
         if index > last || index < self.first()? {
-            return Err(Error::Order(format!("compact to {index}, log holds [{}, {last}]", self.first()?)));
+            return Err(Error::Order(format!(
+                "compact to {index}, log holds [{}, {last}]",
+                self.first()?
+            )));
         }
-        let term = raft::Storage::term(self, index).map_err(|e| self.corrupt(format!("term of {index}: {e}")))?;
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| self.corrupt(format!("term of {index}: {e}")))?;
         let mut snap = Snapshot::default();
         let meta = snap.mut_metadata();
         meta.index = index;
@@ -252,7 +293,9 @@ impl SledStorage {
     }
 
     fn store_snapshot(&self, snap: &Snapshot) -> Result<(), Error> {
-        self.meta.insert("snapshot_data", snap.data.to_vec()).map_err(|e| self.sled(e))?;
+        self.meta
+            .insert("snapshot_data", snap.data.to_vec())
+            .map_err(|e| self.sled(e))?;
         self.put("snapshot_meta", snap.get_metadata())
     }
 
@@ -291,7 +334,10 @@ fn key_index(key: &[u8]) -> u64 {
 }
 
 fn decode_entry(path: &str, bytes: &[u8]) -> Result<Entry, Error> {
-    Entry::parse_from_bytes(bytes).map_err(|e| Error::Corrupt { path: path.into(), detail: format!("log entry: {e}") })
+    Entry::parse_from_bytes(bytes).map_err(|e| Error::Corrupt {
+        path: path.into(),
+        detail: format!("log entry: {e}"),
+    })
 }
 
 fn other(e: Error) -> raft::Error {
@@ -300,7 +346,10 @@ fn other(e: Error) -> raft::Error {
 
 impl raft::Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state().map_err(other)?, self.conf_state().map_err(other)?))
+        Ok(RaftState::new(
+            self.hard_state().map_err(other)?,
+            self.conf_state().map_err(other)?,
+        ))
     }
 
     fn entries(
@@ -314,12 +363,19 @@ impl raft::Storage for SledStorage {
         if low < first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        assert!(high <= last + 1, "entries [{low}, {high}) asked beyond last index {last}");
+        assert!(
+            high <= last + 1,
+            "entries [{low}, {high}) asked beyond last index {last}"
+        );
         let mut out = Vec::with_capacity((high - low) as usize);
         for index in low..high {
             let e = self.entry(index).map_err(other)?;
             // Contiguity check on the read side, as on the write side.
-            assert_eq!(e.index, index, "log entry stored under index {index} says {}", e.index);
+            assert_eq!(
+                e.index, index,
+                "log entry stored under index {index} says {}",
+                e.index
+            );
             out.push(e);
         }
         raft::util::limit_size(&mut out, max_size.into());
@@ -351,7 +407,9 @@ impl raft::Storage for SledStorage {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         match self.latest_snapshot().map_err(other)? {
             Some(snap) if snap.get_metadata().index >= request_index => Ok(snap),
-            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
         }
     }
 }
@@ -380,13 +438,24 @@ mod tests {
         s.append(&[entry(3, 2), entry(4, 2)]).unwrap();
         assert_eq!(s.term(3).unwrap(), 2);
         assert_eq!(s.last_index().unwrap(), 4);
-        let got: Vec<u64> = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap().iter().map(|e| e.term).collect();
+        let got: Vec<u64> = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| e.term)
+            .collect();
         assert_eq!(got, vec![1, 1, 2, 2]);
         s.compact(2, b"state@2".to_vec()).unwrap();
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 1, "term of the snapshot index is kept");
-        assert!(matches!(s.term(1), Err(raft::Error::Store(StorageError::Compacted))));
-        assert!(matches!(s.entries(2, 4, None, GetEntriesContext::empty(false)), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.term(1),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.entries(2, 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
         let mut hs = HardState::default();
         hs.term = 2;
         hs.commit = 4;
@@ -396,7 +465,11 @@ mod tests {
 
         let s = SledStorage::open(dir.path(), &[9]).unwrap();
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 4);
-        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1], "existing conf state wins");
+        assert_eq!(
+            s.initial_state().unwrap().conf_state.voters,
+            vec![1],
+            "existing conf state wins"
+        );
         assert_eq!(&s.latest_snapshot().unwrap().unwrap().data[..], b"state@2");
         assert_eq!(s.last_index().unwrap(), 4);
     }
@@ -405,10 +478,20 @@ mod tests {
     fn out_of_order_appends_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path(), &[1]).unwrap();
-        assert!(matches!(s.append(&[entry(2, 1)]), Err(Error::Order(_))), "hole after 0");
+        assert!(
+            matches!(s.append(&[entry(2, 1)]), Err(Error::Order(_))),
+            "hole after 0"
+        );
         s.append(&[entry(1, 1)]).unwrap();
-        assert!(matches!(s.append(&[entry(2, 1), entry(4, 1)]), Err(Error::Order(_))), "gap inside");
-        assert_eq!(s.last_index().unwrap(), 1, "a refused append changes nothing");
+        assert!(
+            matches!(s.append(&[entry(2, 1), entry(4, 1)]), Err(Error::Order(_))),
+            "gap inside"
+        );
+        assert_eq!(
+            s.last_index().unwrap(),
+            1,
+            "a refused append changes nothing"
+        );
     }
 
     #[test]
@@ -417,10 +500,15 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             db.insert("x", "y").unwrap();
-            db.open_tree("meta").unwrap().insert("unrelated", "1").unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("unrelated", "1")
+                .unwrap();
             db.flush().unwrap();
         }
-        let err = SledStorage::open(dir.path(), &[1]).err().expect("foreign db accepted");
+        let err = SledStorage::open(dir.path(), &[1])
+            .err()
+            .expect("foreign db accepted");
         assert!(err.to_string().contains("no berth format marker"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -429,7 +517,9 @@ mod tests {
             s.meta.insert("hard_state", &b"\xff\xff\xff"[..]).unwrap();
             s.flush().unwrap();
         }
-        let err = SledStorage::open(dir.path(), &[1]).err().expect("corrupt hard state accepted");
+        let err = SledStorage::open(dir.path(), &[1])
+            .err()
+            .expect("corrupt hard state accepted");
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }

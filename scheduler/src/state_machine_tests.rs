@@ -1,0 +1,287 @@
+//! State machine tables: every command against the states it may meet, and replay
+//! determinism.
+
+use super::*;
+use pb::command::Cmd;
+
+fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
+    pb::Command {
+        time_ms,
+        cmd: Some(c),
+    }
+}
+
+fn spec(gpus: u32) -> pb::JobSpec {
+    pb::JobSpec {
+        name: "j".into(),
+        script: "#!/bin/sh\n".into(),
+        work_dir: "/w".into(),
+        partition: "gpu".into(),
+        nodes: 1,
+        ntasks: 1,
+        cpus_per_task: 1,
+        gpus_per_node: gpus,
+        user: "u".into(),
+        ..Default::default()
+    }
+}
+
+fn inventory(name: &str, gpus: u32) -> pb::NodeInventory {
+    pb::NodeInventory {
+        name: name.into(),
+        partition: "gpu".into(),
+        cpus: 16,
+        memory_mb: 1024,
+        gpus: (0..gpus)
+            .map(|i| pb::Gpu {
+                uuid: format!("GPU-{name}-{i}"),
+                index: i,
+                gres_type: "h100".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A log exercising every command; returns the state machine after it.
+fn run(log: &[pb::Command]) -> (StateMachine, Vec<Outcome>) {
+    let mut sm = StateMachine::default();
+    let outcomes = log
+        .iter()
+        .enumerate()
+        .map(|(i, c)| sm.apply(i as u64 + 1, c.clone()).0)
+        .collect();
+    (sm, outcomes)
+}
+
+fn alloc(job_id: u64, node: &str, uuids: &[&str]) -> Cmd {
+    let a = pb::Allocation {
+        node: node.into(),
+        gpu_uuids: uuids.iter().map(|s| s.to_string()).collect(),
+        cpus: 1,
+        ..Default::default()
+    };
+    Cmd::Allocate(pb::Allocate {
+        term: 1,
+        placements: vec![pb::Placement {
+            job_id,
+            allocations: vec![a],
+        }],
+    })
+}
+
+fn ended(job_id: u64, node: &str, state: JobState, code: i32) -> Cmd {
+    let finished = pb::JobFinished {
+        state: state as i32,
+        exit_code: code,
+        ..Default::default()
+    };
+    Cmd::JobEnded(pb::JobEnded {
+        job_id,
+        node: node.into(),
+        finished: Some(finished),
+    })
+}
+
+fn log() -> Vec<pb::Command> {
+    vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(2)),
+            }),
+        ),
+        cmd(
+            3,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(4, alloc(1, "n1", &["GPU-n1-0", "GPU-n1-1"])),
+        cmd(5, alloc(2, "n1", &["GPU-n1-0"])), // refused: held by job 1
+        cmd(6, ended(1, "n1", JobState::Completed, 0)),
+        cmd(7, alloc(2, "n1", &["GPU-n1-0"])),
+        cmd(8, Cmd::Cancel(pb::CancelJob { job_id: 2 })),
+        cmd(
+            9,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(3)),
+            }),
+        ), // refused: 3 > 2 GPUs
+        cmd(
+            10,
+            Cmd::NodeDown(pb::NodeDown {
+                node: "n1".into(),
+                reason: "gone".into(),
+            }),
+        ),
+        cmd(11, Cmd::Cancel(pb::CancelJob { job_id: 99 })),
+    ]
+}
+
+#[test]
+fn commands_change_state_as_specified() {
+    let (sm, outcomes) = run(&log());
+    assert_eq!(outcomes[1], Outcome::Submitted(1));
+    assert_eq!(outcomes[2], Outcome::Submitted(2));
+    assert_eq!(outcomes[3], Outcome::Done);
+    assert!(
+        matches!(&outcomes[4], Outcome::Rejected(w) if w.contains("held by job 1")),
+        "{:?}",
+        outcomes[4]
+    );
+    assert!(
+        matches!(&outcomes[8], Outcome::Rejected(w) if w.contains("Requested node configuration is not available")),
+        "{:?}",
+        outcomes[8]
+    );
+    assert_eq!(outcomes[10], Outcome::NoSuchJob(99));
+    let j1 = sm.job(1).unwrap();
+    assert_eq!(
+        (j1.state(), j1.start_time_ms, j1.end_time_ms),
+        (JobState::Completed, 4, 6)
+    );
+    assert_eq!(j1.stdout_path, "/w/slurm-1.out");
+    // Job 2 was cancelled while running (kill requested), then its node died.
+    let j2 = sm.job(2).unwrap();
+    assert_eq!(j2.state(), JobState::NodeFail);
+    assert!(j2.reason.contains("node n1 down"), "{}", j2.reason);
+    assert!(sm.job(3).is_none(), "a refused submit leaves no job");
+    let n1 = sm.node("n1").unwrap();
+    assert_eq!(n1.state(), NodeState::Down);
+    assert!(
+        n1.inventory
+            .as_ref()
+            .unwrap()
+            .gpus
+            .iter()
+            .all(|g| g.job_id == 0),
+        "node failure frees GPUs"
+    );
+    assert_eq!(n1.cpus_alloc, 0);
+}
+
+#[test]
+fn cancel_and_hold_follow_slurm() {
+    let mut l = log()[..3].to_vec();
+    l.push(cmd(
+        4,
+        Cmd::Hold(pb::HoldJob {
+            job_id: 2,
+            hold: true,
+        }),
+    ));
+    l.push(cmd(5, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
+    l.push(cmd(6, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
+    l.push(cmd(7, alloc(2, "n1", &["GPU-n1-0"])));
+    l.push(cmd(
+        8,
+        Cmd::Hold(pb::HoldJob {
+            job_id: 1,
+            hold: true,
+        }),
+    ));
+    let (sm, out) = run(&l);
+    assert_eq!(sm.job(2).unwrap().reason, "JobHeldUser");
+    assert_eq!(sm.job(1).unwrap().state(), JobState::Cancelled);
+    assert!(
+        matches!(&out[5], Outcome::Rejected(w) if w.contains("already completing or completed"))
+    );
+    assert!(
+        matches!(&out[6], Outcome::Rejected(w) if w.contains("not pending")),
+        "held jobs are not placed: {:?}",
+        out[6]
+    );
+    assert!(matches!(&out[7], Outcome::Rejected(w) if w.contains("no longer pending")));
+    assert!(
+        sm.pending_jobs().is_empty(),
+        "a held job is not offered to placement"
+    );
+}
+
+#[test]
+fn running_cancel_emits_kill_and_end_report_emits_ack() {
+    let mut sm = StateMachine::default();
+    for (i, c) in log()[..4].iter().enumerate() {
+        sm.apply(i as u64 + 1, c.clone());
+    }
+    let (_, effects) = sm.apply(5, cmd(5, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
+    assert!(effects.iter().any(|e| matches!(e, Effect::Kill { node, job_id: 1, state: JobState::Cancelled, .. } if node == "n1")));
+    assert!(sm.job(1).unwrap().kill_requested);
+    let (out, effects) = sm.apply(6, cmd(6, ended(1, "n1", JobState::Cancelled, 0)));
+    assert_eq!(out, Outcome::Done);
+    assert!(effects.contains(&Effect::Ack {
+        node: "n1".into(),
+        job_id: 1
+    }));
+    // A duplicate report is acknowledged and changes nothing.
+    let before = sm.encode();
+    let (_, effects) = sm.apply(7, cmd(7, ended(1, "n1", JobState::Failed, 1)));
+    assert_eq!(
+        effects,
+        vec![Effect::Ack {
+            node: "n1".into(),
+            job_id: 1
+        }]
+    );
+    assert_eq!(sm.encode(), before);
+}
+
+#[test]
+fn replay_is_byte_identical_and_snapshots_round_trip() {
+    let (a, _) = run(&log());
+    let (b, _) = run(&log());
+    assert_eq!(a.encode(), b.encode());
+    let restored = StateMachine::restore(a.applied_index(), &a.encode()).unwrap();
+    assert_eq!(restored, a);
+    assert!(StateMachine::restore(1, b"\xff\xff garbage").is_err());
+}
+
+#[test]
+fn bad_inventories_are_refused() {
+    let mut dup = inventory("n1", 2);
+    dup.gpus[1].uuid = dup.gpus[0].uuid.clone();
+    let mut claimed = inventory("n1", 1);
+    claimed.gpus[0].job_id = 7;
+    let cases = [
+        (inventory("", 1), "invalid node name"),
+        (inventory("bad name", 1), "invalid node name"),
+        (
+            pb::NodeInventory {
+                cpus: 0,
+                ..inventory("n1", 0)
+            },
+            "0 CPUs",
+        ),
+        (dup, "repeated"),
+        (claimed, "may not assign"),
+    ];
+    for (i, (inv, want)) in cases.into_iter().enumerate() {
+        let mut sm = StateMachine::default();
+        let (out, _) = sm.apply(
+            1,
+            cmd(
+                1,
+                Cmd::RegisterNode(pb::RegisterNode {
+                    inventory: Some(inv),
+                }),
+            ),
+        );
+        match out {
+            Outcome::Rejected(w) if w.contains(want) => {}
+            other => panic!("#{i}: want rejection with {want:?}, got {other:?}"),
+        }
+        assert_eq!(
+            sm.nodes().count(),
+            0,
+            "#{i}: refused inventory changed state"
+        );
+    }
+}
