@@ -1,1 +1,22 @@
-//! placeholder
+//! berth-agent: the node side of berth.
+//!
+//! It discovers the node's GPUs through NVML, registers them with berthd over one
+//! bidirectional gRPC stream, and runs the jobs berthd places here: each batch script in its
+//! own process group under a small shim, with exactly its granted GPUs visible, its output in
+//! the requested files, its time limit enforced, and its end reported until acknowledged.
+//!
+//! # Layout
+//! - [`gpu`]: the [`gpu::GpuBackend`] trait and its NVML implementation (real driver or the
+//!   simulated machine, same code).
+//! - [`agent`]: the connection loop (register, heartbeat, events, commands, reconnect).
+//! - [`supervisor`]: job directories on disk, launch, kill, time limits, re-attach.
+//! - [`shim`]: the per-job process that waits for the job and records its exit.
+//! - [`job_env`]: the Slurm and GPU environment variables of a job.
+//! - [`machine`]: CPU count and memory of this host.
+
+pub mod agent;
+pub mod gpu;
+pub mod job_env;
+pub mod machine;
+pub mod shim;
+pub mod supervisor;

@@ -1,0 +1,101 @@
+//! The environment a batch script sees: the exported submit environment plus the Slurm
+//! variables scripts rely on, and the GPU selection (`CUDA_VISIBLE_DEVICES` and
+//! `NVIDIA_VISIBLE_DEVICES` set to the granted UUIDs, so a job cannot see other GPUs).
+
+use berth_proto::v1 as pb;
+use std::collections::BTreeMap;
+
+/// Builds the environment of `job` running its batch script on `node`.
+pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
+    let spec = job.spec.clone().unwrap_or_default();
+    let mut env: BTreeMap<String, String> = spec.env.clone();
+    if !env.contains_key("PATH") {
+        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    }
+    let here = job.allocations.iter().find(|a| a.node == node).cloned().unwrap_or_default();
+    let nodes: Vec<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
+    let uuids = here.gpu_uuids.join(",");
+    let indices: Vec<String> = here.gpu_indices.iter().map(|i| i.to_string()).collect();
+    let id = job.id.to_string();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("SLURM_JOB_ID", id.clone());
+    set("SLURM_JOBID", id);
+    set("SLURM_JOB_NAME", spec.name.clone());
+    set("SLURM_SUBMIT_DIR", spec.submit_dir.clone());
+    set("SLURM_SUBMIT_HOST", spec.submit_host.clone());
+    set("SLURM_JOB_USER", spec.user.clone());
+    set("SLURM_JOB_UID", spec.uid.to_string());
+    set("SLURM_JOB_GID", spec.gid.to_string());
+    set("SLURM_JOB_PARTITION", job.partition.clone());
+    set("SLURM_JOB_ACCOUNT", spec.account.clone());
+    set("SLURM_JOB_QOS", spec.qos.clone());
+    set("SLURM_JOB_NUM_NODES", nodes.len().to_string());
+    set("SLURM_NNODES", nodes.len().to_string());
+    set("SLURM_JOB_NODELIST", nodes.join(","));
+    set("SLURM_NODELIST", nodes.join(","));
+    set("SLURMD_NODENAME", node.to_string());
+    set("SLURM_NTASKS", spec.ntasks.max(1).to_string());
+    set("SLURM_NPROCS", spec.ntasks.max(1).to_string());
+    set("SLURM_CPUS_PER_TASK", spec.cpus_per_task.max(1).to_string());
+    set("SLURM_CPUS_ON_NODE", here.cpus.to_string());
+    set("SLURM_JOB_CPUS_PER_NODE", here.cpus.to_string());
+    if spec.mem_mb > 0 {
+        set("SLURM_MEM_PER_NODE", spec.mem_mb.to_string());
+    }
+    set("SLURM_NODEID", "0".into());
+    set("SLURM_PROCID", "0".into());
+    set("SLURM_LOCALID", "0".into());
+    set("ENVIRONMENT", "BATCH".into());
+    set("SLURM_GPUS_ON_NODE", here.gpu_uuids.len().to_string());
+    set("SLURM_JOB_GPUS", indices.join(","));
+    set("GPU_DEVICE_ORDINAL", indices.join(","));
+    // Name GPUs by UUID: indexes differ between NVML and CUDA ordering, UUIDs never do.
+    set("CUDA_VISIBLE_DEVICES", uuids.clone());
+    set("NVIDIA_VISIBLE_DEVICES", if uuids.is_empty() { "void".into() } else { uuids });
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurm_and_gpu_variables() {
+        let mut spec = pb::JobSpec { name: "train".into(), ntasks: 1, cpus_per_task: 4, ..Default::default() };
+        spec.env.insert("HOME".into(), "/home/x".into());
+        spec.env.insert("SLURM_JOB_ID".into(), "stale".into());
+        let job = pb::Job {
+            id: 7,
+            spec: Some(spec),
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+                gpu_indices: vec![2, 5],
+                cpus: 4,
+                mem_mb: 0,
+            }],
+            ..Default::default()
+        };
+        let env = build(&job, "n1");
+        let want = [
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_JOB_NAME", "train"),
+            ("SLURM_JOB_GPUS", "2,5"),
+            ("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b"),
+            ("NVIDIA_VISIBLE_DEVICES", "GPU-a,GPU-b"),
+            ("SLURM_CPUS_PER_TASK", "4"),
+            ("SLURM_JOB_NUM_NODES", "1"),
+            ("HOME", "/home/x"),
+        ];
+        for (i, (k, v)) in want.iter().enumerate() {
+            if env.get(*k).map(String::as_str) != Some(*v) {
+                panic!("#{i}: want {k}={v}, got {:?}", env.get(*k));
+            }
+        }
+        let cpu_only = build(&pb::Job { id: 1, allocations: vec![pb::Allocation { node: "n1".into(), ..Default::default() }], ..Default::default() }, "n1");
+        assert_eq!(cpu_only["CUDA_VISIBLE_DEVICES"], "");
+        assert_eq!(cpu_only["NVIDIA_VISIBLE_DEVICES"], "void");
+    }
+}

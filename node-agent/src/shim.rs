@@ -1,0 +1,132 @@
+//! The per-job shim: a tiny process between the agent and the job, so the job outlives an
+//! agent restart and its exit status is never lost.
+//!
+//! The agent starts `<its own executable> __berth-shim <job dir>` in a process group of its
+//! own. The shim opens the output files, starts the batch script in a new process group (the
+//! job's pgid is its pid, which is what cancel and time limits signal), writes the job's pid,
+//! waits, and writes `exit.json` atomically. A restarted agent finds running jobs by their
+//! pid files and finished ones by `exit.json` (the conmon/containerd-shim pattern).
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{chown, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// argv[1] that turns the agent's executable into a shim.
+pub const SHIM_ARG: &str = "__berth-shim";
+
+/// What the shim runs (written by the agent as `shim.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShimSpec {
+    /// Program and arguments (the batch script first).
+    pub argv: Vec<String>,
+    /// The job's whole environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Output files (equal paths share one file).
+    pub stdout: PathBuf,
+    /// Error output file.
+    pub stderr: PathBuf,
+    /// Run as this user and group (when the agent runs as root).
+    pub uid_gid: Option<(u32, u32)>,
+}
+
+/// How the job ended, as the shim saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    /// Exit code when it exited.
+    pub code: Option<i32>,
+    /// Signal number when a signal killed it.
+    pub signal: Option<i32>,
+    /// Why it could not be started at all.
+    pub error: Option<String>,
+}
+
+/// Runs the shim and exits if this process was started as one; returns otherwise. Call it
+/// first in `main` of every binary that embeds the agent.
+pub fn run_if_shim() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == SHIM_ARG {
+        std::process::exit(run(Path::new(&args[2])));
+    }
+}
+
+fn run(dir: &Path) -> i32 {
+    let spec: ShimSpec = match fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(s) => s,
+        Err(e) => {
+            write_json(dir, "exit.json", &ExitRecord { error: Some(format!("bad shim spec: {e}")), ..Default::default() });
+            return 1;
+        }
+    };
+    let record = match spawn(&spec) {
+        Ok(mut child) => {
+            write_json(dir, "pid", &child.id());
+            match child.wait() {
+                Ok(st) => ExitRecord { code: st.code(), signal: st.signal(), error: None },
+                Err(e) => ExitRecord { error: Some(format!("wait failed: {e}")), ..Default::default() },
+            }
+        }
+        Err(e) => {
+            // Tell the user in their own error file, as slurmstepd does.
+            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&spec.stderr) {
+                use std::io::Write as _;
+                let _ = writeln!(f, "berth: error: {e}");
+            }
+            ExitRecord { error: Some(e), ..Default::default() }
+        }
+    };
+    write_json(dir, "exit.json", &record);
+    0
+}
+
+fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File, String> {
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| format!("cannot open output file {}: {e}", path.display()))?;
+    if let Some((uid, gid)) = owner {
+        let _ = chown(path, Some(uid), Some(gid));
+    }
+    Ok(f)
+}
+
+fn spawn(spec: &ShimSpec) -> Result<std::process::Child, String> {
+    let stdout = open_output(&spec.stdout, spec.uid_gid)?;
+    let stderr = if spec.stderr == spec.stdout {
+        stdout.try_clone().map_err(|e| e.to_string())?
+    } else {
+        open_output(&spec.stderr, spec.uid_gid)?
+    };
+    let (prog, args) = spec.argv.split_first().ok_or("empty argv")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().cloned())
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    if let Some((uid, gid)) = spec.uid_gid {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.spawn().map_err(|e| format!("cannot start {prog} in {}: {e}", spec.cwd.display()))
+}
+
+/// Writes `value` as JSON to `dir/name` atomically (temp file + rename), so a reader never
+/// sees half a record.
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let ok = serde_json::to_vec(value).ok().and_then(|bytes| fs::write(&tmp, bytes).ok()).and_then(|_| fs::rename(&tmp, dir.join(name)).ok());
+    if ok.is_none() {
+        eprintln!("berth shim: cannot write {}/{name}", dir.display());
+    }
+}
