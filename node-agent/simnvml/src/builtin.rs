@@ -39,7 +39,10 @@ mod tests {
     fn every_name_has_a_valid_file_named_like_it() {
         for name in builtin_names() {
             let description = builtin(name).unwrap_or_else(|| panic!("{name}: no source"));
-            assert_eq!(description.name, *name, "name field of machines/{name}.json");
+            assert_eq!(
+                description.name, *name,
+                "name field of machines/{name}.json"
+            );
         }
         assert!(builtin("dgx-a100-typo").is_none());
     }
@@ -61,7 +64,10 @@ mod tests {
     #[test]
     fn a100_pcie_4_matches_the_spec() {
         let node = builtin("a100-pcie-4").expect("shipped");
-        assert_eq!((node.gpus.len(), node.cpus, node.memory_mb), (4, 64, 512 * 1024));
+        assert_eq!(
+            (node.gpus.len(), node.cpus, node.memory_mb),
+            (4, 64, 512 * 1024)
+        );
         for gpu in &node.gpus {
             assert_eq!(gpu.name, "NVIDIA A100-PCIE-40GB");
             assert_eq!(gpu.memory_mb, 40960);

@@ -72,7 +72,10 @@ mod tests {
         ];
         for (i, handle) in table.into_iter().enumerate() {
             let got = resolve(handle);
-            assert_eq!(got, None, "#{i}: resolve({handle:?}): want None, got {got:?}");
+            assert_eq!(
+                got, None,
+                "#{i}: resolve({handle:?}): want None, got {got:?}"
+            );
         }
     }
 }

@@ -18,9 +18,11 @@ pub const INSTALLED_LIB_NAME: &str = "libnvidia-ml.so.1";
 /// Name of the description the library reads from its own directory.
 pub const MACHINE_FILE_NAME: &str = "machine.json";
 
-/// The built simulated-NVML cdylib: `$BERTH_SIMNVML_LIB` if set, else the first
-/// `libberth_simnvml.so` in the running executable's directory, its `deps/`, or its parent
-/// (test binaries run from `target/<profile>/deps/`).
+/// The built simulated-NVML cdylib: `$BERTH_SIMNVML_LIB` if set, else the most recently
+/// modified `libberth_simnvml.so` in the running executable's directory, its `deps/`, or
+/// its parent (test binaries run from `target/<profile>/deps/`). Newest wins because
+/// `cargo test` and dependent builds refresh only `deps/`, while `cargo build -p
+/// berth-simnvml` also copies the library up to `target/<profile>/`, so either may be stale.
 ///
 /// # Errors
 /// [`Error::LibraryNotFound`] listing every path tried, with how to build the library;
@@ -36,8 +38,15 @@ pub fn find_library() -> Result<PathBuf, Error> {
             dirs.into_iter().map(|d| d.join(LIB_FILE_NAME)).collect()
         }
     };
-    match candidates.iter().find(|path| path.is_file()) {
-        Some(found) => Ok(found.clone()),
+    let newest = candidates
+        .iter()
+        .filter_map(|path| {
+            let metadata = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+            Some((metadata.modified().ok(), path))
+        })
+        .max_by_key(|(modified, _)| *modified);
+    match newest {
+        Some((_, found)) => Ok(found.clone()),
         None => Err(Error::LibraryNotFound {
             searched: candidates,
         }),
@@ -127,7 +136,11 @@ mod tests {
         let installed = install_node(&node_dir, &lib, &machine, "n1").expect("install");
 
         assert_eq!(installed, node_dir.join(INSTALLED_LIB_NAME));
-        assert!(installed.is_absolute(), "{} is relative", installed.display());
+        assert!(
+            installed.is_absolute(),
+            "{} is relative",
+            installed.display()
+        );
         let copied = std::fs::read(&installed).expect("read copy");
         assert_eq!(copied, b"not really a library");
         let written = MachineDescription::load(node_dir.join(MACHINE_FILE_NAME)).expect("load");

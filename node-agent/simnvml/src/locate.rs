@@ -31,7 +31,10 @@ pub(crate) fn load_machine() -> Result<SimMachine, String> {
             Error::InFile { source, .. } => source.to_string(),
             other => other.to_string(),
         };
-        format!("machine description {} ({origin}): {reason}", path.display())
+        format!(
+            "machine description {} ({origin}): {reason}",
+            path.display()
+        )
     };
     let description = MachineDescription::load(&path).map_err(fail)?;
     SimMachine::new(description).map_err(fail)
@@ -45,7 +48,10 @@ fn description_path() -> Result<(PathBuf, String), String> {
         format!("cannot tell which file this library was loaded from; set {MACHINE_ENV}")
     })?;
     let dir = lib.parent().map(PathBuf::from).unwrap_or_default();
-    Ok((dir.join(MACHINE_FILE_NAME), format!("beside {}", lib.display())))
+    Ok((
+        dir.join(MACHINE_FILE_NAME),
+        format!("beside {}", lib.display()),
+    ))
 }
 
 /// The path this library copy was loaded from, as given to `dlopen`.

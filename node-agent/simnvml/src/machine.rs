@@ -167,7 +167,11 @@ impl MachineDescription {
 
     fn check_machine_fields(&self) -> Result<(), String> {
         check_text("name", &self.name, MACHINE_NAME_LEN_MAX)?;
-        check_text("driver_version", &self.driver_version, DRIVER_VERSION_LEN_MAX)?;
+        check_text(
+            "driver_version",
+            &self.driver_version,
+            DRIVER_VERSION_LEN_MAX,
+        )?;
         check_text("nvml_version", &self.nvml_version, NVML_VERSION_LEN_MAX)?;
         if let Some(seed) = &self.uuid_seed {
             check_text("uuid_seed", seed, MACHINE_NAME_LEN_MAX)?;
@@ -199,14 +203,21 @@ impl MachineDescription {
         check_text("name", &gpu.name, GPU_NAME_LEN_MAX).map_err(context)?;
         let memory_bytes = match gpu.memory_mb.checked_mul(1 << 20) {
             Some(bytes) if bytes > 0 => bytes,
-            _ => return Err(context(format!("memory_mb must be positive and below 2^44, got {}", gpu.memory_mb))),
+            _ => {
+                return Err(context(format!(
+                    "memory_mb must be positive and below 2^44, got {}",
+                    gpu.memory_mb
+                )))
+            }
         };
-        let pci = PciAddress::parse(&gpu.pci_bus_id)
-            .map_err(|e| context(format!("pci_bus_id: {e}")))?;
+        let pci =
+            PciAddress::parse(&gpu.pci_bus_id).map_err(|e| context(format!("pci_bus_id: {e}")))?;
         let pci_device_id = match &gpu.pci_device_id {
             None => PCI_DEVICE_ID_DEFAULT,
             Some(text) => parse_hex_u32(text).ok_or_else(|| {
-                context(format!("pci_device_id must be hex like \"0x233010DE\", got {text:?}"))
+                context(format!(
+                    "pci_device_id must be hex like \"0x233010DE\", got {text:?}"
+                ))
             })?,
         };
         let [major, minor] = gpu.compute_capability;
@@ -255,8 +266,11 @@ fn check_text(field: &str, value: &str, len_max: usize) -> Result<(), String> {
 }
 
 fn parse_hex_u32(text: &str) -> Option<u32> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
-    let ok = !digits.is_empty() && digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))?;
+    let ok =
+        !digits.is_empty() && digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| u32::from_str_radix(digits, 16).ok()).flatten()
 }
 
@@ -269,7 +283,10 @@ fn check_unique(gpus: &[ResolvedGpu]) -> Result<(), String> {
     for gpu in gpus {
         let i = gpu.index;
         if let Some(first) = uuids.insert(gpu.uuid.as_str(), i) {
-            return Err(format!("gpus[{first}] and gpus[{i}] have the same uuid {}", gpu.uuid));
+            return Err(format!(
+                "gpus[{first}] and gpus[{i}] have the same uuid {}",
+                gpu.uuid
+            ));
         }
         if let Some(first) = buses.insert(gpu.pci, i) {
             return Err(format!(
@@ -347,11 +364,27 @@ mod tests {
     fn bad_json_is_a_json_error() {
         let table = [
             ("not json", "{"),
-            ("unknown machine field", &*MINIMAL.replacen("\"cpus\"", "\"cores\": 1, \"cpus\"", 1)),
-            ("unknown gpu field", &*MINIMAL.replacen("\"memory_mb\": 23034", "\"memory_mb\": 23034, \"tdp_w\": 72", 1)),
+            (
+                "unknown machine field",
+                &*MINIMAL.replacen("\"cpus\"", "\"cores\": 1, \"cpus\"", 1),
+            ),
+            (
+                "unknown gpu field",
+                &*MINIMAL.replacen(
+                    "\"memory_mb\": 23034",
+                    "\"memory_mb\": 23034, \"tdp_w\": 72",
+                    1,
+                ),
+            ),
             ("missing field", &*MINIMAL.replacen("\"cpus\": 8,", "", 1)),
-            ("wrong type", &*MINIMAL.replacen("\"cpus\": 8", "\"cpus\": \"8\"", 1)),
-            ("negative memory", &*MINIMAL.replacen("\"memory_mb\": 23034", "\"memory_mb\": -1", 1)),
+            (
+                "wrong type",
+                &*MINIMAL.replacen("\"cpus\": 8", "\"cpus\": \"8\"", 1),
+            ),
+            (
+                "negative memory",
+                &*MINIMAL.replacen("\"memory_mb\": 23034", "\"memory_mb\": -1", 1),
+            ),
         ];
         for (i, (what, text)) in table.iter().enumerate() {
             match MachineDescription::from_json(text) {
@@ -363,45 +396,43 @@ mod tests {
         assert!(unknown.to_string().contains("cores"), "{unknown}");
     }
 
-    /// Each row: what it breaks, the broken machine, text the error must contain.
-    fn invalid_cases() -> Vec<(&'static str, MachineDescription, &'static str)> {
-        let edit = |f: &dyn Fn(&mut MachineDescription)| {
-            let mut machine = minimal();
-            f(&mut machine);
-            machine
-        };
-        let uuid = "GPU-12345678-9abc-def0-1234-56789abcdef0";
-        vec![
-            ("empty machine name", edit(&|m| m.name = " ".into()), "name must not be empty"),
-            ("empty driver", edit(&|m| m.driver_version.clear()), "driver_version"),
-            ("long nvml version", edit(&|m| m.nvml_version = "1".repeat(80)), "nvml_version"),
-            ("empty seed", edit(&|m| m.uuid_seed = Some(String::new())), "uuid_seed"),
-            ("zero cuda", edit(&|m| m.cuda_driver_version = 0), "cuda_driver_version"),
-            ("zero cpus", edit(&|m| m.cpus = 0), "cpus"),
-            ("zero host memory", edit(&|m| m.memory_mb = 0), "memory_mb"),
-            ("too many gpus", edit(&|m| m.gpus = vec![m.gpus[0].clone(); MAX_GPUS + 1]), "at most 64"),
-            ("empty gpu name", edit(&|m| m.gpus[1].name.clear()), "gpus[1].name"),
-            ("nul in gpu name", edit(&|m| m.gpus[0].name = "a\0b".into()), "NUL"),
-            ("zero gpu memory", edit(&|m| m.gpus[1].memory_mb = 0), "gpus[1].memory_mb"),
-            ("huge gpu memory", edit(&|m| m.gpus[0].memory_mb = u64::MAX), "gpus[0].memory_mb"),
-            ("bad bus id", edit(&|m| m.gpus[0].pci_bus_id = "18:00.0".into()), "gpus[0].pci_bus_id"),
-            ("bad device id", edit(&|m| m.gpus[0].pci_device_id = Some("233010DE".into())), "pci_device_id"),
-            ("bad capability", edit(&|m| m.gpus[0].compute_capability = [0, 0]), "compute_capability"),
-            ("malformed uuid", edit(&|m| m.gpus[0].uuid = Some("GPU-xyz".into())), "gpus[0].uuid"),
-            ("uppercase uuid", edit(&|m| m.gpus[0].uuid = Some(uuid.to_uppercase().replace("GPU-", "GPU-"))), "lowercase"),
-            ("duplicate uuid", edit(&|m| {
-                m.gpus[0].uuid = Some(uuid.into());
-                m.gpus[1].uuid = Some(uuid.into());
-            }), "gpus[0] and gpus[1] have the same uuid"),
-            ("uuid equal to a derived one", edit(&|m| m.gpus[1].uuid = m.gpu_uuid(0)), "same uuid"),
-            ("duplicate bus id", edit(&|m| m.gpus[1].pci_bus_id = "00000000:01:00.0".into()), "same pci_bus_id"),
-            ("duplicate minor", edit(&|m| m.gpus[0].minor_number = Some(1)), "same minor_number"),
-        ]
-    }
+    type Edit = fn(&mut MachineDescription);
+    const UUID: &str = "GPU-12345678-9abc-def0-1234-56789abcdef0";
+
+    /// Each row: what it breaks, how (applied to `minimal()`), text the error must contain.
+    #[rustfmt::skip] // One row per line reads as the table it is.
+    const INVALID: &[(&str, Edit, &str)] = &[
+        ("empty machine name", |m| m.name = " ".into(), "name must not be empty"),
+        ("empty driver", |m| m.driver_version.clear(), "driver_version"),
+        ("long nvml version", |m| m.nvml_version = "1".repeat(80), "nvml_version"),
+        ("empty seed", |m| m.uuid_seed = Some(String::new()), "uuid_seed"),
+        ("zero cuda", |m| m.cuda_driver_version = 0, "cuda_driver_version"),
+        ("zero cpus", |m| m.cpus = 0, "cpus"),
+        ("zero host memory", |m| m.memory_mb = 0, "memory_mb"),
+        ("too many gpus", |m| m.gpus = vec![m.gpus[0].clone(); MAX_GPUS + 1], "at most 64"),
+        ("empty gpu name", |m| m.gpus[1].name.clear(), "gpus[1].name"),
+        ("nul in gpu name", |m| m.gpus[0].name = "a\0b".into(), "NUL"),
+        ("zero gpu memory", |m| m.gpus[1].memory_mb = 0, "gpus[1].memory_mb"),
+        ("huge gpu memory", |m| m.gpus[0].memory_mb = u64::MAX, "gpus[0].memory_mb"),
+        ("bad bus id", |m| m.gpus[0].pci_bus_id = "18:00.0".into(), "gpus[0].pci_bus_id"),
+        ("bad device id", |m| m.gpus[0].pci_device_id = Some("233010DE".into()), "pci_device_id"),
+        ("bad capability", |m| m.gpus[0].compute_capability = [0, 0], "compute_capability"),
+        ("malformed uuid", |m| m.gpus[0].uuid = Some("GPU-xyz".into()), "gpus[0].uuid"),
+        ("uppercase uuid", |m| m.gpus[0].uuid = Some(UUID.to_uppercase()), "lowercase"),
+        ("duplicate uuid", |m| {
+            m.gpus[0].uuid = Some(UUID.into());
+            m.gpus[1].uuid = Some(UUID.into());
+        }, "gpus[0] and gpus[1] have the same uuid"),
+        ("uuid equal to a derived one", |m| m.gpus[1].uuid = m.gpu_uuid(0), "same uuid"),
+        ("duplicate bus id", |m| m.gpus[1].pci_bus_id = "00000000:01:00.0".into(), "same pci_bus_id"),
+        ("duplicate minor", |m| m.gpus[0].minor_number = Some(1), "same minor_number"),
+    ];
 
     #[test]
     fn impossible_machines_are_refused_with_the_field_named() {
-        for (i, (what, machine, want)) in invalid_cases().into_iter().enumerate() {
+        for (i, (what, edit, want)) in INVALID.iter().enumerate() {
+            let mut machine = minimal();
+            edit(&mut machine);
             match machine.validate() {
                 Ok(()) => panic!("#{i} {what}: want an error containing {want:?}, got Ok"),
                 Err(e) if e.to_string().contains(want) => {}
@@ -422,7 +453,10 @@ mod tests {
         std::fs::write(&path, "{\"name\": 1}").expect("write");
         let err = MachineDescription::load(&path).expect_err("bad content");
         let text = err.to_string();
-        assert!(matches!(&err, Error::InFile { .. }) && text.contains("m.json"), "{text}");
+        assert!(
+            matches!(&err, Error::InFile { .. }) && text.contains("m.json"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -431,8 +465,16 @@ mod tests {
         let mut b = minimal();
         b.uuid_seed = Some("other".into());
         assert_eq!(a.gpu_uuid(0), minimal().gpu_uuid(0), "same seed, same uuid");
-        assert_ne!(a.gpu_uuid(0), b.gpu_uuid(0), "different seed, different uuid");
-        assert_ne!(a.gpu_uuid(0), a.gpu_uuid(1), "different index, different uuid");
+        assert_ne!(
+            a.gpu_uuid(0),
+            b.gpu_uuid(0),
+            "different seed, different uuid"
+        );
+        assert_ne!(
+            a.gpu_uuid(0),
+            a.gpu_uuid(1),
+            "different index, different uuid"
+        );
         let fixed = "GPU-12345678-9abc-def0-1234-56789abcdef0";
         b.gpus[1].uuid = Some(fixed.into());
         assert_eq!(b.gpu_uuid(1).as_deref(), Some(fixed));

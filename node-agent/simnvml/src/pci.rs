@@ -78,9 +78,8 @@ impl PciAddress {
 /// `text` as hex if it has 1 to `digits_max` hex digits; `from_str_radix` alone would also
 /// accept a leading `+`.
 fn hex(text: &str, digits_max: usize) -> Option<u32> {
-    let ok = !text.is_empty()
-        && text.len() <= digits_max
-        && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok =
+        !text.is_empty() && text.len() <= digits_max && text.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| u32::from_str_radix(text, 16).ok()).flatten()
 }
 

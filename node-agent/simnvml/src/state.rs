@@ -116,7 +116,11 @@ mod tests {
             .init(|| panic!("a second init must not reload"))
             .expect("second init");
         assert!(registry.shutdown());
-        assert_eq!(registry.with_machine(|m| m.gpus.len()), Some(4), "one init left");
+        assert_eq!(
+            registry.with_machine(|m| m.gpus.len()),
+            Some(4),
+            "one init left"
+        );
         assert!(registry.shutdown());
         assert_eq!(registry.with_machine(|_| ()), None, "after last shutdown");
         assert!(!registry.shutdown(), "shutdown without init");
@@ -125,7 +129,9 @@ mod tests {
     #[test]
     fn failed_load_leaves_the_registry_uninitialised() {
         let registry = Registry::new();
-        let err = registry.init(|| Err("no file".into())).expect_err("must fail");
+        let err = registry
+            .init(|| Err("no file".into()))
+            .expect_err("must fail");
         assert_eq!(err, "no file");
         assert_eq!(registry.with_machine(|_| ()), None);
         assert!(!registry.shutdown());

@@ -16,10 +16,7 @@ const SEPARATOR: u8 = 0xff;
 /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase hex.
 pub(crate) fn derive_gpu_uuid(seed: &str, index: usize) -> String {
     let index = u64::try_from(index).unwrap_or(u64::MAX);
-    let bytes = seed
-        .bytes()
-        .chain([SEPARATOR])
-        .chain(index.to_le_bytes());
+    let bytes = seed.bytes().chain([SEPARATOR]).chain(index.to_le_bytes());
     format_gpu_uuid(scramble(fnv1a_128(bytes)))
 }
 
@@ -111,8 +108,14 @@ mod tests {
         for seed in ["node1", "node2", "node10", "a", ""] {
             for index in 0..64 {
                 let uuid = derive_gpu_uuid(seed, index);
-                assert!(is_gpu_uuid(&uuid), "{uuid} is not GPU-8-4-4-4-12 lowercase hex");
-                assert!(seen.insert(uuid.clone()), "{uuid} repeated at ({seed:?}, {index})");
+                assert!(
+                    is_gpu_uuid(&uuid),
+                    "{uuid} is not GPU-8-4-4-4-12 lowercase hex"
+                );
+                assert!(
+                    seen.insert(uuid.clone()),
+                    "{uuid} repeated at ({seed:?}, {index})"
+                );
             }
         }
     }
@@ -145,7 +148,10 @@ mod tests {
         ];
         for (i, (text, want)) in table.iter().enumerate() {
             let got = is_gpu_uuid(text);
-            assert_eq!(got, *want, "#{i}: is_gpu_uuid({text:?}): want {want}, got {got}");
+            assert_eq!(
+                got, *want,
+                "#{i}: is_gpu_uuid({text:?}): want {want}, got {got}"
+            );
         }
     }
 }

@@ -9,8 +9,7 @@ use sys::nvmlReturn_t;
 
 pub(crate) const SUCCESS: nvmlReturn_t = sys::nvmlReturn_enum_NVML_SUCCESS;
 pub(crate) const UNINITIALIZED: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_UNINITIALIZED;
-pub(crate) const INVALID_ARGUMENT: nvmlReturn_t =
-    sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+pub(crate) const INVALID_ARGUMENT: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
 pub(crate) const NOT_FOUND: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND;
 pub(crate) const INSUFFICIENT_SIZE: nvmlReturn_t =
     sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;

@@ -29,7 +29,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn
     guard(|| {
         with_machine(|machine| {
             let gpus = machine.gpus.len() as c_uint; // at most MAX_GPUS
-            // SAFETY: forwarded caller contract.
+                                                     // SAFETY: forwarded caller contract.
             unsafe { write_value(count, gpus) }
         })
     })
@@ -159,7 +159,10 @@ unsafe fn write_found(
     if device.is_null() {
         return INVALID_ARGUMENT;
     }
-    match found.filter(|&i| i < machine.gpus.len()).and_then(handle::gpu_handle) {
+    match found
+        .filter(|&i| i < machine.gpus.len())
+        .and_then(handle::gpu_handle)
+    {
         // SAFETY: forwarded caller contract.
         Some(found) => unsafe { write_value(device, found) },
         None => NOT_FOUND,

@@ -100,7 +100,10 @@ mod tests {
                 write_c_string(buffer.as_mut_ptr(), 8, "1234567"),
             )
         };
-        assert_eq!(short, INSUFFICIENT_SIZE, "7 bytes cannot hold 7 chars + NUL");
+        assert_eq!(
+            short, INSUFFICIENT_SIZE,
+            "7 bytes cannot hold 7 chars + NUL"
+        );
         assert_eq!(exact, SUCCESS);
         let bytes: Vec<u8> = buffer.iter().map(|&c| c as u8).collect();
         assert_eq!(bytes, b"1234567\0");

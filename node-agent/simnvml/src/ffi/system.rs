@@ -19,7 +19,10 @@ fn init() -> nvmlReturn_t {
         Ok(()) => SUCCESS,
         Err(message) => {
             // eprintln! would panic if stderr is closed; a lost message must not be a crash.
-            let _ = writeln!(std::io::stderr(), "berth-simnvml: nvmlInit failed: {message}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "berth-simnvml: nvmlInit failed: {message}"
+            );
             UNKNOWN
         }
     }
@@ -63,7 +66,13 @@ pub unsafe extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
 /// None: takes no arguments.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlShutdown() -> nvmlReturn_t {
-    guard(|| if REGISTRY.shutdown() { SUCCESS } else { UNINITIALIZED })
+    guard(|| {
+        if REGISTRY.shutdown() {
+            SUCCESS
+        } else {
+            UNINITIALIZED
+        }
+    })
 }
 
 /// NVML's message for `result`, as a static NUL-terminated string. Works before init.

@@ -1,0 +1,136 @@
+//! `berth dev`: a whole berth in one process — a one-replica berthd plus N agents on
+//! simulated GPU machines — so a new user can submit jobs within a minute of cloning.
+//!
+//! Nothing is faked but the GPUs: berthd runs raft-rs over sled in `--state-dir`, agents
+//! talk to it over real gRPC on the listen address, and each agent discovers its GPUs
+//! through nvml-wrapper loading its own copy of the simulated-machine NVML library (one
+//! copy per node, so each node has its own library state and UUIDs). Restarting `berth dev`
+//! on the same state directory keeps every job, and agents re-attach to jobs still running.
+
+use anyhow::{bail, Context as _};
+use berth_agent::agent::{self, AgentConfig};
+use berth_agent::gpu::NvmlBackend;
+use berth_proto::v1::NodeState;
+use berth_scheduler::daemon::{Daemon, DaemonConfig};
+use berth_simnvml::MachineDescription;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `berth dev` options.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Number of simulated nodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    /// Simulated machine: dgx-h100, a100-pcie-4, or a JSON machine description file.
+    #[arg(long, default_value = "dgx-h100")]
+    pub machine: String,
+    /// State directory (Raft log, agent job state). Default: $XDG_STATE_HOME/berth/dev.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// Partition of the simulated nodes (also the default partition).
+    #[arg(long, default_value = "gpu")]
+    pub partition: String,
+    /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
+    #[arg(long, default_value_t = 30)]
+    pub kill_wait_secs: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("berth/dev")
+}
+
+fn machine(name: &str) -> anyhow::Result<MachineDescription> {
+    if let Some(m) = berth_simnvml::builtin(name) {
+        return Ok(m);
+    }
+    if !std::path::Path::new(name).exists() {
+        bail!("unknown machine {name:?}: use one of {:?} or a JSON machine description file", berth_simnvml::builtin_names());
+    }
+    MachineDescription::load(name).with_context(|| format!("machine description {name}"))
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// Bad options, an unusable state directory, a port in use, or a missing simulator library.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > 64 {
+        bail!("--nodes must be between 1 and 64");
+    }
+    let machine = machine(&args.machine)?;
+    let lib = berth_simnvml::find_library()?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut cfg = DaemonConfig::new(state_dir.join("berthd"));
+    cfg.default_partition = args.partition.clone();
+    cfg.schedule_interval = Duration::from_millis(500);
+    let daemon = Daemon::start(cfg, listener, stop_rx.clone()).with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
+    if !daemon.wait_leader(Duration::from_secs(10)).await {
+        bail!("berthd did not become leader within 10s");
+    }
+    let server = format!("http://{addr}");
+    let mut names = Vec::new();
+    for i in 1..=args.nodes {
+        let name = format!("node{i}");
+        let node_dir = state_dir.join("nodes").join(&name);
+        let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, &machine, &name)?;
+        let cfg = AgentConfig {
+            servers: vec![server.clone()],
+            node_name: name.clone(),
+            partition: args.partition.clone(),
+            state_dir: node_dir,
+            shim_exe: std::env::current_exe().context("cannot find own executable for the job shim")?,
+            cpus: machine.cpus,
+            memory_mb: machine.memory_mb,
+            heartbeat: Duration::from_secs(2),
+            kill_grace: Duration::from_secs(args.kill_wait_secs),
+        };
+        let inv = agent::inventory(&cfg, &NvmlBackend { lib: Some(nvml_lib) })?;
+        tokio::spawn(agent::run(cfg, inv, stop_rx.clone()));
+        names.push(name);
+    }
+    wait_registered(&daemon, &names).await?;
+    let gpus = machine.gpus.first().map(|g| format!("{}x {}", machine.gpus.len(), g.name)).unwrap_or_else(|| "no GPUs".into());
+    println!("berth dev: berthd listening on {server} (state in {})", state_dir.display());
+    println!("berth dev: {} simulated node(s) {} ({gpus} each), partition {}", names.len(), names.join(","), args.partition);
+    println!("berth dev: ready. In another shell: export BERTH_SERVER={server}; berth sbatch --wrap 'nvidia-smi -L || env | grep CUDA'");
+    shutdown_signal().await;
+    println!("berth dev: shutting down");
+    let _ = stop_tx.send(true);
+    daemon.wait().await?;
+    Ok(())
+}
+
+async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let up = {
+            let sm = daemon.raft().state();
+            names.iter().all(|n| sm.node(n).is_some_and(|node| node.state() == NodeState::Up))
+        };
+        if up {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("simulated agents did not register within 10s")
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

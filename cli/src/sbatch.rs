@@ -1,0 +1,1131 @@
+//! `sbatch`: the command line, `SBATCH_*` variables and `#SBATCH` directives → a `JobSpec`.
+//!
+//! Users bring scripts written for Slurm, so options parse as Slurm's sbatch parses them:
+//! getopt rules (`--opt=v`, `--opt v`, `-Xv`, `-X v`, unique prefixes of long options,
+//! options end at the script path), `#SBATCH` lines only at the top of the script, and the
+//! precedence command line > `SBATCH_*` environment > script. The defaults are Slurm's
+//! (one node, one task, one CPU per task, `slurm-%j.out`, the whole environment exported).
+//!
+//! What berth cannot do yet must never be dropped quietly: a job that silently lost its
+//! `--dependency` or `--exclusive` runs wrong and nobody notices. Every real sbatch option
+//! berth lacks is therefore an error naming it, and so is a value berth cannot honour.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1::JobSpec;
+use thiserror::Error;
+
+use crate::duration::{parse_time_limit, DurationError};
+use crate::memory::{parse_mem, MemError};
+
+/// Who is submitting, from where: everything sbatch reads from its process.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitContext {
+    /// The directory sbatch runs in: relative paths resolve against it.
+    pub cwd: PathBuf,
+    /// The submitting environment (`--export` picks from it; `SBATCH_*` are read from it).
+    pub env: BTreeMap<String, String>,
+    /// The submitting user's name.
+    pub user: String,
+    /// The submitting user's uid.
+    pub uid: u32,
+    /// The submitting user's primary gid.
+    pub gid: u32,
+    /// This host's name (`AllocNode`, `SLURM_SUBMIT_HOST`).
+    pub host: String,
+}
+
+/// A parsed submission: what to send, and how to report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The job to submit.
+    pub spec: JobSpec,
+    /// `--parsable`: print only the job id.
+    pub parsable: bool,
+    /// Things the user should hear about that are not errors (e.g. an `#SBATCH` line after
+    /// the first command, which Slurm ignores too). Print each to stderr as `sbatch: warning:`.
+    pub warnings: Vec<String>,
+}
+
+/// Why a submission was refused. Nothing was submitted; messages follow Slurm's wording
+/// where Slurm has one.
+#[derive(Debug, Error)]
+pub enum SbatchError {
+    /// Not an sbatch option at all.
+    #[error("unrecognized option '{0}'")]
+    UnrecognizedOption(String),
+    /// A long-option prefix that matches several options.
+    #[error("option '{option}' is ambiguous; possibilities: {candidates}")]
+    AmbiguousOption {
+        /// What the user wrote.
+        option: String,
+        /// The matching options.
+        candidates: String,
+    },
+    /// A real sbatch option berth does not implement yet.
+    #[error("option {0} is not supported by berth yet")]
+    UnsupportedOption(String),
+    /// An option that needs a value came last.
+    #[error("option '{0}' requires an argument")]
+    MissingArgument(String),
+    /// `--flag=value` for an option that takes none.
+    #[error("option '{0}' doesn't allow an argument")]
+    UnexpectedArgument(String),
+    /// A bad `--time`.
+    #[error("Invalid --time specification: {value} ({reason})")]
+    InvalidTime {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: DurationError,
+    },
+    /// A bad `--mem`.
+    #[error("invalid --mem value '{value}': {reason}")]
+    InvalidMem {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: MemError,
+    },
+    /// A count that is not a number.
+    #[error("Invalid numeric value \"{value}\" for {option}")]
+    InvalidNumber {
+        /// The option, e.g. `--nodes`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A count of zero where at least one is needed.
+    #[error("Invalid {option} value \"{value}\": must be at least 1")]
+    ZeroCount {
+        /// The option, e.g. `--nodes`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// Any other bad value.
+    #[error("invalid {option} value '{value}': {reason}")]
+    InvalidValue {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A valid Slurm value that berth cannot honour yet.
+    #[error("{option}={value}: {what} is not supported by berth yet")]
+    UnsupportedValue {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// The feature the value needs.
+        what: String,
+    },
+    /// GPU options that ask for different things.
+    #[error("conflicting GPU requests: {0}")]
+    GpuConflict(String),
+    /// `--gpus` (a total) that does not split evenly over the nodes.
+    #[error("--gpus={gpus} cannot be split evenly over {nodes} nodes; use --gpus-per-node to ask for GPUs on each node")]
+    GpusNotDivisible {
+        /// The total asked for.
+        gpus: u32,
+        /// The node count.
+        nodes: u32,
+    },
+    /// Fewer tasks than nodes: some node would run nothing.
+    #[error("--ntasks={ntasks} is less than --nodes={nodes}: every node needs at least one task")]
+    TasksBelowNodes {
+        /// Tasks asked for.
+        ntasks: u32,
+        /// Nodes asked for.
+        nodes: u32,
+    },
+    /// The script file could not be read.
+    #[error("Unable to open file {path}: {error}")]
+    ScriptRead {
+        /// The path as given.
+        path: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// Standard input could not be read.
+    #[error("unable to read the batch script from standard input: {0}")]
+    StdinRead(io::Error),
+    /// An empty script.
+    #[error("Batch script is empty!")]
+    EmptyScript,
+    /// A script without a `#!` line.
+    #[error(
+        "This does not look like a batch script.  The first line must start with #! followed by the path to an interpreter.\nFor instance: #!/bin/sh"
+    )]
+    NotBatchScript,
+    /// A script saved with Windows line ends, which the interpreter would choke on.
+    #[error("Batch script contains DOS line breaks (\\r\\n) instead of expected UNIX line breaks (\\n).")]
+    DosLineBreaks,
+    /// `--wrap` together with a script path or script arguments.
+    #[error("--wrap cannot be combined with a script or script arguments (got '{0}')")]
+    WrapWithScript(String),
+    /// `--wrap` inside a script.
+    #[error("--wrap is only allowed on the command line, not in a #SBATCH directive")]
+    WrapInScript,
+    /// An `#SBATCH` line that does not parse as options.
+    #[error("line {line}: malformed #SBATCH directive ({reason}): {text}")]
+    MalformedDirective {
+        /// 1-based line number in the script.
+        line: usize,
+        /// The line.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error in an option given by an `#SBATCH` line.
+    #[error("line {line}: #SBATCH directive: {error}")]
+    Directive {
+        /// 1-based line number in the script.
+        line: usize,
+        /// The option's error.
+        error: Box<SbatchError>,
+    },
+    /// An error in an option given by an `SBATCH_*` variable.
+    #[error("environment variable {var}: {error}")]
+    Environment {
+        /// The variable.
+        var: String,
+        /// The option's error.
+        error: Box<SbatchError>,
+    },
+    /// `-h/--help/--usage`: the caller prints [`USAGE`] and exits 0.
+    #[error("help requested")]
+    HelpRequested,
+    /// `-V/--version`: the caller prints its version and exits 0.
+    #[error("version requested")]
+    VersionRequested,
+}
+
+/// What `sbatch --help` prints.
+pub const USAGE: &str = "\
+Usage: sbatch [OPTIONS(0)...] [ : [OPTIONS(N)...]] script(0) [args(0)...]
+
+Parallel run options (supported by berth):
+  -A, --account=name          charge job to specified account
+  -c, --cpus-per-task=ncpus   number of cpus required per task
+  -D, --chdir=directory       set working directory for batch script
+  -e, --error=err             file for batch script's standard error
+      --export[=names]        specify environment variables to export
+  -G, --gpus=n                count of GPUs required for the job (total, split over nodes)
+      --gpus-per-node=n       number of GPUs required per allocated node
+      --gres=list             required generic resources (gpu[:type][:count] only)
+  -H, --hold                  submit job in held state
+  -J, --job-name=jobname      name of job
+      --mem=MB                minimum amount of real memory per node
+  -N, --nodes=N               number of nodes on which to run
+  -n, --ntasks=ntasks         number of tasks to run
+  -o, --output=out            file for batch script's standard output
+  -p, --partition=partition   partition requested
+      --parsable              outputs only the jobid
+  -q, --qos=qos               quality of service
+  -t, --time=minutes          time limit
+      --wrap[=command string] wrap command string in a sh script and submit
+
+Help options:
+  -h, --help                  show this help message
+      --usage                 display brief usage message
+  -V, --version               output version information and exit
+
+Other Slurm sbatch options are recognised and refused with an error naming them.
+";
+
+/// Whether an option takes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arg {
+    None,
+    Required,
+}
+
+/// What a supported option sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    JobName,
+    Output,
+    Error,
+    Time,
+    Gpus,
+    Gres,
+    GpusPerNode,
+    CpusPerTask,
+    Mem,
+    Nodes,
+    Ntasks,
+    Partition,
+    Account,
+    Qos,
+    Chdir,
+    Export,
+    Parsable,
+    Hold,
+    Wrap,
+    Help,
+    Version,
+}
+
+/// A supported option: long name, short letter, value, effect.
+type Supported = (&'static str, Option<char>, Arg, Key);
+
+/// The options berth implements.
+const SUPPORTED: &[Supported] = &[
+    ("account", Some('A'), Arg::Required, Key::Account),
+    ("chdir", Some('D'), Arg::Required, Key::Chdir),
+    ("cpus-per-task", Some('c'), Arg::Required, Key::CpusPerTask),
+    ("error", Some('e'), Arg::Required, Key::Error),
+    ("export", None, Arg::Required, Key::Export),
+    ("gpus", Some('G'), Arg::Required, Key::Gpus),
+    ("gpus-per-node", None, Arg::Required, Key::GpusPerNode),
+    ("gres", None, Arg::Required, Key::Gres),
+    ("help", Some('h'), Arg::None, Key::Help),
+    ("hold", Some('H'), Arg::None, Key::Hold),
+    ("job-name", Some('J'), Arg::Required, Key::JobName),
+    ("mem", None, Arg::Required, Key::Mem),
+    ("nodes", Some('N'), Arg::Required, Key::Nodes),
+    ("ntasks", Some('n'), Arg::Required, Key::Ntasks),
+    ("output", Some('o'), Arg::Required, Key::Output),
+    ("parsable", None, Arg::None, Key::Parsable),
+    ("partition", Some('p'), Arg::Required, Key::Partition),
+    ("qos", Some('q'), Arg::Required, Key::Qos),
+    ("time", Some('t'), Arg::Required, Key::Time),
+    ("usage", None, Arg::None, Key::Help),
+    ("version", Some('V'), Arg::None, Key::Version),
+    // Slurm's name for --chdir before 17.11; old scripts still carry it.
+    ("workdir", None, Arg::Required, Key::Chdir),
+    ("wrap", None, Arg::Required, Key::Wrap),
+];
+
+/// Real sbatch options (from the sbatch(1) man page) that berth refuses by name.
+const UNSUPPORTED: &[(&str, Option<char>)] = &[
+    ("acctg-freq", None),
+    ("array", Some('a')),
+    ("batch", None),
+    ("bb", None),
+    ("bbf", None),
+    ("begin", Some('b')),
+    ("checkpoint", None),
+    ("cluster-constraint", None),
+    ("clusters", Some('M')),
+    ("comment", None),
+    ("constraint", Some('C')),
+    ("container", None),
+    ("container-id", None),
+    ("contiguous", None),
+    ("core-spec", Some('S')),
+    ("cores-per-socket", None),
+    ("cpu-freq", None),
+    ("cpus-per-gpu", None),
+    ("deadline", None),
+    ("delay-boot", None),
+    ("dependency", Some('d')),
+    ("distribution", Some('m')),
+    ("exclude", Some('x')),
+    ("exclusive", None),
+    ("export-file", None),
+    ("extra", None),
+    ("extra-node-info", Some('B')),
+    ("get-user-env", None),
+    ("gid", None),
+    ("gpu-bind", None),
+    ("gpu-freq", None),
+    ("gpus-per-socket", None),
+    ("gpus-per-task", None),
+    ("gres-flags", None),
+    ("hint", None),
+    ("ignore-pbs", None),
+    ("input", Some('i')),
+    ("kill-on-invalid-dep", None),
+    ("licenses", Some('L')),
+    ("mail-type", None),
+    ("mail-user", None),
+    ("mcs-label", None),
+    ("mem-bind", None),
+    ("mem-per-cpu", None),
+    ("mem-per-gpu", None),
+    ("mincpus", None),
+    ("mpi", None),
+    ("network", None),
+    ("nice", None),
+    ("no-kill", Some('k')),
+    ("no-requeue", None),
+    ("nodefile", Some('F')),
+    ("nodelist", Some('w')),
+    ("ntasks-per-core", None),
+    ("ntasks-per-gpu", None),
+    ("ntasks-per-node", None),
+    ("ntasks-per-socket", None),
+    ("open-mode", None),
+    ("overcommit", Some('O')),
+    ("oversubscribe", Some('s')),
+    ("power", None),
+    ("prefer", None),
+    ("priority", None),
+    ("profile", None),
+    ("propagate", None),
+    ("quiet", Some('Q')),
+    ("reboot", None),
+    ("requeue", None),
+    ("reservation", None),
+    ("segment", None),
+    ("share", None),
+    ("signal", None),
+    ("sockets-per-node", None),
+    ("spread-job", None),
+    ("stepmgr", None),
+    ("switches", None),
+    ("tasks-per-node", None),
+    ("test-only", None),
+    ("thread-spec", None),
+    ("threads-per-core", None),
+    ("time-min", None),
+    ("tmp", None),
+    ("tres-bind", None),
+    ("tres-per-task", None),
+    ("uid", None),
+    ("use-min-nodes", None),
+    ("verbose", Some('v')),
+    ("wait", Some('W')),
+    ("wait-all-nodes", None),
+    ("wckey", None),
+];
+
+/// sbatch's input environment variables (sbatch(1), INPUT ENVIRONMENT VARIABLES) and the
+/// long option each stands for. They override the script and yield to the command line.
+const ENV_OPTIONS: &[(&str, &str)] = &[
+    ("SBATCH_ACCOUNT", "account"),
+    ("SBATCH_ACCTG_FREQ", "acctg-freq"),
+    ("SBATCH_ARRAY_INX", "array"),
+    ("SBATCH_BATCH", "batch"),
+    ("SBATCH_CLUSTER_CONSTRAINT", "cluster-constraint"),
+    ("SBATCH_CLUSTERS", "clusters"),
+    ("SBATCH_CONSTRAINT", "constraint"),
+    ("SBATCH_CONTAINER", "container"),
+    ("SBATCH_CONTAINER_ID", "container-id"),
+    ("SBATCH_CORE_SPEC", "core-spec"),
+    ("SBATCH_CPUS_PER_GPU", "cpus-per-gpu"),
+    ("SBATCH_DEBUG", "verbose"),
+    ("SBATCH_DELAY_BOOT", "delay-boot"),
+    ("SBATCH_DISTRIBUTION", "distribution"),
+    ("SBATCH_ERROR", "error"),
+    ("SBATCH_EXCLUSIVE", "exclusive"),
+    ("SBATCH_EXPORT", "export"),
+    ("SBATCH_GET_USER_ENV", "get-user-env"),
+    ("SBATCH_GPU_BIND", "gpu-bind"),
+    ("SBATCH_GPU_FREQ", "gpu-freq"),
+    ("SBATCH_GPUS", "gpus"),
+    ("SBATCH_GPUS_PER_NODE", "gpus-per-node"),
+    ("SBATCH_GPUS_PER_TASK", "gpus-per-task"),
+    ("SBATCH_GRES", "gres"),
+    ("SBATCH_GRES_FLAGS", "gres-flags"),
+    ("SBATCH_HINT", "hint"),
+    ("SBATCH_IGNORE_PBS", "ignore-pbs"),
+    ("SBATCH_JOB_NAME", "job-name"),
+    ("SBATCH_MEM_BIND", "mem-bind"),
+    ("SBATCH_MEM_PER_CPU", "mem-per-cpu"),
+    ("SBATCH_MEM_PER_GPU", "mem-per-gpu"),
+    ("SBATCH_MEM_PER_NODE", "mem"),
+    ("SBATCH_NETWORK", "network"),
+    ("SBATCH_NO_KILL", "no-kill"),
+    ("SBATCH_NO_REQUEUE", "no-requeue"),
+    ("SBATCH_OPEN_MODE", "open-mode"),
+    ("SBATCH_OUTPUT", "output"),
+    ("SBATCH_OVERCOMMIT", "overcommit"),
+    ("SBATCH_PARTITION", "partition"),
+    ("SBATCH_PROFILE", "profile"),
+    ("SBATCH_QOS", "qos"),
+    ("SBATCH_REQ_SWITCH", "switches"),
+    ("SBATCH_REQUEUE", "requeue"),
+    ("SBATCH_RESERVATION", "reservation"),
+    ("SBATCH_SIGNAL", "signal"),
+    ("SBATCH_SPREAD_JOB", "spread-job"),
+    ("SBATCH_THREAD_SPEC", "thread-spec"),
+    ("SBATCH_THREADS_PER_CORE", "threads-per-core"),
+    ("SBATCH_TIMELIMIT", "time"),
+    ("SBATCH_TRES_PER_TASK", "tres-per-task"),
+    ("SBATCH_USE_MIN_NODES", "use-min-nodes"),
+    ("SBATCH_WAIT", "wait"),
+    ("SBATCH_WAIT_ALL_NODES", "wait-all-nodes"),
+    ("SBATCH_WAIT4SWITCH", "switches"),
+    ("SBATCH_WCKEY", "wckey"),
+];
+
+/// A GPU request as one option gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GpuRequest {
+    /// GRES type (`h100`); empty for any.
+    kind: String,
+    count: u32,
+    /// The option as written, for conflict messages (`--gres=gpu:2`).
+    given: String,
+}
+
+/// `--export`: which variables the job sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Export {
+    /// The whole environment, plus or overridden by these.
+    All(Vec<(String, Option<String>)>),
+    /// Only these (values from the environment unless given).
+    Only(Vec<(String, Option<String>)>),
+    /// Nothing.
+    Nothing,
+}
+
+/// Options from one source (command line, environment, script). `None` = not given.
+#[derive(Debug, Clone, Default)]
+struct Opts {
+    job_name: Option<String>,
+    output: Option<String>,
+    error: Option<String>,
+    time_secs: Option<u64>,
+    gpus: Option<GpuRequest>,
+    gres: Option<GpuRequest>,
+    gpus_per_node: Option<GpuRequest>,
+    cpus_per_task: Option<u32>,
+    mem_mb: Option<u64>,
+    nodes: Option<u32>,
+    ntasks: Option<u32>,
+    partition: Option<String>,
+    account: Option<String>,
+    qos: Option<String>,
+    chdir: Option<String>,
+    export: Option<Export>,
+    wrap: Option<String>,
+    parsable: bool,
+    hold: bool,
+}
+
+impl Opts {
+    /// `self` with every option `top` gives replaced by `top`'s (lists such as `--export`
+    /// are replaced whole, not merged).
+    fn overlaid_by(self, top: Opts) -> Opts {
+        Opts {
+            job_name: top.job_name.or(self.job_name),
+            output: top.output.or(self.output),
+            error: top.error.or(self.error),
+            time_secs: top.time_secs.or(self.time_secs),
+            gpus: top.gpus.or(self.gpus),
+            gres: top.gres.or(self.gres),
+            gpus_per_node: top.gpus_per_node.or(self.gpus_per_node),
+            cpus_per_task: top.cpus_per_task.or(self.cpus_per_task),
+            mem_mb: top.mem_mb.or(self.mem_mb),
+            nodes: top.nodes.or(self.nodes),
+            ntasks: top.ntasks.or(self.ntasks),
+            partition: top.partition.or(self.partition),
+            account: top.account.or(self.account),
+            qos: top.qos.or(self.qos),
+            chdir: top.chdir.or(self.chdir),
+            export: top.export.or(self.export),
+            wrap: top.wrap.or(self.wrap),
+            parsable: top.parsable || self.parsable,
+            hold: top.hold || self.hold,
+        }
+    }
+}
+
+/// Where the script came from.
+enum Script {
+    /// A file: the path as given and as made absolute.
+    File { given: String, absolute: String },
+    /// `--wrap`.
+    Wrap,
+    /// Standard input.
+    Stdin,
+}
+
+/// Parses `sbatch` arguments (everything after the command name) into a submission.
+///
+/// Options end at the first argument that is not one (the script path) or after `--`; the
+/// rest are the script's arguments. Without a script path and without `--wrap`, the script
+/// is read with `read_stdin`, as sbatch reads standard input. Precedence: command line, then
+/// `SBATCH_*` variables in `ctx.env`, then `#SBATCH` directives.
+///
+/// # Errors
+/// [`SbatchError`] naming the option, value, line or file at fault; `HelpRequested` and
+/// `VersionRequested` ask the caller to print [`USAGE`] or its version instead.
+pub fn parse_submission(
+    args: &[String],
+    ctx: &SubmitContext,
+    read_stdin: &mut dyn FnMut() -> io::Result<String>,
+) -> Result<Submission, SbatchError> {
+    let mut cli = Opts::default();
+    let operands = &args[parse_options(args, &mut cli)?..];
+    let env = options_from_env(&ctx.env)?;
+    let (script, text, script_args) = match (&cli.wrap, operands.first()) {
+        (Some(_), Some(extra)) => return Err(SbatchError::WrapWithScript(extra.clone())),
+        (Some(command), None) => (Script::Wrap, wrap_script(command), Vec::new()),
+        (None, Some(path)) => {
+            let absolute = absolute_path(&ctx.cwd, path);
+            let text = std::fs::read_to_string(&absolute)
+                .map_err(|error| SbatchError::ScriptRead { path: path.clone(), error })?;
+            (Script::File { given: path.clone(), absolute }, text, operands[1..].to_vec())
+        }
+        (None, None) => (Script::Stdin, read_stdin().map_err(SbatchError::StdinRead)?, Vec::new()),
+    };
+    check_script(&text)?;
+    let (directives, warnings) = parse_directives(&text)?;
+    let opts = directives.overlaid_by(env).overlaid_by(cli);
+    let parsable = opts.parsable;
+    let spec = build_spec(opts, &script, text, script_args, ctx)?;
+    Ok(Submission { spec, parsable, warnings })
+}
+
+/// The script sbatch generates for `--wrap` (byte for byte Slurm's).
+fn wrap_script(command: &str) -> String {
+    format!("#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{command}\n")
+}
+
+/// Rejects scripts Slurm rejects: empty, no `#!` interpreter line, DOS line ends.
+fn check_script(text: &str) -> Result<(), SbatchError> {
+    if text.is_empty() {
+        return Err(SbatchError::EmptyScript);
+    }
+    if !text.starts_with("#!") {
+        return Err(SbatchError::NotBatchScript);
+    }
+    if text.contains("\r\n") {
+        return Err(SbatchError::DosLineBreaks);
+    }
+    Ok(())
+}
+
+/// `path` made absolute against `cwd`, with `.` components dropped (`./a.sh` → `/cwd/a.sh`).
+fn absolute_path(cwd: &Path, path: &str) -> String {
+    cwd.join(path).components().collect::<PathBuf>().to_string_lossy().into_owned()
+}
+
+/// Parses options from `args` into `opts` and returns the index of the first operand
+/// (`args.len()` when there is none), getopt-style with `+` (stop at the first operand).
+fn parse_options(args: &[String], opts: &mut Opts) -> Result<usize, SbatchError> {
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        if arg == "--" {
+            return Ok(i + 1);
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (body, None),
+            };
+            let (long, _, takes, key) = lookup_long(name)?;
+            let value = match (takes, inline) {
+                (Arg::None, Some(_)) => return Err(SbatchError::UnexpectedArgument(format!("--{long}"))),
+                (Arg::None, None) => None,
+                (Arg::Required, Some(value)) => Some(value),
+                (Arg::Required, None) => {
+                    i += 1;
+                    let next = args.get(i).ok_or_else(|| SbatchError::MissingArgument(format!("--{long}")))?;
+                    Some(next.as_str())
+                }
+            };
+            apply(opts, key, long, value)?;
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            i = parse_short_cluster(args, i, opts)?;
+        } else {
+            return Ok(i);
+        }
+        i += 1;
+    }
+    Ok(args.len())
+}
+
+/// Parses `-Hv`, `-N2`, `-N 2`: flags may be grouped, and the first option that takes a
+/// value takes the rest of the word or, if nothing is left, the next argument. Returns the
+/// index of the last argument consumed.
+fn parse_short_cluster(args: &[String], mut i: usize, opts: &mut Opts) -> Result<usize, SbatchError> {
+    let word = &args[i][1..];
+    for (pos, letter) in word.char_indices() {
+        let (long, _, takes, key) = lookup_short(letter)?;
+        if takes == Arg::None {
+            apply(opts, key, long, None)?;
+            continue;
+        }
+        let rest = &word[pos + letter.len_utf8()..];
+        let value = if rest.is_empty() {
+            i += 1;
+            args.get(i).ok_or_else(|| SbatchError::MissingArgument(format!("-{letter}")))?.as_str()
+        } else {
+            rest
+        };
+        apply(opts, key, long, Some(value))?;
+        return Ok(i);
+    }
+    Ok(i)
+}
+
+/// Finds a long option by exact name or unique prefix (as getopt_long does).
+fn lookup_long(name: &str) -> Result<Supported, SbatchError> {
+    if let Some(found) = SUPPORTED.iter().find(|o| o.0 == name) {
+        return Ok(*found);
+    }
+    if UNSUPPORTED.iter().any(|o| o.0 == name) {
+        return Err(SbatchError::UnsupportedOption(format!("--{name}")));
+    }
+    let supported = SUPPORTED.iter().map(|o| o.0).filter(|long| long.starts_with(name));
+    let unsupported = UNSUPPORTED.iter().map(|o| o.0).filter(|long| long.starts_with(name));
+    let mut candidates: Vec<&str> = supported.chain(unsupported).collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    match candidates.as_slice() {
+        _ if name.is_empty() => Err(SbatchError::UnrecognizedOption(format!("--{name}"))),
+        [] => Err(SbatchError::UnrecognizedOption(format!("--{name}"))),
+        [only] => lookup_long(only),
+        many => Err(SbatchError::AmbiguousOption {
+            option: format!("--{name}"),
+            candidates: many.iter().map(|c| format!("'--{c}'")).collect::<Vec<_>>().join(" "),
+        }),
+    }
+}
+
+/// Finds a short option.
+fn lookup_short(letter: char) -> Result<Supported, SbatchError> {
+    if let Some(found) = SUPPORTED.iter().find(|o| o.1 == Some(letter)) {
+        return Ok(*found);
+    }
+    match UNSUPPORTED.iter().find(|o| o.1 == Some(letter)) {
+        Some((long, _)) => Err(SbatchError::UnsupportedOption(format!("-{letter}/--{long}"))),
+        None => Err(SbatchError::UnrecognizedOption(format!("-{letter}"))),
+    }
+}
+
+/// Reads `SBATCH_*` variables as the options they stand for. Empty values of supported
+/// options request nothing and are skipped; an unsupported one is an error even when empty,
+/// since for flags merely setting the variable turns the option on.
+fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError> {
+    let mut opts = Opts::default();
+    for (var, long) in ENV_OPTIONS {
+        let Some(value) = env.get(*var) else { continue };
+        let wrap = |error| SbatchError::Environment { var: var.to_string(), error: Box::new(error) };
+        let (long, _, _, key) = lookup_long(long).map_err(wrap)?;
+        if !value.is_empty() {
+            apply(&mut opts, key, long, Some(value)).map_err(wrap)?;
+        }
+    }
+    Ok(opts)
+}
+
+/// Records one option's value in `opts`, validating it. `long` names it in errors.
+fn apply(opts: &mut Opts, key: Key, long: &'static str, value: Option<&str>) -> Result<(), SbatchError> {
+    let value = value.unwrap_or_default();
+    let text = || non_empty(long, value);
+    match key {
+        Key::JobName => opts.job_name = Some(text()?),
+        Key::Output => opts.output = Some(text()?),
+        Key::Error => opts.error = Some(text()?),
+        Key::Account => opts.account = Some(text()?),
+        Key::Qos => opts.qos = Some(text()?),
+        Key::Chdir => opts.chdir = Some(text()?),
+        Key::Wrap => opts.wrap = Some(text()?),
+        Key::Partition => opts.partition = Some(parse_partition(value)?),
+        Key::Time => {
+            let secs = parse_time_limit(value)
+                .map_err(|reason| SbatchError::InvalidTime { value: value.to_string(), reason })?;
+            opts.time_secs = Some(secs);
+        }
+        Key::Mem => {
+            let mib = parse_mem(value).map_err(|reason| SbatchError::InvalidMem { value: value.to_string(), reason })?;
+            opts.mem_mb = Some(mib);
+        }
+        Key::Gpus => opts.gpus = Some(parse_gpu_count("--gpus", value)?),
+        Key::GpusPerNode => opts.gpus_per_node = Some(parse_gpu_count("--gpus-per-node", value)?),
+        Key::Gres => opts.gres = Some(parse_gres(value)?),
+        Key::CpusPerTask => opts.cpus_per_task = Some(parse_count("--cpus-per-task", value)?),
+        Key::Ntasks => opts.ntasks = Some(parse_count("--ntasks", value)?),
+        Key::Nodes => opts.nodes = Some(parse_nodes(value)?),
+        Key::Export => opts.export = Some(parse_export(value)?),
+        Key::Parsable => opts.parsable = true,
+        Key::Hold => opts.hold = true,
+        Key::Help => return Err(SbatchError::HelpRequested),
+        Key::Version => return Err(SbatchError::VersionRequested),
+    }
+    Ok(())
+}
+
+/// A string option that must not be empty (`-J ''` would leave the job nameless).
+fn non_empty(long: &'static str, value: &str) -> Result<String, SbatchError> {
+    if value.is_empty() {
+        return Err(SbatchError::InvalidValue {
+            option: option_name(long),
+            value: String::new(),
+            reason: "must not be empty".to_string(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// `--long` as a static string for error messages (the tables hold every name).
+fn option_name(long: &str) -> &'static str {
+    const NAMES: &[(&str, &str)] = &[
+        ("account", "--account"),
+        ("chdir", "--chdir"),
+        ("error", "--error"),
+        ("job-name", "--job-name"),
+        ("output", "--output"),
+        ("partition", "--partition"),
+        ("qos", "--qos"),
+        ("workdir", "--workdir"),
+        ("wrap", "--wrap"),
+    ];
+    NAMES.iter().find(|(l, _)| *l == long).map_or("option", |(_, n)| n)
+}
+
+/// A positive decimal count (`--nodes`, `--ntasks`, `--cpus-per-task`).
+fn parse_count(option: &'static str, value: &str) -> Result<u32, SbatchError> {
+    let invalid = || SbatchError::InvalidNumber { option, value: value.to_string() };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    match value.parse::<u32>().map_err(|_| invalid())? {
+        0 => Err(SbatchError::ZeroCount { option, value: value.to_string() }),
+        n => Ok(n),
+    }
+}
+
+/// `--nodes=N`; Slurm's `min-max` ranges and `N,M` lists are refused unless they pin one
+/// count (`2-2`).
+fn parse_nodes(value: &str) -> Result<u32, SbatchError> {
+    if value.contains(',') {
+        return Err(SbatchError::UnsupportedValue {
+            option: "--nodes",
+            value: value.to_string(),
+            what: "a list of node counts".to_string(),
+        });
+    }
+    let Some((min, max)) = value.split_once('-') else {
+        return parse_count("--nodes", value);
+    };
+    let (min, max) = (parse_count("--nodes", min)?, parse_count("--nodes", max)?);
+    if min != max {
+        return Err(SbatchError::UnsupportedValue {
+            option: "--nodes",
+            value: value.to_string(),
+            what: "a node count range (give one number)".to_string(),
+        });
+    }
+    Ok(min)
+}
+
+/// `--partition`: Slurm allows a comma list (run in whichever starts first); berth takes one.
+fn parse_partition(value: &str) -> Result<String, SbatchError> {
+    if value.contains(',') {
+        return Err(SbatchError::UnsupportedValue {
+            option: "--partition",
+            value: value.to_string(),
+            what: "a list of partitions".to_string(),
+        });
+    }
+    non_empty("partition", value)
+}
+
+/// Whether `kind` is a plausible GRES type name (`h100`, `a100_80g`, `l40s`).
+fn valid_gpu_type(kind: &str) -> bool {
+    !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// `--gpus` / `--gpus-per-node`: `[type:]N`.
+fn parse_gpu_count(option: &'static str, value: &str) -> Result<GpuRequest, SbatchError> {
+    let invalid = |reason: &str| SbatchError::InvalidValue {
+        option,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if value.contains(',') {
+        return Err(SbatchError::UnsupportedValue {
+            option,
+            value: value.to_string(),
+            what: "more than one GPU type per job".to_string(),
+        });
+    }
+    let (kind, count) = value.rsplit_once(':').unwrap_or(("", value));
+    if value.contains(':') && !valid_gpu_type(kind) {
+        return Err(invalid("expected [type:]count, e.g. h100:2"));
+    }
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SbatchError::InvalidNumber { option, value: value.to_string() });
+    }
+    let count = count.parse().map_err(|_| SbatchError::InvalidNumber { option, value: value.to_string() })?;
+    Ok(GpuRequest { kind: kind.to_string(), count, given: format!("{option}={value}") })
+}
+
+/// `--gres=gpu[:type][:N]` (N defaults to 1) or `none`. Only GPUs are generic resources in
+/// berth, and one entry per job.
+fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
+    let given = format!("--gres={value}");
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(GpuRequest { kind: String::new(), count: 0, given });
+    }
+    let invalid = |reason: &str| SbatchError::InvalidValue {
+        option: "--gres",
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let unsupported = |what: String| SbatchError::UnsupportedValue { option: "--gres", value: value.to_string(), what };
+    let entries: Vec<&str> = value.split(',').collect();
+    if entries.len() > 1 {
+        return Err(unsupported("more than one GRES entry".to_string()));
+    }
+    let mut parts = entries[0].split(':');
+    match parts.next() {
+        Some("gpu") => {}
+        Some("") | None => return Err(invalid("expected gpu[:type][:count]")),
+        Some(name) => return Err(unsupported(format!("GRES '{name}' (only gpu)"))),
+    }
+    let is_count = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (kind, count) = match parts.collect::<Vec<_>>().as_slice() {
+        [] => ("", "1"),
+        [count] if is_count(count) => ("", *count),
+        [kind] => (*kind, "1"),
+        [kind, count] => (*kind, *count),
+        _ => return Err(invalid("expected gpu[:type][:count]")),
+    };
+    if (!kind.is_empty() && !valid_gpu_type(kind)) || !is_count(count) {
+        return Err(invalid("expected gpu[:type][:count]"));
+    }
+    let count = count.parse().map_err(|_| invalid("GPU count too large"))?;
+    Ok(GpuRequest { kind: kind.to_string(), count, given })
+}
+
+/// `--export=ALL|NONE|[ALL,]VAR[=value],...`.
+fn parse_export(value: &str) -> Result<Export, SbatchError> {
+    let invalid = |reason: String| SbatchError::InvalidValue { option: "--export", value: value.to_string(), reason };
+    match value {
+        "" => return Err(invalid("must not be empty".to_string())),
+        "NONE" => return Ok(Export::Nothing),
+        "ALL" => return Ok(Export::All(Vec::new())),
+        _ => {}
+    }
+    let mut all = false;
+    let mut vars = Vec::new();
+    for item in value.split(',') {
+        match item {
+            "ALL" => all = true,
+            "NONE" => return Err(invalid("NONE cannot be combined with variables".to_string())),
+            "NIL" => {
+                return Err(SbatchError::UnsupportedValue {
+                    option: "--export",
+                    value: value.to_string(),
+                    what: "NIL".to_string(),
+                })
+            }
+            _ => {
+                let (name, assigned) = match item.split_once('=') {
+                    Some((name, v)) => (name, Some(v.to_string())),
+                    None => (item, None),
+                };
+                if !valid_var_name(name) {
+                    return Err(invalid(format!("'{name}' is not a variable name")));
+                }
+                vars.push((name.to_string(), assigned));
+            }
+        }
+    }
+    Ok(if all { Export::All(vars) } else { Export::Only(vars) })
+}
+
+/// A shell variable name: a letter or `_`, then letters, digits, `_`.
+fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reads `#SBATCH` lines from the top of the script: they end at the first line that is
+/// neither blank nor a comment (Slurm ignores directives after that; berth warns about them).
+fn parse_directives(script: &str) -> Result<(Opts, Vec<String>), SbatchError> {
+    let mut opts = Opts::default();
+    let mut warnings = Vec::new();
+    let mut in_header = true;
+    for (index, line) in script.lines().enumerate() {
+        let number = index + 1;
+        let Some(rest) = line.strip_prefix("#SBATCH") else {
+            let trimmed = line.trim_start();
+            in_header &= trimmed.is_empty() || trimmed.starts_with('#');
+            continue;
+        };
+        if !in_header {
+            warnings.push(format!(
+                "line {number}: #SBATCH after the first command is ignored (as by Slurm): {line}"
+            ));
+            continue;
+        }
+        parse_directive(number, line, rest, &mut opts)?;
+    }
+    Ok((opts, warnings))
+}
+
+/// One `#SBATCH` line: `rest` is what follows the keyword.
+fn parse_directive(number: usize, line: &str, rest: &str, opts: &mut Opts) -> Result<(), SbatchError> {
+    let malformed = |reason: String| SbatchError::MalformedDirective { line: number, text: line.to_string(), reason };
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return Err(malformed("expected a space after #SBATCH".to_string()));
+    }
+    let words = split_words(rest).map_err(malformed)?;
+    if words.is_empty() {
+        return Err(malformed("no option given".to_string()));
+    }
+    let wrapped_before = opts.wrap.is_some();
+    let first_operand = parse_options(&words, opts)
+        .map_err(|error| SbatchError::Directive { line: number, error: Box::new(error) })?;
+    if let Some(word) = words.get(first_operand) {
+        return Err(malformed(format!("'{word}' is not an option")));
+    }
+    if opts.wrap.is_some() && !wrapped_before {
+        return Err(SbatchError::Directive { line: number, error: Box::new(SbatchError::WrapInScript) });
+    }
+    Ok(())
+}
+
+/// Splits a directive like a shell would: whitespace separates words, `'…'` and `"…"` quote,
+/// `\` escapes outside single quotes, and a `#` at the start of a word begins a comment.
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '#' if word.is_none() => break,
+            '\'' => loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some(q) => word.get_or_insert_with(String::new).push(q),
+                    None => return Err("unterminated ' quote".to_string()),
+                }
+            },
+            '"' => loop {
+                let w = word.get_or_insert_with(String::new);
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => w.push(chars.next().ok_or("unterminated \" quote")?),
+                    Some(q) => w.push(q),
+                    None => return Err("unterminated \" quote".to_string()),
+                }
+            },
+            '\\' => {
+                let escaped = chars.next().ok_or("backslash at end of line")?;
+                word.get_or_insert_with(String::new).push(escaped);
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// Settles the GPU request: `--gres` and `--gpus-per-node` are per node and must agree;
+/// `--gpus` is a total spread evenly over the nodes. Returns (GPUs per node, type).
+fn resolve_gpus(opts: &Opts, nodes: u32) -> Result<(u32, String), SbatchError> {
+    let compatible = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
+    let conflict = |a: &GpuRequest, b: &GpuRequest, why: &str| {
+        SbatchError::GpuConflict(format!("{} and {} {why}", a.given, b.given))
+    };
+    let mut per_node: Option<GpuRequest> = None;
+    for request in [&opts.gres, &opts.gpus_per_node].into_iter().flatten() {
+        per_node = Some(match per_node {
+            None => request.clone(),
+            Some(prev) if prev.count != request.count => return Err(conflict(&prev, request, "ask for different GPU counts per node")),
+            Some(prev) if !compatible(&prev.kind, &request.kind) => return Err(conflict(&prev, request, "ask for different GPU types")),
+            Some(prev) => GpuRequest { kind: if prev.kind.is_empty() { request.kind.clone() } else { prev.kind }, ..prev },
+        });
+    }
+    let Some(total) = &opts.gpus else {
+        return Ok(per_node.map_or((0, String::new()), |r| (r.count, r.kind)));
+    };
+    match per_node {
+        Some(p) if !compatible(&p.kind, &total.kind) => Err(conflict(&p, total, "ask for different GPU types")),
+        Some(p) if u64::from(p.count) * u64::from(nodes) != u64::from(total.count) => Err(SbatchError::GpuConflict(format!(
+            "{} asks for {} GPUs in total but {} on {nodes} node(s) is {}",
+            total.given,
+            total.count,
+            p.given,
+            u64::from(p.count) * u64::from(nodes)
+        ))),
+        Some(p) => Ok((p.count, if p.kind.is_empty() { total.kind.clone() } else { p.kind })),
+        None if total.count % nodes != 0 => Err(SbatchError::GpusNotDivisible { gpus: total.count, nodes }),
+        None => Ok((total.count / nodes, total.kind.clone())),
+    }
+}
+
+/// The job's environment and whether it is the whole submit environment.
+fn exported_env(export: &Export, env: &BTreeMap<String, String>) -> (BTreeMap<String, String>, bool) {
+    let pick = |vars: &[(String, Option<String>)], base: &mut BTreeMap<String, String>| {
+        for (name, assigned) in vars {
+            // A bare name exports the submit value; Slurm skips names that are not set.
+            if let Some(value) = assigned.clone().or_else(|| env.get(name).cloned()) {
+                base.insert(name.clone(), value);
+            }
+        }
+    };
+    match export {
+        Export::Nothing => (BTreeMap::new(), false),
+        Export::All(vars) => {
+            let mut out = env.clone();
+            pick(vars, &mut out);
+            (out, true)
+        }
+        Export::Only(vars) => {
+            let mut out = BTreeMap::new();
+            pick(vars, &mut out);
+            (out, false)
+        }
+    }
+}
+
+/// Builds the spec from the merged options, with Slurm's defaults for what was not given.
+fn build_spec(opts: Opts, script: &Script, text: String, args: Vec<String>, ctx: &SubmitContext) -> Result<JobSpec, SbatchError> {
+    let nodes = opts.nodes.unwrap_or(1);
+    let ntasks = match opts.ntasks {
+        Some(ntasks) if ntasks < nodes => return Err(SbatchError::TasksBelowNodes { ntasks, nodes }),
+        Some(ntasks) => ntasks,
+        None => nodes,
+    };
+    let (gpus_per_node, gpu_type) = resolve_gpus(&opts, nodes)?;
+    let (env, export_all) = exported_env(opts.export.as_ref().unwrap_or(&Export::All(Vec::new())), &ctx.env);
+    let (default_name, command) = match script {
+        Script::File { given, absolute } => {
+            let base = Path::new(given).file_name().map(|n| n.to_string_lossy().into_owned());
+            (base.unwrap_or_else(|| given.clone()), absolute.clone())
+        }
+        Script::Wrap => ("wrap".to_string(), "(wrap)".to_string()),
+        Script::Stdin => ("sbatch".to_string(), String::new()),
+    };
+    let cwd = ctx.cwd.to_string_lossy().into_owned();
+    Ok(JobSpec {
+        name: opts.job_name.unwrap_or(default_name),
+        script: text,
+        args,
+        command,
+        work_dir: opts.chdir.map_or_else(|| cwd.clone(), |dir| absolute_path(&ctx.cwd, &dir)),
+        submit_dir: cwd,
+        stdout: opts.output.unwrap_or_default(),
+        stderr: opts.error.unwrap_or_default(),
+        time_limit_secs: opts.time_secs.unwrap_or(0),
+        nodes,
+        ntasks,
+        cpus_per_task: opts.cpus_per_task.unwrap_or(1),
+        mem_mb: opts.mem_mb.unwrap_or(0),
+        gpus_per_node,
+        gpu_type,
+        partition: opts.partition.unwrap_or_default(),
+        account: opts.account.unwrap_or_default(),
+        qos: opts.qos.unwrap_or_default(),
+        env,
+        user: ctx.user.clone(),
+        uid: ctx.uid,
+        gid: ctx.gid,
+        hold: opts.hold,
+        submit_host: ctx.host.clone(),
+        export_all,
+    })
+}
+
+#[cfg(test)]
+mod tests;

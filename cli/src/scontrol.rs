@@ -1,0 +1,477 @@
+//! `scontrol show job` / `scontrol show node`: Slurm's `Key=Value` records.
+//!
+//! Tools scrape these records by key (`JobState=`, `NodeList=`, `StdOut=`, `ExitCode=`), so
+//! the keys, their order and their value formats follow Slurm's `slurm_sprint_job_info`:
+//! the first line is unindented, the rest are indented three spaces, unset strings are
+//! `(null)` and unset times `Unknown`. Keys describing Slurm features berth does not have
+//! (dependencies, features, licenses) carry Slurm's own "none" values, so parsers find
+//! them. berth adds what a GPU user needs and Slurm hides behind `-d`: the granted GPUs per
+//! node (`Nodes=… GRES=gpu:h100:2(IDX:0-1)`), their UUIDs (`GpuUuids=node:uuid,…`) and, for
+//! nodes, one `Gpu=` line per GPU.
+
+use std::fmt::Write as _;
+
+use berth_proto::v1::{Job, JobState, Node, NodeState};
+
+use crate::duration::format_hms;
+use crate::hostlist;
+use crate::sinfo;
+use crate::squeue::{self, or_null, spec};
+
+/// Indentation of every line after the first, as Slurm prints it.
+const INDENT: &str = "   ";
+
+/// One job as `scontrol show job` prints it, ending with `\n` (callers separate records
+/// with a blank line, as scontrol does). `now_ms` is used for the run time of a running job.
+pub fn show_job(job: &Job, now_ms: u64) -> String {
+    let mut lines = vec![format!("JobId={} JobName={}", job.id, spec(job).name)];
+    lines.extend(identity_lines(job));
+    lines.extend(time_lines(job, now_ms));
+    lines.extend(resource_lines(job));
+    lines.extend(file_lines(job));
+    lines.extend(gpu_lines(job));
+    let mut out = lines.join(&format!("\n{INDENT}"));
+    out.push('\n');
+    out
+}
+
+/// Who submitted the job, its accounting and state.
+fn identity_lines(job: &Job) -> Vec<String> {
+    let spec = spec(job);
+    let held = job.held || (job.state() == JobState::Pending && spec.hold);
+    // berth orders jobs by fair share and sends no priority number; Slurm shows 0 for a
+    // held job, so 0 keeps that meaning and 1 says "eligible".
+    let priority = if held { 0 } else { 1 };
+    vec![
+        format!(
+            "UserId={}({}) GroupId={}({}) MCS_label=N/A",
+            squeue::user(job),
+            spec.uid,
+            squeue::group_name(spec.gid),
+            spec.gid
+        ),
+        format!("Priority={priority} Nice=0 Account={} QOS={}", or_null(&spec.account), or_null(&spec.qos)),
+        format!("JobState={} Reason={} Dependency=(null)", squeue::state_name(job), squeue::reason(job)),
+        format!("Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={}:{}", job.exit_code, job.exit_signal),
+    ]
+}
+
+/// Run time, limit and the job's timestamps.
+fn time_lines(job: &Job, now_ms: u64) -> Vec<String> {
+    let spec = spec(job);
+    let limit = match spec.time_limit_secs {
+        0 => "UNLIMITED".to_string(),
+        secs => format_hms(secs),
+    };
+    let time = |ms: u64| squeue::format_timestamp(ms).unwrap_or_else(|| "Unknown".to_string());
+    let eligible = if job.held { 0 } else { job.submit_time_ms };
+    let end = squeue::end_time_ms(job).unwrap_or(0);
+    vec![
+        format!("RunTime={} TimeLimit={limit} TimeMin=N/A", format_hms(squeue::elapsed_secs(job, now_ms))),
+        format!("SubmitTime={} EligibleTime={}", time(job.submit_time_ms), time(eligible)),
+        format!("StartTime={} EndTime={} Deadline=N/A", time(job.start_time_ms), time(end)),
+    ]
+}
+
+/// Where the job runs and what it asked for and holds.
+fn resource_lines(job: &Job) -> Vec<String> {
+    let spec = spec(job);
+    let nodes = squeue::node_names(job);
+    let mut lines = vec![
+        format!("Partition={} AllocNode:Sid={}:*", squeue::partition(job), or_null(&spec.submit_host)),
+        "ReqNodeList=(null) ExcNodeList=(null)".to_string(),
+        format!("NodeList={}", if nodes.is_empty() { "(null)".to_string() } else { hostlist::compress(&nodes) }),
+    ];
+    if let Some(first) = nodes.first() {
+        lines.push(format!("BatchHost={first}"));
+    }
+    lines.push(format!(
+        "NumNodes={} NumCPUs={} NumTasks={} CPUs/Task={} ReqB:S:C:T=0:0:*:*",
+        squeue::node_count(job),
+        squeue::cpu_count(job),
+        spec.ntasks.max(1),
+        spec.cpus_per_task.max(1)
+    ));
+    lines.push(format!("ReqTRES={}", requested_tres(job)));
+    lines.push(format!("AllocTRES={}", allocated_tres(job).unwrap_or_else(|| "(null)".to_string())));
+    lines.push("Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=*".to_string());
+    let mem = if spec.mem_mb == 0 { "0".to_string() } else { format!("{}M", spec.mem_mb) };
+    lines.push(format!("MinCPUsNode={} MinMemoryNode={mem} MinTmpDiskNode=0", spec.cpus_per_task.max(1)));
+    lines.push("Features=(null) DelayBoot=00:00:00".to_string());
+    lines.push("OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)".to_string());
+    lines
+}
+
+/// Slurm's TRES list from counts; GPUs appear untyped and, when typed, once more by type.
+fn tres(cpus: u64, mem_mb: u64, nodes: u64, gpus: u64, gpu_type: &str) -> String {
+    let mut out = format!("cpu={cpus}");
+    if mem_mb > 0 {
+        let _ = write!(out, ",mem={mem_mb}M");
+    }
+    let _ = write!(out, ",node={nodes},billing={cpus}");
+    if gpus > 0 {
+        let _ = write!(out, ",gres/gpu={gpus}");
+        if !gpu_type.is_empty() {
+            let _ = write!(out, ",gres/gpu:{gpu_type}={gpus}");
+        }
+    }
+    out
+}
+
+/// What the job asked for, over all its nodes.
+fn requested_tres(job: &Job) -> String {
+    let spec = spec(job);
+    let nodes = u64::from(spec.nodes.max(1));
+    let cpus = u64::from(spec.ntasks.max(1)) * u64::from(spec.cpus_per_task.max(1));
+    let gpus = u64::from(spec.gpus_per_node) * nodes;
+    tres(cpus, spec.mem_mb.saturating_mul(nodes), nodes, gpus, &spec.gpu_type)
+}
+
+/// What the job holds; `None` before it is placed.
+fn allocated_tres(job: &Job) -> Option<String> {
+    if job.allocations.is_empty() {
+        return None;
+    }
+    let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
+    let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
+    let gpus: u64 = job.allocations.iter().map(|a| a.gpu_uuids.len() as u64).sum();
+    Some(tres(cpus, mem, job.allocations.len() as u64, gpus, &spec(job).gpu_type))
+}
+
+/// The script, its directory and its output files.
+fn file_lines(job: &Job) -> Vec<String> {
+    let spec = spec(job);
+    let (stdout, stderr) = output_paths(job);
+    let mut lines = vec![
+        format!("Command={}", or_null(&spec.command)),
+        format!("WorkDir={}", spec.work_dir),
+        format!("StdErr={stderr}"),
+        "StdIn=/dev/null".to_string(),
+        format!("StdOut={stdout}"),
+    ];
+    if let Some(tres) = squeue::tres_per_node(job) {
+        lines.push(format!("TresPerNode={tres}"));
+    }
+    lines
+}
+
+/// The GPUs granted on each node, as Slurm's `-d` detail lines, then berth's UUID list.
+fn gpu_lines(job: &Job) -> Vec<String> {
+    let kind = &spec(job).gpu_type;
+    let mut lines = Vec::new();
+    let mut uuids = Vec::new();
+    for alloc in job.allocations.iter().filter(|a| !a.gpu_uuids.is_empty()) {
+        let gres = if kind.is_empty() { "gpu".to_string() } else { format!("gpu:{kind}") };
+        lines.push(format!(
+            "  Nodes={} CPUs={} Mem={} GRES={gres}:{}(IDX:{})",
+            alloc.node,
+            alloc.cpus,
+            alloc.mem_mb,
+            alloc.gpu_uuids.len(),
+            hostlist::compress_numbers(&alloc.gpu_indices)
+        ));
+        uuids.extend(alloc.gpu_uuids.iter().map(|uuid| format!("{}:{uuid}", alloc.node)));
+    }
+    if !uuids.is_empty() {
+        lines.push(format!("GpuUuids={}", uuids.join(",")));
+    }
+    lines
+}
+
+/// `StdOut=`/`StdErr=`: the paths the agent resolved, else the patterns with what is known
+/// expanded and made absolute against the work directory.
+fn output_paths(job: &Job) -> (String, String) {
+    let spec = spec(job);
+    let stdout_pattern = if spec.stdout.is_empty() { "slurm-%j.out" } else { spec.stdout.as_str() };
+    // An empty --error means "into the stdout file".
+    let stderr_pattern = if spec.stderr.is_empty() { stdout_pattern } else { spec.stderr.as_str() };
+    let resolve = |resolved: &str, pattern: &str| {
+        if !resolved.is_empty() {
+            return resolved.to_string();
+        }
+        let path = expand_pattern(pattern, job);
+        if path.starts_with('/') || spec.work_dir.is_empty() {
+            path
+        } else {
+            format!("{}/{path}", spec.work_dir.trim_end_matches('/'))
+        }
+    };
+    let stdout = resolve(&job.stdout_path, stdout_pattern);
+    let stderr = if job.stderr_path.is_empty() && spec.stderr.is_empty() {
+        stdout.clone()
+    } else {
+        resolve(&job.stderr_path, stderr_pattern)
+    };
+    (stdout, stderr)
+}
+
+/// Expands Slurm's filename pattern letters that are known from the job record: `%j`/`%A`
+/// (job id, zero-padded to an optional width as in `%5j`), `%x` (name), `%u` (user), `%N`
+/// (first node, once placed) and `%%`. Others stay as written, as scontrol shows them.
+pub fn expand_pattern(pattern: &str, job: &Job) -> String {
+    let mut out = String::new();
+    let mut rest = pattern;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let width: usize = after[..digits].parse().unwrap_or(0);
+        let letter = after[digits..].chars().next();
+        let value = match letter {
+            Some('%') if digits == 0 => Some("%".to_string()),
+            Some('j' | 'A') => Some(format!("{:0width$}", job.id)),
+            Some('x') => Some(spec(job).name.clone()),
+            Some('u') => Some(squeue::user(job)),
+            Some('N') => job.allocations.first().map(|a| a.node.clone()),
+            _ => None,
+        };
+        match (value, letter) {
+            (Some(value), Some(letter)) => {
+                out.push_str(&value);
+                rest = &after[digits + letter.len_utf8()..];
+            }
+            _ => {
+                out.push('%');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One node as `scontrol show node` prints it, ending with `\n`.
+pub fn show_node(node: &Node) -> String {
+    let inv = sinfo::inventory(node);
+    let state = sinfo::node_use(node).long().to_uppercase();
+    let gpus_used = inv.gpus.iter().filter(|g| g.job_id != 0).count();
+    let mut lines = vec![
+        format!("NodeName={}", inv.name),
+        format!("CPUAlloc={} CPUTot={}", node.cpus_alloc, inv.cpus),
+        format!("Gres={}", sinfo::gres([node])),
+        format!("GresUsed={}", sinfo::gres_used([node], true)),
+        format!("RealMemory={} AllocMem={}", inv.memory_mb, node.memory_alloc_mb),
+        format!("State={state}"),
+        format!("Partitions={}", sinfo::partitions(node).join(",")),
+        format!("RegisterTime={}", squeue::format_timestamp(node.registered_time_ms).unwrap_or_else(|| "None".into())),
+        format!("CfgTRES={}", node_tres(u64::from(inv.cpus), inv.memory_mb, inv.gpus.len() as u64)),
+        format!("AllocTRES={}", node_tres(u64::from(node.cpus_alloc), node.memory_alloc_mb, gpus_used as u64)),
+        format!(
+            "DriverVersion={} NvmlVersion={} AgentVersion={}",
+            or_null(&inv.driver_version),
+            or_null(&inv.nvml_version),
+            or_null(&inv.agent_version)
+        ),
+    ];
+    if node.state() == NodeState::Down || !node.reason.is_empty() {
+        lines.insert(6, format!("Reason={}", squeue::or_null(&node.reason)));
+    }
+    for gpu in &inv.gpus {
+        let job = if gpu.job_id == 0 { "(null)".to_string() } else { gpu.job_id.to_string() };
+        // Model last: it contains spaces, and a key after it would be hard to split off.
+        lines.push(format!(
+            "Gpu={} Uuid={} Type={} Memory={}M PciBusId={} Job={job} Model={}",
+            gpu.index,
+            gpu.uuid,
+            or_null(&gpu.gres_type),
+            gpu.memory_mb,
+            or_null(&gpu.pci_bus_id),
+            gpu.model
+        ));
+    }
+    let mut out = lines.join(&format!("\n{INDENT}"));
+    out.push('\n');
+    out
+}
+
+/// A node's TRES (`cpu=64,mem=512000M,billing=64,gres/gpu=8`); empty when nothing is counted.
+fn node_tres(cpus: u64, mem_mb: u64, gpus: u64) -> String {
+    let mut parts = Vec::new();
+    if cpus > 0 {
+        parts.push(format!("cpu={cpus}"));
+    }
+    if mem_mb > 0 {
+        parts.push(format!("mem={mem_mb}M"));
+    }
+    if cpus > 0 {
+        parts.push(format!("billing={cpus}"));
+    }
+    if gpus > 0 {
+        parts.push(format!("gres/gpu={gpus}"));
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::v1::{Allocation, Gpu, JobSpec, NodeInventory};
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn finished_job() -> Job {
+        let spec = JobSpec {
+            name: "train".to_string(),
+            command: "/home/alice/train.sh".to_string(),
+            work_dir: "/home/alice".to_string(),
+            user: "alice".to_string(),
+            uid: 1000,
+            gid: 1000,
+            nodes: 1,
+            ntasks: 1,
+            cpus_per_task: 4,
+            mem_mb: 16_384,
+            gpus_per_node: 2,
+            gpu_type: "h100".to_string(),
+            time_limit_secs: 3600,
+            partition: "gpu".to_string(),
+            stdout: "logs/%x-%j.out".to_string(),
+            ..JobSpec::default()
+        };
+        let mut job = Job {
+            id: 42,
+            spec: Some(spec),
+            submit_time_ms: NOW_MS - 20_000,
+            start_time_ms: NOW_MS - 10_000,
+            end_time_ms: NOW_MS - 5_000,
+            allocations: vec![Allocation {
+                node: "dgx01".to_string(),
+                gpu_uuids: vec!["GPU-aaa".to_string(), "GPU-bbb".to_string()],
+                gpu_indices: vec![0, 1],
+                cpus: 4,
+                mem_mb: 16_384,
+            }],
+            ..Job::default()
+        };
+        job.set_state(JobState::Completed);
+        job
+    }
+
+    #[test]
+    fn show_job_has_slurm_keys() {
+        let got = show_job(&finished_job(), NOW_MS);
+        let wants = [
+            "JobId=42 JobName=train\n   UserId=alice(1000) GroupId=",
+            "\n   JobState=COMPLETED Reason=None Dependency=(null)\n",
+            "ExitCode=0:0\n",
+            "\n   RunTime=00:00:05 TimeLimit=01:00:00 TimeMin=N/A\n",
+            "\n   Partition=gpu ",
+            "\n   NodeList=dgx01\n   BatchHost=dgx01\n",
+            "\n   NumNodes=1 NumCPUs=4 NumTasks=1 CPUs/Task=4 ",
+            "\n   ReqTRES=cpu=4,mem=16384M,node=1,billing=4,gres/gpu=2,gres/gpu:h100=2\n",
+            "MinMemoryNode=16384M ",
+            "\n   Command=/home/alice/train.sh\n   WorkDir=/home/alice\n",
+            "\n   StdErr=/home/alice/logs/train-42.out\n   StdIn=/dev/null\n   StdOut=/home/alice/logs/train-42.out\n",
+            "\n   TresPerNode=gres/gpu:h100:2\n",
+            "\n     Nodes=dgx01 CPUs=4 Mem=16384 GRES=gpu:h100:2(IDX:0-1)\n",
+            "\n   GpuUuids=dgx01:GPU-aaa,dgx01:GPU-bbb\n",
+        ];
+        for (i, want) in wants.iter().enumerate() {
+            if !got.contains(want) {
+                panic!("#{i}: want {want:?} in\n{got}");
+            }
+        }
+        assert!(got.ends_with('\n') && !got.ends_with("\n\n"), "one trailing newline: {got:?}");
+    }
+
+    #[test]
+    fn show_job_pending_and_running() {
+        let mut pending = finished_job();
+        pending.set_state(JobState::Pending);
+        pending.reason = "Priority".to_string();
+        (pending.start_time_ms, pending.end_time_ms, pending.allocations) = (0, 0, Vec::new());
+        if let Some(spec) = pending.spec.as_mut() {
+            (spec.time_limit_secs, spec.stdout, spec.stderr) = (0, String::new(), "err-%j-%q.txt".into());
+        }
+        let mut running = finished_job();
+        running.set_state(JobState::Running);
+        running.end_time_ms = 0;
+        running.exit_code = 0;
+        running.stdout_path = "/scratch/out.txt".to_string();
+        let cases: Vec<(Job, Vec<&str>)> = vec![
+            (
+                pending,
+                vec![
+                    "JobState=PENDING Reason=Priority ",
+                    "RunTime=00:00:00 TimeLimit=UNLIMITED ",
+                    "StartTime=Unknown EndTime=Unknown ",
+                    "NodeList=(null)\n",
+                    "AllocTRES=(null)\n",
+                    "StdErr=/home/alice/err-42-%q.txt\n",
+                    "StdOut=/home/alice/slurm-42.out\n",
+                ],
+            ),
+            (running, vec!["JobState=RUNNING ", "RunTime=00:00:10 ", "StdOut=/scratch/out.txt\n", "StdErr=/scratch/out.txt\n"]),
+        ];
+        for (i, (job, wants)) in cases.iter().enumerate() {
+            let got = show_job(job, NOW_MS);
+            assert!(!got.contains("BatchHost") || !job.allocations.is_empty(), "#{i}: {got}");
+            for want in wants {
+                if !got.contains(want) {
+                    panic!("#{i}: want {want:?} in\n{got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expands_output_patterns() {
+        let job = finished_job();
+        let cases: &[(&str, &str)] = &[
+            ("slurm-%j.out", "slurm-42.out"),
+            ("%x_%u_%5j", "train_alice_00042"),
+            ("%A-%N-%%-%a", "42-dgx01-%-%a"),
+            ("100%", "100%"),
+            ("%", "%"),
+        ];
+        for (i, (pattern, want)) in cases.iter().enumerate() {
+            let got = expand_pattern(pattern, &job);
+            if got != *want {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn show_node_lists_gpus() {
+        let gpus = (0..4)
+            .map(|i| Gpu {
+                uuid: format!("GPU-{i}"),
+                index: i,
+                model: "NVIDIA H100 80GB HBM3".to_string(),
+                gres_type: "h100".to_string(),
+                memory_mb: 81_559,
+                job_id: if i < 3 { 42 } else { 0 },
+                ..Gpu::default()
+            })
+            .collect();
+        let inventory =
+            NodeInventory { name: "dgx01".into(), partition: "gpu".into(), cpus: 64, memory_mb: 512_000, gpus, ..Default::default() };
+        let mut node = Node { inventory: Some(inventory), cpus_alloc: 12, memory_alloc_mb: 3000, ..Node::default() };
+        node.set_state(NodeState::Up);
+        let mut down = node.clone();
+        down.set_state(NodeState::Down);
+        down.reason = "Not responding".to_string();
+        let cases: Vec<(Node, Vec<&str>)> = vec![
+            (
+                node,
+                vec![
+                    "NodeName=dgx01\n   CPUAlloc=12 CPUTot=64\n   Gres=gpu:h100:4\n   GresUsed=gpu:h100:3(IDX:0-2)\n",
+                    "\n   RealMemory=512000 AllocMem=3000\n   State=MIXED\n   Partitions=gpu\n",
+                    "\n   CfgTRES=cpu=64,mem=512000M,billing=64,gres/gpu=4\n",
+                    "\n   Gpu=0 Uuid=GPU-0 Type=h100 Memory=81559M PciBusId=(null) Job=42 Model=NVIDIA H100 80GB HBM3\n",
+                    "\n   Gpu=3 Uuid=GPU-3 Type=h100 Memory=81559M PciBusId=(null) Job=(null) Model=",
+                ],
+            ),
+            (down, vec!["\n   State=DOWN\n   Reason=Not responding\n   Partitions=gpu\n"]),
+        ];
+        for (i, (node, wants)) in cases.iter().enumerate() {
+            let got = show_node(node);
+            for want in wants {
+                if !got.contains(want) {
+                    panic!("#{i}: want {want:?} in\n{got}");
+                }
+            }
+        }
+    }
+}
