@@ -63,7 +63,10 @@ pub fn parse_time_limit(value: &str) -> Result<u64, DurationError> {
         (true, 3) => &[3600, 60, 1],
         _ => return Err(DurationError::Malformed),
     };
-    let mut total = days.unwrap_or(0).checked_mul(86_400).ok_or(DurationError::Overflow)?;
+    let mut total = days
+        .unwrap_or(0)
+        .checked_mul(86_400)
+        .ok_or(DurationError::Overflow)?;
     for (value, weight) in fields.iter().zip(weights) {
         let secs = value.checked_mul(*weight).ok_or(DurationError::Overflow)?;
         total = total.checked_add(secs).ok_or(DurationError::Overflow)?;
@@ -202,7 +205,11 @@ mod tests {
             (2 * 86_400 + 3723, "2-01:02:03", "2-01:02:03", "2-01:02:03"),
         ];
         for (i, (secs, limit, elapsed, hms)) in cases.iter().enumerate() {
-            let got = (format_limit(*secs), format_elapsed(*secs), format_hms(*secs));
+            let got = (
+                format_limit(*secs),
+                format_elapsed(*secs),
+                format_hms(*secs),
+            );
             let want = (limit.to_string(), elapsed.to_string(), hms.to_string());
             if got != want {
                 panic!("#{i}: want {want:?}, got {got:?}");

@@ -68,7 +68,9 @@ pub fn parse(format: &str) -> Result<Vec<Token>, FormatError> {
         while let Some(d) = chars.next_if(|d| d.is_ascii_digit()) {
             digits.push(d);
         }
-        let letter = chars.next().ok_or_else(|| FormatError::Incomplete(format.to_string()))?;
+        let letter = chars
+            .next()
+            .ok_or_else(|| FormatError::Incomplete(format.to_string()))?;
         let width = match digits.as_str() {
             "" => None,
             text => match text.parse::<usize>() {
@@ -79,7 +81,11 @@ pub fn parse(format: &str) -> Result<Vec<Token>, FormatError> {
         if !literal.is_empty() {
             tokens.push(Token::Literal(std::mem::take(&mut literal)));
         }
-        tokens.push(Token::Field { letter, right, width });
+        tokens.push(Token::Field {
+            letter,
+            right,
+            width,
+        });
     }
     if !literal.is_empty() {
         tokens.push(Token::Literal(literal));
@@ -113,7 +119,11 @@ pub fn render_line(
     for token in tokens {
         match token {
             Token::Literal(text) => line.push_str(text),
-            Token::Field { letter, right, width } => {
+            Token::Field {
+                letter,
+                right,
+                width,
+            } => {
                 line.push_str(&cell(&value(*letter)?, *width, *right));
             }
         }
@@ -126,7 +136,11 @@ mod tests {
     use super::*;
 
     fn field(letter: char, right: bool, width: Option<usize>) -> Token {
-        Token::Field { letter, right, width }
+        Token::Field {
+            letter,
+            right,
+            width,
+        }
     }
 
     #[test]
@@ -136,7 +150,10 @@ mod tests {
             ("%i", vec![field('i', false, None)]),
             ("%.18i", vec![field('i', true, Some(18))]),
             ("%5j|", vec![field('j', false, Some(5)), lit("|")]),
-            ("id=%i%%", vec![lit("id="), field('i', false, None), lit("%")]),
+            (
+                "id=%i%%",
+                vec![lit("id="), field('i', false, None), lit("%")],
+            ),
             ("%.i", vec![field('i', true, None)]),
             ("%0i", vec![field('i', false, Some(0))]),
             ("plain", vec![lit("plain")]),

@@ -43,9 +43,17 @@ impl HostName {
         let start = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         let (prefix, digits) = name.split_at(start);
         match digits.parse::<u64>() {
-            Ok(number) => HostName { prefix: prefix.to_string(), number: Some(number), digits: digits.len() },
+            Ok(number) => HostName {
+                prefix: prefix.to_string(),
+                number: Some(number),
+                digits: digits.len(),
+            },
             // No digits, or too many for u64: keep the name whole and never range it.
-            Err(_) => HostName { prefix: name.to_string(), number: None, digits: 0 },
+            Err(_) => HostName {
+                prefix: name.to_string(),
+                number: None,
+                digits: 0,
+            },
         }
     }
 
@@ -92,14 +100,19 @@ pub fn compress(hosts: &[String]) -> String {
             groups.push((name.prefix, Vec::new()));
             continue;
         };
-        let same_prefix = matches!(groups.last(), Some((p, runs)) if *p == name.prefix && !runs.is_empty());
+        let same_prefix =
+            matches!(groups.last(), Some((p, runs)) if *p == name.prefix && !runs.is_empty());
         if !same_prefix {
             groups.push((name.prefix.clone(), Vec::new()));
         }
         let runs = &mut groups.last_mut().expect("a group was just ensured").1;
         match runs.last_mut() {
             Some(run) if run.extends(number, &name) => run.last = number,
-            _ => runs.push(Run { first: number, last: number, pad: name.pad() }),
+            _ => runs.push(Run {
+                first: number,
+                last: number,
+                pad: name.pad(),
+            }),
         }
     }
     let parts: Vec<String> = groups
@@ -119,7 +132,11 @@ pub fn compress(hosts: &[String]) -> String {
 /// A sort key that orders host names as Slurm does: by prefix, then by number
 /// (`n2` before `n10`), then by padding.
 pub fn natural_key(name: &str) -> (String, Option<u64>, usize) {
-    let HostName { prefix, number, digits } = HostName::new(name);
+    let HostName {
+        prefix,
+        number,
+        digits,
+    } = HostName::new(name);
     (prefix, number, digits)
 }
 
@@ -134,8 +151,16 @@ pub fn compress_numbers(numbers: &[u32]) -> String {
             _ => runs.push((n, n)),
         }
     }
-    let parts: Vec<String> =
-        runs.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    let parts: Vec<String> = runs
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
     parts.join(",")
 }
 
@@ -184,7 +209,12 @@ fn split_top_level(list: &str) -> Result<Vec<&str>, HostlistError> {
 
 /// Expands one comma-free item: the text before the first `[`, times each number in the
 /// brackets, times the expansion of the rest.
-fn expand_item(list: &str, item: &str, head: String, out: &mut Vec<String>) -> Result<(), HostlistError> {
+fn expand_item(
+    list: &str,
+    item: &str,
+    head: String,
+    out: &mut Vec<String>,
+) -> Result<(), HostlistError> {
     let Some(open) = item.find('[') else {
         if out.len() >= HOSTS_MAX {
             return Err(HostlistError::TooLarge(list.to_string()));
@@ -192,7 +222,10 @@ fn expand_item(list: &str, item: &str, head: String, out: &mut Vec<String>) -> R
         out.push(head + item);
         return Ok(());
     };
-    let close = open + item[open..].find(']').ok_or_else(|| HostlistError::Unbalanced(list.to_string()))?;
+    let close = open
+        + item[open..]
+            .find(']')
+            .ok_or_else(|| HostlistError::Unbalanced(list.to_string()))?;
     let (prefix, ranges, rest) = (&item[..open], &item[open + 1..close], &item[close + 1..]);
     for range in ranges.split(',') {
         for number in parse_range(list, range)? {
@@ -238,7 +271,10 @@ mod tests {
             (&["node1"], "node1"),
             (&["node1", "node2", "node3"], "node[1-3]"),
             (&["node3", "node1", "node2", "node5"], "node[1-3,5]"),
-            (&["node1", "node2", "node3", "node5", "gpu01"], "gpu01,node[1-3,5]"),
+            (
+                &["node1", "node2", "node3", "node5", "gpu01"],
+                "gpu01,node[1-3,5]",
+            ),
             (&["n01", "n02", "n03"], "n[01-03]"),
             (&["n09", "n10", "n11"], "n[09-11]"),
             (&["n9", "n10"], "n[9-10]"),
@@ -261,7 +297,10 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[
             ("node1", &["node1"]),
             ("node[1-3]", &["node1", "node2", "node3"]),
-            ("node[1-3,5],gpu01", &["node1", "node2", "node3", "node5", "gpu01"]),
+            (
+                "node[1-3,5],gpu01",
+                &["node1", "node2", "node3", "node5", "gpu01"],
+            ),
             ("n[01-03]", &["n01", "n02", "n03"]),
             ("n[09-11]", &["n09", "n10", "n11"]),
             ("r[1-2]n[1-2]", &["r1n1", "r1n2", "r2n1", "r2n2"]),
@@ -309,7 +348,12 @@ mod tests {
 
     #[test]
     fn compresses_gpu_indexes() {
-        let cases: &[(&[u32], &str)] = &[(&[], ""), (&[0], "0"), (&[2, 0, 1], "0-2"), (&[0, 1, 2, 5, 7, 8], "0-2,5,7-8")];
+        let cases: &[(&[u32], &str)] = &[
+            (&[], ""),
+            (&[0], "0"),
+            (&[2, 0, 1], "0-2"),
+            (&[0, 1, 2, 5, 7, 8], "0-2,5,7-8"),
+        ];
         for (i, (input, want)) in cases.iter().enumerate() {
             let got = compress_numbers(input);
             if got != *want {

@@ -13,7 +13,9 @@ pub enum MemError {
     #[error("empty memory size")]
     Empty,
     /// Slurm reads `--mem=0` as "all the memory of each node"; berth cannot grant that yet.
-    #[error("--mem=0 (all of a node's memory) is not supported by berth yet; give a size such as 16G")]
+    #[error(
+        "--mem=0 (all of a node's memory) is not supported by berth yet; give a size such as 16G"
+    )]
     Zero,
     /// A leading `-`.
     #[error("memory size must not be negative")]
@@ -43,7 +45,10 @@ pub fn parse_mem(value: &str) -> Result<u64, MemError> {
     if value.starts_with('-') {
         return Err(MemError::Negative);
     }
-    let digits_end = value.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(value.len());
+    let digits_end = value
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(value.len());
     let (digits, unit) = value.split_at(digits_end);
     if digits.is_empty() {
         return Err(MemError::Malformed);

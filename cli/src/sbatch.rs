@@ -563,18 +563,36 @@ pub fn parse_submission(
         (Some(command), None) => (Script::Wrap, wrap_script(command), Vec::new()),
         (None, Some(path)) => {
             let absolute = absolute_path(&ctx.cwd, path);
-            let text = std::fs::read_to_string(&absolute)
-                .map_err(|error| SbatchError::ScriptRead { path: path.clone(), error })?;
-            (Script::File { given: path.clone(), absolute }, text, operands[1..].to_vec())
+            let text =
+                std::fs::read_to_string(&absolute).map_err(|error| SbatchError::ScriptRead {
+                    path: path.clone(),
+                    error,
+                })?;
+            (
+                Script::File {
+                    given: path.clone(),
+                    absolute,
+                },
+                text,
+                operands[1..].to_vec(),
+            )
         }
-        (None, None) => (Script::Stdin, read_stdin().map_err(SbatchError::StdinRead)?, Vec::new()),
+        (None, None) => (
+            Script::Stdin,
+            read_stdin().map_err(SbatchError::StdinRead)?,
+            Vec::new(),
+        ),
     };
     check_script(&text)?;
     let (directives, warnings) = parse_directives(&text)?;
     let opts = directives.overlaid_by(env).overlaid_by(cli);
     let parsable = opts.parsable;
     let spec = build_spec(opts, &script, text, script_args, ctx)?;
-    Ok(Submission { spec, parsable, warnings })
+    Ok(Submission {
+        spec,
+        parsable,
+        warnings,
+    })
 }
 
 /// The script sbatch generates for `--wrap` (byte for byte Slurm's).
@@ -598,7 +616,11 @@ fn check_script(text: &str) -> Result<(), SbatchError> {
 
 /// `path` made absolute against `cwd`, with `.` components dropped (`./a.sh` → `/cwd/a.sh`).
 fn absolute_path(cwd: &Path, path: &str) -> String {
-    cwd.join(path).components().collect::<PathBuf>().to_string_lossy().into_owned()
+    cwd.join(path)
+        .components()
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Parses options from `args` into `opts` and returns the index of the first operand
@@ -617,12 +639,16 @@ fn parse_options(args: &[String], opts: &mut Opts) -> Result<usize, SbatchError>
             };
             let (long, _, takes, key) = lookup_long(name)?;
             let value = match (takes, inline) {
-                (Arg::None, Some(_)) => return Err(SbatchError::UnexpectedArgument(format!("--{long}"))),
+                (Arg::None, Some(_)) => {
+                    return Err(SbatchError::UnexpectedArgument(format!("--{long}")))
+                }
                 (Arg::None, None) => None,
                 (Arg::Required, Some(value)) => Some(value),
                 (Arg::Required, None) => {
                     i += 1;
-                    let next = args.get(i).ok_or_else(|| SbatchError::MissingArgument(format!("--{long}")))?;
+                    let next = args
+                        .get(i)
+                        .ok_or_else(|| SbatchError::MissingArgument(format!("--{long}")))?;
                     Some(next.as_str())
                 }
             };
@@ -640,7 +666,11 @@ fn parse_options(args: &[String], opts: &mut Opts) -> Result<usize, SbatchError>
 /// Parses `-Hv`, `-N2`, `-N 2`: flags may be grouped, and the first option that takes a
 /// value takes the rest of the word or, if nothing is left, the next argument. Returns the
 /// index of the last argument consumed.
-fn parse_short_cluster(args: &[String], mut i: usize, opts: &mut Opts) -> Result<usize, SbatchError> {
+fn parse_short_cluster(
+    args: &[String],
+    mut i: usize,
+    opts: &mut Opts,
+) -> Result<usize, SbatchError> {
     let word = &args[i][1..];
     for (pos, letter) in word.char_indices() {
         let (long, _, takes, key) = lookup_short(letter)?;
@@ -651,7 +681,9 @@ fn parse_short_cluster(args: &[String], mut i: usize, opts: &mut Opts) -> Result
         let rest = &word[pos + letter.len_utf8()..];
         let value = if rest.is_empty() {
             i += 1;
-            args.get(i).ok_or_else(|| SbatchError::MissingArgument(format!("-{letter}")))?.as_str()
+            args.get(i)
+                .ok_or_else(|| SbatchError::MissingArgument(format!("-{letter}")))?
+                .as_str()
         } else {
             rest
         };
@@ -669,8 +701,14 @@ fn lookup_long(name: &str) -> Result<Supported, SbatchError> {
     if UNSUPPORTED.iter().any(|o| o.0 == name) {
         return Err(SbatchError::UnsupportedOption(format!("--{name}")));
     }
-    let supported = SUPPORTED.iter().map(|o| o.0).filter(|long| long.starts_with(name));
-    let unsupported = UNSUPPORTED.iter().map(|o| o.0).filter(|long| long.starts_with(name));
+    let supported = SUPPORTED
+        .iter()
+        .map(|o| o.0)
+        .filter(|long| long.starts_with(name));
+    let unsupported = UNSUPPORTED
+        .iter()
+        .map(|o| o.0)
+        .filter(|long| long.starts_with(name));
     let mut candidates: Vec<&str> = supported.chain(unsupported).collect();
     candidates.sort_unstable();
     candidates.dedup();
@@ -680,7 +718,11 @@ fn lookup_long(name: &str) -> Result<Supported, SbatchError> {
         [only] => lookup_long(only),
         many => Err(SbatchError::AmbiguousOption {
             option: format!("--{name}"),
-            candidates: many.iter().map(|c| format!("'--{c}'")).collect::<Vec<_>>().join(" "),
+            candidates: many
+                .iter()
+                .map(|c| format!("'--{c}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
         }),
     }
 }
@@ -691,7 +733,9 @@ fn lookup_short(letter: char) -> Result<Supported, SbatchError> {
         return Ok(*found);
     }
     match UNSUPPORTED.iter().find(|o| o.1 == Some(letter)) {
-        Some((long, _)) => Err(SbatchError::UnsupportedOption(format!("-{letter}/--{long}"))),
+        Some((long, _)) => Err(SbatchError::UnsupportedOption(format!(
+            "-{letter}/--{long}"
+        ))),
         None => Err(SbatchError::UnrecognizedOption(format!("-{letter}"))),
     }
 }
@@ -703,7 +747,10 @@ fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError>
     let mut opts = Opts::default();
     for (var, long) in ENV_OPTIONS {
         let Some(value) = env.get(*var) else { continue };
-        let wrap = |error| SbatchError::Environment { var: var.to_string(), error: Box::new(error) };
+        let wrap = |error| SbatchError::Environment {
+            var: var.to_string(),
+            error: Box::new(error),
+        };
         let (long, _, _, key) = lookup_long(long).map_err(wrap)?;
         if !value.is_empty() {
             apply(&mut opts, key, long, Some(value)).map_err(wrap)?;
@@ -713,7 +760,12 @@ fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError>
 }
 
 /// Records one option's value in `opts`, validating it. `long` names it in errors.
-fn apply(opts: &mut Opts, key: Key, long: &'static str, value: Option<&str>) -> Result<(), SbatchError> {
+fn apply(
+    opts: &mut Opts,
+    key: Key,
+    long: &'static str,
+    value: Option<&str>,
+) -> Result<(), SbatchError> {
     let value = value.unwrap_or_default();
     let text = || non_empty(long, value);
     match key {
@@ -726,12 +778,17 @@ fn apply(opts: &mut Opts, key: Key, long: &'static str, value: Option<&str>) -> 
         Key::Wrap => opts.wrap = Some(text()?),
         Key::Partition => opts.partition = Some(parse_partition(value)?),
         Key::Time => {
-            let secs = parse_time_limit(value)
-                .map_err(|reason| SbatchError::InvalidTime { value: value.to_string(), reason })?;
+            let secs = parse_time_limit(value).map_err(|reason| SbatchError::InvalidTime {
+                value: value.to_string(),
+                reason,
+            })?;
             opts.time_secs = Some(secs);
         }
         Key::Mem => {
-            let mib = parse_mem(value).map_err(|reason| SbatchError::InvalidMem { value: value.to_string(), reason })?;
+            let mib = parse_mem(value).map_err(|reason| SbatchError::InvalidMem {
+                value: value.to_string(),
+                reason,
+            })?;
             opts.mem_mb = Some(mib);
         }
         Key::Gpus => opts.gpus = Some(parse_gpu_count("--gpus", value)?),
@@ -774,17 +831,26 @@ fn option_name(long: &str) -> &'static str {
         ("workdir", "--workdir"),
         ("wrap", "--wrap"),
     ];
-    NAMES.iter().find(|(l, _)| *l == long).map_or("option", |(_, n)| n)
+    NAMES
+        .iter()
+        .find(|(l, _)| *l == long)
+        .map_or("option", |(_, n)| n)
 }
 
 /// A positive decimal count (`--nodes`, `--ntasks`, `--cpus-per-task`).
 fn parse_count(option: &'static str, value: &str) -> Result<u32, SbatchError> {
-    let invalid = || SbatchError::InvalidNumber { option, value: value.to_string() };
+    let invalid = || SbatchError::InvalidNumber {
+        option,
+        value: value.to_string(),
+    };
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
     match value.parse::<u32>().map_err(|_| invalid())? {
-        0 => Err(SbatchError::ZeroCount { option, value: value.to_string() }),
+        0 => Err(SbatchError::ZeroCount {
+            option,
+            value: value.to_string(),
+        }),
         n => Ok(n),
     }
 }
@@ -827,7 +893,10 @@ fn parse_partition(value: &str) -> Result<String, SbatchError> {
 
 /// Whether `kind` is a plausible GRES type name (`h100`, `a100_80g`, `l40s`).
 fn valid_gpu_type(kind: &str) -> bool {
-    !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !kind.is_empty()
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `--gpus` / `--gpus-per-node`: `[type:]N`.
@@ -849,10 +918,20 @@ fn parse_gpu_count(option: &'static str, value: &str) -> Result<GpuRequest, Sbat
         return Err(invalid("expected [type:]count, e.g. h100:2"));
     }
     if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SbatchError::InvalidNumber { option, value: value.to_string() });
+        return Err(SbatchError::InvalidNumber {
+            option,
+            value: value.to_string(),
+        });
     }
-    let count = count.parse().map_err(|_| SbatchError::InvalidNumber { option, value: value.to_string() })?;
-    Ok(GpuRequest { kind: kind.to_string(), count, given: format!("{option}={value}") })
+    let count = count.parse().map_err(|_| SbatchError::InvalidNumber {
+        option,
+        value: value.to_string(),
+    })?;
+    Ok(GpuRequest {
+        kind: kind.to_string(),
+        count,
+        given: format!("{option}={value}"),
+    })
 }
 
 /// `--gres=gpu[:type][:N]` (N defaults to 1) or `none`. Only GPUs are generic resources in
@@ -860,14 +939,22 @@ fn parse_gpu_count(option: &'static str, value: &str) -> Result<GpuRequest, Sbat
 fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
     let given = format!("--gres={value}");
     if value.eq_ignore_ascii_case("none") {
-        return Ok(GpuRequest { kind: String::new(), count: 0, given });
+        return Ok(GpuRequest {
+            kind: String::new(),
+            count: 0,
+            given,
+        });
     }
     let invalid = |reason: &str| SbatchError::InvalidValue {
         option: "--gres",
         value: value.to_string(),
         reason: reason.to_string(),
     };
-    let unsupported = |what: String| SbatchError::UnsupportedValue { option: "--gres", value: value.to_string(), what };
+    let unsupported = |what: String| SbatchError::UnsupportedValue {
+        option: "--gres",
+        value: value.to_string(),
+        what,
+    };
     let entries: Vec<&str> = value.split(',').collect();
     if entries.len() > 1 {
         return Err(unsupported("more than one GRES entry".to_string()));
@@ -890,12 +977,20 @@ fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
         return Err(invalid("expected gpu[:type][:count]"));
     }
     let count = count.parse().map_err(|_| invalid("GPU count too large"))?;
-    Ok(GpuRequest { kind: kind.to_string(), count, given })
+    Ok(GpuRequest {
+        kind: kind.to_string(),
+        count,
+        given,
+    })
 }
 
 /// `--export=ALL|NONE|[ALL,]VAR[=value],...`.
 fn parse_export(value: &str) -> Result<Export, SbatchError> {
-    let invalid = |reason: String| SbatchError::InvalidValue { option: "--export", value: value.to_string(), reason };
+    let invalid = |reason: String| SbatchError::InvalidValue {
+        option: "--export",
+        value: value.to_string(),
+        reason,
+    };
     match value {
         "" => return Err(invalid("must not be empty".to_string())),
         "NONE" => return Ok(Export::Nothing),
@@ -907,7 +1002,11 @@ fn parse_export(value: &str) -> Result<Export, SbatchError> {
     for item in value.split(',') {
         match item {
             "ALL" => all = true,
-            "NONE" => return Err(invalid("NONE cannot be combined with variables".to_string())),
+            "NONE" => {
+                return Err(invalid(
+                    "NONE cannot be combined with variables".to_string(),
+                ))
+            }
             "NIL" => {
                 return Err(SbatchError::UnsupportedValue {
                     option: "--export",
@@ -927,7 +1026,11 @@ fn parse_export(value: &str) -> Result<Export, SbatchError> {
             }
         }
     }
-    Ok(if all { Export::All(vars) } else { Export::Only(vars) })
+    Ok(if all {
+        Export::All(vars)
+    } else {
+        Export::Only(vars)
+    })
 }
 
 /// A shell variable name: a letter or `_`, then letters, digits, `_`.
@@ -962,8 +1065,17 @@ fn parse_directives(script: &str) -> Result<(Opts, Vec<String>), SbatchError> {
 }
 
 /// One `#SBATCH` line: `rest` is what follows the keyword.
-fn parse_directive(number: usize, line: &str, rest: &str, opts: &mut Opts) -> Result<(), SbatchError> {
-    let malformed = |reason: String| SbatchError::MalformedDirective { line: number, text: line.to_string(), reason };
+fn parse_directive(
+    number: usize,
+    line: &str,
+    rest: &str,
+    opts: &mut Opts,
+) -> Result<(), SbatchError> {
+    let malformed = |reason: String| SbatchError::MalformedDirective {
+        line: number,
+        text: line.to_string(),
+        reason,
+    };
     if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
         return Err(malformed("expected a space after #SBATCH".to_string()));
     }
@@ -972,13 +1084,18 @@ fn parse_directive(number: usize, line: &str, rest: &str, opts: &mut Opts) -> Re
         return Err(malformed("no option given".to_string()));
     }
     let wrapped_before = opts.wrap.is_some();
-    let first_operand = parse_options(&words, opts)
-        .map_err(|error| SbatchError::Directive { line: number, error: Box::new(error) })?;
+    let first_operand = parse_options(&words, opts).map_err(|error| SbatchError::Directive {
+        line: number,
+        error: Box::new(error),
+    })?;
     if let Some(word) = words.get(first_operand) {
         return Err(malformed(format!("'{word}' is not an option")));
     }
     if opts.wrap.is_some() && !wrapped_before {
-        return Err(SbatchError::Directive { line: number, error: Box::new(SbatchError::WrapInScript) });
+        return Err(SbatchError::Directive {
+            line: number,
+            error: Box::new(SbatchError::WrapInScript),
+        });
     }
     Ok(())
 }
@@ -1033,31 +1150,63 @@ fn resolve_gpus(opts: &Opts, nodes: u32) -> Result<(u32, String), SbatchError> {
     for request in [&opts.gres, &opts.gpus_per_node].into_iter().flatten() {
         per_node = Some(match per_node {
             None => request.clone(),
-            Some(prev) if prev.count != request.count => return Err(conflict(&prev, request, "ask for different GPU counts per node")),
-            Some(prev) if !compatible(&prev.kind, &request.kind) => return Err(conflict(&prev, request, "ask for different GPU types")),
-            Some(prev) => GpuRequest { kind: if prev.kind.is_empty() { request.kind.clone() } else { prev.kind }, ..prev },
+            Some(prev) if prev.count != request.count => {
+                return Err(conflict(
+                    &prev,
+                    request,
+                    "ask for different GPU counts per node",
+                ))
+            }
+            Some(prev) if !compatible(&prev.kind, &request.kind) => {
+                return Err(conflict(&prev, request, "ask for different GPU types"))
+            }
+            Some(prev) => GpuRequest {
+                kind: if prev.kind.is_empty() {
+                    request.kind.clone()
+                } else {
+                    prev.kind
+                },
+                ..prev
+            },
         });
     }
     let Some(total) = &opts.gpus else {
         return Ok(per_node.map_or((0, String::new()), |r| (r.count, r.kind)));
     };
     match per_node {
-        Some(p) if !compatible(&p.kind, &total.kind) => Err(conflict(&p, total, "ask for different GPU types")),
-        Some(p) if u64::from(p.count) * u64::from(nodes) != u64::from(total.count) => Err(SbatchError::GpuConflict(format!(
-            "{} asks for {} GPUs in total but {} on {nodes} node(s) is {}",
-            total.given,
-            total.count,
-            p.given,
-            u64::from(p.count) * u64::from(nodes)
-        ))),
-        Some(p) => Ok((p.count, if p.kind.is_empty() { total.kind.clone() } else { p.kind })),
-        None if total.count % nodes != 0 => Err(SbatchError::GpusNotDivisible { gpus: total.count, nodes }),
+        Some(p) if !compatible(&p.kind, &total.kind) => {
+            Err(conflict(&p, total, "ask for different GPU types"))
+        }
+        Some(p) if u64::from(p.count) * u64::from(nodes) != u64::from(total.count) => {
+            Err(SbatchError::GpuConflict(format!(
+                "{} asks for {} GPUs in total but {} on {nodes} node(s) is {}",
+                total.given,
+                total.count,
+                p.given,
+                u64::from(p.count) * u64::from(nodes)
+            )))
+        }
+        Some(p) => Ok((
+            p.count,
+            if p.kind.is_empty() {
+                total.kind.clone()
+            } else {
+                p.kind
+            },
+        )),
+        None if total.count % nodes != 0 => Err(SbatchError::GpusNotDivisible {
+            gpus: total.count,
+            nodes,
+        }),
         None => Ok((total.count / nodes, total.kind.clone())),
     }
 }
 
 /// The job's environment and whether it is the whole submit environment.
-fn exported_env(export: &Export, env: &BTreeMap<String, String>) -> (BTreeMap<String, String>, bool) {
+fn exported_env(
+    export: &Export,
+    env: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, bool) {
     let pick = |vars: &[(String, Option<String>)], base: &mut BTreeMap<String, String>| {
         for (name, assigned) in vars {
             // A bare name exports the submit value; Slurm skips names that are not set.
@@ -1082,18 +1231,31 @@ fn exported_env(export: &Export, env: &BTreeMap<String, String>) -> (BTreeMap<St
 }
 
 /// Builds the spec from the merged options, with Slurm's defaults for what was not given.
-fn build_spec(opts: Opts, script: &Script, text: String, args: Vec<String>, ctx: &SubmitContext) -> Result<JobSpec, SbatchError> {
+fn build_spec(
+    opts: Opts,
+    script: &Script,
+    text: String,
+    args: Vec<String>,
+    ctx: &SubmitContext,
+) -> Result<JobSpec, SbatchError> {
     let nodes = opts.nodes.unwrap_or(1);
     let ntasks = match opts.ntasks {
-        Some(ntasks) if ntasks < nodes => return Err(SbatchError::TasksBelowNodes { ntasks, nodes }),
+        Some(ntasks) if ntasks < nodes => {
+            return Err(SbatchError::TasksBelowNodes { ntasks, nodes })
+        }
         Some(ntasks) => ntasks,
         None => nodes,
     };
     let (gpus_per_node, gpu_type) = resolve_gpus(&opts, nodes)?;
-    let (env, export_all) = exported_env(opts.export.as_ref().unwrap_or(&Export::All(Vec::new())), &ctx.env);
+    let (env, export_all) = exported_env(
+        opts.export.as_ref().unwrap_or(&Export::All(Vec::new())),
+        &ctx.env,
+    );
     let (default_name, command) = match script {
         Script::File { given, absolute } => {
-            let base = Path::new(given).file_name().map(|n| n.to_string_lossy().into_owned());
+            let base = Path::new(given)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
             (base.unwrap_or_else(|| given.clone()), absolute.clone())
         }
         Script::Wrap => ("wrap".to_string(), "(wrap)".to_string()),
@@ -1105,7 +1267,9 @@ fn build_spec(opts: Opts, script: &Script, text: String, args: Vec<String>, ctx:
         script: text,
         args,
         command,
-        work_dir: opts.chdir.map_or_else(|| cwd.clone(), |dir| absolute_path(&ctx.cwd, &dir)),
+        work_dir: opts
+            .chdir
+            .map_or_else(|| cwd.clone(), |dir| absolute_path(&ctx.cwd, &dir)),
         submit_dir: cwd,
         stdout: opts.output.unwrap_or_default(),
         stderr: opts.error.unwrap_or_default(),
@@ -1129,3 +1293,756 @@ fn build_spec(opts: Opts, script: &Script, text: String, args: Vec<String>, ctx:
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A temp dir with scripts in it, and a context rooted there.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        ctx: SubmitContext,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let env = [("HOME", "/home/alice"), ("PATH", "/usr/bin"), ("LANG", "C")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let ctx = SubmitContext {
+                cwd: dir.path().to_path_buf(),
+                env,
+                user: "alice".to_string(),
+                uid: 1000,
+                gid: 100,
+                host: "login1".to_string(),
+            };
+            Fixture { dir, ctx }
+        }
+
+        fn script(&self, name: &str, body: &str) -> &Self {
+            fs::write(self.dir.path().join(name), body).expect("write script");
+            self
+        }
+
+        fn run(&self, args: &[&str]) -> Result<Submission, SbatchError> {
+            self.run_stdin(
+                args,
+                Err(io::Error::other("stdin not expected in this test")),
+            )
+        }
+
+        fn run_stdin(
+            &self,
+            args: &[&str],
+            stdin: io::Result<String>,
+        ) -> Result<Submission, SbatchError> {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let mut stdin = Some(stdin);
+            let mut read = || stdin.take().expect("stdin read once");
+            parse_submission(&args, &self.ctx, &mut read)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    /// The resource and naming fields of a spec on one line, for table tests.
+    fn summary(spec: &JobSpec) -> String {
+        format!(
+            "name={} N={} n={} c={} t={} mem={} gpu={}:{} p={} A={} q={} H={} o={} e={} args={:?}",
+            spec.name,
+            spec.nodes,
+            spec.ntasks,
+            spec.cpus_per_task,
+            spec.time_limit_secs,
+            spec.mem_mb,
+            spec.gpu_type,
+            spec.gpus_per_node,
+            spec.partition,
+            spec.account,
+            spec.qos,
+            spec.hold,
+            spec.stdout,
+            spec.stderr,
+            spec.args
+        )
+    }
+
+    const DEFAULTS: &str =
+        "name=job.sh N=1 n=1 c=1 t=0 mem=0 gpu=:0 p= A= q= H=false o= e= args=[]";
+
+    #[test]
+    fn option_forms() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\necho hi\n");
+        let d = |over: &[&str]| -> String {
+            // DEFAULTS with some `key=value` fields replaced.
+            let mut fields: Vec<String> = DEFAULTS.split(' ').map(str::to_string).collect();
+            for o in over {
+                let key = o.split('=').next().unwrap_or_default();
+                let slot = fields
+                    .iter_mut()
+                    .find(|f| f.starts_with(&format!("{key}=")))
+                    .expect("known field");
+                *slot = o.to_string();
+            }
+            fields.join(" ")
+        };
+        let cases: Vec<(Vec<&str>, String)> = vec![
+            (vec!["job.sh"], d(&[])),
+            (vec!["-N2", "job.sh"], d(&["N=2", "n=2"])),
+            (vec!["-N", "2", "job.sh"], d(&["N=2", "n=2"])),
+            (vec!["--nodes=2", "job.sh"], d(&["N=2", "n=2"])),
+            (vec!["--nodes", "2", "job.sh"], d(&["N=2", "n=2"])),
+            (vec!["--nodes=3-3", "job.sh"], d(&["N=3", "n=3"])),
+            (vec!["-N2", "-n8", "job.sh"], d(&["N=2", "n=8"])),
+            (vec!["-J", "name", "job.sh"], d(&["name=name"])),
+            (vec!["-Jname", "job.sh"], d(&["name=name"])),
+            (vec!["--job-name=a b", "job.sh"], d(&["name=a b"])),
+            (vec!["--job=x", "job.sh"], d(&["name=x"])),
+            (vec!["--part=gpu", "job.sh"], d(&["p=gpu"])),
+            (vec!["-t", "1:00:00", "job.sh"], d(&["t=3600"])),
+            (vec!["--time=2-0", "job.sh"], d(&["t=172800"])),
+            (vec!["-t", "UNLIMITED", "job.sh"], d(&["t=0"])),
+            (vec!["--mem=16G", "job.sh"], d(&["mem=16384"])),
+            (vec!["-c", "4", "job.sh"], d(&["c=4"])),
+            (vec!["--cpus-per-task=4", "job.sh"], d(&["c=4"])),
+            (
+                vec!["-p", "gpu", "-A", "proj", "-q", "high", "job.sh"],
+                d(&["p=gpu", "A=proj", "q=high"]),
+            ),
+            (vec!["-H", "job.sh"], d(&["H=true"])),
+            (vec!["--hold", "job.sh"], d(&["H=true"])),
+            (vec!["-Hp", "gpu", "job.sh"], d(&["H=true", "p=gpu"])),
+            (
+                vec!["-o", "out-%j.txt", "-e", "err-%j.txt", "job.sh"],
+                d(&["o=out-%j.txt", "e=err-%j.txt"]),
+            ),
+            (
+                vec!["job.sh", "-N", "2", "--x"],
+                d(&["args=[\"-N\", \"2\", \"--x\"]"]),
+            ),
+            (vec!["--", "job.sh", "a"], d(&["args=[\"a\"]"])),
+            (vec!["-N1", "-N", "3", "job.sh"], d(&["N=3", "n=3"])),
+        ];
+        for (i, (args, want)) in cases.iter().enumerate() {
+            let got = f.run(args).map(|s| summary(&s.spec));
+            if got.as_ref().ok() != Some(want) {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn spec_fields_and_defaults() {
+        let f = Fixture::new();
+        fs::create_dir(f.dir.path().join("sub")).expect("mkdir");
+        f.script("sub/job.sh", "#!/bin/bash\nexit 0\n");
+        let sub = f
+            .run(&["--parsable", "-D", "work", "./sub/job.sh", "x"])
+            .expect("parses");
+        let cwd = f.ctx.cwd.to_string_lossy().into_owned();
+        let spec = &sub.spec;
+        let got = (
+            sub.parsable,
+            spec.name.as_str(),
+            spec.command.clone(),
+            spec.work_dir.clone(),
+            spec.submit_dir.clone(),
+            spec.script.as_str(),
+            spec.export_all,
+            spec.env.len(),
+            (
+                spec.user.as_str(),
+                spec.uid,
+                spec.gid,
+                spec.submit_host.as_str(),
+            ),
+        );
+        let want = (
+            true,
+            "job.sh",
+            f.path("sub/job.sh"),
+            format!("{cwd}/work"),
+            cwd.clone(),
+            "#!/bin/bash\nexit 0\n",
+            true,
+            3,
+            ("alice", 1000, 100, "login1"),
+        );
+        if got != want {
+            panic!("want {want:?}, got {got:?}");
+        }
+        let abs = f.run(&["-D", "/abs/dir", "sub/job.sh"]).expect("parses");
+        assert_eq!(abs.spec.work_dir, "/abs/dir");
+        assert!(!abs.parsable);
+    }
+
+    #[test]
+    fn option_errors_name_the_option() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\ntrue\n");
+        let cases: &[(&[&str], &str)] = &[
+            (&["--foo", "job.sh"], "unrecognized option '--foo'"),
+            (&["-z", "job.sh"], "unrecognized option '-z'"),
+            (
+                &["--array=1-3", "job.sh"],
+                "option --array is not supported by berth yet",
+            ),
+            (
+                &["-a", "1-3", "job.sh"],
+                "option -a/--array is not supported by berth yet",
+            ),
+            (
+                &["--dependency=afterok:1", "job.sh"],
+                "option --dependency is not supported by berth yet",
+            ),
+            (
+                &["-d", "afterok:1", "job.sh"],
+                "--dependency is not supported",
+            ),
+            (
+                &["--mail-type=END", "job.sh"],
+                "option --mail-type is not supported",
+            ),
+            (
+                &["--exclusive", "job.sh"],
+                "option --exclusive is not supported",
+            ),
+            (&["-w", "n1", "job.sh"], "-w/--nodelist is not supported"),
+            (
+                &["--mem-per-cpu=1G", "job.sh"],
+                "option --mem-per-cpu is not supported",
+            ),
+            (
+                &["--gpus-per-task=1", "job.sh"],
+                "option --gpus-per-task is not supported",
+            ),
+            (
+                &["--ntasks-per-node=2", "job.sh"],
+                "option --ntasks-per-node is not supported",
+            ),
+            (
+                &["--requeue", "job.sh"],
+                "option --requeue is not supported",
+            ),
+            (&["--wait", "job.sh"], "option --wait is not supported"),
+            (
+                &["--mail", "job.sh"],
+                "option '--mail' is ambiguous; possibilities: '--mail-type' '--mail-user'",
+            ),
+            (&["--gp=1", "job.sh"], "ambiguous"),
+            (&["--time"], "option '--time' requires an argument"),
+            (&["-t"], "option '-t' requires an argument"),
+            (
+                &["--hold=yes", "job.sh"],
+                "option '--hold' doesn't allow an argument",
+            ),
+            (
+                &["--time=1:2:3:4", "job.sh"],
+                "Invalid --time specification: 1:2:3:4",
+            ),
+            (
+                &["-t", "abc", "job.sh"],
+                "Invalid --time specification: abc",
+            ),
+            (&["--mem=12X", "job.sh"], "invalid --mem value '12X'"),
+            (&["--mem=0", "job.sh"], "not supported by berth yet"),
+            (
+                &["--nodes=abc", "job.sh"],
+                "Invalid numeric value \"abc\" for --nodes",
+            ),
+            (
+                &["-N", "0", "job.sh"],
+                "Invalid --nodes value \"0\": must be at least 1",
+            ),
+            (
+                &["-N", "2-4", "job.sh"],
+                "--nodes=2-4: a node count range (give one number) is not supported by berth yet",
+            ),
+            (&["-N", "-2", "job.sh"], "Invalid numeric value"),
+            (&["-n", "0", "job.sh"], "Invalid --ntasks value \"0\""),
+            (
+                &["-c", "0", "job.sh"],
+                "Invalid --cpus-per-task value \"0\"",
+            ),
+            (
+                &["-c", "1.5", "job.sh"],
+                "Invalid numeric value \"1.5\" for --cpus-per-task",
+            ),
+            (
+                &["-N", "2", "-n", "1", "job.sh"],
+                "--ntasks=1 is less than --nodes=2",
+            ),
+            (
+                &["-p", "a,b", "job.sh"],
+                "a list of partitions is not supported",
+            ),
+            (
+                &["-J", "", "job.sh"],
+                "invalid --job-name value '': must not be empty",
+            ),
+            (&["--help"], "help requested"),
+            (&["-V"], "version requested"),
+            (&["--", "--notascript"], "Unable to open file --notascript"),
+        ];
+        for (i, (args, want)) in cases.iter().enumerate() {
+            let got = f
+                .run(args)
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn script_sources() {
+        let f = Fixture::new();
+        f.script("empty.sh", "")
+            .script("plain.sh", "echo hi\n")
+            .script("dos.sh", "#!/bin/sh\r\necho hi\r\n");
+        let wrap = f.run(&["--wrap", "echo hello"]).expect("wrap parses");
+        let want = "#!/bin/sh\n# This script was created by sbatch --wrap.\n\necho hello\n";
+        assert_eq!(
+            (
+                wrap.spec.script.as_str(),
+                wrap.spec.name.as_str(),
+                wrap.spec.command.as_str()
+            ),
+            (want, "wrap", "(wrap)")
+        );
+        let stdin = f
+            .run_stdin(
+                &["-N", "1"],
+                Ok("#!/bin/sh\n#SBATCH -J fromstdin\ntrue\n".into()),
+            )
+            .expect("stdin");
+        assert_eq!(
+            (stdin.spec.name.as_str(), stdin.spec.command.as_str()),
+            ("fromstdin", "")
+        );
+        let stdin = f
+            .run_stdin(&[], Ok("#!/bin/sh\ntrue\n".into()))
+            .expect("stdin");
+        assert_eq!(stdin.spec.name, "sbatch");
+        let cases: Vec<(Vec<&str>, io::Result<String>, &str)> = vec![
+            (
+                vec!["missing.sh"],
+                Ok(String::new()),
+                "Unable to open file missing.sh: ",
+            ),
+            (
+                vec!["empty.sh"],
+                Ok(String::new()),
+                "Batch script is empty!",
+            ),
+            (
+                vec!["plain.sh"],
+                Ok(String::new()),
+                "This does not look like a batch script.  The first line must start with #!",
+            ),
+            (vec!["dos.sh"], Ok(String::new()), "DOS line breaks"),
+            (vec![], Ok(String::new()), "Batch script is empty!"),
+            (
+                vec![],
+                Ok("echo hi\n".into()),
+                "This does not look like a batch script",
+            ),
+            (
+                vec![],
+                Err(io::Error::other("closed")),
+                "unable to read the batch script from standard input: closed",
+            ),
+            (
+                vec!["--wrap", "true", "plain.sh"],
+                Ok(String::new()),
+                "--wrap cannot be combined with a script or script arguments (got 'plain.sh')",
+            ),
+            (
+                vec!["--wrap="],
+                Ok(String::new()),
+                "invalid --wrap value '': must not be empty",
+            ),
+        ];
+        for (i, (args, stdin, want)) in cases.into_iter().enumerate() {
+            let got = f
+                .run_stdin(&args, stdin)
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn directives() {
+        let f = Fixture::new();
+        let cases: &[(&str, &[&str], &str)] = &[
+            (
+                "#!/bin/sh\n#SBATCH -N 2\n#SBATCH --time=10\ntrue\n",
+                &[],
+                "N=2 n=2 c=1 t=600",
+            ),
+            // Blank lines and comments keep the header open; the first command ends it.
+            (
+                "#!/bin/sh\n\n# setup\n#SBATCH -J early\necho\n#SBATCH -J late\n",
+                &[],
+                "name=early N=1",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH --job-name=\"my job\" --partition 'gpu'\ntrue\n",
+                &[],
+                "name=my job N=1 n=1 c=1 t=0 mem=0 gpu=:0 p=gpu ",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH -J x # a comment\n#SBATCH -J y#z\n",
+                &[],
+                "name=y#z N=1",
+            ),
+            ("#!/bin/sh\n#SBATCH\t-N3\n", &[], "name=s.sh N=3"),
+            // Plain comments that look like directives are comments.
+            (
+                "#!/bin/sh\n# SBATCH -N 9\n##SBATCH -N 9\n #SBATCH -N 9\n",
+                &[],
+                "name=s.sh N=1",
+            ),
+            // The command line wins over the script.
+            (
+                "#!/bin/sh\n#SBATCH -N 2 -J script\n",
+                &["-N", "4"],
+                "name=script N=4",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH -N 2\n#SBATCH -N 3\n",
+                &[],
+                "name=s.sh N=3",
+            ),
+        ];
+        for (i, (script, args, want)) in cases.iter().enumerate() {
+            f.script("s.sh", script);
+            let mut all: Vec<&str> = args.to_vec();
+            all.push("s.sh");
+            let got = f.run(&all).map(|s| summary(&s.spec));
+            match &got {
+                Ok(summary) if summary.contains(want) => {}
+                _ => panic!("#{i}: want ...{want:?}..., got {got:?}"),
+            }
+        }
+        f.script("s.sh", "#!/bin/sh\ntrue\n#SBATCH -N 2\n");
+        let warned = f.run(&["s.sh"]).expect("parses");
+        assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
+        assert!(
+            warned.warnings[0].starts_with("line 3: #SBATCH after the first command is ignored"),
+            "{:?}",
+            warned.warnings
+        );
+    }
+
+    #[test]
+    fn malformed_directives_name_the_line() {
+        let f = Fixture::new();
+        let cases: &[(&str, &str)] = &[
+            (
+                "#!/bin/sh\n#SBATCH\n",
+                "line 2: malformed #SBATCH directive (no option given)",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH   # only a comment\n",
+                "line 2: malformed #SBATCH directive (no option given)",
+            ),
+            (
+                "#!/bin/sh\n\n#SBATCH foo\n",
+                "line 3: malformed #SBATCH directive ('foo' is not an option): #SBATCH foo",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH -N 2 extra\n",
+                "line 2: malformed #SBATCH directive ('extra' is not an option)",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH -J \"open\n",
+                "line 2: malformed #SBATCH directive (unterminated \" quote)",
+            ),
+            ("#!/bin/sh\n#SBATCH -J 'open\n", "unterminated ' quote"),
+            (
+                "#!/bin/sh\n#SBATCH-N2\n",
+                "line 2: malformed #SBATCH directive (expected a space after #SBATCH)",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH --array=1-4\n",
+                "line 2: #SBATCH directive: option --array is not supported by berth yet",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH --time\n",
+                "line 2: #SBATCH directive: option '--time' requires an argument",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH -t 1:2:3:4\n",
+                "line 2: #SBATCH directive: Invalid --time specification: 1:2:3:4",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH --wrap=true\n",
+                "line 2: #SBATCH directive: --wrap is only allowed on the command line",
+            ),
+            (
+                "#!/bin/sh\n#SBATCH --bogus\n",
+                "line 2: #SBATCH directive: unrecognized option '--bogus'",
+            ),
+        ];
+        for (i, (script, want)) in cases.iter().enumerate() {
+            f.script("s.sh", script);
+            let got = f
+                .run(&["s.sh"])
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_options() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\ntrue\n");
+        let ok: &[(&[&str], (u32, &str))] = &[
+            (&["--gres=gpu"], (1, "")),
+            (&["--gres=gpu:2"], (2, "")),
+            (&["--gres=gpu:h100"], (1, "h100")),
+            (&["--gres=gpu:h100:4"], (4, "h100")),
+            (&["--gres=none"], (0, "")),
+            (&["--gpus-per-node=2"], (2, "")),
+            (&["--gpus-per-node=a100:2"], (2, "a100")),
+            (&["-G", "4"], (4, "")),
+            (&["-G4", "-N", "2"], (2, "")),
+            (&["--gpus=h100:8", "-N2"], (4, "h100")),
+            (&["--gres=gpu:h100:2", "--gpus-per-node=2"], (2, "h100")),
+            (&["--gres=gpu:2", "--gpus-per-node=h100:2"], (2, "h100")),
+            (&["--gpus-per-node=2", "--gpus=4", "-N", "2"], (2, "")),
+            (&["--gpus=0"], (0, "")),
+        ];
+        for (i, (args, want)) in ok.iter().enumerate() {
+            let mut all = args.to_vec();
+            all.push("job.sh");
+            let got = f
+                .run(&all)
+                .map(|s| (s.spec.gpus_per_node, s.spec.gpu_type))
+                .map_err(|e| e.to_string());
+            if got != Ok((want.0, want.1.to_string())) {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+        let bad: &[(&[&str], &str)] = &[
+            (&["-G", "3", "-N", "2"], "--gpus=3 cannot be split evenly over 2 nodes; use --gpus-per-node"),
+            (&["--gres=gpu:2", "--gpus-per-node=4"], "conflicting GPU requests: --gres=gpu:2 and --gpus-per-node=4 ask for different GPU counts per node"),
+            (&["--gres=gpu:a100:2", "--gpus-per-node=h100:2"], "ask for different GPU types"),
+            (&["--gpus=h100:2", "--gres=gpu:a100:2"], "ask for different GPU types"),
+            (&["--gpus-per-node=2", "--gpus=2", "-N", "2"], "--gpus=2 asks for 2 GPUs in total but --gpus-per-node=2 on 2 node(s) is 4"),
+            (&["--gres=mps:100"], "--gres=mps:100: GRES 'mps' (only gpu) is not supported by berth yet"),
+            (&["--gres=gpu:1,gpu:a100:1"], "more than one GRES entry is not supported"),
+            (&["--gres=gpu:h100:2:x"], "invalid --gres value 'gpu:h100:2:x'"),
+            (&["--gres=gpu:h100:-1"], "invalid --gres value"),
+            (&["--gres="], "invalid --gres value ''"),
+            (&["--gpus=abc"], "Invalid numeric value \"abc\" for --gpus"),
+            (&["--gpus=:2"], "invalid --gpus value ':2'"),
+            (&["--gpus-per-node=h100:2,a100:1"], "more than one GPU type per job is not supported"),
+        ];
+        for (i, (args, want)) in bad.iter().enumerate() {
+            let mut all = args.to_vec();
+            all.push("job.sh");
+            let got = f
+                .run(&all)
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn export_variants() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\n#SBATCH --export=NONE\ntrue\n");
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let all = env(&[("HOME", "/home/alice"), ("LANG", "C"), ("PATH", "/usr/bin")]);
+        let mut all_plus = all.clone();
+        all_plus.insert("FOO".into(), "bar".into());
+        all_plus.insert("LANG".into(), "en".into());
+        let cases: Vec<(&str, BTreeMap<String, String>, bool)> = vec![
+            ("--export=ALL", all.clone(), true),
+            ("--export=NONE", env(&[]), false),
+            ("--export=ALL,FOO=bar,LANG=en", all_plus.clone(), true),
+            ("--export=FOO=bar,LANG=en,ALL", all_plus, true),
+            (
+                "--export=HOME,FOO=bar,UNSET",
+                env(&[("FOO", "bar"), ("HOME", "/home/alice")]),
+                false,
+            ),
+            ("--export=FOO=a=b", env(&[("FOO", "a=b")]), false),
+        ];
+        for (i, (option, want_env, want_all)) in cases.iter().enumerate() {
+            let got = f
+                .run(&[option, "job.sh"])
+                .map(|s| (s.spec.env, s.spec.export_all))
+                .map_err(|e| e.to_string());
+            if got != Ok((want_env.clone(), *want_all)) {
+                panic!("#{i}: want {:?}, got {got:?}", (want_env, want_all));
+            }
+        }
+        // Without --export on the command line the script's NONE applies.
+        let script_only = f.run(&["job.sh"]).expect("parses");
+        assert_eq!(
+            (script_only.spec.env.len(), script_only.spec.export_all),
+            (0, false)
+        );
+        let bad: &[(&str, &str)] = &[
+            ("--export=", "invalid --export value '': must not be empty"),
+            (
+                "--export=NONE,FOO=1",
+                "NONE cannot be combined with variables",
+            ),
+            ("--export=1BAD=x", "'1BAD' is not a variable name"),
+            ("--export=ALL,,X", "'' is not a variable name"),
+            (
+                "--export=NIL",
+                "--export=NIL: NIL is not supported by berth yet",
+            ),
+        ];
+        for (i, (option, want)) in bad.iter().enumerate() {
+            let got = f
+                .run(&[option, "job.sh"])
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn environment_variables() {
+        let mut f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\n#SBATCH -p script -t 5\ntrue\n");
+        f.ctx
+            .env
+            .insert("SBATCH_PARTITION".into(), "envpart".into());
+        f.ctx.env.insert("SBATCH_TIMELIMIT".into(), "".into());
+        let got = f
+            .run(&["job.sh"])
+            .map(|s| summary(&s.spec))
+            .expect("parses");
+        assert!(
+            got.contains("t=300 mem=0 gpu=:0 p=envpart "),
+            "env overrides script: {got}"
+        );
+        let got = f
+            .run(&["-p", "cli", "job.sh"])
+            .map(|s| summary(&s.spec))
+            .expect("parses");
+        assert!(got.contains("p=cli "), "command line overrides env: {got}");
+        f.ctx.env.insert("SBATCH_EXCLUSIVE".into(), "".into());
+        let err = f
+            .run(&["job.sh"])
+            .map(|s| summary(&s.spec))
+            .map_err(|e| e.to_string());
+        let want = "environment variable SBATCH_EXCLUSIVE: option --exclusive is not supported by berth yet";
+        assert_eq!(err, Err(want.to_string()));
+        f.ctx.env.remove("SBATCH_EXCLUSIVE");
+        f.ctx.env.insert("SBATCH_TIMELIMIT".into(), "soon".into());
+        let err = f
+            .run(&["job.sh"])
+            .map(|s| summary(&s.spec))
+            .map_err(|e| e.to_string());
+        assert!(
+            matches!(&err, Err(m) if m.starts_with("environment variable SBATCH_TIMELIMIT: Invalid --time specification: soon")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn every_option_table_entry_is_reachable() {
+        // Each name resolves to itself (no entry shadows another), and none is in both tables.
+        for (long, short, _, _) in SUPPORTED {
+            assert!(
+                matches!(lookup_long(long), Ok(found) if found.0 == *long),
+                "--{long}"
+            );
+            assert!(
+                !UNSUPPORTED.iter().any(|u| u.0 == *long),
+                "--{long} in both tables"
+            );
+            if let Some(letter) = short {
+                assert!(
+                    matches!(lookup_short(*letter), Ok(found) if found.0 == *long),
+                    "-{letter}"
+                );
+            }
+        }
+        for (long, short) in UNSUPPORTED {
+            assert!(
+                matches!(lookup_long(long), Err(SbatchError::UnsupportedOption(_))),
+                "--{long}"
+            );
+            if let Some(letter) = short {
+                assert!(
+                    matches!(
+                        lookup_short(*letter),
+                        Err(SbatchError::UnsupportedOption(_))
+                    ),
+                    "-{letter}"
+                );
+            }
+        }
+        for (var, long) in ENV_OPTIONS {
+            assert!(
+                lookup_long(long).is_ok() || UNSUPPORTED.iter().any(|u| u.0 == *long),
+                "{var} -> --{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn splits_directive_words() {
+        let cases: &[(&str, Result<&[&str], &str>)] = &[
+            (" -N 2", Ok(&["-N", "2"])),
+            (
+                "  --job-name=\"a b\" -p 'x y'",
+                Ok(&["--job-name=a b", "-p", "x y"]),
+            ),
+            (" -J a\\ b", Ok(&["-J", "a b"])),
+            (" -J '' -N1", Ok(&["-J", "", "-N1"])),
+            (" -J \"say \\\"hi\\\"\"", Ok(&["-J", "say \"hi\""])),
+            (" -N 2 # four nodes was too many", Ok(&["-N", "2"])),
+            (" -J a#b", Ok(&["-J", "a#b"])),
+            (" ", Ok(&[])),
+            (" -J 'x", Err("unterminated ' quote")),
+            (" -J x\\", Err("backslash at end of line")),
+        ];
+        for (i, (input, want)) in cases.iter().enumerate() {
+            let got = split_words(input);
+            let want = want
+                .map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map_err(str::to_string);
+            if got != want {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+    }
+}

@@ -50,9 +50,20 @@ fn identity_lines(job: &Job) -> Vec<String> {
             squeue::group_name(spec.gid),
             spec.gid
         ),
-        format!("Priority={priority} Nice=0 Account={} QOS={}", or_null(&spec.account), or_null(&spec.qos)),
-        format!("JobState={} Reason={} Dependency=(null)", squeue::state_name(job), squeue::reason(job)),
-        format!("Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={}:{}", job.exit_code, job.exit_signal),
+        format!(
+            "Priority={priority} Nice=0 Account={} QOS={}",
+            or_null(&spec.account),
+            or_null(&spec.qos)
+        ),
+        format!(
+            "JobState={} Reason={} Dependency=(null)",
+            squeue::state_name(job),
+            squeue::reason(job)
+        ),
+        format!(
+            "Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={}:{}",
+            job.exit_code, job.exit_signal
+        ),
     ]
 }
 
@@ -67,9 +78,20 @@ fn time_lines(job: &Job, now_ms: u64) -> Vec<String> {
     let eligible = if job.held { 0 } else { job.submit_time_ms };
     let end = squeue::end_time_ms(job).unwrap_or(0);
     vec![
-        format!("RunTime={} TimeLimit={limit} TimeMin=N/A", format_hms(squeue::elapsed_secs(job, now_ms))),
-        format!("SubmitTime={} EligibleTime={}", time(job.submit_time_ms), time(eligible)),
-        format!("StartTime={} EndTime={} Deadline=N/A", time(job.start_time_ms), time(end)),
+        format!(
+            "RunTime={} TimeLimit={limit} TimeMin=N/A",
+            format_hms(squeue::elapsed_secs(job, now_ms))
+        ),
+        format!(
+            "SubmitTime={} EligibleTime={}",
+            time(job.submit_time_ms),
+            time(eligible)
+        ),
+        format!(
+            "StartTime={} EndTime={} Deadline=N/A",
+            time(job.start_time_ms),
+            time(end)
+        ),
     ]
 }
 
@@ -78,9 +100,20 @@ fn resource_lines(job: &Job) -> Vec<String> {
     let spec = spec(job);
     let nodes = squeue::node_names(job);
     let mut lines = vec![
-        format!("Partition={} AllocNode:Sid={}:*", squeue::partition(job), or_null(&spec.submit_host)),
+        format!(
+            "Partition={} AllocNode:Sid={}:*",
+            squeue::partition(job),
+            or_null(&spec.submit_host)
+        ),
         "ReqNodeList=(null) ExcNodeList=(null)".to_string(),
-        format!("NodeList={}", if nodes.is_empty() { "(null)".to_string() } else { hostlist::compress(&nodes) }),
+        format!(
+            "NodeList={}",
+            if nodes.is_empty() {
+                "(null)".to_string()
+            } else {
+                hostlist::compress(&nodes)
+            }
+        ),
     ];
     if let Some(first) = nodes.first() {
         lines.push(format!("BatchHost={first}"));
@@ -93,10 +126,20 @@ fn resource_lines(job: &Job) -> Vec<String> {
         spec.cpus_per_task.max(1)
     ));
     lines.push(format!("ReqTRES={}", requested_tres(job)));
-    lines.push(format!("AllocTRES={}", allocated_tres(job).unwrap_or_else(|| "(null)".to_string())));
+    lines.push(format!(
+        "AllocTRES={}",
+        allocated_tres(job).unwrap_or_else(|| "(null)".to_string())
+    ));
     lines.push("Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=*".to_string());
-    let mem = if spec.mem_mb == 0 { "0".to_string() } else { format!("{}M", spec.mem_mb) };
-    lines.push(format!("MinCPUsNode={} MinMemoryNode={mem} MinTmpDiskNode=0", spec.cpus_per_task.max(1)));
+    let mem = if spec.mem_mb == 0 {
+        "0".to_string()
+    } else {
+        format!("{}M", spec.mem_mb)
+    };
+    lines.push(format!(
+        "MinCPUsNode={} MinMemoryNode={mem} MinTmpDiskNode=0",
+        spec.cpus_per_task.max(1)
+    ));
     lines.push("Features=(null) DelayBoot=00:00:00".to_string());
     lines.push("OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)".to_string());
     lines
@@ -124,7 +167,13 @@ fn requested_tres(job: &Job) -> String {
     let nodes = u64::from(spec.nodes.max(1));
     let cpus = u64::from(spec.ntasks.max(1)) * u64::from(spec.cpus_per_task.max(1));
     let gpus = u64::from(spec.gpus_per_node) * nodes;
-    tres(cpus, spec.mem_mb.saturating_mul(nodes), nodes, gpus, &spec.gpu_type)
+    tres(
+        cpus,
+        spec.mem_mb.saturating_mul(nodes),
+        nodes,
+        gpus,
+        &spec.gpu_type,
+    )
 }
 
 /// What the job holds; `None` before it is placed.
@@ -134,8 +183,18 @@ fn allocated_tres(job: &Job) -> Option<String> {
     }
     let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
     let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
-    let gpus: u64 = job.allocations.iter().map(|a| a.gpu_uuids.len() as u64).sum();
-    Some(tres(cpus, mem, job.allocations.len() as u64, gpus, &spec(job).gpu_type))
+    let gpus: u64 = job
+        .allocations
+        .iter()
+        .map(|a| a.gpu_uuids.len() as u64)
+        .sum();
+    Some(tres(
+        cpus,
+        mem,
+        job.allocations.len() as u64,
+        gpus,
+        &spec(job).gpu_type,
+    ))
 }
 
 /// The script, its directory and its output files.
@@ -161,7 +220,11 @@ fn gpu_lines(job: &Job) -> Vec<String> {
     let mut lines = Vec::new();
     let mut uuids = Vec::new();
     for alloc in job.allocations.iter().filter(|a| !a.gpu_uuids.is_empty()) {
-        let gres = if kind.is_empty() { "gpu".to_string() } else { format!("gpu:{kind}") };
+        let gres = if kind.is_empty() {
+            "gpu".to_string()
+        } else {
+            format!("gpu:{kind}")
+        };
         lines.push(format!(
             "  Nodes={} CPUs={} Mem={} GRES={gres}:{}(IDX:{})",
             alloc.node,
@@ -170,7 +233,12 @@ fn gpu_lines(job: &Job) -> Vec<String> {
             alloc.gpu_uuids.len(),
             hostlist::compress_numbers(&alloc.gpu_indices)
         ));
-        uuids.extend(alloc.gpu_uuids.iter().map(|uuid| format!("{}:{uuid}", alloc.node)));
+        uuids.extend(
+            alloc
+                .gpu_uuids
+                .iter()
+                .map(|uuid| format!("{}:{uuid}", alloc.node)),
+        );
     }
     if !uuids.is_empty() {
         lines.push(format!("GpuUuids={}", uuids.join(",")));
@@ -182,9 +250,17 @@ fn gpu_lines(job: &Job) -> Vec<String> {
 /// expanded and made absolute against the work directory.
 fn output_paths(job: &Job) -> (String, String) {
     let spec = spec(job);
-    let stdout_pattern = if spec.stdout.is_empty() { "slurm-%j.out" } else { spec.stdout.as_str() };
+    let stdout_pattern = if spec.stdout.is_empty() {
+        "slurm-%j.out"
+    } else {
+        spec.stdout.as_str()
+    };
     // An empty --error means "into the stdout file".
-    let stderr_pattern = if spec.stderr.is_empty() { stdout_pattern } else { spec.stderr.as_str() };
+    let stderr_pattern = if spec.stderr.is_empty() {
+        stdout_pattern
+    } else {
+        spec.stderr.as_str()
+    };
     let resolve = |resolved: &str, pattern: &str| {
         if !resolved.is_empty() {
             return resolved.to_string();
@@ -250,12 +326,28 @@ pub fn show_node(node: &Node) -> String {
         format!("CPUAlloc={} CPUTot={}", node.cpus_alloc, inv.cpus),
         format!("Gres={}", sinfo::gres([node])),
         format!("GresUsed={}", sinfo::gres_used([node], true)),
-        format!("RealMemory={} AllocMem={}", inv.memory_mb, node.memory_alloc_mb),
+        format!(
+            "RealMemory={} AllocMem={}",
+            inv.memory_mb, node.memory_alloc_mb
+        ),
         format!("State={state}"),
         format!("Partitions={}", sinfo::partitions(node).join(",")),
-        format!("RegisterTime={}", squeue::format_timestamp(node.registered_time_ms).unwrap_or_else(|| "None".into())),
-        format!("CfgTRES={}", node_tres(u64::from(inv.cpus), inv.memory_mb, inv.gpus.len() as u64)),
-        format!("AllocTRES={}", node_tres(u64::from(node.cpus_alloc), node.memory_alloc_mb, gpus_used as u64)),
+        format!(
+            "RegisterTime={}",
+            squeue::format_timestamp(node.registered_time_ms).unwrap_or_else(|| "None".into())
+        ),
+        format!(
+            "CfgTRES={}",
+            node_tres(u64::from(inv.cpus), inv.memory_mb, inv.gpus.len() as u64)
+        ),
+        format!(
+            "AllocTRES={}",
+            node_tres(
+                u64::from(node.cpus_alloc),
+                node.memory_alloc_mb,
+                gpus_used as u64
+            )
+        ),
         format!(
             "DriverVersion={} NvmlVersion={} AgentVersion={}",
             or_null(&inv.driver_version),
@@ -267,7 +359,11 @@ pub fn show_node(node: &Node) -> String {
         lines.insert(6, format!("Reason={}", squeue::or_null(&node.reason)));
     }
     for gpu in &inv.gpus {
-        let job = if gpu.job_id == 0 { "(null)".to_string() } else { gpu.job_id.to_string() };
+        let job = if gpu.job_id == 0 {
+            "(null)".to_string()
+        } else {
+            gpu.job_id.to_string()
+        };
         // Model last: it contains spaces, and a key after it would be hard to split off.
         lines.push(format!(
             "Gpu={} Uuid={} Type={} Memory={}M PciBusId={} Job={job} Model={}",
@@ -371,7 +467,10 @@ mod tests {
                 panic!("#{i}: want {want:?} in\n{got}");
             }
         }
-        assert!(got.ends_with('\n') && !got.ends_with("\n\n"), "one trailing newline: {got:?}");
+        assert!(
+            got.ends_with('\n') && !got.ends_with("\n\n"),
+            "one trailing newline: {got:?}"
+        );
     }
 
     #[test]
@@ -379,9 +478,14 @@ mod tests {
         let mut pending = finished_job();
         pending.set_state(JobState::Pending);
         pending.reason = "Priority".to_string();
-        (pending.start_time_ms, pending.end_time_ms, pending.allocations) = (0, 0, Vec::new());
+        (
+            pending.start_time_ms,
+            pending.end_time_ms,
+            pending.allocations,
+        ) = (0, 0, Vec::new());
         if let Some(spec) = pending.spec.as_mut() {
-            (spec.time_limit_secs, spec.stdout, spec.stderr) = (0, String::new(), "err-%j-%q.txt".into());
+            (spec.time_limit_secs, spec.stdout, spec.stderr) =
+                (0, String::new(), "err-%j-%q.txt".into());
         }
         let mut running = finished_job();
         running.set_state(JobState::Running);
@@ -401,11 +505,22 @@ mod tests {
                     "StdOut=/home/alice/slurm-42.out\n",
                 ],
             ),
-            (running, vec!["JobState=RUNNING ", "RunTime=00:00:10 ", "StdOut=/scratch/out.txt\n", "StdErr=/scratch/out.txt\n"]),
+            (
+                running,
+                vec![
+                    "JobState=RUNNING ",
+                    "RunTime=00:00:10 ",
+                    "StdOut=/scratch/out.txt\n",
+                    "StdErr=/scratch/out.txt\n",
+                ],
+            ),
         ];
         for (i, (job, wants)) in cases.iter().enumerate() {
             let got = show_job(job, NOW_MS);
-            assert!(!got.contains("BatchHost") || !job.allocations.is_empty(), "#{i}: {got}");
+            assert!(
+                !got.contains("BatchHost") || !job.allocations.is_empty(),
+                "#{i}: {got}"
+            );
             for want in wants {
                 if !got.contains(want) {
                     panic!("#{i}: want {want:?} in\n{got}");
@@ -445,9 +560,20 @@ mod tests {
                 ..Gpu::default()
             })
             .collect();
-        let inventory =
-            NodeInventory { name: "dgx01".into(), partition: "gpu".into(), cpus: 64, memory_mb: 512_000, gpus, ..Default::default() };
-        let mut node = Node { inventory: Some(inventory), cpus_alloc: 12, memory_alloc_mb: 3000, ..Node::default() };
+        let inventory = NodeInventory {
+            name: "dgx01".into(),
+            partition: "gpu".into(),
+            cpus: 64,
+            memory_mb: 512_000,
+            gpus,
+            ..Default::default()
+        };
+        let mut node = Node {
+            inventory: Some(inventory),
+            cpus_alloc: 12,
+            memory_alloc_mb: 3000,
+            ..Node::default()
+        };
         node.set_state(NodeState::Up);
         let mut down = node.clone();
         down.set_state(NodeState::Down);

@@ -58,7 +58,8 @@ impl NodeUse {
     }
 }
 
-static EMPTY_INVENTORY: std::sync::LazyLock<NodeInventory> = std::sync::LazyLock::new(NodeInventory::default);
+static EMPTY_INVENTORY: std::sync::LazyLock<NodeInventory> =
+    std::sync::LazyLock::new(NodeInventory::default);
 
 /// The node's inventory; an empty one when the message carried none.
 pub fn inventory(node: &Node) -> &NodeInventory {
@@ -77,7 +78,11 @@ pub fn node_use(node: &Node) -> NodeUse {
     if gpus_used == 0 && node.cpus_alloc == 0 && node.memory_alloc_mb == 0 {
         return NodeUse::Idle;
     }
-    let full = if inv.gpus.is_empty() { inv.cpus > 0 && node.cpus_alloc >= inv.cpus } else { gpus_used == inv.gpus.len() };
+    let full = if inv.gpus.is_empty() {
+        inv.cpus > 0 && node.cpus_alloc >= inv.cpus
+    } else {
+        gpus_used == inv.gpus.len()
+    };
     if full {
         NodeUse::Allocated
     } else {
@@ -118,7 +123,10 @@ fn gres_name(kind: &str, count: u32) -> String {
 
 /// Total GPUs of `nodes` in Slurm's GRES form (`gpu:h100:8`); `(null)` without GPUs.
 pub fn gres<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> String {
-    let parts: Vec<String> = gpu_counts(nodes).iter().map(|(kind, total, _, _)| gres_name(kind, *total)).collect();
+    let parts: Vec<String> = gpu_counts(nodes)
+        .iter()
+        .map(|(kind, total, _, _)| gres_name(kind, *total))
+        .collect();
     if parts.is_empty() {
         "(null)".to_string()
     } else {
@@ -149,8 +157,13 @@ pub fn gres_used<'a>(nodes: impl IntoIterator<Item = &'a Node>, with_indexes: bo
 
 /// The partitions a node belongs to (its inventory may list several, comma-separated).
 pub fn partitions(node: &Node) -> Vec<String> {
-    let names: Vec<String> =
-        inventory(node).partition.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect();
+    let names: Vec<String> = inventory(node)
+        .partition
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
     if names.is_empty() {
         vec!["(null)".to_string()]
     } else {
@@ -181,7 +194,11 @@ enum Width {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Item {
     Literal(String),
-    Cell { column: Column, right: bool, width: Width },
+    Cell {
+        column: Column,
+        right: bool,
+        width: Width,
+    },
 }
 
 /// Letters that are sinfo fields in Slurm but have no berth data yet.
@@ -217,12 +234,19 @@ fn header_of(column: Column) -> Result<&'static str, FormatError> {
 
 /// Whether lines are split by this column's value (true) or it summarises the line's nodes.
 fn is_key(column: Column) -> bool {
-    matches!(column, Column::Letter('a' | 'c' | 'E' | 'G' | 'l' | 'm' | 'P' | 'R' | 't' | 'T'))
+    matches!(
+        column,
+        Column::Letter('a' | 'c' | 'E' | 'G' | 'l' | 'm' | 'P' | 'R' | 't' | 'T')
+    )
 }
 
 /// Slurm's default layouts plus berth's GPU columns.
 fn default_layout(node_oriented: bool) -> Vec<Item> {
-    let cell = |column, right, width| Item::Cell { column, right, width };
+    let cell = |column, right, width| Item::Cell {
+        column,
+        right,
+        width,
+    };
     let gap = || Item::Literal(" ".to_string());
     let letter = Column::Letter;
     let columns = if node_oriented {
@@ -264,10 +288,20 @@ fn user_layout(format: &str) -> Result<Vec<Item>, FormatError> {
         .into_iter()
         .map(|token| match token {
             Token::Literal(text) => Ok(Item::Literal(text)),
-            Token::Field { letter, right, width } => {
+            Token::Field {
+                letter,
+                right,
+                width,
+            } => {
                 header_of(Column::Letter(letter))?;
-                let width = width.filter(|w| *w > 0).map_or(Width::Natural, Width::Fixed);
-                Ok(Item::Cell { column: Column::Letter(letter), right, width })
+                let width = width
+                    .filter(|w| *w > 0)
+                    .map_or(Width::Natural, Width::Fixed);
+                Ok(Item::Cell {
+                    column: Column::Letter(letter),
+                    right,
+                    width,
+                })
             }
         })
         .collect()
@@ -281,7 +315,12 @@ fn user_layout(format: &str) -> Result<Vec<Item>, FormatError> {
 /// # Errors
 /// [`FormatError`] for a malformed format or a letter sinfo does not have (`Unknown`) or
 /// berth cannot fill yet (`Unsupported`); nothing is rendered then.
-pub fn render(nodes: &[Node], format: Option<&str>, node_oriented: bool, header: bool) -> Result<String, FormatError> {
+pub fn render(
+    nodes: &[Node],
+    format: Option<&str>,
+    node_oriented: bool,
+    header: bool,
+) -> Result<String, FormatError> {
     let layout = match format {
         Some(format) => user_layout(format)?,
         None => default_layout(node_oriented),
@@ -296,10 +335,20 @@ pub fn render(nodes: &[Node], format: Option<&str>, node_oriented: bool, header:
     let groups = group_nodes(nodes, &columns, node_oriented);
     let mut rows: Vec<Vec<String>> = Vec::new();
     if header {
-        rows.push(columns.iter().map(|c| header_of(*c).map(str::to_string)).collect::<Result<_, _>>()?);
+        rows.push(
+            columns
+                .iter()
+                .map(|c| header_of(*c).map(str::to_string))
+                .collect::<Result<_, _>>()?,
+        );
     }
     for (partition, members) in &groups {
-        rows.push(columns.iter().map(|c| value(*c, partition, members)).collect());
+        rows.push(
+            columns
+                .iter()
+                .map(|c| value(*c, partition, members))
+                .collect(),
+        );
     }
     Ok(print_rows(&layout, &rows))
 }
@@ -308,7 +357,12 @@ pub fn render(nodes: &[Node], format: Option<&str>, node_oriented: bool, header:
 fn print_rows(layout: &[Item], rows: &[Vec<String>]) -> String {
     let mut fit: Vec<usize> = Vec::new();
     for column in 0..rows.first().map_or(0, Vec::len) {
-        fit.push(rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0));
+        fit.push(
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0),
+        );
     }
     let mut out = String::new();
     for row in rows {
@@ -334,7 +388,11 @@ fn print_rows(layout: &[Item], rows: &[Vec<String>]) -> String {
 
 /// Groups nodes into output lines: (partition, nodes). Nodes are taken in name order;
 /// partitions and lines keep the order they first appear in.
-fn group_nodes<'a>(nodes: &'a [Node], columns: &[Column], node_oriented: bool) -> Vec<(String, Vec<&'a Node>)> {
+fn group_nodes<'a>(
+    nodes: &'a [Node],
+    columns: &[Column],
+    node_oriented: bool,
+) -> Vec<(String, Vec<&'a Node>)> {
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by_key(|n| hostlist::natural_key(&inventory(n).name));
     let keys: Vec<Column> = columns.iter().copied().filter(|c| is_key(*c)).collect();
@@ -345,8 +403,13 @@ fn group_nodes<'a>(nodes: &'a [Node], columns: &[Column], node_oriented: bool) -
             if !partition_order.contains(&partition) {
                 partition_order.push(partition.clone());
             }
-            let key: Vec<String> = keys.iter().map(|c| value(*c, &partition, &[node])).collect();
-            let existing = lines.iter_mut().find(|(p, k, _)| !node_oriented && *p == partition && *k == key);
+            let key: Vec<String> = keys
+                .iter()
+                .map(|c| value(*c, &partition, &[node]))
+                .collect();
+            let existing = lines
+                .iter_mut()
+                .find(|(p, k, _)| !node_oriented && *p == partition && *k == key);
             match existing {
                 Some((_, _, members)) => members.push(node),
                 None => lines.push((partition, key, vec![node])),
@@ -355,10 +418,17 @@ fn group_nodes<'a>(nodes: &'a [Node], columns: &[Column], node_oriented: bool) -
     }
     if !node_oriented {
         // Lines of one partition together, partitions in first-seen order (stable sort).
-        let rank: BTreeMap<&String, usize> = partition_order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        let rank: BTreeMap<&String, usize> = partition_order
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p, i))
+            .collect();
         lines.sort_by_key(|(p, _, _)| rank[p]);
     }
-    lines.into_iter().map(|(p, _, members)| (p, members)).collect()
+    lines
+        .into_iter()
+        .map(|(p, _, members)| (p, members))
+        .collect()
 }
 
 /// The value of `column` for a line of `nodes` in `partition`.
@@ -378,14 +448,25 @@ fn value(column: Column, partition: &str, nodes: &[&Node]) -> String {
         'C' => cpu_or_node_counts(nodes, true, false),
         'D' => nodes.len().to_string(),
         'e' => free_memory(nodes),
-        'E' => first.map_or("none", |n| if n.reason.is_empty() { "none" } else { &n.reason }).to_string(),
+        'E' => first
+            .map_or("none", |n| {
+                if n.reason.is_empty() {
+                    "none"
+                } else {
+                    &n.reason
+                }
+            })
+            .to_string(),
         'F' => cpu_or_node_counts(nodes, false, false),
         'G' => first.map_or_else(|| "(null)".to_string(), |n| gres([n])),
         'l' => "infinite".to_string(),
         'm' => inv.map_or(0, |i| i.memory_mb).to_string(),
         'n' | 'N' => hostlist::compress(&names()),
         'P' | 'R' => partition.to_string(),
-        't' => first.map_or(NodeUse::Unknown, node_use).compact().to_string(),
+        't' => first
+            .map_or(NodeUse::Unknown, node_use)
+            .compact()
+            .to_string(),
         'T' => first.map_or(NodeUse::Unknown, node_use).long().to_string(),
         other => unreachable!("letter {other:?} passed header_of but has no value"),
     }
@@ -424,7 +505,9 @@ fn cpu_or_node_counts(nodes: &[&Node], cpus: bool, short: bool) -> String {
 
 /// `%e`: free memory in MiB, as `min-max` when the line's nodes differ.
 fn free_memory(nodes: &[&Node]) -> String {
-    let free = nodes.iter().map(|n| inventory(n).memory_mb.saturating_sub(n.memory_alloc_mb));
+    let free = nodes
+        .iter()
+        .map(|n| inventory(n).memory_mb.saturating_sub(n.memory_alloc_mb));
     let (min, max) = free.fold((u64::MAX, 0), |(lo, hi), f| (lo.min(f), hi.max(f)));
     match nodes.len() {
         0 => "0".to_string(),
@@ -439,7 +522,13 @@ mod tests {
     use berth_proto::v1::Gpu;
 
     /// A node with `gpus` H100s of which the first `used` belong to job 42.
-    pub(crate) fn node(name: &str, partition: &str, gpus: u32, used: u32, state: NodeState) -> Node {
+    pub(crate) fn node(
+        name: &str,
+        partition: &str,
+        gpus: u32,
+        used: u32,
+        state: NodeState,
+    ) -> Node {
         let gpus = (0..gpus)
             .map(|i| Gpu {
                 uuid: format!("GPU-{name}-{i}"),
@@ -459,7 +548,12 @@ mod tests {
             gpus,
             ..NodeInventory::default()
         };
-        let mut node = Node { inventory: Some(inventory), cpus_alloc: used * 8, memory_alloc_mb: u64::from(used) * 1000, ..Node::default() };
+        let mut node = Node {
+            inventory: Some(inventory),
+            cpus_alloc: used * 8,
+            memory_alloc_mb: u64::from(used) * 1000,
+            ..Node::default()
+        };
         node.set_state(state);
         node
     }
@@ -479,11 +573,11 @@ mod tests {
     fn default_groups_by_partition_and_state() {
         let got = render(&cluster(), None, false, true).unwrap();
         let want = "\
-PARTITION AVAIL  TIMELIMIT  NODES  STATE GRES        GRES_USED   NODELIST
-cpu          up   infinite      1   down (null)      (null)      cpu1
-gpu          up   infinite      2    mix gpu:h100:16 gpu:h100:5  dgx[02,10]
-gpu          up   infinite      2   idle gpu:h100:16 gpu:h100:0  dgx[01,04]
-gpu          up   infinite      1  alloc gpu:h100:8  gpu:h100:8  dgx03
+PARTITION AVAIL  TIMELIMIT  NODES  STATE GRES        GRES_USED  NODELIST
+cpu          up   infinite      1   down (null)      (null)     cpu1
+gpu          up   infinite      2   idle gpu:h100:16 gpu:h100:0 dgx[01,04]
+gpu          up   infinite      2    mix gpu:h100:16 gpu:h100:5 dgx[02,10]
+gpu          up   infinite      1  alloc gpu:h100:8  gpu:h100:8 dgx03
 ";
         if got != want {
             panic!("want\n{want}got\n{got}");
@@ -494,10 +588,10 @@ gpu          up   infinite      1  alloc gpu:h100:8  gpu:h100:8  dgx03
     fn node_oriented_lists_each_node() {
         let got = render(&cluster()[..3], None, true, true).unwrap();
         let want = "\
-NODELIST NODES PARTITION STATE  GRES       GRES_USED
-dgx01        1 gpu       idle   gpu:h100:8 gpu:h100:0
-dgx02        1 gpu       mix    gpu:h100:8 gpu:h100:3
-dgx03        1 gpu       alloc  gpu:h100:8 gpu:h100:8
+NODELIST  NODES PARTITION STATE  GRES       GRES_USED
+dgx01         1 gpu       idle   gpu:h100:8 gpu:h100:0
+dgx02         1 gpu       mix    gpu:h100:8 gpu:h100:3
+dgx03         1 gpu       alloc  gpu:h100:8 gpu:h100:8
 ";
         if got != want {
             panic!("want\n{want}got\n{got}");
@@ -508,13 +602,28 @@ dgx03        1 gpu       alloc  gpu:h100:8 gpu:h100:8
     fn custom_formats() {
         let nodes = cluster();
         let cases: &[(&str, bool, &str)] = &[
-            ("%P %D %t", false, "cpu 1 down\ngpu 2 idle\ngpu 2 mix\ngpu 1 alloc\n"),
-            ("%N|%T|%G", true, "cpu1|down|(null)\ndgx01|idle|gpu:h100:8\ndgx02|mixed|gpu:h100:8\n\
-dgx03|allocated|gpu:h100:8\ndgx04|idle|gpu:h100:8\ndgx10|mixed|gpu:h100:8\n"),
-            ("%P %C %F", false, "cpu 0/0/64/64 0/0/1/1\ngpu 0/128/0/128 0/2/0/2\ngpu 40/88/0/128 2/0/0/2\n\
-gpu 64/0/0/64 1/0/0/1\n"),
-            ("%.4D %c %m %e %l %a", false, "   1 64 512000 512000 infinite up\n   2 64 512000 512000 infinite up\n\
-\x20  2 64 512000 509000-510000 infinite up\n   1 64 512000 504000 infinite up\n"),
+            (
+                "%P %D %t",
+                false,
+                "cpu 1 down\ngpu 2 idle\ngpu 2 mix\ngpu 1 alloc\n",
+            ),
+            (
+                "%N|%T|%G",
+                true,
+                "cpu1|down|(null)\ndgx01|idle|gpu:h100:8\ndgx02|mixed|gpu:h100:8\n\
+dgx03|allocated|gpu:h100:8\ndgx04|idle|gpu:h100:8\ndgx10|mixed|gpu:h100:8\n",
+            ),
+            // Without a state column, a partition's nodes share one line.
+            (
+                "%P %C %F",
+                false,
+                "cpu 0/0/64/64 0/0/1/1\ngpu 104/216/0/320 3/2/0/5\n",
+            ),
+            (
+                "%.4D %c %m %e %l %a",
+                false,
+                "   1 64 512000 512000 infinite up\n   5 64 512000 504000-512000 infinite up\n",
+            ),
         ];
         for (i, (format, node_oriented, want)) in cases.iter().enumerate() {
             let got = render(&nodes, Some(format), *node_oriented, false);
@@ -544,8 +653,16 @@ gpu 64/0/0/64 1/0/0/1\n"),
     #[test]
     fn gres_strings() {
         let nodes = cluster();
-        let got = (gres([&nodes[0]]), gres_used([&nodes[0]], true), gres_used([&nodes[1]], true));
-        let want = ("gpu:h100:8".to_string(), "gpu:h100:3(IDX:0-2)".to_string(), "gpu:h100:0(IDX:N/A)".to_string());
+        let got = (
+            gres([&nodes[0]]),
+            gres_used([&nodes[0]], true),
+            gres_used([&nodes[1]], true),
+        );
+        let want = (
+            "gpu:h100:8".to_string(),
+            "gpu:h100:3(IDX:0-2)".to_string(),
+            "gpu:h100:0(IDX:N/A)".to_string(),
+        );
         if got != want {
             panic!("want {want:?}, got {got:?}");
         }

@@ -23,7 +23,12 @@ pub const DEFAULT_FORMAT: &str = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R";
 /// # Errors
 /// [`FormatError`] for a malformed format or a letter squeue does not have
 /// (`Unknown`) or berth cannot fill yet (`Unsupported`); nothing is rendered then.
-pub fn render(jobs: &[Job], format: &str, now_ms: u64, header: bool) -> Result<String, FormatError> {
+pub fn render(
+    jobs: &[Job],
+    format: &str,
+    now_ms: u64,
+    header: bool,
+) -> Result<String, FormatError> {
     let tokens = format::parse(format)?;
     let mut out = String::new();
     // The header is rendered even when hidden, so a bad letter fails with no jobs too.
@@ -33,7 +38,9 @@ pub fn render(jobs: &[Job], format: &str, now_ms: u64, header: bool) -> Result<S
         out.push('\n');
     }
     for job in jobs {
-        out.push_str(&format::render_line(&tokens, |letter| field(job, letter, now_ms))?);
+        out.push_str(&format::render_line(&tokens, |letter| {
+            field(job, letter, now_ms)
+        })?);
         out.push('\n');
     }
     Ok(out)
@@ -87,13 +94,21 @@ fn field(job: &Job, letter: char, now_ms: u64) -> Result<String, FormatError> {
         'c' => spec.cpus_per_task.max(1).to_string(),
         'C' => cpu_count(job).to_string(),
         'D' => node_count(job).to_string(),
-        'e' => end_time_ms(job).and_then(format_timestamp).unwrap_or_else(|| "N/A".to_string()),
+        'e' => end_time_ms(job)
+            .and_then(format_timestamp)
+            .unwrap_or_else(|| "N/A".to_string()),
         'g' => group_name(spec.gid),
         'G' => spec.gid.to_string(),
         'j' => spec.name.clone(),
         'l' => format_limit(spec.time_limit_secs),
         'L' => time_left(job, now_ms),
-        'm' => if spec.mem_mb == 0 { "0".to_string() } else { format!("{}M", spec.mem_mb) },
+        'm' => {
+            if spec.mem_mb == 0 {
+                "0".to_string()
+            } else {
+                format!("{}M", spec.mem_mb)
+            }
+        }
         'M' => format_elapsed(elapsed_secs(job, now_ms)),
         'N' => hostlist::compress(&node_names(job)),
         'o' => or_null(&spec.command),
@@ -186,7 +201,11 @@ pub fn elapsed_secs(job: &Job, now_ms: u64) -> u64 {
     if job.start_time_ms == 0 {
         return 0;
     }
-    let until = if job.end_time_ms != 0 { job.end_time_ms } else { now_ms };
+    let until = if job.end_time_ms != 0 {
+        job.end_time_ms
+    } else {
+        now_ms
+    };
     until.saturating_sub(job.start_time_ms) / 1000
 }
 
@@ -305,7 +324,12 @@ mod tests {
             time_limit_secs: 3600,
             ..JobSpec::default()
         };
-        let mut job = Job { id, spec: Some(spec), submit_time_ms: NOW_MS - 600_000, ..Job::default() };
+        let mut job = Job {
+            id,
+            spec: Some(spec),
+            submit_time_ms: NOW_MS - 600_000,
+            ..Job::default()
+        };
         job.set_state(state);
         job
     }
@@ -358,8 +382,18 @@ mod tests {
             ("%i|%T|%t", &jobs[2], false, "9|COMPLETING|CG\n"),
             ("%i %l %L %D %C", &jobs[1], false, "8 1:00:00 58:55 2 8\n"),
             ("%.5i|%3j|", &jobs[0], false, "    7|tra|\n"),
-            ("%b %N", &gpu_job, true, "TRES_PER_NODE NODELIST\ngres/gpu:h100:2 dgx[01-02]\n"),
-            ("%b %r %a %q", &jobs[0], false, "N/A Resources (null) (null)\n"),
+            (
+                "%b %N",
+                &gpu_job,
+                true,
+                "TRES_PER_NODE NODELIST\ngres/gpu:h100:2 dgx[01-02]\n",
+            ),
+            (
+                "%b %r %a %q",
+                &jobs[0],
+                false,
+                "N/A Resources (null) (null)\n",
+            ),
             ("%S %e", &jobs[0], false, "N/A N/A\n"),
             ("%u:%U:%G %P %%", &jobs[0], false, "alice:1000:1000 gpu %\n"),
             ("%r", &jobs[1], false, "None\n"),
