@@ -4,7 +4,10 @@
 
 use crate::gpu::{GpuBackend, GpuInventory};
 use crate::supervisor::{event, Status, Supervisor};
-use berth_proto::v1::{self as pb, agent_message::Msg as Up, agent_service_client::AgentServiceClient, server_message::Msg as Down};
+use berth_proto::v1::{
+    self as pb, agent_message::Msg as Up, agent_service_client::AgentServiceClient,
+    server_message::Msg as Down,
+};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,8 +55,15 @@ pub enum AgentError {
 ///
 /// # Errors
 /// [`AgentError::Gpu`] when the backend fails.
-pub fn inventory(cfg: &AgentConfig, gpus: &dyn GpuBackend) -> Result<pb::NodeInventory, AgentError> {
-    let GpuInventory { gpus, driver_version, nvml_version } = gpus.inventory()?;
+pub fn inventory(
+    cfg: &AgentConfig,
+    gpus: &dyn GpuBackend,
+) -> Result<pb::NodeInventory, AgentError> {
+    let GpuInventory {
+        gpus,
+        driver_version,
+        nvml_version,
+    } = gpus.inventory()?;
     Ok(pb::NodeInventory {
         name: cfg.node_name.clone(),
         partition: cfg.partition.clone(),
@@ -70,11 +80,16 @@ pub fn inventory(cfg: &AgentConfig, gpus: &dyn GpuBackend) -> Result<pb::NodeInv
 ///
 /// # Errors
 /// [`AgentError`] when the state directory is unusable or the config is empty.
-pub async fn run(cfg: AgentConfig, inv: pb::NodeInventory, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: AgentConfig,
+    inv: pb::NodeInventory,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     if cfg.servers.is_empty() {
         return Err(AgentError::Config("no berthd server given".into()));
     }
-    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace).map_err(AgentError::State)?;
+    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace)
+        .map_err(AgentError::State)?;
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     loop {
@@ -105,14 +120,31 @@ async fn session(
     server: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut client = AgentServiceClient::connect(server.to_string()).await.map_err(|e| e.to_string())?;
+    let mut client = AgentServiceClient::connect(server.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(256);
-    let register = pb::Register { inventory: Some(inv.clone()), jobs: sup.report() };
-    tx.send(pb::AgentMessage { msg: Some(Up::Register(register)) }).await.map_err(|e| e.to_string())?;
-    let mut inbound = client.attach(ReceiverStream::new(rx)).await.map_err(|e| e.message().to_string())?.into_inner();
+    let register = pb::Register {
+        inventory: Some(inv.clone()),
+        jobs: sup.report(),
+    };
+    tx.send(pb::AgentMessage {
+        msg: Some(Up::Register(register)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut inbound = client
+        .attach(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
     // Finished jobs already in this session's Register, or sent since: not sent again.
-    let mut reported: BTreeSet<u64> =
-        sup.poll().into_iter().filter(|(_, s)| matches!(s, Status::Finished(_))).map(|(id, _)| id).collect();
+    let mut reported: BTreeSet<u64> = sup
+        .poll()
+        .into_iter()
+        .filter(|(_, s)| matches!(s, Status::Finished(_)))
+        .map(|(id, _)| id)
+        .collect();
     let mut term_seen = 0u64;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -160,10 +192,21 @@ async fn handle(
                 Ok(false) => tracing::debug!(job = job.id, "launch of a known job ignored"),
                 Err(e) => {
                     tracing::error!("{e}");
-                    let f = pb::JobFinished { state: pb::JobState::Failed as i32, reason: e.to_string(), ..Default::default() };
-                    let ev = pb::JobEvent { job_id: job.id, event: Some(pb::job_event::Event::Finished(f)) };
+                    let f = pb::JobFinished {
+                        state: pb::JobState::Failed as i32,
+                        reason: e.to_string(),
+                        ..Default::default()
+                    };
+                    let ev = pb::JobEvent {
+                        job_id: job.id,
+                        event: Some(pb::job_event::Event::Finished(f)),
+                    };
                     reported.insert(job.id);
-                    tx.send(pb::AgentMessage { msg: Some(Up::JobEvent(ev)) }).await.map_err(|e| e.to_string())?;
+                    tx.send(pb::AgentMessage {
+                        msg: Some(Up::JobEvent(ev)),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
                 }
             }
         }

@@ -57,7 +57,11 @@ impl NvmlBackend {
     }
 
     fn err(&self, source: nvml_wrapper::error::NvmlError) -> GpuError {
-        let lib = self.lib.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "libnvidia-ml.so.1".into());
+        let lib = self
+            .lib
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "libnvidia-ml.so.1".into());
         GpuError::Nvml { lib, source }
     }
 }
@@ -92,8 +96,15 @@ impl GpuBackend for NvmlBackend {
 /// The GRES type Slurm users write for a model: `NVIDIA H100 80GB HBM3` → `h100`,
 /// `NVIDIA A100-PCIE-40GB` → `a100`, `Tesla V100-SXM2-16GB` → `v100`.
 pub fn gres_type(model: &str) -> String {
-    let rest = model.trim().trim_start_matches("NVIDIA").trim_start_matches("Tesla").trim();
-    rest.split(|c: char| c == ' ' || c == '-').next().unwrap_or("").to_ascii_lowercase()
+    let rest = model
+        .trim()
+        .trim_start_matches("NVIDIA")
+        .trim_start_matches("Tesla")
+        .trim();
+    rest.split([' ', '-'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -120,7 +131,9 @@ mod tests {
 
     #[test]
     fn missing_library_is_a_clear_error() {
-        let b = NvmlBackend { lib: Some("/nonexistent/libnvidia-ml.so.1".into()) };
+        let b = NvmlBackend {
+            lib: Some("/nonexistent/libnvidia-ml.so.1".into()),
+        };
         let err = b.inventory().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/libnvidia-ml.so.1"), "{err}");
     }

@@ -12,7 +12,12 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
     if !env.contains_key("PATH") {
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
     }
-    let here = job.allocations.iter().find(|a| a.node == node).cloned().unwrap_or_default();
+    let here = job
+        .allocations
+        .iter()
+        .find(|a| a.node == node)
+        .cloned()
+        .unwrap_or_default();
     let nodes: Vec<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
     let uuids = here.gpu_uuids.join(",");
     let indices: Vec<String> = here.gpu_indices.iter().map(|i| i.to_string()).collect();
@@ -53,7 +58,14 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
     set("GPU_DEVICE_ORDINAL", indices.join(","));
     // Name GPUs by UUID: indexes differ between NVML and CUDA ordering, UUIDs never do.
     set("CUDA_VISIBLE_DEVICES", uuids.clone());
-    set("NVIDIA_VISIBLE_DEVICES", if uuids.is_empty() { "void".into() } else { uuids });
+    set(
+        "NVIDIA_VISIBLE_DEVICES",
+        if uuids.is_empty() {
+            "void".into()
+        } else {
+            uuids
+        },
+    );
     env
 }
 
@@ -63,7 +75,12 @@ mod tests {
 
     #[test]
     fn slurm_and_gpu_variables() {
-        let mut spec = pb::JobSpec { name: "train".into(), ntasks: 1, cpus_per_task: 4, ..Default::default() };
+        let mut spec = pb::JobSpec {
+            name: "train".into(),
+            ntasks: 1,
+            cpus_per_task: 4,
+            ..Default::default()
+        };
         spec.env.insert("HOME".into(), "/home/x".into());
         spec.env.insert("SLURM_JOB_ID".into(), "stale".into());
         let job = pb::Job {
@@ -94,7 +111,17 @@ mod tests {
                 panic!("#{i}: want {k}={v}, got {:?}", env.get(*k));
             }
         }
-        let cpu_only = build(&pb::Job { id: 1, allocations: vec![pb::Allocation { node: "n1".into(), ..Default::default() }], ..Default::default() }, "n1");
+        let cpu_only = build(
+            &pb::Job {
+                id: 1,
+                allocations: vec![pb::Allocation {
+                    node: "n1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            "n1",
+        );
         assert_eq!(cpu_only["CUDA_VISIBLE_DEVICES"], "");
         assert_eq!(cpu_only["NVIDIA_VISIBLE_DEVICES"], "void");
     }

@@ -2,7 +2,9 @@
 
 /// Online CPUs.
 pub fn cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 /// Total memory in MiB, from `/proc/meminfo` (0 when unreadable).
@@ -17,5 +19,12 @@ pub fn memory_mb() -> u64 {
 
 /// This host's short name.
 pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()).split('.').next().unwrap_or("localhost").to_string()
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .split('.')
+        .next()
+        .unwrap_or("localhost")
+        .to_string()
 }

@@ -13,7 +13,12 @@ use std::time::Duration;
 #[command(version)]
 struct Args {
     /// berthd address(es), comma-separated.
-    #[arg(long, env = "BERTH_SERVER", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "BERTH_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        value_delimiter = ','
+    )]
     server: Vec<String>,
     /// Node name (default: the host name).
     #[arg(long)]
@@ -53,7 +58,9 @@ impl GpuBackend for NoGpus {
 async fn main() -> anyhow::Result<()> {
     shim::run_if_shim();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let a = Args::parse();
     let cfg = AgentConfig {
@@ -67,8 +74,13 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(5),
         kill_grace: Duration::from_secs(a.kill_wait_secs),
     };
-    let backend: Box<dyn GpuBackend> = if a.no_gpus { Box::new(NoGpus) } else { Box::new(NvmlBackend { lib: a.nvml_lib }) };
-    let inv = agent::inventory(&cfg, backend.as_ref()).context("GPU discovery failed (use --no-gpus on a CPU node)")?;
+    let backend: Box<dyn GpuBackend> = if a.no_gpus {
+        Box::new(NoGpus)
+    } else {
+        Box::new(NvmlBackend { lib: a.nvml_lib })
+    };
+    let inv = agent::inventory(&cfg, backend.as_ref())
+        .context("GPU discovery failed (use --no-gpus on a CPU node)")?;
     for g in &inv.gpus {
         tracing::info!("GPU {} {} {} {} MiB", g.index, g.uuid, g.model, g.memory_mb);
     }

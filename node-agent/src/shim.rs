@@ -56,10 +56,20 @@ pub fn run_if_shim() {
 }
 
 fn run(dir: &Path) -> i32 {
-    let spec: ShimSpec = match fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+    let spec: ShimSpec = match fs::read(dir.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(s) => s,
         Err(e) => {
-            write_json(dir, "exit.json", &ExitRecord { error: Some(format!("bad shim spec: {e}")), ..Default::default() });
+            write_json(
+                dir,
+                "exit.json",
+                &ExitRecord {
+                    error: Some(format!("bad shim spec: {e}")),
+                    ..Default::default()
+                },
+            );
             return 1;
         }
     };
@@ -67,17 +77,31 @@ fn run(dir: &Path) -> i32 {
         Ok(mut child) => {
             write_json(dir, "pid", &child.id());
             match child.wait() {
-                Ok(st) => ExitRecord { code: st.code(), signal: st.signal(), error: None },
-                Err(e) => ExitRecord { error: Some(format!("wait failed: {e}")), ..Default::default() },
+                Ok(st) => ExitRecord {
+                    code: st.code(),
+                    signal: st.signal(),
+                    error: None,
+                },
+                Err(e) => ExitRecord {
+                    error: Some(format!("wait failed: {e}")),
+                    ..Default::default()
+                },
             }
         }
         Err(e) => {
             // Tell the user in their own error file, as slurmstepd does.
-            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&spec.stderr) {
+            if let Ok(mut f) = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&spec.stderr)
+            {
                 use std::io::Write as _;
                 let _ = writeln!(f, "berth: error: {e}");
             }
-            ExitRecord { error: Some(e), ..Default::default() }
+            ExitRecord {
+                error: Some(e),
+                ..Default::default()
+            }
         }
     };
     write_json(dir, "exit.json", &record);
@@ -118,14 +142,18 @@ fn spawn(spec: &ShimSpec) -> Result<std::process::Child, String> {
     if let Some((uid, gid)) = spec.uid_gid {
         cmd.uid(uid).gid(gid);
     }
-    cmd.spawn().map_err(|e| format!("cannot start {prog} in {}: {e}", spec.cwd.display()))
+    cmd.spawn()
+        .map_err(|e| format!("cannot start {prog} in {}: {e}", spec.cwd.display()))
 }
 
 /// Writes `value` as JSON to `dir/name` atomically (temp file + rename), so a reader never
 /// sees half a record.
 pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let ok = serde_json::to_vec(value).ok().and_then(|bytes| fs::write(&tmp, bytes).ok()).and_then(|_| fs::rename(&tmp, dir.join(name)).ok());
+    let ok = serde_json::to_vec(value)
+        .ok()
+        .and_then(|bytes| fs::write(&tmp, bytes).ok())
+        .and_then(|_| fs::rename(&tmp, dir.join(name)).ok());
     if ok.is_none() {
         eprintln!("berth shim: cannot write {}/{name}", dir.display());
     }

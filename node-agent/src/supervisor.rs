@@ -58,7 +58,10 @@ pub struct Supervisor {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn alive(pid: u32) -> bool {
@@ -70,10 +73,18 @@ impl Supervisor {
     ///
     /// # Errors
     /// When the jobs directory cannot be created.
-    pub fn new(state_dir: &Path, shim_exe: PathBuf, kill_grace: Duration) -> std::io::Result<Supervisor> {
+    pub fn new(
+        state_dir: &Path,
+        shim_exe: PathBuf,
+        kill_grace: Duration,
+    ) -> std::io::Result<Supervisor> {
         let dir = state_dir.join("jobs");
         fs::create_dir_all(&dir)?;
-        Ok(Supervisor { dir, shim_exe, kill_grace })
+        Ok(Supervisor {
+            dir,
+            shim_exe,
+            kill_grace,
+        })
     }
 
     fn job_dir(&self, id: u64) -> PathBuf {
@@ -103,9 +114,15 @@ impl Supervisor {
         if dir.join("job.pb").exists() {
             return Ok(false);
         }
-        let spec = job.spec.as_ref().ok_or_else(|| LaunchError::Invalid(job.id, "launch without spec".into()))?;
+        let spec = job
+            .spec
+            .as_ref()
+            .ok_or_else(|| LaunchError::Invalid(job.id, "launch without spec".into()))?;
         if job.stdout_path.is_empty() {
-            return Err(LaunchError::Invalid(job.id, "launch without output path".into()));
+            return Err(LaunchError::Invalid(
+                job.id,
+                "launch without output path".into(),
+            ));
         }
         let io = |e| LaunchError::Io(job.id, e);
         fs::create_dir_all(&dir).map_err(io)?;
@@ -143,7 +160,13 @@ impl Supervisor {
                 Ok(true)
             }
             Err(e) => {
-                let rec = ExitRecord { error: Some(format!("cannot start shim {}: {e}", self.shim_exe.display())), ..Default::default() };
+                let rec = ExitRecord {
+                    error: Some(format!(
+                        "cannot start shim {}: {e}",
+                        self.shim_exe.display()
+                    )),
+                    ..Default::default()
+                };
                 write_json(&dir, "exit.json", &rec);
                 Ok(true)
             }
@@ -162,11 +185,16 @@ impl Supervisor {
     /// the grace period (see [`Supervisor::poll`]); it will be reported as `state`.
     /// Unknown or finished jobs are ignored.
     pub fn kill(&self, id: u64, state: JobState, reason: &str) {
-        if !self.job_dir(id).join("job.pb").exists() || self.job_dir(id).join("exit.json").exists() {
+        if !self.job_dir(id).join("job.pb").exists() || self.job_dir(id).join("exit.json").exists()
+        {
             return;
         }
         if self.read::<KillRecord>(id, "kill.json").is_none() {
-            let rec = KillRecord { state: state as i32, reason: reason.into(), kill_at_ms: now_ms() + self.kill_grace.as_millis() as u64 };
+            let rec = KillRecord {
+                state: state as i32,
+                reason: reason.into(),
+                kill_at_ms: now_ms() + self.kill_grace.as_millis() as u64,
+            };
             write_json(&self.job_dir(id), "kill.json", &rec);
         }
         if let Some(pid) = self.read::<u32>(id, "pid") {
@@ -198,14 +226,19 @@ impl Supervisor {
         if !shim_alive && pid.is_none_or(|p| !alive(p)) {
             // The shim died without recording an exit (the machine rebooted, or it was
             // killed): the job is gone and its status unknowable. Say so.
-            let exit = ExitRecord { error: Some("job supervisor lost (node rebooted or shim killed)".into()), ..Default::default() };
+            let exit = ExitRecord {
+                error: Some("job supervisor lost (node rebooted or shim killed)".into()),
+                ..Default::default()
+            };
             write_json(&self.job_dir(id), "exit.json", &exit);
             return Status::Finished(finished(&exit, kill_rec.as_ref(), now));
         }
         let started: u64 = self.read(id, "started_ms").unwrap_or(now);
         let limit_ms = job.spec.as_ref().map(|s| s.time_limit_secs).unwrap_or(0) * 1000;
         match &kill_rec {
-            None if limit_ms > 0 && now >= started + limit_ms => self.kill(id, JobState::Timeout, "TimeLimit"),
+            None if limit_ms > 0 && now >= started + limit_ms => {
+                self.kill(id, JobState::Timeout, "TimeLimit")
+            }
             Some(k) if now >= k.kill_at_ms => {
                 if let Some(p) = pid {
                     let _ = kill(Pid::from_raw(-(p as i32)), Signal::SIGKILL);
@@ -226,17 +259,25 @@ impl Supervisor {
     /// Every job as a report for `Register`: running ones as started, finished ones with
     /// their end.
     pub fn report(&self) -> Vec<pb::JobEvent> {
-        self.poll().into_iter().map(|(id, st)| event(id, st)).collect()
+        self.poll()
+            .into_iter()
+            .map(|(id, st)| event(id, st))
+            .collect()
     }
 }
 
 /// The report for berthd of a job in `status`.
 pub fn event(job_id: u64, status: Status) -> pb::JobEvent {
     let event = match status {
-        Status::Running(pid) => job_event::Event::Started(pb::JobStarted { pid: pid.unwrap_or(0) }),
+        Status::Running(pid) => job_event::Event::Started(pb::JobStarted {
+            pid: pid.unwrap_or(0),
+        }),
         Status::Finished(f) => job_event::Event::Finished(f),
     };
-    pb::JobEvent { job_id, event: Some(event) }
+    pb::JobEvent {
+        job_id,
+        event: Some(event),
+    }
 }
 
 /// Slurm's mapping: a requested kill reports the kill's state (CANCELLED, TIMEOUT);
@@ -248,5 +289,11 @@ fn finished(exit: &ExitRecord, kill: Option<&KillRecord>, now: u64) -> pb::JobFi
         (None, None) if exit.code == Some(0) => (JobState::Completed as i32, String::new()),
         (None, None) => (JobState::Failed as i32, "NonZeroExitCode".into()),
     };
-    pb::JobFinished { state, exit_code: exit.code.unwrap_or(0), signal: exit.signal.unwrap_or(0), reason, end_time_ms: now }
+    pb::JobFinished {
+        state,
+        exit_code: exit.code.unwrap_or(0),
+        signal: exit.signal.unwrap_or(0),
+        reason,
+        end_time_ms: now,
+    }
 }

@@ -34,6 +34,9 @@ fn job(id: u64, nodes: u32, gpus: u32) -> PendingJob {
     }
 }
 
+/// (job, node of the first grant, GPU indices) per decision.
+type Expected<'a> = Vec<(u64, &'a str, Vec<u32>)>;
+
 fn cluster() -> ClusterSnapshot {
     ClusterSnapshot {
         nodes: vec![
@@ -47,7 +50,7 @@ fn cluster() -> ClusterSnapshot {
 #[test]
 fn placements_name_gpus_and_pack() {
     // (jobs, expected (job, node, gpu indices) per decision)
-    let cases: Vec<(Vec<PendingJob>, Vec<(u64, &str, Vec<u32>)>)> = vec![
+    let cases: Vec<(Vec<PendingJob>, Expected)> = vec![
         // 2 GPUs: node b (4 GPUs) is left with 2/4 free: 1-2*2/4 = 0; a: 1-2*6/8 = -0.5 → b.
         (vec![job(1, 1, 2)], vec![(1, "b", vec![0, 1])]),
         // 8 GPUs only fit a.
@@ -66,7 +69,7 @@ fn placements_name_gpus_and_pack() {
     ];
     for (i, (jobs, want)) in cases.iter().enumerate() {
         let got = schedule(&cluster(), jobs, &PolicyConfig::default(), 0);
-        let flat: Vec<(u64, &str, Vec<u32>)> = got
+        let flat: Expected = got
             .decisions
             .iter()
             .map(|d| {

@@ -85,7 +85,7 @@ impl SledStorage {
                     store.corrupt(format!("unknown format {:?}", String::from_utf8_lossy(&f)))
                 )
             }
-            None if !store.log.is_empty() || store.meta.len() > 0 => {
+            None if !store.log.is_empty() || !store.meta.is_empty() => {
                 return Err(store.corrupt("no berth format marker".into()))
             }
             None => store.initialize(voters)?,
@@ -420,11 +420,12 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("cmd{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("cmd{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -456,10 +457,12 @@ mod tests {
             s.entries(2, 4, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 4;
-        s.set_hardstate(&hs).unwrap();
+        s.set_hardstate(&HardState {
+            term: 2,
+            commit: 4,
+            ..Default::default()
+        })
+        .unwrap();
         s.flush().unwrap();
         drop(s);
 

@@ -12,12 +12,20 @@ fn bin(name: &str) -> PathBuf {
     // Test binaries live in target/<profile>/deps; the workspace binaries one level up.
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} not built: run `cargo test --workspace` (it builds every binary)", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace` (it builds every binary)",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Dev {
@@ -34,7 +42,16 @@ impl Dev {
 
     fn start_on(dir: &Path, state: &Path, port: u16) -> Dev {
         let mut child = Command::new(bin("berth"))
-            .args(["dev", "--nodes", "2", "--machine", "dgx-h100", "--kill-wait-secs", "2", "--listen"])
+            .args([
+                "dev",
+                "--nodes",
+                "2",
+                "--machine",
+                "dgx-h100",
+                "--kill-wait-secs",
+                "2",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(state)
@@ -52,8 +69,14 @@ impl Dev {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("berth dev did not print ready within 60s");
-        Dev { child, dir: dir.to_path_buf(), state: state.to_path_buf(), port }
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("berth dev did not print ready within 60s");
+        Dev {
+            child,
+            dir: dir.to_path_buf(),
+            state: state.to_path_buf(),
+            port,
+        }
     }
 
     fn server(&self) -> String {
@@ -65,7 +88,12 @@ impl Dev {
     }
 
     fn run(&self, exe: &Path, args: &[&str]) -> Output {
-        Command::new(exe).args(args).current_dir(&self.dir).env("BERTH_SERVER", self.server()).output().unwrap()
+        Command::new(exe)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("BERTH_SERVER", self.server())
+            .output()
+            .unwrap()
     }
 
     /// Submits and returns the job id (`--parsable`).
@@ -73,13 +101,24 @@ impl Dev {
         let mut all = vec!["sbatch", "--parsable"];
         all.extend_from_slice(args);
         let out = self.berth(&all);
-        assert!(out.status.success(), "sbatch {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id")
+        assert!(
+            out.status.success(),
+            "sbatch {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("job id")
     }
 
     fn show_job(&self, id: u64) -> String {
         let out = self.berth(&["scontrol", "show", "job", &id.to_string()]);
-        assert!(out.status.success(), "scontrol show job {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scontrol show job {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -91,7 +130,10 @@ impl Dev {
             if text.contains(&format!("JobState={state} ")) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "job {id} not {state} after {secs}s:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not {state} after {secs}s:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -110,7 +152,11 @@ impl Drop for Dev {
 }
 
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let start = text.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in\n{text}")) + key.len() + 1;
+    let start = text
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in\n{text}"))
+        + key.len()
+        + 1;
     text[start..].split_whitespace().next().unwrap_or("")
 }
 
@@ -145,9 +191,13 @@ fn gpu_job_sees_exactly_its_granted_uuids() {
     assert!(out.contains("GPUS=0,1 NODES=1"), "{out}");
     // The UUIDs are the simulated machine's, as the agent read them through NVML.
     let node = field(&shown, "BatchHost").to_string();
-    let nodes = String::from_utf8_lossy(&dev.berth(&["scontrol", "show", "node", &node]).stdout).into_owned();
+    let nodes = String::from_utf8_lossy(&dev.berth(&["scontrol", "show", "node", &node]).stdout)
+        .into_owned();
     for u in &uuids {
-        assert!(u.starts_with("GPU-") && nodes.contains(u), "{u} not on {node}:\n{nodes}");
+        assert!(
+            u.starts_with("GPU-") && nodes.contains(u),
+            "{u} not on {node}:\n{nodes}"
+        );
     }
 }
 
@@ -165,10 +215,15 @@ fn exit_codes_cancel_and_time_limit() {
     assert_eq!(out, "about to fail\n");
 
     dev.wait_state(sleeper, "RUNNING", 30);
-    let squeue = String::from_utf8_lossy(&dev.berth(&["squeue", "-h", "-o", "%i %t %j"]).stdout).into_owned();
+    let squeue = String::from_utf8_lossy(&dev.berth(&["squeue", "-h", "-o", "%i %t %j"]).stdout)
+        .into_owned();
     assert!(squeue.contains(&format!("{sleeper} R sleeper")), "{squeue}");
     let out = dev.berth(&["scancel", &sleeper.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dev.wait_state(sleeper, "CANCELLED", 30);
     // Cancelling a finished job is refused, like Slurm.
     let again = dev.berth(&["scancel", &sleeper.to_string()]);
@@ -183,12 +238,25 @@ fn exit_codes_cancel_and_time_limit() {
 fn impossible_and_malformed_submissions_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = Dev::start(tmp.path());
-    let bad_directive = write_script(tmp.path(), "bad.sh", "#!/bin/sh\n#SBATCH --time=banana\nhostname\n");
+    let bad_directive = write_script(
+        tmp.path(),
+        "bad.sh",
+        "#!/bin/sh\n#SBATCH --time=banana\nhostname\n",
+    );
     let no_shebang = write_script(tmp.path(), "plain.sh", "hostname\n");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["sbatch", "--gres=gpu:9", "--wrap", "true"], "Requested node configuration is not available"),
-        (vec!["sbatch", "-p", "nosuch", "--wrap", "true"], "Requested node configuration is not available"),
-        (vec!["sbatch", "--frobnicate", "--wrap", "true"], "--frobnicate"),
+        (
+            vec!["sbatch", "--gres=gpu:9", "--wrap", "true"],
+            "Requested node configuration is not available",
+        ),
+        (
+            vec!["sbatch", "-p", "nosuch", "--wrap", "true"],
+            "Requested node configuration is not available",
+        ),
+        (
+            vec!["sbatch", "--frobnicate", "--wrap", "true"],
+            "--frobnicate",
+        ),
         (vec!["sbatch", "--array=1-3", "--wrap", "true"], "--array"),
         (vec!["sbatch", "-t", "1:2:3:4", "--wrap", "true"], "1:2:3:4"),
         (vec!["sbatch", "--mem=12X", "--wrap", "true"], "12X"),
@@ -200,11 +268,18 @@ fn impossible_and_malformed_submissions_change_nothing() {
         let out = dev.berth(args);
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || !err.contains(want) {
-            panic!("#{i}: {args:?}: want failure mentioning {want:?}, got status {} stderr {err}", out.status);
+            panic!(
+                "#{i}: {args:?}: want failure mentioning {want:?}, got status {} stderr {err}",
+                out.status
+            );
         }
     }
     let all = dev.berth(&["squeue", "-h", "-t", "all"]);
-    assert_eq!(String::from_utf8_lossy(&all.stdout), "", "no job was recorded");
+    assert_eq!(
+        String::from_utf8_lossy(&all.stdout),
+        "",
+        "no job was recorded"
+    );
     let missing = dev.berth(&["scontrol", "show", "job", "999"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("Invalid job id specified"));
@@ -219,16 +294,36 @@ fn slurm_tool_names_work_through_symlinks() {
     }
     let out = dev.run(&tmp.path().join("sbatch"), &["-H", "--wrap", "true"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let id: u64 = text.trim().strip_prefix("Submitted batch job ").expect("sbatch output").parse().unwrap();
+    let id: u64 = text
+        .trim()
+        .strip_prefix("Submitted batch job ")
+        .expect("sbatch output")
+        .parse()
+        .unwrap();
     let q = dev.run(&tmp.path().join("squeue"), &[]);
     let q = String::from_utf8_lossy(&q.stdout);
-    assert!(q.starts_with("             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)"), "{q}");
+    assert!(
+        q.starts_with(
+            "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)"
+        ),
+        "{q}"
+    );
     assert!(q.contains("(JobHeldUser)"), "{q}");
-    let sinfo = String::from_utf8_lossy(&dev.run(&tmp.path().join("sinfo"), &[]).stdout).into_owned();
-    assert!(sinfo.contains("gpu:h100:8") && sinfo.contains("node[1-2]"), "{sinfo}");
-    assert!(dev.run(&tmp.path().join("scontrol"), &["release", &id.to_string()]).status.success());
+    let sinfo =
+        String::from_utf8_lossy(&dev.run(&tmp.path().join("sinfo"), &[]).stdout).into_owned();
+    assert!(
+        sinfo.contains("gpu:h100:8") && sinfo.contains("node[1-2]"),
+        "{sinfo}"
+    );
+    assert!(dev
+        .run(&tmp.path().join("scontrol"), &["release", &id.to_string()])
+        .status
+        .success());
     dev.wait_state(id, "COMPLETED", 30);
-    assert!(!dev.run(&tmp.path().join("scancel"), &[&id.to_string()]).status.success());
+    assert!(!dev
+        .run(&tmp.path().join("scancel"), &[&id.to_string()])
+        .status
+        .success());
 }
 
 #[test]
@@ -242,7 +337,10 @@ fn kill_9_and_restart_keeps_every_job() {
         "-o",
         "running.out",
         "--wrap",
-        &format!("echo started; while [ ! -e {} ]; do sleep 0.1; done; echo survived", marker.display()),
+        &format!(
+            "echo started; while [ ! -e {} ]; do sleep 0.1; done; echo survived",
+            marker.display()
+        ),
     ]);
     dev.wait_state(running, "RUNNING", 30);
     let held = dev.submit(&["-H", "--wrap", "true"]);
@@ -255,14 +353,21 @@ fn kill_9_and_restart_keeps_every_job() {
     for (id, text) in [done, held].iter().zip(&before) {
         let now = dev.show_job(*id);
         for key in ["JobState", "ExitCode", "SubmitTime", "EndTime", "StdOut"] {
-            assert_eq!(field(&now, key), field(text, key), "job {id} {key} changed across restart");
+            assert_eq!(
+                field(&now, key),
+                field(text, key),
+                "job {id} {key} changed across restart"
+            );
         }
     }
     // The running job kept running under its shim; the restarted agent re-attached to it.
     dev.wait_state(running, "RUNNING", 5);
     std::fs::write(&marker, "").unwrap();
     dev.wait_state(running, "COMPLETED", 30);
-    assert_eq!(std::fs::read_to_string(tmp.path().join("running.out")).unwrap(), "started\nsurvived\n");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("running.out")).unwrap(),
+        "started\nsurvived\n"
+    );
     dev.wait_state(gang, "COMPLETED", 30);
     dev.kill9();
 }
@@ -281,12 +386,22 @@ fn corrupt_state_dir_is_refused_and_left_alone() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot start berthd") && err.contains("berthd"), "{err}");
-    assert_eq!(std::fs::read(state.join("berthd/db")).unwrap(), b"garbage garbage garbage");
+    assert!(
+        err.contains("cannot start berthd") && err.contains("berthd"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("berthd/db")).unwrap(),
+        b"garbage garbage garbage"
+    );
 
     let file_state = tmp.path().join("a-file");
     std::fs::write(&file_state, "x").unwrap();
-    let out = Command::new(bin("berth")).args(["dev", "--listen", "127.0.0.1:0", "--state-dir"]).arg(&file_state).output().unwrap();
+    let out = Command::new(bin("berth"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&file_state)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a-file"));
 }
@@ -295,28 +410,61 @@ fn corrupt_state_dir_is_refused_and_left_alone() {
 async fn agent_sending_garbage_is_refused_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = tokio::task::block_in_place(|| Dev::start(tmp.path()));
-    let nodes_before = tokio::task::block_in_place(|| dev.berth(&["scontrol", "show", "node"]).stdout);
-    let mut client = pb::agent_service_client::AgentServiceClient::connect(dev.server()).await.unwrap();
-    let heartbeat = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq: 1 })) };
+    let nodes_before =
+        tokio::task::block_in_place(|| dev.berth(&["scontrol", "show", "node"]).stdout);
+    let mut client = pb::agent_service_client::AgentServiceClient::connect(dev.server())
+        .await
+        .unwrap();
+    let heartbeat = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq: 1 })),
+    };
     let bad_inventory = |inv: pb::NodeInventory| pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Register(pb::Register { inventory: Some(inv), jobs: vec![] })),
+        msg: Some(pb::agent_message::Msg::Register(pb::Register {
+            inventory: Some(inv),
+            jobs: vec![],
+        })),
     };
     let dup_gpus = pb::NodeInventory {
         name: "evil".into(),
         partition: "gpu".into(),
         cpus: 4,
-        gpus: vec![pb::Gpu { uuid: "GPU-x".into(), ..Default::default() }, pb::Gpu { uuid: "GPU-x".into(), ..Default::default() }],
+        gpus: vec![
+            pb::Gpu {
+                uuid: "GPU-x".into(),
+                ..Default::default()
+            },
+            pb::Gpu {
+                uuid: "GPU-x".into(),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
-    let bad_name = pb::NodeInventory { name: "../../etc".into(), partition: "gpu".into(), cpus: 4, ..Default::default() };
+    let bad_name = pb::NodeInventory {
+        name: "../../etc".into(),
+        partition: "gpu".into(),
+        cpus: 4,
+        ..Default::default()
+    };
     let bad_event = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
-            inventory: Some(pb::NodeInventory { name: "ok".into(), partition: "gpu".into(), cpus: 1, ..Default::default() }),
-            jobs: vec![pb::JobEvent { job_id: 1, event: None }],
+            inventory: Some(pb::NodeInventory {
+                name: "ok".into(),
+                partition: "gpu".into(),
+                cpus: 1,
+                ..Default::default()
+            }),
+            jobs: vec![pb::JobEvent {
+                job_id: 1,
+                event: None,
+            }],
         })),
     };
     let cases = [
-        (heartbeat, "first message on an agent stream must be Register"),
+        (
+            heartbeat,
+            "first message on an agent stream must be Register",
+        ),
         (bad_inventory(dup_gpus), "repeated"),
         (bad_inventory(bad_name), "invalid node name"),
         (bad_event, "without an event"),
@@ -324,11 +472,17 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
     for (i, (msg, want)) in cases.into_iter().enumerate() {
         let res = client.attach(tokio_stream::iter(vec![msg])).await;
         match res {
-            Err(status) if status.code() == tonic::Code::InvalidArgument && status.message().contains(want) => {}
+            Err(status)
+                if status.code() == tonic::Code::InvalidArgument
+                    && status.message().contains(want) => {}
             Err(status) => panic!("#{i}: want InvalidArgument with {want:?}, got {status:?}"),
             Ok(_) => panic!("#{i}: garbage accepted"),
         }
     }
-    let nodes_after = tokio::task::block_in_place(|| dev.berth(&["scontrol", "show", "node"]).stdout);
-    assert_eq!(String::from_utf8_lossy(&nodes_before), String::from_utf8_lossy(&nodes_after));
+    let nodes_after =
+        tokio::task::block_in_place(|| dev.berth(&["scontrol", "show", "node"]).stdout);
+    assert_eq!(
+        String::from_utf8_lossy(&nodes_before),
+        String::from_utf8_lossy(&nodes_after)
+    );
 }
