@@ -341,6 +341,7 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("gres-flags", None),
     ("hint", None),
     ("ignore-pbs", None),
+    ("immediate", Some('I')),
     ("input", Some('i')),
     ("kill-on-invalid-dep", None),
     ("licenses", Some('L')),
@@ -362,6 +363,7 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("ntasks-per-gpu", None),
     ("ntasks-per-node", None),
     ("ntasks-per-socket", None),
+    ("oom-kill-step", None),
     ("open-mode", None),
     ("overcommit", Some('O')),
     ("oversubscribe", Some('s')),
@@ -1482,114 +1484,114 @@ mod tests {
         assert!(!abs.parsable);
     }
 
-    #[test]
-    fn option_errors_name_the_option() {
-        let f = Fixture::new();
-        f.script("job.sh", "#!/bin/sh\ntrue\n");
-        let cases: &[(&[&str], &str)] = &[
-            (&["--foo", "job.sh"], "unrecognized option '--foo'"),
-            (&["-z", "job.sh"], "unrecognized option '-z'"),
-            (
-                &["--array=1-3", "job.sh"],
-                "option --array is not supported by berth yet",
-            ),
-            (
-                &["-a", "1-3", "job.sh"],
-                "option -a/--array is not supported by berth yet",
-            ),
-            (
-                &["--dependency=afterok:1", "job.sh"],
-                "option --dependency is not supported by berth yet",
-            ),
-            (
-                &["-d", "afterok:1", "job.sh"],
-                "--dependency is not supported",
-            ),
-            (
-                &["--mail-type=END", "job.sh"],
-                "option --mail-type is not supported",
-            ),
-            (
-                &["--exclusive", "job.sh"],
-                "option --exclusive is not supported",
-            ),
-            (&["-w", "n1", "job.sh"], "-w/--nodelist is not supported"),
-            (
-                &["--mem-per-cpu=1G", "job.sh"],
-                "option --mem-per-cpu is not supported",
-            ),
-            (
-                &["--gpus-per-task=1", "job.sh"],
-                "option --gpus-per-task is not supported",
-            ),
-            (
-                &["--ntasks-per-node=2", "job.sh"],
-                "option --ntasks-per-node is not supported",
-            ),
-            (
-                &["--requeue", "job.sh"],
-                "option --requeue is not supported",
-            ),
-            (&["--wait", "job.sh"], "option --wait is not supported"),
-            (
-                &["--mail", "job.sh"],
-                "option '--mail' is ambiguous; possibilities: '--mail-type' '--mail-user'",
-            ),
-            (&["--gp=1", "job.sh"], "ambiguous"),
-            (&["--time"], "option '--time' requires an argument"),
-            (&["-t"], "option '-t' requires an argument"),
-            (
-                &["--hold=yes", "job.sh"],
-                "option '--hold' doesn't allow an argument",
-            ),
-            (
-                &["--time=1:2:3:4", "job.sh"],
-                "Invalid --time specification: 1:2:3:4",
-            ),
-            (
-                &["-t", "abc", "job.sh"],
-                "Invalid --time specification: abc",
-            ),
-            (&["--mem=12X", "job.sh"], "invalid --mem value '12X'"),
-            (&["--mem=0", "job.sh"], "not supported by berth yet"),
-            (
-                &["--nodes=abc", "job.sh"],
-                "Invalid numeric value \"abc\" for --nodes",
-            ),
-            (
-                &["-N", "0", "job.sh"],
-                "Invalid --nodes value \"0\": must be at least 1",
-            ),
-            (
-                &["-N", "2-4", "job.sh"],
-                "--nodes=2-4: a node count range (give one number) is not supported by berth yet",
-            ),
-            (&["-N", "-2", "job.sh"], "Invalid numeric value"),
-            (&["-n", "0", "job.sh"], "Invalid --ntasks value \"0\""),
-            (
-                &["-c", "0", "job.sh"],
-                "Invalid --cpus-per-task value \"0\"",
-            ),
-            (
-                &["-c", "1.5", "job.sh"],
-                "Invalid numeric value \"1.5\" for --cpus-per-task",
-            ),
-            (
-                &["-N", "2", "-n", "1", "job.sh"],
-                "--ntasks=1 is less than --nodes=2",
-            ),
-            (
-                &["-p", "a,b", "job.sh"],
-                "a list of partitions is not supported",
-            ),
-            (
-                &["-J", "", "job.sh"],
-                "invalid --job-name value '': must not be empty",
-            ),
-            (&["--help"], "help requested"),
-            (&["-V"], "version requested"),
-            (&["--", "--notascript"], "Unable to open file --notascript"),
-        ];
+    /// Command lines and the error each must give (a table, so kept out of the test body).
+    const OPTION_ERRORS: &[(&[&str], &str)] = &[
+        (&["--foo", "job.sh"], "unrecognized option '--foo'"),
+        (&["-z", "job.sh"], "unrecognized option '-z'"),
+        (
+            &["--array=1-3", "job.sh"],
+            "option --array is not supported by berth yet",
+        ),
+        (
+            &["-a", "1-3", "job.sh"],
+            "option -a/--array is not supported by berth yet",
+        ),
+        (
+            &["--dependency=afterok:1", "job.sh"],
+            "option --dependency is not supported by berth yet",
+        ),
+        (
+            &["-d", "afterok:1", "job.sh"],
+            "--dependency is not supported",
+        ),
+        (
+            &["--mail-type=END", "job.sh"],
+            "option --mail-type is not supported",
+        ),
+        (
+            &["--exclusive", "job.sh"],
+            "option --exclusive is not supported",
+        ),
+        (&["-w", "n1", "job.sh"], "-w/--nodelist is not supported"),
+        (
+            &["--mem-per-cpu=1G", "job.sh"],
+            "option --mem-per-cpu is not supported",
+        ),
+        (
+            &["--gpus-per-task=1", "job.sh"],
+            "option --gpus-per-task is not supported",
+        ),
+        (
+            &["--ntasks-per-node=2", "job.sh"],
+            "option --ntasks-per-node is not supported",
+        ),
+        (
+            &["--requeue", "job.sh"],
+            "option --requeue is not supported",
+        ),
+        (&["--wait", "job.sh"], "option --wait is not supported"),
+        (
+            &["--mail", "job.sh"],
+            "option '--mail' is ambiguous; possibilities: '--mail-type' '--mail-user'",
+        ),
+        (&["--gp=1", "job.sh"], "ambiguous"),
+        (&["--time"], "option '--time' requires an argument"),
+        (&["-t"], "option '-t' requires an argument"),
+        (
+            &["--hold=yes", "job.sh"],
+            "option '--hold' doesn't allow an argument",
+        ),
+        (
+            &["--time=1:2:3:4", "job.sh"],
+            "Invalid --time specification: 1:2:3:4",
+        ),
+        (
+            &["-t", "abc", "job.sh"],
+            "Invalid --time specification: abc",
+        ),
+        (&["--mem=12X", "job.sh"], "invalid --mem value '12X'"),
+        (&["--mem=0", "job.sh"], "not supported by berth yet"),
+        (
+            &["--nodes=abc", "job.sh"],
+            "Invalid numeric value \"abc\" for --nodes",
+        ),
+        (
+            &["-N", "0", "job.sh"],
+            "Invalid --nodes value \"0\": must be at least 1",
+        ),
+        (
+            &["-N", "2-4", "job.sh"],
+            "--nodes=2-4: a node count range (give one number) is not supported by berth yet",
+        ),
+        (&["-N", "-2", "job.sh"], "Invalid numeric value"),
+        (&["-n", "0", "job.sh"], "Invalid --ntasks value \"0\""),
+        (
+            &["-c", "0", "job.sh"],
+            "Invalid --cpus-per-task value \"0\"",
+        ),
+        (
+            &["-c", "1.5", "job.sh"],
+            "Invalid numeric value \"1.5\" for --cpus-per-task",
+        ),
+        (
+            &["-N", "2", "-n", "1", "job.sh"],
+            "--ntasks=1 is less than --nodes=2",
+        ),
+        (
+            &["-p", "a,b", "job.sh"],
+            "a list of partitions is not supported",
+        ),
+        (
+            &["-J", "", "job.sh"],
+            "invalid --job-name value '': must not be empty",
+        ),
+        (&["--help"], "help requested"),
+        (&["-V"], "version requested"),
+        (&["--", "--notascript"], "Unable to open file --notascript"),
+    ];
+
+    /// Runs each case and checks that it fails with a message containing the expected text.
+    fn expect_errors(f: &Fixture, cases: &[(&[&str], &str)]) {
         for (i, (args, want)) in cases.iter().enumerate() {
             let got = f
                 .run(args)
@@ -1603,11 +1605,15 @@ mod tests {
     }
 
     #[test]
-    fn script_sources() {
+    fn option_errors_name_the_option() {
         let f = Fixture::new();
-        f.script("empty.sh", "")
-            .script("plain.sh", "echo hi\n")
-            .script("dos.sh", "#!/bin/sh\r\necho hi\r\n");
+        f.script("job.sh", "#!/bin/sh\ntrue\n");
+        expect_errors(&f, OPTION_ERRORS);
+    }
+
+    #[test]
+    fn wrap_and_stdin_scripts() {
+        let f = Fixture::new();
         let wrap = f.run(&["--wrap", "echo hello"]).expect("wrap parses");
         let want = "#!/bin/sh\n# This script was created by sbatch --wrap.\n\necho hello\n";
         assert_eq!(
@@ -1632,6 +1638,14 @@ mod tests {
             .run_stdin(&[], Ok("#!/bin/sh\ntrue\n".into()))
             .expect("stdin");
         assert_eq!(stdin.spec.name, "sbatch");
+    }
+
+    #[test]
+    fn bad_scripts() {
+        let f = Fixture::new();
+        f.script("empty.sh", "")
+            .script("plain.sh", "echo hi\n")
+            .script("dos.sh", "#!/bin/sh\r\necho hi\r\n");
         let cases: Vec<(Vec<&str>, io::Result<String>, &str)> = vec![
             (
                 vec!["missing.sh"],

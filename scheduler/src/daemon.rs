@@ -32,6 +32,9 @@ pub struct DaemonConfig {
     pub node_timeout: Duration,
     /// Longest time between two scheduling passes.
     pub schedule_interval: Duration,
+    /// An agent stream with no message for this long is closed (agents heartbeat every few
+    /// seconds).
+    pub agent_silence_max: Duration,
 }
 
 impl DaemonConfig {
@@ -42,6 +45,7 @@ impl DaemonConfig {
             default_partition: "gpu".into(),
             node_timeout: Duration::from_secs(60),
             schedule_interval: Duration::from_secs(1),
+            agent_silence_max: Duration::from_secs(30),
         }
     }
 }
@@ -111,6 +115,7 @@ impl Daemon {
             agents,
             reasons,
             default_partition: cfg.default_partition,
+            agent_silence_max: cfg.agent_silence_max,
         }));
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()

@@ -47,6 +47,8 @@ pub struct Shared {
     pub reasons: Arc<PendingReasons>,
     /// Partition for jobs that name none.
     pub default_partition: String,
+    /// An agent stream silent this long (no heartbeat, no event) is closed as dead.
+    pub agent_silence_max: Duration,
 }
 
 /// Implements `JobService`, `NodeService` and `AgentService` over [`Shared`].
@@ -343,13 +345,24 @@ impl Api {
         tx: &AgentSender,
         mut inbound: Streaming<pb::AgentMessage>,
     ) {
-        while let Some(msg) = inbound.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(status) => {
+        loop {
+            // A hung agent keeps its TCP connection but stops heartbeating: treat silence as
+            // death, so the liveness loop can start counting toward NodeDown.
+            let msg = match tokio::time::timeout(self.0.agent_silence_max, inbound.next()).await {
+                Err(_) => {
+                    tracing::warn!(
+                        node,
+                        "agent silent for {:?}; closing its stream",
+                        self.0.agent_silence_max
+                    );
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(Err(status))) => {
                     tracing::warn!(node, "agent stream error: {status}");
                     return;
                 }
+                Ok(Some(Ok(m))) => m,
             };
             match msg.msg {
                 Some(agent_message::Msg::Heartbeat(_)) => {}

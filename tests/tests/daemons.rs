@@ -1,0 +1,352 @@
+//! The separate daemons: `berthd` and `berth-agent` as their own processes (the agent on a
+//! simulated A100 machine through its NVML library), the CLI against them, the Watch
+//! stream, oversized requests, and kill -9 of berthd while the agent keeps its job running.
+
+use berth_proto::v1 as pb;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The freshest build of the simulated NVML library (cargo may leave an older uplifted copy).
+fn simnvml() -> PathBuf {
+    let candidates = [
+        target_dir().join("libberth_simnvml.so"),
+        target_dir().join("deps/libberth_simnvml.so"),
+    ];
+    candidates
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("libberth_simnvml.so not built")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn berthd(state: &Path, port: u16) -> Proc {
+    Proc(
+        Command::new(bin("berthd"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(state)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn berth(dir: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(bin("berth"))
+        .args(args)
+        .current_dir(dir)
+        .env("BERTH_SERVER", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap()
+}
+
+fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn job_state(dir: &Path, port: u16, id: u64) -> String {
+    let out = berth(
+        dir,
+        port,
+        &["squeue", "-h", "-j", &id.to_string(), "-o", "%T"],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn berthd_and_agent_as_separate_processes_survive_berthd_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let nvml = dir.join("nvml");
+    std::fs::create_dir_all(&nvml).unwrap();
+    std::fs::copy(simnvml(), nvml.join("libnvidia-ml.so.1")).unwrap();
+    let machines = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../node-agent/simnvml/machines/a100-pcie-4.json");
+    std::fs::copy(machines, nvml.join("machine.json")).unwrap();
+
+    let mut daemon = berthd(&dir.join("berthd"), port);
+    let _agent = Proc(
+        Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                &format!("http://127.0.0.1:{port}"),
+                "--node-name",
+                "gpu01",
+                "--state-dir",
+            ])
+            .arg(dir.join("agent"))
+            .arg("--nvml-lib")
+            .arg(nvml.join("libnvidia-ml.so.1"))
+            .args(["--kill-wait-secs", "2"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    poll("agent registered", 30, || {
+        let out = berth(dir, port, &["sinfo", "-h", "-N", "-o", "%N %t %G"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("gpu01 idle gpu:a100:4")
+            .then_some(())
+    });
+
+    let marker = dir.join("go");
+    let script = format!(
+        "echo $CUDA_VISIBLE_DEVICES; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+        marker.display()
+    );
+    let out = berth(
+        dir,
+        port,
+        &[
+            "sbatch",
+            "--parsable",
+            "--gpus=4",
+            "-o",
+            "job.out",
+            "--wrap",
+            &script,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    poll("job running", 30, || {
+        (job_state(dir, port, id) == "RUNNING").then_some(())
+    });
+
+    // kill -9 berthd: the job keeps running under the agent, which reconnects to the new
+    // berthd and reports it; the job is still RUNNING there, then completes normally.
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    daemon = berthd(&dir.join("berthd"), port);
+    poll("job still running after restart", 30, || {
+        (job_state(dir, port, id) == "RUNNING").then_some(())
+    });
+    std::fs::write(&marker, "").unwrap();
+    poll("job completed", 30, || {
+        let out = berth(
+            dir,
+            port,
+            &[
+                "squeue",
+                "-h",
+                "-t",
+                "all",
+                "-j",
+                &id.to_string(),
+                "-o",
+                "%T",
+            ],
+        );
+        (String::from_utf8_lossy(&out.stdout).trim() == "COMPLETED").then_some(())
+    });
+    let out = std::fs::read_to_string(dir.join("job.out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        lines[0]
+            .split(',')
+            .filter(|u| u.starts_with("GPU-"))
+            .count(),
+        4,
+        "{out}"
+    );
+    assert_eq!(lines[1], "done");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_and_oversized_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _daemon = berthd(&tmp.path().join("berthd"), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = poll("berthd up", 30, || {
+        let url = url.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(pb::job_service_client::JobServiceClient::connect(url))
+                .ok()
+        })
+    });
+    let spec = |script: String| pb::JobSpec {
+        name: "big".into(),
+        script,
+        work_dir: "/tmp".into(),
+        nodes: 1,
+        ntasks: 1,
+        cpus_per_task: 1,
+        ..Default::default()
+    };
+    // Larger than the gRPC limit: refused by the transport.
+    let huge = format!("#!/bin/sh\n{}", "#".repeat(9 << 20));
+    let err = client
+        .submit(pb::SubmitRequest {
+            spec: Some(spec(huge)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("too large") || err.code() == tonic::Code::OutOfRange,
+        "{err:?}"
+    );
+    // Under the transport limit but over the 4 MiB script limit: refused by berthd.
+    let big = format!("#!/bin/sh\n{}", "#".repeat(5 << 20));
+    let err = client
+        .submit(pb::SubmitRequest {
+            spec: Some(spec(big)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("batch script is"), "{err:?}");
+    // No node has registered: a job can never run here, so it is refused (Slurm's message).
+    let err = client
+        .submit(pb::SubmitRequest {
+            spec: Some(spec("#!/bin/sh\n".into())),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("Requested node configuration is not available"),
+        "{err:?}"
+    );
+
+    let mut watch = client
+        .watch(pb::WatchRequest { job_ids: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    let list = client
+        .list(pb::ListJobsRequest {
+            include_finished: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        list.into_inner().jobs.is_empty(),
+        "refused submits left no job"
+    );
+
+    // A hand-driven agent (the real protocol, no berth-agent) registers one GPU.
+    let mut agents = pb::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (up, up_rx) = tokio::sync::mpsc::channel(8);
+    let inv = pb::NodeInventory {
+        name: "fake1".into(),
+        partition: "gpu".into(),
+        cpus: 4,
+        memory_mb: 1024,
+        gpus: vec![pb::Gpu {
+            uuid: "GPU-fake-0".into(),
+            gres_type: "h100".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let register = pb::Register {
+        inventory: Some(inv),
+        jobs: vec![],
+    };
+    up.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Register(register)),
+    })
+    .await
+    .unwrap();
+    let mut down = agents
+        .attach(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = down.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.msg, Some(pb::server_message::Msg::Registered(_))),
+        "{first:?}"
+    );
+
+    let mut ok = spec("#!/bin/sh\ntrue\n".into());
+    ok.gpus_per_node = 1;
+    let id = client
+        .submit(pb::SubmitRequest { spec: Some(ok) })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let mut seen = Vec::new();
+    while !seen.contains(&pb::JobState::Running) {
+        let job = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.id, id);
+        seen.push(job.state());
+    }
+    assert_eq!(seen, vec![pb::JobState::Pending, pb::JobState::Running]);
+    let launch = tokio::time::timeout(Duration::from_secs(10), down.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match launch.msg {
+        Some(pb::server_message::Msg::Launch(l)) => {
+            let job = l.job.unwrap();
+            assert_eq!(job.allocations[0].gpu_uuids, vec!["GPU-fake-0".to_string()]);
+            assert!(launch.term >= 1, "commands carry the leader's term");
+        }
+        other => panic!("want Launch, got {other:?}"),
+    }
+    drop(up);
+}
