@@ -312,7 +312,7 @@ fn slurm_tool_names_work_through_symlinks() {
     let sinfo =
         String::from_utf8_lossy(&dev.run(&tmp.path().join("sinfo"), &[]).stdout).into_owned();
     assert!(
-        sinfo.contains("gpu:h100:8") && sinfo.contains("node[1-2]"),
+        sinfo.contains("gpu:h100:16") && sinfo.contains("node[1-2]"),
         "{sinfo}"
     );
     assert!(dev
