@@ -1,7 +1,9 @@
 //! Finding and connecting to berthd: `--server`, else `BERTH_SERVER` (a comma-separated
 //! list, tried in order), else `http://127.0.0.1:7700`.
 
-use berth_proto::v1::{job_service_client::JobServiceClient, node_service_client::NodeServiceClient};
+use berth_proto::v1::{
+    job_service_client::JobServiceClient, node_service_client::NodeServiceClient,
+};
 use tonic::transport::{Channel, Endpoint};
 
 /// Default berthd address (the one `berth dev` listens on by default).
@@ -17,11 +19,20 @@ pub enum ConnectError {
 
 /// The server list from `--server` or the environment.
 pub fn servers(flag: Option<&str>) -> Vec<String> {
-    let raw = flag.map(str::to_string).or_else(|| std::env::var("BERTH_SERVER").ok()).unwrap_or_else(|| DEFAULT_SERVER.into());
+    let raw = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("BERTH_SERVER").ok())
+        .unwrap_or_else(|| DEFAULT_SERVER.into());
     raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| if s.contains("://") { s.to_string() } else { format!("http://{s}") })
+        .map(|s| {
+            if s.contains("://") {
+                s.to_string()
+            } else {
+                format!("http://{s}")
+            }
+        })
         .collect()
 }
 
@@ -49,7 +60,9 @@ pub async fn connect(servers: &[String]) -> Result<Channel, ConnectError> {
 
 /// A job client on `channel`, accepting large replies (a job list with scripts).
 pub fn jobs(channel: Channel) -> JobServiceClient<Channel> {
-    JobServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(8 << 20)
+    JobServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(8 << 20)
 }
 
 /// A node client on `channel`.

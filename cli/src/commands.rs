@@ -25,7 +25,9 @@ The server comes from --server, else BERTH_SERVER, else http://127.0.0.1:7700.";
 /// Splits `[--server X] <command> args…`; `--server` is exported as `BERTH_SERVER`.
 pub fn split_global(mut args: Vec<String>) -> (String, Vec<String>) {
     loop {
-        let Some(first) = args.first().cloned() else { return ("help".into(), vec![]) };
+        let Some(first) = args.first().cloned() else {
+            return ("help".into(), vec![]);
+        };
         if let Some(v) = first.strip_prefix("--server=") {
             std::env::set_var("BERTH_SERVER", v);
             args.remove(0);
@@ -73,7 +75,10 @@ fn status_text(s: &tonic::Status) -> String {
 
 async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
     #[derive(Parser)]
-    #[command(name = "berth dev", about = "berthd plus simulated GPU nodes in one process")]
+    #[command(
+        name = "berth dev",
+        about = "berthd plus simulated GPU nodes in one process"
+    )]
     struct Dev {
         #[command(flatten)]
         args: crate::dev::DevArgs,
@@ -87,7 +92,8 @@ async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,raft=warn,sled=warn,h2=warn,tower=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn,sled=warn,h2=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -98,7 +104,11 @@ async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
 fn submit_context() -> anyhow::Result<SubmitContext> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
-    let user = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
     Ok(SubmitContext {
         cwd: std::env::current_dir()?,
         env: std::env::vars().collect::<BTreeMap<_, _>>(),
@@ -112,10 +122,26 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
 async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     let ctx = submit_context()?;
     let mut read_stdin = || std::io::read_to_string(std::io::stdin());
-    let submission = sbatch::parse_submission(&args, &ctx, &mut read_stdin)?;
+    let submission = match sbatch::parse_submission(&args, &ctx, &mut read_stdin) {
+        Ok(s) => s,
+        Err(sbatch::SbatchError::HelpRequested) => {
+            println!("{}", sbatch::USAGE);
+            return Ok(0);
+        }
+        Err(sbatch::SbatchError::VersionRequested) => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for w in &submission.warnings {
+        eprintln!("sbatch: warning: {w}");
+    }
     let channel = client::connect(&client::servers(None)).await?;
     let resp = client::jobs(channel)
-        .submit(pb::SubmitRequest { spec: Some(submission.spec) })
+        .submit(pb::SubmitRequest {
+            spec: Some(submission.spec),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
     let id = resp.into_inner().job_id;
@@ -131,7 +157,11 @@ fn parse_ids(list: &[String]) -> anyhow::Result<Vec<u64>> {
     list.iter()
         .flat_map(|s| s.split(','))
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("Invalid job id {s}")))
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| anyhow::anyhow!("Invalid job id {s}"))
+        })
         .collect()
 }
 
@@ -152,7 +182,11 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
 }
 
 #[derive(Parser)]
-#[command(name = "squeue", disable_help_flag = true, about = "view jobs in the berth queue")]
+#[command(
+    name = "squeue",
+    disable_help_flag = true,
+    about = "view jobs in the berth queue"
+)]
 struct SqueueArgs {
     /// Job ids (comma-separated).
     #[arg(short = 'j', long = "jobs", value_delimiter = ',')]
@@ -199,17 +233,33 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         all_states |= parsed.is_empty();
         states.extend(parsed.into_iter().map(|s| s as i32));
     }
-    let include_finished = all_states || !job_ids.is_empty() || states.iter().any(|s| *s > JobState::Running as i32);
-    let format = a.format.unwrap_or_else(|| crate::squeue::DEFAULT_FORMAT.to_string());
+    let include_finished =
+        all_states || !job_ids.is_empty() || states.iter().any(|s| *s > JobState::Running as i32);
+    let format = a
+        .format
+        .unwrap_or_else(|| crate::squeue::DEFAULT_FORMAT.to_string());
     // Check the format before asking the server, so a typo fails fast.
     crate::squeue::render(&[], &format, 0, true)?;
     let channel = client::connect(&client::servers(None)).await?;
-    let req = pb::ListJobsRequest { job_ids: job_ids.clone(), users: a.users, states, include_finished };
-    let jobs = client::jobs(channel).list(req).await.map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?.into_inner().jobs;
+    let req = pb::ListJobsRequest {
+        job_ids: job_ids.clone(),
+        users: a.users,
+        states,
+        include_finished,
+    };
+    let jobs = client::jobs(channel)
+        .list(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+        .into_inner()
+        .jobs;
     if jobs.is_empty() && !job_ids.is_empty() {
         anyhow::bail!("Invalid job id specified");
     }
-    print!("{}", crate::squeue::render(&jobs, &format, crate::now_ms(), !a.noheader)?);
+    print!(
+        "{}",
+        crate::squeue::render(&jobs, &format, crate::now_ms(), !a.noheader)?
+    );
     Ok(0)
 }
 
@@ -226,7 +276,10 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
     let mut code = 0;
     for id in ids {
         if let Err(s) = client.cancel(pb::CancelRequest { job_id: id }).await {
-            eprintln!("scancel: error: Kill job error on job id {id}: {}", status_text(&s));
+            eprintln!(
+                "scancel: error: Kill job error on job id {id}: {}",
+                status_text(&s)
+            );
             code = 1;
         }
     }
@@ -234,7 +287,11 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
 }
 
 #[derive(Parser)]
-#[command(name = "sinfo", disable_help_flag = true, about = "view berth partitions and nodes")]
+#[command(
+    name = "sinfo",
+    disable_help_flag = true,
+    about = "view berth partitions and nodes"
+)]
 struct SinfoArgs {
     /// One line per node.
     #[arg(short = 'N', long = "Node")]
@@ -257,8 +314,19 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
     };
     crate::sinfo::render(&[], a.format.as_deref(), a.node, true)?;
     let channel = client::connect(&client::servers(None)).await?;
-    let nodes = client::nodes(channel).list(pb::ListNodesRequest {}).await.map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?;
-    print!("{}", crate::sinfo::render(&nodes.into_inner().nodes, a.format.as_deref(), a.node, !a.noheader)?);
+    let nodes = client::nodes(channel)
+        .list(pb::ListNodesRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?;
+    print!(
+        "{}",
+        crate::sinfo::render(
+            &nodes.into_inner().nodes,
+            a.format.as_deref(),
+            a.node,
+            !a.noheader
+        )?
+    );
     Ok(0)
 }
 
@@ -270,12 +338,21 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             let ids = parse_ids(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
             let mut c = client::jobs(channel);
             let jobs = if ids.is_empty() {
-                let req = pb::ListJobsRequest { include_finished: true, ..Default::default() };
-                c.list(req).await.map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?.into_inner().jobs
+                let req = pb::ListJobsRequest {
+                    include_finished: true,
+                    ..Default::default()
+                };
+                c.list(req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                    .into_inner()
+                    .jobs
             } else {
                 let mut out = Vec::new();
                 for id in ids {
-                    let job = c.get(pb::GetJobRequest { job_id: id }).await.map_err(|s| anyhow::anyhow!("slurm_load_jobs error: {}", status_text(&s)))?;
+                    let job = c.get(pb::GetJobRequest { job_id: id }).await.map_err(|s| {
+                        anyhow::anyhow!("slurm_load_jobs error: {}", status_text(&s))
+                    })?;
                     out.push(job.into_inner());
                 }
                 out
@@ -284,17 +361,36 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
                 println!("No jobs in the system");
             }
             let now = crate::now_ms();
-            let text: Vec<String> = jobs.iter().map(|j| crate::scontrol::show_job(j, now)).collect();
+            let text: Vec<String> = jobs
+                .iter()
+                .map(|j| crate::scontrol::show_job(j, now))
+                .collect();
             print!("{}", text.join("\n"));
             Ok(0)
         }
         ["show", "node" | "nodes", rest @ ..] => {
-            let nodes = client::nodes(channel).list(pb::ListNodesRequest {}).await.map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?.into_inner().nodes;
-            let shown: Vec<_> = nodes.iter().filter(|n| rest.is_empty() || n.inventory.as_ref().is_some_and(|i| rest.contains(&i.name.as_str()))).collect();
+            let nodes = client::nodes(channel)
+                .list(pb::ListNodesRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner()
+                .nodes;
+            let shown: Vec<_> = nodes
+                .iter()
+                .filter(|n| {
+                    rest.is_empty()
+                        || n.inventory
+                            .as_ref()
+                            .is_some_and(|i| rest.contains(&i.name.as_str()))
+                })
+                .collect();
             if shown.is_empty() {
                 anyhow::bail!("Node {} not found", rest.join(","));
             }
-            let text: Vec<String> = shown.iter().map(|n| crate::scontrol::show_node(n)).collect();
+            let text: Vec<String> = shown
+                .iter()
+                .map(|n| crate::scontrol::show_node(n))
+                .collect();
             print!("{}", text.join("\n"));
             Ok(0)
         }
@@ -303,7 +399,13 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             let mut c = client::jobs(channel);
             let mut code = 0;
             for id in ids {
-                if let Err(s) = c.hold(pb::HoldRequest { job_id: id, hold: *verb != "release" }).await {
+                if let Err(s) = c
+                    .hold(pb::HoldRequest {
+                        job_id: id,
+                        hold: *verb != "release",
+                    })
+                    .await
+                {
                     eprintln!("scontrol: error: {verb} job {id}: {}", status_text(&s));
                     code = 1;
                 }
@@ -311,6 +413,9 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             Ok(code)
         }
         [] => anyhow::bail!("no command given (show job|show node|hold|release)"),
-        other => anyhow::bail!("invalid or unsupported scontrol command: {}", other.join(" ")),
+        other => anyhow::bail!(
+            "invalid or unsupported scontrol command: {}",
+            other.join(" ")
+        ),
     }
 }

@@ -52,7 +52,10 @@ fn machine(name: &str) -> anyhow::Result<MachineDescription> {
         return Ok(m);
     }
     if !std::path::Path::new(name).exists() {
-        bail!("unknown machine {name:?}: use one of {:?} or a JSON machine description file", berth_simnvml::builtin_names());
+        bail!(
+            "unknown machine {name:?}: use one of {:?} or a JSON machine description file",
+            berth_simnvml::builtin_names()
+        );
     }
     MachineDescription::load(name).with_context(|| format!("machine description {name}"))
 }
@@ -68,14 +71,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let machine = machine(&args.machine)?;
     let lib = berth_simnvml::find_library()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut cfg = DaemonConfig::new(state_dir.join("berthd"));
     cfg.default_partition = args.partition.clone();
     cfg.schedule_interval = Duration::from_millis(500);
-    let daemon = Daemon::start(cfg, listener, stop_rx.clone()).with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
+    let daemon = Daemon::start(cfg, listener, stop_rx.clone())
+        .with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
     if !daemon.wait_leader(Duration::from_secs(10)).await {
         bail!("berthd did not become leader within 10s");
     }
@@ -90,20 +97,38 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node_name: name.clone(),
             partition: args.partition.clone(),
             state_dir: node_dir,
-            shim_exe: std::env::current_exe().context("cannot find own executable for the job shim")?,
+            shim_exe: std::env::current_exe()
+                .context("cannot find own executable for the job shim")?,
             cpus: machine.cpus,
             memory_mb: machine.memory_mb,
             heartbeat: Duration::from_secs(2),
             kill_grace: Duration::from_secs(args.kill_wait_secs),
         };
-        let inv = agent::inventory(&cfg, &NvmlBackend { lib: Some(nvml_lib) })?;
+        let inv = agent::inventory(
+            &cfg,
+            &NvmlBackend {
+                lib: Some(nvml_lib),
+            },
+        )?;
         tokio::spawn(agent::run(cfg, inv, stop_rx.clone()));
         names.push(name);
     }
     wait_registered(&daemon, &names).await?;
-    let gpus = machine.gpus.first().map(|g| format!("{}x {}", machine.gpus.len(), g.name)).unwrap_or_else(|| "no GPUs".into());
-    println!("berth dev: berthd listening on {server} (state in {})", state_dir.display());
-    println!("berth dev: {} simulated node(s) {} ({gpus} each), partition {}", names.len(), names.join(","), args.partition);
+    let gpus = machine
+        .gpus
+        .first()
+        .map(|g| format!("{}x {}", machine.gpus.len(), g.name))
+        .unwrap_or_else(|| "no GPUs".into());
+    println!(
+        "berth dev: berthd listening on {server} (state in {})",
+        state_dir.display()
+    );
+    println!(
+        "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",
+        names.len(),
+        names.join(","),
+        args.partition
+    );
     println!("berth dev: ready. In another shell: export BERTH_SERVER={server}; berth sbatch --wrap 'nvidia-smi -L || env | grep CUDA'");
     shutdown_signal().await;
     println!("berth dev: shutting down");
@@ -116,7 +141,9 @@ async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()
     for _ in 0..200 {
         let up = {
             let sm = daemon.raft().state();
-            names.iter().all(|n| sm.node(n).is_some_and(|node| node.state() == NodeState::Up))
+            names
+                .iter()
+                .all(|n| sm.node(n).is_some_and(|node| node.state() == NodeState::Up))
         };
         if up {
             return Ok(());
@@ -128,7 +155,8 @@ async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()
 
 /// Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -8,14 +8,21 @@ fn main() {
     berth_agent::shim::run_if_shim();
     let mut args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
-    let invoked = std::path::Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or("berth").to_string();
+    let invoked = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("berth")
+        .to_string();
     let (cmd, rest) = if commands::TOOLS.contains(&invoked.as_str()) {
         (invoked, args.split_off(1))
     } else {
         args.remove(0);
         commands::split_global(args)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = rt.block_on(commands::run(&cmd, rest));
     std::process::exit(code);
 }

@@ -69,7 +69,7 @@ impl SledStorage {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new().path(dir).open().map_err(sled_err)?;
+        let db = open_db(dir).map_err(sled_err)?;
         let log = db.open_tree("log").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let store = SledStorage {
@@ -319,6 +319,23 @@ impl SledStorage {
         match self.log.get(index_key(index)).map_err(|e| self.sled(e))? {
             Some(bytes) => decode_entry(&self.path, &bytes),
             None => Err(self.corrupt(format!("entry {index} missing inside the log"))),
+        }
+    }
+}
+
+/// Opens sled, waiting up to 2 s for the file lock: a database dropped in this process
+/// releases its lock only when sled's background flusher lets go of it.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

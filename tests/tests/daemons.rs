@@ -21,7 +21,7 @@ fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
     assert!(
         path.exists(),
-        "{} not built: run `cargo test --workspace`",
+        "{} not built: run `cargo build --workspace` first",
         path.display()
     );
     path

@@ -14,7 +14,7 @@ fn bin(name: &str) -> PathBuf {
     let path = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         path.exists(),
-        "{} not built: run `cargo test --workspace` (it builds every binary)",
+        "{} not built: run `cargo build --workspace` first (README's test command does)",
         path.display()
     );
     path
