@@ -1,1 +1,54 @@
-//! End-to-end tests live in `tests/tests/`.
+//! Shared harness of the end-to-end tests in `tests/tests/`: where the workspace's built
+//! binaries are, and free loopback ports. The tests run the real binaries, so they need
+//! `cargo build --workspace` first (README's test command does it).
+
+use std::path::PathBuf;
+
+/// `target/<profile>`: test binaries live in its `deps/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// A workspace binary (`berth`, `berthd`, `berth-agent`).
+///
+/// # Panics
+/// If it has not been built, naming the command that builds it.
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first (README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The freshest build of the simulated NVML library (cargo may leave an older uplifted
+/// copy next to a newer one in `deps/`).
+///
+/// # Panics
+/// If it has not been built.
+pub fn simnvml() -> PathBuf {
+    let candidates = [
+        target_dir().join("libberth_simnvml.so"),
+        target_dir().join("deps/libberth_simnvml.so"),
+    ];
+    candidates
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("libberth_simnvml.so not built: run `cargo build --workspace` first")
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}

@@ -3,50 +3,10 @@
 //! stream, oversized requests, and kill -9 of berthd while the agent keeps its job running.
 
 use berth_proto::v1 as pb;
-use std::path::{Path, PathBuf};
+use berth_tests::{bin, free_port, simnvml};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn bin(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-/// The freshest build of the simulated NVML library (cargo may leave an older uplifted copy).
-fn simnvml() -> PathBuf {
-    let candidates = [
-        target_dir().join("libberth_simnvml.so"),
-        target_dir().join("deps/libberth_simnvml.so"),
-    ];
-    candidates
-        .into_iter()
-        .filter(|p| p.exists())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .expect("libberth_simnvml.so not built")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Proc(Child);
 

@@ -3,30 +3,11 @@
 //! Slurm user would. No sleeps as synchronisation: every wait polls with a deadline.
 
 use berth_proto::v1 as pb;
+use berth_tests::{bin, free_port};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps; the workspace binaries one level up.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace` first (README's test command does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Dev {
     child: Child,
