@@ -39,6 +39,10 @@ struct KillRecord {
     state: i32,
     reason: String,
     kill_at_ms: u64,
+    /// SIGTERM reached the process group. A kill that arrives before the shim has started
+    /// the job is signalled on a later poll.
+    #[serde(default)]
+    term_sent: bool,
 }
 
 /// Where a job stands on this node.
@@ -189,19 +193,29 @@ impl Supervisor {
         {
             return;
         }
-        if self.read::<KillRecord>(id, "kill.json").is_none() {
-            let rec = KillRecord {
+        let mut rec = self
+            .read::<KillRecord>(id, "kill.json")
+            .unwrap_or(KillRecord {
                 state: state as i32,
                 reason: reason.into(),
                 kill_at_ms: now_ms() + self.kill_grace.as_millis() as u64,
-            };
-            write_json(&self.job_dir(id), "kill.json", &rec);
+                term_sent: false,
+            });
+        self.terminate(id, &mut rec);
+    }
+
+    /// Sends SIGCONT + SIGTERM to the job's process group once its pid is known, and records
+    /// the kill either way.
+    fn terminate(&self, id: u64, rec: &mut KillRecord) {
+        if !rec.term_sent {
+            if let Some(pid) = self.read::<u32>(id, "pid") {
+                let pgid = Pid::from_raw(-(pid as i32));
+                let _ = kill(pgid, Signal::SIGCONT);
+                let _ = kill(pgid, Signal::SIGTERM);
+                rec.term_sent = true;
+            }
         }
-        if let Some(pid) = self.read::<u32>(id, "pid") {
-            let pgid = Pid::from_raw(-(pid as i32));
-            let _ = kill(pgid, Signal::SIGCONT);
-            let _ = kill(pgid, Signal::SIGTERM);
-        }
+        write_json(&self.job_dir(id), "kill.json", rec);
     }
 
     /// Enforces time limits and kill deadlines, and returns the status of every known job.
@@ -235,7 +249,7 @@ impl Supervisor {
         }
         let started: u64 = self.read(id, "started_ms").unwrap_or(now);
         let limit_ms = job.spec.as_ref().map(|s| s.time_limit_secs).unwrap_or(0) * 1000;
-        match &kill_rec {
+        match kill_rec {
             None if limit_ms > 0 && now >= started + limit_ms => {
                 self.kill(id, JobState::Timeout, "TimeLimit")
             }
@@ -244,6 +258,7 @@ impl Supervisor {
                     let _ = kill(Pid::from_raw(-(p as i32)), Signal::SIGKILL);
                 }
             }
+            Some(mut k) if !k.term_sent => self.terminate(id, &mut k),
             _ => {}
         }
         Status::Running(pid)

@@ -141,6 +141,19 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
     text[start..].split_whitespace().next().unwrap_or("")
 }
 
+/// Whether `pid` runs (a zombie waiting for a reaper counts as dead).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
 fn write_script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, body).unwrap();
@@ -187,7 +200,12 @@ fn exit_codes_cancel_and_time_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = Dev::start(tmp.path());
     let failed = dev.submit(&["--wrap", "echo about to fail; exit 3"]);
-    let sleeper = dev.submit(&["-J", "sleeper", "--wrap", "sleep 300"]);
+    let sleeper = dev.submit(&[
+        "-J",
+        "sleeper",
+        "--wrap",
+        "sleep 300 & echo $! > child.pid; wait",
+    ]);
     let slow = dev.submit(&["-t", "0:02", "--wrap", "sleep 300"]);
 
     let shown = dev.wait_state(failed, "FAILED", 30);
@@ -196,6 +214,12 @@ fn exit_codes_cancel_and_time_limit() {
     assert_eq!(out, "about to fail\n");
 
     dev.wait_state(sleeper, "RUNNING", 30);
+    let pid_file = tmp.path().join("child.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "job never wrote child.pid");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let squeue = String::from_utf8_lossy(&dev.berth(&["squeue", "-h", "-o", "%i %t %j"]).stdout)
         .into_owned();
     assert!(squeue.contains(&format!("{sleeper} R sleeper")), "{squeue}");
@@ -206,6 +230,16 @@ fn exit_codes_cancel_and_time_limit() {
         String::from_utf8_lossy(&out.stderr)
     );
     dev.wait_state(sleeper, "CANCELLED", 30);
+    // Cancel signals the whole process group: the script's background child died too.
+    let child: u32 = std::fs::read_to_string(tmp.path().join("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(child),
+        "background child {child} of a cancelled job still runs"
+    );
     // Cancelling a finished job is refused, like Slurm.
     let again = dev.berth(&["scancel", &sleeper.to_string()]);
     assert!(!again.status.success());
