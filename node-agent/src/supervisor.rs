@@ -302,6 +302,10 @@ fn finished(exit: &ExitRecord, kill: Option<&KillRecord>, now: u64) -> pb::JobFi
         (_, Some(err)) => (JobState::Failed as i32, err.clone()),
         (Some(k), None) => (k.state, k.reason.clone()),
         (None, None) if exit.code == Some(0) => (JobState::Completed as i32, String::new()),
+        (None, None) if exit.signal.is_some() => (
+            JobState::Failed as i32,
+            format!("RaisedSignal:{}", exit.signal.unwrap_or(0)),
+        ),
         (None, None) => (JobState::Failed as i32, "NonZeroExitCode".into()),
     };
     pb::JobFinished {
@@ -310,5 +314,113 @@ fn finished(exit: &ExitRecord, kill: Option<&KillRecord>, now: u64) -> pb::JobFi
         signal: exit.signal.unwrap_or(0),
         reason,
         end_time_ms: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_records_map_to_slurm_states() {
+        let cancel = KillRecord {
+            state: JobState::Cancelled as i32,
+            reason: "cancelled".into(),
+            kill_at_ms: 0,
+            term_sent: true,
+        };
+        let rec = |code: Option<i32>, signal: Option<i32>, error: Option<&str>| ExitRecord {
+            code,
+            signal,
+            error: error.map(str::to_string),
+        };
+        let cases = [
+            (rec(Some(0), None, None), None, JobState::Completed, ""),
+            (
+                rec(Some(3), None, None),
+                None,
+                JobState::Failed,
+                "NonZeroExitCode",
+            ),
+            (
+                rec(None, Some(9), None),
+                None,
+                JobState::Failed,
+                "RaisedSignal:9",
+            ),
+            (
+                rec(None, Some(15), None),
+                Some(&cancel),
+                JobState::Cancelled,
+                "cancelled",
+            ),
+            (
+                rec(None, None, Some("cannot start")),
+                Some(&cancel),
+                JobState::Failed,
+                "cannot start",
+            ),
+        ];
+        for (i, (exit, kill, state, reason)) in cases.iter().enumerate() {
+            let got = finished(exit, *kill, 1);
+            if got.state() != *state || got.reason != *reason {
+                panic!(
+                    "#{i}: want {state:?} {reason:?}, got {:?} {:?}",
+                    got.state(),
+                    got.reason
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_jobs_are_ignored_and_launch_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        // /bin/true as the shim: it exits at once without recording anything, which the
+        // supervisor must report as a lost job rather than leave running forever.
+        let sup = Supervisor::new(dir.path(), "/bin/true".into(), Duration::from_secs(1)).unwrap();
+        sup.kill(42, JobState::Cancelled, "nothing to kill");
+        sup.ack(42);
+        assert!(sup.poll().is_empty());
+        let spec = pb::JobSpec {
+            script: "#!/bin/sh\n".into(),
+            work_dir: "/tmp".into(),
+            ..Default::default()
+        };
+        let job = pb::Job {
+            id: 7,
+            spec: Some(spec),
+            stdout_path: "/tmp/x.out".into(),
+            ..Default::default()
+        };
+        assert!(sup.launch(&job, "n1").unwrap());
+        assert!(
+            !sup.launch(&job, "n1").unwrap(),
+            "a second launch of the same job is ignored"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(Status::Finished(f)) = sup.poll().get(&7) {
+                assert_eq!(f.state(), JobState::Failed);
+                assert!(f.reason.contains("supervisor lost"), "{}", f.reason);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lost shim never noticed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sup.ack(7);
+        assert!(sup.poll().is_empty(), "acknowledged jobs are forgotten");
+        let no_path = pb::Job {
+            id: 8,
+            spec: job.spec.clone(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            sup.launch(&no_path, "n1"),
+            Err(LaunchError::Invalid(8, _))
+        ));
     }
 }
