@@ -25,8 +25,12 @@ pub struct NodeView {
     pub partition: String,
     /// Accepting work (registered and its agent alive).
     pub up: bool,
+    /// CPUs of the node.
+    pub cpus_total: u32,
     /// CPUs not held by running jobs.
     pub cpus_free: u32,
+    /// Memory of the node, MiB.
+    pub memory_total_mb: u64,
     /// Memory not held by running jobs, MiB.
     pub memory_free_mb: u64,
     /// Every GPU of the node, free or not, in index order.
@@ -97,6 +101,8 @@ impl ClusterSnapshot {
         let mut idle = self.clone();
         for node in &mut idle.nodes {
             node.up = true;
+            node.cpus_free = node.cpus_total;
+            node.memory_free_mb = node.memory_total_mb;
             for gpu in &mut node.gpus {
                 gpu.free = true;
             }

@@ -9,7 +9,9 @@ fn node(name: &str, partition: &str, gpus: u32, gres: &str) -> NodeView {
         name: name.to_string(),
         partition: partition.to_string(),
         up: true,
+        cpus_total: 32,
         cpus_free: 32,
+        memory_total_mb: 256 * 1024,
         memory_free_mb: 256 * 1024,
         gpus: (0..gpus)
             .map(|i| GpuView {

@@ -10,8 +10,9 @@ use crate::scheduling::{scheduling_loop, PendingReasons};
 use crate::server::{Api, Shared};
 use crate::storage::StoreError;
 use berth_proto::v1::{
-    agent_service_server::AgentServiceServer, job_service_server::JobServiceServer,
-    node_service_server::NodeServiceServer,
+    admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+    job_service_server::JobServiceServer, node_service_server::NodeServiceServer,
+    raft_service_server::RaftServiceServer,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +117,7 @@ impl Daemon {
             reasons,
             default_partition: cfg.default_partition,
             agent_silence_max: cfg.agent_silence_max,
+            peers: cfg.raft.peers.clone(),
         }));
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()
@@ -125,7 +127,15 @@ impl Daemon {
             .add_service(
                 NodeServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
             )
-            .add_service(AgentServiceServer::new(api).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .add_service(
+                AgentServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
+            )
+            .add_service(AdminServiceServer::new(api.clone()))
+            .add_service(
+                RaftServiceServer::new(api)
+                    .max_decoding_message_size(crate::transport::RAFT_BYTES_MAX)
+                    .max_encoding_message_size(crate::transport::RAFT_BYTES_MAX),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {

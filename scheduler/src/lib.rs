@@ -14,6 +14,7 @@
 //! - [`output_path`]: `%j %x %u %N` expansion of output file patterns.
 //! - [`scheduling`]: the leader's loop: state → `policies::schedule` → `Allocate` command.
 //! - [`agents`]: the registry of connected agents and the dispatch of effects to them.
+//! - [`transport`]: Raft messages to peer replicas over gRPC.
 //! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
 //! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
 //!   `berth dev`).
@@ -28,3 +29,4 @@ pub mod scheduling;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;

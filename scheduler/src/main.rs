@@ -25,6 +25,10 @@ struct Args {
     /// Seconds an agent may stay away before its node is marked down.
     #[arg(long, default_value_t = 60)]
     node_timeout_secs: u64,
+    /// All replicas, this one included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. Omit for a
+    /// single replica.
+    #[arg(long, value_parser = parse_peer, value_delimiter = ',')]
+    peers: Vec<(u64, String)>,
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -41,6 +45,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut cfg = DaemonConfig::new(args.state_dir.clone());
     cfg.raft.id = args.id;
+    cfg.raft.peers = args.peers.iter().cloned().collect();
+    if !cfg.raft.peers.is_empty() && !cfg.raft.peers.contains_key(&args.id) {
+        anyhow::bail!("--peers must include this replica's --id {}", args.id);
+    }
+    if cfg.raft.peers.len() != args.peers.len() {
+        anyhow::bail!("--peers names a replica id twice");
+    }
     cfg.raft.snapshot_entries = args.snapshot_entries.max(1);
     cfg.default_partition = args.default_partition;
     cfg.node_timeout = Duration::from_secs(args.node_timeout_secs.max(1));
@@ -72,4 +83,30 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `ID=HOST:PORT` (or `ID=http://HOST:PORT`).
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("peer {s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err("peer id 0 is reserved by raft".into());
+    }
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(format!("peer {id} has no address"));
+    }
+    Ok((
+        id,
+        if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        },
+    ))
 }

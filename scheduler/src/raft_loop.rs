@@ -36,6 +36,8 @@ pub struct RaftConfig {
     pub tick: Duration,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_entries: u64,
+    /// Every replica's Raft id and gRPC URL, this one included. Empty: a single voter.
+    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 impl RaftConfig {
@@ -46,6 +48,7 @@ impl RaftConfig {
             state_dir,
             tick: Duration::from_millis(100),
             snapshot_entries: 10_000,
+            peers: Default::default(),
         }
     }
 }
@@ -78,9 +81,21 @@ pub enum StartError {
     Raft(#[from] raft::Error),
 }
 
-struct Proposal {
+pub(crate) struct Proposal {
     cmd: pb::Command,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+/// What other threads hand the Raft thread.
+pub(crate) enum Input {
+    /// A command to propose (leader only).
+    Propose(Box<Proposal>),
+    /// A message from a peer replica.
+    Step(Box<Message>),
+    /// Sending to this peer failed; raft-rs should probe it again later.
+    Unreachable(u64),
+    /// A snapshot sent to this peer arrived (true) or did not (false).
+    SnapshotSent(u64, bool),
 }
 
 /// Term and role, published by the Raft thread after every ready.
@@ -88,6 +103,7 @@ struct Proposal {
 struct Status {
     term: AtomicU64,
     leader: AtomicBool,
+    leader_id: AtomicU64,
     stopped: AtomicBool,
 }
 
@@ -103,7 +119,8 @@ pub struct AppliedEffects {
 /// The other threads' side of the Raft thread. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftHandle {
-    proposals: SyncSender<Proposal>,
+    id: u64,
+    inputs: SyncSender<Input>,
     state: Arc<RwLock<StateMachine>>,
     effects: broadcast::Sender<Arc<AppliedEffects>>,
     status: Arc<Status>,
@@ -125,7 +142,12 @@ impl RaftHandle {
     pub fn start(
         cfg: RaftConfig,
     ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
-        let store = SledStorage::open(&cfg.state_dir, &[cfg.id])?;
+        let voters: Vec<u64> = if cfg.peers.is_empty() {
+            vec![cfg.id]
+        } else {
+            cfg.peers.keys().copied().collect()
+        };
+        let store = SledStorage::open(&cfg.state_dir, &voters)?;
         let (sm, applied) = match store.latest_snapshot()? {
             Some(snap) => {
                 let index = snap.get_metadata().index;
@@ -163,7 +185,8 @@ impl RaftHandle {
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
         let (effects, _) = broadcast::channel(1024);
         let handle = RaftHandle {
-            proposals: tx,
+            id: cfg.id,
+            inputs: tx.clone(),
             state: Arc::new(RwLock::new(sm)),
             effects,
             status: Arc::new(Status::default()),
@@ -172,6 +195,7 @@ impl RaftHandle {
         let mut driver = Driver {
             node,
             rx,
+            outbox: crate::transport::Outbox::start(cfg.id, &cfg.peers, tx),
             handle: handle.clone(),
             cfg,
             waiting: HashMap::new(),
@@ -190,7 +214,10 @@ impl RaftHandle {
     /// [`ProposeError`] when the proposal cannot be taken or this replica is not the leader.
     pub async fn propose(&self, cmd: pb::Command) -> Result<Outcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        match self.proposals.try_send(Proposal { cmd, reply }) {
+        match self
+            .inputs
+            .try_send(Input::Propose(Box::new(Proposal { cmd, reply })))
+        {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
@@ -218,6 +245,22 @@ impl RaftHandle {
         self.status.leader.load(Ordering::Acquire)
     }
 
+    /// This replica's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The replica this one believes leads (0: unknown).
+    pub fn leader_id(&self) -> u64 {
+        self.status.leader_id.load(Ordering::Acquire)
+    }
+
+    /// Hands a message from a peer to the Raft thread; dropped when the queue is full
+    /// (Raft retransmits).
+    pub fn step(&self, msg: Message) {
+        let _ = self.inputs.try_send(Input::Step(Box::new(msg)));
+    }
+
     /// Whether the Raft thread has stopped.
     pub fn is_stopped(&self) -> bool {
         self.status.stopped.load(Ordering::Acquire)
@@ -231,7 +274,8 @@ impl RaftHandle {
 
 struct Driver {
     node: RawNode<SledStorage>,
-    rx: Receiver<Proposal>,
+    rx: Receiver<Input>,
+    outbox: crate::transport::Outbox,
     handle: RaftHandle,
     cfg: RaftConfig,
     waiting: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
@@ -258,12 +302,11 @@ impl Driver {
             let timeout = self.cfg.tick.saturating_sub(last_tick.elapsed());
             match self.rx.recv_timeout(timeout) {
                 Ok(first) => {
-                    self.propose(first);
+                    self.input(first);
                     // Everything already queued joins this ready: one fsync for the batch.
-                    let queued: Vec<Proposal> =
-                        self.rx.try_iter().take(PROPOSALS_BATCH_MAX).collect();
-                    for p in queued {
-                        self.propose(p);
+                    let queued: Vec<Input> = self.rx.try_iter().take(PROPOSALS_BATCH_MAX).collect();
+                    for i in queued {
+                        self.input(i);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -276,6 +319,27 @@ impl Driver {
             self.on_ready()?;
         }
         self.node.store().flush()
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Propose(p) => self.propose(*p),
+            Input::Step(m) => {
+                // Messages from unknown peers or stale terms are raft-rs's to judge.
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!("raft step: {e}");
+                }
+            }
+            Input::Unreachable(id) => self.node.report_unreachable(id),
+            Input::SnapshotSent(id, ok) => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(id, status);
+            }
+        }
     }
 
     fn propose(&mut self, p: Proposal) {
@@ -337,12 +401,9 @@ impl Driver {
     }
 
     fn send(&self, msgs: Vec<Message>) {
-        assert!(
-            msgs.is_empty(),
-            "single-voter replica {} asked to send {} raft messages",
-            self.cfg.id,
-            msgs.len()
-        );
+        for m in msgs {
+            self.outbox.send(m);
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
@@ -407,6 +468,10 @@ impl Driver {
     fn publish_status(&self) {
         let raft = &self.node.raft;
         self.handle.status.term.store(raft.term, Ordering::Release);
+        self.handle
+            .status
+            .leader_id
+            .store(raft.leader_id, Ordering::Release);
         self.handle
             .status
             .leader

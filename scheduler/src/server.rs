@@ -49,6 +49,8 @@ pub struct Shared {
     pub default_partition: String,
     /// An agent stream silent this long (no heartbeat, no event) is closed as dead.
     pub agent_silence_max: Duration,
+    /// Every replica's Raft id and URL (empty for a single voter): where to forward writes.
+    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 /// Implements `JobService`, `NodeService` and `AgentService` over [`Shared`].
@@ -80,6 +82,36 @@ impl Api {
     }
 }
 
+impl Api {
+    /// A client of the leader's JobService when this replica is a follower that knows the
+    /// leader: writes are forwarded there, so clients need not know who leads.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when no leader is known yet or it cannot be reached.
+    async fn leader(
+        &self,
+    ) -> Result<Option<pb::job_service_client::JobServiceClient<tonic::transport::Channel>>, Status>
+    {
+        if self.0.raft.is_leader() || self.0.peers.is_empty() {
+            return Ok(None);
+        }
+        let leader = self.0.raft.leader_id();
+        let url = self
+            .0
+            .peers
+            .get(&leader)
+            .ok_or_else(|| Status::unavailable("no berthd leader elected yet; retry"))?;
+        let client = pb::job_service_client::JobServiceClient::connect(url.clone())
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("leader {leader} at {url} unreachable: {e}"))
+            })?;
+        Ok(Some(client.max_encoding_message_size(
+            crate::daemon::MESSAGE_BYTES_MAX,
+        )))
+    }
+}
+
 fn outcome_status(outcome: Outcome) -> Result<(), Status> {
     match outcome {
         Outcome::Done | Outcome::Submitted(_) => Ok(()),
@@ -96,6 +128,9 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.submit(Request::new(req.into_inner())).await;
+        }
         let mut spec = req
             .into_inner()
             .spec
@@ -117,6 +152,9 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.cancel(Request::new(req.into_inner())).await;
+        }
         let job_id = req.into_inner().job_id;
         outcome_status(self.propose(Cmd::Cancel(pb::CancelJob { job_id })).await?)?;
         Ok(Response::new(pb::CancelResponse {}))
@@ -126,6 +164,9 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::HoldRequest>,
     ) -> Result<Response<pb::HoldResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.hold(Request::new(req.into_inner())).await;
+        }
         let r = req.into_inner();
         outcome_status(
             self.propose(Cmd::Hold(pb::HoldJob {
@@ -422,5 +463,34 @@ impl Api {
             Ok(other) => tracing::warn!(node, job_id, "job end refused: {other:?}"),
             Err(e) => tracing::warn!(node, job_id, "job end not recorded: {e}"),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for Api {
+    async fn step(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        use protobuf::Message as _;
+        for bytes in req.into_inner().messages {
+            let msg = raft::eraftpb::Message::parse_from_bytes(&bytes)
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            self.0.raft.step(msg);
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Api {
+    async fn get_replica_status(
+        &self,
+        _req: Request<pb::ReplicaStatusRequest>,
+    ) -> Result<Response<pb::ReplicaStatus>, Status> {
+        let raft = &self.0.raft;
+        Ok(Response::new(pb::ReplicaStatus {
+            id: raft.id(),
+            term: raft.term(),
+            leader_id: raft.leader_id(),
+            applied_index: raft.state().applied_index(),
+        }))
     }
 }

@@ -454,7 +454,9 @@ impl StateMachine {
                     name: inv.name.clone(),
                     partition: inv.partition.clone(),
                     up: n.state() == NodeState::Up,
+                    cpus_total: inv.cpus,
                     cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
+                    memory_total_mb: inv.memory_mb,
                     memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
                     gpus: inv
                         .gpus

@@ -1,0 +1,108 @@
+//! Raft messages between replicas over gRPC (`RaftService.Step`).
+//!
+//! The Raft thread must never block on the network, so each peer has a small tokio task
+//! with a bounded queue: the thread drops messages into it (dropping them when it is full —
+//! Raft retransmits), and the task sends them in batches. A failed send is reported back to
+//! raft-rs as the peer being unreachable, and the outcome of a snapshot send as a snapshot
+//! status, so replication to that peer backs off and retries properly.
+
+use crate::raft_loop::Input;
+use berth_proto::v1::{raft_service_client::RaftServiceClient, RaftBatch};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest Raft batch on the wire (snapshots travel whole inside one message).
+pub const RAFT_BYTES_MAX: usize = 256 << 20;
+const QUEUED_MAX: usize = 4096;
+const BATCH_MAX: usize = 256;
+
+/// Per-peer send queues.
+pub struct Outbox {
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl Outbox {
+    /// Starts one sender task per peer other than `self_id` on the current tokio runtime.
+    /// With no peers (a single voter) nothing is started and nothing may be sent.
+    pub(crate) fn start(
+        self_id: u64,
+        peers: &BTreeMap<u64, String>,
+        inputs: SyncSender<Input>,
+    ) -> Outbox {
+        let mut out = HashMap::new();
+        for (&id, url) in peers.iter().filter(|(id, _)| **id != self_id) {
+            let (tx, rx) = mpsc::channel(QUEUED_MAX);
+            tokio::spawn(peer_loop(id, url.clone(), rx, inputs.clone()));
+            out.insert(id, tx);
+        }
+        Outbox { peers: out }
+    }
+
+    /// Queues `msg` for its peer.
+    ///
+    /// # Panics
+    /// If `msg.to` is not a configured peer: raft-rs only addresses its configuration.
+    pub fn send(&self, msg: Message) {
+        let tx = self
+            .peers
+            .get(&msg.to)
+            .unwrap_or_else(|| panic!("raft message to unknown peer {}", msg.to));
+        let _ = tx.try_send(msg);
+    }
+}
+
+async fn connect(url: &str) -> Option<RaftServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_secs(1));
+    let channel = endpoint.connect().await.ok()?;
+    Some(
+        RaftServiceClient::new(channel)
+            .max_encoding_message_size(RAFT_BYTES_MAX)
+            .max_decoding_message_size(RAFT_BYTES_MAX),
+    )
+}
+
+async fn peer_loop(
+    to: u64,
+    url: String,
+    mut rx: mpsc::Receiver<Message>,
+    inputs: SyncSender<Input>,
+) {
+    let mut client = None;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let messages = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        if client.is_none() {
+            client = connect(&url).await;
+        }
+        let ok = match client.as_mut() {
+            Some(c) => c.step(RaftBatch { messages }).await.is_ok(),
+            None => false,
+        };
+        if !ok {
+            client = None;
+            let _ = inputs.try_send(Input::Unreachable(to));
+        }
+        if snapshot {
+            let _ = inputs.try_send(Input::SnapshotSent(to, ok));
+        }
+    }
+}

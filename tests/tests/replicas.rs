@@ -1,0 +1,178 @@
+//! Three `berthd` replicas on loopback: a leader is elected, writes sent to any replica are
+//! forwarded to it, and after kill -9 of the leader a new one is elected with every
+//! acknowledged job still there. (The first step of the Raft HA issue; see README.)
+
+use berth_proto::v1 as pb;
+use berth_tests::{bin, free_port};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    Proc(
+        Command::new(bin("berthd"))
+            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", ports[id as usize - 1]),
+                "--state-dir",
+            ])
+            .arg(dir.join(format!("r{id}")))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn berth(dir: &Path, servers: &str, args: &[&str]) -> Output {
+    Command::new(bin("berth"))
+        .args(args)
+        .current_dir(dir)
+        .env("BERTH_SERVER", servers)
+        .output()
+        .unwrap()
+}
+
+fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(port: u16) -> Option<pb::ReplicaStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = pb::admin_service_client::AdminServiceClient::connect(format!(
+            "http://127.0.0.1:{port}"
+        ))
+        .await
+        .ok()?;
+        Some(
+            c.get_replica_status(pb::ReplicaStatusRequest {})
+                .await
+                .ok()?
+                .into_inner(),
+        )
+    })
+}
+
+/// The leader id once every live replica agrees on it.
+fn agreed_leader(ports: &[u16], live: &[usize]) -> Option<u64> {
+    let views: Vec<u64> = live
+        .iter()
+        .map(|i| status(ports[*i]).map(|s| s.leader_id).unwrap_or(0))
+        .collect();
+    (views[0] != 0 && views.iter().all(|v| *v == views[0])).then_some(views[0])
+}
+
+#[test]
+fn three_replicas_elect_forward_and_survive_leader_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut procs: Vec<Option<Proc>> = (1..=3).map(|id| Some(replica(dir, id, &ports))).collect();
+    let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _agent = Proc(
+        Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                &ports
+                    .iter()
+                    .map(|p| format!("http://127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ])
+            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap(),
+    );
+    poll("agent registered", 30, || {
+        let out = berth(dir, &servers, &["sinfo", "-h", "-N", "-o", "%N"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("cpu1")
+            .then_some(())
+    });
+    // Submit through a follower: it forwards to the leader.
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let via_follower = format!("127.0.0.1:{}", ports[follower as usize - 1]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let out = berth(
+            dir,
+            &via_follower,
+            &[
+                "sbatch",
+                "--parsable",
+                "-J",
+                &format!("j{i}"),
+                "--wrap",
+                "true",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+
+    // kill -9 the leader; the other two elect a new one that has every acknowledged job.
+    procs[leader as usize - 1] = None;
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader as usize - 1).collect();
+    let new_leader = poll("a new leader", 30, || {
+        agreed_leader(&ports, &live).filter(|l| *l != leader)
+    });
+    let via_new = format!("127.0.0.1:{}", ports[new_leader as usize - 1]);
+    let listed = berth(dir, &via_new, &["squeue", "-h", "-t", "all", "-o", "%i"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for id in &ids {
+        assert!(
+            listed.lines().any(|l| l.trim() == id),
+            "job {id} lost after failover:\n{listed}"
+        );
+    }
+    // The new leader takes writes, and the jobs run once the agent has found it.
+    let out = berth(dir, &servers, &["sbatch", "--parsable", "--wrap", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    poll("every job completed under the new leader", 60, || {
+        let out = berth(dir, &via_new, &["squeue", "-h", "-t", "all", "-o", "%T"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.lines().count() == 4 && text.lines().all(|l| l.trim() == "COMPLETED")).then_some(())
+    });
+    drop(procs);
+}
