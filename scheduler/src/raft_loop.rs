@@ -65,6 +65,9 @@ pub enum ProposeError {
     /// The Raft thread has stopped (shutdown or a fatal storage error).
     #[error("berthd is shutting down")]
     Stopped,
+    /// Leadership moved before the command committed: it may or may not take effect.
+    #[error("berthd leadership changed before the request committed; check before retrying")]
+    LeadershipLost,
 }
 
 /// Errors that stop the replica from starting.
@@ -192,6 +195,9 @@ impl RaftHandle {
             status: Arc::new(Status::default()),
             shutdown: Arc::new(AtomicBool::new(false)),
         };
+        // Tags must never match an entry proposed by another replica or by this one before a
+        // restart, whose proposal counters also start at 1.
+        let tag = proposal_tag(cfg.id);
         let mut driver = Driver {
             node,
             rx,
@@ -200,6 +206,7 @@ impl RaftHandle {
             cfg,
             waiting: HashMap::new(),
             next_proposal: 1,
+            proposal_tag: tag,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -280,6 +287,7 @@ struct Driver {
     cfg: RaftConfig,
     waiting: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
     next_proposal: u64,
+    proposal_tag: [u8; 16],
 }
 
 impl Driver {
@@ -345,10 +353,7 @@ impl Driver {
     fn propose(&mut self, p: Proposal) {
         let id = self.next_proposal;
         self.next_proposal += 1;
-        match self
-            .node
-            .propose(id.to_be_bytes().to_vec(), p.cmd.encode_to_vec())
-        {
+        match self.node.propose(self.context(id), p.cmd.encode_to_vec()) {
             Ok(()) => {
                 self.waiting.insert(id, p.reply);
             }
@@ -445,8 +450,8 @@ impl Driver {
                 effects,
             }));
         }
-        if entry.context.len() == 8 {
-            let id = u64::from_be_bytes(entry.context[..8].try_into().expect("8 bytes"));
+        if entry.context.len() == 24 && entry.context[..16] == self.proposal_tag {
+            let id = u64::from_be_bytes(entry.context[16..24].try_into().expect("8 bytes"));
             if let Some(reply) = self.waiting.remove(&id) {
                 let _ = reply.send(Ok(outcome));
             }
@@ -465,8 +470,23 @@ impl Driver {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    /// `(tag, counter)`: identifies one proposal of this replica's current run.
+    fn context(&self, id: u64) -> Vec<u8> {
+        let mut ctx = self.proposal_tag.to_vec();
+        ctx.extend_from_slice(&id.to_be_bytes());
+        ctx
+    }
+
+    fn publish_status(&mut self) {
         let raft = &self.node.raft;
+        let leads = raft.state == StateRole::Leader;
+        if !leads && !self.waiting.is_empty() {
+            // Our uncommitted proposals may be overwritten by the new leader or may commit
+            // through it; either way their outcome will not reach us. Say so.
+            for (_, reply) in self.waiting.drain() {
+                let _ = reply.send(Err(ProposeError::LeadershipLost));
+            }
+        }
         self.handle.status.term.store(raft.term, Ordering::Release);
         self.handle
             .status
@@ -477,6 +497,17 @@ impl Driver {
             .leader
             .store(raft.state == StateRole::Leader, Ordering::Release);
     }
+}
+
+fn proposal_tag(replica: u64) -> [u8; 16] {
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut tag = [0u8; 16];
+    tag[..8].copy_from_slice(&replica.to_be_bytes());
+    tag[8..].copy_from_slice(&boot.to_be_bytes());
+    tag
 }
 
 #[cfg(test)]
