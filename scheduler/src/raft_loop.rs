@@ -382,6 +382,10 @@ impl Driver {
                 }
             })?;
             *self.handle.state.write().unwrap_or_else(|e| e.into_inner()) = sm;
+            tracing::info!(
+                index = snap.get_metadata().index,
+                "installed a snapshot from the leader"
+            );
         }
         // 3. Apply what is committed.
         self.apply(ready.take_committed_entries())?;

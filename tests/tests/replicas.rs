@@ -18,6 +18,10 @@ impl Drop for Proc {
 }
 
 fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
+    replica_with(dir, id, ports, &[])
+}
+
+fn replica_with(dir: &Path, id: u64, ports: &[u16], extra: &[&str]) -> Proc {
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -32,6 +36,7 @@ fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
                 "--state-dir",
             ])
             .arg(dir.join(format!("r{id}")))
+            .args(extra)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
@@ -174,5 +179,72 @@ fn three_replicas_elect_forward_and_survive_leader_kill_9() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (text.lines().count() == 4 && text.lines().all(|l| l.trim() == "COMPLETED")).then_some(())
     });
+    drop(procs);
+}
+
+#[test]
+fn a_replica_that_missed_compacted_entries_catches_up_from_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = [free_port(), free_port(), free_port()];
+    let small = ["--snapshot-entries", "4"];
+    let mut procs: Vec<Option<Proc>> = (1..=3)
+        .map(|id| Some(replica_with(dir, id, &ports, &small)))
+        .collect();
+    let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
+    let lagging = (1..=3u64).find(|id| *id != leader).unwrap() as usize - 1;
+    procs[lagging] = None; // kill -9 a follower
+    let _agent = Proc(
+        Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                &format!("http://127.0.0.1:{}", ports[leader as usize - 1]),
+            ])
+            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap(),
+    );
+    let via_leader = format!("127.0.0.1:{}", ports[leader as usize - 1]);
+    poll("agent registered", 30, || {
+        let out = berth(dir, &via_leader, &["sinfo", "-h", "-N", "-o", "%N"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("cpu1")
+            .then_some(())
+    });
+    for i in 0..12 {
+        let out = berth(
+            dir,
+            &via_leader,
+            &["sbatch", "-H", "-J", &format!("h{i}"), "--wrap", "true"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let leader_applied = status(ports[leader as usize - 1]).unwrap().applied_index;
+    // The log the follower missed is compacted away: it can only catch up by snapshot.
+    procs[lagging] = Some(replica_with(dir, lagging as u64 + 1, &ports, &small));
+    poll("follower caught up", 30, || {
+        status(ports[lagging])
+            .filter(|s| s.applied_index >= leader_applied)
+            .map(|_| ())
+    });
+    let out = berth(
+        dir,
+        &format!("127.0.0.1:{}", ports[lagging]),
+        &["squeue", "-h", "-o", "%j %t %r"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.ends_with("PD JobHeldUser"))
+            .count(),
+        12,
+        "{text}"
+    );
     drop(procs);
 }
