@@ -99,6 +99,8 @@ pub(crate) enum Input {
     Unreachable(u64),
     /// A snapshot sent to this peer arrived (true) or did not (false).
     SnapshotSent(u64, bool),
+    /// A linearizable read wants to know when the applied state is current (ReadIndex).
+    ReadIndex(oneshot::Sender<()>),
 }
 
 /// Term and role, published by the Raft thread after every ready.
@@ -207,12 +209,34 @@ impl RaftHandle {
             waiting: HashMap::new(),
             next_proposal: 1,
             proposal_tag: tag,
+            reads: HashMap::new(),
+            reads_ready: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())
             .expect("spawn raft thread");
         Ok((handle, thread))
+    }
+
+    /// Waits until this replica's applied state includes everything committed when the
+    /// call began (Raft ReadIndex, confirmed by a quorum): a read after it is linearizable.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] when no leader confirms within 3 s.
+    pub async fn read_index(&self) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        match self.inputs.try_send(Input::ReadIndex(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
+        }
+        // Without a reachable leader raft-rs drops the request; do not wait forever.
+        match tokio::time::timeout(Duration::from_secs(3), rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::NotLeader),
+        }
     }
 
     /// Proposes `cmd` and waits until it is committed and applied.
@@ -288,6 +312,10 @@ struct Driver {
     waiting: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
     next_proposal: u64,
     proposal_tag: [u8; 16],
+    /// ReadIndex requests sent to raft-rs, by context counter.
+    reads: HashMap<u64, oneshot::Sender<()>>,
+    /// Reads confirmed by the leader, waiting for their index to be applied.
+    reads_ready: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 impl Driver {
@@ -347,6 +375,12 @@ impl Driver {
                 };
                 self.node.report_snapshot(id, status);
             }
+            Input::ReadIndex(reply) => {
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                self.node.read_index(self.context(id));
+                self.reads.insert(id, reply);
+            }
         }
     }
 
@@ -369,6 +403,14 @@ impl Driver {
             return Ok(());
         }
         let mut ready = self.node.ready();
+        // ReadIndex answers: each read may proceed once its index is applied.
+        for rs in ready.take_read_states() {
+            if let Some(id) = self.own_context(&rs.request_ctx) {
+                if let Some(reply) = self.reads.remove(&id) {
+                    self.reads_ready.push((rs.index, reply));
+                }
+            }
+        }
         // 1. Send messages to peers (none until Raft HA: a lone voter talks to nobody).
         self.send(ready.take_messages());
         // 2. Install a snapshot from the leader, and restore the state machine from it.
@@ -405,8 +447,31 @@ impl Driver {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
+        self.release_reads();
         self.publish_status();
         Ok(())
+    }
+
+    /// Answers the reads whose index is applied; forgets reads whose caller gave up.
+    fn release_reads(&mut self) {
+        let applied = self.handle.state().applied_index();
+        let (now, later): (Vec<_>, Vec<_>) = self
+            .reads_ready
+            .drain(..)
+            .partition(|(index, _)| *index <= applied);
+        self.reads_ready = later;
+        for (_, reply) in now {
+            let _ = reply.send(());
+        }
+        self.reads.retain(|_, reply| !reply.is_closed());
+    }
+
+    /// The counter of a context this replica's current run created, if it is one.
+    fn own_context(&self, ctx: &[u8]) -> Option<u64> {
+        if ctx.len() != 24 || ctx[..16] != self.proposal_tag {
+            return None;
+        }
+        Some(u64::from_be_bytes(ctx[16..24].try_into().expect("8 bytes")))
     }
 
     fn send(&self, msgs: Vec<Message>) {
@@ -454,8 +519,7 @@ impl Driver {
                 effects,
             }));
         }
-        if entry.context.len() == 24 && entry.context[..16] == self.proposal_tag {
-            let id = u64::from_be_bytes(entry.context[16..24].try_into().expect("8 bytes"));
+        if let Some(id) = self.own_context(&entry.context) {
             if let Some(reply) = self.waiting.remove(&id) {
                 let _ = reply.send(Ok(outcome));
             }

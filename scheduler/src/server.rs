@@ -180,6 +180,8 @@ impl pb::job_service_server::JobService for Api {
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = req.into_inner().job_id;
+        // `scontrol show job` right after a submit must see it, on any replica.
+        self.0.raft.read_index().await.map_err(propose_status)?;
         let sm = self.0.raft.state();
         let job = sm
             .job(id)

@@ -149,7 +149,20 @@ fn three_replicas_elect_forward_and_survive_leader_kill_9() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // Linearizable read (ReadIndex) on the *other* follower, right after the ack.
+        let other = (1..=3u64).find(|r| *r != leader && *r != follower).unwrap();
+        let shown = berth(
+            dir,
+            &format!("127.0.0.1:{}", ports[other as usize - 1]),
+            &["scontrol", "show", "job", &id],
+        );
+        assert!(
+            shown.status.success(),
+            "job {id} not visible on replica {other}: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        ids.push(id);
     }
 
     // kill -9 the leader; the other two elect a new one that has every acknowledged job.
