@@ -19,6 +19,7 @@ commands:
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
   scontrol   show job/node, hold, release
+  admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
 
 The server comes from --server, else BERTH_SERVER, else http://127.0.0.1:7700.";
 
@@ -50,6 +51,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "scancel" => scancel(args).await,
         "sinfo" => sinfo(args).await,
         "scontrol" => scontrol(args).await,
+        "admin" => admin(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;
@@ -418,4 +420,67 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             other.join(" ")
         ),
     }
+}
+
+async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
+    use berth_proto::v1::admin_service_client::AdminServiceClient;
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let channel = client::connect(&client::servers(None)).await?;
+    let mut c = AdminServiceClient::new(channel);
+    let err = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
+    let change = match words.as_slice() {
+        ["status"] => {
+            let s = c
+                .get_replica_status(pb::ReplicaStatusRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            let leader = if s.leader_id == 0 {
+                "unknown".to_string()
+            } else {
+                s.leader_id.to_string()
+            };
+            println!(
+                "ReplicaId={} Term={} Leader={leader} AppliedIndex={}",
+                s.id, s.term, s.applied_index
+            );
+            return Ok(0);
+        }
+        ["members", "add", member] => {
+            let (id, addr) = member
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("expected ID=HOST:PORT, got {member:?}"))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid replica id {id:?}"))?;
+            pb::ChangeMembershipRequest {
+                id,
+                url: addr.to_string(),
+                remove: false,
+            }
+        }
+        ["members", "remove", id] => {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid replica id {id:?}"))?;
+            pb::ChangeMembershipRequest {
+                id,
+                url: String::new(),
+                remove: true,
+            }
+        }
+        _ => anyhow::bail!(
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID"
+        ),
+    };
+    let members = c
+        .change_membership(change)
+        .await
+        .map_err(err)?
+        .into_inner()
+        .members;
+    for m in members {
+        println!("{}={}", m.id, m.url);
+    }
+    Ok(0)
 }

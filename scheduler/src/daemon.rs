@@ -117,7 +117,6 @@ impl Daemon {
             reasons,
             default_partition: cfg.default_partition,
             agent_silence_max: cfg.agent_silence_max,
-            peers: cfg.raft.peers.clone(),
         }));
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()

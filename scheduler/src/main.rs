@@ -29,6 +29,10 @@ struct Args {
     /// single replica.
     #[arg(long, value_parser = parse_peer, value_delimiter = ',')]
     peers: Vec<(u64, String)>,
+    /// Join an existing group: start with no voters and wait for the leader to add this
+    /// replica (`berth admin members add ID=HOST:PORT`).
+    #[arg(long)]
+    join: bool,
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     if cfg.raft.peers.len() != args.peers.len() {
         anyhow::bail!("--peers names a replica id twice");
     }
+    cfg.raft.join = args.join;
     cfg.raft.snapshot_entries = args.snapshot_entries.max(1);
     cfg.default_partition = args.default_partition;
     cfg.node_timeout = Duration::from_secs(args.node_timeout_secs.max(1));

@@ -38,6 +38,8 @@ pub struct RaftConfig {
     pub snapshot_entries: u64,
     /// Every replica's Raft id and gRPC URL, this one included. Empty: a single voter.
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// Start with no voters and wait to be added by the group's leader (a new member).
+    pub join: bool,
 }
 
 impl RaftConfig {
@@ -49,6 +51,7 @@ impl RaftConfig {
             tick: Duration::from_millis(100),
             snapshot_entries: 10_000,
             peers: Default::default(),
+            join: false,
         }
     }
 }
@@ -101,6 +104,13 @@ pub(crate) enum Input {
     SnapshotSent(u64, bool),
     /// A linearizable read wants to know when the applied state is current (ReadIndex).
     ReadIndex(oneshot::Sender<()>),
+    /// A membership change to propose (leader only).
+    ConfChange(
+        Box<(
+            raft::eraftpb::ConfChange,
+            oneshot::Sender<Result<Outcome, ProposeError>>,
+        )>,
+    ),
 }
 
 /// Term and role, published by the Raft thread after every ready.
@@ -126,6 +136,8 @@ pub struct AppliedEffects {
 pub struct RaftHandle {
     id: u64,
     inputs: SyncSender<Input>,
+    peers: Arc<RwLock<std::collections::BTreeMap<u64, String>>>,
+    voters: Arc<RwLock<Vec<u64>>>,
     state: Arc<RwLock<StateMachine>>,
     effects: broadcast::Sender<Arc<AppliedEffects>>,
     status: Arc<Status>,
@@ -147,12 +159,20 @@ impl RaftHandle {
     pub fn start(
         cfg: RaftConfig,
     ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
-        let voters: Vec<u64> = if cfg.peers.is_empty() {
+        let voters: Vec<u64> = if cfg.join {
+            vec![]
+        } else if cfg.peers.is_empty() {
             vec![cfg.id]
         } else {
             cfg.peers.keys().copied().collect()
         };
         let store = SledStorage::open(&cfg.state_dir, &voters)?;
+        // Members added at runtime are remembered by the store; the command line may name
+        // more (or newer addresses).
+        let mut cfg = cfg;
+        for (id, url) in store.peers()? {
+            cfg.peers.entry(id).or_insert(url);
+        }
         let (sm, applied) = match store.latest_snapshot()? {
             Some(snap) => {
                 let index = snap.get_metadata().index;
@@ -192,6 +212,8 @@ impl RaftHandle {
         let handle = RaftHandle {
             id: cfg.id,
             inputs: tx.clone(),
+            peers: Arc::new(RwLock::new(cfg.peers.clone())),
+            voters: Arc::new(RwLock::new(Vec::new())),
             state: Arc::new(RwLock::new(sm)),
             effects,
             status: Arc::new(Status::default()),
@@ -274,6 +296,51 @@ impl RaftHandle {
     /// Whether this replica leads now.
     pub fn is_leader(&self) -> bool {
         self.status.leader.load(Ordering::Acquire)
+    }
+
+    /// Every member's address known here (this replica included).
+    pub fn peers(&self) -> std::collections::BTreeMap<u64, String> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The voters of the current configuration, as last seen by the Raft thread.
+    pub fn voters(&self) -> Vec<u64> {
+        self.voters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Proposes adding (`url` given) or removing voter `id`, and waits until it is applied.
+    ///
+    /// # Errors
+    /// [`ProposeError`] as for [`RaftHandle::propose`].
+    pub async fn change_membership(
+        &self,
+        id: u64,
+        url: Option<String>,
+    ) -> Result<Outcome, ProposeError> {
+        let mut cc = raft::eraftpb::ConfChange {
+            node_id: id,
+            ..Default::default()
+        };
+        match url {
+            Some(url) => {
+                cc.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+                cc.context = url.into_bytes().into();
+            }
+            None => cc.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode),
+        }
+        let (reply, rx) = oneshot::channel();
+        match self
+            .inputs
+            .try_send(Input::ConfChange(Box::new((cc, reply))))
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
+        }
+        rx.await.unwrap_or(Err(ProposeError::Stopped))
     }
 
     /// This replica's Raft id.
@@ -375,6 +442,21 @@ impl Driver {
                 };
                 self.node.report_snapshot(id, status);
             }
+            Input::ConfChange(change) => {
+                let (cc, reply) = *change;
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                match self.node.propose_conf_change(self.context(id), cc) {
+                    Ok(()) => {
+                        self.waiting.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Ok(Outcome::Rejected(format!(
+                            "membership change refused: {e}"
+                        ))));
+                    }
+                }
+            }
             Input::ReadIndex(reply) => {
                 let id = self.next_proposal;
                 self.next_proposal += 1;
@@ -452,6 +534,45 @@ impl Driver {
         Ok(())
     }
 
+    /// Applies a committed membership change: raft-rs's configuration, the stored conf
+    /// state and peer addresses, and the outbox. Every replica does the same at the same
+    /// index, so they agree on the membership.
+    fn apply_conf_change(&mut self, entry: &Entry) -> Outcome {
+        use protobuf::Message as _;
+        let cc = match raft::eraftpb::ConfChange::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(e) => return Outcome::Rejected(format!("undecodable conf change: {e}")),
+        };
+        let cs = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => return Outcome::Rejected(format!("conf change not applied: {e}")),
+        };
+        let id = cc.node_id;
+        let mut peers = self.handle.peers.write().unwrap_or_else(|e| e.into_inner());
+        match cc.get_change_type() {
+            raft::eraftpb::ConfChangeType::RemoveNode => {
+                peers.remove(&id);
+                self.outbox.remove(id);
+            }
+            _ => {
+                let url = String::from_utf8_lossy(&cc.context).into_owned();
+                if !url.is_empty() {
+                    self.outbox.add(id, &url);
+                    peers.insert(id, url);
+                }
+            }
+        }
+        let store = self.node.store();
+        if let Err(e) = store
+            .set_conf_state(&cs)
+            .and_then(|_| store.set_peers(&peers))
+        {
+            tracing::error!("cannot persist membership: {e}");
+        }
+        tracing::info!(voters = ?cs.voters, "membership changed");
+        Outcome::Done
+    }
+
     /// Answers the reads whose index is applied; forgets reads whose caller gave up.
     fn release_reads(&mut self) {
         let applied = self.handle.state().applied_index();
@@ -495,8 +616,18 @@ impl Driver {
     }
 
     fn apply_one(&mut self, sm: &mut StateMachine, entry: Entry) {
+        if entry.get_entry_type() == EntryType::EntryConfChange {
+            let outcome = self.apply_conf_change(&entry);
+            sm.skip(entry.index);
+            if let Some(id) = self.own_context(&entry.context) {
+                if let Some(reply) = self.waiting.remove(&id) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            return;
+        }
         if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
-            // A new leader's empty entry, or a conf change (none before Raft HA).
+            // A new leader's empty entry.
             sm.skip(entry.index);
             return;
         }
@@ -548,6 +679,12 @@ impl Driver {
     fn publish_status(&mut self) {
         let raft = &self.node.raft;
         let leads = raft.state == StateRole::Leader;
+        let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+        *self
+            .handle
+            .voters
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = voters;
         if !leads && !self.waiting.is_empty() {
             // Our uncommitted proposals may be overwritten by the new leader or may commit
             // through it; either way their outcome will not reach us. Say so.

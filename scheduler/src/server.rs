@@ -49,8 +49,6 @@ pub struct Shared {
     pub default_partition: String,
     /// An agent stream silent this long (no heartbeat, no event) is closed as dead.
     pub agent_silence_max: Duration,
-    /// Every replica's Raft id and URL (empty for a single voter): where to forward writes.
-    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 /// Implements `JobService`, `NodeService` and `AgentService` over [`Shared`].
@@ -92,23 +90,32 @@ impl Api {
         &self,
     ) -> Result<Option<pb::job_service_client::JobServiceClient<tonic::transport::Channel>>, Status>
     {
-        if self.0.raft.is_leader() || self.0.peers.is_empty() {
+        let Some(url) = self.leader_url()? else {
             return Ok(None);
-        }
-        let leader = self.0.raft.leader_id();
-        let url = self
-            .0
-            .peers
-            .get(&leader)
-            .ok_or_else(|| Status::unavailable("no berthd leader elected yet; retry"))?;
+        };
         let client = pb::job_service_client::JobServiceClient::connect(url.clone())
             .await
-            .map_err(|e| {
-                Status::unavailable(format!("leader {leader} at {url} unreachable: {e}"))
-            })?;
+            .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
         Ok(Some(client.max_encoding_message_size(
             crate::daemon::MESSAGE_BYTES_MAX,
         )))
+    }
+
+    /// The leader's URL when this replica is a follower of a group; `None` when it leads
+    /// (or is a single voter).
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when no leader is known yet.
+    fn leader_url(&self) -> Result<Option<String>, Status> {
+        let peers = self.0.raft.peers();
+        if self.0.raft.is_leader() || peers.is_empty() {
+            return Ok(None);
+        }
+        let leader = self.0.raft.leader_id();
+        let url = peers
+            .get(&leader)
+            .ok_or_else(|| Status::unavailable("no berthd leader elected yet; retry"))?;
+        Ok(Some(url.clone()))
     }
 }
 
@@ -494,5 +501,63 @@ impl pb::admin_service_server::AdminService for Api {
             leader_id: raft.leader_id(),
             applied_index: raft.state().applied_index(),
         }))
+    }
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::Members>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("replica id 0 is reserved by raft"));
+        }
+        if !r.remove && r.url.is_empty() {
+            return Err(Status::invalid_argument(
+                "adding a replica needs its address",
+            ));
+        }
+        if let Some(url) = self.leader_url()? {
+            let mut leader = pb::admin_service_client::AdminServiceClient::connect(url.clone())
+                .await
+                .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
+            return leader.change_membership(Request::new(r)).await;
+        }
+        let voters = self.0.raft.voters();
+        if r.remove && !voters.contains(&r.id) {
+            return Err(Status::failed_precondition(format!(
+                "replica {} is not a member",
+                r.id
+            )));
+        }
+        if r.remove && voters.len() == 1 {
+            return Err(Status::failed_precondition("cannot remove the last voter"));
+        }
+        if !r.remove && voters.contains(&r.id) {
+            return Err(Status::failed_precondition(format!(
+                "replica {} is already a member",
+                r.id
+            )));
+        }
+        let url = (!r.remove).then(|| {
+            if r.url.contains("://") {
+                r.url.clone()
+            } else {
+                format!("http://{}", r.url)
+            }
+        });
+        let outcome = self
+            .0
+            .raft
+            .change_membership(r.id, url)
+            .await
+            .map_err(propose_status)?;
+        outcome_status(outcome)?;
+        let members = self
+            .0
+            .raft
+            .peers()
+            .into_iter()
+            .map(|(id, url)| pb::Member { id, url })
+            .collect();
+        Ok(Response::new(pb::Members { members }))
     }
 }

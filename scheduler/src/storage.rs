@@ -242,6 +242,54 @@ impl SledStorage {
         self.put("hard_state", hs)
     }
 
+    /// Persists the voter configuration after a conf change was applied.
+    ///
+    /// # Errors
+    /// [`Error::Sled`] on write failure.
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), Error> {
+        self.put("conf_state", cs)
+    }
+
+    /// The peer addresses learnt from applied conf changes (`id=url` per line).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the record does not parse.
+    pub fn peers(&self) -> Result<std::collections::BTreeMap<u64, String>, Error> {
+        let raw = self
+            .meta
+            .get("peers")
+            .map_err(|e| self.sled(e))?
+            .unwrap_or_default();
+        let text =
+            String::from_utf8(raw.to_vec()).map_err(|e| self.corrupt(format!("peers: {e}")))?;
+        text.lines()
+            .map(|l| {
+                let (id, url) = l
+                    .split_once('=')
+                    .ok_or_else(|| self.corrupt(format!("peers line {l:?}")))?;
+                let id = id
+                    .parse()
+                    .map_err(|_| self.corrupt(format!("peers line {l:?}")))?;
+                Ok((id, url.to_string()))
+            })
+            .collect()
+    }
+
+    /// Records the peer addresses (so a restart knows members added at runtime).
+    ///
+    /// # Errors
+    /// [`Error::Sled`] on write failure.
+    pub fn set_peers(&self, peers: &std::collections::BTreeMap<u64, String>) -> Result<(), Error> {
+        let text: String = peers
+            .iter()
+            .map(|(id, url)| format!("{id}={url}\n"))
+            .collect();
+        self.meta
+            .insert("peers", text.as_bytes())
+            .map_err(|e| self.sled(e))?;
+        Ok(())
+    }
+
     /// Persists a new commit index (from a light ready).
     ///
     /// # Errors

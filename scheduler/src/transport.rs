@@ -23,7 +23,12 @@ const BATCH_MAX: usize = 256;
 
 /// Per-peer send queues.
 pub struct Outbox {
+    self_id: u64,
     peers: HashMap<u64, mpsc::Sender<Message>>,
+    inputs: SyncSender<Input>,
+    /// The runtime that runs the sender tasks: members added later are started from the
+    /// Raft thread, which is not a tokio thread.
+    rt: tokio::runtime::Handle,
 }
 
 impl Outbox {
@@ -34,25 +39,50 @@ impl Outbox {
         peers: &BTreeMap<u64, String>,
         inputs: SyncSender<Input>,
     ) -> Outbox {
-        let mut out = HashMap::new();
-        for (&id, url) in peers.iter().filter(|(id, _)| **id != self_id) {
-            let (tx, rx) = mpsc::channel(QUEUED_MAX);
-            tokio::spawn(peer_loop(id, url.clone(), rx, inputs.clone()));
-            out.insert(id, tx);
+        let mut out = Outbox {
+            self_id,
+            peers: HashMap::new(),
+            inputs,
+            rt: tokio::runtime::Handle::current(),
+        };
+        for (&id, url) in peers {
+            out.add(id, url);
         }
-        Outbox { peers: out }
+        out
     }
 
-    /// Queues `msg` for its peer.
-    ///
-    /// # Panics
-    /// If `msg.to` is not a configured peer: raft-rs only addresses its configuration.
+    /// Starts sending to peer `id` at `url` (a member added at runtime); replaces an older
+    /// sender for the same id.
+    pub fn add(&mut self, id: u64, url: &str) {
+        if id == self.self_id {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(QUEUED_MAX);
+        self.rt
+            .spawn(peer_loop(id, url.to_string(), rx, self.inputs.clone()));
+        self.peers.insert(id, tx);
+    }
+
+    /// Stops sending to peer `id` (its sender task ends with its queue).
+    pub fn remove(&mut self, id: u64) {
+        self.peers.remove(&id);
+    }
+
+    /// Queues `msg` for its peer. A peer whose address is unknown (a member removed, or a
+    /// message racing a conf change) is reported unreachable instead.
     pub fn send(&self, msg: Message) {
-        let tx = self
-            .peers
-            .get(&msg.to)
-            .unwrap_or_else(|| panic!("raft message to unknown peer {}", msg.to));
-        let _ = tx.try_send(msg);
+        match self.peers.get(&msg.to) {
+            Some(tx) => {
+                let _ = tx.try_send(msg);
+            }
+            None => {
+                tracing::debug!(
+                    to = msg.to,
+                    "raft message to a peer without an address dropped"
+                );
+                let _ = self.inputs.try_send(Input::Unreachable(msg.to));
+            }
+        }
     }
 }
 

@@ -261,3 +261,113 @@ fn a_replica_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     );
     drop(procs);
 }
+
+#[test]
+fn members_are_added_and_removed_at_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut procs: Vec<Option<Proc>> = (1..=3)
+        .map(|id| Some(replica(dir, id, &ports[..3])))
+        .collect();
+    let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
+    let any = format!("127.0.0.1:{}", ports[0]);
+    // Replica 4 starts empty (--join) knowing everyone's address, and is added as a voter.
+    procs.push(Some(replica_with(dir, 4, &ports, &["--join"])));
+    let add = berth(
+        dir,
+        &any,
+        &[
+            "admin",
+            "members",
+            "add",
+            &format!("4=127.0.0.1:{}", ports[3]),
+        ],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&add.stdout).contains(&format!("4=http://127.0.0.1:{}", ports[3]))
+    );
+    poll("replica 4 follows the leader", 30, || {
+        agreed_leader(&ports, &[0, 1, 2, 3])
+    });
+    // Bad membership requests are refused and change nothing.
+    for (args, want) in [
+        (
+            vec!["admin", "members", "add", "4=127.0.0.1:1"],
+            "already a member",
+        ),
+        (vec!["admin", "members", "remove", "9"], "not a member"),
+        (vec!["admin", "members", "add", "x=1"], "invalid replica id"),
+    ] {
+        let out = berth(dir, &any, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    // Remove a follower that is not the leader, then stop it: 3 voters remain, writes go on.
+    let gone = (1..=3u64).find(|id| *id != leader).unwrap();
+    let rm = berth(
+        dir,
+        &any,
+        &["admin", "members", "remove", &gone.to_string()],
+    );
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    procs[gone as usize - 1] = None;
+    let live: Vec<usize> = (0..4).filter(|i| *i != gone as usize - 1).collect();
+    let servers: String = live
+        .iter()
+        .map(|i| format!("127.0.0.1:{}", ports[*i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _agent = Proc(
+        Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                &live
+                    .iter()
+                    .map(|i| format!("http://127.0.0.1:{}", ports[*i]))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ])
+            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap(),
+    );
+    poll("agent registered", 30, || {
+        let out = berth(dir, &servers, &["sinfo", "-h", "-N", "-o", "%N"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("cpu1")
+            .then_some(())
+    });
+    let out = berth(dir, &servers, &["sbatch", "--parsable", "--wrap", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let shown = berth(
+        dir,
+        &format!("127.0.0.1:{}", ports[3]),
+        &["scontrol", "show", "job", &id],
+    );
+    assert!(
+        shown.status.success(),
+        "new member cannot read job {id}: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    drop(procs);
+}
