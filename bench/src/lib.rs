@@ -1,5 +1,7 @@
 //! Benchmarks and the trace-driven simulator (DESIGN.md, STYLE.md "bench/ sim").
 //!
-//! Nothing is measured here yet: the end-to-end slice ships no performance claim. The
-//! fair-share and placement issues add the Philly/Alibaba trace replays and criterion
-//! benchmarks here, and README's benchmark table is filled only from them.
+//! - `bin/submit_load.rs`: submit throughput of one berthd replica at several client
+//!   concurrencies (numbers in README, with the command and machine).
+//!
+//! The trace replays (Philly, Alibaba) and the deterministic cluster simulator arrive with
+//! the fair-share, placement and Raft HA issues.
