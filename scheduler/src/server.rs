@@ -245,15 +245,12 @@ impl pb::job_service_server::JobService for Api {
             }
             while let Ok(applied) = effects.recv().await {
                 for e in &applied.effects {
-                    let Effect::JobChanged(id) = e else { continue };
-                    if !wanted(*id) {
+                    let Effect::JobChanged(job) = e else { continue };
+                    if !wanted(job.id) {
                         continue;
                     }
-                    let job = api.0.raft.state().job(*id).map(|j| api.view(j));
-                    if let Some(job) = job {
-                        if tx.send(Ok(job)).await.is_err() {
-                            return;
-                        }
+                    if tx.send(Ok(api.view(job))).await.is_err() {
+                        return;
                     }
                 }
             }

@@ -58,8 +58,9 @@ pub enum Effect {
         /// The job.
         job_id: u64,
     },
-    /// A job changed (for `Watch` and for waking the scheduling loop).
-    JobChanged(u64),
+    /// A job changed (for `Watch` and for waking the scheduling loop): the job as this
+    /// command left it, so a watcher sees every transition, not only the latest state.
+    JobChanged(Box<pb::Job>),
     /// A node changed (registered, went down).
     NodeChanged(String),
 }
@@ -144,7 +145,7 @@ impl StateMachine {
         let Some(cmd) = cmd.cmd else {
             return (Outcome::Rejected("empty command".into()), vec![]);
         };
-        match cmd {
+        let (outcome, mut effects) = match cmd {
             Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
             Cmd::Cancel(c) => self.cancel(c.job_id, now),
             Cmd::Hold(c) => self.hold(c.job_id, c.hold),
@@ -152,7 +153,15 @@ impl StateMachine {
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
+        };
+        for effect in &mut effects {
+            if let Effect::JobChanged(job) = effect {
+                if let Some(now) = self.state.jobs.get(&job.id) {
+                    **job = now.clone();
+                }
+            }
         }
+        (outcome, effects)
     }
 
     fn submit(&mut self, spec: pb::JobSpec, now: u64) -> Applied {
@@ -178,7 +187,7 @@ impl StateMachine {
             ..Default::default()
         };
         self.state.jobs.insert(id, job);
-        (Outcome::Submitted(id), vec![Effect::JobChanged(id)])
+        (Outcome::Submitted(id), vec![changed(id)])
     }
 
     fn cancel(&mut self, id: u64, now: u64) -> Applied {
@@ -190,7 +199,7 @@ impl StateMachine {
                 job.state = JobState::Cancelled as i32;
                 job.end_time_ms = now;
                 job.reason = "None".into();
-                (Outcome::Done, vec![Effect::JobChanged(id)])
+                (Outcome::Done, vec![changed(id)])
             }
             JobState::Running if !job.kill_requested => {
                 job.kill_requested = true;
@@ -201,7 +210,7 @@ impl StateMachine {
                     state: JobState::Cancelled,
                     reason: "cancelled".into(),
                 };
-                (Outcome::Done, vec![kill, Effect::JobChanged(id)])
+                (Outcome::Done, vec![kill, changed(id)])
             }
             _ => (
                 Outcome::Rejected("Job/step already completing or completed".into()),
@@ -222,7 +231,7 @@ impl StateMachine {
         }
         job.held = hold;
         job.reason = if hold { "JobHeldUser" } else { "None" }.into();
-        (Outcome::Done, vec![Effect::JobChanged(id)])
+        (Outcome::Done, vec![changed(id)])
     }
 
     fn register_node(&mut self, mut inv: pb::NodeInventory, now: u64) -> Applied {
@@ -277,7 +286,7 @@ impl StateMachine {
                 ..Default::default()
             };
             self.finish(id, &finished, now);
-            effects.push(Effect::JobChanged(id));
+            effects.push(changed(id));
         }
         (Outcome::Done, effects)
     }
@@ -296,7 +305,7 @@ impl StateMachine {
                 node: placement.allocations[0].node.clone(),
                 job: Box::new(job.clone()),
             });
-            effects.push(Effect::JobChanged(placement.job_id));
+            effects.push(changed(placement.job_id));
         }
         if refused.is_empty() {
             (Outcome::Done, effects)
@@ -405,7 +414,7 @@ impl StateMachine {
             );
         }
         self.finish(ended.job_id, &finished, now);
-        (Outcome::Done, vec![ack, Effect::JobChanged(ended.job_id)])
+        (Outcome::Done, vec![ack, changed(ended.job_id)])
     }
 
     /// Records the end of a running job and frees everything it held.
@@ -483,6 +492,14 @@ impl StateMachine {
             .map(|j| pending_view(j.id, j.spec.as_ref().expect("jobs have specs")))
             .collect()
     }
+}
+
+/// A `JobChanged` for job `id`; [`StateMachine::apply`] fills in the job as applied.
+fn changed(id: u64) -> Effect {
+    Effect::JobChanged(Box::new(pb::Job {
+        id,
+        ..Default::default()
+    }))
 }
 
 fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {

@@ -285,3 +285,17 @@ fn bad_inventories_are_refused() {
         );
     }
 }
+
+#[test]
+fn job_changed_effects_carry_the_job_as_each_command_left_it() {
+    let mut sm = StateMachine::default();
+    let mut states = Vec::new();
+    for (i, c) in log()[..4].iter().enumerate() {
+        for e in sm.apply(i as u64 + 1, c.clone()).1 {
+            if let Effect::JobChanged(job) = e {
+                states.push((job.id, job.state()));
+            }
+        }
+    }
+    assert_eq!(states, vec![(1, JobState::Pending), (2, JobState::Pending), (1, JobState::Running)]);
+}
