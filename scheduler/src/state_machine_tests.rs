@@ -297,5 +297,12 @@ fn job_changed_effects_carry_the_job_as_each_command_left_it() {
             }
         }
     }
-    assert_eq!(states, vec![(1, JobState::Pending), (2, JobState::Pending), (1, JobState::Running)]);
+    assert_eq!(
+        states,
+        vec![
+            (1, JobState::Pending),
+            (2, JobState::Pending),
+            (1, JobState::Running)
+        ]
+    );
 }
