@@ -92,13 +92,30 @@ pub async fn run(
         .map_err(AgentError::State)?;
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
+    let mut redirect: Option<String> = None;
+    let mut redirects = 0u32;
     loop {
-        let server = &cfg.servers[attempt % cfg.servers.len()];
-        attempt += 1;
-        match session(&cfg, &inv, &sup, server, &mut shutdown).await {
+        // A follower's redirect wins over the configured list, once.
+        let server = match redirect.take() {
+            Some(leader) => leader,
+            None => {
+                attempt += 1;
+                cfg.servers[(attempt - 1) % cfg.servers.len()].clone()
+            }
+        };
+        match session(&cfg, &inv, &sup, &server, &mut shutdown, &mut redirect).await {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(node = cfg.node_name, server, "disconnected: {e}"),
         }
+        if redirect.is_some() {
+            redirects += 1;
+            // Straight to the leader, unless replicas keep pointing at each other
+            // (stale leader views during an election): then back off as usual.
+            if redirects <= 3 {
+                continue;
+            }
+        }
+        redirects = 0;
         // Keep enforcing limits while away; reconnect with capped exponential backoff.
         let deadline = tokio::time::Instant::now() + backoff;
         while tokio::time::Instant::now() < deadline {
@@ -119,6 +136,7 @@ async fn session(
     sup: &Supervisor,
     server: &str,
     shutdown: &mut watch::Receiver<bool>,
+    redirect: &mut Option<String>,
 ) -> Result<(), String> {
     let mut client = AgentServiceClient::connect(server.to_string())
         .await
@@ -133,11 +151,19 @@ async fn session(
     })
     .await
     .map_err(|e| e.to_string())?;
-    let mut inbound = client
-        .attach(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner();
+    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            if let Some(leader) = status
+                .metadata()
+                .get("berth-leader")
+                .and_then(|v| v.to_str().ok())
+            {
+                *redirect = Some(leader.to_string());
+            }
+            return Err(status.message().to_string());
+        }
+    };
     // Finished jobs already in this session's Register, or sent since: not sent again.
     let mut reported: BTreeSet<u64> = sup
         .poll()

@@ -29,6 +29,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Metadata key of the leader's URL on an `UNAVAILABLE` answer to an agent that attached
+/// to a follower.
+pub const LEADER_HEADER: &str = "berth-leader";
+
 /// A command stamped with the leader's clock.
 pub fn command(cmd: Cmd) -> pb::Command {
     pb::Command {
@@ -305,7 +309,14 @@ impl pb::agent_service_server::AgentService for Api {
             validate_event(ev).map_err(Status::invalid_argument)?;
         }
         if !self.0.raft.is_leader() {
-            return Err(Status::unavailable("this berthd replica is not the leader"));
+            // Redirect: the agent reconnects to the address in `berth-leader`.
+            let mut status = Status::unavailable("this berthd replica is not the leader");
+            if let Some(url) = self.leader_url().ok().flatten() {
+                if let Ok(value) = url.parse() {
+                    status.metadata_mut().insert(LEADER_HEADER, value);
+                }
+            }
+            return Err(status);
         }
         match self
             .propose(Cmd::RegisterNode(pb::RegisterNode {

@@ -109,9 +109,12 @@ fn three_replicas_elect_forward_and_survive_leader_kill_9() {
         Command::new(bin("berth-agent"))
             .args([
                 "--server",
+                // Only the followers: the agent reaches the leader through their redirect.
                 &ports
                     .iter()
-                    .map(|p| format!("http://127.0.0.1:{p}"))
+                    .enumerate()
+                    .filter(|(i, _)| *i as u64 + 1 != leader)
+                    .map(|(_, p)| format!("http://127.0.0.1:{p}"))
                     .collect::<Vec<_>>()
                     .join(","),
             ])
