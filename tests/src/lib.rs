@@ -52,3 +52,29 @@ pub fn free_port() -> u16 {
         .expect("local addr")
         .port()
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// daemons behind.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Calls `f` every 100 ms until it returns `Some`, or panics naming `what` after `secs`.
+pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs}s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

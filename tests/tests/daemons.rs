@@ -3,19 +3,10 @@
 //! stream, oversized requests, and kill -9 of berthd while the agent keeps its job running.
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port, simnvml};
+use berth_tests::{bin, free_port, poll, simnvml, Proc};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn berthd(state: &Path, port: u16) -> Proc {
     Proc(
@@ -36,17 +27,6 @@ fn berth(dir: &Path, port: u16, args: &[&str]) -> Output {
         .env("BERTH_SERVER", format!("127.0.0.1:{port}"))
         .output()
         .unwrap()
-}
-
-fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn job_state(dir: &Path, port: u16, id: u64) -> String {

@@ -3,19 +3,9 @@
 //! acknowledged job still there. (The first step of the Raft HA issue; see README.)
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port};
+use berth_tests::{bin, free_port, poll, Proc};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Output, Stdio};
 
 fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
     replica_with(dir, id, ports, &[])
@@ -44,6 +34,25 @@ fn replica_with(dir: &Path, id: u64, ports: &[u16], extra: &[&str]) -> Proc {
     )
 }
 
+/// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs).
+fn cpu_agent(dir: &Path, servers: &str) -> Proc {
+    Proc(
+        Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                servers,
+                "--node-name",
+                "cpu1",
+                "--no-gpus",
+                "--state-dir",
+            ])
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn berth(dir: &Path, servers: &str, args: &[&str]) -> Output {
     Command::new(bin("berth"))
         .args(args)
@@ -51,17 +60,6 @@ fn berth(dir: &Path, servers: &str, args: &[&str]) -> Output {
         .env("BERTH_SERVER", servers)
         .output()
         .unwrap()
-}
-
-fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn status(port: u16) -> Option<pb::ReplicaStatus> {
@@ -105,24 +103,16 @@ fn three_replicas_elect_forward_and_survive_leader_kill_9() {
         .map(|p| format!("127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    let _agent = Proc(
-        Command::new(bin("berth-agent"))
-            .args([
-                "--server",
-                // Only the followers: the agent reaches the leader through their redirect.
-                &ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i as u64 + 1 != leader)
-                    .map(|(_, p)| format!("http://127.0.0.1:{p}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ])
-            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
-            .arg(dir.join("agent"))
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
+    let _agent = cpu_agent(
+        dir,
+        // Only the followers: the agent reaches the leader through their redirect.
+        &ports
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 + 1 != leader)
+            .map(|(_, p)| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(","),
     );
     poll("agent registered", 30, || {
         let out = berth(dir, &servers, &["sinfo", "-h", "-N", "-o", "%N"]);
@@ -210,17 +200,9 @@ fn a_replica_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
     let lagging = (1..=3u64).find(|id| *id != leader).unwrap() as usize - 1;
     procs[lagging] = None; // kill -9 a follower
-    let _agent = Proc(
-        Command::new(bin("berth-agent"))
-            .args([
-                "--server",
-                &format!("http://127.0.0.1:{}", ports[leader as usize - 1]),
-            ])
-            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
-            .arg(dir.join("agent"))
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
+    let _agent = cpu_agent(
+        dir,
+        &format!("http://127.0.0.1:{}", ports[leader as usize - 1]),
     );
     let via_leader = format!("127.0.0.1:{}", ports[leader as usize - 1]);
     poll("agent registered", 30, || {
@@ -333,21 +315,13 @@ fn members_are_added_and_removed_at_runtime() {
         .map(|i| format!("127.0.0.1:{}", ports[*i]))
         .collect::<Vec<_>>()
         .join(",");
-    let _agent = Proc(
-        Command::new(bin("berth-agent"))
-            .args([
-                "--server",
-                &live
-                    .iter()
-                    .map(|i| format!("http://127.0.0.1:{}", ports[*i]))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ])
-            .args(["--node-name", "cpu1", "--no-gpus", "--state-dir"])
-            .arg(dir.join("agent"))
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
+    let _agent = cpu_agent(
+        dir,
+        &live
+            .iter()
+            .map(|i| format!("http://127.0.0.1:{}", ports[*i]))
+            .collect::<Vec<_>>()
+            .join(","),
     );
     poll("agent registered", 30, || {
         let out = berth(dir, &servers, &["sinfo", "-h", "-N", "-o", "%N"]);
