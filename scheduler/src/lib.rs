@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
+//! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
 //! - [`raft_log`]: raft-rs's slog records into tracing.
 //! - [`state_machine`]: `apply(Command)` over jobs and nodes; outcomes and effects.
@@ -22,6 +23,7 @@
 
 pub mod agents;
 pub mod daemon;
+pub mod mem_storage;
 pub mod output_path;
 pub mod raft_log;
 pub mod raft_loop;

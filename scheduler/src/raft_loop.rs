@@ -1,4 +1,4 @@
-//! The Raft driver: one thread owns the raft-rs `RawNode`, its sled storage and the state
+//! The Raft driver: one thread owns the raft-rs `RawNode`, its storage and the state
 //! machine, and runs the ready-loop of raft-rs's `five_mem_node` example.
 //!
 //! Everything else talks to it through a [`RaftHandle`]: `propose` a command and await its
@@ -6,18 +6,23 @@
 //! [`RaftHandle::state`]; subscribe to the [`Effect`]s of applied commands. Only this thread
 //! writes state, so there is exactly one order of changes: the log's.
 //!
+//! The loop itself is a [`Replica`], generic over its storage ([`LogStore`]) and where its
+//! messages go ([`Mailbox`]), and it never reads a clock: the thread here ticks it every
+//! `RaftConfig::tick` of wall time and feeds it what arrives on its channel, while the
+//! deterministic simulator (`bench/src/sim`) drives the very same code with a fake clock,
+//! an in-memory network and [`crate::mem_storage::MemStorage`].
+//!
 //! Batching: proposals that arrive while a ready is being persisted are all proposed before
-//! the next ready, so they share one sled flush (one fsync). The single-voter cluster of the
-//! end-to-end slice needs no transport; outgoing messages are a broken invariant until the
-//! Raft HA work adds peers.
+//! the next ready, so they share one flush (one fsync) and one append to followers.
 
 use crate::state_machine::{Effect, Outcome, StateMachine};
-use crate::storage::{SledStorage, StoreError};
+use crate::storage::{LogStore, SledStorage, StoreError};
+use crate::transport::Outbox;
 use berth_proto::v1 as pb;
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -37,9 +42,13 @@ pub struct RaftConfig {
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_entries: u64,
     /// Every replica's Raft id and gRPC URL, this one included. Empty: a single voter.
-    pub peers: std::collections::BTreeMap<u64, String>,
+    pub peers: BTreeMap<u64, String>,
     /// Start with no voters and wait to be added by the group's leader (a new member).
     pub join: bool,
+    /// Use a fixed election timeout instead of raft-rs's random one. raft-rs draws it from
+    /// the thread RNG, which a seeded simulator cannot replay; the simulator randomizes
+    /// tick timing per replica instead, which spreads elections the same way.
+    pub fixed_election_timeout: bool,
 }
 
 impl RaftConfig {
@@ -52,6 +61,36 @@ impl RaftConfig {
             snapshot_entries: 10_000,
             peers: Default::default(),
             join: false,
+            fixed_election_timeout: false,
+        }
+    }
+
+    /// The voters a brand-new store starts with.
+    pub fn initial_voters(&self) -> Vec<u64> {
+        if self.join {
+            vec![]
+        } else if self.peers.is_empty() {
+            vec![self.id]
+        } else {
+            self.peers.keys().copied().collect()
+        }
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        let election_tick = 10;
+        raft::Config {
+            id: self.id,
+            election_tick,
+            heartbeat_tick: 3,
+            max_election_tick: if self.fixed_election_timeout {
+                election_tick + 1
+            } else {
+                0
+            },
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
         }
     }
 }
@@ -87,9 +126,15 @@ pub enum StartError {
     Raft(#[from] raft::Error),
 }
 
+/// Where a proposal's outcome is sent once it is applied (or why it never will be).
+pub type ReplySender = oneshot::Sender<Result<Outcome, ProposeError>>;
+/// The caller's end of a [`ReplySender`]. A closed channel means the replica went away
+/// (crashed or stopped) without knowing the outcome.
+pub type ReplyReceiver = oneshot::Receiver<Result<Outcome, ProposeError>>;
+
 pub(crate) struct Proposal {
     cmd: pb::Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    reply: ReplySender,
 }
 
 /// What other threads hand the Raft thread.
@@ -105,12 +150,7 @@ pub(crate) enum Input {
     /// A linearizable read wants to know when the applied state is current (ReadIndex).
     ReadIndex(oneshot::Sender<()>),
     /// A membership change to propose (leader only).
-    ConfChange(
-        Box<(
-            raft::eraftpb::ConfChange,
-            oneshot::Sender<Result<Outcome, ProposeError>>,
-        )>,
-    ),
+    ConfChange(Box<(raft::eraftpb::ConfChange, ReplySender)>),
 }
 
 /// Term and role, published by the Raft thread after every ready.
@@ -131,16 +171,22 @@ pub struct AppliedEffects {
     pub effects: Vec<Effect>,
 }
 
+/// What the Raft thread publishes to the handles: state, effects, role, membership.
+#[derive(Clone)]
+struct Shared {
+    peers: Arc<RwLock<BTreeMap<u64, String>>>,
+    voters: Arc<RwLock<Vec<u64>>>,
+    state: Arc<RwLock<StateMachine>>,
+    effects: broadcast::Sender<Arc<AppliedEffects>>,
+    status: Arc<Status>,
+}
+
 /// The other threads' side of the Raft thread. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftHandle {
     id: u64,
     inputs: SyncSender<Input>,
-    peers: Arc<RwLock<std::collections::BTreeMap<u64, String>>>,
-    voters: Arc<RwLock<Vec<u64>>>,
-    state: Arc<RwLock<StateMachine>>,
-    effects: broadcast::Sender<Arc<AppliedEffects>>,
-    status: Arc<Status>,
+    shared: Shared,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -159,86 +205,41 @@ impl RaftHandle {
     pub fn start(
         cfg: RaftConfig,
     ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
-        let voters: Vec<u64> = if cfg.join {
-            vec![]
-        } else if cfg.peers.is_empty() {
-            vec![cfg.id]
-        } else {
-            cfg.peers.keys().copied().collect()
-        };
-        let store = SledStorage::open(&cfg.state_dir, &voters)?;
+        let store = SledStorage::open(&cfg.state_dir, &cfg.initial_voters())?;
         // Members added at runtime are remembered by the store; the command line may name
         // more (or newer addresses).
         let mut cfg = cfg;
         for (id, url) in store.peers()? {
             cfg.peers.entry(id).or_insert(url);
         }
-        let (sm, applied) = match store.latest_snapshot()? {
-            Some(snap) => {
-                let index = snap.get_metadata().index;
-                let sm = StateMachine::restore(index, &snap.data)
-                    .map_err(|e| StartError::Snapshot(cfg.state_dir.display().to_string(), e))?;
-                (sm, index)
-            }
-            None => (StateMachine::default(), 0),
-        };
-        let raft_cfg = raft::Config {
-            id: cfg.id,
-            election_tick: 10,
-            heartbeat_tick: 3,
-            applied,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            ..Default::default()
-        };
-        raft_cfg.validate()?;
-        let logger =
-            slog::Logger::root(crate::raft_log::TracingDrain, slog::o!("raft_id" => cfg.id));
-        let mut node = RawNode::new(&raft_cfg, store, &logger)?;
-        let voters = node
-            .raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .collect::<Vec<_>>();
-        if voters == [cfg.id] {
-            // The only voter needs no election timeout to know it wins.
-            node.campaign()?;
-        }
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
-        let (effects, _) = broadcast::channel(1024);
+        let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone());
+        let replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
         let handle = RaftHandle {
             id: cfg.id,
-            inputs: tx.clone(),
-            peers: Arc::new(RwLock::new(cfg.peers.clone())),
-            voters: Arc::new(RwLock::new(Vec::new())),
-            state: Arc::new(RwLock::new(sm)),
-            effects,
-            status: Arc::new(Status::default()),
+            inputs: tx,
+            shared: replica.shared.clone(),
             shutdown: Arc::new(AtomicBool::new(false)),
         };
-        // Tags must never match an entry proposed by another replica or by this one before a
-        // restart, whose proposal counters also start at 1.
-        let tag = proposal_tag(cfg.id);
         let mut driver = Driver {
-            node,
+            replica,
             rx,
-            outbox: crate::transport::Outbox::start(cfg.id, &cfg.peers, tx),
-            handle: handle.clone(),
-            cfg,
-            waiting: HashMap::new(),
-            next_proposal: 1,
-            proposal_tag: tag,
-            reads: HashMap::new(),
-            reads_ready: Vec::new(),
+            shutdown: handle.shutdown.clone(),
+            tick: cfg.tick,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())
             .expect("spawn raft thread");
         Ok((handle, thread))
+    }
+
+    fn send(&self, input: Input) -> Result<(), ProposeError> {
+        match self.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ProposeError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(ProposeError::Stopped),
+        }
     }
 
     /// Waits until this replica's applied state includes everything committed when the
@@ -248,11 +249,7 @@ impl RaftHandle {
     /// [`ProposeError::NotLeader`] when no leader confirms within 3 s.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
         let (reply, rx) = oneshot::channel();
-        match self.inputs.try_send(Input::ReadIndex(reply)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
-        }
+        self.send(Input::ReadIndex(reply))?;
         // Without a reachable leader raft-rs drops the request; do not wait forever.
         match tokio::time::timeout(Duration::from_secs(3), rx).await {
             Ok(Ok(())) => Ok(()),
@@ -267,45 +264,43 @@ impl RaftHandle {
     /// [`ProposeError`] when the proposal cannot be taken or this replica is not the leader.
     pub async fn propose(&self, cmd: pb::Command) -> Result<Outcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        match self
-            .inputs
-            .try_send(Input::Propose(Box::new(Proposal { cmd, reply })))
-        {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
-        }
+        self.send(Input::Propose(Box::new(Proposal { cmd, reply })))?;
         rx.await.unwrap_or(Err(ProposeError::Stopped))
     }
 
     /// The applied state. Hold the guard briefly: the Raft thread waits for it to apply.
     pub fn state(&self) -> std::sync::RwLockReadGuard<'_, StateMachine> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Effects of every command applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedEffects>> {
-        self.effects.subscribe()
+        self.shared.effects.subscribe()
     }
 
     /// The current Raft term (fences commands sent to agents).
     pub fn term(&self) -> u64 {
-        self.status.term.load(Ordering::Acquire)
+        self.shared.status.term.load(Ordering::Acquire)
     }
 
     /// Whether this replica leads now.
     pub fn is_leader(&self) -> bool {
-        self.status.leader.load(Ordering::Acquire)
+        self.shared.status.leader.load(Ordering::Acquire)
     }
 
     /// Every member's address known here (this replica included).
-    pub fn peers(&self) -> std::collections::BTreeMap<u64, String> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The voters of the current configuration, as last seen by the Raft thread.
     pub fn voters(&self) -> Vec<u64> {
-        self.voters
+        self.shared
+            .voters
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -332,14 +327,7 @@ impl RaftHandle {
             None => cc.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode),
         }
         let (reply, rx) = oneshot::channel();
-        match self
-            .inputs
-            .try_send(Input::ConfChange(Box::new((cc, reply))))
-        {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
-        }
+        self.send(Input::ConfChange(Box::new((cc, reply))))?;
         rx.await.unwrap_or(Err(ProposeError::Stopped))
     }
 
@@ -350,7 +338,7 @@ impl RaftHandle {
 
     /// The replica this one believes leads (0: unknown).
     pub fn leader_id(&self) -> u64 {
-        self.status.leader_id.load(Ordering::Acquire)
+        self.shared.status.leader_id.load(Ordering::Acquire)
     }
 
     /// Hands a message from a peer to the Raft thread; dropped when the queue is full
@@ -361,7 +349,7 @@ impl RaftHandle {
 
     /// Whether the Raft thread has stopped.
     pub fn is_stopped(&self) -> bool {
-        self.status.stopped.load(Ordering::Acquire)
+        self.shared.status.stopped.load(Ordering::Acquire)
     }
 
     /// Asks the Raft thread to flush and stop.
@@ -370,19 +358,13 @@ impl RaftHandle {
     }
 }
 
+/// The thread of a real replica: wall-clock ticks and a channel of [`Input`]s around a
+/// [`Replica`] on sled and gRPC.
 struct Driver {
-    node: RawNode<SledStorage>,
+    replica: Replica<SledStorage, Outbox>,
     rx: Receiver<Input>,
-    outbox: crate::transport::Outbox,
-    handle: RaftHandle,
-    cfg: RaftConfig,
-    waiting: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
-    next_proposal: u64,
-    proposal_tag: [u8; 16],
-    /// ReadIndex requests sent to raft-rs, by context counter.
-    reads: HashMap<u64, oneshot::Sender<()>>,
-    /// Reads confirmed by the leader, waiting for their index to be applied.
-    reads_ready: Vec<(u64, oneshot::Sender<()>)>,
+    shutdown: Arc<AtomicBool>,
+    tick: Duration,
 }
 
 impl Driver {
@@ -391,18 +373,14 @@ impl Driver {
         if let Err(e) = &result {
             tracing::error!("raft thread stopped: {e}");
         }
-        self.handle.status.stopped.store(true, Ordering::Release);
-        self.handle.status.leader.store(false, Ordering::Release);
-        for (_, reply) in self.waiting.drain() {
-            let _ = reply.send(Err(ProposeError::Stopped));
-        }
+        self.replica.stop();
         result
     }
 
     fn run_inner(&mut self) -> Result<(), StoreError> {
         let mut last_tick = Instant::now();
-        while !self.handle.shutdown.load(Ordering::Acquire) {
-            let timeout = self.cfg.tick.saturating_sub(last_tick.elapsed());
+        while !self.shutdown.load(Ordering::Acquire) {
+            let timeout = self.tick.saturating_sub(last_tick.elapsed());
             match self.rx.recv_timeout(timeout) {
                 Ok(first) => {
                     self.input(first);
@@ -415,72 +393,260 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if last_tick.elapsed() >= self.cfg.tick {
-                self.node.tick();
+            if last_tick.elapsed() >= self.tick {
+                self.replica.tick();
                 last_tick = Instant::now();
             }
-            self.on_ready()?;
+            self.replica.on_ready()?;
         }
-        self.node.store().flush()
+        self.replica.node.store().flush()
     }
 
     fn input(&mut self, input: Input) {
+        let r = &mut self.replica;
         match input {
-            Input::Propose(p) => self.propose(*p),
-            Input::Step(m) => {
-                // Messages from unknown peers or stale terms are raft-rs's to judge.
-                if let Err(e) = self.node.step(*m) {
-                    tracing::debug!("raft step: {e}");
-                }
-            }
-            Input::Unreachable(id) => self.node.report_unreachable(id),
-            Input::SnapshotSent(id, ok) => {
-                let status = if ok {
-                    raft::SnapshotStatus::Finish
-                } else {
-                    raft::SnapshotStatus::Failure
-                };
-                self.node.report_snapshot(id, status);
-            }
+            Input::Propose(p) => r.propose_with(p.cmd, p.reply),
+            Input::Step(m) => r.step(*m),
+            Input::Unreachable(id) => r.report_unreachable(id),
+            Input::SnapshotSent(id, ok) => r.report_snapshot(id, ok),
             Input::ConfChange(change) => {
                 let (cc, reply) = *change;
-                let id = self.next_proposal;
-                self.next_proposal += 1;
-                match self.node.propose_conf_change(self.context(id), cc) {
-                    Ok(()) => {
-                        self.waiting.insert(id, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Ok(Outcome::Rejected(format!(
-                            "membership change refused: {e}"
-                        ))));
-                    }
-                }
+                r.propose_conf_change(cc, reply);
             }
-            Input::ReadIndex(reply) => {
-                let id = self.next_proposal;
-                self.next_proposal += 1;
-                self.node.read_index(self.context(id));
-                self.reads.insert(id, reply);
-            }
+            Input::ReadIndex(reply) => r.read_index(reply),
         }
     }
+}
 
-    fn propose(&mut self, p: Proposal) {
+/// Where a replica's outgoing Raft messages go: gRPC peers ([`Outbox`]) or the simulator's
+/// network.
+pub trait Mailbox {
+    /// Queues `msg` for peer `msg.to`; may drop it (Raft retransmits).
+    fn send(&mut self, msg: Message);
+    /// Starts sending to a member added at runtime.
+    fn add_peer(&mut self, id: u64, url: &str);
+    /// Stops sending to a removed member.
+    fn remove_peer(&mut self, id: u64);
+}
+
+impl Mailbox for Outbox {
+    fn send(&mut self, msg: Message) {
+        Outbox::send(self, msg)
+    }
+    fn add_peer(&mut self, id: u64, url: &str) {
+        self.add(id, url)
+    }
+    fn remove_peer(&mut self, id: u64) {
+        self.remove(id)
+    }
+}
+
+/// One replica's Raft node, store and state machine, stepped by its owner: the ready-loop
+/// without the loop. Owners call inputs ([`Replica::propose`], [`Replica::step`], …) and
+/// [`Replica::tick`], then [`Replica::on_ready`] to persist, send and apply.
+pub struct Replica<S: LogStore, M: Mailbox> {
+    node: RawNode<S>,
+    mailbox: M,
+    shared: Shared,
+    cfg: RaftConfig,
+    waiting: HashMap<u64, ReplySender>,
+    next_proposal: u64,
+    proposal_tag: [u8; 16],
+    /// ReadIndex requests sent to raft-rs, by context counter.
+    reads: HashMap<u64, oneshot::Sender<()>>,
+    /// Reads confirmed by the leader, waiting for their index to be applied.
+    reads_ready: Vec<(u64, oneshot::Sender<()>)>,
+    /// Entries applied since the last [`Replica::take_applied`], when recording.
+    applied_log: Option<Vec<Entry>>,
+}
+
+impl<S: LogStore, M: Mailbox> Replica<S, M> {
+    /// Restores the state machine from `store`'s snapshot and builds the Raft node over it.
+    /// Committed entries after the snapshot are re-applied by the first readies.
+    /// `boot_nonce` must differ between runs of the same replica: it tags this run's
+    /// proposals so an old run's entries are never mistaken for this run's.
+    ///
+    /// # Errors
+    /// [`StartError`] when the stored snapshot does not decode or raft-rs refuses the state.
+    pub fn open(
+        cfg: RaftConfig,
+        store: S,
+        mailbox: M,
+        boot_nonce: u64,
+    ) -> Result<Replica<S, M>, StartError> {
+        let (sm, applied) = match store.latest_snapshot()? {
+            Some(snap) => {
+                let index = snap.get_metadata().index;
+                let sm = StateMachine::restore(index, &snap.data)
+                    .map_err(|e| StartError::Snapshot(store.location().to_string(), e))?;
+                (sm, index)
+            }
+            None => (StateMachine::default(), 0),
+        };
+        let raft_cfg = cfg.raft_config(applied);
+        raft_cfg.validate()?;
+        let logger =
+            slog::Logger::root(crate::raft_log::TracingDrain, slog::o!("raft_id" => cfg.id));
+        let mut node = RawNode::new(&raft_cfg, store, &logger)?;
+        let voters: Vec<u64> = node.raft.prs().conf().voters().ids().iter().collect();
+        if voters == [cfg.id] {
+            // The only voter needs no election timeout to know it wins.
+            node.campaign()?;
+        }
+        let (effects, _) = broadcast::channel(1024);
+        let mut tag = [0u8; 16];
+        tag[..8].copy_from_slice(&cfg.id.to_be_bytes());
+        tag[8..].copy_from_slice(&boot_nonce.to_be_bytes());
+        Ok(Replica {
+            node,
+            mailbox,
+            shared: Shared {
+                peers: Arc::new(RwLock::new(cfg.peers.clone())),
+                voters: Arc::new(RwLock::new(Vec::new())),
+                state: Arc::new(RwLock::new(sm)),
+                effects,
+                status: Arc::new(Status::default()),
+            },
+            cfg,
+            waiting: HashMap::new(),
+            next_proposal: 1,
+            proposal_tag: tag,
+            reads: HashMap::new(),
+            reads_ready: Vec::new(),
+            applied_log: None,
+        })
+    }
+
+    /// Proposes `cmd`; the receiver gets its outcome once it is applied here.
+    pub fn propose(&mut self, cmd: pb::Command) -> ReplyReceiver {
+        let (reply, rx) = oneshot::channel();
+        self.propose_with(cmd, reply);
+        rx
+    }
+
+    fn propose_with(&mut self, cmd: pb::Command, reply: ReplySender) {
         let id = self.next_proposal;
         self.next_proposal += 1;
-        match self.node.propose(self.context(id), p.cmd.encode_to_vec()) {
+        match self.node.propose(self.context(id), cmd.encode_to_vec()) {
             Ok(()) => {
-                self.waiting.insert(id, p.reply);
+                self.waiting.insert(id, reply);
             }
             Err(_) => {
-                let _ = p.reply.send(Err(ProposeError::NotLeader));
+                let _ = reply.send(Err(ProposeError::NotLeader));
             }
         }
     }
 
-    /// The `five_mem_node` checklist, in its order. A storage error is fatal.
-    fn on_ready(&mut self) -> Result<(), StoreError> {
+    fn propose_conf_change(&mut self, cc: raft::eraftpb::ConfChange, reply: ReplySender) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self.node.propose_conf_change(self.context(id), cc) {
+            Ok(()) => {
+                self.waiting.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Ok(Outcome::Rejected(format!(
+                    "membership change refused: {e}"
+                ))));
+            }
+        }
+    }
+
+    fn read_index(&mut self, reply: oneshot::Sender<()>) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        self.node.read_index(self.context(id));
+        self.reads.insert(id, reply);
+    }
+
+    /// Steps a message from a peer. Messages from unknown peers or stale terms are raft-rs's
+    /// to judge, so a refusal is only logged.
+    pub fn step(&mut self, msg: Message) {
+        if let Err(e) = self.node.step(msg) {
+            tracing::debug!("raft step: {e}");
+        }
+    }
+
+    /// Sending to peer `id` failed; raft-rs probes it again later.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    /// A snapshot sent to peer `id` arrived (`ok`) or was lost.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(id, status);
+    }
+
+    /// One logical clock tick (elections take 10, heartbeats 3).
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, StateMachine> {
+        self.shared.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// The replica this one believes leads (0: unknown).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    /// The highest log index known committed here.
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// Starts keeping every applied entry for [`Replica::take_applied`] (the simulator's
+    /// ledger, to replay the log from empty).
+    pub fn record_applied(&mut self) {
+        self.applied_log = Some(Vec::new());
+    }
+
+    /// Entries applied since the last call, in order (empty unless recording).
+    pub fn take_applied(&mut self) -> Vec<Entry> {
+        self.applied_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The store, for a final flush.
+    pub fn store(&self) -> &S {
+        self.node.store()
+    }
+
+    /// Marks the replica stopped and fails every waiting proposal with
+    /// [`ProposeError::Stopped`].
+    pub fn stop(&mut self) {
+        self.shared.status.stopped.store(true, Ordering::Release);
+        self.shared.status.leader.store(false, Ordering::Release);
+        for (_, reply) in self.waiting.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
+    }
+
+    /// The `five_mem_node` checklist, in its order. A storage error is fatal: the owner
+    /// must stop the replica.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be written or a received snapshot is corrupt.
+    pub fn on_ready(&mut self) -> Result<(), StoreError> {
         if !self.node.has_ready() {
             return Ok(());
         }
@@ -493,23 +659,12 @@ impl Driver {
                 }
             }
         }
-        // 1. Send messages to peers (none until Raft HA: a lone voter talks to nobody).
+        // 1. Send messages to peers: a leader's appends may leave before its own fsync.
         self.send(ready.take_messages());
         // 2. Install a snapshot from the leader, and restore the state machine from it.
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            self.node.store().apply_snapshot(&snap)?;
-            let sm = StateMachine::restore(snap.get_metadata().index, &snap.data).map_err(|e| {
-                StoreError::Corrupt {
-                    path: self.cfg.state_dir.display().to_string(),
-                    detail: format!("snapshot from leader: {e}"),
-                }
-            })?;
-            *self.handle.state.write().unwrap_or_else(|e| e.into_inner()) = sm;
-            tracing::info!(
-                index = snap.get_metadata().index,
-                "installed a snapshot from the leader"
-            );
+            self.install_snapshot(&snap)?;
         }
         // 3. Apply what is committed.
         self.apply(ready.take_committed_entries())?;
@@ -519,7 +674,7 @@ impl Driver {
             self.node.store().set_hardstate(hs)?;
         }
         self.node.store().flush()?;
-        // 6. Messages that may only leave after the entries are durable.
+        // 6. Messages that may only leave after the entries are durable (votes, acks).
         self.send(ready.take_persisted_messages());
         // 7. Advance, then handle the light ready: commit index, messages, more commits.
         let mut light = self.node.advance(ready);
@@ -534,8 +689,20 @@ impl Driver {
         Ok(())
     }
 
+    fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), StoreError> {
+        self.node.store().apply_snapshot(snap)?;
+        let index = snap.get_metadata().index;
+        let sm = StateMachine::restore(index, &snap.data).map_err(|e| StoreError::Corrupt {
+            path: self.node.store().location().to_string(),
+            detail: format!("snapshot from leader: {e}"),
+        })?;
+        *self.shared.state.write().unwrap_or_else(|e| e.into_inner()) = sm;
+        tracing::info!(index, "installed a snapshot from the leader");
+        Ok(())
+    }
+
     /// Applies a committed membership change: raft-rs's configuration, the stored conf
-    /// state and peer addresses, and the outbox. Every replica does the same at the same
+    /// state and peer addresses, and the mailbox. Every replica does the same at the same
     /// index, so they agree on the membership.
     fn apply_conf_change(&mut self, entry: &Entry) -> Outcome {
         use protobuf::Message as _;
@@ -548,16 +715,16 @@ impl Driver {
             Err(e) => return Outcome::Rejected(format!("conf change not applied: {e}")),
         };
         let id = cc.node_id;
-        let mut peers = self.handle.peers.write().unwrap_or_else(|e| e.into_inner());
+        let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
         match cc.get_change_type() {
             raft::eraftpb::ConfChangeType::RemoveNode => {
                 peers.remove(&id);
-                self.outbox.remove(id);
+                self.mailbox.remove_peer(id);
             }
             _ => {
                 let url = String::from_utf8_lossy(&cc.context).into_owned();
                 if !url.is_empty() {
-                    self.outbox.add(id, &url);
+                    self.mailbox.add_peer(id, &url);
                     peers.insert(id, url);
                 }
             }
@@ -575,7 +742,7 @@ impl Driver {
 
     /// Answers the reads whose index is applied; forgets reads whose caller gave up.
     fn release_reads(&mut self) {
-        let applied = self.handle.state().applied_index();
+        let applied = self.state().applied_index();
         let (now, later): (Vec<_>, Vec<_>) = self
             .reads_ready
             .drain(..)
@@ -595,9 +762,9 @@ impl Driver {
         Some(u64::from_be_bytes(ctx[16..24].try_into().expect("8 bytes")))
     }
 
-    fn send(&self, msgs: Vec<Message>) {
+    fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            self.outbox.send(m);
+            self.mailbox.send(m);
         }
     }
 
@@ -605,7 +772,7 @@ impl Driver {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
-        let state = self.handle.state.clone();
+        let state = self.shared.state.clone();
         {
             let mut sm = state.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
@@ -616,36 +783,15 @@ impl Driver {
     }
 
     fn apply_one(&mut self, sm: &mut StateMachine, entry: Entry) {
-        if entry.get_entry_type() == EntryType::EntryConfChange {
+        let (outcome, effects) = if entry.get_entry_type() == EntryType::EntryConfChange {
             let outcome = self.apply_conf_change(&entry);
             sm.skip(entry.index);
-            if let Some(id) = self.own_context(&entry.context) {
-                if let Some(reply) = self.waiting.remove(&id) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            return;
-        }
-        if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
-            // A new leader's empty entry.
-            sm.skip(entry.index);
-            return;
-        }
-        let (outcome, effects) = match pb::Command::decode(&entry.data[..]) {
-            Ok(cmd) => sm.apply(entry.index, cmd),
-            Err(e) => {
-                // Only berthd writes the log, so this is a bug, but it must not stop the replica:
-                // the entry is skipped identically on every replica and at every replay.
-                tracing::error!(index = entry.index, "undecodable command in the log: {e}");
-                sm.skip(entry.index);
-                (
-                    Outcome::Rejected(format!("undecodable command: {e}")),
-                    vec![],
-                )
-            }
+            (outcome, vec![])
+        } else {
+            apply_entry(sm, &entry)
         };
         if !effects.is_empty() {
-            let _ = self.handle.effects.send(Arc::new(AppliedEffects {
+            let _ = self.shared.effects.send(Arc::new(AppliedEffects {
                 index: entry.index,
                 effects,
             }));
@@ -655,6 +801,9 @@ impl Driver {
                 let _ = reply.send(Ok(outcome));
             }
         }
+        if let Some(log) = &mut self.applied_log {
+            log.push(entry);
+        }
     }
 
     fn maybe_compact(&mut self, applied: u64) -> Result<(), StoreError> {
@@ -663,8 +812,8 @@ impl Driver {
         if applied < snap_index + self.cfg.snapshot_entries {
             return Ok(());
         }
-        let data = self.handle.state().encode();
-        store.compact(applied, data)?;
+        let data = self.state().encode();
+        self.node.store().compact(applied, data)?;
         tracing::info!(index = applied, "snapshot taken, log compacted");
         Ok(())
     }
@@ -678,13 +827,13 @@ impl Driver {
 
     fn publish_status(&mut self) {
         let raft = &self.node.raft;
-        let leads = raft.state == StateRole::Leader;
         let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
         *self
-            .handle
+            .shared
             .voters
             .write()
             .unwrap_or_else(|e| e.into_inner()) = voters;
+        let leads = raft.state == StateRole::Leader;
         if !leads && !self.waiting.is_empty() {
             // Our uncommitted proposals may be overwritten by the new leader or may commit
             // through it; either way their outcome will not reach us. Say so.
@@ -692,27 +841,42 @@ impl Driver {
                 let _ = reply.send(Err(ProposeError::LeadershipLost));
             }
         }
-        self.handle.status.term.store(raft.term, Ordering::Release);
-        self.handle
-            .status
-            .leader_id
-            .store(raft.leader_id, Ordering::Release);
-        self.handle
-            .status
-            .leader
-            .store(raft.state == StateRole::Leader, Ordering::Release);
+        let status = &self.shared.status;
+        status.term.store(raft.term, Ordering::Release);
+        status.leader_id.store(raft.leader_id, Ordering::Release);
+        status.leader.store(leads, Ordering::Release);
     }
 }
 
-fn proposal_tag(replica: u64) -> [u8; 16] {
-    let boot = std::time::SystemTime::now()
+/// Applies one committed entry that is not a membership change to `sm`: a command is
+/// decoded and applied; a new leader's empty entry is skipped. Shared by the replicas and
+/// by replaying a log from empty, so both see the same state.
+pub fn apply_entry(sm: &mut StateMachine, entry: &Entry) -> (Outcome, Vec<Effect>) {
+    if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+        sm.skip(entry.index);
+        return (Outcome::Done, vec![]);
+    }
+    match pb::Command::decode(&entry.data[..]) {
+        Ok(cmd) => sm.apply(entry.index, cmd),
+        Err(e) => {
+            // Only berthd writes the log, so this is a bug, but it must not stop the replica:
+            // the entry is skipped identically on every replica and at every replay.
+            tracing::error!(index = entry.index, "undecodable command in the log: {e}");
+            sm.skip(entry.index);
+            (
+                Outcome::Rejected(format!("undecodable command: {e}")),
+                vec![],
+            )
+        }
+    }
+}
+
+/// A number that differs between runs of this process (wall clock nanoseconds).
+fn boot_nonce() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut tag = [0u8; 16];
-    tag[..8].copy_from_slice(&replica.to_be_bytes());
-    tag[8..].copy_from_slice(&boot.to_be_bytes());
-    tag
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Written once into a new database; a database without it was not made by berthd.
@@ -47,6 +48,114 @@ pub enum StoreError {
 
 // Short local name; the public one is `StoreError`.
 type Error = StoreError;
+
+/// The writes the ready-loop makes to durable Raft storage, on top of raft-rs's read-only
+/// [`raft::Storage`]. [`SledStorage`] is the real one; [`crate::mem_storage::MemStorage`]
+/// keeps the same contract in memory for tests and the deterministic simulator.
+///
+/// Contract shared by both: writes may be buffered until [`LogStore::flush`], which makes
+/// every earlier write durable at once; after a crash the store reopens with what the last
+/// flush saw (or more, never less). Appends must be contiguous (checked, [`StoreError::Order`]).
+pub trait LogStore: raft::Storage {
+    /// Appends `entries`, first dropping stored entries at or after the first new index
+    /// (a new leader overwrote them).
+    ///
+    /// # Errors
+    /// [`StoreError::Order`] when they would leave a hole or rewrite compacted entries.
+    fn append(&self, entries: &[Entry]) -> Result<(), StoreError>;
+    /// Replaces the hard state (term, vote, commit).
+    ///
+    /// # Errors
+    /// A [`StoreError`] when it cannot be written.
+    fn set_hardstate(&self, hs: &HardState) -> Result<(), StoreError>;
+    /// Records a new commit index in the hard state.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when it cannot be written.
+    fn set_commit(&self, commit: u64) -> Result<(), StoreError>;
+    /// Replaces the voter configuration.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when it cannot be written.
+    fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError>;
+    /// Every member's address, as last set.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the record does not decode.
+    fn peers(&self) -> Result<BTreeMap<u64, String>, StoreError>;
+    /// Replaces the members' addresses.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when it cannot be written.
+    fn set_peers(&self, peers: &BTreeMap<u64, String>) -> Result<(), StoreError>;
+    /// Index and term of the latest snapshot (0/0 when there is none).
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when it does not decode.
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, StoreError>;
+    /// The latest snapshot with its state-machine bytes, if one was taken.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when it does not decode.
+    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError>;
+    /// Installs a snapshot received from the leader: it replaces the whole log.
+    ///
+    /// # Errors
+    /// A [`StoreError`] when it cannot be written.
+    fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError>;
+    /// Stores `data` (the state machine at `index`) as the snapshot and drops the log
+    /// through `index`.
+    ///
+    /// # Errors
+    /// [`StoreError::Order`] when `index` is outside the stored log.
+    fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StoreError>;
+    /// Makes every earlier write durable (the one fsync of a ready).
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the device fails.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Where the store lives, for error messages.
+    fn location(&self) -> &str;
+}
+
+impl LogStore for SledStorage {
+    fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        SledStorage::append(self, entries)
+    }
+    fn set_hardstate(&self, hs: &HardState) -> Result<(), StoreError> {
+        SledStorage::set_hardstate(self, hs)
+    }
+    fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        SledStorage::set_commit(self, commit)
+    }
+    fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
+        SledStorage::set_conf_state(self, cs)
+    }
+    fn peers(&self) -> Result<BTreeMap<u64, String>, StoreError> {
+        SledStorage::peers(self)
+    }
+    fn set_peers(&self, peers: &BTreeMap<u64, String>) -> Result<(), StoreError> {
+        SledStorage::set_peers(self, peers)
+    }
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, StoreError> {
+        SledStorage::snapshot_meta(self)
+    }
+    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        SledStorage::latest_snapshot(self)
+    }
+    fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        SledStorage::apply_snapshot(self, snap)
+    }
+    fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StoreError> {
+        SledStorage::compact(self, index, data)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        SledStorage::flush(self)
+    }
+    fn location(&self) -> &str {
+        &self.path
+    }
+}
 
 /// Raft log, hard state and snapshot in sled.
 pub struct SledStorage {
