@@ -3,5 +3,7 @@
 //! - `bin/submit_load.rs`: submit throughput of one berthd replica at several client
 //!   concurrencies (numbers in README, with the command and machine).
 //!
-//! The trace replays (Philly, Alibaba) and the deterministic cluster simulator arrive with
-//! the fair-share, placement and Raft HA issues.
+//! - `sim` (`bin/sim.rs`, [`sim`]): the deterministic cluster simulator — berthd's real
+//!   replicas under seeded network faults and crashes, checking DESIGN.md's invariants 1–4.
+
+pub mod sim;

@@ -99,7 +99,8 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::Polic
     }
 }
 
-fn placement(d: &policies::Decision) -> pb::Placement {
+/// The log's form of one placement decision.
+pub fn placement(d: &policies::Decision) -> pb::Placement {
     let allocations = d
         .nodes
         .iter()
