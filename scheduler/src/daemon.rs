@@ -117,6 +117,7 @@ impl Daemon {
             reasons,
             default_partition: cfg.default_partition,
             agent_silence_max: cfg.agent_silence_max,
+            leader_channel: Default::default(),
         }));
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()

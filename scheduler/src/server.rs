@@ -53,6 +53,34 @@ pub struct Shared {
     pub default_partition: String,
     /// An agent stream silent this long (no heartbeat, no event) is closed as dead.
     pub agent_silence_max: Duration,
+    /// The connection to the leader that forwarded requests share.
+    pub leader_channel: LeaderChannel,
+}
+
+/// One lazily connected channel to the current leader, shared by every forwarded request:
+/// a new connection per request costs a TCP and an HTTP/2 handshake (about 40 ms on
+/// loopback, measured with `submit_load --via-follower`). Replaced when the leader moves.
+#[derive(Default)]
+pub struct LeaderChannel(std::sync::Mutex<Option<(String, tonic::transport::Channel)>>);
+
+impl LeaderChannel {
+    /// The channel to `url`, made on first use.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when `url` is not a valid endpoint.
+    fn get(&self, url: &str) -> Result<tonic::transport::Channel, Status> {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, channel)) = &*cached {
+            if known == url {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| Status::unavailable(format!("leader address {url}: {e}")))?
+            .connect_lazy();
+        *cached = Some((url.to_string(), channel.clone()));
+        Ok(channel)
+    }
 }
 
 /// Implements `JobService`, `NodeService` and `AgentService` over [`Shared`].
@@ -97,9 +125,8 @@ impl Api {
         let Some(url) = self.leader_url()? else {
             return Ok(None);
         };
-        let client = pb::job_service_client::JobServiceClient::connect(url.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
+        let client =
+            pb::job_service_client::JobServiceClient::new(self.0.leader_channel.get(&url)?);
         Ok(Some(client.max_encoding_message_size(
             crate::daemon::MESSAGE_BYTES_MAX,
         )))
@@ -524,9 +551,8 @@ impl pb::admin_service_server::AdminService for Api {
             ));
         }
         if let Some(url) = self.leader_url()? {
-            let mut leader = pb::admin_service_client::AdminServiceClient::connect(url.clone())
-                .await
-                .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
+            let mut leader =
+                pb::admin_service_client::AdminServiceClient::new(self.0.leader_channel.get(&url)?);
             return leader.change_membership(Request::new(r)).await;
         }
         let voters = self.0.raft.voters();
