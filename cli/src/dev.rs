@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// Partition of the simulated nodes (also the default partition).
     #[arg(long, default_value = "gpu")]
     pub partition: String,
+    /// HTTP address of the kube-scheduler extender and berthd's `/metrics` (`off`: none).
+    /// Default 127.0.0.1:7701, skipped with a warning when that is taken.
+    #[arg(long)]
+    pub http_listen: Option<String>,
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
     #[arg(long, default_value_t = 30)]
     pub kill_wait_secs: u64,
@@ -86,6 +90,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if !daemon.wait_leader(Duration::from_secs(10)).await {
         bail!("berthd did not become leader within 10s");
     }
+    let http = berth_scheduler::http::bind(args.http_listen.as_deref())
+        .await
+        .with_context(|| format!("cannot listen on {:?}", args.http_listen))?;
+    let http_url = match http {
+        Some(l) => {
+            let url = format!("http://{}", l.local_addr()?);
+            berth_scheduler::http::spawn(l, daemon.raft().clone(), stop_rx.clone());
+            Some(url)
+        }
+        None => None,
+    };
     let server = format!("http://{addr}");
     let mut names = Vec::new();
     for i in 1..=args.nodes {
@@ -123,6 +138,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "berth dev: berthd listening on {server} (state in {})",
         state_dir.display()
     );
+    if let Some(url) = &http_url {
+        println!("berth dev: berthd metrics at {url}/metrics, kube-scheduler extender at {url}/filter and {url}/prioritize");
+    }
     println!(
         "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",
         names.len(),

@@ -17,12 +17,16 @@
 //! - [`agents`]: the registry of connected agents and the dispatch of effects to them.
 //! - [`transport`]: Raft messages to peer replicas over gRPC.
 //! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
+//! - [`extender`]: kube-scheduler extender filter/prioritize over berth's node view.
+//! - [`http`]: the HTTP endpoint (`--http-listen`): extender verbs and `/metrics`.
 //! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
 //!   `berth dev`).
 #![deny(missing_docs)]
 
 pub mod agents;
 pub mod daemon;
+pub mod extender;
+pub mod http;
 pub mod mem_storage;
 pub mod output_path;
 pub mod raft_log;

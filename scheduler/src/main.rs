@@ -33,6 +33,10 @@ struct Args {
     /// replica (`berth admin members add ID=HOST:PORT`).
     #[arg(long)]
     join: bool,
+    /// HTTP address of the kube-scheduler extender and `/metrics` (`off`: none). Default
+    /// 127.0.0.1:7701, skipped with a warning when that is taken.
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -63,9 +67,16 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http = berth_scheduler::http::bind(args.http_listen.as_deref())
+        .await
+        .with_context(|| format!("cannot listen on {:?}", args.http_listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let daemon = Daemon::start(cfg, listener, stop_rx)
+    let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start on state dir {}", args.state_dir.display()))?;
+    if let Some(http) = http {
+        tracing::info!("HTTP (extender, /metrics) on http://{}", http.local_addr()?);
+        berth_scheduler::http::spawn(http, daemon.raft().clone(), stop_rx);
+    }
     tracing::info!(
         "berthd listening on {} (state in {})",
         args.listen,

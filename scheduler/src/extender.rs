@@ -1,0 +1,488 @@
+//! The kube-scheduler extender protocol (`k8s.io/kube-scheduler/extender/v1`): filter and
+//! prioritize answered from berth's own view of its GPU nodes.
+//!
+//! The upstream Go types carry no json tags, so the wire keys are the Go field names in
+//! PascalCase (`Pod`, `NodeNames`, `FailedNodes`, …); they are emitted exactly so, and
+//! accepted in lower/camel case too, as Go's case-insensitive decoder would. Pods and
+//! nodes are k8s-openapi's types. With `nodeCacheCapable: false` kube-scheduler sends full
+//! Node objects and uses the ones the extender returns, so those are kept as raw JSON and
+//! echoed unchanged rather than round-tripped through a partial struct.
+//!
+//! What a pod asks of berth: the sum over its containers of `nvidia.com/gpu` (limits, else
+//! requests; init containers count as their maximum, as Kubernetes computes effective
+//! requests). MIG and shared-GPU resources are refused with a clear reason until berth's
+//! placement plans MIG slices.
+
+use crate::state_machine::StateMachine;
+use berth_proto::v1 as pb;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The extended resource of whole NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Body of `/filter` and `/prioritize`.
+#[derive(Debug, Deserialize)]
+pub struct ExtenderArgs {
+    /// The pod being scheduled.
+    #[serde(rename = "Pod", alias = "pod")]
+    pub pod: Option<Pod>,
+    /// Candidate nodes as full objects (`nodeCacheCapable: false`).
+    #[serde(rename = "Nodes", alias = "nodes")]
+    pub nodes: Option<NodeList>,
+    /// Candidate node names (`nodeCacheCapable: true`).
+    #[serde(rename = "NodeNames", alias = "nodeNames", alias = "nodenames")]
+    pub node_names: Option<Vec<String>>,
+}
+
+/// A `v1.NodeList` whose items stay raw JSON, so they go back exactly as they came.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct NodeList {
+    /// List metadata (kube-scheduler sends it empty).
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    /// The Node objects.
+    #[serde(default)]
+    pub items: Vec<serde_json::Value>,
+}
+
+/// Answer of `/filter`.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct ExtenderFilterResult {
+    /// The nodes that fit, as given (when the request had `Nodes`).
+    #[serde(rename = "Nodes")]
+    pub nodes: Option<serde_json::Value>,
+    /// The names of the nodes that fit (when the request had `NodeNames`).
+    #[serde(rename = "NodeNames")]
+    pub node_names: Option<Vec<String>>,
+    /// Nodes that do not fit now but might after preemption, with the reason.
+    #[serde(rename = "FailedNodes")]
+    pub failed_nodes: BTreeMap<String, String>,
+    /// Nodes that cannot fit this pod whatever is preempted, with the reason.
+    #[serde(rename = "FailedAndUnresolvableNodes")]
+    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    /// A failure of the whole request (empty on success).
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+/// One entry of `/prioritize`'s answer (a bare JSON array of these).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct HostPriority {
+    /// Node name.
+    #[serde(rename = "Host")]
+    pub host: String,
+    /// Score in `[0, 10]`.
+    #[serde(rename = "Score")]
+    pub score: i64,
+}
+
+/// Highest score an extender may give (`MaxExtenderPriority`).
+pub const SCORE_MAX: i64 = 10;
+
+/// Why a request could not be answered at all.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExtenderError {
+    /// The body is not the JSON of `ExtenderArgs`.
+    #[error("invalid extender request: {0}")]
+    Json(String),
+    /// The request names no pod.
+    #[error("extender request has no Pod")]
+    NoPod,
+    /// The request has neither `Nodes` nor `NodeNames`.
+    #[error("extender request has neither Nodes nor NodeNames")]
+    NoNodes,
+    /// The pod asks for a resource quantity berth cannot read or does not place yet.
+    #[error("pod {pod}: {detail}")]
+    Resource {
+        /// `namespace/name`.
+        pod: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Parses a request body.
+///
+/// # Errors
+/// [`ExtenderError::Json`], [`ExtenderError::NoPod`] or [`ExtenderError::NoNodes`].
+pub fn parse_args(body: &[u8]) -> Result<ExtenderArgs, ExtenderError> {
+    let args: ExtenderArgs =
+        serde_json::from_slice(body).map_err(|e| ExtenderError::Json(e.to_string()))?;
+    if args.pod.is_none() {
+        return Err(ExtenderError::NoPod);
+    }
+    if args.nodes.is_none() && args.node_names.is_none() {
+        return Err(ExtenderError::NoNodes);
+    }
+    Ok(args)
+}
+
+fn pod_key(pod: &Pod) -> String {
+    let m = &pod.metadata;
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Whole GPUs one container asks for (limits win over requests, as for extended
+/// resources they must be equal when both are set).
+fn container_gpus(pod: &Pod, c: &Container) -> Result<u32, ExtenderError> {
+    let Some(res) = &c.resources else {
+        return Ok(0);
+    };
+    let bad = |detail: String| ExtenderError::Resource {
+        pod: pod_key(pod),
+        detail,
+    };
+    for map in [&res.limits, &res.requests].into_iter().flatten() {
+        if let Some(name) = map
+            .keys()
+            .find(|k| k.starts_with("nvidia.com/mig-") || k.as_str() == "nvidia.com/gpu.shared")
+        {
+            return Err(bad(format!(
+                "{name} is not placed by berth yet (whole GPUs only: {GPU_RESOURCE})"
+            )));
+        }
+    }
+    let quantity = res
+        .limits
+        .as_ref()
+        .and_then(|l| l.get(GPU_RESOURCE))
+        .or_else(|| res.requests.as_ref().and_then(|r| r.get(GPU_RESOURCE)));
+    match quantity {
+        None => Ok(0),
+        Some(q) => q.0.trim().parse::<u32>().map_err(|_| {
+            bad(format!(
+                "container {}: {GPU_RESOURCE} {:?} is not a whole number",
+                c.name, q.0
+            ))
+        }),
+    }
+}
+
+/// GPUs the pod needs: the sum over its containers, or the largest init container if
+/// that is more (init containers run one at a time, before the others).
+///
+/// # Errors
+/// [`ExtenderError::Resource`] for an unreadable quantity or a resource berth does not
+/// place yet.
+pub fn pod_gpus(pod: &Pod) -> Result<u32, ExtenderError> {
+    let Some(spec) = &pod.spec else {
+        return Ok(0);
+    };
+    let mut sum = 0u32;
+    for c in &spec.containers {
+        sum = sum.saturating_add(container_gpus(pod, c)?);
+    }
+    let mut init = 0u32;
+    for c in spec.init_containers.iter().flatten() {
+        init = init.max(container_gpus(pod, c)?);
+    }
+    Ok(sum.max(init))
+}
+
+/// A node's name inside a raw Node object.
+fn node_name(node: &serde_json::Value) -> Option<&str> {
+    node.get("metadata")?.get("name")?.as_str()
+}
+
+/// Why `node` cannot take `gpus` GPUs now: `Err((reason, unresolvable))`.
+fn fits(sm: &StateMachine, node: &str, gpus: u32) -> Result<u32, (String, bool)> {
+    if gpus == 0 {
+        return Ok(0);
+    }
+    let Some(n) = sm.node(node) else {
+        return Err(("node is not managed by berth (no berth-agent)".into(), true));
+    };
+    if n.state() != pb::NodeState::Up {
+        return Err((format!("berth node is down: {}", n.reason), true));
+    }
+    let all = n
+        .inventory
+        .as_ref()
+        .map(|i| i.gpus.as_slice())
+        .unwrap_or(&[]);
+    if (all.len() as u32) < gpus {
+        return Err((
+            format!("node has {} GPUs, pod needs {gpus}", all.len()),
+            true,
+        ));
+    }
+    let free = all.iter().filter(|g| g.job_id == 0).count() as u32;
+    if free < gpus {
+        return Err((
+            format!("Insufficient {GPU_RESOURCE}: {free} free, pod needs {gpus}"),
+            false,
+        ));
+    }
+    Ok(free)
+}
+
+/// Answers `/filter`: the candidates berth can place the pod on now, each other candidate
+/// with its reason. Request-level problems go into `Error`, with every node filtered out.
+pub fn filter(sm: &StateMachine, args: &ExtenderArgs) -> ExtenderFilterResult {
+    let pod = args.pod.as_ref().expect("parse_args checked");
+    let gpus = match pod_gpus(pod) {
+        Ok(g) => g,
+        Err(e) => {
+            return ExtenderFilterResult {
+                error: e.to_string(),
+                ..Default::default()
+            }
+        }
+    };
+    let mut out = ExtenderFilterResult::default();
+    let mut check = |name: &str| match fits(sm, name, gpus) {
+        Ok(_) => true,
+        Err((why, true)) => {
+            out.failed_and_unresolvable_nodes.insert(name.into(), why);
+            false
+        }
+        Err((why, false)) => {
+            out.failed_nodes.insert(name.into(), why);
+            false
+        }
+    };
+    if let Some(names) = &args.node_names {
+        let kept: Vec<String> = names.iter().filter(|n| check(n)).cloned().collect();
+        out.node_names = Some(kept);
+    } else if let Some(list) = &args.nodes {
+        let kept: Vec<serde_json::Value> = list
+            .items
+            .iter()
+            .filter(|n| check(node_name(n).unwrap_or("")))
+            .cloned()
+            .collect();
+        out.nodes = Some(serde_json::json!({ "metadata": list.metadata, "items": kept }));
+    }
+    out
+}
+
+/// Answers `/prioritize`: best fit, so whole nodes stay free for large pods. A node that
+/// fits gets `10 * (1 - free_after / total)` rounded down: 10 when the pod fills it,
+/// near 0 when it leaves it almost empty. Pods without GPUs and nodes that do not fit
+/// score 0 (berth has no preference among them).
+///
+/// # Errors
+/// [`ExtenderError::Resource`] when the pod's GPU request cannot be read.
+pub fn prioritize(
+    sm: &StateMachine,
+    args: &ExtenderArgs,
+) -> Result<Vec<HostPriority>, ExtenderError> {
+    let pod = args.pod.as_ref().expect("parse_args checked");
+    let gpus = pod_gpus(pod)?;
+    let names: Vec<String> = match (&args.node_names, &args.nodes) {
+        (Some(names), _) => names.clone(),
+        (None, Some(list)) => list
+            .items
+            .iter()
+            .filter_map(|n| node_name(n).map(str::to_string))
+            .collect(),
+        (None, None) => vec![],
+    };
+    Ok(names
+        .into_iter()
+        .map(|host| {
+            let total = sm
+                .node(&host)
+                .and_then(|n| n.inventory.as_ref())
+                .map(|i| i.gpus.len() as i64)
+                .unwrap_or(0);
+            let score = match fits(sm, &host, gpus) {
+                Ok(free) if gpus > 0 && total > 0 => {
+                    SCORE_MAX - SCORE_MAX * (free as i64 - gpus as i64) / total
+                }
+                _ => 0,
+            };
+            HostPriority { host, score }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_node(gpus: u32, busy: u32) -> StateMachine {
+        let mut sm = StateMachine::default();
+        let inv = pb::NodeInventory {
+            name: "gpu1".into(),
+            partition: "gpu".into(),
+            cpus: 8,
+            gpus: (0..gpus)
+                .map(|i| pb::Gpu {
+                    uuid: format!("GPU-{i}"),
+                    index: i,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let register = pb::Command {
+            time_ms: 1,
+            cmd: Some(pb::command::Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv),
+            })),
+        };
+        sm.apply(1, register);
+        if busy > 0 {
+            let spec = pb::JobSpec {
+                name: "busy".into(),
+                script: "#!/bin/sh\ntrue\n".into(),
+                work_dir: "/tmp".into(),
+                partition: "gpu".into(),
+                nodes: 1,
+                ntasks: 1,
+                cpus_per_task: 1,
+                gpus_per_node: busy,
+                ..Default::default()
+            };
+            let submit = pb::Command {
+                time_ms: 2,
+                cmd: Some(pb::command::Cmd::Submit(pb::SubmitJob { spec: Some(spec) })),
+            };
+            sm.apply(2, submit);
+            let alloc = pb::Allocate {
+                term: 1,
+                placements: vec![pb::Placement {
+                    job_id: 1,
+                    allocations: vec![pb::Allocation {
+                        node: "gpu1".into(),
+                        gpu_uuids: (0..busy).map(|i| format!("GPU-{i}")).collect(),
+                        cpus: 1,
+                        ..Default::default()
+                    }],
+                }],
+            };
+            sm.apply(
+                3,
+                pb::Command {
+                    time_ms: 3,
+                    cmd: Some(pb::command::Cmd::Allocate(alloc)),
+                },
+            );
+        }
+        sm
+    }
+
+    fn pod_json(gpus: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"p","namespace":"ml"}},"spec":{{"containers":[{{"name":"c","resources":{{"limits":{{"nvidia.com/gpu":"{gpus}"}}}}}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn filter_with_node_names_keeps_fitting_nodes_and_explains_the_rest() {
+        let sm = state_with_node(8, 6);
+        let body = format!(
+            r#"{{"Pod":{},"Nodes":null,"NodeNames":["gpu1","cpu9"]}}"#,
+            pod_json("2")
+        );
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        assert_eq!(got.node_names, Some(vec!["gpu1".to_string()]));
+        assert!(got.failed_and_unresolvable_nodes["cpu9"].contains("not managed by berth"));
+        let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json("3"));
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        assert_eq!(got.node_names, Some(vec![]));
+        assert_eq!(
+            got.failed_nodes["gpu1"],
+            "Insufficient nvidia.com/gpu: 2 free, pod needs 3"
+        );
+        // The wire form: exact PascalCase keys, an empty list (never null) on success.
+        let wire = serde_json::to_string(&got).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"Nodes":null,"NodeNames":[],"FailedNodes":{"gpu1":"Insufficient nvidia.com/gpu: 2 free, pod needs 3"},"FailedAndUnresolvableNodes":{},"Error":""}"#
+        );
+    }
+
+    #[test]
+    fn filter_with_full_nodes_echoes_them_unchanged() {
+        let sm = state_with_node(8, 0);
+        let node = r#"{"metadata":{"name":"gpu1","labels":{"zone":"a"}},"spec":{"taints":[{"key":"k","effect":"NoSchedule"}]},"status":{"allocatable":{"cpu":"8"},"daemonEndpoints":{"kubeletEndpoint":{"Port":10250}}}}"#;
+        let body = format!(
+            r#"{{"pod":{},"nodes":{{"metadata":{{}},"items":[{node}]}}}}"#,
+            pod_json("1")
+        );
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let items = &got.nodes.unwrap()["items"];
+        assert_eq!(
+            items[0],
+            serde_json::from_str::<serde_json::Value>(node).unwrap()
+        );
+    }
+
+    #[test]
+    fn prioritize_prefers_the_fullest_fit() {
+        let sm = state_with_node(8, 6);
+        let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1","x"]}}"#, pod_json("2"));
+        let got = prioritize(&sm, &parse_args(body.as_bytes()).unwrap()).unwrap();
+        // 2 free, 2 wanted: the pod fills the node, 10 - 10*0/8 = 10.
+        assert_eq!(
+            got[0],
+            HostPriority {
+                host: "gpu1".into(),
+                score: 10
+            }
+        );
+        assert_eq!(
+            got[1],
+            HostPriority {
+                host: "x".into(),
+                score: 0
+            }
+        );
+        let sm = state_with_node(8, 0);
+        let got = prioritize(&sm, &parse_args(body.as_bytes()).unwrap()).unwrap();
+        // 8 free, 2 wanted: 10 - 10*6/8 = 10 - 7 = 3 (integer division).
+        assert_eq!(got[0].score, 3);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("", "invalid extender request"),
+            ("{", "invalid extender request"),
+            ("[]", "invalid extender request"),
+            (r#"{"NodeNames":["a"]}"#, "no Pod"),
+            (
+                r#"{"Pod":{"metadata":{"name":"p"}}}"#,
+                "neither Nodes nor NodeNames",
+            ),
+            (
+                r#"{"Pod":{"spec":{"containers":"x"}},"NodeNames":[]}"#,
+                "invalid extender request",
+            ),
+        ];
+        for (i, (body, want)) in cases.iter().enumerate() {
+            match parse_args(body.as_bytes()) {
+                Err(e) if e.to_string().contains(want) => {}
+                other => panic!("#{i}: want an error with {want:?}, got {other:?}"),
+            }
+        }
+        let sm = state_with_node(8, 0);
+        for (quantity, want) in [("1.5", "not a whole number"), ("two", "not a whole number")] {
+            let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json(quantity));
+            let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+            assert!(got.error.contains(want), "{quantity}: {got:?}");
+            assert_eq!(got.node_names, None, "every node filtered out on error");
+        }
+        let mig = r#"{"Pod":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/mig-1g.10gb":"1"}}}]}},"NodeNames":["gpu1"]}"#;
+        let got = filter(&sm, &parse_args(mig.as_bytes()).unwrap());
+        assert!(got
+            .error
+            .contains("nvidia.com/mig-1g.10gb is not placed by berth yet"));
+    }
+
+    #[test]
+    fn pods_without_gpus_pass_everywhere() {
+        let sm = state_with_node(8, 8);
+        let body = r#"{"Pod":{"metadata":{"name":"web"},"spec":{"containers":[{"name":"c"}]}},"NodeNames":["gpu1","cpu9"]}"#;
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        assert_eq!(got.node_names.unwrap().len(), 2);
+    }
+}

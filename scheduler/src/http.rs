@@ -1,0 +1,212 @@
+//! berthd's HTTP endpoint (`--http-listen`, default `127.0.0.1:7701`): the kube-scheduler
+//! extender verbs and Prometheus `/metrics`.
+//!
+//! Kept apart from the gRPC port because kube-scheduler and Prometheus speak plain
+//! HTTP/1.1 JSON and text. Every replica serves it; answers come from the replica's applied
+//! state. Filter answers request errors with HTTP 200 and `Error` set (its only error
+//! channel that reaches pod events); prioritize has no error field, so a bad request gets
+//! HTTP 400 with the reason as text. Bodies over [`BODY_BYTES_MAX`] get 413.
+
+use crate::extender;
+use crate::raft_loop::RaftHandle;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use berth_proto::v1 as pb;
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// Largest request body: a full NodeList of a few thousand nodes fits.
+pub const BODY_BYTES_MAX: usize = 16 << 20;
+
+/// What the handlers share.
+struct Http {
+    raft: RaftHandle,
+    registry: Registry,
+    jobs: IntGaugeVec,
+    nodes: IntGaugeVec,
+    gpus: IntGaugeVec,
+    raft_gauges: IntGaugeVec,
+    extender_requests: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+/// The router of berthd's HTTP endpoint over `raft`'s applied state.
+pub fn router(raft: RaftHandle) -> Router {
+    let registry = Registry::new();
+    let extender_requests = IntCounterVec::new(
+        Opts::new(
+            "berth_extender_requests_total",
+            "kube-scheduler extender requests by verb and outcome",
+        ),
+        &["verb", "outcome"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(extender_requests.clone()))
+        .expect("registered once");
+    let http = Http {
+        jobs: gauge(&registry, "berth_jobs", "Jobs by state", &["state"]),
+        nodes: gauge(&registry, "berth_nodes", "Nodes by state", &["state"]),
+        gpus: gauge(
+            &registry,
+            "berth_gpus",
+            "GPUs of up nodes, allocated or free",
+            &["state"],
+        ),
+        raft_gauges: gauge(
+            &registry,
+            "berth_raft",
+            "This replica's Raft term, leadership (1 when leader) and applied index",
+            &["field"],
+        ),
+        extender_requests,
+        registry,
+        raft,
+    };
+    Router::new()
+        .route("/filter", post(filter))
+        .route("/prioritize", post(prioritize))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(Arc::new(http))
+}
+
+fn json(body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn filter(State(http): State<Arc<Http>>, body: Bytes) -> Response {
+    let result = match extender::parse_args(&body) {
+        Ok(args) => extender::filter(&http.raft.state(), &args),
+        Err(e) => extender::ExtenderFilterResult {
+            error: e.to_string(),
+            ..Default::default()
+        },
+    };
+    let outcome = if result.error.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
+    http.extender_requests
+        .with_label_values(&["filter", outcome])
+        .inc();
+    json(&result)
+}
+
+async fn prioritize(State(http): State<Arc<Http>>, body: Bytes) -> Response {
+    let result = extender::parse_args(&body)
+        .and_then(|args| extender::prioritize(&http.raft.state(), &args));
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    http.extender_requests
+        .with_label_values(&["prioritize", outcome])
+        .inc();
+    match result {
+        Ok(list) => json(&list),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(http): State<Arc<Http>>) -> Response {
+    http.refresh();
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&http.registry.gather(), &mut out) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+impl Http {
+    /// Sets the state gauges from the applied state (they are computed at scrape time, so
+    /// they can never drift from it).
+    fn refresh(&self) {
+        let sm = self.raft.state();
+        self.jobs.reset();
+        for job in sm.jobs() {
+            let name = job.state().as_str_name().trim_start_matches("JOB_STATE_");
+            self.jobs
+                .with_label_values(&[name.to_ascii_lowercase().as_str()])
+                .inc();
+        }
+        self.nodes.reset();
+        let (mut allocated, mut free) = (0, 0);
+        for node in sm.nodes() {
+            let up = node.state() == pb::NodeState::Up;
+            self.nodes
+                .with_label_values(&[if up { "up" } else { "down" }])
+                .inc();
+            for gpu in node.inventory.iter().flat_map(|i| &i.gpus).filter(|_| up) {
+                if gpu.job_id == 0 {
+                    free += 1;
+                } else {
+                    allocated += 1;
+                }
+            }
+        }
+        self.gpus.with_label_values(&["allocated"]).set(allocated);
+        self.gpus.with_label_values(&["free"]).set(free);
+        let applied = sm.applied_index() as i64;
+        drop(sm);
+        let r = &self.raft_gauges;
+        r.with_label_values(&["term"]).set(self.raft.term() as i64);
+        r.with_label_values(&["leader"])
+            .set(self.raft.is_leader() as i64);
+        r.with_label_values(&["applied_index"]).set(applied);
+    }
+}
+
+/// `--http-listen` when not given.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7701";
+
+/// Binds the HTTP endpoint's address. `None` (the flag not given) tries
+/// [`LISTEN_DEFAULT`] and gives up quietly when it is taken, so a second berthd or `berth
+/// dev` on one machine still starts; an address given explicitly must bind; `off` serves no
+/// HTTP.
+///
+/// # Errors
+/// The bind error of an explicitly given address.
+pub async fn bind(flag: Option<&str>) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    match flag {
+        Some("off") => Ok(None),
+        Some(addr) => tokio::net::TcpListener::bind(addr).await.map(Some),
+        None => match tokio::net::TcpListener::bind(LISTEN_DEFAULT).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(
+                    "HTTP endpoint (extender, /metrics) off: {LISTEN_DEFAULT}: {e}; \
+                     pass --http-listen HOST:PORT"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Serves [`router`] on `listener` until `shutdown` turns true.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    raft: RaftHandle,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router(raft))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}

@@ -1,0 +1,156 @@
+//! berthd's HTTP endpoint through `berth dev`: the kube-scheduler extender's filter and
+//! prioritize verbs answered from the simulated nodes' real GPU state, bad payloads
+//! refused, and `/metrics` in Prometheus text format.
+
+use berth_tests::{bin, free_port, poll, Proc};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+/// One HTTP/1.1 request; returns (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A server refusing an oversized body may answer and close before reading it all, so
+    // a failed write is not the test's failure: the answer is.
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn pod(gpus: u32) -> String {
+    format!(
+        r#"{{"metadata":{{"name":"train","namespace":"ml","uid":"u1"}},"spec":{{"containers":[{{"name":"c","resources":{{"limits":{{"nvidia.com/gpu":"{gpus}"}}}}}}]}}}}"#
+    )
+}
+
+#[test]
+fn extender_filter_prioritize_and_metrics_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (grpc, web) = (free_port(), free_port());
+    let mut child = Command::new(bin("berth"))
+        .args(["dev", "--nodes", "2", "--machine", "dgx-h100", "--listen"])
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{web}"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let _dev = Proc(child);
+    let mut banner = String::new();
+    for line in stdout.lines().map_while(Result::ok) {
+        banner += &line;
+        banner += "\n";
+        if line.contains("ready") {
+            break;
+        }
+    }
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{web}/metrics")),
+        "{banner}"
+    );
+
+    // 8 GPUs free on each node: both fit 4; a node berth does not know is unresolvable.
+    let args = format!(
+        r#"{{"Pod":{},"Nodes":null,"NodeNames":["node1","node2","cpu-only"]}}"#,
+        pod(4)
+    );
+    let (status, body) = http(web, "POST", "/filter", &args);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["NodeNames"],
+        serde_json::json!(["node1", "node2"]),
+        "{body}"
+    );
+    assert!(v["FailedAndUnresolvableNodes"]["cpu-only"]
+        .as_str()
+        .unwrap()
+        .contains("not managed by berth"));
+    assert_eq!(v["Error"], "");
+
+    // Fill 6 GPUs of one node with a job; a 2-GPU pod then fits it exactly (score 10).
+    let out = Command::new(bin("berth"))
+        .args(["sbatch", "--parsable", "--gpus=6", "--wrap", "sleep 60"])
+        .current_dir(tmp.path())
+        .env("BERTH_SERVER", format!("127.0.0.1:{grpc}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let busy = poll("the 6-GPU job runs", 30, || {
+        let (_, body) = http(web, "GET", "/metrics", "");
+        body.contains("berth_gpus{state=\"allocated\"} 6")
+            .then_some(body)
+    });
+    assert!(busy.contains("berth_jobs{state=\"running\"} 1"), "{busy}");
+    assert!(busy.contains("berth_raft{field=\"leader\"} 1"), "{busy}");
+    let args = format!(r#"{{"Pod":{},"NodeNames":["node1","node2"]}}"#, pod(2));
+    let (status, body) = http(web, "POST", "/prioritize", &args);
+    assert_eq!(status, 200, "{body}");
+    let scores: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let score = |host: &str| {
+        scores
+            .iter()
+            .find(|h| h["Host"] == host)
+            .and_then(|h| h["Score"].as_i64())
+            .unwrap()
+    };
+    // The busy node (2 free of 8) scores 10, the idle one 10 - 10*6/8 = 3.
+    let (full, empty) = if score("node1") == 10 {
+        ("node1", "node2")
+    } else {
+        ("node2", "node1")
+    };
+    assert_eq!((score(full), score(empty)), (10, 3), "{body} (job {id})");
+    // 3 GPUs: only the idle node fits; the busy one could after preemption.
+    let (_, body) = http(
+        web,
+        "POST",
+        "/filter",
+        &format!(r#"{{"Pod":{},"NodeNames":["node1","node2"]}}"#, pod(3)),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["NodeNames"], serde_json::json!([empty]), "{body}");
+    assert!(v["FailedNodes"][full]
+        .as_str()
+        .unwrap()
+        .contains("2 free, pod needs 3"));
+
+    // Bad payloads: a clear error, never a crash, nothing changed.
+    let (status, body) = http(web, "POST", "/filter", "{not json");
+    assert_eq!(status, 200);
+    assert!(body.contains("invalid extender request"), "{body}");
+    let (status, body) = http(web, "POST", "/prioritize", r#"{"NodeNames":["node1"]}"#);
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "extender request has no Pod")
+    );
+    let big = "x".repeat(17 << 20);
+    let (status, _) = http(web, "POST", "/filter", &big);
+    assert_eq!(status, 413);
+    let (_, after) = http(web, "GET", "/metrics", "");
+    assert!(
+        after.contains("berth_gpus{state=\"allocated\"} 6"),
+        "{after}"
+    );
+    assert!(
+        after.contains("berth_extender_requests_total{outcome=\"error\",verb=\"filter\"} 1"),
+        "{after}"
+    );
+}
