@@ -37,7 +37,8 @@ pub(crate) fn load_machine() -> Result<SimMachine, String> {
         )
     };
     let description = MachineDescription::load(&path).map_err(fail)?;
-    SimMachine::new(description).map_err(fail)
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    SimMachine::load(description, dir).map_err(fail)
 }
 
 fn description_path() -> Result<(PathBuf, String), String> {
