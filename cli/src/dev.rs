@@ -8,12 +8,15 @@
 //! on the same state directory keeps every job, and agents re-attach to jobs still running.
 
 use anyhow::{bail, Context as _};
+use berth_agent::agent::HealthReports;
 use berth_agent::agent::{self, AgentConfig};
-use berth_agent::gpu::NvmlBackend;
+use berth_agent::gpu::{GpuBackend, NvmlBackend};
+use berth_agent::metrics::{self, MetricsSource};
 use berth_proto::v1::NodeState;
 use berth_scheduler::daemon::{Daemon, DaemonConfig};
 use berth_simnvml::MachineDescription;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `berth dev` options.
@@ -88,11 +91,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let server = format!("http://{addr}");
     let mut names = Vec::new();
+    let mut metrics_urls = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("node{i}");
         let node_dir = state_dir.join("nodes").join(&name);
         let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, &machine, &name)?;
-        let cfg = AgentConfig {
+        let mut cfg = AgentConfig {
             servers: vec![server.clone()],
             node_name: name.clone(),
             partition: args.partition.clone(),
@@ -103,14 +107,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             memory_mb: machine.memory_mb,
             heartbeat: Duration::from_secs(2),
             kill_grace: Duration::from_secs(args.kill_wait_secs),
+            metrics_url: String::new(),
         };
-        let inv = agent::inventory(
-            &cfg,
-            &NvmlBackend {
-                lib: Some(nvml_lib),
-            },
-        )?;
-        tokio::spawn(agent::run(cfg, inv, stop_rx.clone()));
+        let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
+        let src = MetricsSource {
+            gpus: backend.clone(),
+            state_dir: cfg.state_dir.clone(),
+            node: name.clone(),
+        };
+        cfg.metrics_url = metrics::spawn(&format!("{}:0", addr.ip()), src, stop_rx.clone())
+            .await
+            .context("cannot serve agent metrics")?;
+        metrics_urls.push(format!("{name} {}", cfg.metrics_url));
+        // The watcher thread ends with the process (berth dev has no other way out).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let health = berth_agent::health::watch(Some(nvml_lib), stop)
+            .map_err(|e| tracing::warn!("{name}: no GPU health events: {e}"))
+            .ok();
+        let inv = agent::inventory(&cfg, backend.as_ref())?;
+        let health = HealthReports::new(health);
+        tokio::spawn(agent::run(cfg, inv, backend, health, stop_rx.clone()));
         names.push(name);
     }
     wait_registered(&daemon, &names).await?;
@@ -129,6 +145,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         names.join(","),
         args.partition
     );
+    for url in &metrics_urls {
+        println!("berth dev: agent metrics {url}");
+    }
     println!("berth dev: ready. In another shell: export BERTH_SERVER={server}; berth sbatch --wrap 'nvidia-smi -L || env | grep CUDA'");
     shutdown_signal().await;
     println!("berth dev: shutting down");

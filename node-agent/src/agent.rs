@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// SIGTERM → SIGKILL delay on cancel and time limit (Slurm's KillWait).
     pub kill_grace: Duration,
+    /// URL of this agent's `/metrics`, reported at registration; empty if not served.
+    pub metrics_url: String,
 }
 
 /// Errors that stop the agent.
@@ -63,6 +65,8 @@ pub fn inventory(
         gpus,
         driver_version,
         nvml_version,
+        cuda_version,
+        topology,
     } = gpus.inventory()?;
     Ok(pb::NodeInventory {
         name: cfg.node_name.clone(),
@@ -73,22 +77,61 @@ pub fn inventory(
         driver_version,
         nvml_version,
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        cuda_version,
+        topology,
+        metrics_url: cfg.metrics_url.clone(),
     })
 }
 
-/// Runs the agent until `shutdown` becomes true.
+/// GPU health reports waiting to go up, and every one already known (re-sent on each
+/// new session: berthd may have missed them while the agent was away).
+pub struct HealthReports {
+    /// Reports from the health watcher (see [`crate::health`]); `None` if none runs.
+    pub rx: Option<mpsc::UnboundedReceiver<pb::GpuHealth>>,
+    known: Vec<pb::GpuHealth>,
+}
+
+impl HealthReports {
+    /// Reports arriving on `rx`.
+    pub fn new(rx: Option<mpsc::UnboundedReceiver<pb::GpuHealth>>) -> HealthReports {
+        HealthReports {
+            rx,
+            known: Vec::new(),
+        }
+    }
+
+    /// The next report; pending forever when there is no watcher.
+    async fn next(&mut self) -> Option<pb::GpuHealth> {
+        let got = match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        };
+        if got.is_none() {
+            self.rx = None; // the watcher stopped: stop polling a closed channel
+        }
+        if let Some(h) = &got {
+            self.known.push(h.clone());
+        }
+        got
+    }
+}
+
+/// Runs the agent until `shutdown` becomes true. `gpus` carves MIG slices for jobs;
+/// `health` carries GPU health reports up.
 ///
 /// # Errors
 /// [`AgentError`] when the state directory is unusable or the config is empty.
 pub async fn run(
     cfg: AgentConfig,
     inv: pb::NodeInventory,
+    gpus: std::sync::Arc<dyn GpuBackend>,
+    mut health: HealthReports,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     if cfg.servers.is_empty() {
         return Err(AgentError::Config("no berthd server given".into()));
     }
-    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace)
+    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace, gpus)
         .map_err(AgentError::State)?;
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
@@ -103,7 +146,13 @@ pub async fn run(
                 cfg.servers[(attempt - 1) % cfg.servers.len()].clone()
             }
         };
-        match session(&cfg, &inv, &sup, &server, &mut shutdown, &mut redirect).await {
+        let conn = Conn {
+            server: &server,
+            shutdown: &mut shutdown,
+            redirect: &mut redirect,
+            health: &mut health,
+        };
+        match session(&cfg, &inv, &sup, conn).await {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(node = cfg.node_name, server, "disconnected: {e}"),
         }
@@ -129,15 +178,27 @@ pub async fn run(
     }
 }
 
+/// What one session borrows from the reconnect loop.
+struct Conn<'a> {
+    server: &'a str,
+    shutdown: &'a mut watch::Receiver<bool>,
+    redirect: &'a mut Option<String>,
+    health: &'a mut HealthReports,
+}
+
 /// One connection; returns Ok on shutdown, Err when the stream ends or fails.
 async fn session(
     cfg: &AgentConfig,
     inv: &pb::NodeInventory,
     sup: &Supervisor,
-    server: &str,
-    shutdown: &mut watch::Receiver<bool>,
-    redirect: &mut Option<String>,
+    conn: Conn<'_>,
 ) -> Result<(), String> {
+    let Conn {
+        server,
+        shutdown,
+        redirect,
+        health,
+    } = conn;
     let mut client = AgentServiceClient::connect(server.to_string())
         .await
         .map_err(|e| e.to_string())?;
@@ -151,6 +212,13 @@ async fn session(
     })
     .await
     .map_err(|e| e.to_string())?;
+    for h in &health.known {
+        tx.send(pb::AgentMessage {
+            msg: Some(Up::GpuHealth(h.clone())),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
@@ -186,6 +254,9 @@ async fn session(
                 }
                 term_seen = msg.term;
                 handle(cfg, sup, msg.msg, &tx, &mut reported).await?;
+            }
+            Some(h) = health.next() => {
+                tx.send(pb::AgentMessage { msg: Some(Up::GpuHealth(h)) }).await.map_err(|e| e.to_string())?;
             }
             _ = heartbeat.tick() => {
                 seq += 1;

@@ -5,8 +5,9 @@
 use berth_proto::v1 as pb;
 use std::collections::BTreeMap;
 
-/// Builds the environment of `job` running its batch script on `node`.
-pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
+/// Builds the environment of `job` running its batch script on `node`; `mig` are the
+/// UUIDs (`MIG-…`) of the MIG devices carved for it, listed after whole GPUs.
+pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, String> {
     let spec = job.spec.clone().unwrap_or_default();
     let mut env: BTreeMap<String, String> = spec.env.clone();
     if !env.contains_key("PATH") {
@@ -19,7 +20,13 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
         .cloned()
         .unwrap_or_default();
     let nodes: Vec<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
-    let uuids = here.gpu_uuids.join(",");
+    let uuids = here
+        .gpu_uuids
+        .iter()
+        .chain(mig)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
     let indices: Vec<String> = here.gpu_indices.iter().map(|i| i.to_string()).collect();
     let id = job.id.to_string();
     let mut set = |k: &str, v: String| {
@@ -53,7 +60,10 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
     set("SLURM_PROCID", "0".into());
     set("SLURM_LOCALID", "0".into());
     set("ENVIRONMENT", "BATCH".into());
-    set("SLURM_GPUS_ON_NODE", here.gpu_uuids.len().to_string());
+    set(
+        "SLURM_GPUS_ON_NODE",
+        (here.gpu_uuids.len() + mig.len()).to_string(),
+    );
     set("SLURM_JOB_GPUS", indices.join(","));
     set("GPU_DEVICE_ORDINAL", indices.join(","));
     // Name GPUs by UUID: indexes differ between NVML and CUDA ordering, UUIDs never do.
@@ -91,11 +101,11 @@ mod tests {
                 gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
                 gpu_indices: vec![2, 5],
                 cpus: 4,
-                mem_mb: 0,
+                ..Default::default()
             }],
             ..Default::default()
         };
-        let env = build(&job, "n1");
+        let env = build(&job, "n1", &[]);
         let want = [
             ("SLURM_JOB_ID", "7"),
             ("SLURM_JOB_NAME", "train"),
@@ -121,8 +131,12 @@ mod tests {
                 ..Default::default()
             },
             "n1",
+            &[],
         );
         assert_eq!(cpu_only["CUDA_VISIBLE_DEVICES"], "");
         assert_eq!(cpu_only["NVIDIA_VISIBLE_DEVICES"], "void");
+        let mig = build(&job, "n1", &["MIG-x".to_string()]);
+        assert_eq!(mig["CUDA_VISIBLE_DEVICES"], "GPU-a,GPU-b,MIG-x");
+        assert_eq!(mig["SLURM_GPUS_ON_NODE"], "3");
     }
 }

@@ -153,6 +153,7 @@ impl StateMachine {
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
+            Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -241,11 +242,20 @@ impl StateMachine {
         let name = inv.name.clone();
         let old = self.state.nodes.remove(&name);
         // GPUs keep their holder across re-registration: the agent re-attached to its jobs.
+        // An unhealthy mark stays too: an XID does not heal when the agent restarts.
         for gpu in &mut inv.gpus {
             gpu.job_id = old
                 .as_ref()
                 .and_then(|n| held_by(n, &gpu.uuid))
                 .unwrap_or(0);
+            if gpu.unhealthy_reason.is_empty() {
+                gpu.unhealthy_reason = old
+                    .as_ref()
+                    .and_then(|n| n.inventory.as_ref())
+                    .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                    .map(|g| g.unhealthy_reason.clone())
+                    .unwrap_or_default();
+            }
         }
         let (cpus_alloc, memory_alloc_mb) = old
             .as_ref()
@@ -289,6 +299,32 @@ impl StateMachine {
             effects.push(changed(id));
         }
         (Outcome::Done, effects)
+    }
+
+    /// Records that a GPU went bad; placement skips it from now on. The first reason is
+    /// kept (later events on a dead GPU are noise). Jobs already on it are left to end on
+    /// their own: requeueing them is the requeue-policy issue's work.
+    fn mark_gpu_unhealthy(&mut self, c: &pb::MarkGpuUnhealthy) -> Applied {
+        if c.reason.trim().is_empty() {
+            return (
+                Outcome::Rejected("unhealthy GPU without a reason".into()),
+                vec![],
+            );
+        }
+        let gpu = self
+            .state
+            .nodes
+            .get_mut(&c.node)
+            .and_then(|n| n.inventory.as_mut())
+            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == c.gpu_uuid));
+        let Some(gpu) = gpu else {
+            let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
+            return (Outcome::Rejected(why), vec![]);
+        };
+        if gpu.unhealthy_reason.is_empty() {
+            gpu.unhealthy_reason = c.reason.clone();
+        }
+        (Outcome::Done, vec![Effect::NodeChanged(c.node.clone())])
     }
 
     fn allocate(&mut self, alloc: pb::Allocate, now: u64) -> Applied {
@@ -338,6 +374,9 @@ impl StateMachine {
             }
             for uuid in &a.gpu_uuids {
                 match inv.gpus.iter().find(|g| &g.uuid == uuid) {
+                    Some(g) if !g.unhealthy_reason.is_empty() => {
+                        return Err(format!("GPU {uuid} is unhealthy: {}", g.unhealthy_reason))
+                    }
                     Some(g) if g.job_id == 0 => {}
                     Some(g) => return Err(format!("GPU {uuid} is held by job {}", g.job_id)),
                     None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
@@ -474,7 +513,9 @@ impl StateMachine {
                             uuid: g.uuid.clone(),
                             index: g.index,
                             gres_type: g.gres_type.clone(),
-                            free: g.job_id == 0,
+                            // An unhealthy GPU is never offered: that is how placement
+                            // stops using it without a policy change.
+                            free: g.job_id == 0 && g.unhealthy_reason.is_empty(),
                         })
                         .collect(),
                 })

@@ -306,3 +306,75 @@ fn job_changed_effects_carry_the_job_as_each_command_left_it() {
         ]
     );
 }
+
+#[test]
+fn unhealthy_gpu_is_never_placed_and_survives_reregistration() {
+    let mark = |uuid: &str, reason: &str| {
+        Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+            node: "n1".into(),
+            gpu_uuid: uuid.into(),
+            reason: reason.into(),
+        })
+    };
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(2, mark("GPU-n1-0", "XID 79")),
+        cmd(3, mark("GPU-n1-9", "XID 79")),
+        cmd(4, mark("GPU-n1-1", " ")),
+        cmd(
+            5,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(6, alloc(1, "n1", &["GPU-n1-0"])),
+        cmd(
+            7,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(8, mark("GPU-n1-0", "a later XID")),
+    ];
+    let (sm, outcomes) = run(&log);
+    assert_eq!(outcomes[1], Outcome::Done);
+    assert!(
+        matches!(&outcomes[2], Outcome::Rejected(w) if w.contains("no GPU GPU-n1-9")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(&outcomes[3], Outcome::Rejected(w) if w.contains("without a reason")),
+        "{:?}",
+        outcomes[3]
+    );
+    let gpus = &sm
+        .node("n1")
+        .and_then(|n| n.inventory.as_ref())
+        .expect("node")
+        .gpus;
+    assert_eq!(
+        gpus[0].unhealthy_reason, "XID 79",
+        "kept across re-registration, first reason wins"
+    );
+    assert_eq!(gpus[1].unhealthy_reason, "");
+    assert_eq!(
+        sm.job(1).map(|j| j.state()),
+        Some(JobState::Pending),
+        "allocation on it refused"
+    );
+    let view = sm.cluster_view();
+    let free: Vec<bool> = view.nodes[0].gpus.iter().map(|g| g.free).collect();
+    assert_eq!(
+        free,
+        [false, true],
+        "placement sees the unhealthy GPU as taken"
+    );
+    let (again, _) = run(&log);
+    assert_eq!(again.encode(), sm.encode(), "replay is byte-identical");
+}
