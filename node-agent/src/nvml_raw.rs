@@ -3,6 +3,8 @@
 //! code, kept in one file so it can be audited in one sitting:
 //! - `possible_placements`: the wrapper's version never sets the Vec's length and always
 //!   returns an empty list (see shared/reference/interfaces.md);
+//! - `nvlink_remote_is_switch`: the wrapper's `NvLink::remote_device_type` passes NVML a
+//!   pointer to a temporary and always returns `Unknown`;
 //! - profile names (`nvmlDeviceGetGpuInstanceProfileInfoV`), GPU- and compute-instance
 //!   create/destroy/list, and the GPU/compute-instance ids of MIG devices: not wrapped.
 //!
@@ -79,6 +81,23 @@ pub fn possible_placements(
     }
     out.truncate(count as usize);
     Ok(out.iter().map(|p| (p.start, p.size)).collect())
+}
+
+/// Whether NVLink `link` of `device` ends on an NVSwitch (rather than a GPU).
+///
+/// # Errors
+/// NVML's: `NotSupported` without NVLink, `InvalidArg` past the last link.
+pub fn nvlink_remote_is_switch(nvml: &Nvml, device: &Device, link: u32) -> Result<bool, NvmlError> {
+    require!(nvml, nvmlDeviceGetNvLinkRemoteDeviceType);
+    let mut kind: sys::nvmlIntNvLinkDeviceType_t = 0;
+    // SAFETY: see the module docs.
+    unsafe {
+        nvml_try(
+            nvml.lib()
+                .nvmlDeviceGetNvLinkRemoteDeviceType(device.handle(), link, &mut kind),
+        )?;
+    }
+    Ok(kind == sys::nvmlIntNvLinkDeviceType_enum_NVML_NVLINK_DEVICE_TYPE_SWITCH)
 }
 
 /// The name of GPU-instance profile index `profile` without NVML's `MIG ` prefix, e.g.

@@ -8,7 +8,6 @@ use super::gres_type;
 use crate::nvml_raw;
 use berth_proto::v1 as pb;
 use nvml_wrapper::enum_wrappers::device::TopologyLevel;
-use nvml_wrapper::enum_wrappers::nv_link::IntDeviceType;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 use nvml_wrapper_sys::bindings::{NVML_GPU_INSTANCE_PROFILE_COUNT, NVML_NVLINK_MAX_LINKS};
@@ -56,7 +55,7 @@ fn live_facts(nvml: &Nvml, d: &Device<'_>, gpu: &mut pb::Gpu) -> Result<(), Nvml
             Some(false) => continue,
             Some(true) => {}
         }
-        if wrapper.remote_device_type(link)? == IntDeviceType::Switch {
+        if nvml_raw::nvlink_remote_is_switch(nvml, d, link)? {
             gpu.nvswitch_links += 1;
         }
     }
