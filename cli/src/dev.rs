@@ -25,7 +25,8 @@ pub struct DevArgs {
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
-    /// Simulated machine: dgx-h100, a100-pcie-4, or a JSON machine description file.
+    /// Simulated machine: dgx-h100, dgx-a100, a100-mig, pcie-l40s-4, a100-pcie-4, or a JSON
+    /// machine description file.
     #[arg(long, default_value = "dgx-h100")]
     pub machine: String,
     /// State directory (Raft log, agent job state). Default: $XDG_STATE_HOME/berth/dev.

@@ -363,3 +363,16 @@ fn telemetry_and_injected_faults() {
         "lost stays lost"
     );
 }
+
+#[test]
+fn malformed_telemetry_is_an_error_not_made_up_numbers() {
+    let node = Node::builtin("pcie-l40s-4", "t7");
+    let nvml = node.init();
+    let d = nvml.device_by_index(0).expect("gpu 0");
+    let path = node.dir.path().join(berth_simnvml::TELEMETRY_FILE_NAME);
+    std::fs::write(&path, r#"{"gpus": [{"index": 0, "utilisation": 5}]}"#).expect("write");
+    assert!(matches!(d.utilization_rates(), Err(NvmlError::Unknown)));
+    assert!(matches!(d.memory_info(), Err(NvmlError::Unknown)));
+    std::fs::write(&path, r#"{"gpus": [{"index": 0, "utilization_gpu": 5}]}"#).expect("write");
+    assert_eq!(d.utilization_rates().expect("fixed").gpu, 5);
+}
