@@ -8,8 +8,8 @@
 //! on the same state directory keeps every job, and agents re-attach to jobs still running.
 
 use anyhow::{bail, Context as _};
-use berth_agent::agent::HealthReports;
 use berth_agent::agent::{self, AgentConfig};
+use berth_agent::agent::{HealthReports, Sharing};
 use berth_agent::gpu::{GpuBackend, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
 use berth_proto::v1::NodeState;
@@ -41,6 +41,12 @@ pub struct DevArgs {
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
     #[arg(long, default_value_t = 30)]
     pub kill_wait_secs: u64,
+    /// Offer each simulated GPU as this many shares (1 = one job per GPU).
+    #[arg(long, default_value_t = 1)]
+    pub gpu_replicas: u32,
+    /// How shares are shared: time-slicing or mps.
+    #[arg(long, default_value = "time-slicing")]
+    pub gpu_sharing: String,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -73,6 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("--nodes must be between 1 and 64");
     }
     let machine = machine(&args.machine)?;
+    let sharing = Sharing::new(args.gpu_replicas, &args.gpu_sharing).map_err(anyhow::Error::msg)?;
     let lib = berth_simnvml::find_library()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
@@ -109,6 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(2),
             kill_grace: Duration::from_secs(args.kill_wait_secs),
             metrics_url: String::new(),
+            sharing,
         };
         let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
         let src = MetricsSource {

@@ -409,6 +409,15 @@ fn gpu_details(gpu: &berth_proto::v1::Gpu) -> Vec<String> {
             or_null(&peers.join(",")),
         ));
     }
+    if gpu.replicas > 1 {
+        let jobs: Vec<String> = gpu.share_job_ids.iter().map(u64::to_string).collect();
+        lines.push(format!(
+            "Gpu={} Replicas={} ShareJobs={}",
+            gpu.index,
+            gpu.replicas,
+            or_null(&jobs.join(","))
+        ));
+    }
     if !gpu.mig_profiles.is_empty() {
         let profiles: Vec<String> = gpu
             .mig_profiles
@@ -450,9 +459,10 @@ fn node_details(inv: &berth_proto::v1::NodeInventory) -> Vec<String> {
     let mut lines = Vec::new();
     if !inv.cuda_version.is_empty() || !inv.metrics_url.is_empty() {
         lines.push(format!(
-            "CudaVersion={} MetricsUrl={}",
+            "CudaVersion={} MetricsUrl={} GpuSharing={}",
             or_null(&inv.cuda_version),
-            or_null(&inv.metrics_url)
+            or_null(&inv.metrics_url),
+            or_null(&inv.gpu_sharing)
         ));
     }
     if !inv.topology.is_empty() {
@@ -731,7 +741,7 @@ mod tests {
             "Gpu=2 Numa=1 ComputeCap=8.0 Ecc=on Mig=enabled NvSwitchLinks=12 NvLinkPeers=(null)\n",
             "Gpu=2 MigProfiles=3g.20gb(id=9,max=2@0/4:4)\n",
             "Gpu=2 Health=UNHEALTHY Reason=XID 79: GPU has fallen off the bus\n",
-            "CudaVersion=13.0 MetricsUrl=(null)\n",
+            "CudaVersion=13.0 MetricsUrl=(null) GpuSharing=(null)\n",
             "GpuTopology=0-2:NV12\n",
         ];
         for (i, want) in wants.iter().enumerate() {

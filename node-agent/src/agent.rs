@@ -37,6 +37,65 @@ pub struct AgentConfig {
     pub kill_grace: Duration,
     /// URL of this agent's `/metrics`, reported at registration; empty if not served.
     pub metrics_url: String,
+    /// How this node's GPUs are shared between jobs (its node pool's configuration).
+    pub sharing: Sharing,
+}
+
+/// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
+/// `replicas` shares, and every job on a share sees the whole GPU's UUID. Time-slicing
+/// isolates nothing; MPS additionally limits each job to `100 / replicas` percent of the
+/// SMs and `memory / replicas` of pinned device memory (CUDA_MPS_* variables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// One job per GPU.
+    #[default]
+    Exclusive,
+    /// `replicas` jobs per GPU, time-sliced by the driver.
+    TimeSlicing {
+        /// Shares per GPU, > 1.
+        replicas: u32,
+    },
+    /// `replicas` jobs per GPU through MPS, each with its limits.
+    Mps {
+        /// Shares per GPU, > 1.
+        replicas: u32,
+    },
+}
+
+impl Sharing {
+    /// Builds the sharing mode from `--gpu-replicas` and `--gpu-sharing`.
+    ///
+    /// # Errors
+    /// A message for 0 replicas, an unknown mode, or MPS without replicas.
+    pub fn new(replicas: u32, mode: &str) -> Result<Sharing, String> {
+        match (replicas, mode) {
+            (0, _) => Err("--gpu-replicas must be at least 1".into()),
+            (1, "time-slicing") => Ok(Sharing::Exclusive),
+            (1, "mps") => Err("--gpu-sharing mps needs --gpu-replicas above 1".into()),
+            (n, "time-slicing") => Ok(Sharing::TimeSlicing { replicas: n }),
+            (n, "mps") => Ok(Sharing::Mps { replicas: n }),
+            (_, other) => Err(format!(
+                "--gpu-sharing must be time-slicing or mps, got {other:?}"
+            )),
+        }
+    }
+
+    /// Shares per GPU (1 when exclusive).
+    pub fn replicas(self) -> u32 {
+        match self {
+            Sharing::Exclusive => 1,
+            Sharing::TimeSlicing { replicas } | Sharing::Mps { replicas } => replicas,
+        }
+    }
+
+    /// The name reported in the inventory: "", "time-slicing" or "mps".
+    pub fn name(self) -> &'static str {
+        match self {
+            Sharing::Exclusive => "",
+            Sharing::TimeSlicing { .. } => "time-slicing",
+            Sharing::Mps { .. } => "mps",
+        }
+    }
 }
 
 /// Errors that stop the agent.
@@ -68,6 +127,13 @@ pub fn inventory(
         cuda_version,
         topology,
     } = gpus.inventory()?;
+    let mut gpus = gpus;
+    let replicas = cfg.sharing.replicas();
+    if replicas > 1 {
+        for gpu in &mut gpus {
+            gpu.replicas = replicas;
+        }
+    }
     Ok(pb::NodeInventory {
         name: cfg.node_name.clone(),
         partition: cfg.partition.clone(),
@@ -80,6 +146,7 @@ pub fn inventory(
         cuda_version,
         topology,
         metrics_url: cfg.metrics_url.clone(),
+        gpu_sharing: cfg.sharing.name().into(),
     })
 }
 
@@ -131,8 +198,12 @@ pub async fn run(
     if cfg.servers.is_empty() {
         return Err(AgentError::Config("no berthd server given".into()));
     }
-    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace, gpus)
+    let mut sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace, gpus)
         .map_err(AgentError::State)?;
+    if let Sharing::Mps { replicas } = cfg.sharing {
+        let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
+        sup.set_mps(replicas, memory.collect());
+    }
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;
@@ -315,4 +386,28 @@ async fn handle(
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_flags_are_checked() {
+        let table = [
+            (1, "time-slicing", Ok(Sharing::Exclusive)),
+            (4, "time-slicing", Ok(Sharing::TimeSlicing { replicas: 4 })),
+            (3, "mps", Ok(Sharing::Mps { replicas: 3 })),
+            (0, "time-slicing", Err("at least 1")),
+            (1, "mps", Err("above 1")),
+            (2, "mig", Err("time-slicing or mps")),
+        ];
+        for (i, (replicas, mode, want)) in table.into_iter().enumerate() {
+            match (Sharing::new(replicas, mode), want) {
+                (Ok(got), Ok(w)) if got == w => {}
+                (Err(e), Err(w)) if e.contains(w) => {}
+                (got, want) => panic!("#{i}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
 }

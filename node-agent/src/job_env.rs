@@ -79,6 +79,40 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     env
 }
 
+/// MPS limits of a job on one of `replicas` shares, as NVIDIA's device plugin sets them:
+/// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = 100 / replicas and
+/// `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` = `<ordinal>=<memory / replicas>M` for each visible
+/// GPU, ordinals in `CUDA_VISIBLE_DEVICES` order. `memory_mb` maps GPU UUID → MiB.
+pub fn mps(
+    job: &pb::Job,
+    node: &str,
+    replicas: u32,
+    memory_mb: &BTreeMap<String, u64>,
+) -> Vec<(String, String)> {
+    let replicas = replicas.max(1);
+    let here = job.allocations.iter().find(|a| a.node == node);
+    let limits: Vec<String> = here
+        .map(|a| a.gpu_uuids.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(ordinal, uuid)| {
+            let mb = memory_mb.get(uuid)?;
+            Some(format!("{ordinal}={}M", mb / u64::from(replicas)))
+        })
+        .collect();
+    if limits.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        (
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(),
+            (100 / replicas).to_string(),
+        ),
+        ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), limits.join(",")),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +172,32 @@ mod tests {
         let mig = build(&job, "n1", &["MIG-x".to_string()]);
         assert_eq!(mig["CUDA_VISIBLE_DEVICES"], "GPU-a,GPU-b,MIG-x");
         assert_eq!(mig["SLURM_GPUS_ON_NODE"], "3");
+    }
+
+    #[test]
+    fn mps_limits_split_the_gpu_between_replicas() {
+        let job = pb::Job {
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let memory = BTreeMap::from([("GPU-a".to_string(), 40960), ("GPU-b".to_string(), 81920)]);
+        let got = mps(&job, "n1", 3, &memory);
+        let want = [
+            ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "33"),
+            ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=13653M,1=27306M"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(
+            mps(&job, "other", 3, &memory).is_empty(),
+            "no GPUs here, no limits"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! `berth-agent`: runs berth jobs on this node.
 
 use anyhow::Context as _;
-use berth_agent::agent::HealthReports;
 use berth_agent::agent::{self, AgentConfig};
+use berth_agent::agent::{HealthReports, Sharing};
 use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
 use berth_agent::{health, machine, shim};
@@ -51,6 +51,12 @@ struct Args {
     /// Serve Prometheus `/metrics` here (e.g. `0.0.0.0:9400`, dcgm-exporter's port).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Offer each GPU as this many shares (time-slicing or MPS; 1 = one job per GPU).
+    #[arg(long, default_value_t = 1)]
+    gpu_replicas: u32,
+    /// How shares are shared: time-slicing or mps (MPS limits per job).
+    #[arg(long, default_value = "time-slicing")]
+    gpu_sharing: String,
 }
 
 #[tokio::main]
@@ -62,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let a = Args::parse();
+    let sharing = Sharing::new(a.gpu_replicas, &a.gpu_sharing).map_err(anyhow::Error::msg)?;
     let mut cfg = AgentConfig {
         servers: a.server,
         node_name: a.node_name.unwrap_or_else(machine::hostname),
@@ -73,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(5),
         kill_grace: Duration::from_secs(a.kill_wait_secs),
         metrics_url: String::new(),
+        sharing,
     };
     let backend: Arc<dyn GpuBackend> = if a.no_gpus {
         Arc::new(NoGpus)

@@ -69,6 +69,8 @@ pub struct Supervisor {
     shim_exe: PathBuf,
     kill_grace: Duration,
     gpus: std::sync::Arc<dyn GpuBackend>,
+    /// MPS shares per GPU and each GPU's memory (MiB), when this node shares through MPS.
+    mps: Option<(u32, BTreeMap<String, u64>)>,
 }
 
 fn now_ms() -> u64 {
@@ -103,9 +105,16 @@ impl Supervisor {
             shim_exe,
             kill_grace,
             gpus,
+            mps: None,
         };
         sup.reconcile_mig();
         Ok(sup)
+    }
+
+    /// Gives every job launched from now on the MPS limits of one of `replicas` shares
+    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB.
+    pub fn set_mps(&mut self, replicas: u32, memory_mb: BTreeMap<String, u64>) {
+        self.mps = Some((replicas, memory_mb));
     }
 
     /// The MIG devices recorded for job `id` (empty when it has none).
@@ -195,9 +204,13 @@ impl Supervisor {
         argv.extend(spec.args.iter().cloned());
         let mig = self.carve(job, node, &dir)?;
         let as_root = nix::unistd::geteuid().is_root();
+        let mut env = job_env::build(job, node, &mig);
+        if let Some((replicas, memory)) = &self.mps {
+            env.extend(job_env::mps(job, node, *replicas, memory));
+        }
         let shim = ShimSpec {
             argv,
-            env: job_env::build(job, node, &mig).into_iter().collect(),
+            env: env.into_iter().collect(),
             cwd: PathBuf::from(&spec.work_dir),
             stdout: PathBuf::from(&job.stdout_path),
             stderr: PathBuf::from(&job.stderr_path),

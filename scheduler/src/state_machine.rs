@@ -248,6 +248,12 @@ impl StateMachine {
                 .as_ref()
                 .and_then(|n| held_by(n, &gpu.uuid))
                 .unwrap_or(0);
+            gpu.share_job_ids = old
+                .as_ref()
+                .and_then(|n| n.inventory.as_ref())
+                .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                .map(|g| g.share_job_ids.clone())
+                .unwrap_or_default();
             if gpu.unhealthy_reason.is_empty() {
                 gpu.unhealthy_reason = old
                     .as_ref()
@@ -377,7 +383,10 @@ impl StateMachine {
                     Some(g) if !g.unhealthy_reason.is_empty() => {
                         return Err(format!("GPU {uuid} is unhealthy: {}", g.unhealthy_reason))
                     }
-                    Some(g) if g.job_id == 0 => {}
+                    Some(g) if has_room(g) => {}
+                    Some(g) if g.replicas > 1 => {
+                        return Err(format!("every share of GPU {uuid} is held"))
+                    }
                     Some(g) => return Err(format!("GPU {uuid} is held by job {}", g.job_id)),
                     None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
                 }
@@ -397,12 +406,20 @@ impl StateMachine {
                 .iter_mut()
                 .filter(|g| a.gpu_uuids.contains(&g.uuid))
             {
-                assert_eq!(
-                    gpu.job_id, 0,
-                    "GPU {} granted to job {} while held by {}",
-                    gpu.uuid, p.job_id, gpu.job_id
+                assert!(
+                    has_room(gpu),
+                    "GPU {} granted to job {} while held by {} (shares {:?} of {})",
+                    gpu.uuid,
+                    p.job_id,
+                    gpu.job_id,
+                    gpu.share_job_ids,
+                    gpu.replicas
                 );
-                gpu.job_id = p.job_id;
+                if gpu.replicas > 1 {
+                    gpu.share_job_ids.push(p.job_id);
+                } else {
+                    gpu.job_id = p.job_id;
+                }
             }
         }
         let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
@@ -479,13 +496,11 @@ impl StateMachine {
             };
             node.cpus_alloc = node.cpus_alloc.saturating_sub(a.cpus);
             node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(a.mem_mb);
-            for gpu in node
-                .inventory
-                .iter_mut()
-                .flat_map(|i| i.gpus.iter_mut())
-                .filter(|g| g.job_id == id)
-            {
-                gpu.job_id = 0;
+            for gpu in node.inventory.iter_mut().flat_map(|i| i.gpus.iter_mut()) {
+                if gpu.job_id == id {
+                    gpu.job_id = 0;
+                }
+                gpu.share_job_ids.retain(|&j| j != id);
             }
         }
     }
@@ -515,7 +530,7 @@ impl StateMachine {
                             gres_type: g.gres_type.clone(),
                             // An unhealthy GPU is never offered: that is how placement
                             // stops using it without a policy change.
-                            free: g.job_id == 0 && g.unhealthy_reason.is_empty(),
+                            free: has_room(g) && g.unhealthy_reason.is_empty(),
                         })
                         .collect(),
                 })
@@ -541,6 +556,16 @@ fn changed(id: u64) -> Effect {
         id,
         ..Default::default()
     }))
+}
+
+/// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
+/// with a share left.
+fn has_room(gpu: &pb::Gpu) -> bool {
+    if gpu.replicas > 1 {
+        gpu.share_job_ids.len() < gpu.replicas as usize
+    } else {
+        gpu.job_id == 0
+    }
 }
 
 fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
@@ -591,6 +616,9 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Most time-slicing/MPS shares of one GPU (MPS itself allows 48 clients per GPU).
+pub const GPU_REPLICAS_MAX: u32 = 48;
+
 /// Checks an agent's inventory; a bad one is refused before it can touch state.
 ///
 /// # Errors
@@ -616,8 +644,14 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
         if g.uuid.is_empty() || !seen.insert(&g.uuid) {
             return Err(format!("GPU uuid {:?} is empty or repeated", g.uuid));
         }
-        if g.job_id != 0 {
+        if g.job_id != 0 || !g.share_job_ids.is_empty() {
             return Err("agents may not assign GPUs to jobs".into());
+        }
+        if g.replicas > GPU_REPLICAS_MAX {
+            return Err(format!(
+                "GPU {} offers {} replicas, at most {GPU_REPLICAS_MAX}",
+                g.uuid, g.replicas
+            ));
         }
     }
     Ok(())

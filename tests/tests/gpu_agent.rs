@@ -17,11 +17,13 @@ struct Dev {
 }
 
 impl Dev {
-    fn start() -> Dev {
+    fn start(extra: &[&str]) -> Dev {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut child = Command::new(bin("berth"))
-            .args(["dev", "--nodes", "1", "--machine", "dgx-h100", "--listen"])
+            .args(["dev", "--nodes", "1"])
+            .args(extra)
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
@@ -101,7 +103,7 @@ fn write(path: &Path, text: &str) {
 
 #[test]
 fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
-    let dev = Dev::start();
+    let dev = Dev::start(&["--machine", "dgx-h100"]);
     let node = dev.stdout(&["scontrol", "show", "node", "node1"]);
     for want in [
         "Gres=gpu:h100:8",
@@ -109,6 +111,7 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         "Gpu=0 MigProfiles=1g.10gb(id=19,max=7),2g.20gb(id=14,max=3),3g.40gb(id=9,max=2)",
         "GpuTopology=0-1:NV18,",
         "CudaVersion=13.0 MetricsUrl=http://127.0.0.1:",
+        "GpuSharing=(null)",
     ] {
         assert!(node.contains(want), "want {want:?} in\n{node}");
     }
@@ -170,4 +173,84 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         job.contains("JobState=PENDING "),
         "8 GPUs can no longer fit:\n{job}"
     );
+}
+
+#[test]
+fn mps_shares_run_three_jobs_per_gpu_with_limits() {
+    let dev = Dev::start(&[
+        "--machine",
+        "a100-pcie-4",
+        "--gpu-replicas",
+        "3",
+        "--gpu-sharing",
+        "mps",
+    ]);
+    let node = dev.stdout(&["scontrol", "show", "node", "node1"]);
+    assert!(
+        node.contains("Gpu=0 Replicas=3 ShareJobs=(null)") && node.contains("GpuSharing=mps"),
+        "{node}"
+    );
+    let marker = dev.dir.path().join("go");
+    let script = format!(
+        "echo $CUDA_VISIBLE_DEVICES $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE $CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; while [ ! -e {} ]; do sleep 0.1; done",
+        marker.display()
+    );
+    let ids: Vec<String> = (0..13)
+        .map(|_| {
+            dev.stdout(&["sbatch", "--parsable", "--gres=gpu:1", "--wrap", &script])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let state = |id: &str| {
+        let text = dev.stdout(&["scontrol", "show", "job", id]);
+        text.split("JobState=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    poll("12 shares running", 60, || {
+        ids[..12]
+            .iter()
+            .all(|id| state(id) == "RUNNING")
+            .then_some(())
+    });
+    assert_eq!(
+        state(&ids[12]),
+        "PENDING",
+        "4 GPUs x 3 shares: the 13th waits"
+    );
+    let outputs: Vec<String> = ids[..12]
+        .iter()
+        .map(|id| {
+            let path = dev.dir.path().join(format!("slurm-{id}.out"));
+            poll("job output", 30, || {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+            })
+        })
+        .collect();
+    let mut per_gpu = std::collections::BTreeMap::<String, usize>::new();
+    for out in &outputs {
+        let fields: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "{out}");
+        assert!(fields[0].starts_with("GPU-"), "{out}");
+        assert_eq!(
+            &fields[1..],
+            ["33", "0=13653M"],
+            "MPS limits of one share of 40 GiB"
+        );
+        *per_gpu.entry(fields[0].to_string()).or_default() += 1;
+    }
+    assert_eq!(per_gpu.len(), 4, "{per_gpu:?}");
+    assert!(
+        per_gpu.values().all(|&n| n == 3),
+        "three jobs per GPU: {per_gpu:?}"
+    );
+    std::fs::write(&marker, "").expect("release the jobs");
+    poll("the 13th job runs once a share frees", 60, || {
+        (state(&ids[12]) != "PENDING").then_some(())
+    });
 }
