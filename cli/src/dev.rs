@@ -104,7 +104,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let name = format!("node{i}");
         let node_dir = state_dir.join("nodes").join(&name);
         let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, &machine, &name)?;
-        let mut cfg = AgentConfig {
+        let cfg = AgentConfig {
             servers: vec![server.clone()],
             node_name: name.clone(),
             partition: args.partition.clone(),
@@ -118,24 +118,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics_url: String::new(),
             sharing,
         };
-        let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
-        let src = MetricsSource {
-            gpus: backend.clone(),
-            state_dir: cfg.state_dir.clone(),
-            node: name.clone(),
-        };
-        cfg.metrics_url = metrics::spawn(&format!("{}:0", addr.ip()), src, stop_rx.clone())
-            .await
-            .context("cannot serve agent metrics")?;
-        metrics_urls.push(format!("{name} {}", cfg.metrics_url));
-        // The watcher thread ends with the process (berth dev has no other way out).
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let health = berth_agent::health::watch(Some(nvml_lib), stop)
-            .map_err(|e| tracing::warn!("{name}: no GPU health events: {e}"))
-            .ok();
-        let inv = agent::inventory(&cfg, backend.as_ref())?;
-        let health = HealthReports::new(health);
-        tokio::spawn(agent::run(cfg, inv, backend, health, stop_rx.clone()));
+        let url = start_agent(cfg, nvml_lib, &addr.ip().to_string(), stop_rx.clone()).await?;
+        metrics_urls.push(format!("{name} {url}"));
         names.push(name);
     }
     wait_registered(&daemon, &names).await?;
@@ -163,6 +147,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     daemon.wait().await?;
     Ok(())
+}
+
+/// Starts one simulated node's agent (with its `/metrics` on `ip`, port chosen by the OS,
+/// and its GPU health watcher) and returns the metrics URL.
+async fn start_agent(
+    mut cfg: AgentConfig,
+    nvml_lib: PathBuf,
+    ip: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
+    let src = MetricsSource {
+        gpus: backend.clone(),
+        state_dir: cfg.state_dir.clone(),
+        node: cfg.node_name.clone(),
+    };
+    cfg.metrics_url = metrics::spawn(&format!("{ip}:0"), src, stop.clone())
+        .await
+        .context("cannot serve agent metrics")?;
+    // The watcher thread ends with the process (berth dev has no other way out).
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = berth_agent::health::watch(Some(nvml_lib), never)
+        .map_err(|e| tracing::warn!("{}: no GPU health events: {e}", cfg.node_name))
+        .ok();
+    let inv = agent::inventory(&cfg, backend.as_ref())?;
+    let url = cfg.metrics_url.clone();
+    tokio::spawn(agent::run(
+        cfg,
+        inv,
+        backend,
+        HealthReports::new(health),
+        stop,
+    ));
+    Ok(url)
 }
 
 async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()> {

@@ -167,6 +167,17 @@ impl HealthReports {
         }
     }
 
+    /// Queues every report known so far on a new session's stream.
+    async fn resend(&self, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<(), String> {
+        for h in &self.known {
+            let msg = pb::AgentMessage {
+                msg: Some(Up::GpuHealth(h.clone())),
+            };
+            tx.send(msg).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// The next report; pending forever when there is no watcher.
     async fn next(&mut self) -> Option<pb::GpuHealth> {
         let got = match &mut self.rx {
@@ -283,13 +294,7 @@ async fn session(
     })
     .await
     .map_err(|e| e.to_string())?;
-    for h in &health.known {
-        tx.send(pb::AgentMessage {
-            msg: Some(Up::GpuHealth(h.clone())),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    }
+    health.resend(&tx).await?;
     let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
