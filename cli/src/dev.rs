@@ -9,11 +9,14 @@
 
 use anyhow::{bail, Context as _};
 use berth_agent::agent::{self, AgentConfig};
-use berth_agent::gpu::NvmlBackend;
+use berth_agent::agent::{HealthReports, Sharing};
+use berth_agent::gpu::{GpuBackend, NvmlBackend};
+use berth_agent::metrics::{self, MetricsSource};
 use berth_proto::v1::NodeState;
 use berth_scheduler::daemon::{Daemon, DaemonConfig};
 use berth_simnvml::MachineDescription;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `berth dev` options.
@@ -22,7 +25,8 @@ pub struct DevArgs {
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
-    /// Simulated machine: dgx-h100, a100-pcie-4, or a JSON machine description file.
+    /// Simulated machine: dgx-h100, dgx-a100, a100-mig, pcie-l40s-4, a100-pcie-4, or a JSON
+    /// machine description file.
     #[arg(long, default_value = "dgx-h100")]
     pub machine: String,
     /// State directory (Raft log, agent job state). Default: $XDG_STATE_HOME/berth/dev.
@@ -41,6 +45,12 @@ pub struct DevArgs {
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
     #[arg(long, default_value_t = 30)]
     pub kill_wait_secs: u64,
+    /// Offer each simulated GPU as this many shares (1 = one job per GPU).
+    #[arg(long, default_value_t = 1)]
+    pub gpu_replicas: u32,
+    /// How shares are shared: time-slicing or mps.
+    #[arg(long, default_value = "time-slicing")]
+    pub gpu_sharing: String,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -73,6 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("--nodes must be between 1 and 64");
     }
     let machine = machine(&args.machine)?;
+    let sharing = Sharing::new(args.gpu_replicas, &args.gpu_sharing).map_err(anyhow::Error::msg)?;
     let lib = berth_simnvml::find_library()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
@@ -103,6 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let server = format!("http://{addr}");
     let mut names = Vec::new();
+    let mut metrics_urls = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("node{i}");
         let node_dir = state_dir.join("nodes").join(&name);
@@ -118,14 +130,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             memory_mb: machine.memory_mb,
             heartbeat: Duration::from_secs(2),
             kill_grace: Duration::from_secs(args.kill_wait_secs),
+            metrics_url: String::new(),
+            sharing,
         };
-        let inv = agent::inventory(
-            &cfg,
-            &NvmlBackend {
-                lib: Some(nvml_lib),
-            },
-        )?;
-        tokio::spawn(agent::run(cfg, inv, stop_rx.clone()));
+        let url = start_agent(cfg, nvml_lib, &addr.ip().to_string(), stop_rx.clone()).await?;
+        metrics_urls.push(format!("{name} {url}"));
         names.push(name);
     }
     wait_registered(&daemon, &names).await?;
@@ -147,12 +156,49 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         names.join(","),
         args.partition
     );
+    for url in &metrics_urls {
+        println!("berth dev: agent metrics {url}");
+    }
     println!("berth dev: ready. In another shell: export BERTH_SERVER={server}; berth sbatch --wrap 'nvidia-smi -L || env | grep CUDA'");
     shutdown_signal().await;
     println!("berth dev: shutting down");
     let _ = stop_tx.send(true);
     daemon.wait().await?;
     Ok(())
+}
+
+/// Starts one simulated node's agent (with its `/metrics` on `ip`, port chosen by the OS,
+/// and its GPU health watcher) and returns the metrics URL.
+async fn start_agent(
+    mut cfg: AgentConfig,
+    nvml_lib: PathBuf,
+    ip: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
+    let src = MetricsSource {
+        gpus: backend.clone(),
+        state_dir: cfg.state_dir.clone(),
+        node: cfg.node_name.clone(),
+    };
+    cfg.metrics_url = metrics::spawn(&format!("{ip}:0"), src, stop.clone())
+        .await
+        .context("cannot serve agent metrics")?;
+    // The watcher thread ends with the process (berth dev has no other way out).
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = berth_agent::health::watch(Some(nvml_lib), never)
+        .map_err(|e| tracing::warn!("{}: no GPU health events: {e}", cfg.node_name))
+        .ok();
+    let inv = agent::inventory(&cfg, backend.as_ref())?;
+    let url = cfg.metrics_url.clone();
+    tokio::spawn(agent::run(
+        cfg,
+        inv,
+        backend,
+        HealthReports::new(health),
+        stop,
+    ));
+    Ok(url)
 }
 
 async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()> {

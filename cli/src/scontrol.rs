@@ -374,10 +374,106 @@ pub fn show_node(node: &Node) -> String {
             or_null(&gpu.pci_bus_id),
             gpu.model
         ));
+        lines.extend(gpu_details(gpu));
     }
+    lines.extend(node_details(inv));
     let mut out = lines.join(&format!("\n{INDENT}"));
     out.push('\n');
     out
+}
+
+/// The NVML facts of one GPU beyond its `Gpu=` line: NUMA node, compute capability, ECC,
+/// MIG, NVLink, then MIG profiles with their legal placements, then why it is unhealthy
+/// (last: the reason has spaces). Nothing for an inventory from an agent that does not
+/// report them.
+fn gpu_details(gpu: &berth_proto::v1::Gpu) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !gpu.compute_capability.is_empty() {
+        let mig = match (gpu.mig_capable, gpu.mig_enabled) {
+            (false, _) => "unsupported",
+            (true, false) => "disabled",
+            (true, true) => "enabled",
+        };
+        let peers: Vec<String> = gpu
+            .nvlink_peers
+            .iter()
+            .map(|p| format!("{}x{}", p.uuid, p.links))
+            .collect();
+        lines.push(format!(
+            "Gpu={} Numa={} ComputeCap={} Ecc={} Mig={mig} NvSwitchLinks={} NvLinkPeers={}",
+            gpu.index,
+            gpu.numa_node,
+            gpu.compute_capability,
+            if gpu.ecc_enabled { "on" } else { "off" },
+            gpu.nvswitch_links,
+            or_null(&peers.join(",")),
+        ));
+    }
+    if gpu.replicas > 1 {
+        let jobs: Vec<String> = gpu.share_job_ids.iter().map(u64::to_string).collect();
+        lines.push(format!(
+            "Gpu={} Replicas={} ShareJobs={}",
+            gpu.index,
+            gpu.replicas,
+            or_null(&jobs.join(","))
+        ));
+    }
+    if !gpu.mig_profiles.is_empty() {
+        let profiles: Vec<String> = gpu
+            .mig_profiles
+            .iter()
+            .map(|p| {
+                let starts: Vec<String> =
+                    p.placements.iter().map(|pl| pl.start.to_string()).collect();
+                let size = p.placements.first().map_or(0, |pl| pl.size);
+                let at = if starts.is_empty() {
+                    String::new()
+                } else {
+                    format!("@{}:{size}", starts.join("/"))
+                };
+                format!(
+                    "{}(id={},max={}{at})",
+                    or_null(&p.name),
+                    p.id,
+                    p.instance_count
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "Gpu={} MigProfiles={}",
+            gpu.index,
+            profiles.join(",")
+        ));
+    }
+    if !gpu.unhealthy_reason.is_empty() {
+        lines.push(format!(
+            "Gpu={} Health=UNHEALTHY Reason={}",
+            gpu.index, gpu.unhealthy_reason
+        ));
+    }
+    lines
+}
+
+/// CUDA version, metrics endpoint and the GPU-pair topology (`0-1:NV18,...`).
+fn node_details(inv: &berth_proto::v1::NodeInventory) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !inv.cuda_version.is_empty() || !inv.metrics_url.is_empty() {
+        lines.push(format!(
+            "CudaVersion={} MetricsUrl={} GpuSharing={}",
+            or_null(&inv.cuda_version),
+            or_null(&inv.metrics_url),
+            or_null(&inv.gpu_sharing)
+        ));
+    }
+    if !inv.topology.is_empty() {
+        let pairs: Vec<String> = inv
+            .topology
+            .iter()
+            .map(|t| format!("{}-{}:{}", t.gpu_a, t.gpu_b, t.level))
+            .collect();
+        lines.push(format!("GpuTopology={}", pairs.join(",")));
+    }
+    lines
 }
 
 /// A node's TRES (`cpu=64,mem=512000M,billing=64,gres/gpu=8`); empty when nothing is counted.
@@ -436,6 +532,7 @@ mod tests {
                 gpu_indices: vec![0, 1],
                 cpus: 4,
                 mem_mb: 16_384,
+                ..Default::default()
             }],
             ..Job::default()
         };
@@ -597,6 +694,59 @@ mod tests {
                 if !got.contains(want) {
                     panic!("#{i}: want {want:?} in\n{got}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn show_node_gpu_details_mig_topology_and_health() {
+        let gpu = Gpu {
+            index: 2,
+            uuid: "GPU-2".into(),
+            numa_node: 1,
+            compute_capability: "8.0".into(),
+            ecc_enabled: true,
+            mig_capable: true,
+            mig_enabled: true,
+            nvswitch_links: 12,
+            mig_profiles: vec![berth_proto::v1::MigProfile {
+                id: 9,
+                name: "3g.20gb".into(),
+                instance_count: 2,
+                placements: vec![
+                    berth_proto::v1::MigPlacement { start: 0, size: 4 },
+                    berth_proto::v1::MigPlacement { start: 4, size: 4 },
+                ],
+                ..Default::default()
+            }],
+            unhealthy_reason: "XID 79: GPU has fallen off the bus".into(),
+            ..Default::default()
+        };
+        let node = Node {
+            inventory: Some(NodeInventory {
+                name: "n".into(),
+                gpus: vec![gpu],
+                cuda_version: "13.0".into(),
+                topology: vec![berth_proto::v1::GpuPairLink {
+                    gpu_a: 0,
+                    gpu_b: 2,
+                    level: "NV12".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = show_node(&node);
+        let wants = [
+            "Gpu=2 Numa=1 ComputeCap=8.0 Ecc=on Mig=enabled NvSwitchLinks=12 NvLinkPeers=(null)\n",
+            "Gpu=2 MigProfiles=3g.20gb(id=9,max=2@0/4:4)\n",
+            "Gpu=2 Health=UNHEALTHY Reason=XID 79: GPU has fallen off the bus\n",
+            "CudaVersion=13.0 MetricsUrl=(null) GpuSharing=(null)\n",
+            "GpuTopology=0-2:NV12\n",
+        ];
+        for (i, want) in wants.iter().enumerate() {
+            if !got.contains(want) {
+                panic!("#{i}: want {want:?} in\n{got}");
             }
         }
     }

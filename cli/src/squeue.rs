@@ -341,6 +341,7 @@ mod tests {
             gpu_indices: gpus.to_vec(),
             cpus: 4,
             mem_mb: 1000,
+            ..Default::default()
         }
     }
 

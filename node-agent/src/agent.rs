@@ -35,6 +35,67 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// SIGTERM → SIGKILL delay on cancel and time limit (Slurm's KillWait).
     pub kill_grace: Duration,
+    /// URL of this agent's `/metrics`, reported at registration; empty if not served.
+    pub metrics_url: String,
+    /// How this node's GPUs are shared between jobs (its node pool's configuration).
+    pub sharing: Sharing,
+}
+
+/// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
+/// `replicas` shares, and every job on a share sees the whole GPU's UUID. Time-slicing
+/// isolates nothing; MPS additionally limits each job to `100 / replicas` percent of the
+/// SMs and `memory / replicas` of pinned device memory (CUDA_MPS_* variables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// One job per GPU.
+    #[default]
+    Exclusive,
+    /// `replicas` jobs per GPU, time-sliced by the driver.
+    TimeSlicing {
+        /// Shares per GPU, > 1.
+        replicas: u32,
+    },
+    /// `replicas` jobs per GPU through MPS, each with its limits.
+    Mps {
+        /// Shares per GPU, > 1.
+        replicas: u32,
+    },
+}
+
+impl Sharing {
+    /// Builds the sharing mode from `--gpu-replicas` and `--gpu-sharing`.
+    ///
+    /// # Errors
+    /// A message for 0 replicas, an unknown mode, or MPS without replicas.
+    pub fn new(replicas: u32, mode: &str) -> Result<Sharing, String> {
+        match (replicas, mode) {
+            (0, _) => Err("--gpu-replicas must be at least 1".into()),
+            (1, "time-slicing") => Ok(Sharing::Exclusive),
+            (1, "mps") => Err("--gpu-sharing mps needs --gpu-replicas above 1".into()),
+            (n, "time-slicing") => Ok(Sharing::TimeSlicing { replicas: n }),
+            (n, "mps") => Ok(Sharing::Mps { replicas: n }),
+            (_, other) => Err(format!(
+                "--gpu-sharing must be time-slicing or mps, got {other:?}"
+            )),
+        }
+    }
+
+    /// Shares per GPU (1 when exclusive).
+    pub fn replicas(self) -> u32 {
+        match self {
+            Sharing::Exclusive => 1,
+            Sharing::TimeSlicing { replicas } | Sharing::Mps { replicas } => replicas,
+        }
+    }
+
+    /// The name reported in the inventory: "", "time-slicing" or "mps".
+    pub fn name(self) -> &'static str {
+        match self {
+            Sharing::Exclusive => "",
+            Sharing::TimeSlicing { .. } => "time-slicing",
+            Sharing::Mps { .. } => "mps",
+        }
+    }
 }
 
 /// Errors that stop the agent.
@@ -63,7 +124,16 @@ pub fn inventory(
         gpus,
         driver_version,
         nvml_version,
+        cuda_version,
+        topology,
     } = gpus.inventory()?;
+    let mut gpus = gpus;
+    let replicas = cfg.sharing.replicas();
+    if replicas > 1 {
+        for gpu in &mut gpus {
+            gpu.replicas = replicas;
+        }
+    }
     Ok(pb::NodeInventory {
         name: cfg.node_name.clone(),
         partition: cfg.partition.clone(),
@@ -73,23 +143,78 @@ pub fn inventory(
         driver_version,
         nvml_version,
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        cuda_version,
+        topology,
+        metrics_url: cfg.metrics_url.clone(),
+        gpu_sharing: cfg.sharing.name().into(),
     })
 }
 
-/// Runs the agent until `shutdown` becomes true.
+/// GPU health reports waiting to go up, and every one already known (re-sent on each
+/// new session: berthd may have missed them while the agent was away).
+pub struct HealthReports {
+    /// Reports from the health watcher (see [`crate::health`]); `None` if none runs.
+    pub rx: Option<mpsc::UnboundedReceiver<pb::GpuHealth>>,
+    known: Vec<pb::GpuHealth>,
+}
+
+impl HealthReports {
+    /// Reports arriving on `rx`.
+    pub fn new(rx: Option<mpsc::UnboundedReceiver<pb::GpuHealth>>) -> HealthReports {
+        HealthReports {
+            rx,
+            known: Vec::new(),
+        }
+    }
+
+    /// Queues every report known so far on a new session's stream.
+    async fn resend(&self, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<(), String> {
+        for h in &self.known {
+            let msg = pb::AgentMessage {
+                msg: Some(Up::GpuHealth(h.clone())),
+            };
+            tx.send(msg).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The next report; pending forever when there is no watcher.
+    async fn next(&mut self) -> Option<pb::GpuHealth> {
+        let got = match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        };
+        if got.is_none() {
+            self.rx = None; // the watcher stopped: stop polling a closed channel
+        }
+        if let Some(h) = &got {
+            self.known.push(h.clone());
+        }
+        got
+    }
+}
+
+/// Runs the agent until `shutdown` becomes true. `gpus` carves MIG slices for jobs;
+/// `health` carries GPU health reports up.
 ///
 /// # Errors
 /// [`AgentError`] when the state directory is unusable or the config is empty.
 pub async fn run(
     cfg: AgentConfig,
     inv: pb::NodeInventory,
+    gpus: std::sync::Arc<dyn GpuBackend>,
+    mut health: HealthReports,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     if cfg.servers.is_empty() {
         return Err(AgentError::Config("no berthd server given".into()));
     }
-    let sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace)
+    let mut sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace, gpus)
         .map_err(AgentError::State)?;
+    if let Sharing::Mps { replicas } = cfg.sharing {
+        let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
+        sup.set_mps(replicas, memory.collect());
+    }
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;
@@ -103,7 +228,13 @@ pub async fn run(
                 cfg.servers[(attempt - 1) % cfg.servers.len()].clone()
             }
         };
-        match session(&cfg, &inv, &sup, &server, &mut shutdown, &mut redirect).await {
+        let conn = Conn {
+            server: &server,
+            shutdown: &mut shutdown,
+            redirect: &mut redirect,
+            health: &mut health,
+        };
+        match session(&cfg, &inv, &sup, conn).await {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(node = cfg.node_name, server, "disconnected: {e}"),
         }
@@ -129,15 +260,27 @@ pub async fn run(
     }
 }
 
+/// What one session borrows from the reconnect loop.
+struct Conn<'a> {
+    server: &'a str,
+    shutdown: &'a mut watch::Receiver<bool>,
+    redirect: &'a mut Option<String>,
+    health: &'a mut HealthReports,
+}
+
 /// One connection; returns Ok on shutdown, Err when the stream ends or fails.
 async fn session(
     cfg: &AgentConfig,
     inv: &pb::NodeInventory,
     sup: &Supervisor,
-    server: &str,
-    shutdown: &mut watch::Receiver<bool>,
-    redirect: &mut Option<String>,
+    conn: Conn<'_>,
 ) -> Result<(), String> {
+    let Conn {
+        server,
+        shutdown,
+        redirect,
+        health,
+    } = conn;
     let mut client = AgentServiceClient::connect(server.to_string())
         .await
         .map_err(|e| e.to_string())?;
@@ -151,6 +294,7 @@ async fn session(
     })
     .await
     .map_err(|e| e.to_string())?;
+    health.resend(&tx).await?;
     let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
@@ -186,6 +330,9 @@ async fn session(
                 }
                 term_seen = msg.term;
                 handle(cfg, sup, msg.msg, &tx, &mut reported).await?;
+            }
+            Some(h) = health.next() => {
+                tx.send(pb::AgentMessage { msg: Some(Up::GpuHealth(h)) }).await.map_err(|e| e.to_string())?;
             }
             _ = heartbeat.tick() => {
                 seq += 1;
@@ -244,4 +391,28 @@ async fn handle(
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_flags_are_checked() {
+        let table = [
+            (1, "time-slicing", Ok(Sharing::Exclusive)),
+            (4, "time-slicing", Ok(Sharing::TimeSlicing { replicas: 4 })),
+            (3, "mps", Ok(Sharing::Mps { replicas: 3 })),
+            (0, "time-slicing", Err("at least 1")),
+            (1, "mps", Err("above 1")),
+            (2, "mig", Err("time-slicing or mps")),
+        ];
+        for (i, (replicas, mode, want)) in table.into_iter().enumerate() {
+            match (Sharing::new(replicas, mode), want) {
+                (Ok(got), Ok(w)) if got == w => {}
+                (Err(e), Err(w)) if e.contains(w) => {}
+                (got, want) => panic!("#{i}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
 }

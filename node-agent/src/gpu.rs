@@ -2,13 +2,21 @@
 //!
 //! The same [`NvmlBackend`] code reads a real driver's `libnvidia-ml.so.1` and the
 //! simulated-machine library (`berth-simnvml`): only the library path differs. That is
-//! the point of the simulator: tests exercise this exact code path.
+//! the point of the simulator: tests exercise this exact code path. `inventory` reads
+//! what a node registers with; `mig` carves MIG slices (through `crate::nvml_raw` where
+//! nvml-wrapper has no safe call).
 
+mod inventory;
+mod mig;
+
+use crate::nvml_raw;
 use berth_proto::v1 as pb;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 use std::path::PathBuf;
 
-/// Why GPUs could not be discovered.
+/// Why a GPU operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
     /// NVML failed (library missing, init failed, a query failed).
@@ -19,6 +27,9 @@ pub enum GpuError {
         /// nvml-wrapper's error.
         source: nvml_wrapper::error::NvmlError,
     },
+    /// A MIG request this node cannot carry out; the text says why and names the GPU.
+    #[error("MIG: {0}")]
+    Mig(String),
 }
 
 /// What a backend found on this machine.
@@ -30,67 +41,208 @@ pub struct GpuInventory {
     pub driver_version: String,
     /// NVML library version.
     pub nvml_version: String,
+    /// CUDA driver API version, e.g. "13.0".
+    pub cuda_version: String,
+    /// How each GPU pair is connected (a < b).
+    pub topology: Vec<pb::GpuPairLink>,
 }
 
-/// A source of GPU facts.
+/// A MIG device the agent made (or found) for a job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MigDevice {
+    /// Parent GPU.
+    pub gpu_uuid: String,
+    /// GPU-instance id on that GPU.
+    pub gi_id: u32,
+    /// Compute-instance id in that GPU instance.
+    pub ci_id: u32,
+    /// `MIG-…`, what the job sees.
+    pub uuid: String,
+    /// Placement start, memory slices.
+    pub start: u32,
+    /// Placement size, memory slices.
+    pub size: u32,
+}
+
+/// One reading of one GPU, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuSample {
+    /// NVML index.
+    pub index: u32,
+    /// GPU UUID.
+    pub uuid: String,
+    /// NVML name.
+    pub model: String,
+    /// GPU utilisation, percent.
+    pub util_percent: u32,
+    /// Framebuffer used, MiB.
+    pub fb_used_mb: u64,
+    /// Framebuffer free, MiB.
+    pub fb_free_mb: u64,
+    /// Power draw, watts.
+    pub power_w: f64,
+    /// Core temperature, °C.
+    pub temperature_c: u32,
+}
+
+/// A source of GPU facts and the place MIG slices are carved. The default methods are
+/// what a node without MIG or telemetry answers.
 pub trait GpuBackend: Send + Sync {
     /// Lists the GPUs now.
     ///
     /// # Errors
     /// [`GpuError`] when the backend cannot answer.
     fn inventory(&self) -> Result<GpuInventory, GpuError>;
+
+    /// Creates the GPU instance `slice` names, at exactly its placement, plus one compute
+    /// instance spanning it. Never changes MIG mode.
+    ///
+    /// # Errors
+    /// [`GpuError::Mig`] naming the GPU and the reason (MIG mode off, placement busy or
+    /// illegal, unknown profile); nothing is left behind then.
+    fn create_mig(&self, slice: &pb::MigSlice) -> Result<MigDevice, GpuError> {
+        Err(GpuError::Mig(format!(
+            "GPU {}: this node has no MIG-capable backend",
+            slice.gpu_uuid
+        )))
+    }
+
+    /// Destroys GPU instance `gi_id` of `gpu_uuid` and its compute instances; `Ok` if it
+    /// is already gone.
+    ///
+    /// # Errors
+    /// [`GpuError`] when NVML refuses (e.g. a process still runs on it).
+    fn destroy_mig(&self, gpu_uuid: &str, gi_id: u32) -> Result<(), GpuError> {
+        Err(GpuError::Mig(format!(
+            "GPU {gpu_uuid}: no MIG backend to destroy instance {gi_id}"
+        )))
+    }
+
+    /// Every MIG device that exists now (after a restart: what to reconcile).
+    ///
+    /// # Errors
+    /// [`GpuError`] when NVML cannot list them.
+    fn mig_devices(&self) -> Result<Vec<MigDevice>, GpuError> {
+        Ok(Vec::new())
+    }
+
+    /// Current readings of every GPU that answers; lost GPUs are left out.
+    fn samples(&self) -> Vec<GpuSample> {
+        Vec::new()
+    }
 }
 
-/// NVML through nvml-wrapper, from the driver (`lib = None`) or a given library file.
+/// A node without GPUs (`--no-gpus`).
+pub struct NoGpus;
+
+impl GpuBackend for NoGpus {
+    fn inventory(&self) -> Result<GpuInventory, GpuError> {
+        Ok(GpuInventory::default())
+    }
+}
+
+/// NVML through nvml-wrapper, from the driver (`lib = None`) or a given library file. One
+/// `Nvml` is kept for the backend's life: init can take a while on a real driver.
 pub struct NvmlBackend {
-    /// Path of libnvidia-ml (or of the simulated machine's copy); `None` for the default.
-    pub lib: Option<PathBuf>,
+    lib: Option<PathBuf>,
+    nvml: Nvml,
 }
 
 impl NvmlBackend {
-    fn init(&self) -> Result<Nvml, GpuError> {
-        let res = match &self.lib {
+    /// Loads and initialises NVML from `lib` (the driver's library if `None`).
+    ///
+    /// # Errors
+    /// [`GpuError::Nvml`] naming the library when it is missing or init fails.
+    pub fn open(lib: Option<PathBuf>) -> Result<NvmlBackend, GpuError> {
+        let res = match &lib {
             Some(path) => Nvml::builder().lib_path(path.as_os_str()).init(),
             None => Nvml::init(),
         };
-        res.map_err(|source| self.err(source))
+        let nvml = res.map_err(|source| GpuError::Nvml {
+            lib: lib_name(lib.as_deref()),
+            source,
+        })?;
+        Ok(NvmlBackend { lib, nvml })
     }
 
-    fn err(&self, source: nvml_wrapper::error::NvmlError) -> GpuError {
-        let lib = self
-            .lib
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "libnvidia-ml.so.1".into());
-        GpuError::Nvml { lib, source }
+    /// The library path given to [`NvmlBackend::open`].
+    pub fn lib(&self) -> Option<&std::path::Path> {
+        self.lib.as_deref()
     }
+
+    fn err(&self, source: NvmlError) -> GpuError {
+        GpuError::Nvml {
+            lib: lib_name(self.lib.as_deref()),
+            source,
+        }
+    }
+
+    fn device_by_uuid(&self, uuid: &str) -> Result<Device<'_>, GpuError> {
+        self.nvml.device_by_uuid(uuid).map_err(|e| match e {
+            NvmlError::NotFound => GpuError::Mig(format!("GPU {uuid} is not on this node")),
+            e => self.err(e),
+        })
+    }
+}
+
+fn lib_name(lib: Option<&std::path::Path>) -> String {
+    lib.map(|p| p.display().to_string())
+        .unwrap_or_else(|| "libnvidia-ml.so.1".into())
 }
 
 impl GpuBackend for NvmlBackend {
     fn inventory(&self) -> Result<GpuInventory, GpuError> {
-        let nvml = self.init()?;
-        let count = nvml.device_count().map_err(|e| self.err(e))?;
+        let count = self.nvml.device_count().map_err(|e| self.err(e))?;
         let mut gpus = Vec::with_capacity(count as usize);
         for index in 0..count {
-            let d = nvml.device_by_index(index).map_err(|e| self.err(e))?;
-            let model = d.name().map_err(|e| self.err(e))?;
-            gpus.push(pb::Gpu {
-                uuid: d.uuid().map_err(|e| self.err(e))?,
-                index,
-                gres_type: gres_type(&model),
-                model,
-                memory_mb: d.memory_info().map_err(|e| self.err(e))?.total >> 20,
-                pci_bus_id: d.pci_info().map_err(|e| self.err(e))?.bus_id,
-                minor: d.minor_number().map_err(|e| self.err(e))?,
-                job_id: 0,
-            });
+            let d = self.nvml.device_by_index(index).map_err(|e| self.err(e))?;
+            gpus.push(inventory::gpu(&self.nvml, &d, index).map_err(|e| self.err(e))?);
         }
+        inventory::nvlink_peers(&self.nvml, &mut gpus);
+        let topology = inventory::topology(&self.nvml, &gpus);
+        let cuda = self.nvml.sys_cuda_driver_version().unwrap_or(0);
         Ok(GpuInventory {
             gpus,
-            driver_version: nvml.sys_driver_version().unwrap_or_default(),
-            nvml_version: nvml.sys_nvml_version().unwrap_or_default(),
+            driver_version: self.nvml.sys_driver_version().unwrap_or_default(),
+            nvml_version: self.nvml.sys_nvml_version().unwrap_or_default(),
+            cuda_version: format!("{}.{}", cuda / 1000, (cuda % 1000) / 10),
+            topology,
         })
     }
+
+    fn create_mig(&self, slice: &pb::MigSlice) -> Result<MigDevice, GpuError> {
+        mig::create(self, slice)
+    }
+
+    fn destroy_mig(&self, gpu_uuid: &str, gi_id: u32) -> Result<(), GpuError> {
+        let device = self.device_by_uuid(gpu_uuid)?;
+        nvml_raw::destroy_slice(&self.nvml, &device, gi_id).map_err(|e| self.err(e))
+    }
+
+    fn mig_devices(&self) -> Result<Vec<MigDevice>, GpuError> {
+        mig::list(self)
+    }
+
+    fn samples(&self) -> Vec<GpuSample> {
+        let count = self.nvml.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|i| sample(&self.nvml.device_by_index(i).ok()?, i).ok())
+            .collect()
+    }
+}
+
+fn sample(d: &Device<'_>, index: u32) -> Result<GpuSample, NvmlError> {
+    let memory = d.memory_info()?;
+    Ok(GpuSample {
+        index,
+        uuid: d.uuid()?,
+        model: d.name()?,
+        util_percent: d.utilization_rates()?.gpu,
+        fb_used_mb: memory.used >> 20,
+        fb_free_mb: memory.free >> 20,
+        power_w: f64::from(d.power_usage()?) / 1000.0,
+        temperature_c: d.temperature(TemperatureSensor::Gpu)?,
+    })
 }
 
 /// The GRES type Slurm users write for a model: `NVIDIA H100 80GB HBM3` → `h100`,
@@ -131,10 +283,8 @@ mod tests {
 
     #[test]
     fn missing_library_is_a_clear_error() {
-        let b = NvmlBackend {
-            lib: Some("/nonexistent/libnvidia-ml.so.1".into()),
-        };
-        let err = b.inventory().unwrap_err().to_string();
+        let b = NvmlBackend::open(Some("/nonexistent/libnvidia-ml.so.1".into()));
+        let err = b.err().expect("no such library").to_string();
         assert!(err.contains("/nonexistent/libnvidia-ml.so.1"), "{err}");
     }
 }

@@ -5,8 +5,9 @@
 use berth_proto::v1 as pb;
 use std::collections::BTreeMap;
 
-/// Builds the environment of `job` running its batch script on `node`.
-pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
+/// Builds the environment of `job` running its batch script on `node`; `mig` are the
+/// UUIDs (`MIG-…`) of the MIG devices carved for it, listed after whole GPUs.
+pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, String> {
     let spec = job.spec.clone().unwrap_or_default();
     let mut env: BTreeMap<String, String> = spec.env.clone();
     if !env.contains_key("PATH") {
@@ -19,7 +20,13 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
         .cloned()
         .unwrap_or_default();
     let nodes: Vec<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
-    let uuids = here.gpu_uuids.join(",");
+    let uuids = here
+        .gpu_uuids
+        .iter()
+        .chain(mig)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
     let indices: Vec<String> = here.gpu_indices.iter().map(|i| i.to_string()).collect();
     let id = job.id.to_string();
     let mut set = |k: &str, v: String| {
@@ -53,7 +60,10 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
     set("SLURM_PROCID", "0".into());
     set("SLURM_LOCALID", "0".into());
     set("ENVIRONMENT", "BATCH".into());
-    set("SLURM_GPUS_ON_NODE", here.gpu_uuids.len().to_string());
+    set(
+        "SLURM_GPUS_ON_NODE",
+        (here.gpu_uuids.len() + mig.len()).to_string(),
+    );
     set("SLURM_JOB_GPUS", indices.join(","));
     set("GPU_DEVICE_ORDINAL", indices.join(","));
     // Name GPUs by UUID: indexes differ between NVML and CUDA ordering, UUIDs never do.
@@ -67,6 +77,40 @@ pub fn build(job: &pb::Job, node: &str) -> BTreeMap<String, String> {
         },
     );
     env
+}
+
+/// MPS limits of a job on one of `replicas` shares, as NVIDIA's device plugin sets them:
+/// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = 100 / replicas and
+/// `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` = `<ordinal>=<memory / replicas>M` for each visible
+/// GPU, ordinals in `CUDA_VISIBLE_DEVICES` order. `memory_mb` maps GPU UUID → MiB.
+pub fn mps(
+    job: &pb::Job,
+    node: &str,
+    replicas: u32,
+    memory_mb: &BTreeMap<String, u64>,
+) -> Vec<(String, String)> {
+    let replicas = replicas.max(1);
+    let here = job.allocations.iter().find(|a| a.node == node);
+    let limits: Vec<String> = here
+        .map(|a| a.gpu_uuids.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(ordinal, uuid)| {
+            let mb = memory_mb.get(uuid)?;
+            Some(format!("{ordinal}={}M", mb / u64::from(replicas)))
+        })
+        .collect();
+    if limits.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        (
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(),
+            (100 / replicas).to_string(),
+        ),
+        ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), limits.join(",")),
+    ]
 }
 
 #[cfg(test)]
@@ -91,11 +135,11 @@ mod tests {
                 gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
                 gpu_indices: vec![2, 5],
                 cpus: 4,
-                mem_mb: 0,
+                ..Default::default()
             }],
             ..Default::default()
         };
-        let env = build(&job, "n1");
+        let env = build(&job, "n1", &[]);
         let want = [
             ("SLURM_JOB_ID", "7"),
             ("SLURM_JOB_NAME", "train"),
@@ -121,8 +165,39 @@ mod tests {
                 ..Default::default()
             },
             "n1",
+            &[],
         );
         assert_eq!(cpu_only["CUDA_VISIBLE_DEVICES"], "");
         assert_eq!(cpu_only["NVIDIA_VISIBLE_DEVICES"], "void");
+        let mig = build(&job, "n1", &["MIG-x".to_string()]);
+        assert_eq!(mig["CUDA_VISIBLE_DEVICES"], "GPU-a,GPU-b,MIG-x");
+        assert_eq!(mig["SLURM_GPUS_ON_NODE"], "3");
+    }
+
+    #[test]
+    fn mps_limits_split_the_gpu_between_replicas() {
+        let job = pb::Job {
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let memory = BTreeMap::from([("GPU-a".to_string(), 40960), ("GPU-b".to_string(), 81920)]);
+        let got = mps(&job, "n1", 3, &memory);
+        let want = [
+            ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "33"),
+            ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=13653M,1=27306M"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(
+            mps(&job, "other", 3, &memory).is_empty(),
+            "no GPUs here, no limits"
+        );
     }
 }

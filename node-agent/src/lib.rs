@@ -13,10 +13,16 @@
 //! - [`shim`]: the per-job process that waits for the job and records its exit.
 //! - [`job_env`]: the Slurm and GPU environment variables of a job.
 //! - [`machine`]: CPU count and memory of this host.
+//! - [`health`]: NVML events (XID, ECC) turned into GPU health reports.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (dcgm-exporter names).
+//! - [`nvml_raw`]: the audited raw NVML calls nvml-wrapper does not wrap (MIG).
 
 pub mod agent;
 pub mod gpu;
+pub mod health;
 pub mod job_env;
 pub mod machine;
+pub mod metrics;
+pub mod nvml_raw;
 pub mod shim;
 pub mod supervisor;

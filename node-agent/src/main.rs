@@ -2,10 +2,14 @@
 
 use anyhow::Context as _;
 use berth_agent::agent::{self, AgentConfig};
-use berth_agent::gpu::{GpuBackend, GpuError, GpuInventory, NvmlBackend};
-use berth_agent::{machine, shim};
+use berth_agent::agent::{HealthReports, Sharing};
+use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
+use berth_agent::metrics::{self, MetricsSource};
+use berth_agent::{health, machine, shim};
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// berth-agent: the berth node agent.
@@ -44,14 +48,15 @@ struct Args {
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit.
     #[arg(long, default_value_t = 30)]
     kill_wait_secs: u64,
-}
-
-struct NoGpus;
-
-impl GpuBackend for NoGpus {
-    fn inventory(&self) -> Result<GpuInventory, GpuError> {
-        Ok(GpuInventory::default())
-    }
+    /// Serve Prometheus `/metrics` here (e.g. `0.0.0.0:9400`, dcgm-exporter's port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Offer each GPU as this many shares (time-slicing or MPS; 1 = one job per GPU).
+    #[arg(long, default_value_t = 1)]
+    gpu_replicas: u32,
+    /// How shares are shared: time-slicing or mps (MPS limits per job).
+    #[arg(long, default_value = "time-slicing")]
+    gpu_sharing: String,
 }
 
 #[tokio::main]
@@ -63,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let a = Args::parse();
-    let cfg = AgentConfig {
+    let sharing = Sharing::new(a.gpu_replicas, &a.gpu_sharing).map_err(anyhow::Error::msg)?;
+    let mut cfg = AgentConfig {
         servers: a.server,
         node_name: a.node_name.unwrap_or_else(machine::hostname),
         partition: a.partition,
@@ -73,22 +79,47 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: a.memory_mb.unwrap_or_else(machine::memory_mb),
         heartbeat: Duration::from_secs(5),
         kill_grace: Duration::from_secs(a.kill_wait_secs),
+        metrics_url: String::new(),
+        sharing,
     };
-    let backend: Box<dyn GpuBackend> = if a.no_gpus {
-        Box::new(NoGpus)
+    let backend: Arc<dyn GpuBackend> = if a.no_gpus {
+        Arc::new(NoGpus)
     } else {
-        Box::new(NvmlBackend { lib: a.nvml_lib })
+        let nvml = NvmlBackend::open(a.nvml_lib.clone())
+            .context("GPU discovery failed (use --no-gpus on a CPU node)")?;
+        Arc::new(nvml)
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_health = Arc::new(AtomicBool::new(false));
+    let health_rx = if a.no_gpus {
+        None
+    } else {
+        health::watch(a.nvml_lib.clone(), stop_health.clone())
+            .map_err(|e| tracing::warn!("no GPU health events: {e}"))
+            .ok()
+    };
+    if let Some(addr) = &a.metrics_listen {
+        let src = MetricsSource {
+            gpus: backend.clone(),
+            state_dir: cfg.state_dir.clone(),
+            node: cfg.node_name.clone(),
+        };
+        cfg.metrics_url = metrics::spawn(addr, src, stop_rx.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!("metrics at {}", cfg.metrics_url);
+    }
     let inv = agent::inventory(&cfg, backend.as_ref())
         .context("GPU discovery failed (use --no-gpus on a CPU node)")?;
     for g in &inv.gpus {
         tracing::info!("GPU {} {} {} {} MiB", g.index, g.uuid, g.model, g.memory_mb);
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
     });
-    agent::run(cfg, inv, stop_rx).await?;
+    let health = HealthReports::new(health_rx);
+    agent::run(cfg, inv, backend, health, stop_rx).await?;
+    stop_health.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }

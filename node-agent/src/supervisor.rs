@@ -7,7 +7,13 @@
 //! the agent's whole memory of a job, so an agent restart loses nothing: running jobs keep
 //! running under their shims and are found again, and finished ones are reported again
 //! until berthd acknowledges them (then the directory is removed).
+//!
+//! A job whose allocation names MIG slices gets them carved before it starts and
+//! destroyed after it ends (see `mig_slices`). Ownership is written to `mig.json` in the
+//! job directory *before* each slice is created, so an agent that crashes at any point
+//! finds on restart which instances belong to which job.
 
+use crate::gpu::{GpuBackend, MigDevice};
 use crate::job_env;
 use crate::shim::{write_json, ExitRecord, ShimSpec, SHIM_ARG};
 use berth_proto::v1::{self as pb, job_event, JobState};
@@ -31,6 +37,9 @@ pub enum LaunchError {
     /// The launch message is missing pieces.
     #[error("job {0}: {1}")]
     Invalid(u64, String),
+    /// A MIG slice the allocation names could not be carved; nothing was left behind.
+    #[error("job {0}: {1}")]
+    Mig(u64, crate::gpu::GpuError),
 }
 
 /// A kill in progress: what to report, and when SIGTERM becomes SIGKILL.
@@ -59,6 +68,9 @@ pub struct Supervisor {
     dir: PathBuf,
     shim_exe: PathBuf,
     kill_grace: Duration,
+    gpus: std::sync::Arc<dyn GpuBackend>,
+    /// MPS shares per GPU and each GPU's memory (MiB), when this node shares through MPS.
+    mps: Option<(u32, BTreeMap<String, u64>)>,
 }
 
 fn now_ms() -> u64 {
@@ -77,18 +89,73 @@ impl Supervisor {
     ///
     /// # Errors
     /// When the jobs directory cannot be created.
+    ///
+    /// MIG slices recorded by jobs of an earlier run are reconciled with what `gpus`
+    /// reports (see [`Supervisor::reconcile_mig`]).
     pub fn new(
         state_dir: &Path,
         shim_exe: PathBuf,
         kill_grace: Duration,
+        gpus: std::sync::Arc<dyn GpuBackend>,
     ) -> std::io::Result<Supervisor> {
         let dir = state_dir.join("jobs");
         fs::create_dir_all(&dir)?;
-        Ok(Supervisor {
+        let sup = Supervisor {
             dir,
             shim_exe,
             kill_grace,
-        })
+            gpus,
+            mps: None,
+        };
+        sup.reconcile_mig();
+        Ok(sup)
+    }
+
+    /// Gives every job launched from now on the MPS limits of one of `replicas` shares
+    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB.
+    pub fn set_mps(&mut self, replicas: u32, memory_mb: BTreeMap<String, u64>) {
+        self.mps = Some((replicas, memory_mb));
+    }
+
+    /// The MIG devices recorded for job `id` (empty when it has none).
+    pub fn mig_devices(&self, id: u64) -> Vec<MigDevice> {
+        self.read::<mig_slices::MigRecord>(id, mig_slices::FILE)
+            .map(|r| r.devices())
+            .unwrap_or_default()
+    }
+
+    /// After a restart: fills in instances created but not yet recorded (a crash between
+    /// create and record) by matching GPU and placement, and logs MIG devices no job owns
+    /// (they are not berth's to destroy). Finished jobs' slices are released by `poll`.
+    pub fn reconcile_mig(&self) {
+        let existing = match self.gpus.mig_devices() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("cannot list MIG instances to reconcile: {e}");
+                return;
+            }
+        };
+        let mut owned = Vec::new();
+        for id in self.job_ids() {
+            let Some(mut rec) = self.read::<mig_slices::MigRecord>(id, mig_slices::FILE) else {
+                continue;
+            };
+            if rec.adopt(&existing) {
+                tracing::info!(
+                    job = id,
+                    "re-attached MIG instances created before a restart"
+                );
+                write_json(&self.job_dir(id), mig_slices::FILE, &rec);
+            }
+            owned.extend(rec.devices().into_iter().map(|d| d.uuid));
+        }
+        for d in existing.iter().filter(|d| !owned.contains(&d.uuid)) {
+            tracing::info!(
+                gpu = d.gpu_uuid,
+                mig = d.uuid,
+                "MIG instance not owned by a berth job; left alone"
+            );
+        }
     }
 
     fn job_dir(&self, id: u64) -> PathBuf {
@@ -135,10 +202,15 @@ impl Supervisor {
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io)?;
         let mut argv = vec![script.display().to_string()];
         argv.extend(spec.args.iter().cloned());
+        let mig = self.carve(job, node, &dir)?;
         let as_root = nix::unistd::geteuid().is_root();
+        let mut env = job_env::build(job, node, &mig);
+        if let Some((replicas, memory)) = &self.mps {
+            env.extend(job_env::mps(job, node, *replicas, memory));
+        }
         let shim = ShimSpec {
             argv,
-            env: job_env::build(job, node).into_iter().collect(),
+            env: env.into_iter().collect(),
             cwd: PathBuf::from(&spec.work_dir),
             stdout: PathBuf::from(&job.stdout_path),
             stderr: PathBuf::from(&job.stderr_path),
@@ -175,6 +247,66 @@ impl Supervisor {
                 Ok(true)
             }
         }
+    }
+
+    /// Carves the MIG slices `job`'s allocation on `node` names and returns their UUIDs.
+    /// On any failure the slices already made are destroyed and the job directory is
+    /// removed, so a refused launch leaves nothing behind.
+    fn carve(&self, job: &pb::Job, node: &str, dir: &Path) -> Result<Vec<String>, LaunchError> {
+        let slices: Vec<pb::MigSlice> = job
+            .allocations
+            .iter()
+            .find(|a| a.node == node)
+            .map(|a| a.mig_slices.clone())
+            .unwrap_or_default();
+        if slices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rec = mig_slices::MigRecord::new(&slices);
+        for (i, slice) in slices.iter().enumerate() {
+            // Intent first: a crash after create still leaves the owner on disk.
+            write_json(dir, mig_slices::FILE, &rec);
+            match self.gpus.create_mig(slice) {
+                Ok(device) => rec.entries[i].device = Some(device),
+                Err(e) => {
+                    self.release(&mut rec);
+                    let _ = fs::remove_dir_all(dir);
+                    return Err(LaunchError::Mig(job.id, e));
+                }
+            }
+        }
+        write_json(dir, mig_slices::FILE, &rec);
+        Ok(rec.devices().into_iter().map(|d| d.uuid).collect())
+    }
+
+    /// Destroys every recorded slice still alive; true when none is left.
+    fn release(&self, rec: &mut mig_slices::MigRecord) -> bool {
+        for entry in rec.entries.iter_mut() {
+            let Some(device) = &entry.device else {
+                continue;
+            };
+            match self.gpus.destroy_mig(&device.gpu_uuid, device.gi_id) {
+                Ok(()) => entry.device = None,
+                Err(e) => tracing::debug!(mig = device.uuid, "MIG release deferred: {e}"),
+            }
+        }
+        rec.entries.iter().all(|e| e.device.is_none())
+    }
+
+    /// Releases a finished job's MIG slices, once; true when it holds none any more.
+    fn release_job_mig(&self, id: u64) -> bool {
+        let Some(mut rec) = self.read::<mig_slices::MigRecord>(id, mig_slices::FILE) else {
+            return true;
+        };
+        if rec.released {
+            return true;
+        }
+        rec.released = self.release(&mut rec);
+        write_json(&self.job_dir(id), mig_slices::FILE, &rec);
+        if rec.released {
+            tracing::info!(job = id, "MIG slices destroyed");
+        }
+        rec.released
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, id: u64, name: &str) -> Option<T> {
@@ -233,6 +365,9 @@ impl Supervisor {
     fn status(&self, id: u64, job: &pb::Job, now: u64) -> Status {
         let kill_rec: Option<KillRecord> = self.read(id, "kill.json");
         if let Some(exit) = self.read::<ExitRecord>(id, "exit.json") {
+            if self.release_job_mig(id) && self.job_dir(id).join("acked").exists() {
+                let _ = fs::remove_dir_all(self.job_dir(id));
+            }
             return Status::Finished(finished(&exit, kill_rec.as_ref(), now));
         }
         let pid: Option<u32> = self.read(id, "pid");
@@ -264,10 +399,17 @@ impl Supervisor {
         Status::Running(pid)
     }
 
-    /// Forgets job `id`: berthd has recorded its end.
+    /// Forgets job `id`: berthd has recorded its end. A job whose MIG slices cannot be
+    /// destroyed yet is kept (marked acknowledged) until `poll` manages to.
     pub fn ack(&self, id: u64) {
-        if self.job_dir(id).join("exit.json").exists() {
-            let _ = fs::remove_dir_all(self.job_dir(id));
+        let dir = self.job_dir(id);
+        if !dir.join("exit.json").exists() {
+            return;
+        }
+        if self.release_job_mig(id) {
+            let _ = fs::remove_dir_all(&dir);
+        } else {
+            write_json(&dir, "acked", &true);
         }
     }
 
@@ -279,6 +421,34 @@ impl Supervisor {
             .map(|(id, st)| event(id, st))
             .collect()
     }
+}
+
+/// GPU UUID → id of the running job holding it, read from the job directories under
+/// `state_dir` (whole GPUs and the parents of MIG slices). For `/metrics`, which runs
+/// outside the agent loop and only reads.
+pub fn gpu_owners(state_dir: &Path) -> BTreeMap<String, u64> {
+    let dir = state_dir.join("jobs");
+    let mut owners = BTreeMap::new();
+    let entries = fs::read_dir(&dir).into_iter().flatten().flatten();
+    for id in entries.filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok()) {
+        let job_dir = dir.join(id.to_string());
+        if job_dir.join("exit.json").exists() {
+            continue;
+        }
+        let Some(job) = fs::read(job_dir.join("job.pb"))
+            .ok()
+            .and_then(|b| pb::Job::decode(&b[..]).ok())
+        else {
+            continue;
+        };
+        for a in &job.allocations {
+            let mig = a.mig_slices.iter().map(|s| &s.gpu_uuid);
+            for uuid in a.gpu_uuids.iter().chain(mig) {
+                owners.insert(uuid.clone(), id);
+            }
+        }
+    }
+    owners
 }
 
 /// The report for berthd of a job in `status`.
@@ -314,6 +484,77 @@ fn finished(exit: &ExitRecord, kill: Option<&KillRecord>, now: u64) -> pb::JobFi
         signal: exit.signal.unwrap_or(0),
         reason,
         end_time_ms: now,
+    }
+}
+
+/// The MIG ownership record of one job (`mig.json`).
+mod mig_slices {
+    use crate::gpu::MigDevice;
+    use berth_proto::v1 as pb;
+    use serde::{Deserialize, Serialize};
+
+    pub(super) const FILE: &str = "mig.json";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct Entry {
+        pub(super) gpu_uuid: String,
+        pub(super) profile: String,
+        pub(super) start: u32,
+        pub(super) size: u32,
+        /// Set once created; `None` again once destroyed.
+        pub(super) device: Option<MigDevice>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct MigRecord {
+        pub(super) entries: Vec<Entry>,
+        /// Every slice destroyed after the job ended.
+        pub(super) released: bool,
+    }
+
+    impl MigRecord {
+        pub(super) fn new(slices: &[pb::MigSlice]) -> MigRecord {
+            let entries = slices
+                .iter()
+                .map(|s| Entry {
+                    gpu_uuid: s.gpu_uuid.clone(),
+                    profile: s.profile.clone(),
+                    start: s.placement_start,
+                    size: s.placement_size,
+                    device: None,
+                })
+                .collect();
+            MigRecord {
+                entries,
+                released: false,
+            }
+        }
+
+        pub(super) fn devices(&self) -> Vec<MigDevice> {
+            self.entries
+                .iter()
+                .filter_map(|e| e.device.clone())
+                .collect()
+        }
+
+        /// Fills in entries without a device from `existing` by (GPU, placement); true if
+        /// any was. Only unreleased records adopt: a released job owns nothing.
+        pub(super) fn adopt(&mut self, existing: &[MigDevice]) -> bool {
+            if self.released {
+                return false;
+            }
+            let mut changed = false;
+            for entry in self.entries.iter_mut().filter(|e| e.device.is_none()) {
+                let found = existing.iter().find(|d| {
+                    d.gpu_uuid == entry.gpu_uuid && d.start == entry.start && d.size == entry.size
+                });
+                if let Some(d) = found {
+                    entry.device = Some(d.clone());
+                    changed = true;
+                }
+            }
+            changed
+        }
     }
 }
 
@@ -378,7 +619,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // /bin/true as the shim: it exits at once without recording anything, which the
         // supervisor must report as a lost job rather than leave running forever.
-        let sup = Supervisor::new(dir.path(), "/bin/true".into(), Duration::from_secs(1)).unwrap();
+        let sup = Supervisor::new(
+            dir.path(),
+            "/bin/true".into(),
+            Duration::from_secs(1),
+            std::sync::Arc::new(crate::gpu::NoGpus),
+        )
+        .unwrap();
         sup.kill(42, JobState::Cancelled, "nothing to kill");
         sup.ack(42);
         assert!(sup.poll().is_empty());

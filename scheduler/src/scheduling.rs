@@ -110,6 +110,8 @@ pub fn placement(d: &policies::Decision) -> pb::Placement {
             gpu_indices: g.gpu_indices.clone(),
             cpus: g.cpus,
             mem_mb: g.mem_mb,
+            // The MIG-placement issue fills these; whole GPUs only until then.
+            mig_slices: Vec::new(),
         })
         .collect();
     pb::Placement {

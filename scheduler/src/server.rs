@@ -466,6 +466,7 @@ impl Api {
                         None => {}
                     }
                 }
+                Some(agent_message::Msg::GpuHealth(h)) => self.gpu_unhealthy(node, h).await,
                 Some(agent_message::Msg::Register(_)) | None => {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
@@ -475,6 +476,22 @@ impl Api {
                     return;
                 }
             }
+        }
+    }
+
+    /// Records an agent's report of a bad GPU through the log, so every replica stops
+    /// placing on it. A refusal (unknown GPU) is logged, not fatal to the stream.
+    async fn gpu_unhealthy(&self, node: &str, h: pb::GpuHealth) {
+        tracing::warn!(node, gpu = h.uuid, "GPU unhealthy: {}", h.reason);
+        let cmd = Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+            node: node.to_string(),
+            gpu_uuid: h.uuid,
+            reason: h.reason,
+        });
+        match self.propose(cmd).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!(node, "GPU health refused: {other:?}"),
+            Err(e) => tracing::warn!(node, "GPU health not recorded: {e}"),
         }
     }
 

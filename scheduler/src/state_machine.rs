@@ -153,6 +153,7 @@ impl StateMachine {
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
+            Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -241,11 +242,26 @@ impl StateMachine {
         let name = inv.name.clone();
         let old = self.state.nodes.remove(&name);
         // GPUs keep their holder across re-registration: the agent re-attached to its jobs.
+        // An unhealthy mark stays too: an XID does not heal when the agent restarts.
         for gpu in &mut inv.gpus {
             gpu.job_id = old
                 .as_ref()
                 .and_then(|n| held_by(n, &gpu.uuid))
                 .unwrap_or(0);
+            gpu.share_job_ids = old
+                .as_ref()
+                .and_then(|n| n.inventory.as_ref())
+                .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                .map(|g| g.share_job_ids.clone())
+                .unwrap_or_default();
+            if gpu.unhealthy_reason.is_empty() {
+                gpu.unhealthy_reason = old
+                    .as_ref()
+                    .and_then(|n| n.inventory.as_ref())
+                    .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                    .map(|g| g.unhealthy_reason.clone())
+                    .unwrap_or_default();
+            }
         }
         let (cpus_alloc, memory_alloc_mb) = old
             .as_ref()
@@ -289,6 +305,32 @@ impl StateMachine {
             effects.push(changed(id));
         }
         (Outcome::Done, effects)
+    }
+
+    /// Records that a GPU went bad; placement skips it from now on. The first reason is
+    /// kept (later events on a dead GPU are noise). Jobs already on it are left to end on
+    /// their own: requeueing them is the requeue-policy issue's work.
+    fn mark_gpu_unhealthy(&mut self, c: &pb::MarkGpuUnhealthy) -> Applied {
+        if c.reason.trim().is_empty() {
+            return (
+                Outcome::Rejected("unhealthy GPU without a reason".into()),
+                vec![],
+            );
+        }
+        let gpu = self
+            .state
+            .nodes
+            .get_mut(&c.node)
+            .and_then(|n| n.inventory.as_mut())
+            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == c.gpu_uuid));
+        let Some(gpu) = gpu else {
+            let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
+            return (Outcome::Rejected(why), vec![]);
+        };
+        if gpu.unhealthy_reason.is_empty() {
+            gpu.unhealthy_reason = c.reason.clone();
+        }
+        (Outcome::Done, vec![Effect::NodeChanged(c.node.clone())])
     }
 
     fn allocate(&mut self, alloc: pb::Allocate, now: u64) -> Applied {
@@ -338,7 +380,13 @@ impl StateMachine {
             }
             for uuid in &a.gpu_uuids {
                 match inv.gpus.iter().find(|g| &g.uuid == uuid) {
-                    Some(g) if g.job_id == 0 => {}
+                    Some(g) if !g.unhealthy_reason.is_empty() => {
+                        return Err(format!("GPU {uuid} is unhealthy: {}", g.unhealthy_reason))
+                    }
+                    Some(g) if has_room(g) => {}
+                    Some(g) if g.replicas > 1 => {
+                        return Err(format!("every share of GPU {uuid} is held"))
+                    }
                     Some(g) => return Err(format!("GPU {uuid} is held by job {}", g.job_id)),
                     None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
                 }
@@ -358,12 +406,20 @@ impl StateMachine {
                 .iter_mut()
                 .filter(|g| a.gpu_uuids.contains(&g.uuid))
             {
-                assert_eq!(
-                    gpu.job_id, 0,
-                    "GPU {} granted to job {} while held by {}",
-                    gpu.uuid, p.job_id, gpu.job_id
+                assert!(
+                    has_room(gpu),
+                    "GPU {} granted to job {} while held by {} (shares {:?} of {})",
+                    gpu.uuid,
+                    p.job_id,
+                    gpu.job_id,
+                    gpu.share_job_ids,
+                    gpu.replicas
                 );
-                gpu.job_id = p.job_id;
+                if gpu.replicas > 1 {
+                    gpu.share_job_ids.push(p.job_id);
+                } else {
+                    gpu.job_id = p.job_id;
+                }
             }
         }
         let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
@@ -440,13 +496,11 @@ impl StateMachine {
             };
             node.cpus_alloc = node.cpus_alloc.saturating_sub(a.cpus);
             node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(a.mem_mb);
-            for gpu in node
-                .inventory
-                .iter_mut()
-                .flat_map(|i| i.gpus.iter_mut())
-                .filter(|g| g.job_id == id)
-            {
-                gpu.job_id = 0;
+            for gpu in node.inventory.iter_mut().flat_map(|i| i.gpus.iter_mut()) {
+                if gpu.job_id == id {
+                    gpu.job_id = 0;
+                }
+                gpu.share_job_ids.retain(|&j| j != id);
             }
         }
     }
@@ -474,7 +528,9 @@ impl StateMachine {
                             uuid: g.uuid.clone(),
                             index: g.index,
                             gres_type: g.gres_type.clone(),
-                            free: g.job_id == 0,
+                            // An unhealthy GPU is never offered: that is how placement
+                            // stops using it without a policy change.
+                            free: has_room(g) && g.unhealthy_reason.is_empty(),
                         })
                         .collect(),
                 })
@@ -500,6 +556,16 @@ fn changed(id: u64) -> Effect {
         id,
         ..Default::default()
     }))
+}
+
+/// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
+/// with a share left.
+fn has_room(gpu: &pb::Gpu) -> bool {
+    if gpu.replicas > 1 {
+        gpu.share_job_ids.len() < gpu.replicas as usize
+    } else {
+        gpu.job_id == 0
+    }
 }
 
 fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
@@ -550,6 +616,9 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Most time-slicing/MPS shares of one GPU (MPS itself allows 48 clients per GPU).
+pub const GPU_REPLICAS_MAX: u32 = 48;
+
 /// Checks an agent's inventory; a bad one is refused before it can touch state.
 ///
 /// # Errors
@@ -575,8 +644,14 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
         if g.uuid.is_empty() || !seen.insert(&g.uuid) {
             return Err(format!("GPU uuid {:?} is empty or repeated", g.uuid));
         }
-        if g.job_id != 0 {
+        if g.job_id != 0 || !g.share_job_ids.is_empty() {
             return Err("agents may not assign GPUs to jobs".into());
+        }
+        if g.replicas > GPU_REPLICAS_MAX {
+            return Err(format!(
+                "GPU {} offers {} replicas, at most {GPU_REPLICAS_MAX}",
+                g.uuid, g.replicas
+            ));
         }
     }
     Ok(())

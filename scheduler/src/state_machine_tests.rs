@@ -306,3 +306,153 @@ fn job_changed_effects_carry_the_job_as_each_command_left_it() {
         ]
     );
 }
+
+#[test]
+fn unhealthy_gpu_is_never_placed_and_survives_reregistration() {
+    let mark = |uuid: &str, reason: &str| {
+        Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+            node: "n1".into(),
+            gpu_uuid: uuid.into(),
+            reason: reason.into(),
+        })
+    };
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(2, mark("GPU-n1-0", "XID 79")),
+        cmd(3, mark("GPU-n1-9", "XID 79")),
+        cmd(4, mark("GPU-n1-1", " ")),
+        cmd(
+            5,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(6, alloc(1, "n1", &["GPU-n1-0"])),
+        cmd(
+            7,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(8, mark("GPU-n1-0", "a later XID")),
+    ];
+    let (sm, outcomes) = run(&log);
+    assert_eq!(outcomes[1], Outcome::Done);
+    assert!(
+        matches!(&outcomes[2], Outcome::Rejected(w) if w.contains("no GPU GPU-n1-9")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(&outcomes[3], Outcome::Rejected(w) if w.contains("without a reason")),
+        "{:?}",
+        outcomes[3]
+    );
+    let gpus = &sm
+        .node("n1")
+        .and_then(|n| n.inventory.as_ref())
+        .expect("node")
+        .gpus;
+    assert_eq!(
+        gpus[0].unhealthy_reason, "XID 79",
+        "kept across re-registration, first reason wins"
+    );
+    assert_eq!(gpus[1].unhealthy_reason, "");
+    assert_eq!(
+        sm.job(1).map(|j| j.state()),
+        Some(JobState::Pending),
+        "allocation on it refused"
+    );
+    let view = sm.cluster_view();
+    let free: Vec<bool> = view.nodes[0].gpus.iter().map(|g| g.free).collect();
+    assert_eq!(
+        free,
+        [false, true],
+        "placement sees the unhealthy GPU as taken"
+    );
+    let (again, _) = run(&log);
+    assert_eq!(again.encode(), sm.encode(), "replay is byte-identical");
+}
+
+#[test]
+fn shared_gpus_take_one_job_per_replica_and_free_shares_at_the_end() {
+    let mut inv = inventory("n1", 1);
+    inv.gpus[0].replicas = 2;
+    let mut too_many = inventory("n2", 1);
+    too_many.gpus[0].replicas = GPU_REPLICAS_MAX + 1;
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv.clone()),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(too_many),
+            }),
+        ),
+        cmd(
+            3,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(
+            4,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(
+            5,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(6, alloc(1, "n1", &["GPU-n1-0"])),
+        cmd(7, alloc(2, "n1", &["GPU-n1-0"])),
+        cmd(8, alloc(3, "n1", &["GPU-n1-0"])),
+        cmd(
+            9,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv),
+            }),
+        ),
+        cmd(10, ended(1, "n1", JobState::Completed, 0)),
+        cmd(11, alloc(3, "n1", &["GPU-n1-0"])),
+    ];
+    let (sm, outcomes) = run(&log);
+    assert!(
+        matches!(&outcomes[1], Outcome::Rejected(w) if w.contains("at most")),
+        "{:?}",
+        outcomes[1]
+    );
+    let running: Vec<JobState> = (1..=3).map(|id| sm.job(id).expect("job").state()).collect();
+    assert_eq!(
+        running,
+        [JobState::Completed, JobState::Running, JobState::Running]
+    );
+    let gpu = &sm
+        .node("n1")
+        .and_then(|n| n.inventory.as_ref())
+        .expect("node")
+        .gpus[0];
+    assert_eq!(
+        (gpu.job_id, gpu.share_job_ids.clone()),
+        (0, vec![2, 3]),
+        "job 3 got job 1's share"
+    );
+    assert!(
+        sm.cluster_view().nodes[0].gpus.iter().all(|g| !g.free),
+        "both shares held"
+    );
+    let (again, _) = run(&log);
+    assert_eq!(again.encode(), sm.encode());
+}

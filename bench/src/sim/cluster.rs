@@ -334,10 +334,11 @@ impl Cluster {
     }
 }
 
-/// No GPU in two running jobs' allocations, node records agree with jobs, gangs whole.
+/// No GPU in two running jobs' allocations (a time-sliced GPU in at most its `replicas`),
+/// node records agree with the jobs, gangs whole.
 pub fn check_gpus(replica: u64, sm: &StateMachine) -> Result<(), Failure> {
     use berth_proto::v1::JobState;
-    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut held: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
     for job in sm.jobs().filter(|j| j.state() == JobState::Running) {
         let spec = job.spec.as_ref();
         let nodes: BTreeSet<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
@@ -349,25 +350,42 @@ pub fn check_gpus(replica: u64, sm: &StateMachine) -> Result<(), Failure> {
                 nodes.len()
             )));
         }
-        for uuid in job.allocations.iter().flat_map(|a| &a.gpu_uuids) {
-            if let Some(other) = held.insert(uuid, job.id) {
+        for a in &job.allocations {
+            for uuid in &a.gpu_uuids {
+                held.entry((&a.node, uuid)).or_default().push(job.id);
+            }
+        }
+    }
+    for node in sm.nodes().filter_map(|n| n.inventory.as_ref()) {
+        for gpu in &node.gpus {
+            let holders = held
+                .remove(&(node.name.as_str(), gpu.uuid.as_str()))
+                .unwrap_or_default();
+            let shares = gpu.replicas.max(1) as usize;
+            let recorded: Vec<u64> = if shares > 1 {
+                gpu.share_job_ids.clone()
+            } else {
+                (gpu.job_id != 0)
+                    .then_some(gpu.job_id)
+                    .into_iter()
+                    .collect()
+            };
+            let (mut a, mut b) = (holders.clone(), recorded.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            if holders.len() > shares || a != b {
                 return Err(Failure::safety(format!(
-                    "replica {replica}: GPU {uuid} granted to jobs {other} and {} at once",
-                    job.id
+                    "replica {replica}: GPU {} on {} ({shares} share(s)) held by jobs {holders:?}, \
+                     recorded as {recorded:?}",
+                    gpu.uuid, node.name
                 )));
             }
         }
     }
-    for node in sm.nodes() {
-        for gpu in node.inventory.iter().flat_map(|inv| &inv.gpus) {
-            let by_jobs = held.get(gpu.uuid.as_str()).copied().unwrap_or(0);
-            if gpu.job_id != by_jobs {
-                return Err(Failure::safety(format!(
-                    "replica {replica}: GPU {} says job {} but job {by_jobs} holds it",
-                    gpu.uuid, gpu.job_id
-                )));
-            }
-        }
+    if let Some(((node, uuid), jobs)) = held.into_iter().next() {
+        return Err(Failure::safety(format!(
+            "replica {replica}: jobs {jobs:?} hold GPU {uuid}, which {node} does not have"
+        )));
     }
     Ok(())
 }

@@ -80,6 +80,8 @@ fn inventory(node: u32) -> pb::NodeInventory {
                 model: "NVIDIA H100 80GB HBM3".into(),
                 gres_type: "h100".into(),
                 memory_mb: 81_559,
+                // The last node is a time-slicing pool: each GPU takes 3 jobs at once.
+                replicas: if node == 3 { 3 } else { 1 },
                 ..Default::default()
             })
             .collect(),

@@ -2,19 +2,33 @@
 //! beside the binary. The JSON lives in `machines/` where people can read and copy it.
 
 use crate::MachineDescription;
+#[cfg(test)]
+use crate::MigSku;
 
 /// Names accepted by [`builtin`], in the order `berth dev` offers them.
-const NAMES: &[&str] = &["dgx-h100", "a100-pcie-4"];
+const NAMES: &[&str] = &[
+    "dgx-h100",
+    "dgx-a100",
+    "a100-mig",
+    "pcie-l40s-4",
+    "a100-pcie-4",
+];
 
 fn source(name: &str) -> Option<&'static str> {
     match name {
         "dgx-h100" => Some(include_str!("../machines/dgx-h100.json")),
         "a100-pcie-4" => Some(include_str!("../machines/a100-pcie-4.json")),
+        "dgx-a100" => Some(include_str!("../machines/dgx-a100.json")),
+        "a100-mig" => Some(include_str!("../machines/a100-mig.json")),
+        "pcie-l40s-4" => Some(include_str!("../machines/pcie-l40s-4.json")),
         _ => None,
     }
 }
 
-/// Names of the shipped machines: `["dgx-h100", "a100-pcie-4"]`.
+/// Names of the shipped machines: `dgx-h100` (8×H100 80GB, NVSwitch, 2 NUMA nodes, MIG
+/// capable, off), `dgx-a100` (8×A100 80GB, NVSwitch), `a100-mig` (4×A100 40GB with MIG
+/// mode on), `pcie-l40s-4` (4×L40S in PCIe-switch pairs, no NVLink, no MIG) and
+/// `a100-pcie-4` (4×A100 PCIe 40GB, MIG capable, off).
 pub fn builtin_names() -> &'static [&'static str] {
     NAMES
 }
@@ -45,6 +59,42 @@ mod tests {
             );
         }
         assert!(builtin("dgx-a100-typo").is_none());
+    }
+
+    #[test]
+    fn shipped_machines_have_their_topology_and_mig() {
+        // (name, GPUs, NUMA nodes, NVLinks per GPU, MIG table, MIG on)
+        let table = [
+            ("dgx-h100", 8, 2, 18, Some(MigSku::H100_80gb), false),
+            ("dgx-a100", 8, 2, 12, Some(MigSku::A100_80gb), false),
+            ("a100-mig", 4, 2, 12, Some(MigSku::A100_40gb), true),
+            ("pcie-l40s-4", 4, 2, 0, None, false),
+            ("a100-pcie-4", 4, 2, 0, Some(MigSku::A100_40gb), false),
+        ];
+        for (i, (name, gpus, numa, links, mig, on)) in table.into_iter().enumerate() {
+            let m = builtin(name).expect("shipped");
+            let resolved = m.resolve().expect("valid");
+            assert_eq!(
+                (resolved.len(), m.numa_nodes()),
+                (gpus, numa),
+                "#{i} {name}"
+            );
+            for g in &resolved {
+                let got = (g.links.len(), g.mig, g.mig_enabled);
+                assert_eq!(got, (links, mig, on), "#{i} {name} gpu {}", g.index);
+            }
+            let halves: Vec<u32> = resolved.iter().map(|g| g.numa_node).collect();
+            assert!(
+                halves.contains(&0) && halves.contains(&1),
+                "#{i} {name}: {halves:?}"
+            );
+        }
+        let l40s = builtin("pcie-l40s-4")
+            .expect("shipped")
+            .resolve()
+            .expect("valid");
+        let switches: Vec<u32> = l40s.iter().map(|g| g.pcie_switch).collect();
+        assert_eq!(switches, [0, 0, 1, 1], "PCIe pairs");
     }
 
     #[test]

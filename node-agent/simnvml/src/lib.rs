@@ -23,10 +23,24 @@
 //!       "uuid": "GPU-…",                      // optional, unique; default derived from
 //!                                             //   FNV-1a(uuid_seed, index)
 //!       "minor_number": 0,                    // optional, unique; default: index
-//!       "pci_device_id": "0x233010DE" }       // optional hex; default 0x000010DE
-//!   ]
+//!       "pci_device_id": "0x233010DE",        // optional hex; default 0x000010DE
+//!       "numa_node": 0,                       // optional, < numa_nodes; default 0
+//!       "pcie_switch": 0,                     // optional; same value = same PCIe switch
+//!       "mig": "h100-80gb",                   // optional MIG table: a100-40gb|a100-80gb|h100-80gb
+//!       "mig_enabled": false,                 // optional; needs mig; never changed
+//!       "nvlinks": [{"links": 18}],           // optional; {"links": n, "peer_gpu": i} for
+//!                                             //   direct links (must be symmetric), else NVSwitch
+//!       "ecc_enabled": true,                  // optional; default true
+//!       "power_idle_w": 72 }                  // optional; default 70
+//!   ],
+//!   "numa_nodes": 2                           // optional; default 1
 //! }
 //! ```
+//!
+//! # Files beside `machine.json` while it runs
+//! `sim-state.json` (MIG instances, ECC counters, lost GPUs; kept across processes as the
+//! driver keeps them), `telemetry.json` (utilisation, memory used, power, temperature) and
+//! `inject.jsonl` (XID, ECC and lost-GPU faults); see `persist` and `events`.
 //!
 //! # How a library copy finds its description
 //! At the first `nvmlInit*`: the file named by `$BERTH_SIM_MACHINE` if set, else
@@ -44,7 +58,11 @@
 //! - `install`: [`find_library`] and [`install_node`], one node per directory.
 //! - `locate`: how a loaded copy finds its description at init.
 //! - `state`: the init-counted global state of one library copy.
-//! - `handle`: `nvmlDevice_t` values as checked addresses in a static table.
+//! - `handle`: device, GPU/compute-instance and event-set handles as checked addresses in
+//!   static tables.
+//! - `mig`: the MIG profile tables of A100 40GB/80GB and H100 80GB and the placement rules.
+//! - `persist`: the device state file (MIG instances, ECC counters, lost GPUs).
+//! - `events`: telemetry and fault injection from files, event sets.
 //! - `ffi`: the exported NVML functions, one file per NVML concern.
 
 #![deny(missing_docs)]
@@ -52,20 +70,26 @@
 
 mod builtin;
 mod error;
+mod events;
 mod ffi;
 mod handle;
 mod install;
 mod locate;
 mod machine;
+mod mig;
 mod pci;
+mod persist;
 mod state;
 mod uuid;
 
 pub use builtin::{builtin, builtin_names};
 pub use error::Error;
+pub use events::{INJECT_FILE_NAME, TELEMETRY_FILE_NAME};
 pub use install::{
     find_library, install_node, INSTALLED_LIB_NAME, LIB_ENV, LIB_FILE_NAME, MACHINE_FILE_NAME,
 };
 pub use locate::MACHINE_ENV;
-pub use machine::{Gpu, MachineDescription, MAX_GPUS};
+pub use machine::{Gpu, MachineDescription, NvLinkGroup, MAX_GPUS};
+pub use mig::MigSku;
 pub use pci::PciAddress;
+pub use persist::STATE_FILE_NAME;

@@ -28,6 +28,10 @@ pub(crate) fn load_machine() -> Result<SimMachine, String> {
     let fail = |e: Error| {
         let reason = match e {
             Error::Io { source, .. } => source.to_string(),
+            // The state file beside the description: name it, it is the one to look at.
+            Error::InFile { path: file, source } if file != path => {
+                format!("{}: {source}", file.display())
+            }
             Error::InFile { source, .. } => source.to_string(),
             other => other.to_string(),
         };
@@ -37,7 +41,8 @@ pub(crate) fn load_machine() -> Result<SimMachine, String> {
         )
     };
     let description = MachineDescription::load(&path).map_err(fail)?;
-    SimMachine::new(description).map_err(fail)
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    SimMachine::load(description, dir).map_err(fail)
 }
 
 fn description_path() -> Result<(PathBuf, String), String> {

@@ -13,6 +13,7 @@ use nvml_wrapper_sys::bindings::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::mig::MigSku;
 use crate::pci::PciAddress;
 use crate::uuid::{derive_gpu_uuid, is_gpu_uuid};
 use crate::Error;
@@ -32,6 +33,10 @@ const GPU_NAME_LEN_MAX: usize = NVML_DEVICE_NAME_BUFFER_SIZE as usize - 1;
 const UUID_LEN_MAX: usize = NVML_DEVICE_UUID_BUFFER_SIZE as usize - 1;
 /// Node names are not NVML strings; the bound only keeps descriptions sane.
 const MACHINE_NAME_LEN_MAX: usize = 255;
+/// NVLinks per GPU at most: `NVML_NVLINK_MAX_LINKS`.
+pub(crate) const NVLINKS_MAX: u32 = nvml_wrapper_sys::bindings::NVML_NVLINK_MAX_LINKS;
+/// NUMA nodes at most; far above any real host, it only keeps affinity masks small.
+const NUMA_NODES_MAX: u32 = 16;
 
 /// One simulated node. See the crate docs for the JSON schema; unknown fields are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +58,24 @@ pub struct MachineDescription {
     /// to the node name so that nodes of one model get different UUIDs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid_seed: Option<String>,
+    /// NUMA nodes of the host; absent means 1. CPUs are split evenly between them, in
+    /// order, for `nvmlDeviceGetCpuAffinity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_nodes: Option<u32>,
     /// GPUs in NVML index order, at most [`MAX_GPUS`]. Empty is a CPU-only node.
     pub gpus: Vec<Gpu>,
+}
+
+/// A group of NVLinks from one GPU to the same remote end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvLinkGroup {
+    /// Links in the group, at least 1; a GPU has at most 18 in all.
+    pub links: u32,
+    /// The peer GPU's index for a direct link (the peer must list the same count back);
+    /// absent means the links go to NVSwitches, which connect every such GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_gpu: Option<u32>,
 }
 
 /// One GPU of a [`MachineDescription`].
@@ -80,6 +101,30 @@ pub struct Gpu {
     /// `"0x233010DE"`; absent means `0x000010DE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<String>,
+    /// NUMA node the GPU hangs off; absent means 0. Below the machine's `numa_nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+    /// GPUs with the same value sit behind one PCIe switch (topology level SINGLE/PIX);
+    /// absent means a switch of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_switch: Option<u32>,
+    /// MIG profile table of the card (`"a100-40gb"`, `"a100-80gb"`, `"h100-80gb"`);
+    /// absent means not MIG capable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<MigSku>,
+    /// MIG mode at boot (current = pending); needs `mig`. The simulator, like berth, never
+    /// changes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mig_enabled: bool,
+    /// NVLinks, in link-index order; empty means none (PCIe only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvlinks: Vec<NvLinkGroup>,
+    /// ECC mode; absent means enabled, as on data-centre cards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc_enabled: Option<bool>,
+    /// Power draw when idle, watts; absent means 70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_idle_w: Option<u32>,
 }
 
 /// A GPU with every default applied and every text parsed: what the C side reports.
@@ -93,6 +138,15 @@ pub(crate) struct ResolvedGpu {
     pub(crate) minor_number: u32,
     pub(crate) memory_bytes: u64,
     pub(crate) compute_capability: (i32, i32),
+    pub(crate) numa_node: u32,
+    /// PCIe switch id; GPUs without one get `u32::MAX - index`, unique.
+    pub(crate) pcie_switch: u32,
+    pub(crate) mig: Option<MigSku>,
+    pub(crate) mig_enabled: bool,
+    /// Remote end of each link, by link index: `Some(gpu)` or `None` for an NVSwitch.
+    pub(crate) links: Vec<Option<u32>>,
+    pub(crate) ecc_enabled: bool,
+    pub(crate) power_idle_mw: u32,
 }
 
 impl MachineDescription {
@@ -140,6 +194,11 @@ impl MachineDescription {
         self.resolve().map(|_| ())
     }
 
+    /// NUMA nodes of the host: `numa_nodes`, else 1.
+    pub fn numa_nodes(&self) -> u32 {
+        self.numa_nodes.unwrap_or(1)
+    }
+
     /// The seed derived UUIDs use: `uuid_seed`, else `name`.
     pub fn uuid_seed(&self) -> &str {
         self.uuid_seed.as_deref().unwrap_or(&self.name)
@@ -162,6 +221,7 @@ impl MachineDescription {
             .map(|index| self.resolve_gpu(index))
             .collect::<Result<Vec<_>, _>>()?;
         check_unique(&gpus).map_err(Error::Invalid)?;
+        check_nvlinks(&self.gpus).map_err(Error::Invalid)?;
         Ok(gpus)
     }
 
@@ -186,6 +246,12 @@ impl MachineDescription {
             return Err(format!(
                 "cpus and memory_mb must be positive, got cpus {} and memory_mb {}",
                 self.cpus, self.memory_mb
+            ));
+        }
+        let numa_nodes = self.numa_nodes();
+        if numa_nodes == 0 || numa_nodes > NUMA_NODES_MAX || numa_nodes > self.cpus {
+            return Err(format!(
+                "numa_nodes must be in [1, {NUMA_NODES_MAX}] and at most cpus, got {numa_nodes}"
             ));
         }
         if self.gpus.len() > MAX_GPUS {
@@ -233,6 +299,19 @@ impl MachineDescription {
                 )));
             }
         }
+        let numa_node = gpu.numa_node.unwrap_or(0);
+        if numa_node >= self.numa_nodes() {
+            return Err(context(format!(
+                "numa_node must be below numa_nodes ({}), got {numa_node}",
+                self.numa_nodes()
+            )));
+        }
+        if gpu.mig_enabled && gpu.mig.is_none() {
+            return Err(context(
+                "mig_enabled needs mig (the card's MIG profile table)".into(),
+            ));
+        }
+        let links = resolve_links(gpu, index).map_err(context)?;
         Ok(ResolvedGpu {
             // Both bounded by MAX_GPUS, checked before GPUs are resolved.
             index: index as u32,
@@ -243,6 +322,13 @@ impl MachineDescription {
             minor_number: gpu.minor_number.unwrap_or(index as u32),
             memory_bytes,
             compute_capability: (major as i32, minor as i32),
+            numa_node,
+            pcie_switch: gpu.pcie_switch.unwrap_or(u32::MAX - index as u32),
+            mig: gpu.mig,
+            mig_enabled: gpu.mig_enabled,
+            links,
+            ecc_enabled: gpu.ecc_enabled.unwrap_or(true),
+            power_idle_mw: gpu.power_idle_w.unwrap_or(70).saturating_mul(1000),
         })
     }
 }
@@ -261,6 +347,52 @@ fn check_text(field: &str, value: &str, len_max: usize) -> Result<(), String> {
     }
     if value.contains('\0') {
         return Err(format!("{field} must not contain NUL, got {value:?}"));
+    }
+    Ok(())
+}
+
+/// Link index → remote end, checking counts; peers are checked in [`check_nvlinks`].
+fn resolve_links(gpu: &Gpu, index: usize) -> Result<Vec<Option<u32>>, String> {
+    let mut links = Vec::new();
+    for (g, group) in gpu.nvlinks.iter().enumerate() {
+        if group.links == 0 {
+            return Err(format!("nvlinks[{g}].links must be at least 1"));
+        }
+        if group.peer_gpu == Some(index as u32) {
+            return Err(format!("nvlinks[{g}].peer_gpu must not be the GPU itself"));
+        }
+        links.extend(std::iter::repeat_n(group.peer_gpu, group.links as usize));
+        if links.len() > NVLINKS_MAX as usize {
+            return Err(format!(
+                "nvlinks: at most {NVLINKS_MAX} links per GPU, got {}",
+                links.len()
+            ));
+        }
+    }
+    Ok(links)
+}
+
+/// Direct links exist in pairs: if GPU a lists n links to b, b lists n links to a.
+fn check_nvlinks(gpus: &[Gpu]) -> Result<(), String> {
+    let count = |from: &Gpu, to: u32| -> u32 {
+        from.nvlinks
+            .iter()
+            .filter(|g| g.peer_gpu == Some(to))
+            .map(|g| g.links)
+            .sum()
+    };
+    for (a, gpu) in gpus.iter().enumerate() {
+        for peer in gpu.nvlinks.iter().filter_map(|g| g.peer_gpu) {
+            let Some(other) = gpus.get(peer as usize) else {
+                return Err(format!("gpus[{a}].nvlinks: peer_gpu {peer} does not exist"));
+            };
+            let (there, back) = (count(gpu, peer), count(other, a as u32));
+            if there != back {
+                return Err(format!(
+                    "gpus[{a}] has {there} nvlinks to gpus[{peer}] but it has {back} back"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -426,6 +558,14 @@ mod tests {
         ("uuid equal to a derived one", |m| m.gpus[1].uuid = m.gpu_uuid(0), "same uuid"),
         ("duplicate bus id", |m| m.gpus[1].pci_bus_id = "00000000:01:00.0".into(), "same pci_bus_id"),
         ("duplicate minor", |m| m.gpus[0].minor_number = Some(1), "same minor_number"),
+        ("zero numa nodes", |m| m.numa_nodes = Some(0), "numa_nodes"),
+        ("numa node out of range", |m| m.gpus[1].numa_node = Some(1), "gpus[1].numa_node"),
+        ("mig mode without mig", |m| m.gpus[0].mig_enabled = true, "gpus[0].mig_enabled"),
+        ("zero links", |m| m.gpus[0].nvlinks = vec![NvLinkGroup { links: 0, peer_gpu: None }], "links must be at least 1"),
+        ("too many links", |m| m.gpus[0].nvlinks = vec![NvLinkGroup { links: 19, peer_gpu: None }], "at most 18"),
+        ("link to itself", |m| m.gpus[0].nvlinks = vec![NvLinkGroup { links: 1, peer_gpu: Some(0) }], "itself"),
+        ("link to nowhere", |m| m.gpus[0].nvlinks = vec![NvLinkGroup { links: 1, peer_gpu: Some(9) }], "does not exist"),
+        ("one-way link", |m| m.gpus[0].nvlinks = vec![NvLinkGroup { links: 2, peer_gpu: Some(1) }], "0 back"),
     ];
 
     #[test]

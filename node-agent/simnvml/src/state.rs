@@ -5,24 +5,81 @@
 //! state later work adds (MIG instances, ECC counters, pending XID events) consistent with
 //! the description for free.
 
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::events::EventSets;
 use crate::machine::ResolvedGpu;
+use crate::persist::DeviceState;
 use crate::{Error, MachineDescription};
 
-/// The machine as loaded at the first `nvmlInit`, with every default applied.
+/// The machine as loaded at the first `nvmlInit`, with every default applied, plus what
+/// changes while it runs: MIG instances, ECC counters, lost GPUs (persisted, see
+/// `persist`) and event sets (not persisted: real event sets die with their process).
 #[derive(Debug)]
 pub(crate) struct SimMachine {
     pub(crate) description: MachineDescription,
     pub(crate) gpus: Vec<ResolvedGpu>,
+    /// One per GPU, index order.
+    pub(crate) devices: Vec<DeviceState>,
+    /// Directory of `machine.json`: where the state file, telemetry and injected events
+    /// live. `None` for machines built in memory (unit tests): nothing is persisted.
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) event_sets: EventSets,
 }
 
 impl SimMachine {
+    /// A machine with no MIG instances and nothing persisted.
+    ///
     /// # Errors
     /// Those of [`MachineDescription::validate`].
     pub(crate) fn new(description: MachineDescription) -> Result<Self, Error> {
         let gpus = description.resolve()?;
-        Ok(SimMachine { description, gpus })
+        let devices = vec![DeviceState::default(); gpus.len()];
+        Ok(SimMachine {
+            description,
+            gpus,
+            devices,
+            dir: None,
+            event_sets: EventSets::default(),
+        })
+    }
+
+    /// The machine whose files are in `dir`, with the device state saved there by an
+    /// earlier process (the real driver keeps MIG instances across process restarts).
+    ///
+    /// # Errors
+    /// Those of [`MachineDescription::validate`]; [`Error::Invalid`] or [`Error::Io`] if the
+    /// state file exists but cannot be read or does not fit the machine.
+    pub(crate) fn load(description: MachineDescription, dir: PathBuf) -> Result<Self, Error> {
+        let mut machine = SimMachine::new(description)?;
+        if let Some(devices) = crate::persist::load(&dir, &machine.gpus)? {
+            machine.devices = devices;
+        }
+        machine.dir = Some(dir);
+        Ok(machine)
+    }
+
+    /// Applies `change` to GPU `index`'s state and saves it; if saving fails the change is
+    /// undone, so memory never claims what the file does not hold.
+    ///
+    /// # Errors
+    /// `change`'s error, or `Err(None)` if the state could not be saved.
+    pub(crate) fn mutate<T, E>(
+        &mut self,
+        index: usize,
+        change: impl FnOnce(&mut DeviceState, &ResolvedGpu) -> Result<T, E>,
+    ) -> Result<T, Option<E>> {
+        let before = self.devices[index].clone();
+        let value = change(&mut self.devices[index], &self.gpus[index]).map_err(Some)?;
+        if let Some(dir) = &self.dir {
+            if let Err(e) = crate::persist::save(dir, &self.devices) {
+                crate::ffi::log(&format!("cannot save device state: {e}"));
+                self.devices[index] = before;
+                return Err(None);
+            }
+        }
+        Ok(value)
     }
 }
 

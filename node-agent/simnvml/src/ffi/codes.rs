@@ -10,6 +10,12 @@ use sys::nvmlReturn_t;
 pub(crate) const SUCCESS: nvmlReturn_t = sys::nvmlReturn_enum_NVML_SUCCESS;
 pub(crate) const UNINITIALIZED: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_UNINITIALIZED;
 pub(crate) const INVALID_ARGUMENT: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+pub(crate) const NOT_SUPPORTED: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED;
+pub(crate) const TIMEOUT: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_TIMEOUT;
+pub(crate) const GPU_IS_LOST: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST;
+pub(crate) const IN_USE: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_IN_USE;
+pub(crate) const INSUFFICIENT_RESOURCES: nvmlReturn_t =
+    sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES;
 pub(crate) const NOT_FOUND: nvmlReturn_t = sys::nvmlReturn_enum_NVML_ERROR_NOT_FOUND;
 pub(crate) const INSUFFICIENT_SIZE: nvmlReturn_t =
     sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;

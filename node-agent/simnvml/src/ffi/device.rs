@@ -10,9 +10,11 @@ use nvml_wrapper_sys::bindings::{
     nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
 };
 
-use super::codes::{ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT, NOT_FOUND, SUCCESS};
-use super::{fill_c_array, guard, with_gpu, with_machine, write_c_string, write_value};
-use crate::handle;
+use super::codes::{ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT, NOT_FOUND, SUCCESS, UNKNOWN};
+use super::{
+    fill_c_array, guard, with_gpu, with_live_gpu, with_machine, write_c_string, write_value,
+};
+use crate::handle::{self, DeviceRef};
 use crate::pci::PciAddress;
 use crate::state::SimMachine;
 
@@ -139,7 +141,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
 ///
 /// # Safety
 /// `text` must be null or a NUL-terminated string that outlives `'a`.
-unsafe fn read_c_str<'a>(text: *const c_char) -> Option<&'a str> {
+pub(crate) unsafe fn read_c_str<'a>(text: *const c_char) -> Option<&'a str> {
     if text.is_null() {
         return None;
     }
@@ -215,15 +217,36 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     length: c_uint,
 ) -> nvmlReturn_t {
     guard(|| {
-        with_gpu(device, |gpu| {
+        with_machine(|machine| {
+            let text = match handle::resolve(device) {
+                Some(DeviceRef::Gpu(index)) => machine.gpus.get(index).map(|g| g.uuid.clone()),
+                Some(DeviceRef::Mig(at)) => super::mig::mig_uuid(machine, at),
+                None => None,
+            };
+            let Some(text) = text else {
+                return INVALID_ARGUMENT;
+            };
             // SAFETY: forwarded caller contract.
-            unsafe { write_c_string(uuid, length, &gpu.uuid) }
+            unsafe { write_c_string(uuid, length, &text) }
         })
     })
 }
 
-/// Stores total, free and used framebuffer bytes (v1 layout). Nothing runs on a
-/// simulated GPU yet, so all of it is free.
+/// (total, used) framebuffer bytes of GPU `index`: used from `telemetry.json`, capped at
+/// the total; `None` if that file is malformed.
+fn memory_use(machine: &SimMachine, index: usize) -> Option<(u64, u64)> {
+    let total = machine.gpus[index].memory_bytes;
+    match crate::events::telemetry(machine.dir.as_deref(), index) {
+        Ok(t) => Some((total, (t.memory_used_mb.unwrap_or(0) << 20).min(total))),
+        Err(e) => {
+            super::log(&e);
+            None
+        }
+    }
+}
+
+/// Stores total, free and used framebuffer bytes (v1 layout); used comes from
+/// `telemetry.json` (see `events`), else 0.
 ///
 /// # Safety
 /// `memory` must be null or valid for writing one `nvmlMemory_t`.
@@ -233,12 +256,14 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     memory: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
     guard(|| {
-        with_gpu(device, |gpu| {
-            let total = gpu.memory_bytes;
+        with_live_gpu(device, |machine, index| {
+            let Some((total, used)) = memory_use(machine, index) else {
+                return UNKNOWN;
+            };
             let info = nvmlMemory_t {
                 total,
-                free: total,
-                used: 0,
+                free: total - used,
+                used,
             };
             // SAFETY: forwarded caller contract.
             unsafe { write_value(memory, info) }
@@ -258,7 +283,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     memory: *mut nvmlMemory_v2_t,
 ) -> nvmlReturn_t {
     guard(|| {
-        with_gpu(device, |gpu| {
+        with_live_gpu(device, |machine, index| {
             if memory.is_null() {
                 return INVALID_ARGUMENT;
             }
@@ -267,13 +292,15 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
             if version != MEMORY_V2_VERSION {
                 return ARGUMENT_VERSION_MISMATCH;
             }
-            let total = gpu.memory_bytes;
+            let Some((total, used)) = memory_use(machine, index) else {
+                return UNKNOWN;
+            };
             let info = nvmlMemory_v2_t {
                 version,
                 total,
                 reserved: 0,
-                free: total,
-                used: 0,
+                free: total - used,
+                used,
             };
             // SAFETY: forwarded caller contract.
             unsafe { write_value(memory, info) }

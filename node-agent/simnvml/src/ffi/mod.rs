@@ -5,12 +5,22 @@
 //! null and written unaligned; beyond that the caller's pointers are trusted, as NVML does.
 //!
 //! One file per NVML concern: `system` (init, versions, error strings), `device`
-//! (enumeration and per-device queries). MIG, utilisation, ECC, events and topology will
-//! each be one more file here.
+//! (enumeration and per-device queries), `topology` (NUMA, CPU affinity, NVLink, common
+//! ancestors), `telemetry` (utilisation, power, temperature, ECC), `events` (event sets,
+//! XIDs) and `mig` (MIG mode, profiles, placements, GPU/compute instances, MIG devices).
+//!
+//! A lost GPU (see `events`) still answers its identity (name, UUID, PCI, index: the
+//! driver keeps those), and `NVML_ERROR_GPU_IS_LOST` to everything that would touch the
+//! hardware: memory, telemetry, ECC, topology, MIG. That is what lets an agent tell
+//! *which* GPU is lost.
 
 mod codes;
 mod device;
+mod events;
+mod mig;
 mod system;
+mod telemetry;
+mod topology;
 
 use std::ffi::{c_char, c_uint};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,7 +30,14 @@ use nvml_wrapper_sys::bindings::{nvmlDevice_t, nvmlReturn_t};
 use crate::handle::{self, DeviceRef};
 use crate::machine::ResolvedGpu;
 use crate::state::{SimMachine, REGISTRY};
-use codes::{INSUFFICIENT_SIZE, INVALID_ARGUMENT, SUCCESS, UNINITIALIZED, UNKNOWN};
+use codes::{GPU_IS_LOST, INSUFFICIENT_SIZE, INVALID_ARGUMENT, SUCCESS, UNINITIALIZED, UNKNOWN};
+
+/// One line on stderr, prefixed with the library's name: NVML's return codes carry no
+/// message, so this is where the simulator says why. A closed stderr is not a crash.
+pub(crate) fn log(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "berth-simnvml: {message}");
+}
 
 /// Runs an export's body, turning a panic into `NVML_ERROR_UNKNOWN`.
 fn guard(body: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
@@ -34,11 +51,29 @@ fn with_machine(f: impl FnOnce(&mut SimMachine) -> nvmlReturn_t) -> nvmlReturn_t
 }
 
 /// Runs `f` on the GPU `device` designates; `NVML_ERROR_INVALID_ARGUMENT` if `device` is
-/// not a handle of this library copy or names a GPU this machine lacks.
+/// not a physical-GPU handle of this library copy or names a GPU this machine lacks.
 fn with_gpu(device: nvmlDevice_t, f: impl FnOnce(&ResolvedGpu) -> nvmlReturn_t) -> nvmlReturn_t {
     with_machine(|machine| match handle::resolve(device) {
         Some(DeviceRef::Gpu(index)) => machine.gpus.get(index).map_or(INVALID_ARGUMENT, f),
-        None => INVALID_ARGUMENT,
+        _ => INVALID_ARGUMENT,
+    })
+}
+
+/// Like [`with_gpu`] for queries that touch the hardware: `f` gets the machine and the
+/// GPU's index, and a lost GPU answers `NVML_ERROR_GPU_IS_LOST` instead.
+fn with_live_gpu(
+    device: nvmlDevice_t,
+    f: impl FnOnce(&mut SimMachine, usize) -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    with_machine(|machine| match handle::resolve(device) {
+        Some(DeviceRef::Gpu(index)) if index < machine.gpus.len() => {
+            if machine.devices[index].lost {
+                GPU_IS_LOST
+            } else {
+                f(machine, index)
+            }
+        }
+        _ => INVALID_ARGUMENT,
     })
 }
 
