@@ -201,18 +201,23 @@ fn fits(sm: &StateMachine, node: &str, gpus: u32) -> Result<u32, (String, bool)>
     if n.state() != pb::NodeState::Up {
         return Err((format!("berth node is down: {}", n.reason), true));
     }
-    let all = n
+    let healthy: Vec<&pb::Gpu> = n
         .inventory
-        .as_ref()
-        .map(|i| i.gpus.as_slice())
-        .unwrap_or(&[]);
-    if (all.len() as u32) < gpus {
+        .iter()
+        .flat_map(|i| &i.gpus)
+        .filter(|g| g.unhealthy_reason.is_empty())
+        .collect();
+    if (healthy.len() as u32) < gpus {
         return Err((
-            format!("node has {} GPUs, pod needs {gpus}", all.len()),
+            format!("node has {} healthy GPUs, pod needs {gpus}", healthy.len()),
             true,
         ));
     }
-    let free = all.iter().filter(|g| g.job_id == 0).count() as u32;
+    // A whole GPU is free when no job holds it, whole or by a time-slice share.
+    let free = healthy
+        .iter()
+        .filter(|g| g.job_id == 0 && g.share_job_ids.is_empty())
+        .count() as u32;
     if free < gpus {
         return Err((
             format!("Insufficient {GPU_RESOURCE}: {free} free, pod needs {gpus}"),
@@ -290,7 +295,10 @@ pub fn prioritize(
             let total = sm
                 .node(&host)
                 .and_then(|n| n.inventory.as_ref())
-                .map(|i| i.gpus.len() as i64)
+                .map(|i| {
+                    let healthy = i.gpus.iter().filter(|g| g.unhealthy_reason.is_empty());
+                    healthy.count() as i64
+                })
                 .unwrap_or(0);
             let score = match fits(sm, &host, gpus) {
                 Ok(free) if gpus > 0 && total > 0 => {
@@ -476,6 +484,33 @@ mod tests {
         assert!(got
             .error
             .contains("nvidia.com/mig-1g.10gb is not placed by berth yet"));
+    }
+
+    #[test]
+    fn unhealthy_gpus_are_neither_free_nor_counted() {
+        let mut sm = state_with_node(2, 0);
+        let mark = pb::MarkGpuUnhealthy {
+            node: "gpu1".into(),
+            gpu_uuid: "GPU-1".into(),
+            reason: "XID 79".into(),
+        };
+        sm.apply(
+            2,
+            pb::Command {
+                time_ms: 2,
+                cmd: Some(pb::command::Cmd::MarkGpuUnhealthy(mark)),
+            },
+        );
+        let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json("2"));
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        assert_eq!(
+            got.failed_and_unresolvable_nodes["gpu1"],
+            "node has 1 healthy GPUs, pod needs 2"
+        );
+        let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json("1"));
+        let got = prioritize(&sm, &parse_args(body.as_bytes()).unwrap()).unwrap();
+        // 1 healthy GPU, 1 wanted: filled, 10.
+        assert_eq!(got[0].score, 10);
     }
 
     #[test]
