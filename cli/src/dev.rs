@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// Default 127.0.0.1:7701, skipped with a warning when that is taken.
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Kubernetes API server the extender binds pods through (e.g. `kubectl proxy`'s
+    /// http://127.0.0.1:8001). Default: KUBECONFIG or ~/.kube/config, when there is one.
+    #[arg(long)]
+    pub kube_api: Option<String>,
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
     #[arg(long, default_value_t = 30)]
     pub kill_wait_secs: u64,
@@ -107,7 +111,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let http_url = match http {
         Some(l) => {
             let url = format!("http://{}", l.local_addr()?);
-            berth_scheduler::http::spawn(l, daemon.raft().clone(), stop_rx.clone());
+            let kube = berth_scheduler::kube_api::start(
+                args.kube_api.as_deref(),
+                daemon.raft().clone(),
+                stop_rx.clone(),
+            )
+            .await;
+            berth_scheduler::http::spawn(l, daemon.api().clone(), kube, stop_rx.clone());
             Some(url)
         }
         None => None,

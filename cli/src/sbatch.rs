@@ -1292,6 +1292,7 @@ fn build_spec(
         hold: opts.hold,
         submit_host: ctx.host.clone(),
         export_all,
+        pod: None,
     })
 }
 

@@ -197,7 +197,9 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
             )),
         }
     }
-    for job in sm.jobs().filter(|j| running_here(j)) {
+    // Pods run under kubelet, not under the agent: never launch them.
+    let batch = |j: &pb::Job| j.spec.as_ref().is_none_or(|s| s.pod.is_none());
+    for job in sm.jobs().filter(|j| running_here(j) && batch(j)) {
         if !reported.iter().any(|ev| ev.job_id == job.id) {
             out.push(Msg::Launch(pb::LaunchJob {
                 job: Some(job.clone()),

@@ -71,6 +71,7 @@ pub enum DaemonError {
 /// A running replica.
 pub struct Daemon {
     raft: RaftHandle,
+    api: Api,
     raft_thread: std::thread::JoinHandle<Result<(), StoreError>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -119,6 +120,7 @@ impl Daemon {
             agent_silence_max: cfg.agent_silence_max,
             leader_channel: Default::default(),
         }));
+        let api_for_http = api.clone();
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()
             .add_service(
@@ -144,9 +146,15 @@ impl Daemon {
             );
         Ok(Daemon {
             raft,
+            api: api_for_http,
             raft_thread,
             server: tokio::spawn(server),
         })
+    }
+
+    /// The gRPC services' implementation (the HTTP endpoint calls it in-process).
+    pub fn api(&self) -> &Api {
+        &self.api
     }
 
     /// The Raft handle (state, leadership).

@@ -185,6 +185,145 @@ pub fn pod_gpus(pod: &Pod) -> Result<u32, ExtenderError> {
     Ok(sum.max(init))
 }
 
+/// Body of `/bind`.
+#[derive(Debug, Deserialize)]
+pub struct ExtenderBindingArgs {
+    /// Pod name.
+    #[serde(rename = "PodName", alias = "podName", alias = "podname")]
+    pub pod_name: String,
+    /// Pod namespace.
+    #[serde(
+        rename = "PodNamespace",
+        alias = "podNamespace",
+        alias = "podnamespace"
+    )]
+    pub pod_namespace: String,
+    /// Pod UID.
+    #[serde(rename = "PodUID", alias = "podUID", alias = "poduid", default)]
+    pub pod_uid: String,
+    /// The node kube-scheduler chose.
+    #[serde(rename = "Node", alias = "node")]
+    pub node: String,
+}
+
+/// Answer of `/bind`.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ExtenderBindingResult {
+    /// Why the bind failed (empty: bound).
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+/// Parses a `/bind` body.
+///
+/// # Errors
+/// [`ExtenderError::Json`] for bad JSON or an empty pod name, namespace or node.
+pub fn parse_binding_args(body: &[u8]) -> Result<ExtenderBindingArgs, ExtenderError> {
+    let args: ExtenderBindingArgs =
+        serde_json::from_slice(body).map_err(|e| ExtenderError::Json(e.to_string()))?;
+    if args.pod_name.is_empty() || args.pod_namespace.is_empty() || args.node.is_empty() {
+        return Err(ExtenderError::Json(
+            "PodName, PodNamespace and Node must not be empty".into(),
+        ));
+    }
+    Ok(args)
+}
+
+/// Reads a Kubernetes quantity in `unit`s: CPUs in millicores (`"500m"`, `"2"`, `"1.5"`)
+/// with `unit = 1000`, memory in bytes (`"128Mi"`, `"1G"`, `"1e9"`) with `unit = 1`.
+///
+/// # Errors
+/// A message naming the quantity when it does not parse or is negative.
+pub fn quantity(text: &str, milli: bool) -> Result<u64, String> {
+    let t = text.trim();
+    let suffixes: [(&str, f64); 13] = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("m", 1e-3),
+    ];
+    let (number, factor) = suffixes
+        .iter()
+        .find_map(|(s, f)| t.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((t, 1.0));
+    let bad = || format!("quantity {text:?} is not a Kubernetes quantity");
+    if number.is_empty() || !number.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let scaled = value * factor * if milli { 1000.0 } else { 1.0 };
+    if !scaled.is_finite() || scaled < 0.0 || scaled > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(scaled.ceil() as u64)
+}
+
+/// Sum of one resource's requests over the pod's containers (limits where no request).
+fn pod_sum(pod: &Pod, resource: &str, milli: bool) -> Result<u64, ExtenderError> {
+    let mut sum = 0u64;
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let Some(res) = &c.resources else { continue };
+        let q = res
+            .requests
+            .as_ref()
+            .and_then(|r| r.get(resource))
+            .or_else(|| res.limits.as_ref().and_then(|l| l.get(resource)));
+        if let Some(q) = q {
+            sum += quantity(&q.0, milli).map_err(|detail| ExtenderError::Resource {
+                pod: pod_key(pod),
+                detail: format!("container {}: {resource}: {detail}", c.name),
+            })?;
+        }
+    }
+    Ok(sum)
+}
+
+/// The berth job a pod stands for: one task on one node of `partition`, its CPUs rounded
+/// up to whole cores (at least 1), its memory in MiB, its GPUs; the namespace is the
+/// account (one fair-share tree for pods and batch jobs) and the user, and
+/// `priorityClassName` the QOS.
+///
+/// # Errors
+/// [`ExtenderError::Resource`] for unreadable requests or resources berth does not place.
+pub fn pod_job_spec(pod: &Pod, partition: &str) -> Result<pb::JobSpec, ExtenderError> {
+    let m = &pod.metadata;
+    let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
+    let millicores = pod_sum(pod, "cpu", true)?;
+    let memory_bytes = pod_sum(pod, "memory", false)?;
+    Ok(pb::JobSpec {
+        name: m.name.clone().unwrap_or_default(),
+        pod: Some(pb::PodRef {
+            namespace: namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+        }),
+        partition: partition.to_string(),
+        account: namespace.clone(),
+        user: namespace,
+        qos: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority_class_name.clone())
+            .unwrap_or_default(),
+        nodes: 1,
+        ntasks: 1,
+        cpus_per_task: millicores.div_ceil(1000).max(1) as u32,
+        mem_mb: memory_bytes.div_ceil(1 << 20),
+        gpus_per_node: pod_gpus(pod)?,
+        work_dir: "/".into(),
+        ..Default::default()
+    })
+}
+
 /// A node's name inside a raw Node object.
 fn node_name(node: &serde_json::Value) -> Option<&str> {
     node.get("metadata")?.get("name")?.as_str()
@@ -225,6 +364,38 @@ fn fits(sm: &StateMachine, node: &str, gpus: u32) -> Result<u32, (String, bool)>
         ));
     }
     Ok(free)
+}
+
+/// The allocation of a pod job on `node`: its CPUs and memory, and the lowest-indexed
+/// healthy free GPUs it asks for (`gpus_per_node`).
+///
+/// # Errors
+/// Why the node cannot take the pod now.
+pub fn allocation_on(
+    sm: &StateMachine,
+    node: &str,
+    spec: &pb::JobSpec,
+) -> Result<pb::Allocation, String> {
+    fits(sm, node, spec.gpus_per_node).map_err(|(why, _)| why)?;
+    let inv = sm
+        .node(node)
+        .and_then(|n| n.inventory.as_ref())
+        .ok_or_else(|| format!("node {node} is not managed by berth"))?;
+    let mut free: Vec<&pb::Gpu> = inv
+        .gpus
+        .iter()
+        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .collect();
+    free.sort_by_key(|g| g.index);
+    free.truncate(spec.gpus_per_node as usize);
+    Ok(pb::Allocation {
+        node: node.to_string(),
+        gpu_uuids: free.iter().map(|g| g.uuid.clone()).collect(),
+        gpu_indices: free.iter().map(|g| g.index).collect(),
+        cpus: spec.cpus_per_task,
+        mem_mb: spec.mem_mb,
+        ..Default::default()
+    })
 }
 
 /// Answers `/filter`: the candidates berth can place the pod on now, each other candidate
@@ -511,6 +682,78 @@ mod tests {
         let got = prioritize(&sm, &parse_args(body.as_bytes()).unwrap()).unwrap();
         // 1 healthy GPU, 1 wanted: filled, 10.
         assert_eq!(got[0].score, 10);
+    }
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        let ok: &[(&str, bool, u64)] = &[
+            ("2", true, 2000),
+            ("500m", true, 500),
+            ("1.5", true, 1500),
+            ("0.1", true, 100),
+            ("128Mi", false, 128 << 20),
+            ("1Gi", false, 1 << 30),
+            ("1G", false, 1_000_000_000),
+            ("1e9", false, 1_000_000_000),
+            ("100", false, 100),
+        ];
+        for (i, (text, milli, want)) in ok.iter().enumerate() {
+            let got = quantity(text, *milli);
+            assert_eq!(got, Ok(*want), "#{i}: {text}");
+        }
+        for (i, text) in ["", "Mi", "-1", "abc", "1.2.3", "12Zi", "1e999"]
+            .iter()
+            .enumerate()
+        {
+            assert!(quantity(text, false).is_err(), "#{i}: {text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_pod_becomes_a_one_node_job_of_its_namespace() {
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"train","namespace":"ml","uid":"u-1"},
+                "spec":{"priorityClassName":"training","containers":[
+                  {"name":"a","resources":{"requests":{"cpu":"1500m","memory":"1Gi"},"limits":{"nvidia.com/gpu":"2"}}},
+                  {"name":"b","resources":{"requests":{"cpu":"250m","memory":"512Mi"}}}]}}"#,
+        )
+        .unwrap();
+        let spec = pod_job_spec(&pod, "h100").unwrap();
+        assert_eq!(spec.pod.as_ref().unwrap().uid, "u-1");
+        assert_eq!(
+            (spec.account.as_str(), spec.qos.as_str()),
+            ("ml", "training")
+        );
+        // 1.75 cores round up to 2; 1.5 GiB = 1536 MiB.
+        assert_eq!(
+            (spec.cpus_per_task, spec.mem_mb, spec.gpus_per_node),
+            (2, 1536, 2)
+        );
+        crate::state_machine::pods::validate_pod_spec(&spec).unwrap();
+        let bad: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"x"},"spec":{"containers":[{"name":"a","resources":{"requests":{"memory":"lots"}}}]}}"#,
+        )
+        .unwrap();
+        let err = pod_job_spec(&bad, "h100").unwrap_err().to_string();
+        assert!(err.contains("memory") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn binding_args_use_the_go_field_names() {
+        let a = parse_binding_args(
+            br#"{"PodName":"p","PodNamespace":"ml","PodUID":"u","Node":"gpu1"}"#,
+        )
+        .unwrap();
+        assert_eq!((a.pod_name.as_str(), a.node.as_str()), ("p", "gpu1"));
+        for body in [
+            &b"{}"[..],
+            br#"{"PodName":"","PodNamespace":"ml","Node":"n"}"#,
+            b"nope",
+        ] {
+            assert!(parse_binding_args(body).is_err());
+        }
+        let wire = serde_json::to_string(&ExtenderBindingResult::default()).unwrap();
+        assert_eq!(wire, r#"{"Error":""}"#);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! berthd's HTTP endpoint (`--http-listen`, default `127.0.0.1:7701`): the kube-scheduler
-//! extender verbs and Prometheus `/metrics`.
+//! extender verbs (`/filter`, `/prioritize`, `/bind`) and Prometheus `/metrics`.
 //!
 //! Kept apart from the gRPC port because kube-scheduler and Prometheus speak plain
 //! HTTP/1.1 JSON and text. Every replica serves it; answers come from the replica's applied
@@ -8,7 +8,9 @@
 //! HTTP 400 with the reason as text. Bodies over [`BODY_BYTES_MAX`] get 413.
 
 use crate::extender;
+use crate::kube_api::Kube;
 use crate::raft_loop::RaftHandle;
+use crate::server::Api;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -25,6 +27,9 @@ pub const BODY_BYTES_MAX: usize = 16 << 20;
 /// What the handlers share.
 struct Http {
     raft: RaftHandle,
+    api: Api,
+    /// The API server pods are bound through, or why there is none.
+    kube: Result<Kube, String>,
     registry: Registry,
     jobs: IntGaugeVec,
     nodes: IntGaugeVec,
@@ -41,8 +46,10 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
-/// The router of berthd's HTTP endpoint over `raft`'s applied state.
-pub fn router(raft: RaftHandle) -> Router {
+/// The router of berthd's HTTP endpoint over `api`'s replica; pods are bound through
+/// `kube`.
+pub fn router(api: Api, kube: Result<Kube, String>) -> Router {
+    let raft = api.0.raft.clone();
     let registry = Registry::new();
     let extender_requests = IntCounterVec::new(
         Opts::new(
@@ -73,10 +80,13 @@ pub fn router(raft: RaftHandle) -> Router {
         extender_requests,
         registry,
         raft,
+        api,
+        kube,
     };
     Router::new()
         .route("/filter", post(filter))
         .route("/prioritize", post(prioritize))
+        .route("/bind", post(bind_verb))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(Arc::new(http))
@@ -119,6 +129,69 @@ async fn prioritize(State(http): State<Arc<Http>>, body: Bytes) -> Response {
         Ok(list) => json(&list),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+}
+
+async fn bind_verb(State(http): State<Arc<Http>>, body: Bytes) -> Response {
+    let error = match bind_pod(&http, &body).await {
+        Ok(job_id) => {
+            tracing::info!(job_id, "pod bound");
+            String::new()
+        }
+        Err(e) => e,
+    };
+    let outcome = if error.is_empty() { "ok" } else { "error" };
+    http.extender_requests
+        .with_label_values(&["bind", outcome])
+        .inc();
+    json(&extender::ExtenderBindingResult { error })
+}
+
+/// Commits the pod's job (the grant), then binds the pod; undoes the grant when
+/// Kubernetes refuses.
+async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
+    use berth_proto::v1::job_service_server::JobService as _;
+    let args = extender::parse_binding_args(body).map_err(|e| e.to_string())?;
+    let kube = http.kube.as_ref().map_err(Clone::clone)?;
+    let pod = kube
+        .pod(&args.pod_namespace, &args.pod_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !args.pod_uid.is_empty() && pod.metadata.uid.as_deref() != Some(args.pod_uid.as_str()) {
+        return Err(format!(
+            "pod {}/{} has uid {:?}, not {}",
+            args.pod_namespace, args.pod_name, pod.metadata.uid, args.pod_uid
+        ));
+    }
+    let partition = http
+        .raft
+        .state()
+        .node(&args.node)
+        .and_then(|n| n.inventory.as_ref())
+        .map(|i| i.partition.clone())
+        .ok_or_else(|| format!("node {} is not managed by berth", args.node))?;
+    let spec = extender::pod_job_spec(&pod, &partition).map_err(|e| e.to_string())?;
+    let req = pb::BindPodRequest {
+        spec: Some(spec),
+        node: args.node.clone(),
+    };
+    let job = http
+        .api
+        .bind_pod(tonic::Request::new(req))
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    if let Err(e) = kube.bind(&job).await {
+        let cancel = pb::CancelRequest { job_id: job.id };
+        if let Err(s) = http.api.cancel(tonic::Request::new(cancel)).await {
+            tracing::error!(
+                job = job.id,
+                "bind failed and its grant stays: {}",
+                s.message()
+            );
+        }
+        return Err(format!("binding pod to {}: {e}", args.node));
+    }
+    Ok(job.id)
 }
 
 async fn metrics(State(http): State<Arc<Http>>) -> Response {
@@ -199,11 +272,12 @@ pub async fn bind(flag: Option<&str>) -> std::io::Result<Option<tokio::net::TcpL
 /// Serves [`router`] on `listener` until `shutdown` turns true.
 pub fn spawn(
     listener: tokio::net::TcpListener,
-    raft: RaftHandle,
+    api: Api,
+    kube: Result<Kube, String>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
-        axum::serve(listener, router(raft))
+        axum::serve(listener, router(api, kube))
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             })

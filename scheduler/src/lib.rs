@@ -19,6 +19,7 @@
 //! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
 //! - [`extender`]: kube-scheduler extender filter/prioritize over berth's node view.
 //! - [`http`]: the HTTP endpoint (`--http-listen`): extender verbs and `/metrics`.
+//! - [`kube_api`]: the Kubernetes API: read, annotate and bind pods; end finished pods' jobs.
 //! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
 //!   `berth dev`).
 #![deny(missing_docs)]
@@ -27,6 +28,7 @@ pub mod agents;
 pub mod daemon;
 pub mod extender;
 pub mod http;
+pub mod kube_api;
 pub mod mem_storage;
 pub mod output_path;
 pub mod raft_log;

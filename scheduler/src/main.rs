@@ -37,6 +37,11 @@ struct Args {
     /// 127.0.0.1:7701, skipped with a warning when that is taken.
     #[arg(long)]
     http_listen: Option<String>,
+    /// Kubernetes API server that the extender binds pods through (e.g. `kubectl proxy`'s
+    /// http://127.0.0.1:8001). Default: KUBECONFIG, ~/.kube/config or the in-cluster
+    /// service account, when there is one.
+    #[arg(long)]
+    kube_api: Option<String>,
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -75,7 +80,13 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot start on state dir {}", args.state_dir.display()))?;
     if let Some(http) = http {
         tracing::info!("HTTP (extender, /metrics) on http://{}", http.local_addr()?);
-        berth_scheduler::http::spawn(http, daemon.raft().clone(), stop_rx);
+        let kube = berth_scheduler::kube_api::start(
+            args.kube_api.as_deref(),
+            daemon.raft().clone(),
+            stop_rx.clone(),
+        )
+        .await;
+        berth_scheduler::http::spawn(http, daemon.api().clone(), kube, stop_rx);
     }
     tracing::info!(
         "berthd listening on {} (state in {})",

@@ -186,6 +186,47 @@ impl pb::job_service_server::JobService for Api {
         }
     }
 
+    async fn bind_pod(
+        &self,
+        req: Request<pb::BindPodRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.bind_pod(Request::new(req.into_inner())).await;
+        }
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("bind without a job spec"))?;
+        crate::state_machine::pods::validate_pod_spec(&spec).map_err(Status::invalid_argument)?;
+        let uid = spec.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+        // The leader picks the GPUs from its own applied state; the command re-checks them
+        // when it applies, so a race with the scheduling loop cannot double-grant.
+        let allocation = {
+            let sm = self.0.raft.state();
+            if let Some(job) = sm.pod_job(&uid) {
+                return Ok(Response::new(self.view(job)));
+            }
+            crate::extender::allocation_on(&sm, &r.node, &spec)
+                .map_err(Status::failed_precondition)?
+        };
+        let bind = pb::BindPod {
+            term: self.0.raft.term(),
+            spec: Some(spec),
+            allocation: Some(allocation),
+        };
+        match self.propose(Cmd::BindPod(bind)).await? {
+            Outcome::Submitted(id) => {
+                let sm = self.0.raft.state();
+                let job = sm
+                    .job(id)
+                    .ok_or_else(|| Status::internal(format!("bound job {id} not in state")))?;
+                Ok(Response::new(self.view(job)))
+            }
+            Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn cancel(
         &self,
         req: Request<pb::CancelRequest>,

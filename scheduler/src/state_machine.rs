@@ -154,6 +154,7 @@ impl StateMachine {
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
             Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c),
+            Cmd::BindPod(c) => self.bind_pod(c, now),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -200,6 +201,17 @@ impl StateMachine {
                 job.state = JobState::Cancelled as i32;
                 job.end_time_ms = now;
                 job.reason = "None".into();
+                (Outcome::Done, vec![changed(id)])
+            }
+            // kubelet, not an agent, runs a pod: cancelling its job releases the GPUs at
+            // once (deleting the pod is Kubernetes' business).
+            JobState::Running if job.spec.as_ref().is_some_and(|s| s.pod.is_some()) => {
+                let finished = pb::JobFinished {
+                    state: JobState::Cancelled as i32,
+                    reason: "cancelled".into(),
+                    ..Default::default()
+                };
+                self.finish(id, &finished, now);
                 (Outcome::Done, vec![changed(id)])
             }
             JobState::Running if !job.kill_requested => {
@@ -660,3 +672,5 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[cfg(test)]
 #[path = "state_machine_tests.rs"]
 mod tests;
+
+pub mod pods;

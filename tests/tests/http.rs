@@ -43,6 +43,9 @@ fn extender_filter_prioritize_and_metrics_over_http() {
         .arg("--state-dir")
         .arg(tmp.path().join("state"))
         .env("RUST_LOG", "warn")
+        // No cluster: binding must say so rather than pretend.
+        .env("KUBECONFIG", "/nonexistent/berth-test-kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -141,6 +144,14 @@ fn extender_filter_prioritize_and_metrics_over_http() {
         (status, body.as_str()),
         (400, "extender request has no Pod")
     );
+    let (status, body) = http(
+        web,
+        "POST",
+        "/bind",
+        r#"{"PodName":"p","PodNamespace":"ml","PodUID":"u","Node":"node1"}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("no Kubernetes API configured"), "{body}");
     let big = "x".repeat(17 << 20);
     let (status, _) = http(web, "POST", "/filter", &big);
     assert_eq!(status, 413);

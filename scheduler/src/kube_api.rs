@@ -1,0 +1,302 @@
+//! berthd's side of the Kubernetes API (kube-rs): read the pod being bound, annotate it
+//! with the devices berth granted, post its `Binding`, and, on the leader, end the jobs of
+//! pods that finished or were deleted.
+//!
+//! Order of a bind, so nothing is lost or granted twice: the job is committed to the Raft
+//! log first (that is the grant), then the pod is labelled and annotated, then bound. If
+//! Kubernetes refuses either step the job is cancelled again, which releases its GPUs, and
+//! kube-scheduler sees the error and retries the pod.
+
+use crate::raft_loop::RaftHandle;
+use crate::server::command;
+use berth_proto::v1 as pb;
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Label (and annotation) with the berth job id of a bound pod.
+pub const JOB_ID_KEY: &str = "berth.io/job-id";
+/// Annotation with the UUIDs of the GPUs berth granted the pod.
+pub const GPUS_KEY: &str = "berth.io/gpus";
+
+/// Why the Kubernetes API did not do what berth asked.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No API server could be configured (no `--kube-api`, kubeconfig or in-cluster
+    /// service account).
+    #[error("no Kubernetes API configured: {0}")]
+    Config(String),
+    /// The API answered with an error, or could not be reached.
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// A client of one cluster's API server.
+#[derive(Clone)]
+pub struct Kube {
+    client: kube::Client,
+}
+
+impl Kube {
+    /// A client of `api_url` (e.g. `kubectl proxy`'s `http://127.0.0.1:8001`), or, without
+    /// one, of what `KUBECONFIG`/`~/.kube/config` or the pod's service account name.
+    ///
+    /// # Errors
+    /// [`KubeError::Config`] when none of these gives a usable configuration.
+    pub async fn connect(api_url: Option<&str>) -> Result<Kube, KubeError> {
+        let config = match api_url {
+            Some(url) => {
+                let uri: axum::http::Uri = url
+                    .parse()
+                    .map_err(|e| KubeError::Config(format!("--kube-api {url:?}: {e}")))?;
+                kube::Config::new(uri)
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| KubeError::Config(e.to_string()))?,
+        };
+        let client =
+            kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?;
+        Ok(Kube { client })
+    }
+
+    /// The pod `namespace/name`.
+    ///
+    /// # Errors
+    /// [`KubeError::Api`], e.g. when it does not exist.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Pod, KubeError> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await?)
+    }
+
+    /// Labels and annotates the pod with its job and GPUs, then binds it to the job's node.
+    ///
+    /// # Errors
+    /// [`KubeError::Api`] when either call fails.
+    pub async fn bind(&self, job: &pb::Job) -> Result<(), KubeError> {
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod.as_ref())
+            .expect("bind is only called for pod jobs");
+        let alloc = job.allocations.first().expect("a bound job has a node");
+        let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace);
+        let id = job.id.to_string();
+        let meta = serde_json::json!({
+            "metadata": {
+                "labels": { JOB_ID_KEY: id },
+                "annotations": { JOB_ID_KEY: id, GPUS_KEY: alloc.gpu_uuids.join(",") },
+            }
+        });
+        api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&meta))
+            .await?;
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: None,
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(alloc.node.clone()),
+                ..Default::default()
+            },
+        };
+        let _: serde_json::Value = api
+            .create_subresource("binding", &pod.name, &PostParams::default(), &binding)
+            .await?;
+        Ok(())
+    }
+
+    /// Phase of every pod berth bound (labelled with [`JOB_ID_KEY`]), by pod uid.
+    ///
+    /// # Errors
+    /// [`KubeError::Api`] when the list fails.
+    pub async fn bound_pods(&self) -> Result<BTreeMap<String, String>, KubeError> {
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().labels(JOB_ID_KEY))
+            .await?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter_map(|p| {
+                let uid = p.metadata.uid?;
+                let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+                Some((uid, phase))
+            })
+            .collect())
+    }
+}
+
+/// A pod absent from the API this long after its job started was deleted (the grace
+/// covers the moments between the commit of its job and its label landing).
+const ABSENT_GRACE_MS: u64 = 30_000;
+
+/// The `JobEnded` commands for pod jobs whose pods are done: `Succeeded` → COMPLETED,
+/// `Failed` → FAILED, gone → CANCELLED.
+pub fn ended_pods(
+    running: &[pb::Job],
+    phases: &BTreeMap<String, String>,
+    now_ms: u64,
+) -> Vec<pb::JobEnded> {
+    let mut out = Vec::new();
+    for job in running {
+        let Some(pod) = job.spec.as_ref().and_then(|s| s.pod.as_ref()) else {
+            continue;
+        };
+        let (state, reason) = match phases.get(&pod.uid).map(String::as_str) {
+            Some("Succeeded") => (pb::JobState::Completed, "pod succeeded"),
+            Some("Failed") => (pb::JobState::Failed, "pod failed"),
+            None if now_ms >= job.start_time_ms + ABSENT_GRACE_MS => {
+                (pb::JobState::Cancelled, "pod deleted")
+            }
+            _ => continue,
+        };
+        out.push(pb::JobEnded {
+            job_id: job.id,
+            node: job
+                .allocations
+                .first()
+                .map(|a| a.node.clone())
+                .unwrap_or_default(),
+            finished: Some(pb::JobFinished {
+                state: state as i32,
+                reason: reason.into(),
+                end_time_ms: now_ms,
+                ..Default::default()
+            }),
+        });
+    }
+    out
+}
+
+/// While leading, every `interval` ends the jobs of pods that finished or were deleted.
+pub async fn pod_watch_loop(
+    raft: RaftHandle,
+    kube: Kube,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            continue;
+        }
+        let running: Vec<pb::Job> = raft
+            .state()
+            .jobs()
+            .filter(|j| j.state() == pb::JobState::Running)
+            .filter(|j| j.spec.as_ref().is_some_and(|s| s.pod.is_some()))
+            .cloned()
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        let phases = match kube.bound_pods().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot list bound pods: {e}");
+                continue;
+            }
+        };
+        for ended in ended_pods(&running, &phases, crate::server::now_ms()) {
+            if let Err(e) = raft
+                .propose(command(pb::command::Cmd::JobEnded(ended)))
+                .await
+            {
+                tracing::warn!("pod job end not proposed: {e}");
+            }
+        }
+    }
+}
+
+/// Connects to the API server (`api_url`, else inferred) and, when that works, starts the
+/// leader's pod watch. Without a cluster berthd runs on; `/bind` then answers with the
+/// returned reason.
+pub async fn start(
+    api_url: Option<&str>,
+    raft: RaftHandle,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Kube, String> {
+    match Kube::connect(api_url).await {
+        Ok(kube) => {
+            tokio::spawn(pod_watch_loop(
+                raft,
+                kube.clone(),
+                Duration::from_secs(5),
+                shutdown,
+            ));
+            Ok(kube)
+        }
+        Err(e) => {
+            tracing::info!("pods cannot be bound: {e}");
+            Err(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_job(id: u64, uid: &str, started: u64) -> pb::Job {
+        pb::Job {
+            id,
+            state: pb::JobState::Running as i32,
+            start_time_ms: started,
+            spec: Some(pb::JobSpec {
+                pod: Some(pb::PodRef {
+                    namespace: "ml".into(),
+                    name: format!("p{id}"),
+                    uid: uid.into(),
+                }),
+                ..Default::default()
+            }),
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn finished_and_deleted_pods_end_their_jobs() {
+        let jobs = [
+            pod_job(1, "a", 0),
+            pod_job(2, "b", 0),
+            pod_job(3, "c", 0),
+            pod_job(4, "d", 0),
+            pod_job(5, "e", 50_000),
+        ];
+        let phases: BTreeMap<String, String> =
+            [("a", "Succeeded"), ("b", "Failed"), ("c", "Running")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let ended = ended_pods(&jobs, &phases, 60_000);
+        let got: Vec<(u64, i32)> = ended
+            .iter()
+            .map(|e| (e.job_id, e.finished.as_ref().unwrap().state))
+            .collect();
+        // d is gone for longer than the grace; e started 10 s ago and may not be labelled yet.
+        assert_eq!(
+            got,
+            vec![
+                (1, pb::JobState::Completed as i32),
+                (2, pb::JobState::Failed as i32),
+                (4, pb::JobState::Cancelled as i32),
+            ]
+        );
+        assert!(ended.iter().all(|e| e.node == "n1"));
+    }
+}
