@@ -1,0 +1,135 @@
+//! The Kubernetes manifests in `deploy/kubernetes/` stay true to the code: they parse as the
+//! Kubernetes types they claim to be, the extender stanza uses only the fields
+//! kube-scheduler knows and passes its validation rules, it points at berthd's HTTP port,
+//! and every flag the manifests pass to berthd and berth-agent is one the binaries accept.
+
+use berth_tests::bin;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn manifest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes")
+        .join(name)
+}
+
+fn docs(name: &str) -> Vec<serde_yaml_ng::Value> {
+    let text = std::fs::read_to_string(manifest(name)).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn of_kind<T: serde::de::DeserializeOwned>(name: &str, kind: &str) -> T {
+    let doc = docs(name)
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("{name} has no {kind}"));
+    serde_yaml_ng::from_value(doc).unwrap_or_else(|e| panic!("{name} {kind}: {e}"))
+}
+
+/// Long flags (`--name`) in an argument list, including inside a shell command line.
+fn flags(args: &[String]) -> Vec<String> {
+    args.iter()
+        .flat_map(|a| a.split_whitespace())
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|f| f.split('=').next().unwrap().to_string())
+        .collect()
+}
+
+fn accepts(binary: &str, flag: &str) -> bool {
+    let help = Command::new(bin(binary)).arg("--help").output().unwrap();
+    String::from_utf8_lossy(&help.stdout).contains(&format!("--{flag}"))
+}
+
+#[test]
+fn extender_stanza_follows_kube_scheduler_rules() {
+    let cfg = &docs("scheduler-config.yaml")[0];
+    assert_eq!(
+        cfg["apiVersion"].as_str(),
+        Some("kubescheduler.config.k8s.io/v1")
+    );
+    let extenders = cfg["extenders"].as_sequence().unwrap();
+    assert_eq!(extenders.len(), 1);
+    let e = extenders[0].as_mapping().unwrap();
+    // kubescheduler.config.k8s.io/v1 Extender's json names (interfaces.md 1.4).
+    let known = [
+        "urlPrefix",
+        "filterVerb",
+        "preemptVerb",
+        "prioritizeVerb",
+        "bindVerb",
+        "weight",
+        "enableHTTPS",
+        "tlsConfig",
+        "httpTimeout",
+        "nodeCacheCapable",
+        "managedResources",
+        "ignorable",
+    ];
+    for key in e.keys() {
+        let key = key.as_str().unwrap();
+        assert!(known.contains(&key), "unknown extender field {key}");
+    }
+    let get = |k: &str| e.get(k).cloned().unwrap_or(serde_yaml_ng::Value::Null);
+    assert!(
+        get("weight").as_i64().unwrap() > 0,
+        "prioritizeVerb needs a positive weight"
+    );
+    // The verbs berthd serves.
+    assert_eq!(get("filterVerb").as_str(), Some("filter"));
+    assert_eq!(get("prioritizeVerb").as_str(), Some("prioritize"));
+    assert_eq!(get("bindVerb").as_str(), Some("bind"));
+    assert!(
+        get("preemptVerb").is_null(),
+        "berthd serves no /preempt yet"
+    );
+    assert_eq!(
+        get("managedResources")[0]["name"].as_str(),
+        Some("nvidia.com/gpu")
+    );
+    let url = get("urlPrefix").as_str().unwrap().to_string();
+    let services: Vec<Service> = docs("berthd.yaml")
+        .into_iter()
+        .filter(|d| d["kind"].as_str() == Some("Service"))
+        .map(|d| serde_yaml_ng::from_value(d).unwrap())
+        .collect();
+    let http = services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("berthd"))
+        .and_then(|s| {
+            s.spec
+                .as_ref()?
+                .ports
+                .as_ref()?
+                .iter()
+                .find(|p| p.name.as_deref() == Some("http"))
+                .map(|p| p.port)
+        })
+        .expect("berthd Service has an http port");
+    assert!(
+        url.ends_with(&format!("berthd.berth-system.svc:{http}")),
+        "{url}"
+    );
+}
+
+#[test]
+fn manifests_pass_only_flags_the_binaries_accept() {
+    let sts: StatefulSet = of_kind("berthd.yaml", "StatefulSet");
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    for flag in flags(&args) {
+        assert!(accepts("berthd", &flag), "berthd does not accept --{flag}");
+    }
+    let ds: DaemonSet = of_kind("berth-agent.yaml", "DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    for flag in flags(&args) {
+        assert!(
+            accepts("berth-agent", &flag),
+            "berth-agent does not accept --{flag}"
+        );
+    }
+}
