@@ -229,6 +229,143 @@ pub fn parse_binding_args(body: &[u8]) -> Result<ExtenderBindingArgs, ExtenderEr
     Ok(args)
 }
 
+/// A victim pod named by uid (`MetaPod`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct MetaPod {
+    /// Pod UID.
+    #[serde(rename = "UID", alias = "uid")]
+    pub uid: String,
+}
+
+/// Victims on one node, by uid (`MetaVictims`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct MetaVictims {
+    /// The pods to evict.
+    #[serde(rename = "Pods", alias = "pods", default)]
+    pub pods: Vec<MetaPod>,
+    /// PodDisruptionBudget violations the eviction causes.
+    #[serde(rename = "NumPDBViolations", alias = "numPDBViolations", default)]
+    pub num_pdb_violations: i64,
+}
+
+/// Victims on one node as full pods (`Victims`, when `nodeCacheCapable` is false).
+#[derive(Debug, Default, Deserialize)]
+pub struct Victims {
+    /// The pods to evict.
+    #[serde(rename = "Pods", alias = "pods", default)]
+    pub pods: Vec<Pod>,
+    /// PodDisruptionBudget violations the eviction causes.
+    #[serde(rename = "NumPDBViolations", alias = "numPDBViolations", default)]
+    pub num_pdb_violations: i64,
+}
+
+/// Body of `/preempt`.
+#[derive(Debug, Deserialize)]
+pub struct ExtenderPreemptionArgs {
+    /// The pod that wants room.
+    #[serde(rename = "Pod", alias = "pod")]
+    pub pod: Option<Pod>,
+    /// Candidate nodes and their victims as full pods.
+    #[serde(rename = "NodeNameToVictims", alias = "nodeNameToVictims", default)]
+    pub node_name_to_victims: Option<BTreeMap<String, Victims>>,
+    /// Candidate nodes and their victims by uid.
+    #[serde(
+        rename = "NodeNameToMetaVictims",
+        alias = "nodeNameToMetaVictims",
+        default
+    )]
+    pub node_name_to_meta_victims: Option<BTreeMap<String, MetaVictims>>,
+}
+
+/// Answer of `/preempt`: always the by-uid form.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ExtenderPreemptionResult {
+    /// The candidates berth agrees with, and their victims.
+    #[serde(rename = "NodeNameToMetaVictims")]
+    pub node_name_to_meta_victims: BTreeMap<String, MetaVictims>,
+}
+
+/// Parses a `/preempt` body.
+///
+/// # Errors
+/// [`ExtenderError::Json`] or [`ExtenderError::NoPod`].
+pub fn parse_preemption_args(body: &[u8]) -> Result<ExtenderPreemptionArgs, ExtenderError> {
+    let args: ExtenderPreemptionArgs =
+        serde_json::from_slice(body).map_err(|e| ExtenderError::Json(e.to_string()))?;
+    if args.pod.is_none() {
+        return Err(ExtenderError::NoPod);
+    }
+    Ok(args)
+}
+
+/// Answers `/preempt`: keeps a candidate node only if evicting its victims frees enough of
+/// berth's GPUs for the pod. kube-scheduler only sees pods, not the batch jobs that hold
+/// GPUs too, so without this it would evict pods from a node whose GPUs stay taken. Victims
+/// are kept as proposed; a node berth rejects is left out (kube-scheduler's veto).
+///
+/// # Errors
+/// [`ExtenderError::Resource`] when the pod's GPU request cannot be read.
+pub fn preempt(
+    sm: &StateMachine,
+    args: &ExtenderPreemptionArgs,
+) -> Result<ExtenderPreemptionResult, ExtenderError> {
+    let pod = args.pod.as_ref().expect("parse_preemption_args checked");
+    let gpus = pod_gpus(pod)?;
+    let mut candidates: BTreeMap<String, MetaVictims> =
+        args.node_name_to_meta_victims.clone().unwrap_or_default();
+    for (node, v) in args.node_name_to_victims.iter().flatten() {
+        let pods = v
+            .pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .map(|uid| MetaPod { uid })
+            .collect();
+        candidates.insert(
+            node.clone(),
+            MetaVictims {
+                pods,
+                num_pdb_violations: v.num_pdb_violations,
+            },
+        );
+    }
+    let mut out = ExtenderPreemptionResult::default();
+    for (node, victims) in candidates {
+        if gpus == 0 || freed_enough(sm, &node, &victims, gpus) {
+            out.node_name_to_meta_victims.insert(node, victims);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `node` has `gpus` healthy GPUs free once the victims' pod jobs end.
+fn freed_enough(sm: &StateMachine, node: &str, victims: &MetaVictims, gpus: u32) -> bool {
+    let Some(n) = sm.node(node).filter(|n| n.state() == pb::NodeState::Up) else {
+        return false;
+    };
+    let leaving: Vec<u64> = victims
+        .pods
+        .iter()
+        .filter_map(|v| sm.pod_job(&v.uid))
+        .filter(|j| j.allocations.first().is_some_and(|a| a.node == node))
+        .map(|j| j.id)
+        .collect();
+    let free_after = n
+        .inventory
+        .iter()
+        .flat_map(|i| &i.gpus)
+        .filter(|g| g.unhealthy_reason.is_empty())
+        .filter(|g| {
+            let holders: Vec<u64> = if g.job_id != 0 {
+                vec![g.job_id]
+            } else {
+                g.share_job_ids.clone()
+            };
+            holders.iter().all(|h| leaving.contains(h))
+        })
+        .count() as u32;
+    free_after >= gpus
+}
+
 /// Reads a Kubernetes quantity in `unit`s: CPUs in millicores (`"500m"`, `"2"`, `"1.5"`)
 /// with `unit = 1000`, memory in bytes (`"128Mi"`, `"1G"`, `"1e9"`) with `unit = 1`.
 ///
@@ -754,6 +891,61 @@ mod tests {
         }
         let wire = serde_json::to_string(&ExtenderBindingResult::default()).unwrap();
         assert_eq!(wire, r#"{"Error":""}"#);
+    }
+
+    #[test]
+    fn preempt_keeps_only_nodes_where_the_victims_free_enough_gpus() {
+        // 8 GPUs, 6 held by batch job 1 (not a pod): evicting pods frees nothing there.
+        let sm = state_with_node(8, 6);
+        let body = format!(
+            r#"{{"Pod":{},"NodeNameToMetaVictims":{{"gpu1":{{"Pods":[{{"UID":"v1"}}],"NumPDBViolations":0}},"ghost":{{"Pods":[{{"UID":"v2"}}]}}}}}}"#,
+            pod_json("3")
+        );
+        let got = preempt(&sm, &parse_preemption_args(body.as_bytes()).unwrap()).unwrap();
+        assert!(got.node_name_to_meta_victims.is_empty(), "{got:?}");
+        // 2 GPUs: they are free already, so the node is kept with its victims.
+        let body = body.replace("\"3\"", "\"2\"");
+        let got = preempt(&sm, &parse_preemption_args(body.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&got).unwrap(),
+            r#"{"NodeNameToMetaVictims":{"gpu1":{"Pods":[{"UID":"v1"}],"NumPDBViolations":0}}}"#
+        );
+        assert!(parse_preemption_args(b"{}").is_err());
+        assert!(parse_preemption_args(b"{\"Pod\":5}").is_err());
+    }
+
+    #[test]
+    fn preempting_a_pod_that_holds_the_gpus_is_agreed() {
+        let mut sm = state_with_node(4, 0);
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"low","namespace":"ml","uid":"v1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"4"}}}]}}"#,
+        )
+        .unwrap();
+        let spec = pod_job_spec(&pod, "gpu").unwrap();
+        let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
+        let bind = pb::BindPod {
+            term: 1,
+            spec: Some(spec),
+            allocation: Some(allocation),
+        };
+        let cmd = pb::Command {
+            time_ms: 5,
+            cmd: Some(pb::command::Cmd::BindPod(bind)),
+        };
+        assert_eq!(
+            sm.apply(2, cmd).0,
+            crate::state_machine::Outcome::Submitted(1)
+        );
+        let body = format!(
+            r#"{{"Pod":{},"NodeNameToMetaVictims":{{"gpu1":{{"Pods":[{{"UID":"v1"}}]}}}}}}"#,
+            pod_json("4")
+        );
+        let got = preempt(&sm, &parse_preemption_args(body.as_bytes()).unwrap()).unwrap();
+        assert_eq!(got.node_name_to_meta_victims.len(), 1);
+        // Evicting some other pod frees nothing.
+        let other = body.replace("\"v1\"", "\"v9\"");
+        let got = preempt(&sm, &parse_preemption_args(other.as_bytes()).unwrap()).unwrap();
+        assert!(got.node_name_to_meta_victims.is_empty());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! berthd's HTTP endpoint (`--http-listen`, default `127.0.0.1:7701`): the kube-scheduler
-//! extender verbs (`/filter`, `/prioritize`, `/bind`) and Prometheus `/metrics`.
+//! extender verbs (`/filter`, `/prioritize`, `/bind`, `/preempt`) and Prometheus `/metrics`.
 //!
 //! Kept apart from the gRPC port because kube-scheduler and Prometheus speak plain
 //! HTTP/1.1 JSON and text. Every replica serves it; answers come from the replica's applied
 //! state. Filter answers request errors with HTTP 200 and `Error` set (its only error
-//! channel that reaches pod events); prioritize has no error field, so a bad request gets
+//! channel that reaches pod events); prioritize and preempt have no error field, so a bad request gets
 //! HTTP 400 with the reason as text. Bodies over [`BODY_BYTES_MAX`] get 413.
 
 use crate::extender;
@@ -87,6 +87,7 @@ pub fn router(api: Api, kube: Result<Kube, String>) -> Router {
         .route("/filter", post(filter))
         .route("/prioritize", post(prioritize))
         .route("/bind", post(bind_verb))
+        .route("/preempt", post(preempt))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(Arc::new(http))
@@ -127,6 +128,19 @@ async fn prioritize(State(http): State<Arc<Http>>, body: Bytes) -> Response {
         .inc();
     match result {
         Ok(list) => json(&list),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn preempt(State(http): State<Arc<Http>>, body: Bytes) -> Response {
+    let result = extender::parse_preemption_args(&body)
+        .and_then(|args| extender::preempt(&http.raft.state(), &args));
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    http.extender_requests
+        .with_label_values(&["preempt", outcome])
+        .inc();
+    match result {
+        Ok(answer) => json(&answer),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }

@@ -82,10 +82,7 @@ fn extender_stanza_follows_kube_scheduler_rules() {
     assert_eq!(get("filterVerb").as_str(), Some("filter"));
     assert_eq!(get("prioritizeVerb").as_str(), Some("prioritize"));
     assert_eq!(get("bindVerb").as_str(), Some("bind"));
-    assert!(
-        get("preemptVerb").is_null(),
-        "berthd serves no /preempt yet"
-    );
+    assert_eq!(get("preemptVerb").as_str(), Some("preempt"));
     assert_eq!(
         get("managedResources")[0]["name"].as_str(),
         Some("nvidia.com/gpu")

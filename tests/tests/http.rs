@@ -135,6 +135,23 @@ fn extender_filter_prioritize_and_metrics_over_http() {
         .unwrap()
         .contains("2 free, pod needs 3"));
 
+    // Preemption: evicting some pod on the busy node frees none of the batch job's GPUs,
+    // so berth vetoes that node; the idle node is agreed.
+    let victims = r#"{"Pods":[{"UID":"some-pod"}],"NumPDBViolations":0}"#;
+    let args = format!(
+        r#"{{"Pod":{},"NodeNameToMetaVictims":{{"{full}":{victims},"{empty}":{victims}}}}}"#,
+        pod(3)
+    );
+    let (status, body) = http(web, "POST", "/preempt", &args);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let kept: Vec<&String> = v["NodeNameToMetaVictims"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(kept, vec![empty], "{body}");
+
     // Bad payloads: a clear error, never a crash, nothing changed.
     let (status, body) = http(web, "POST", "/filter", "{not json");
     assert_eq!(status, 200);
