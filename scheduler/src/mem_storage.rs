@@ -83,19 +83,7 @@ impl LogStore for MemStorage {
         };
         let mut s = lock(&self.working);
         let (first, last) = MemStorage::bounds(&s);
-        if first_new < first || first_new > last + 1 {
-            return Err(StoreError::Order(format!(
-                "entries start at {first_new}, log holds [{first}, {last}]"
-            )));
-        }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(StoreError::Order(format!(
-                    "entry {} follows {}",
-                    pair[1].index, pair[0].index
-                )));
-            }
-        }
+        crate::storage::check_append(entries, first, last)?;
         s.entries.truncate((first_new - first) as usize);
         s.entries.extend_from_slice(entries);
         Ok(())

@@ -118,6 +118,29 @@ pub trait LogStore: raft::Storage {
     fn location(&self) -> &str;
 }
 
+/// The write-side contiguity check both stores make: `entries` (not empty) must be
+/// consecutive and start inside `[first, last + 1]` of the stored log.
+///
+/// # Errors
+/// [`StoreError::Order`] naming the gap.
+pub fn check_append(entries: &[Entry], first: u64, last: u64) -> Result<(), StoreError> {
+    let first_new = entries.first().map(|e| e.index).unwrap_or(first);
+    if first_new < first || first_new > last + 1 {
+        return Err(StoreError::Order(format!(
+            "entries start at {first_new}, log holds [{first}, {last}]"
+        )));
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(StoreError::Order(format!(
+                "entry {} follows {}",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl LogStore for SledStorage {
     fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
         SledStorage::append(self, entries)
@@ -317,19 +340,7 @@ impl SledStorage {
             return Ok(());
         };
         let (first, last) = (self.first()?, self.last()?);
-        if first_new < first || first_new > last + 1 {
-            return Err(Error::Order(format!(
-                "entries start at {first_new}, log holds [{first}, {last}]"
-            )));
-        }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(Error::Order(format!(
-                    "entry {} follows {}",
-                    pair[1].index, pair[0].index
-                )));
-            }
-        }
+        check_append(entries, first, last)?;
         let mut batch = sled::Batch::default();
         for stale in first_new..=last {
             batch.remove(&index_key(stale));

@@ -78,3 +78,28 @@ pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// berthd replica `id` of a group on loopback `ports` (replica `i + 1` listens on
+/// `ports[i]`), state in `dir/r<id>`, with `extra` flags.
+pub fn replica(dir: &std::path::Path, id: u64, ports: &[u16], extra: &[&str]) -> Proc {
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    Proc(
+        std::process::Command::new(bin("berthd"))
+            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", ports[id as usize - 1]),
+                "--state-dir",
+            ])
+            .arg(dir.join(format!("r{id}")))
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn berthd"),
+    )
+}

@@ -6,32 +6,13 @@
 //! gangs placed whole (invariant 3), and no job started twice.
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port, poll, simnvml, Proc};
+use berth_tests::{bin, free_port, poll, replica, simnvml, Proc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
-    let peers: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    Proc(
-        Command::new(bin("berthd"))
-            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
-            .args(["--listen", &format!("127.0.0.1:{}", ports[id as usize - 1])])
-            .arg("--state-dir")
-            .arg(dir.join(format!("r{id}")))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// A berth-agent named `name` on a simulated 4×A100 machine.
 fn gpu_agent(dir: &Path, name: &str, servers: &str) -> Proc {
@@ -134,7 +115,9 @@ fn leader_kill_9_under_continuous_submits_loses_and_doubles_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let ports = [free_port(), free_port(), free_port()];
-    let mut procs: Vec<Option<Proc>> = (1..=3).map(|id| Some(replica(&dir, id, &ports))).collect();
+    let mut procs: Vec<Option<Proc>> = (1..=3)
+        .map(|id| Some(replica(&dir, id, &ports, &[])))
+        .collect();
     let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let urls: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
     let _agents = [
@@ -169,7 +152,7 @@ fn leader_kill_9_under_continuous_submits_loses_and_doubles_nothing() {
         leader_of(live[0]).filter(|l| *l != leader)
     });
     std::thread::sleep(Duration::from_secs(3));
-    procs[leader as usize - 1] = Some(replica(&dir, leader, &ports)); // the old leader returns
+    procs[leader as usize - 1] = Some(replica(&dir, leader, &ports, &[])); // the old leader returns
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Release);
     worker.join().unwrap();

@@ -1,38 +1,11 @@
 //! Three `berthd` replicas on loopback: a leader is elected, writes sent to any replica are
 //! forwarded to it, and after kill -9 of the leader a new one is elected with every
-//! acknowledged job still there. (The first step of the Raft HA issue; see README.)
+//! acknowledged job still there. (See also `failover.rs`: the same under continuous load with GPU agents.)
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port, poll, Proc};
+use berth_tests::{bin, free_port, poll, replica, Proc};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn replica(dir: &Path, id: u64, ports: &[u16]) -> Proc {
-    replica_with(dir, id, ports, &[])
-}
-
-fn replica_with(dir: &Path, id: u64, ports: &[u16], extra: &[&str]) -> Proc {
-    let peers: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    Proc(
-        Command::new(bin("berthd"))
-            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", ports[id as usize - 1]),
-                "--state-dir",
-            ])
-            .arg(dir.join(format!("r{id}")))
-            .args(extra)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
+use std::process::{Command, Output};
 
 /// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs).
 fn cpu_agent(dir: &Path, servers: &str) -> Proc {
@@ -96,7 +69,9 @@ fn three_replicas_elect_forward_and_survive_leader_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ports = [free_port(), free_port(), free_port()];
-    let mut procs: Vec<Option<Proc>> = (1..=3).map(|id| Some(replica(dir, id, &ports))).collect();
+    let mut procs: Vec<Option<Proc>> = (1..=3)
+        .map(|id| Some(replica(dir, id, &ports, &[])))
+        .collect();
     let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
     let servers: String = ports
         .iter()
@@ -195,7 +170,7 @@ fn a_replica_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     let ports = [free_port(), free_port(), free_port()];
     let small = ["--snapshot-entries", "4"];
     let mut procs: Vec<Option<Proc>> = (1..=3)
-        .map(|id| Some(replica_with(dir, id, &ports, &small)))
+        .map(|id| Some(replica(dir, id, &ports, &small)))
         .collect();
     let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
     let lagging = (1..=3u64).find(|id| *id != leader).unwrap() as usize - 1;
@@ -225,7 +200,7 @@ fn a_replica_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     }
     let leader_applied = status(ports[leader as usize - 1]).unwrap().applied_index;
     // The log the follower missed is compacted away: it can only catch up by snapshot.
-    procs[lagging] = Some(replica_with(dir, lagging as u64 + 1, &ports, &small));
+    procs[lagging] = Some(replica(dir, lagging as u64 + 1, &ports, &small));
     poll("follower caught up", 30, || {
         status(ports[lagging])
             .filter(|s| s.applied_index >= leader_applied)
@@ -253,12 +228,12 @@ fn members_are_added_and_removed_at_runtime() {
     let dir = tmp.path();
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let mut procs: Vec<Option<Proc>> = (1..=3)
-        .map(|id| Some(replica(dir, id, &ports[..3])))
+        .map(|id| Some(replica(dir, id, &ports[..3], &[])))
         .collect();
     let leader = poll("a leader", 30, || agreed_leader(&ports, &[0, 1, 2]));
     let any = format!("127.0.0.1:{}", ports[0]);
     // Replica 4 starts empty (--join) knowing everyone's address, and is added as a voter.
-    procs.push(Some(replica_with(dir, 4, &ports, &["--join"])));
+    procs.push(Some(replica(dir, 4, &ports, &["--join"])));
     let add = berth(
         dir,
         &any,
