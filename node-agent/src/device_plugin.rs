@@ -357,8 +357,11 @@ impl DevicePlugin for Plugin {
         let mut skip = handed.ids.clone();
         drop(handed);
         let mut container_responses = Vec::with_capacity(req.container_requests.len());
-        for c in &req.container_requests {
-            let size = usize::try_from(c.allocation_size.max(0)).unwrap_or(0);
+        for (index, c) in req.container_requests.iter().enumerate() {
+            let size = usize::try_from(c.allocation_size)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(PluginError::NoDevices { index })?;
             let (ids, job) = grants::preferred(
                 &grants,
                 &skip,
@@ -465,12 +468,15 @@ async fn register(dir: &Path) -> Result<(), String> {
         .map_err(|s| format!("kubelet refused: {}", s.message()))
 }
 
-/// (device, inode) of a file: a changed one means the file was replaced.
-type FileId = (u64, u64);
+/// (device, inode, ctime s, ctime ns) of a file: a changed one means the file was
+/// replaced (the ctime catches a new file that reuses the old inode number).
+type FileId = (u64, u64, i64, i64);
 
 /// The [`FileId`] of `path`, `None` when it does not exist.
 fn identity(path: &Path) -> Option<FileId> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Checks that `dir` is a directory the plugin can use, before anything starts.

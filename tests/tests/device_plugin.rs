@@ -266,6 +266,10 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
             allocation_size: 1,
         }],
     };
+    let mut zero = pref.clone();
+    zero.container_requests[0].allocation_size = 0;
+    let err = plugin.get_preferred_allocation(zero).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let pref = plugin
         .get_preferred_allocation(pref)
         .await
