@@ -1,5 +1,6 @@
-//! Compiles `proto/berth/v1/*.proto` with the protoc shipped by `protoc-bin-vendored`, so a
-//! fresh machine needs no system protoc.
+//! Compiles `proto/berth/v1/*.proto` and the vendored kubelet device-plugin API
+//! (`proto/k8s/deviceplugin/v1beta1/api.proto`, package `v1beta1`) with the protoc shipped by
+//! `protoc-bin-vendored`, so a fresh machine needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -8,6 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .btree_map(".")
-        .compile_protos(&["proto/berth/v1/berth.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/berth/v1/berth.proto",
+                "proto/k8s/deviceplugin/v1beta1/api.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

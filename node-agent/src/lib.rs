@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`gpu`]: the [`gpu::GpuBackend`] trait and its NVML implementation (real driver or the
 //!   simulated machine, same code).
+//! - [`device_plugin`]: the kubelet device plugin (`--device-plugin`): berth's GPUs for pods.
 //! - [`agent`]: the connection loop (register, heartbeat, events, commands, reconnect).
 //! - [`supervisor`]: job directories on disk, launch, kill, time limits, re-attach.
 //! - [`shim`]: the per-job process that waits for the job and records its exit.
@@ -18,6 +19,7 @@
 //! - [`nvml_raw`]: the audited raw NVML calls nvml-wrapper does not wrap (MIG).
 
 pub mod agent;
+pub mod device_plugin;
 pub mod gpu;
 pub mod health;
 pub mod job_env;

@@ -5,7 +5,7 @@ use berth_agent::agent::{self, AgentConfig};
 use berth_agent::agent::{HealthReports, Sharing};
 use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
-use berth_agent::{health, machine, shim};
+use berth_agent::{device_plugin, health, machine, shim};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -57,6 +57,11 @@ struct Args {
     /// How shares are shared: time-slicing or mps (MPS limits per job).
     #[arg(long, default_value = "time-slicing")]
     gpu_sharing: String,
+    /// Serve the kubelet device plugin (nvidia.com/gpu) in DIR, registering with
+    /// DIR/kubelet.sock; pods then see exactly the GPUs berth granted them.
+    #[arg(long, value_name = "DIR", num_args = 0..=1,
+          default_missing_value = berth_proto::deviceplugin::DEVICE_PLUGIN_PATH)]
+    device_plugin: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -118,6 +123,27 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
     });
+    let health_rx = match &a.device_plugin {
+        Some(dir) => {
+            device_plugin::check_dir(dir)?;
+            let (devices_tx, devices_rx) =
+                tokio::sync::watch::channel(device_plugin::devices_from_inventory(&inv.gpus));
+            let dp_cfg = device_plugin::DevicePluginConfig {
+                dir: dir.clone(),
+                node_name: cfg.node_name.clone(),
+                servers: cfg.servers.clone(),
+                state_dir: cfg.state_dir.clone(),
+            };
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = device_plugin::run(dp_cfg, devices_rx, stop).await {
+                    tracing::error!("device plugin stopped: {e}");
+                }
+            });
+            device_plugin::tee_health(health_rx, devices_tx)
+        }
+        None => health_rx,
+    };
     let health = HealthReports::new(health_rx);
     agent::run(cfg, inv, backend, health, stop_rx).await?;
     stop_health.store(true, std::sync::atomic::Ordering::Relaxed);
