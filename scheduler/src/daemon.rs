@@ -119,6 +119,7 @@ impl Daemon {
             default_partition: cfg.default_partition,
             agent_silence_max: cfg.agent_silence_max,
             leader_channel: Default::default(),
+            bind_lock: Default::default(),
         }));
         let api_for_http = api.clone();
         let mut stop = shutdown;

@@ -29,6 +29,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Tries of a bind whose GPUs the scheduling loop took between choice and commit.
+const BIND_ATTEMPTS: u32 = 3;
+
 /// Metadata key of the leader's URL on an `UNAVAILABLE` answer to an agent that attached
 /// to a follower.
 pub const LEADER_HEADER: &str = "berth-leader";
@@ -55,6 +58,9 @@ pub struct Shared {
     pub agent_silence_max: Duration,
     /// The connection to the leader that forwarded requests share.
     pub leader_channel: LeaderChannel,
+    /// Binds pick GPUs from the applied state and then propose: one at a time, so two
+    /// concurrent binds never pick the same GPUs (the log would refuse the second).
+    pub bind_lock: tokio::sync::Mutex<()>,
 }
 
 /// One lazily connected channel to the current leader, shared by every forwarded request:
@@ -199,32 +205,40 @@ impl pb::job_service_server::JobService for Api {
             .ok_or_else(|| Status::invalid_argument("bind without a job spec"))?;
         crate::state_machine::pods::validate_pod_spec(&spec).map_err(Status::invalid_argument)?;
         let uid = spec.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+        let _one_at_a_time = self.0.bind_lock.lock().await;
         // The leader picks the GPUs from its own applied state; the command re-checks them
-        // when it applies, so a race with the scheduling loop cannot double-grant.
-        let allocation = {
-            let sm = self.0.raft.state();
-            if let Some(job) = sm.pod_job(&uid) {
-                return Ok(Response::new(self.view(job)));
-            }
-            crate::extender::allocation_on(&sm, &r.node, &spec)
-                .map_err(Status::failed_precondition)?
-        };
-        let bind = pb::BindPod {
-            term: self.0.raft.term(),
-            spec: Some(spec),
-            allocation: Some(allocation),
-        };
-        match self.propose(Cmd::BindPod(bind)).await? {
-            Outcome::Submitted(id) => {
+        // when it applies, so a race with the scheduling loop cannot double-grant. When the
+        // loop's allocation took them first, pick again from the newer state.
+        for attempt in 1..=BIND_ATTEMPTS {
+            let allocation = {
                 let sm = self.0.raft.state();
-                let job = sm
-                    .job(id)
-                    .ok_or_else(|| Status::internal(format!("bound job {id} not in state")))?;
-                Ok(Response::new(self.view(job)))
+                if let Some(job) = sm.pod_job(&uid) {
+                    return Ok(Response::new(self.view(job)));
+                }
+                crate::extender::allocation_on(&sm, &r.node, &spec)
+                    .map_err(Status::failed_precondition)?
+            };
+            let bind = pb::BindPod {
+                term: self.0.raft.term(),
+                spec: Some(spec.clone()),
+                allocation: Some(allocation),
+            };
+            match self.propose(Cmd::BindPod(bind)).await? {
+                Outcome::Submitted(id) => {
+                    let sm = self.0.raft.state();
+                    let job = sm
+                        .job(id)
+                        .ok_or_else(|| Status::internal(format!("bound job {id} not in state")))?;
+                    return Ok(Response::new(self.view(job)));
+                }
+                Outcome::Rejected(why) if attempt == BIND_ATTEMPTS => {
+                    return Err(Status::failed_precondition(why))
+                }
+                Outcome::Rejected(why) => tracing::debug!(attempt, "bind refused, retrying: {why}"),
+                other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
             }
-            Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+        unreachable!("the last attempt returns")
     }
 
     async fn cancel(

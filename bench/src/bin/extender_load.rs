@@ -213,8 +213,8 @@ async fn main() -> anyhow::Result<()> {
         names.len(),
         t.elapsed().as_secs_f64()
     );
-    println!("| nodes | names per filter | schedulers | pods/s | p50 per pod | p99 per pod |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| nodes | names per filter | schedulers | pods/s | p50 per pod | p99 per pod | rescheduled |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut next = 0usize;
     for &clients in &args.clients {
         let per = args.pods / clients.max(1);
@@ -237,23 +237,33 @@ async fn main() -> anyhow::Result<()> {
                 stream.set_nodelay(true)?;
                 let mut conn = Conn(BufReader::new(stream));
                 let mut lat = Vec::with_capacity(per);
+                let mut retries = 0u64;
                 for i in 0..per {
                     let t = Instant::now();
-                    schedule(&mut conn, &format!("p{}", first + i), &window).await?;
+                    // Another scheduler may fill the chosen node between prioritize and
+                    // bind; kube-scheduler then requeues the pod, and so do we.
+                    while let Err(e) =
+                        schedule(&mut conn, &format!("p{}", first + i), &window).await
+                    {
+                        retries += 1;
+                        anyhow::ensure!(retries <= 10 * per as u64, "too many failed binds: {e}");
+                    }
                     lat.push(t.elapsed());
                 }
-                anyhow::Ok(lat)
+                anyhow::Ok((lat, retries))
             }));
         }
-        let mut lat = Vec::new();
+        let (mut lat, mut retries) = (Vec::new(), 0);
         for t in tasks {
-            lat.extend(t.await??);
+            let (l, r) = t.await??;
+            lat.extend(l);
+            retries += r;
         }
         next += per * clients.max(1);
         let secs = start.elapsed().as_secs_f64();
         lat.sort();
         println!(
-            "| {} | {} | {clients} | {:.0} | {:.2} ms | {:.2} ms |",
+            "| {} | {} | {clients} | {:.0} | {:.2} ms | {:.2} ms | {retries} |",
             args.nodes,
             args.candidates,
             lat.len() as f64 / secs,
