@@ -948,6 +948,101 @@ mod tests {
         assert!(got.node_name_to_meta_victims.is_empty());
     }
 
+    /// gpu1: 8 GPUs, 4 held by a batch job, 2 by pod `u-pod-on-gpu1`, 2 free; gpu2: 8
+    /// free; cpu1 is not berth's.
+    fn golden_state() -> StateMachine {
+        let mut sm = state_with_node(8, 4);
+        let inv = pb::NodeInventory {
+            name: "gpu2".into(),
+            partition: "gpu".into(),
+            cpus: 8,
+            gpus: (0..8)
+                .map(|i| pb::Gpu {
+                    uuid: format!("GPU-B{i}"),
+                    index: i,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let cmd = |time_ms, cmd| pb::Command {
+            time_ms,
+            cmd: Some(cmd),
+        };
+        sm.apply(
+            4,
+            cmd(
+                4,
+                pb::command::Cmd::RegisterNode(pb::RegisterNode {
+                    inventory: Some(inv),
+                }),
+            ),
+        );
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"low","namespace":"ml","uid":"u-pod-on-gpu1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"2"}}}]}}"#,
+        )
+        .unwrap();
+        let spec = pod_job_spec(&pod, "gpu").unwrap();
+        let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
+        let bind = pb::BindPod {
+            term: 1,
+            spec: Some(spec),
+            allocation: Some(allocation),
+        };
+        let (outcome, _) = sm.apply(5, cmd(5, pb::command::Cmd::BindPod(bind)));
+        assert_eq!(outcome, crate::state_machine::Outcome::Submitted(2));
+        sm
+    }
+
+    /// Every `testdata/extender/<case>.request.json` answered as the verb its name starts
+    /// with must equal `<case>.response.json` (the wire JSON). `BERTH_BLESS=1` writes
+    /// missing answers, to be read and checked by hand before they are committed.
+    #[test]
+    fn golden_requests_get_their_golden_answers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/extender");
+        let sm = golden_state();
+        let mut cases = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(case) = name.strip_suffix(".request.json") else {
+                continue;
+            };
+            let body = std::fs::read(&path).unwrap();
+            let answer = if case.starts_with("filter") {
+                let result = match parse_args(&body) {
+                    Ok(args) => filter(&sm, &args),
+                    Err(e) => ExtenderFilterResult {
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                };
+                serde_json::to_value(result).unwrap()
+            } else if case.starts_with("prioritize") {
+                let args = parse_args(&body).unwrap();
+                serde_json::to_value(prioritize(&sm, &args).unwrap()).unwrap()
+            } else if case.starts_with("preempt") {
+                let args = parse_preemption_args(&body).unwrap();
+                serde_json::to_value(preempt(&sm, &args).unwrap()).unwrap()
+            } else {
+                panic!("{name}: no verb in the case name");
+            };
+            let want_path = dir.join(format!("{case}.response.json"));
+            if !want_path.exists() && std::env::var_os("BERTH_BLESS").is_some() {
+                let text = serde_json::to_string_pretty(&answer).unwrap() + "\n";
+                std::fs::write(&want_path, text).unwrap();
+            }
+            let want: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&want_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", want_path.display())),
+            )
+            .unwrap();
+            assert_eq!(answer, want, "{case}");
+            cases += 1;
+        }
+        assert!(cases >= 8, "only {cases} golden cases found");
+    }
+
     #[test]
     fn pods_without_gpus_pass_everywhere() {
         let sm = state_with_node(8, 8);
