@@ -68,11 +68,14 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::Polic
     let now = crate::server::now_ms();
     let (cluster, pending) = {
         let sm = raft.state();
-        (sm.cluster_view(), sm.pending_jobs())
+        let pending = sm.pending_jobs();
+        if pending.is_empty() {
+            // Most passes (every job change wakes one) find nothing to place: skip the
+            // cluster view, which costs a walk over every node and GPU.
+            return;
+        }
+        (sm.cluster_view(), pending)
     };
-    if pending.is_empty() {
-        return;
-    }
     let schedule = policies::schedule(&cluster, &pending, cfg, now);
     reasons.replace(
         schedule

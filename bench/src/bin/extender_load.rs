@@ -107,13 +107,24 @@ impl Conn {
 }
 
 /// Filter, prioritize and bind one pod; returns the node it went to.
-async fn schedule(conn: &mut Conn, pod: &str, candidates: &[String]) -> anyhow::Result<String> {
+/// Round-trip times of the last pod's three requests (filter, prioritize, bind).
+type VerbTimes = [Duration; 3];
+
+async fn schedule(
+    conn: &mut Conn,
+    pod: &str,
+    candidates: &[String],
+    times: &mut VerbTimes,
+) -> anyhow::Result<String> {
     let names = serde_json::to_string(candidates)?;
     let args = format!(
         r#"{{"Pod":{},"Nodes":null,"NodeNames":{names}}}"#,
         pod_json(pod)
     );
-    let filtered: serde_json::Value = serde_json::from_str(&conn.post("/filter", &args).await?)?;
+    let t = Instant::now();
+    let answer = conn.post("/filter", &args).await?;
+    times[0] = t.elapsed();
+    let filtered: serde_json::Value = serde_json::from_str(&answer)?;
     if filtered["Error"] != "" {
         bail!("filter: {}", filtered["Error"]);
     }
@@ -122,8 +133,10 @@ async fn schedule(conn: &mut Conn, pod: &str, candidates: &[String]) -> anyhow::
         r#"{{"Pod":{},"Nodes":null,"NodeNames":{kept}}}"#,
         pod_json(pod)
     );
-    let scores: Vec<serde_json::Value> =
-        serde_json::from_str(&conn.post("/prioritize", &args).await?)?;
+    let t = Instant::now();
+    let answer = conn.post("/prioritize", &args).await?;
+    times[1] = t.elapsed();
+    let scores: Vec<serde_json::Value> = serde_json::from_str(&answer)?;
     let best = scores
         .iter()
         .max_by_key(|h| h["Score"].as_i64().unwrap_or(0))
@@ -133,7 +146,10 @@ async fn schedule(conn: &mut Conn, pod: &str, candidates: &[String]) -> anyhow::
     let args = format!(
         r#"{{"PodName":"{pod}","PodNamespace":"bench","PodUID":"uid-{pod}","Node":"{best}"}}"#
     );
-    let bound: serde_json::Value = serde_json::from_str(&conn.post("/bind", &args).await?)?;
+    let t = Instant::now();
+    let answer = conn.post("/bind", &args).await?;
+    times[2] = t.elapsed();
+    let bound: serde_json::Value = serde_json::from_str(&answer)?;
     if bound["Error"] != "" {
         bail!("bind: {}", bound["Error"]);
     }
@@ -213,8 +229,8 @@ async fn main() -> anyhow::Result<()> {
         names.len(),
         t.elapsed().as_secs_f64()
     );
-    println!("| nodes | names per filter | schedulers | pods/s | p50 per pod | p99 per pod | rescheduled |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| nodes | names per filter | schedulers | pods/s | p50 per pod | p99 per pod | p50 filter / prioritize / bind | rescheduled |");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|");
     let mut next = 0usize;
     for &clients in &args.clients {
         let per = args.pods / clients.max(1);
@@ -238,37 +254,49 @@ async fn main() -> anyhow::Result<()> {
                 let mut conn = Conn(BufReader::new(stream));
                 let mut lat = Vec::with_capacity(per);
                 let mut retries = 0u64;
+                let mut verbs = Vec::with_capacity(per);
                 for i in 0..per {
                     let t = Instant::now();
+                    let mut times = VerbTimes::default();
                     // Another scheduler may fill the chosen node between prioritize and
                     // bind; kube-scheduler then requeues the pod, and so do we.
                     while let Err(e) =
-                        schedule(&mut conn, &format!("p{}", first + i), &window).await
+                        schedule(&mut conn, &format!("p{}", first + i), &window, &mut times).await
                     {
                         retries += 1;
                         anyhow::ensure!(retries <= 10 * per as u64, "too many failed binds: {e}");
                     }
                     lat.push(t.elapsed());
+                    verbs.push(times);
                 }
-                anyhow::Ok((lat, retries))
+                anyhow::Ok((lat, retries, verbs))
             }));
         }
-        let (mut lat, mut retries) = (Vec::new(), 0);
+        let (mut lat, mut retries, mut verbs) = (Vec::new(), 0, Vec::new());
         for t in tasks {
-            let (l, r) = t.await??;
+            let (l, r, v) = t.await??;
             lat.extend(l);
             retries += r;
+            verbs.extend(v);
         }
+        let verb_p50 = |k: usize| {
+            let mut d: Vec<Duration> = verbs.iter().map(|v: &VerbTimes| v[k]).collect();
+            d.sort();
+            d[d.len() / 2].as_secs_f64() * 1e3
+        };
         next += per * clients.max(1);
         let secs = start.elapsed().as_secs_f64();
         lat.sort();
         println!(
-            "| {} | {} | {clients} | {:.0} | {:.2} ms | {:.2} ms | {retries} |",
+            "| {} | {} | {clients} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} / {:.2} ms | {retries} |",
             args.nodes,
             args.candidates,
             lat.len() as f64 / secs,
             lat[lat.len() / 2].as_secs_f64() * 1e3,
-            lat[lat.len() * 99 / 100].as_secs_f64() * 1e3
+            lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
+            verb_p50(0),
+            verb_p50(1),
+            verb_p50(2)
         );
     }
     Ok(())
