@@ -6,7 +6,8 @@
 //! iterates a randomly ordered map, so a seed replays exactly. A run has two phases:
 //! - **safety**: clients submit and cancel while the network drops, delays, duplicates and
 //!   reorders messages, partitions split the replicas, replicas crash (losing unflushed
-//!   writes) and restart, and nodes go down; checkers run after every ready (replicas agree
+//!   writes) and restart, nodes go down, and pods are bound through the extender's
+//!   `BindPod`, racing the scheduling loop; checkers run after every ready (replicas agree
 //!   on the state at equal applied indexes, no entry differs between replicas at an index,
 //!   no GPU is granted twice, gangs are whole);
 //! - **liveness**: faults stop, crashed replicas restart, the network heals; the cluster
@@ -73,6 +74,7 @@ impl SimConfig {
                 submit: 0.03,
                 cancel: 0.004,
                 node_down: 0.0002,
+                bind: 0.01,
             },
             snapshot_entries: 40,
         }

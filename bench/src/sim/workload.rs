@@ -28,6 +28,8 @@ pub struct Load {
     pub cancel: f64,
     /// Probability that a node's agent goes silent and the node is marked down.
     pub node_down: f64,
+    /// Probability that kube-scheduler binds a pod through the extender.
+    pub bind: f64,
 }
 
 /// GPU nodes of the simulated cluster.
@@ -162,6 +164,9 @@ impl Workload {
                 );
             }
         }
+        if clients_on && rng.gen_bool(load.bind) {
+            self.bind_pod(cluster, now_ms, rng);
+        }
         if clients_on && rng.gen_bool(load.cancel) {
             let ids: Vec<u64> = self.acked_submits.keys().copied().collect();
             if let (Some(&id), Some(i)) = (ids.choose(rng), Workload::target(cluster, rng)) {
@@ -187,6 +192,56 @@ impl Workload {
             }
         }
         self.collect();
+    }
+
+    /// kube-scheduler's bind through the extender, as berthd's `BindPod` RPC does it: the
+    /// replica reached picks the GPUs from its own applied state (stale on a deposed
+    /// leader) and proposes the pod's job with its term. Races the scheduling loop's
+    /// allocations on purpose: the log must refuse whichever comes second.
+    fn bind_pod(&mut self, cluster: &mut Cluster, now_ms: u64, rng: &mut ChaCha8Rng) {
+        let Some(i) = Workload::target(cluster, rng) else {
+            return;
+        };
+        let name = format!("pod{}", self.next_name);
+        self.next_name += 1;
+        let spec = pb::JobSpec {
+            name: name.clone(),
+            pod: Some(pb::PodRef {
+                namespace: "sim".into(),
+                name: name.clone(),
+                uid: format!("uid-{name}"),
+            }),
+            partition: "gpu".into(),
+            nodes: 1,
+            ntasks: 1,
+            cpus_per_task: 1,
+            gpus_per_node: rng.gen_range(1..=4),
+            work_dir: "/".into(),
+            ..Default::default()
+        };
+        let node = format!("sim{:02}", rng.gen_range(0..self.nodes));
+        let Some(replica) = cluster.node_mut(i) else {
+            return;
+        };
+        let allocation = {
+            let sm = replica.state();
+            berth_scheduler::extender::allocation_on(&sm, &node, &spec)
+        };
+        let Ok(allocation) = allocation else {
+            return; // the extender's filter would have left this node out
+        };
+        let bind = pb::BindPod {
+            term: replica.term(),
+            spec: Some(spec),
+            allocation: Some(allocation),
+        };
+        self.propose(
+            cluster,
+            i,
+            now_ms,
+            pb::command::Cmd::BindPod(bind),
+            Asked::Submit(name),
+        );
     }
 
     /// Agents as the leader sees them: register missing nodes, report dead ones down,
