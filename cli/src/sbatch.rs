@@ -1293,6 +1293,7 @@ fn build_spec(
         submit_host: ctx.host.clone(),
         export_all,
         pod: None,
+        pod_group: None,
     })
 }
 

@@ -197,8 +197,8 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
             )),
         }
     }
-    // Pods run under kubelet, not under the agent: never launch them.
-    let batch = |j: &pb::Job| j.spec.as_ref().is_none_or(|s| s.pod.is_none());
+    // Pods run under kubelet, and pod groups' reservations run nothing: never launch them.
+    let batch = |j: &pb::Job| !crate::state_machine::pods::is_kubernetes(j);
     for job in sm.jobs().filter(|j| running_here(j) && batch(j)) {
         if !reported.iter().any(|ev| ev.job_id == job.id) {
             out.push(Msg::Launch(pb::LaunchJob {

@@ -431,7 +431,11 @@ fn pod_sum(pod: &Pod, resource: &str, milli: bool) -> Result<u64, ExtenderError>
 ///
 /// # Errors
 /// [`ExtenderError::Resource`] for unreadable requests or resources berth does not place.
-pub fn pod_job_spec(pod: &Pod, partition: &str) -> Result<pb::JobSpec, ExtenderError> {
+pub fn pod_job_spec(
+    pod: &Pod,
+    partition: &str,
+    group: Option<pb::PodGroupRef>,
+) -> Result<pb::JobSpec, ExtenderError> {
     let m = &pod.metadata;
     let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
     let millicores = pod_sum(pod, "cpu", true)?;
@@ -457,6 +461,7 @@ pub fn pod_job_spec(pod: &Pod, partition: &str) -> Result<pb::JobSpec, ExtenderE
         mem_mb: memory_bytes.div_ceil(1 << 20),
         gpus_per_node: pod_gpus(pod)?,
         work_dir: "/".into(),
+        pod_group: group,
         ..Default::default()
     })
 }
@@ -540,9 +545,120 @@ pub fn allocation_on(
     })
 }
 
+/// The label naming a pod's group (scheduler-plugins' coscheduling).
+pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+
+/// The group a pod's label names, as `namespace/name`.
+pub fn pod_group_name(pod: &Pod) -> Option<String> {
+    let name = pod.metadata.labels.as_ref()?.get(POD_GROUP_LABEL)?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{ns}/{name}"))
+}
+
+/// What a pod's bind commits: its own slot and, for the first member of a pod group, the
+/// other members' slots. A later member takes GPUs its group's reservation holds on
+/// `node`; a first member's other slots go where they fit, `node` first, then the nodes
+/// with most free GPUs (name order on ties).
+///
+/// # Errors
+/// Why the pod (or its whole group) cannot be placed now.
+pub fn plan_bind(
+    sm: &StateMachine,
+    node: &str,
+    spec: &pb::JobSpec,
+) -> Result<(pb::Allocation, Vec<pb::Allocation>), String> {
+    let Some(group) = &spec.pod_group else {
+        return Ok((allocation_on(sm, node, spec)?, vec![]));
+    };
+    if let Some(held) = sm.group_reservation(&group.name) {
+        let slot = held
+            .allocations
+            .iter()
+            .find(|a| a.node == node)
+            .filter(|a| a.gpu_uuids.len() >= spec.gpus_per_node as usize)
+            .ok_or_else(|| format!("pod group {} holds no slot on {node}", group.name))?;
+        let take = spec.gpus_per_node as usize;
+        return Ok((
+            pb::Allocation {
+                node: node.to_string(),
+                gpu_uuids: slot.gpu_uuids[..take].to_vec(),
+                gpu_indices: slot.gpu_indices.iter().take(take).copied().collect(),
+                cpus: spec.cpus_per_task.min(slot.cpus),
+                mem_mb: spec.mem_mb.min(slot.mem_mb),
+                ..Default::default()
+            },
+            vec![],
+        ));
+    }
+    let mine = allocation_on(sm, node, spec)?;
+    let mut taken: Vec<String> = mine.gpu_uuids.clone();
+    let mut others = Vec::new();
+    let mut nodes: Vec<(u32, &str)> = sm
+        .nodes()
+        .filter(|n| n.state() == pb::NodeState::Up)
+        .filter_map(|n| n.inventory.as_ref())
+        .filter(|i| i.partition == spec.partition && i.name != node)
+        .map(|i| (free_gpus(i).len() as u32, i.name.as_str()))
+        .collect();
+    nodes.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let order = std::iter::once(node).chain(nodes.iter().map(|(_, n)| *n));
+    for name in order {
+        let inv = sm
+            .node(name)
+            .and_then(|n| n.inventory.as_ref())
+            .expect("listed");
+        loop {
+            if others.len() + 1 >= group.min_member as usize {
+                return Ok((mine, others));
+            }
+            let free: Vec<&pb::Gpu> = free_gpus(inv)
+                .into_iter()
+                .filter(|g| !taken.contains(&g.uuid))
+                .take(spec.gpus_per_node as usize)
+                .collect();
+            if free.len() < spec.gpus_per_node as usize || spec.gpus_per_node == 0 {
+                break;
+            }
+            taken.extend(free.iter().map(|g| g.uuid.clone()));
+            others.push(pb::Allocation {
+                node: name.to_string(),
+                gpu_uuids: free.iter().map(|g| g.uuid.clone()).collect(),
+                gpu_indices: free.iter().map(|g| g.index).collect(),
+                cpus: spec.cpus_per_task,
+                mem_mb: spec.mem_mb,
+                ..Default::default()
+            });
+        }
+    }
+    if others.len() + 1 >= group.min_member as usize {
+        return Ok((mine, others));
+    }
+    Err(format!(
+        "pod group {}: only {} of its {} members fit now",
+        group.name,
+        others.len() + 1,
+        group.min_member
+    ))
+}
+
+/// A node's healthy free whole GPUs, lowest index first.
+fn free_gpus(inv: &pb::NodeInventory) -> Vec<&pb::Gpu> {
+    let mut free: Vec<&pb::Gpu> = inv
+        .gpus
+        .iter()
+        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .collect();
+    free.sort_by_key(|g| g.index);
+    free
+}
+
 /// Answers `/filter`: the candidates berth can place the pod on now, each other candidate
 /// with its reason. Request-level problems go into `Error`, with every node filtered out.
-pub fn filter(sm: &StateMachine, args: &ExtenderArgs) -> ExtenderFilterResult {
+pub fn filter(
+    sm: &StateMachine,
+    args: &ExtenderArgs,
+    group: Option<&pb::PodGroupRef>,
+) -> ExtenderFilterResult {
     let pod = args.pod.as_ref().expect("parse_args checked");
     let gpus = match pod_gpus(pod) {
         Ok(g) => g,
@@ -553,9 +669,13 @@ pub fn filter(sm: &StateMachine, args: &ExtenderArgs) -> ExtenderFilterResult {
             }
         }
     };
+    let gang = group.map(|g| gang_filter(sm, g, gpus, &candidate_names(args)));
     let mut out = ExtenderFilterResult::default();
-    let mut check = |name: &str| match fits(sm, name, gpus) {
-        Ok(_) => true,
+    let mut check = |name: &str| match gang
+        .as_ref()
+        .map_or_else(|| fits(sm, name, gpus).map(|_| ()), |rule| rule(name))
+    {
+        Ok(()) => true,
         Err((why, true)) => {
             out.failed_and_unresolvable_nodes.insert(name.into(), why);
             false
@@ -578,6 +698,68 @@ pub fn filter(sm: &StateMachine, args: &ExtenderArgs) -> ExtenderFilterResult {
         out.nodes = Some(serde_json::json!({ "metadata": list.metadata, "items": kept }));
     }
     out
+}
+
+/// The candidate node names of a request, in either form.
+fn candidate_names(args: &ExtenderArgs) -> Vec<String> {
+    match (&args.node_names, &args.nodes) {
+        (Some(names), _) => names.clone(),
+        (None, Some(list)) => list
+            .items
+            .iter()
+            .filter_map(|n| node_name(n).map(str::to_string))
+            .collect(),
+        (None, None) => vec![],
+    }
+}
+
+/// Whether one node passes: `Err((reason, unresolvable))` when it does not.
+type NodeRule<'a> = Box<dyn Fn(&str) -> Result<(), (String, bool)> + 'a>;
+
+/// The filter rule for a member of pod group `group`: with a reservation, only the nodes
+/// where it holds a slot of this size; without one, the usual fit, but only if the
+/// candidates can take every member at once (else every node fails, and the pods wait
+/// whole).
+fn gang_filter<'a>(
+    sm: &'a StateMachine,
+    group: &'a pb::PodGroupRef,
+    gpus: u32,
+    candidates: &[String],
+) -> NodeRule<'a> {
+    if let Some(held) = sm.group_reservation(&group.name) {
+        let slots: Vec<(String, usize)> = held
+            .allocations
+            .iter()
+            .map(|a| (a.node.clone(), a.gpu_uuids.len()))
+            .collect();
+        return Box::new(move |name: &str| {
+            if slots.iter().any(|(n, k)| n == name && *k >= gpus as usize) {
+                Ok(())
+            } else {
+                let why = format!("pod group {} holds its GPUs on other nodes", group.name);
+                Err((why, false))
+            }
+        });
+    }
+    let members: u64 = if gpus == 0 {
+        u64::MAX
+    } else {
+        candidates
+            .iter()
+            .filter_map(|n| fits(sm, n, 1).ok())
+            .map(|free| u64::from(free / gpus))
+            .sum()
+    };
+    if members >= u64::from(group.min_member) {
+        return Box::new(move |name: &str| fits(sm, name, gpus).map(|_| ()));
+    }
+    Box::new(move |_: &str| {
+        let why = format!(
+            "pod group {}: {members} of its {} members fit now",
+            group.name, group.min_member
+        );
+        Err((why, false))
+    })
 }
 
 /// Answers `/prioritize`: best fit, so whole nodes stay free for large pods. A node that
@@ -696,11 +878,11 @@ mod tests {
             r#"{{"Pod":{},"Nodes":null,"NodeNames":["gpu1","cpu9"]}}"#,
             pod_json("2")
         );
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
         assert_eq!(got.node_names, Some(vec!["gpu1".to_string()]));
         assert!(got.failed_and_unresolvable_nodes["cpu9"].contains("not managed by berth"));
         let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json("3"));
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
         assert_eq!(got.node_names, Some(vec![]));
         assert_eq!(
             got.failed_nodes["gpu1"],
@@ -722,7 +904,7 @@ mod tests {
             r#"{{"pod":{},"nodes":{{"metadata":{{}},"items":[{node}]}}}}"#,
             pod_json("1")
         );
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
         let items = &got.nodes.unwrap()["items"];
         assert_eq!(
             items[0],
@@ -781,12 +963,12 @@ mod tests {
         let sm = state_with_node(8, 0);
         for (quantity, want) in [("1.5", "not a whole number"), ("two", "not a whole number")] {
             let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json(quantity));
-            let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+            let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
             assert!(got.error.contains(want), "{quantity}: {got:?}");
             assert_eq!(got.node_names, None, "every node filtered out on error");
         }
         let mig = r#"{"Pod":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/mig-1g.10gb":"1"}}}]}},"NodeNames":["gpu1"]}"#;
-        let got = filter(&sm, &parse_args(mig.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(mig.as_bytes()).unwrap(), None);
         assert!(got
             .error
             .contains("nvidia.com/mig-1g.10gb is not placed by berth yet"));
@@ -808,7 +990,7 @@ mod tests {
             },
         );
         let body = format!(r#"{{"Pod":{},"NodeNames":["gpu1"]}}"#, pod_json("2"));
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
         assert_eq!(
             got.failed_and_unresolvable_nodes["gpu1"],
             "node has 1 healthy GPUs, pod needs 2"
@@ -853,7 +1035,7 @@ mod tests {
                   {"name":"b","resources":{"requests":{"cpu":"250m","memory":"512Mi"}}}]}}"#,
         )
         .unwrap();
-        let spec = pod_job_spec(&pod, "h100").unwrap();
+        let spec = pod_job_spec(&pod, "h100", None).unwrap();
         assert_eq!(spec.pod.as_ref().unwrap().uid, "u-1");
         assert_eq!(
             (spec.account.as_str(), spec.qos.as_str()),
@@ -869,7 +1051,7 @@ mod tests {
             r#"{"metadata":{"name":"x"},"spec":{"containers":[{"name":"a","resources":{"requests":{"memory":"lots"}}}]}}"#,
         )
         .unwrap();
-        let err = pod_job_spec(&bad, "h100").unwrap_err().to_string();
+        let err = pod_job_spec(&bad, "h100", None).unwrap_err().to_string();
         assert!(err.contains("memory") && err.contains("lots"), "{err}");
     }
 
@@ -919,12 +1101,13 @@ mod tests {
             r#"{"metadata":{"name":"low","namespace":"ml","uid":"v1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"4"}}}]}}"#,
         )
         .unwrap();
-        let spec = pod_job_spec(&pod, "gpu").unwrap();
+        let spec = pod_job_spec(&pod, "gpu", None).unwrap();
         let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
         let bind = pb::BindPod {
             term: 1,
             spec: Some(spec),
             allocation: Some(allocation),
+            reservation: vec![],
         };
         let cmd = pb::Command {
             time_ms: 5,
@@ -980,12 +1163,13 @@ mod tests {
             r#"{"metadata":{"name":"low","namespace":"ml","uid":"u-pod-on-gpu1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"2"}}}]}}"#,
         )
         .unwrap();
-        let spec = pod_job_spec(&pod, "gpu").unwrap();
+        let spec = pod_job_spec(&pod, "gpu", None).unwrap();
         let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
         let bind = pb::BindPod {
             term: 1,
             spec: Some(spec),
             allocation: Some(allocation),
+            reservation: vec![],
         };
         let (outcome, _) = sm.apply(5, cmd(5, pb::command::Cmd::BindPod(bind)));
         assert_eq!(outcome, crate::state_machine::Outcome::Submitted(2));
@@ -1009,7 +1193,7 @@ mod tests {
             let body = std::fs::read(&path).unwrap();
             let answer = if case.starts_with("filter") {
                 let result = match parse_args(&body) {
-                    Ok(args) => filter(&sm, &args),
+                    Ok(args) => filter(&sm, &args, None),
                     Err(e) => ExtenderFilterResult {
                         error: e.to_string(),
                         ..Default::default()
@@ -1041,11 +1225,154 @@ mod tests {
         assert!(cases >= 8, "only {cases} golden cases found");
     }
 
+    fn gang_pod(name: &str, gpus: u32) -> Pod {
+        serde_json::from_str(&format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"ml","uid":"uid-{name}","labels":{{"scheduling.x-k8s.io/pod-group":"g"}}}},
+                "spec":{{"containers":[{{"name":"c","resources":{{"limits":{{"nvidia.com/gpu":"{gpus}"}}}}}}]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    /// Plans and applies a gang member's bind on `node`, as the leader's `BindPod` does.
+    fn bind_member(
+        sm: &mut StateMachine,
+        index: u64,
+        pod: &Pod,
+        node: &str,
+        group: &pb::PodGroupRef,
+    ) -> Result<u64, String> {
+        let spec = pod_job_spec(pod, "gpu", Some(group.clone())).unwrap();
+        let (allocation, reservation) = plan_bind(sm, node, &spec)?;
+        let bind = pb::BindPod {
+            term: 1,
+            spec: Some(spec),
+            allocation: Some(allocation),
+            reservation,
+        };
+        let cmd = pb::Command {
+            time_ms: index,
+            cmd: Some(pb::command::Cmd::BindPod(bind)),
+        };
+        match sm.apply(index, cmd).0 {
+            crate::state_machine::Outcome::Submitted(id) => Ok(id),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    fn free_on(sm: &StateMachine, node: &str) -> u32 {
+        gpu_counts(sm.node(node).unwrap()).1
+    }
+
+    #[test]
+    fn a_pod_group_is_reserved_whole_at_its_first_bind_and_claimed_slot_by_slot() {
+        // gpu1 has 2 free GPUs, gpu2 8: three 2-GPU members fit (gpu1 + 2 on gpu2).
+        let mut sm = golden_state();
+        let group = pb::PodGroupRef {
+            name: "ml/g".into(),
+            min_member: 3,
+            timeout_ms: 60_000,
+        };
+        assert_eq!(pod_group_name(&gang_pod("m0", 2)).as_deref(), Some("ml/g"));
+        let first = bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu1", &group).unwrap();
+        // Every member's GPUs are held from the first bind on: gpu1 full, 4 taken on gpu2.
+        assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (0, 4));
+        let held = sm.group_reservation("ml/g").unwrap().id;
+        assert_eq!(held, first + 1);
+        // The other members are steered to the reserved node only.
+        let body = format!(
+            r#"{{"Pod":{},"NodeNames":["gpu1","gpu2"]}}"#,
+            serde_json::to_string(&gang_pod("m1", 2)).unwrap()
+        );
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), Some(&group));
+        assert_eq!(got.node_names, Some(vec!["gpu2".to_string()]), "{got:?}");
+        assert!(got.failed_nodes["gpu1"].contains("holds its GPUs on other nodes"));
+        // A member may not take GPUs its group did not reserve.
+        assert!(bind_member(&mut sm, 11, &gang_pod("m1", 2), "gpu1", &group).is_err());
+        bind_member(&mut sm, 12, &gang_pod("m1", 2), "gpu2", &group).unwrap();
+        bind_member(&mut sm, 13, &gang_pod("m2", 2), "gpu2", &group).unwrap();
+        assert!(sm.group_reservation("ml/g").is_none(), "all slots claimed");
+        assert_eq!(sm.job(held).unwrap().state(), pb::JobState::Completed);
+        assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (0, 4));
+        let members = sm
+            .jobs()
+            .filter(|j| j.spec.as_ref().and_then(|s| s.pod.as_ref()).is_some())
+            .filter(|j| j.state() == pb::JobState::Running)
+            .count();
+        assert_eq!(members, 4, "three gang members and the earlier pod");
+    }
+
+    #[test]
+    fn a_pod_group_that_cannot_fit_whole_takes_nothing() {
+        let mut sm = golden_state();
+        let group = pb::PodGroupRef {
+            name: "ml/g".into(),
+            min_member: 6,
+            timeout_ms: 60_000,
+        };
+        // 2 + 8 free GPUs hold five 2-GPU members, not six.
+        let body = format!(
+            r#"{{"Pod":{},"NodeNames":["gpu1","gpu2"]}}"#,
+            serde_json::to_string(&gang_pod("m0", 2)).unwrap()
+        );
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), Some(&group));
+        assert_eq!(got.node_names, Some(vec![]));
+        assert_eq!(
+            got.failed_nodes["gpu2"],
+            "pod group ml/g: 5 of its 6 members fit now"
+        );
+        let err = bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu2", &group).unwrap_err();
+        assert!(err.contains("only 5 of its 6 members fit"), "{err}");
+        assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (2, 8));
+        // A bind that carries too few slots is refused by the log itself.
+        let spec = pod_job_spec(&gang_pod("m0", 2), "gpu", Some(group)).unwrap();
+        let bind = pb::BindPod {
+            term: 1,
+            allocation: Some(allocation_on(&sm, "gpu2", &spec).unwrap()),
+            spec: Some(spec),
+            reservation: vec![],
+        };
+        let cmd = pb::Command {
+            time_ms: 11,
+            cmd: Some(pb::command::Cmd::BindPod(bind)),
+        };
+        let (outcome, _) = sm.apply(11, cmd);
+        assert!(
+            matches!(outcome, crate::state_machine::Outcome::Rejected(ref w) if w.contains("needs 6 members")),
+            "{outcome:?}"
+        );
+        assert_eq!(free_on(&sm, "gpu2"), 8);
+    }
+
+    #[test]
+    fn an_expired_reservation_is_released_by_cancel() {
+        let mut sm = golden_state();
+        let group = pb::PodGroupRef {
+            name: "ml/g".into(),
+            min_member: 3,
+            timeout_ms: 1_000,
+        };
+        bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu2", &group).unwrap();
+        assert_eq!(free_on(&sm, "gpu2"), 2);
+        let running: Vec<pb::Job> = sm.jobs().cloned().collect();
+        assert!(crate::kube_api::expired_reservations(&running, 10 + 999).is_empty());
+        let expired = crate::kube_api::expired_reservations(&running, 10 + 1_000);
+        assert_eq!(expired.len(), 1);
+        let cancel = pb::Command {
+            time_ms: 2_000,
+            cmd: Some(pb::command::Cmd::Cancel(pb::CancelJob {
+                job_id: expired[0],
+            })),
+        };
+        sm.apply(11, cancel);
+        // The first member keeps its 2 GPUs; the 4 reserved for the others are free again.
+        assert_eq!(free_on(&sm, "gpu2"), 6);
+    }
+
     #[test]
     fn pods_without_gpus_pass_everywhere() {
         let sm = state_with_node(8, 8);
         let body = r#"{"Pod":{"metadata":{"name":"web"},"spec":{"containers":[{"name":"c"}]}},"NodeNames":["gpu1","cpu9"]}"#;
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap());
+        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
         assert_eq!(got.node_names.unwrap().len(), 2);
     }
 }

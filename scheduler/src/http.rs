@@ -101,13 +101,17 @@ fn json(body: &impl serde::Serialize) -> Response {
 }
 
 async fn filter(State(http): State<Arc<Http>>, body: Bytes) -> Response {
-    let result = match extender::parse_args(&body) {
-        Ok(args) => extender::filter(&http.raft.state(), &args),
-        Err(e) => extender::ExtenderFilterResult {
-            error: e.to_string(),
-            ..Default::default()
-        },
+    let answer = async {
+        let args = extender::parse_args(&body).map_err(|e| e.to_string())?;
+        let group = pod_group(&http, args.pod.as_ref().expect("parsed")).await?;
+        Ok::<_, String>(extender::filter(&http.raft.state(), &args, group.as_ref()))
     };
+    let result = answer
+        .await
+        .unwrap_or_else(|error| extender::ExtenderFilterResult {
+            error,
+            ..Default::default()
+        });
     let outcome = if result.error.is_empty() {
         "ok"
     } else {
@@ -160,6 +164,24 @@ async fn bind_verb(State(http): State<Arc<Http>>, body: Bytes) -> Response {
     json(&extender::ExtenderBindingResult { error })
 }
 
+/// The pod's group, read from the API server, when the pod names one.
+async fn pod_group(
+    http: &Http,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<Option<pb::PodGroupRef>, String> {
+    let Some(name) = extender::pod_group_name(pod) else {
+        return Ok(None);
+    };
+    let kube = http
+        .kube
+        .as_ref()
+        .map_err(|e| format!("pod group {name}: {e}"))?;
+    kube.pod_group(&name)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Commits the pod's job (the grant), then binds the pod; undoes the grant when
 /// Kubernetes refuses.
 async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
@@ -183,7 +205,8 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
         .and_then(|n| n.inventory.as_ref())
         .map(|i| i.partition.clone())
         .ok_or_else(|| format!("node {} is not managed by berth", args.node))?;
-    let spec = extender::pod_job_spec(&pod, &partition).map_err(|e| e.to_string())?;
+    let group = pod_group(http, &pod).await?;
+    let spec = extender::pod_job_spec(&pod, &partition, group).map_err(|e| e.to_string())?;
     let req = pb::BindPodRequest {
         spec: Some(spec),
         node: args.node.clone(),

@@ -72,6 +72,37 @@ impl Kube {
             .await?)
     }
 
+    /// The pod group `namespace/name` (scheduler-plugins' `PodGroup`,
+    /// `scheduling.x-k8s.io/v1alpha1`): its `minMember` and `scheduleTimeoutSeconds`.
+    ///
+    /// # Errors
+    /// [`KubeError::Api`] when it cannot be read, [`KubeError::Config`] when its
+    /// `minMember` is missing or not a positive number.
+    pub async fn pod_group(&self, group: &str) -> Result<pb::PodGroupRef, KubeError> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let (namespace, name) = group.split_once('/').unwrap_or(("default", group));
+        let gvk = GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "podgroups");
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let object = api.get(name).await?;
+        let spec = &object.data["spec"];
+        let min_member = spec["minMember"]
+            .as_u64()
+            .filter(|m| (1..=u64::from(u32::MAX)).contains(m))
+            .ok_or_else(|| {
+                KubeError::Config(format!("PodGroup {group} has no positive spec.minMember"))
+            })?;
+        let timeout_secs = spec["scheduleTimeoutSeconds"]
+            .as_u64()
+            .unwrap_or(POD_GROUP_TIMEOUT_SECS_DEFAULT);
+        Ok(pb::PodGroupRef {
+            name: group.to_string(),
+            min_member: min_member as u32,
+            timeout_ms: timeout_secs.saturating_mul(1000),
+        })
+    }
+
     /// Labels and annotates the pod with its job and GPUs, then binds it to the job's node.
     ///
     /// # Errors
@@ -131,6 +162,23 @@ impl Kube {
             })
             .collect())
     }
+}
+
+/// How long a pod group's reservation waits for its members when the PodGroup names no
+/// `scheduleTimeoutSeconds`.
+pub const POD_GROUP_TIMEOUT_SECS_DEFAULT: u64 = 300;
+
+/// Reservations of pod groups whose members did not all come within the group's timeout:
+/// cancelling them frees the slots nobody claimed.
+pub fn expired_reservations(running: &[pb::Job], now_ms: u64) -> Vec<u64> {
+    running
+        .iter()
+        .filter(|j| j.spec.as_ref().is_some_and(|s| s.pod.is_none()))
+        .filter_map(|j| {
+            let group = j.spec.as_ref()?.pod_group.as_ref()?;
+            (now_ms >= j.start_time_ms.saturating_add(group.timeout_ms)).then_some(j.id)
+        })
+        .collect()
 }
 
 /// A pod absent from the API this long after its job started was deleted (the grace
@@ -195,11 +243,18 @@ pub async fn pod_watch_loop(
             .state()
             .jobs()
             .filter(|j| j.state() == pb::JobState::Running)
-            .filter(|j| j.spec.as_ref().is_some_and(|s| s.pod.is_some()))
+            .filter(|j| crate::state_machine::pods::is_kubernetes(j))
             .cloned()
             .collect();
         if running.is_empty() {
             continue;
+        }
+        for job_id in expired_reservations(&running, crate::server::now_ms()) {
+            tracing::info!(job_id, "pod group reservation timed out; releasing it");
+            let cancel = pb::command::Cmd::Cancel(pb::CancelJob { job_id });
+            if let Err(e) = raft.propose(command(cancel)).await {
+                tracing::warn!("reservation release not proposed: {e}");
+            }
         }
         let phases = match kube.bound_pods().await {
             Ok(p) => p,

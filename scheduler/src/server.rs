@@ -210,18 +210,19 @@ impl pb::job_service_server::JobService for Api {
         // when it applies, so a race with the scheduling loop cannot double-grant. When the
         // loop's allocation took them first, pick again from the newer state.
         for attempt in 1..=BIND_ATTEMPTS {
-            let allocation = {
+            let (allocation, reservation) = {
                 let sm = self.0.raft.state();
                 if let Some(job) = sm.pod_job(&uid) {
                     return Ok(Response::new(self.view(job)));
                 }
-                crate::extender::allocation_on(&sm, &r.node, &spec)
+                crate::extender::plan_bind(&sm, &r.node, &spec)
                     .map_err(Status::failed_precondition)?
             };
             let bind = pb::BindPod {
                 term: self.0.raft.term(),
                 spec: Some(spec.clone()),
                 allocation: Some(allocation),
+                reservation,
             };
             match self.propose(Cmd::BindPod(bind)).await? {
                 Outcome::Submitted(id) => {

@@ -203,9 +203,10 @@ impl StateMachine {
                 job.reason = "None".into();
                 (Outcome::Done, vec![changed(id)])
             }
-            // kubelet, not an agent, runs a pod: cancelling its job releases the GPUs at
-            // once (deleting the pod is Kubernetes' business).
-            JobState::Running if job.spec.as_ref().is_some_and(|s| s.pod.is_some()) => {
+            // kubelet, not an agent, runs a pod (and a pod group's reservation runs
+            // nothing): cancelling releases the GPUs at once (deleting the pod is
+            // Kubernetes' business).
+            JobState::Running if pods::is_kubernetes(job) => {
                 let finished = pb::JobFinished {
                     state: JobState::Cancelled as i32,
                     reason: "cancelled".into(),

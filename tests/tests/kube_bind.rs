@@ -25,9 +25,15 @@ struct ApiServer {
 }
 
 fn pod_json(name: &str, gpus: u32, phase: &str) -> serde_json::Value {
+    // Pods named gang-* belong to pod group "gang" (minMember 2).
+    let labels = if name.starts_with("gang-") {
+        serde_json::json!({"scheduling.x-k8s.io/pod-group": "gang"})
+    } else {
+        serde_json::json!({})
+    };
     serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}")},
+        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"), "labels": labels},
         "spec": {"priorityClassName": "training", "containers": [{"name": "c", "image": "x",
             "resources": {"requests": {"cpu": "2", "memory": "4Gi"},
                           "limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
@@ -60,6 +66,15 @@ fn answer(api: &Mutex<ApiServer>, method: &str, path: &str, body: &str) -> (u16,
             ),
             _ => (405, "{}".into()),
         };
+    }
+    if method == "GET"
+        && path.split('?').next()
+            == Some("/apis/scheduling.x-k8s.io/v1alpha1/namespaces/ml/podgroups/gang")
+    {
+        let group = serde_json::json!({"apiVersion": "scheduling.x-k8s.io/v1alpha1",
+            "kind": "PodGroup", "metadata": {"name": "gang", "namespace": "ml"},
+            "spec": {"minMember": 2, "scheduleTimeoutSeconds": 600}});
+        return (200, group.to_string());
     }
     if method == "GET" && path.starts_with("/api/v1/pods?") {
         let items: Vec<serde_json::Value> = api
@@ -249,6 +264,29 @@ fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
         .as_str()
         .unwrap()
         .contains("invalid extender request"));
+
+    // A pod group of two 2-GPU pods: the first bind reserves the second member's GPUs
+    // (node1 has 8 - 2 = 6 free, so both fit), the second bind claims them.
+    assert_eq!(bind(web, "gang-0"), serde_json::json!({"Error": ""}));
+    let queue = squeue(grpc);
+    let reserved = queue.lines().find(|l| l.contains("podgroup:ml/gang"));
+    assert!(reserved.is_some_and(|l| l.contains("RUNNING")), "{queue}");
+    assert_eq!(bind(web, "gang-1"), serde_json::json!({"Error": ""}));
+    let queue = squeue(grpc);
+    assert!(
+        queue
+            .lines()
+            .any(|l| l.contains("podgroup:ml/gang") && l.contains("COMPLETED")),
+        "{queue}"
+    );
+    assert_eq!(
+        queue
+            .lines()
+            .filter(|l| l.contains("gang-") && l.contains("RUNNING"))
+            .count(),
+        2,
+        "{queue}"
+    );
 
     // The pod succeeds: the leader's pod watch ends its job and frees its GPUs.
     api.lock()

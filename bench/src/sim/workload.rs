@@ -234,6 +234,7 @@ impl Workload {
             term: replica.term(),
             spec: Some(spec),
             allocation: Some(allocation),
+            reservation: vec![],
         };
         self.propose(
             cluster,

@@ -6,6 +6,14 @@
 //! pods and batch jobs never share a GPU. Kubernetes retries a bind that timed out, so a
 //! second `BindPod` for a pod uid that already runs answers with that job and changes
 //! nothing.
+//!
+//! Gangs (pod groups): the first member's bind also reserves every other member's slot, in
+//! the same command and all-or-nothing, as a *reservation job* (a running job with the
+//! group's `pod_group` and no `pod`) that holds those GPUs and CPUs. Each later member's
+//! bind moves its slot from the reservation to its own job; when the last slot is claimed
+//! the reservation completes. An unclaimed reservation is cancelled after the group's
+//! timeout, which frees what is left. So a gang holds every member's resources or none,
+//! and never holds them unused for longer than its timeout.
 
 use super::{changed, Applied, Outcome, StateMachine};
 use berth_proto::v1::{self as pb, JobState};
@@ -31,7 +39,20 @@ pub fn validate_pod_spec(spec: &pb::JobSpec) -> Result<(), String> {
     if spec.nodes != 1 || spec.ntasks != 1 || spec.cpus_per_task == 0 {
         return Err("a pod job runs on 1 node as 1 task with at least 1 CPU".into());
     }
+    if let Some(g) = &spec.pod_group {
+        if g.name.is_empty() || g.min_member == 0 {
+            return Err("a pod group needs a name and at least 1 member".into());
+        }
+    }
     Ok(())
+}
+
+/// Whether a job is run by kubelet rather than by an agent: a pod, or a pod group's
+/// reservation.
+pub fn is_kubernetes(job: &pb::Job) -> bool {
+    job.spec
+        .as_ref()
+        .is_some_and(|s| s.pod.is_some() || s.pod_group.is_some())
 }
 
 impl StateMachine {
@@ -43,6 +64,16 @@ impl StateMachine {
                     .as_ref()
                     .and_then(|s| s.pod.as_ref())
                     .is_some_and(|p| p.uid == uid)
+        })
+    }
+
+    /// The running reservation of pod group `name` (namespace/name), if there is one.
+    pub fn group_reservation(&self, name: &str) -> Option<&pb::Job> {
+        self.jobs().find(|j| {
+            j.state() == JobState::Running
+                && j.spec.as_ref().is_some_and(|s| {
+                    s.pod.is_none() && s.pod_group.as_ref().is_some_and(|g| g.name == name)
+                })
         })
     }
 
@@ -61,30 +92,187 @@ impl StateMachine {
                 vec![],
             );
         };
-        let id = self.state.next_job_id.max(1);
-        let placement = pb::Placement {
-            job_id: id,
-            allocations: vec![allocation],
+        let Some(group) = spec.pod_group.clone() else {
+            return self.bind_members(spec, allocation, vec![], bind.term, now);
         };
-        // The job must exist for the placement check; it is removed again if that fails,
-        // so a refused bind leaves the state as it was.
-        self.state.jobs.insert(
-            id,
-            pb::Job {
-                id,
-                partition: spec.partition.clone(),
-                spec: Some(spec),
-                state: JobState::Pending as i32,
-                submit_time_ms: now,
-                ..Default::default()
-            },
-        );
-        if let Err(why) = self.check_placement(&placement) {
-            self.state.jobs.remove(&id);
+        if let Some(reservation) = self.group_reservation(&group.name).map(|j| j.id) {
+            return self.claim_slot(reservation, spec, allocation, bind.term, now);
+        }
+        if bind.reservation.len() + 1 < group.min_member as usize {
+            let why = format!(
+                "pod group {} needs {} members placed at once, the bind carries {}",
+                group.name,
+                group.min_member,
+                bind.reservation.len() + 1
+            );
             return (Outcome::Rejected(why), vec![]);
         }
-        self.state.next_job_id = id + 1;
-        self.place(&placement, bind.term, now);
-        (Outcome::Submitted(id), vec![changed(id)])
+        self.bind_members(spec, allocation, bind.reservation, bind.term, now)
     }
+
+    /// A pod's job, and with `reserved` slots a reservation job holding them, checked
+    /// together (one node may appear in both) and created together, or not at all.
+    fn bind_members(
+        &mut self,
+        spec: pb::JobSpec,
+        allocation: pb::Allocation,
+        reserved: Vec<pb::Allocation>,
+        term: u64,
+        now: u64,
+    ) -> Applied {
+        let member = self.state.next_job_id.max(1);
+        let reservation = merge_by_node(reserved);
+        let mut all = reservation.clone();
+        all.push(allocation.clone());
+        let together = pb::Placement {
+            job_id: member,
+            allocations: merge_by_node(all),
+        };
+        let uuids: Vec<&String> = together
+            .allocations
+            .iter()
+            .flat_map(|a| &a.gpu_uuids)
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = uuids.iter().copied().collect();
+        let group = spec.pod_group.clone();
+        let partition = spec.partition.clone();
+        // The job must exist for the placement check; it is removed again if that fails,
+        // so a refused bind leaves the state as it was.
+        self.insert_pending(member, spec, now);
+        let check = if distinct.len() != uuids.len() {
+            Err("a GPU appears in two slots".to_string())
+        } else {
+            self.check_placement(&together)
+        };
+        if let Err(why) = check {
+            self.state.jobs.remove(&member);
+            return (Outcome::Rejected(why), vec![]);
+        }
+        self.state.next_job_id = member + 1;
+        let mine = pb::Placement {
+            job_id: member,
+            allocations: vec![allocation],
+        };
+        self.place(&mine, term, now);
+        let mut effects = vec![changed(member)];
+        if let (Some(group), false) = (group, reservation.is_empty()) {
+            let holder = member + 1;
+            self.state.next_job_id = holder + 1;
+            let holder_spec = pb::JobSpec {
+                name: format!("podgroup:{}", group.name),
+                partition,
+                nodes: reservation.len() as u32,
+                ntasks: 1,
+                cpus_per_task: 1,
+                pod_group: Some(group),
+                work_dir: "/".into(),
+                ..Default::default()
+            };
+            self.insert_pending(holder, holder_spec, now);
+            let held = pb::Placement {
+                job_id: holder,
+                allocations: reservation,
+            };
+            self.place(&held, term, now);
+            effects.push(changed(holder));
+        }
+        (Outcome::Submitted(member), effects)
+    }
+
+    /// A later member of a gang takes its slot (`allocation`, which the reservation must
+    /// hold) from the reservation job.
+    fn claim_slot(
+        &mut self,
+        reservation: u64,
+        spec: pb::JobSpec,
+        allocation: pb::Allocation,
+        term: u64,
+        now: u64,
+    ) -> Applied {
+        let held = &self.state.jobs[&reservation];
+        let Some(slot) = held.allocations.iter().find(|a| a.node == allocation.node) else {
+            let why = format!("pod group has no reserved slot on {}", allocation.node);
+            return (Outcome::Rejected(why), vec![]);
+        };
+        if let Some(uuid) = allocation
+            .gpu_uuids
+            .iter()
+            .find(|u| !slot.gpu_uuids.contains(u))
+        {
+            let why = format!("GPU {uuid} is not reserved for the pod group");
+            return (Outcome::Rejected(why), vec![]);
+        }
+        let member = self.state.next_job_id.max(1);
+        self.state.next_job_id = member + 1;
+        self.release_slot(reservation, &allocation);
+        self.insert_pending(member, spec, now);
+        let mine = pb::Placement {
+            job_id: member,
+            allocations: vec![allocation],
+        };
+        self.place(&mine, term, now);
+        if self.state.jobs[&reservation].allocations.is_empty() {
+            let done = pb::JobFinished {
+                state: JobState::Completed as i32,
+                reason: "every member of the pod group is bound".into(),
+                ..Default::default()
+            };
+            self.finish(reservation, &done, now);
+        }
+        (
+            Outcome::Submitted(member),
+            vec![changed(member), changed(reservation)],
+        )
+    }
+
+    /// Gives back what `slot` takes from the reservation job: its GPUs and CPUs on that
+    /// node, on the node's record and in the reservation's allocations.
+    fn release_slot(&mut self, reservation: u64, slot: &pb::Allocation) {
+        let node = self.state.nodes.get_mut(&slot.node).expect("reserved node");
+        node.cpus_alloc = node.cpus_alloc.saturating_sub(slot.cpus);
+        node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(slot.mem_mb);
+        for gpu in node.inventory.iter_mut().flat_map(|i| &mut i.gpus) {
+            if slot.gpu_uuids.contains(&gpu.uuid) && gpu.job_id == reservation {
+                gpu.job_id = 0;
+            }
+        }
+        let job = self.state.jobs.get_mut(&reservation).expect("reservation");
+        for a in job.allocations.iter_mut().filter(|a| a.node == slot.node) {
+            a.gpu_uuids.retain(|u| !slot.gpu_uuids.contains(u));
+            a.gpu_indices.retain(|i| !slot.gpu_indices.contains(i));
+            a.cpus = a.cpus.saturating_sub(slot.cpus);
+            a.mem_mb = a.mem_mb.saturating_sub(slot.mem_mb);
+        }
+        job.allocations
+            .retain(|a| !a.gpu_uuids.is_empty() || a.cpus > 0);
+    }
+
+    fn insert_pending(&mut self, id: u64, spec: pb::JobSpec, now: u64) {
+        let job = pb::Job {
+            id,
+            partition: spec.partition.clone(),
+            spec: Some(spec),
+            state: JobState::Pending as i32,
+            submit_time_ms: now,
+            ..Default::default()
+        };
+        self.state.jobs.insert(id, job);
+    }
+}
+
+/// One allocation per node: slots of several members on one node are summed.
+fn merge_by_node(allocations: Vec<pb::Allocation>) -> Vec<pb::Allocation> {
+    let mut out: Vec<pb::Allocation> = Vec::new();
+    for a in allocations {
+        match out.iter_mut().find(|o| o.node == a.node) {
+            Some(o) => {
+                o.gpu_uuids.extend(a.gpu_uuids);
+                o.gpu_indices.extend(a.gpu_indices);
+                o.cpus += a.cpus;
+                o.mem_mb += a.mem_mb;
+            }
+            None => out.push(a),
+        }
+    }
+    out
 }
