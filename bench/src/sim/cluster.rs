@@ -343,7 +343,9 @@ pub fn check_gpus(replica: u64, sm: &StateMachine) -> Result<(), Failure> {
         let spec = job.spec.as_ref();
         let nodes: BTreeSet<&str> = job.allocations.iter().map(|a| a.node.as_str()).collect();
         let want = spec.map(|s| s.nodes.max(1)).unwrap_or(1) as usize;
-        if nodes.len() != want || job.allocations.len() != want {
+        // A pod group's reservation shrinks node by node as members claim their slots.
+        let reservation = spec.is_some_and(|s| s.pod.is_none() && s.pod_group.is_some());
+        if !reservation && (nodes.len() != want || job.allocations.len() != want) {
             return Err(Failure::safety(format!(
                 "replica {replica}: job {} runs on {} of its {want} nodes",
                 job.id,

@@ -63,6 +63,8 @@ pub struct Workload {
     next_name: u64,
     /// Proposals that went nowhere (not leader, lost, crashed), for the summary.
     pub unknown: u64,
+    /// The pod group being bound: its reference, members still to bind, GPUs per member.
+    gang: Option<(pb::PodGroupRef, u32, u32)>,
 }
 
 fn command(now_ms: u64, cmd: pb::command::Cmd) -> pb::Command {
@@ -109,6 +111,7 @@ impl Workload {
             allocating: None,
             next_name: 1,
             unknown: 0,
+            gang: None,
         }
     }
 
@@ -204,6 +207,25 @@ impl Workload {
         };
         let name = format!("pod{}", self.next_name);
         self.next_name += 1;
+        // Some pods belong to pod groups of 2 or 3 same-sized members, bound one by one.
+        let group = match &mut self.gang {
+            Some((group, left, gpus)) if *left > 0 => {
+                *left -= 1;
+                Some((group.clone(), *gpus))
+            }
+            _ if rng.gen_bool(0.3) => {
+                let min_member = rng.gen_range(2..=3);
+                let group = pb::PodGroupRef {
+                    name: format!("sim/group{}", self.next_name),
+                    min_member,
+                    timeout_ms: 2_000,
+                };
+                let gpus = rng.gen_range(1..=3);
+                self.gang = Some((group.clone(), min_member - 1, gpus));
+                Some((group, gpus))
+            }
+            _ => None,
+        };
         let spec = pb::JobSpec {
             name: name.clone(),
             pod: Some(pb::PodRef {
@@ -215,26 +237,38 @@ impl Workload {
             nodes: 1,
             ntasks: 1,
             cpus_per_task: 1,
-            gpus_per_node: rng.gen_range(1..=4),
+            gpus_per_node: group.as_ref().map_or_else(|| rng.gen_range(1..=4), |g| g.1),
+            pod_group: group.map(|g| g.0),
             work_dir: "/".into(),
             ..Default::default()
         };
-        let node = format!("sim{:02}", rng.gen_range(0..self.nodes));
         let Some(replica) = cluster.node_mut(i) else {
             return;
         };
-        let allocation = {
+        let planned = {
             let sm = replica.state();
-            berth_scheduler::extender::allocation_on(&sm, &node, &spec)
+            // A later member goes where its group holds a slot, as the extender's filter
+            // steers it; others go to a random node.
+            let reserved: Vec<String> = spec
+                .pod_group
+                .as_ref()
+                .and_then(|g| sm.group_reservation(&g.name))
+                .map(|j| j.allocations.iter().map(|a| a.node.clone()).collect())
+                .unwrap_or_default();
+            let node = reserved
+                .choose(rng)
+                .cloned()
+                .unwrap_or_else(|| format!("sim{:02}", rng.gen_range(0..self.nodes)));
+            berth_scheduler::extender::plan_bind(&sm, &node, &spec)
         };
-        let Ok(allocation) = allocation else {
+        let Ok((allocation, reservation)) = planned else {
             return; // the extender's filter would have left this node out
         };
         let bind = pb::BindPod {
             term: replica.term(),
             spec: Some(spec),
             allocation: Some(allocation),
-            reservation: vec![],
+            reservation,
         };
         self.propose(
             cluster,
@@ -297,9 +331,24 @@ impl Workload {
         rng: &mut ChaCha8Rng,
     ) -> Vec<pb::command::Cmd> {
         let mut cmds = Vec::new();
+        // Pod groups' reservations run nothing: the leader's pod watch releases them when
+        // their members do not all come in time.
+        let all_running: Vec<pb::Job> = sm
+            .jobs()
+            .filter(|j| j.state() == pb::JobState::Running)
+            .cloned()
+            .collect();
+        for job_id in berth_scheduler::kube_api::expired_reservations(&all_running, now_ms) {
+            cmds.push(pb::command::Cmd::Cancel(pb::CancelJob { job_id }));
+        }
         let running: Vec<&pb::Job> = sm
             .jobs()
             .filter(|j| j.state() == pb::JobState::Running)
+            .filter(|j| {
+                j.spec
+                    .as_ref()
+                    .is_none_or(|s| s.pod.is_some() || s.pod_group.is_none())
+            })
             .collect();
         self.ends_at_ms
             .retain(|id, _| running.iter().any(|j| j.id == *id));

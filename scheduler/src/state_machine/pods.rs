@@ -232,9 +232,14 @@ impl StateMachine {
         node.cpus_alloc = node.cpus_alloc.saturating_sub(slot.cpus);
         node.memory_alloc_mb = node.memory_alloc_mb.saturating_sub(slot.mem_mb);
         for gpu in node.inventory.iter_mut().flat_map(|i| &mut i.gpus) {
-            if slot.gpu_uuids.contains(&gpu.uuid) && gpu.job_id == reservation {
+            if !slot.gpu_uuids.contains(&gpu.uuid) {
+                continue;
+            }
+            // The reservation holds a whole GPU, or one share of a time-sliced one.
+            if gpu.job_id == reservation {
                 gpu.job_id = 0;
             }
+            gpu.share_job_ids.retain(|j| *j != reservation);
         }
         let job = self.state.jobs.get_mut(&reservation).expect("reservation");
         for a in job.allocations.iter_mut().filter(|a| a.node == slot.node) {
