@@ -76,9 +76,9 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::Polic
     let schedule = policies::schedule(&cluster, &pending, cfg, now);
     reasons.replace(
         schedule
-            .unplaced
+            .pending
             .iter()
-            .map(|(id, _)| (*id, "Resources".to_string()))
+            .map(|p| (p.job_id, p.reason.slurm_name().to_string()))
             .collect(),
     );
     if schedule.decisions.is_empty() {

@@ -480,7 +480,10 @@ impl StateMachine {
                 })
             })
             .collect();
-        policies::ClusterSnapshot { nodes }
+        policies::ClusterSnapshot {
+            nodes,
+            ..Default::default()
+        }
     }
 
     /// Jobs ready to be placed, FIFO by id (held jobs wait for release).
@@ -523,6 +526,7 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
         gpu_type: spec.gpu_type.clone(),
         cpus_per_node: tasks_per_node * spec.cpus_per_task.max(1),
         mem_per_node_mb: spec.mem_mb,
+        ..Default::default()
     }
 }
 

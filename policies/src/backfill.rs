@@ -1,0 +1,289 @@
+//! EASY backfill: the highest-priority blocked jobs get reservations (a start time and
+//! the exact resources they will get then); lower jobs start now only if they cannot delay
+//! any reservation.
+//!
+//! A reservation for job `B` is found on a timeline of the running jobs' expected ends
+//! (start + time limit): free now, plus everything released up to time `t`, minus the
+//! resources of earlier reservations. Resources only grow along the timeline, so the
+//! earliest `t` at which the pipeline places `B` is found by binary search. A job with no
+//! time limit never ends on the timeline; a job blocked behind only such jobs gets no
+//! reservation (its expected start is unknown), as in Slurm with `UNLIMITED` limits.
+//!
+//! A candidate that would still run at the start of some reservation (its own end is later)
+//! is placed on the *guarded* view: the reserved GPUs are taken, and on reserved nodes only
+//! the CPUs and memory the reservation leaves spare (`slack`) are offered. A candidate that
+//! ends before every reservation starts uses the plain working view. Either way the
+//! reserved job still fits at its start: the property test checks exactly that.
+
+use crate::pipeline::Pipeline;
+use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, PendingJob};
+use std::collections::{HashMap, HashSet};
+
+/// A blocked job's promised start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The job.
+    pub job_id: u64,
+    /// When it is expected to start, ms.
+    pub start_ms: u64,
+    /// The resources it will get then.
+    pub decision: Decision,
+}
+
+/// A snapshot plus a count of up nodes per partition by free GPUs, so that a job needing
+/// `n` nodes with `g` GPUs each is rejected in O(1) when fewer than `n` nodes have `g` free
+/// (the common case with 100k pending jobs on a busy cluster).
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The resources as this view offers them.
+    pub snap: ClusterSnapshot,
+    pos: HashMap<String, usize>,
+    /// partition → `nodes_with_at_least[g]` for g in 0..=max GPUs per node.
+    fit: HashMap<String, Vec<u32>>,
+}
+
+impl View {
+    /// Indexes `snap`.
+    pub fn new(snap: ClusterSnapshot) -> View {
+        let pos = snap
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let mut v = View {
+            snap,
+            pos,
+            fit: HashMap::new(),
+        };
+        for i in 0..v.snap.nodes.len() {
+            v.count(i, 1);
+        }
+        v
+    }
+
+    fn count(&mut self, i: usize, sign: i32) {
+        let n = &self.snap.nodes[i];
+        if !n.up {
+            return;
+        }
+        let free = n.gpus.iter().filter(|g| g.free).count();
+        let counts = self.fit.entry(n.partition.clone()).or_default();
+        if counts.len() < n.gpus.len() + 1 {
+            counts.resize(n.gpus.len() + 1, 0);
+        }
+        for c in counts.iter_mut().take(free + 1) {
+            *c = c.wrapping_add_signed(sign);
+        }
+    }
+
+    /// False when no `job.nodes` nodes of its partition have `job.gpus_per_node` free GPUs
+    /// (a necessary condition only: type, CPUs and memory are the pipeline's business).
+    pub fn may_fit(&self, job: &PendingJob) -> bool {
+        self.fit.get(&job.partition).is_some_and(|c| {
+            c.get(job.gpus_per_node as usize)
+                .is_some_and(|&n| n >= job.nodes.max(1))
+        })
+    }
+
+    /// Position of node `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.pos.get(name).copied()
+    }
+
+    /// Takes `grants` (GPUs, CPUs, memory); GPUs already taken stay taken (a guarded view
+    /// may see a short job take a GPU it already hides).
+    pub fn take(&mut self, grants: &[NodeGrant]) {
+        for g in grants {
+            let Some(i) = self.position(&g.node) else {
+                continue;
+            };
+            self.count(i, -1);
+            let n = &mut self.snap.nodes[i];
+            n.cpus_free = n.cpus_free.saturating_sub(g.cpus);
+            n.memory_free_mb = n.memory_free_mb.saturating_sub(g.mem_mb);
+            for gpu in n.gpus.iter_mut().filter(|x| g.gpu_uuids.contains(&x.uuid)) {
+                gpu.free = false;
+            }
+            self.count(i, 1);
+        }
+    }
+
+    /// Gives `grants` back.
+    pub fn give(&mut self, grants: &[NodeGrant]) {
+        for g in grants {
+            let Some(i) = self.position(&g.node) else {
+                continue;
+            };
+            self.count(i, -1);
+            self.snap.release(std::slice::from_ref(g));
+            self.count(i, 1);
+        }
+    }
+}
+
+/// The running (and just started) jobs' grants in order of expected end.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    ends: Vec<(u64, Vec<NodeGrant>)>,
+}
+
+impl Timeline {
+    /// Adds a job ending at `end_ms` (`u64::MAX`: never) holding `grants`.
+    pub fn push(&mut self, end_ms: u64, grants: Vec<NodeGrant>) {
+        let at = self.ends.partition_point(|(e, _)| *e <= end_ms);
+        self.ends.insert(at, (end_ms, grants));
+    }
+
+    /// Builds from `(end, grants)` pairs in any order.
+    pub fn from_ends(mut ends: Vec<(u64, Vec<NodeGrant>)>) -> Timeline {
+        ends.sort_by_key(|(e, _)| *e);
+        Timeline { ends }
+    }
+
+    /// The earliest time `job` can be placed given `now` (free now) and the `held`
+    /// reservations, with the placement then; `None` when it needs jobs that never end.
+    pub fn reserve(
+        &self,
+        pipeline: &Pipeline,
+        now: &View,
+        held: &[Reservation],
+        job: &PendingJob,
+        now_ms: u64,
+    ) -> Option<Reservation> {
+        let finite = self.ends.partition_point(|(e, _)| *e != u64::MAX);
+        let at = |k: usize| -> Option<Decision> {
+            let mut v = now.clone();
+            for (_, grants) in &self.ends[..k] {
+                v.give(grants);
+            }
+            for r in held {
+                v.take(&r.decision.nodes);
+            }
+            if !v.may_fit(job) {
+                return None;
+            }
+            pipeline.select(&v.snap, job).ok()
+        };
+        at(finite)?;
+        // Smallest k in [0, finite] whose state fits (monotone: resources only grow).
+        let (mut lo, mut hi) = (0, finite);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if at(mid).is_some() {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let decision = at(lo).expect("fits at the bound found");
+        let start_ms = if lo == 0 {
+            now_ms
+        } else {
+            self.ends[lo - 1].0.max(now_ms)
+        };
+        Some(Reservation {
+            job_id: job.id,
+            start_ms,
+            decision,
+        })
+    }
+}
+
+/// The guarded view kept beside the working one: reserved GPUs hidden, reserved nodes'
+/// CPUs and memory capped by what the reservations leave spare.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The view long jobs are placed on.
+    pub view: View,
+    reserved: HashSet<String>,
+    slack: HashMap<usize, (u32, u64)>,
+    /// Earliest reservation start (jobs ending by then may use the working view).
+    pub first_start_ms: u64,
+}
+
+impl Guard {
+    /// A guard with no reservations over `working`.
+    pub fn new(working: &View) -> Guard {
+        Guard {
+            view: working.clone(),
+            reserved: HashSet::new(),
+            slack: HashMap::new(),
+            first_start_ms: u64::MAX,
+        }
+    }
+
+    /// Adds reservation `r`, computed with `held` earlier ones, against `working` and the
+    /// timeline (`at_start`: the state at `r.start_ms`, to size the slack).
+    pub fn add(&mut self, r: &Reservation, working: &View, at_start: &View) {
+        self.first_start_ms = self.first_start_ms.min(r.start_ms);
+        for g in &r.decision.nodes {
+            let Some(i) = working.position(&g.node) else {
+                continue;
+            };
+            let n = &at_start.snap.nodes[i];
+            let spare = (
+                n.cpus_free.saturating_sub(g.cpus),
+                n.memory_free_mb.saturating_sub(g.mem_mb),
+            );
+            let e = self.slack.entry(i).or_insert(spare);
+            *e = (e.0.min(spare.0), e.1.min(spare.1));
+            self.reserved.extend(g.gpu_uuids.iter().cloned());
+            self.refresh(i, working);
+        }
+    }
+
+    /// Re-derives node `i` of the guarded view from the working one.
+    pub fn refresh(&mut self, i: usize, working: &View) {
+        self.view.count(i, -1);
+        let w = &working.snap.nodes[i];
+        let n = &mut self.view.snap.nodes[i];
+        let (c, m) = self.slack.get(&i).copied().unwrap_or((u32::MAX, u64::MAX));
+        n.cpus_free = w.cpus_free.min(c);
+        n.memory_free_mb = w.memory_free_mb.min(m);
+        for (gv, gw) in n.gpus.iter_mut().zip(&w.gpus) {
+            gv.free = gw.free && !self.reserved.contains(&gw.uuid);
+        }
+        self.view.count(i, 1);
+    }
+
+    /// A job that runs past a reservation start took `grants`: the slack shrinks.
+    pub fn charge_long(&mut self, grants: &[NodeGrant], working: &View) {
+        for g in grants {
+            let Some(i) = working.position(&g.node) else {
+                continue;
+            };
+            if let Some(s) = self.slack.get_mut(&i) {
+                s.0 = s.0.saturating_sub(g.cpus);
+                s.1 = s.1.saturating_sub(g.mem_mb);
+            }
+            self.refresh(i, working);
+        }
+    }
+
+    /// Refreshes the nodes of `grants` after a short job took them in the working view.
+    pub fn sync(&mut self, grants: &[NodeGrant], working: &View) {
+        for g in grants {
+            if let Some(i) = working.position(&g.node) {
+                self.refresh(i, working);
+            }
+        }
+    }
+
+    /// Whether any reservation exists.
+    pub fn active(&self) -> bool {
+        self.first_start_ms != u64::MAX
+    }
+}
+
+/// State at `start_ms` for sizing slack: `now` plus releases up to `start_ms`, minus `held`.
+pub fn state_at(timeline: &Timeline, now: &View, held: &[Reservation], start_ms: u64) -> View {
+    let mut v = now.clone();
+    for (_, grants) in timeline.ends.iter().take_while(|(e, _)| *e <= start_ms) {
+        v.give(grants);
+    }
+    for r in held {
+        v.take(&r.decision.nodes);
+    }
+    v
+}

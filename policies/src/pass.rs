@@ -1,0 +1,426 @@
+//! One scheduling pass: order the pending jobs, then for each one in order check quotas,
+//! place it now if that delays no reservation, else try preemption, else give it a
+//! reservation (while reservation slots last) or a pending reason.
+//!
+//! The order is the caller's (by id) for [`PolicyKind::Fifo`] and
+//! [`PolicyKind::Backfill`], and multifactor priority (desc), then submit time, then id for
+//! [`PolicyKind::Berth`]. Placement always goes through [`Pipeline::select`] on a working
+//! view that every start consumes, so one pass never grants anything twice.
+//!
+//! Resources only shrink during a pass, so a job shape that failed on a view fails again:
+//! failures are cached per (view, shape), and [`View::may_fit`] rejects most jobs of a full
+//! cluster in O(1). That keeps a pass over 100k pending jobs cheap.
+
+use crate::backfill::{state_at, Guard, Reservation, Timeline, View};
+use crate::pipeline::{Pipeline, Unplaceable};
+use crate::preempt::{eligible, order_victims, PreemptCause, Preemption, Search};
+use crate::priority::Prioritizer;
+use crate::quota::{gpu_types, grants_demand, job_demand, Ledger, QuotaBlock};
+use crate::snapshot::{ClusterSnapshot, Decision, PendingJob};
+use crate::{PolicyConfig, PolicyKind};
+use std::collections::{HashMap, HashSet};
+
+/// Why a job still waits (Slurm's pending reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingReason {
+    /// It would fit, but a higher-priority job's reservation comes first.
+    Priority,
+    /// Not enough free resources (or it waits for preempted victims to stop).
+    Resources,
+    /// A quota of an account on its path holds it back (`resource` is the quota key).
+    Quota {
+        /// Account whose limit is reached.
+        account: String,
+        /// Resource key (`gpu`, `gpu:<type>`, `cpu`, `mem_mb`).
+        resource: String,
+    },
+}
+
+impl PendingReason {
+    /// Slurm's reason name: `Priority`, `Resources`, `QOSGrpGRES`, `QOSGrpCpuLimit`,
+    /// `QOSGrpMemLimit`.
+    pub fn slurm_name(&self) -> &'static str {
+        match self {
+            PendingReason::Priority => "Priority",
+            PendingReason::Resources => "Resources",
+            PendingReason::Quota { resource, .. } => match resource.as_str() {
+                "cpu" => "QOSGrpCpuLimit",
+                "mem_mb" => "QOSGrpMemLimit",
+                _ => "QOSGrpGRES",
+            },
+        }
+    }
+}
+
+/// A job left pending by the pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStatus {
+    /// The job.
+    pub job_id: u64,
+    /// Why it waits.
+    pub reason: PendingReason,
+    /// When it is expected to start (reserved jobs only), ms.
+    pub expected_start_ms: Option<u64>,
+    /// The pipeline's account, when the pipeline ran for this very job (not for shapes
+    /// answered from the failure cache).
+    pub why: Option<Unplaceable>,
+}
+
+/// The result of one scheduling pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule {
+    /// Jobs to start, in the order they were placed.
+    pub decisions: Vec<Decision>,
+    /// Running jobs to stop, with the job each makes room for.
+    pub preemptions: Vec<Preemption>,
+    /// Jobs left pending, in pass order.
+    pub pending: Vec<PendingStatus>,
+}
+
+type Shape<'a> = (bool, &'a str, u32, u32, &'a str, u32, u64);
+
+fn shape(job: &PendingJob, guarded: bool) -> Shape<'_> {
+    (
+        guarded,
+        job.partition.as_str(),
+        job.nodes,
+        job.gpus_per_node,
+        job.gpu_type.as_str(),
+        job.cpus_per_node,
+        job.mem_per_node_mb,
+    )
+}
+
+struct Pass<'a> {
+    cfg: &'a PolicyConfig,
+    snapshot: &'a ClusterSnapshot,
+    now_ms: u64,
+    pipeline: Pipeline,
+    prio: Prioritizer<'a>,
+    working: View,
+    guard: Option<Guard>,
+    timeline: Timeline,
+    reservations: Vec<Reservation>,
+    backfill_slots: usize,
+    ledger: Option<Ledger>,
+    types: HashMap<&'a str, &'a str>,
+    failed: HashSet<Shape<'a>>,
+    victims_taken: HashSet<usize>,
+    searches: usize,
+    out: Schedule,
+}
+
+/// Runs the pass; see the module docs.
+pub fn run(
+    snapshot: &ClusterSnapshot,
+    pending: &[PendingJob],
+    cfg: &PolicyConfig,
+    now_ms: u64,
+) -> Schedule {
+    let berth = cfg.kind == PolicyKind::Berth;
+    let backfill_slots = match cfg.kind {
+        PolicyKind::Fifo => 0,
+        PolicyKind::Backfill => cfg.backfill_reservations.max(1),
+        PolicyKind::Berth => cfg.backfill_reservations,
+    };
+    let prio = Prioritizer::new(snapshot, cfg, now_ms);
+    let order: Vec<&PendingJob> = if berth {
+        let mut keyed: Vec<(u64, &PendingJob)> = pending
+            .iter()
+            .map(|j| (prio.factors(j).priority, j))
+            .collect();
+        keyed.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.submit_ms.cmp(&b.1.submit_ms))
+                .then(a.1.id.cmp(&b.1.id))
+        });
+        keyed.into_iter().map(|(_, j)| j).collect()
+    } else {
+        pending.iter().collect()
+    };
+    let quotas = berth && cfg.accounts.accounts().iter().any(|a| !a.quotas.is_empty());
+    let working = View::new(snapshot.clone());
+    let mut pass = Pass {
+        cfg,
+        snapshot,
+        now_ms,
+        pipeline: Pipeline::new(cfg),
+        prio,
+        guard: (backfill_slots > 0 || berth).then(|| Guard::new(&working)),
+        working,
+        timeline: Timeline::from_ends(
+            snapshot
+                .running
+                .iter()
+                .map(|r| (r.end_ms, r.grants.clone()))
+                .collect(),
+        ),
+        reservations: Vec::new(),
+        backfill_slots,
+        ledger: quotas.then(|| Ledger::of_running(&cfg.accounts, snapshot)),
+        types: if quotas {
+            gpu_types(snapshot)
+        } else {
+            HashMap::new()
+        },
+        failed: HashSet::new(),
+        victims_taken: HashSet::new(),
+        searches: 0,
+        out: Schedule::default(),
+    };
+    for job in order {
+        pass.consider(job);
+    }
+    pass.out
+}
+
+impl<'a> Pass<'a> {
+    fn consider(&mut self, job: &'a PendingJob) {
+        let leaf = self
+            .ledger
+            .as_ref()
+            .and_then(|_| self.cfg.accounts.index(&job.account));
+        if let (Some(ledger), Some(leaf)) = (&self.ledger, leaf) {
+            if let Err(block) = ledger.check(&self.cfg.accounts, leaf, &job_demand(job)) {
+                return self.quota_blocked(job, leaf, block);
+            }
+        }
+        let end_ms = match job.time_limit_s {
+            0 => u64::MAX,
+            s => self.now_ms.saturating_add(s.saturating_mul(1000)),
+        };
+        let long = self
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.active() && end_ms > g.first_start_ms);
+        let mut why = None;
+        let placed = match self.try_place(job, long) {
+            Ok(d) => Some(d),
+            Err(w) => {
+                why = w;
+                None
+            }
+        };
+        if let Some(d) = placed {
+            if let (Some(ledger), Some(leaf)) = (&mut self.ledger, leaf) {
+                // Typed GPU quotas are known only once the GPUs are chosen.
+                let held = grants_demand(&d.nodes, &self.types);
+                if let Err(block) = ledger.check(&self.cfg.accounts, leaf, &held) {
+                    return self.quota_blocked(job, leaf, block);
+                }
+                ledger.add(&self.cfg.accounts, leaf, &held);
+            }
+            return self.start(d, end_ms, long);
+        }
+        if self.cfg.kind == PolicyKind::Berth && self.preempt_by_priority(job) {
+            return self.out.pending.push(PendingStatus {
+                job_id: job.id,
+                reason: PendingReason::Resources,
+                expected_start_ms: Some(self.now_ms + self.cfg.preempt_grace_ms),
+                why,
+            });
+        }
+        self.wait(job, long, why);
+    }
+
+    /// Places `job` on the guarded view (`long`) or the working one.
+    fn try_place(
+        &mut self,
+        job: &'a PendingJob,
+        long: bool,
+    ) -> Result<Decision, Option<Unplaceable>> {
+        let key = shape(job, long);
+        if self.failed.contains(&key) {
+            return Err(None);
+        }
+        let view = match (&self.guard, long) {
+            (Some(g), true) => &g.view,
+            _ => &self.working,
+        };
+        if !view.may_fit(job) {
+            self.failed.insert(key);
+            return Err(None);
+        }
+        self.pipeline.select(&view.snap, job).map_err(|why| {
+            self.failed.insert(key);
+            Some(why)
+        })
+    }
+
+    fn start(&mut self, d: Decision, end_ms: u64, long: bool) {
+        self.working.take(&d.nodes);
+        if let Some(g) = &mut self.guard {
+            if long {
+                g.charge_long(&d.nodes, &self.working);
+            } else {
+                g.sync(&d.nodes, &self.working);
+            }
+        }
+        self.timeline.push(end_ms, d.nodes.clone());
+        self.out.decisions.push(d);
+    }
+
+    /// No start now: a reservation if a slot is left, else Priority (it would fit but for
+    /// reservations) or Resources.
+    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>) {
+        let mut status = PendingStatus {
+            job_id: job.id,
+            reason: PendingReason::Resources,
+            expected_start_ms: None,
+            why,
+        };
+        if self.reservations.len() < self.backfill_slots {
+            if let Some(r) = self.timeline.reserve(
+                &self.pipeline,
+                &self.working,
+                &self.reservations,
+                job,
+                self.now_ms,
+            ) {
+                let at = state_at(
+                    &self.timeline,
+                    &self.working,
+                    &self.reservations,
+                    r.start_ms,
+                );
+                if let Some(g) = &mut self.guard {
+                    g.add(&r, &self.working, &at);
+                }
+                status.expected_start_ms = Some(r.start_ms);
+                self.reservations.push(r);
+                self.out.pending.push(status);
+                return;
+            }
+        }
+        if long && self.try_place(job, false).is_ok() {
+            status.reason = PendingReason::Priority;
+        }
+        self.out.pending.push(status);
+    }
+
+    fn quota_blocked(&mut self, job: &'a PendingJob, leaf: usize, block: QuotaBlock) {
+        let reclaiming = block.reclaimable && self.reclaim(job, leaf, &block);
+        self.out.pending.push(PendingStatus {
+            job_id: job.id,
+            reason: PendingReason::Quota {
+                account: self.cfg.accounts.accounts()[block.account].name.clone(),
+                resource: block.resource,
+            },
+            expected_start_ms: reclaiming.then_some(self.now_ms + self.cfg.preempt_grace_ms),
+            why: None,
+        });
+    }
+
+    /// Preempts borrowers' jobs so that `job`'s account gets its guarantee back.
+    /// True when victims were chosen (or are already going).
+    fn reclaim(&mut self, job: &'a PendingJob, leaf: usize, block: &QuotaBlock) -> bool {
+        if !self.cfg.preemption || self.searches >= self.cfg.preempt_searches_max {
+            return false;
+        }
+        let tree = &self.cfg.accounts;
+        let Some(ledger) = &self.ledger else {
+            return false;
+        };
+        let parent = tree.accounts()[block.account].parent.unwrap_or(0);
+        // Borrowing siblings of the blocked level, on the blocked resource.
+        let borrowers: Vec<usize> = tree.accounts()[parent]
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| c != block.account && ledger.borrowing(tree, c, &block.resource))
+            .collect();
+        let snapshot = self.snapshot;
+        let mut cands: Vec<usize> = (0..snapshot.running.len())
+            .filter(|i| !self.victims_taken.contains(i))
+            .filter(|&i| {
+                let r = &snapshot.running[i];
+                borrowers
+                    .iter()
+                    .any(|&b| crate::quota::charged_under(tree, r, b))
+                    && eligible(r, self.prio.class(&r.qos), job, self.now_ms)
+            })
+            .collect();
+        self.search(job, &mut cands, Some(leaf), PreemptCause::Reclaim)
+    }
+
+    /// Preempts lower, preemptible classes for `job`. True when `job` now waits on victims.
+    fn preempt_by_priority(&mut self, job: &'a PendingJob) -> bool {
+        if !self.cfg.preemption || self.searches >= self.cfg.preempt_searches_max {
+            return false;
+        }
+        let Some(class) = self.prio.class(&job.qos) else {
+            return false;
+        };
+        let snapshot = self.snapshot;
+        let mut cands: Vec<usize> = (0..snapshot.running.len())
+            .filter(|i| !self.victims_taken.contains(i))
+            .filter(|&i| {
+                let r = &snapshot.running[i];
+                let vc = self.prio.class(&r.qos);
+                vc.is_some_and(|c| c.priority < class.priority) && eligible(r, vc, job, self.now_ms)
+            })
+            .collect();
+        if cands.is_empty() {
+            return false;
+        }
+        self.search(job, &mut cands, None, PreemptCause::Priority)
+    }
+
+    /// Looks for victims among `cands`; on success records the preemptions and holds the
+    /// resources `job` will get (a reservation starting after the grace period).
+    fn search(
+        &mut self,
+        job: &'a PendingJob,
+        cands: &mut Vec<usize>,
+        leaf: Option<usize>,
+        cause: PreemptCause,
+    ) -> bool {
+        self.searches += 1;
+        let running = &self.snapshot.running;
+        order_victims(running, cands, |r| {
+            self.prio.class(&r.qos).map_or(0, |c| c.priority)
+        });
+        cands.truncate(self.cfg.preempt_candidates_max);
+        let demand = job_demand(job);
+        let search = Search {
+            pipeline: &self.pipeline,
+            working: &self.working,
+            running,
+            candidates: cands.clone(),
+            quota: match (&self.ledger, leaf) {
+                (Some(l), Some(leaf)) => Some((&self.cfg.accounts, l, leaf, &demand, &self.types)),
+                _ => None,
+            },
+        };
+        let Some(victims) = search.victims(job) else {
+            return false;
+        };
+        let mut hyp = self.working.clone();
+        for (i, r) in running.iter().enumerate() {
+            if r.preempting || victims.contains(&i) {
+                hyp.give(&r.grants);
+            }
+        }
+        for &v in &victims {
+            self.victims_taken.insert(v);
+            self.out.preemptions.push(Preemption {
+                victim: running[v].id,
+                preemptor: job.id,
+                cause,
+            });
+        }
+        // Hold what the job will get, so no later job of this pass takes it for longer
+        // than the grace period.
+        if let (Some(g), Ok(decision)) = (&mut self.guard, self.pipeline.select(&hyp.snap, job)) {
+            let r = Reservation {
+                job_id: job.id,
+                start_ms: self.now_ms + self.cfg.preempt_grace_ms,
+                decision,
+            };
+            g.add(&r, &self.working, &hyp);
+            self.reservations.push(r);
+            self.backfill_slots += 1; // a preemptor's hold is not a backfill slot
+        }
+        true
+    }
+}
