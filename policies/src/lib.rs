@@ -177,4 +177,6 @@ pub fn feasible_when_idle(capacity: &ClusterSnapshot, job: &PendingJob) -> Resul
 }
 
 #[cfg(test)]
+mod pass_tests;
+#[cfg(test)]
 mod tests;

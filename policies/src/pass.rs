@@ -106,6 +106,10 @@ struct Pass<'a> {
     types: HashMap<&'a str, &'a str>,
     failed: HashSet<Shape<'a>>,
     victims_taken: HashSet<usize>,
+    /// Ancestors gained during this pass (a victim's descendants inherit its preemptor's
+    /// ancestors), so two preemptions of one pass cannot close a cycle either.
+    extra_anc: HashMap<u64, HashSet<u64>>,
+    pending: &'a [PendingJob],
     searches: usize,
     out: Schedule,
 }
@@ -165,6 +169,8 @@ pub fn run(
         },
         failed: HashSet::new(),
         victims_taken: HashSet::new(),
+        extra_anc: HashMap::new(),
+        pending,
         searches: 0,
         out: Schedule::default(),
     };
@@ -338,6 +344,7 @@ impl<'a> Pass<'a> {
                     .iter()
                     .any(|&b| crate::quota::charged_under(tree, r, b))
                     && eligible(r, self.prio.class(&r.qos), job, self.now_ms)
+                    && !self.descends_from(job.id, r.id)
             })
             .collect();
         self.search(job, &mut cands, Some(leaf), PreemptCause::Reclaim)
@@ -357,13 +364,45 @@ impl<'a> Pass<'a> {
             .filter(|&i| {
                 let r = &snapshot.running[i];
                 let vc = self.prio.class(&r.qos);
-                vc.is_some_and(|c| c.priority < class.priority) && eligible(r, vc, job, self.now_ms)
+                vc.is_some_and(|c| c.priority < class.priority)
+                    && eligible(r, vc, job, self.now_ms)
+                    && !self.descends_from(job.id, r.id)
             })
             .collect();
         if cands.is_empty() {
             return false;
         }
         self.search(job, &mut cands, None, PreemptCause::Priority)
+    }
+
+    /// Whether `victim` became an ancestor of `job` earlier in this pass.
+    fn descends_from(&self, job: u64, victim: u64) -> bool {
+        self.extra_anc
+            .get(&job)
+            .is_some_and(|a| a.contains(&victim))
+    }
+
+    /// Records `preemptor` → `victim`: pending descendants of the victim inherit the
+    /// preemptor and its ancestors.
+    fn note_edge(&mut self, preemptor: &PendingJob, victim: u64) {
+        let mut add: HashSet<u64> = preemptor.preempted_for.iter().copied().collect();
+        add.extend(
+            self.extra_anc
+                .get(&preemptor.id)
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
+        add.insert(preemptor.id);
+        for j in self.pending {
+            let below = j.preempted_for.contains(&victim) || self.descends_from(j.id, victim);
+            if below && j.id != victim {
+                self.extra_anc
+                    .entry(j.id)
+                    .or_default()
+                    .extend(add.iter().copied());
+            }
+        }
     }
 
     /// Looks for victims among `cands`; on success records the preemptions and holds the
@@ -402,6 +441,7 @@ impl<'a> Pass<'a> {
             }
         }
         for &v in &victims {
+            self.note_edge(job, running[v].id);
             self.victims_taken.insert(v);
             self.out.preemptions.push(Preemption {
                 victim: running[v].id,
