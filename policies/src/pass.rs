@@ -105,11 +105,15 @@ struct Pass<'a> {
     ledger: Option<Ledger>,
     types: HashMap<&'a str, &'a str>,
     failed: HashSet<Shape<'a>>,
+    fits_now: HashSet<Shape<'a>>,
     victims_taken: HashSet<usize>,
     /// Ancestors gained during this pass (a victim's descendants inherit its preemptor's
     /// ancestors), so two preemptions of one pass cannot close a cycle either.
     extra_anc: HashMap<u64, HashSet<u64>>,
     pending: &'a [PendingJob],
+    /// Highest class priority whose scan found no candidate victim (see
+    /// `preempt_by_priority`); 0 before any.
+    no_victims_at_or_below: u32,
     searches: usize,
     out: Schedule,
 }
@@ -168,9 +172,11 @@ pub fn run(
             HashMap::new()
         },
         failed: HashSet::new(),
+        fits_now: HashSet::new(),
         victims_taken: HashSet::new(),
         extra_anc: HashMap::new(),
         pending,
+        no_victims_at_or_below: 0,
         searches: 0,
         out: Schedule::default(),
     };
@@ -254,6 +260,7 @@ impl<'a> Pass<'a> {
     }
 
     fn start(&mut self, d: Decision, end_ms: u64, long: bool) {
+        self.fits_now.clear();
         self.working.take(&d.nodes);
         if let Some(g) = &mut self.guard {
             if long {
@@ -298,7 +305,11 @@ impl<'a> Pass<'a> {
                 return;
             }
         }
-        if long && self.try_place(job, false).is_ok() {
+        // Only the reason depends on this, so a shape that fits now is remembered until
+        // the next start changes the working view.
+        let key = shape(job, false);
+        if long && (self.fits_now.contains(&key) || self.try_place(job, false).is_ok()) {
+            self.fits_now.insert(key);
             status.reason = PendingReason::Priority;
         }
         self.out.pending.push(status);
@@ -358,6 +369,11 @@ impl<'a> Pass<'a> {
         let Some(class) = self.prio.class(&job.qos) else {
             return false;
         };
+        // A class at or below one whose scan found no candidate victim cannot find one
+        // either in this pass (victims only get fewer): skip the scan of running jobs.
+        if class.priority <= self.no_victims_at_or_below && job.preempted_for.is_empty() {
+            return false;
+        }
         let snapshot = self.snapshot;
         let mut cands: Vec<usize> = (0..snapshot.running.len())
             .filter(|i| !self.victims_taken.contains(i))
@@ -369,6 +385,9 @@ impl<'a> Pass<'a> {
                     && !self.descends_from(job.id, r.id)
             })
             .collect();
+        if cands.is_empty() && job.preempted_for.is_empty() {
+            self.no_victims_at_or_below = self.no_victims_at_or_below.max(class.priority);
+        }
         if cands.is_empty() {
             return false;
         }
