@@ -40,6 +40,8 @@ pub struct View {
     pos: HashMap<String, usize>,
     /// partition → `nodes_with_at_least[g]` for g in 0..=max GPUs per node.
     fit: HashMap<String, Vec<u32>>,
+    /// Free GPUs per node (0 for down nodes), by position.
+    free: Vec<u32>,
 }
 
 impl View {
@@ -51,10 +53,12 @@ impl View {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let free = vec![0; snap.nodes.len()];
         let mut v = View {
             snap,
             pos,
             fit: HashMap::new(),
+            free,
         };
         for i in 0..v.snap.nodes.len() {
             v.count(i, 1);
@@ -68,7 +72,11 @@ impl View {
             return;
         }
         let free = n.gpus.iter().filter(|g| g.free).count();
-        let counts = self.fit.entry(n.partition.clone()).or_default();
+        self.free[i] = if sign > 0 { free as u32 } else { 0 };
+        if !self.fit.contains_key(&n.partition) {
+            self.fit.insert(n.partition.clone(), Vec::new());
+        }
+        let counts = self.fit.get_mut(&n.partition).expect("inserted above");
         if counts.len() < n.gpus.len() + 1 {
             counts.resize(n.gpus.len() + 1, 0);
         }
@@ -84,6 +92,28 @@ impl View {
             c.get(job.gpus_per_node as usize)
                 .is_some_and(|&n| n >= job.nodes.max(1))
         })
+    }
+
+    /// Places `job` through `pipeline`, looking only at nodes with enough free GPUs (the
+    /// others would fail the GPU filter anyway, and skipping them saves formatting one
+    /// reject message per node). Same decision as `pipeline.select(&self.snap, job)`.
+    ///
+    /// # Errors
+    /// The pipeline's [`crate::Unplaceable`], computed over the candidate nodes only.
+    pub fn select(
+        &self,
+        pipeline: &Pipeline,
+        job: &PendingJob,
+    ) -> Result<Decision, crate::Unplaceable> {
+        let g = job.gpus_per_node;
+        let nodes = self
+            .snap
+            .nodes
+            .iter()
+            .zip(&self.free)
+            .filter(move |(_, &f)| f >= g)
+            .map(|(n, _)| n);
+        pipeline.select_among(nodes, job)
     }
 
     /// Position of node `name`.
@@ -102,9 +132,7 @@ impl View {
             let n = &mut self.snap.nodes[i];
             n.cpus_free = n.cpus_free.saturating_sub(g.cpus);
             n.memory_free_mb = n.memory_free_mb.saturating_sub(g.mem_mb);
-            for gpu in n.gpus.iter_mut().filter(|x| g.gpu_uuids.contains(&x.uuid)) {
-                gpu.free = false;
-            }
+            set_gpus(n, g, false);
             self.count(i, 1);
         }
     }
@@ -116,8 +144,31 @@ impl View {
                 continue;
             };
             self.count(i, -1);
-            self.snap.release(std::slice::from_ref(g));
+            // In place: ClusterSnapshot::release finds nodes by name, too slow here.
+            let n = &mut self.snap.nodes[i];
+            n.cpus_free = (n.cpus_free + g.cpus).min(n.cpus_total);
+            n.memory_free_mb = (n.memory_free_mb + g.mem_mb).min(n.memory_total_mb);
+            set_gpus(n, g, true);
             self.count(i, 1);
+        }
+    }
+}
+
+/// Marks the GPUs of grant `g` free or held on `n`: by NVML index when the node lists
+/// its GPUs at their index (the usual case, one string compare), else by uuid.
+fn set_gpus(n: &mut crate::NodeView, g: &NodeGrant, free: bool) {
+    for (k, uuid) in g.gpu_uuids.iter().enumerate() {
+        let at = g.gpu_indices.get(k).map(|&i| i as usize);
+        match at
+            .and_then(|i| n.gpus.get_mut(i))
+            .filter(|x| &x.uuid == uuid)
+        {
+            Some(gpu) => gpu.free = free,
+            None => {
+                if let Some(gpu) = n.gpus.iter_mut().find(|x| &x.uuid == uuid) {
+                    gpu.free = free;
+                }
+            }
         }
     }
 }
@@ -126,31 +177,46 @@ impl View {
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
     ends: Vec<(u64, Vec<NodeGrant>)>,
+    /// Entries pushed since the last sort (sorted lazily: a pass pushes every start but
+    /// reserves only a few times).
+    unsorted: bool,
 }
 
 impl Timeline {
     /// Adds a job ending at `end_ms` (`u64::MAX`: never) holding `grants`.
     pub fn push(&mut self, end_ms: u64, grants: Vec<NodeGrant>) {
-        let at = self.ends.partition_point(|(e, _)| *e <= end_ms);
-        self.ends.insert(at, (end_ms, grants));
+        self.ends.push((end_ms, grants));
+        self.unsorted = true;
+    }
+
+    /// Sorts by end (stable, so equal ends keep their push order).
+    fn sort(&mut self) {
+        if self.unsorted {
+            self.ends.sort_by_key(|(e, _)| *e);
+            self.unsorted = false;
+        }
     }
 
     /// Builds from `(end, grants)` pairs in any order.
     pub fn from_ends(mut ends: Vec<(u64, Vec<NodeGrant>)>) -> Timeline {
         ends.sort_by_key(|(e, _)| *e);
-        Timeline { ends }
+        Timeline {
+            ends,
+            unsorted: false,
+        }
     }
 
     /// The earliest time `job` can be placed given `now` (free now) and the `held`
     /// reservations, with the placement then; `None` when it needs jobs that never end.
     pub fn reserve(
-        &self,
+        &mut self,
         pipeline: &Pipeline,
         now: &View,
         held: &[Reservation],
         job: &PendingJob,
         now_ms: u64,
     ) -> Option<Reservation> {
+        self.sort();
         let finite = self.ends.partition_point(|(e, _)| *e != u64::MAX);
         let at = |k: usize| -> Option<Decision> {
             let mut v = now.clone();
@@ -163,11 +229,24 @@ impl Timeline {
             if !v.may_fit(job) {
                 return None;
             }
-            pipeline.select(&v.snap, job).ok()
+            v.select(pipeline, job).ok()
         };
+        // Held reservations only take resources away, so the first k at which the job
+        // passes the O(1) GPU-count check without them is a lower bound: walk there with
+        // one copy, then binary-search the exact k in [bound, finite] (monotone: resources
+        // only grow along the timeline). Usually the bound fits and two probes suffice.
+        let mut walk = now.clone();
+        let mut bound = 0;
+        while bound < finite && !walk.may_fit(job) {
+            walk.give(&self.ends[bound].1);
+            bound += 1;
+        }
+        drop(walk);
+        let (mut lo, mut hi) = (bound, finite);
+        if let Some(decision) = at(bound) {
+            return Some(self.reservation(job, bound, now_ms, decision));
+        }
         at(finite)?;
-        // Smallest k in [0, finite] whose state fits (monotone: resources only grow).
-        let (mut lo, mut hi) = (0, finite);
         while lo < hi {
             let mid = (lo + hi) / 2;
             if at(mid).is_some() {
@@ -177,16 +256,27 @@ impl Timeline {
             }
         }
         let decision = at(lo).expect("fits at the bound found");
-        let start_ms = if lo == 0 {
+        Some(self.reservation(job, lo, now_ms, decision))
+    }
+
+    /// The reservation of `job` once the first `k` ends have happened.
+    fn reservation(
+        &self,
+        job: &PendingJob,
+        k: usize,
+        now_ms: u64,
+        decision: Decision,
+    ) -> Reservation {
+        let start_ms = if k == 0 {
             now_ms
         } else {
-            self.ends[lo - 1].0.max(now_ms)
+            self.ends[k - 1].0.max(now_ms)
         };
-        Some(Reservation {
+        Reservation {
             job_id: job.id,
             start_ms,
             decision,
-        })
+        }
     }
 }
 
@@ -277,8 +367,9 @@ impl Guard {
 }
 
 /// State at `start_ms` for sizing slack: `now` plus releases up to `start_ms`, minus `held`.
-pub fn state_at(timeline: &Timeline, now: &View, held: &[Reservation], start_ms: u64) -> View {
+pub fn state_at(timeline: &mut Timeline, now: &View, held: &[Reservation], start_ms: u64) -> View {
     let mut v = now.clone();
+    timeline.sort();
     for (_, grants) in timeline.ends.iter().take_while(|(e, _)| *e <= start_ms) {
         v.give(grants);
     }

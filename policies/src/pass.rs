@@ -77,11 +77,61 @@ pub struct Schedule {
     pub pending: Vec<PendingStatus>,
 }
 
-type Shape<'a> = (bool, &'a str, u32, u32, &'a str, u32, u64);
+type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64);
 
-fn shape(job: &PendingJob, guarded: bool) -> Shape<'_> {
+/// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
+/// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl Fx {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.mix(u64::from_le_bytes(last));
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+}
+
+type ShapeIds<'a> = HashMap<Shape<'a>, usize, std::hash::BuildHasherDefault<Fx>>;
+
+/// What the pass learned about one job shape: resources only shrink during a pass, so a
+/// failure stays a failure; "fits the working view" holds until the next start.
+#[derive(Clone, Copy, Default)]
+struct ShapeMemo {
+    failed_working: bool,
+    failed_guarded: bool,
+    /// The start count at which it was last seen fitting the working view, plus one.
+    fits_working_at: u64,
+}
+
+fn shape(job: &PendingJob) -> Shape<'_> {
     (
-        guarded,
         job.partition.as_str(),
         job.nodes,
         job.gpus_per_node,
@@ -104,8 +154,9 @@ struct Pass<'a> {
     backfill_slots: usize,
     ledger: Option<Ledger>,
     types: HashMap<&'a str, &'a str>,
-    failed: HashSet<Shape<'a>>,
-    fits_now: HashSet<Shape<'a>>,
+    shape_ids: ShapeIds<'a>,
+    memo: Vec<ShapeMemo>,
+    starts: u64,
     victims_taken: HashSet<usize>,
     /// Ancestors gained during this pass (a victim's descendants inherit its preemptor's
     /// ancestors), so two preemptions of one pass cannot close a cycle either.
@@ -171,8 +222,9 @@ pub fn run(
         } else {
             HashMap::new()
         },
-        failed: HashSet::new(),
-        fits_now: HashSet::new(),
+        shape_ids: ShapeIds::default(),
+        memo: Vec::new(),
+        starts: 0,
         victims_taken: HashSet::new(),
         extra_anc: HashMap::new(),
         pending,
@@ -206,7 +258,8 @@ impl<'a> Pass<'a> {
             .as_ref()
             .is_some_and(|g| g.active() && end_ms > g.first_start_ms);
         let mut why = None;
-        let placed = match self.try_place(job, long) {
+        let sid = self.shape_id(job);
+        let placed = match self.try_place(job, long, sid) {
             Ok(d) => Some(d),
             Err(w) => {
                 why = w;
@@ -232,17 +285,33 @@ impl<'a> Pass<'a> {
                 why,
             });
         }
-        self.wait(job, long, why);
+        self.wait(job, long, why, sid);
     }
 
-    /// Places `job` on the guarded view (`long`) or the working one.
+    /// The per-pass id of `job`'s shape (one hash lookup per job).
+    fn shape_id(&mut self, job: &'a PendingJob) -> usize {
+        let next = self.memo.len();
+        let id = *self.shape_ids.entry(shape(job)).or_insert(next);
+        if id == next {
+            self.memo.push(ShapeMemo::default());
+        }
+        id
+    }
+
+    /// Places `job` (shape `sid`) on the guarded view (`long`) or the working one.
     fn try_place(
         &mut self,
         job: &'a PendingJob,
         long: bool,
+        sid: usize,
     ) -> Result<Decision, Option<Unplaceable>> {
-        let key = shape(job, long);
-        if self.failed.contains(&key) {
+        let memo = &mut self.memo[sid];
+        let failed = if long {
+            &mut memo.failed_guarded
+        } else {
+            &mut memo.failed_working
+        };
+        if *failed {
             return Err(None);
         }
         let view = match (&self.guard, long) {
@@ -250,17 +319,17 @@ impl<'a> Pass<'a> {
             _ => &self.working,
         };
         if !view.may_fit(job) {
-            self.failed.insert(key);
+            *failed = true;
             return Err(None);
         }
-        self.pipeline.select(&view.snap, job).map_err(|why| {
-            self.failed.insert(key);
+        view.select(&self.pipeline, job).map_err(|why| {
+            *failed = true;
             Some(why)
         })
     }
 
     fn start(&mut self, d: Decision, end_ms: u64, long: bool) {
-        self.fits_now.clear();
+        self.starts += 1;
         self.working.take(&d.nodes);
         if let Some(g) = &mut self.guard {
             if long {
@@ -275,7 +344,7 @@ impl<'a> Pass<'a> {
 
     /// No start now: a reservation if a slot is left, else Priority (it would fit but for
     /// reservations) or Resources.
-    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>) {
+    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
         let mut status = PendingStatus {
             job_id: job.id,
             reason: PendingReason::Resources,
@@ -291,7 +360,7 @@ impl<'a> Pass<'a> {
                 self.now_ms,
             ) {
                 let at = state_at(
-                    &self.timeline,
+                    &mut self.timeline,
                     &self.working,
                     &self.reservations,
                     r.start_ms,
@@ -307,10 +376,12 @@ impl<'a> Pass<'a> {
         }
         // Only the reason depends on this, so a shape that fits now is remembered until
         // the next start changes the working view.
-        let key = shape(job, false);
-        if long && (self.fits_now.contains(&key) || self.try_place(job, false).is_ok()) {
-            self.fits_now.insert(key);
-            status.reason = PendingReason::Priority;
+        if long {
+            let seen = self.memo[sid].fits_working_at == self.starts + 1;
+            if seen || self.try_place(job, false, sid).is_ok() {
+                self.memo[sid].fits_working_at = self.starts + 1;
+                status.reason = PendingReason::Priority;
+            }
         }
         self.out.pending.push(status);
     }

@@ -129,7 +129,7 @@ impl Search<'_> {
         for (_, r) in going {
             v.give(&r.grants);
         }
-        v.may_fit(job) && self.pipeline.select(&v.snap, job).is_ok()
+        v.may_fit(job) && v.select(self.pipeline, job).is_ok()
     }
 }
 

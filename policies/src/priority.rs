@@ -169,10 +169,14 @@ impl<'a> Prioritizer<'a> {
     /// The class of a job (`qos` empty: the default class); `None` for an unknown name.
     pub fn class(&self, qos: &str) -> Option<&'a QosClass> {
         let name = if qos.is_empty() {
-            &self.cfg.default_qos
+            self.cfg.default_qos.as_str()
         } else {
             qos
         };
+        // A handful of classes: a scan beats hashing the name.
+        if self.classes.len() <= 16 {
+            return self.cfg.qos.iter().find(|c| c.name == name);
+        }
         self.classes.get(name).copied()
     }
 

@@ -147,7 +147,12 @@ impl ClusterSnapshot {
             c.cpus += u64::from(n.cpus_total);
             c.memory_mb += n.memory_total_mb;
             for g in &n.gpus {
-                *c.gpus_by_type.entry(g.gres_type.clone()).or_default() += 1;
+                match c.gpus_by_type.get_mut(&g.gres_type) {
+                    Some(count) => *count += 1,
+                    None => {
+                        c.gpus_by_type.insert(g.gres_type.clone(), 1);
+                    }
+                }
             }
         }
         c

@@ -5,7 +5,7 @@
 //! each with 7 of 8 GPUs held by running 1-GPU jobs (random ends up to 24 h, seeded), 50
 //! accounts with random decayed usage, and PENDING jobs of 1, 2, 4 or 8 GPUs (a few
 //! multi-node) with random accounts, classes, ages and time limits. Prints the fastest and
-//! median wall time of RUNS passes per policy. Deterministic inputs (a fixed LCG seed).
+//! median wall time of RUNS passes per policy (`POLICY=fifo|backfill|berth` runs one). Deterministic inputs (a fixed LCG seed).
 
 use berth_policies::{
     AccountTree, ClusterSnapshot, GpuView, NodeGrant, NodeView, PendingJob, PolicyConfig,
@@ -121,7 +121,11 @@ fn main() {
         .iter()
         .map(|a| (a.as_str(), 1 + (a.len() as u32 % 3)))
         .collect();
+    let only = std::env::var("POLICY").unwrap_or_default().to_lowercase();
     for kind in [PolicyKind::Fifo, PolicyKind::Backfill, PolicyKind::Berth] {
+        if !only.is_empty() && format!("{kind:?}").to_lowercase() != only {
+            continue;
+        }
         let cfg = PolicyConfig {
             kind,
             accounts: AccountTree::flat(&flat).expect("valid"),
