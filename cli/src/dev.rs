@@ -37,6 +37,9 @@ pub struct DevArgs {
     /// Seconds between SIGTERM and SIGKILL on cancel and time limit (Slurm's KillWait).
     #[arg(long, default_value_t = 30)]
     pub kill_wait_secs: u64,
+    /// Accounts and priority classes (TOML, see README); installed through the Raft log.
+    #[arg(long)]
+    pub accounts: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -68,6 +71,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
+    let accounts_toml = match &args.accounts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read accounts file {}", path.display()))?;
+            berth_scheduler::accounts::parse(&text)
+                .with_context(|| format!("bad accounts file {}", path.display()))?;
+            Some(text)
+        }
+        None => None,
+    };
     let machine = machine(&args.machine)?;
     let lib = berth_simnvml::find_library()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -81,6 +94,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut cfg = DaemonConfig::new(state_dir.join("berthd"));
     cfg.default_partition = args.partition.clone();
     cfg.schedule_interval = Duration::from_millis(500);
+    cfg.accounts_toml = accounts_toml;
     let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
     if !daemon.wait_leader(Duration::from_secs(10)).await {

@@ -110,6 +110,24 @@ pub fn fairshare_factors(
     half_life_ms: u64,
     now_ms: u64,
 ) -> Vec<f64> {
+    let usage = usage_now(tree, snapshot, half_life_ms, now_ms);
+    let mut out = vec![0.0; tree.len()];
+    for row in fair_tree(tree, &usage) {
+        if let (Some(f), Some(i)) = (row.fairshare, tree.index(&row.name)) {
+            out[i] = f;
+        }
+    }
+    out
+}
+
+/// Decayed usage per account index at `now_ms`: ended jobs' usage plus what running jobs
+/// have used so far (the input of [`fair_tree`]).
+pub fn usage_now(
+    tree: &AccountTree,
+    snapshot: &ClusterSnapshot,
+    half_life_ms: u64,
+    now_ms: u64,
+) -> Vec<f64> {
     let mut usage = vec![0.0; tree.len()];
     for (i, acc) in tree.accounts().iter().enumerate() {
         usage[i] = snapshot.usage.at(&acc.name, now_ms, half_life_ms);
@@ -131,13 +149,7 @@ pub fn fairshare_factors(
             half_life_ms,
         );
     }
-    let mut out = vec![0.0; tree.len()];
-    for row in fair_tree(tree, &usage) {
-        if let (Some(f), Some(i)) = (row.fairshare, tree.index(&row.name)) {
-            out[i] = f;
-        }
-    }
-    out
+    usage
 }
 
 /// Priority context for one pass: per-account fair-share factors and class lookups.

@@ -1,5 +1,7 @@
-//! The leader's scheduling loop: read committed state, ask `berth-policies` where pending
-//! jobs go, and propose the answer as one `Allocate` command.
+//! The leader's scheduling loop: read committed state, ask `berth-policies` which pending
+//! jobs start where and which running jobs are preempted, and propose the answer as one
+//! `Preempt` and one `Allocate` command. The policy configuration (accounts, classes,
+//! weights) is the replicated one, so a new leader schedules exactly like the old.
 //!
 //! The loop runs a pass when a job or node changes (it listens to applied effects) and at
 //! least every `interval`. It waits for each `Allocate` to be applied before the next pass,
@@ -16,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Why each pending job did not start in the last pass (Slurm's pending reasons).
+/// Why each pending job did not start in the last pass (Slurm's pending reasons), and its
+/// expected start when the pass reserved one.
 #[derive(Default)]
-pub struct PendingReasons(Mutex<HashMap<u64, String>>);
+pub struct PendingReasons(Mutex<HashMap<u64, (String, Option<u64>)>>);
 
 impl PendingReasons {
-    /// The reason for `job_id`, if the last pass left it pending.
-    pub fn get(&self, job_id: u64) -> Option<String> {
+    /// The reason and expected start (ms) for `job_id`, if the last pass left it pending.
+    pub fn get(&self, job_id: u64) -> Option<(String, Option<u64>)> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -30,7 +33,7 @@ impl PendingReasons {
             .cloned()
     }
 
-    fn replace(&self, reasons: HashMap<u64, String>) {
+    fn replace(&self, reasons: HashMap<u64, (String, Option<u64>)>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reasons;
     }
 }
@@ -42,7 +45,6 @@ pub async fn scheduling_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let cfg = policies::PolicyConfig::default();
     let mut effects = raft.subscribe();
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -59,28 +61,86 @@ pub async fn scheduling_loop(
             }
         }
         if raft.is_leader() {
-            pass(&raft, &reasons, &cfg).await;
+            pass(&raft, &reasons).await;
         }
     }
 }
 
-async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::PolicyConfig) {
+/// Proposes `SetAccounts(toml)` whenever this replica leads and the replicated
+/// configuration differs (berthd `--accounts FILE`), until shutdown. Every replica started
+/// with the same file agrees; a replica started with another file makes its text win only
+/// while it leads, which the log records like any change.
+pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() || raft.state().accounts_toml() == toml {
+            continue;
+        }
+        let cmd = pb::command::Cmd::SetAccounts(pb::SetAccounts { toml: toml.clone() });
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => tracing::info!("accounts configuration installed"),
+            Ok(other) => {
+                tracing::error!("accounts configuration refused: {other:?}");
+                return;
+            }
+            Err(e) => tracing::warn!("accounts configuration not proposed yet: {e}"),
+        }
+    }
+}
+
+async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
     let now = crate::server::now_ms();
-    let (cluster, pending) = {
+    let (cluster, pending, cfg) = {
         let sm = raft.state();
-        (sm.cluster_view(), sm.pending_jobs())
+        (
+            sm.policy_view(),
+            sm.pending_jobs(),
+            sm.accounts().policy.clone(),
+        )
     };
     if pending.is_empty() {
         return;
     }
-    let schedule = policies::schedule(&cluster, &pending, cfg, now);
+    let schedule = policies::schedule(&cluster, &pending, &cfg, now);
     reasons.replace(
         schedule
             .pending
             .iter()
-            .map(|p| (p.job_id, p.reason.slurm_name().to_string()))
+            .map(|p| {
+                let reason = p.reason.slurm_name().to_string();
+                (p.job_id, (reason, p.expected_start_ms))
+            })
             .collect(),
     );
+    // Victims first: their kill starts the grace period the preemptors wait out.
+    if !schedule.preemptions.is_empty() {
+        let preemptions = schedule
+            .preemptions
+            .iter()
+            .map(|p| pb::Preemption {
+                victim: p.victim,
+                preemptor: p.preemptor,
+                cause: match p.cause {
+                    policies::PreemptCause::Priority => "priority",
+                    policies::PreemptCause::Reclaim => "reclaim",
+                }
+                .into(),
+            })
+            .collect();
+        let cmd = pb::command::Cmd::Preempt(pb::Preempt {
+            term: raft.term(),
+            preemptions,
+        });
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!("preemption partly refused: {other:?}"),
+            Err(e) => tracing::warn!("preemption not proposed: {e}"),
+        }
+    }
     if schedule.decisions.is_empty() {
         return;
     }
