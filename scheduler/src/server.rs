@@ -363,7 +363,8 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
             | JobState::Failed
             | JobState::Cancelled
             | JobState::Timeout
-            | JobState::OutOfMemory => Ok(()),
+            | JobState::OutOfMemory
+            | JobState::Preempted => Ok(()),
             other => Err(format!(
                 "job {} finished in non-final state {other:?}",
                 ev.job_id
