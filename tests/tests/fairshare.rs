@@ -246,6 +246,18 @@ fn backfill_runs_a_short_job_ahead_without_delaying_the_reserved_one() {
     let late = dev.submit(&["--gres=gpu:2", "-t", "20:00", "--wrap", "echo T"]);
     let why = dev.wait(late, "Reason=Priority ", 30);
     assert!(why.contains("JobState=PENDING "), "{why}");
+    // sprio lists both waiting jobs with the account (the default, alice) and class.
+    let prio = String::from_utf8_lossy(&dev.berth(&["sprio"]).stdout).into_owned();
+    for id in [reserved, late] {
+        let line = prio
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+            .unwrap_or_else(|| panic!("{id} not in sprio:\n{prio}"));
+        assert!(
+            line.contains("alice") && line.contains("research"),
+            "{prio}"
+        );
+    }
     // squeue --start shows R's expected start (L's start + 10 min), R waits on Resources.
     let start = dev.berth(&["squeue", "--start", "-h", "-o", "%i %S %r"]);
     let text = String::from_utf8_lossy(&start.stdout).into_owned();
