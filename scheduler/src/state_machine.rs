@@ -613,7 +613,7 @@ impl StateMachine {
     /// the agent's reported end time when it has one (clamped into `[start, now]`), else
     /// at the command's time: never a clock read here.
     fn release(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
-        let cap = self.cluster_view().capacity();
+        let cap = self.capacity();
         let half_life = self.accounts.policy.half_life_ms;
         let job = self.state.jobs.get_mut(&id).expect("caller checked");
         let start = job.start_time_ms.min(now);
@@ -656,6 +656,29 @@ impl StateMachine {
                 gpu.job_id = 0;
             }
         }
+    }
+
+    /// Totals of the up nodes (the denominators of dominant shares), without building
+    /// the placement view.
+    fn capacity(&self) -> policies::Capacity {
+        let mut c = policies::Capacity::default();
+        for n in self
+            .state
+            .nodes
+            .values()
+            .filter(|n| n.state() == NodeState::Up)
+        {
+            let Some(inv) = n.inventory.as_ref() else {
+                continue;
+            };
+            c.gpus += inv.gpus.len() as u64;
+            c.cpus += u64::from(inv.cpus);
+            c.memory_mb += inv.memory_mb;
+            for g in &inv.gpus {
+                *c.gpus_by_type.entry(g.gres_type.clone()).or_default() += 1;
+            }
+        }
+        c
     }
 
     /// The cluster as placement sees it: nodes sorted by name, free resources now.
