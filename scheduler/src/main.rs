@@ -37,7 +37,8 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
     /// Accounts and priority classes (TOML; see README). Installed through the Raft log
-    /// when this replica leads; without it the replicated (or built-in) one stays.
+    /// once, when this replica first leads; without it the replicated (or built-in) one
+    /// stays.
     #[arg(long)]
     accounts: Option<PathBuf>,
 }

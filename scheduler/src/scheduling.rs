@@ -66,10 +66,11 @@ pub async fn scheduling_loop(
     }
 }
 
-/// Proposes `SetAccounts(toml)` whenever this replica leads and the replicated
-/// configuration differs (berthd `--accounts FILE`), until shutdown. Every replica started
-/// with the same file agrees; a replica started with another file makes its text win only
-/// while it leads, which the log records like any change.
+/// Proposes `SetAccounts(toml)` once, the first time this process leads, if the
+/// replicated configuration differs (berthd `--accounts FILE`). Once installed it stops, so
+/// a later `berth admin accounts set` is not reverted by this process; a replica that first
+/// leads later (after a failover) installs its own file then, which the log records like
+/// any change.
 pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -77,12 +78,18 @@ pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watc
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        if !raft.is_leader() || raft.state().accounts_toml() == toml {
+        if !raft.is_leader() {
             continue;
+        }
+        if raft.state().accounts_toml() == toml {
+            return;
         }
         let cmd = pb::command::Cmd::SetAccounts(pb::SetAccounts { toml: toml.clone() });
         match raft.propose(crate::server::command(cmd)).await {
-            Ok(Outcome::Done) => tracing::info!("accounts configuration installed"),
+            Ok(Outcome::Done) => {
+                tracing::info!("accounts configuration installed");
+                return;
+            }
             Ok(other) => {
                 tracing::error!("accounts configuration refused: {other:?}");
                 return;

@@ -104,10 +104,18 @@ impl Dev {
     }
 
     fn wait(&self, id: u64, pattern: &str, secs: u64) -> String {
-        poll(&format!("job {id} {pattern}"), secs, || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
             let s = self.show(id);
-            s.contains(pattern).then_some(s)
-        })
+            if s.contains(pattern) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id}: no {pattern:?} within {secs}s:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -289,4 +297,87 @@ fn backfill_runs_a_short_job_ahead_without_delaying_the_reserved_one() {
         start_of(reserved) <= start_of(late),
         "R must not start after T"
     );
+}
+
+#[test]
+fn guaranteed_quota_is_reclaimed_from_a_borrowing_account() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quotas = r#"
+default_account = "alice"
+[[account]]
+name = "ml"
+quota.gpu = { guaranteed = 4 }
+[[account]]
+name = "alice"
+parent = "ml"
+[[account]]
+name = "bio"
+quota.gpu = { guaranteed = 4 }
+[[account]]
+name = "bob"
+parent = "bio"
+"#;
+    let dev = Dev::start(tmp.path());
+    let file = tmp.path().join("quotas.toml");
+    std::fs::write(&file, quotas).unwrap();
+    let o = dev.berth(&["admin", "accounts", "set", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // bob takes all 8 GPUs: 4 guaranteed, 4 borrowed from ml's idle guarantee.
+    let own = dev.submit(&[
+        "-A",
+        "bob",
+        "--qos",
+        "development",
+        "--gres=gpu:4",
+        "--wrap",
+        "sleep 600",
+    ]);
+    let borrowed = dev.submit(&[
+        "-A",
+        "bob",
+        "--qos",
+        "development",
+        "--gres=gpu:4",
+        "--wrap",
+        "sleep 600",
+    ]);
+    dev.wait(own, "JobState=RUNNING ", 30);
+    dev.wait(borrowed, "JobState=RUNNING ", 30);
+    // A third bob job (same class: no class preemption) would exceed what ml lends: held
+    // by the quota, nothing preempted.
+    let more = dev.submit(&[
+        "-A",
+        "bob",
+        "--qos",
+        "development",
+        "--gres=gpu:1",
+        "--wrap",
+        "true",
+    ]);
+    dev.wait(more, "Reason=QOSGrpGRES ", 30);
+    // alice asks for her guarantee: the newest borrowing job is preempted and requeued.
+    let alice = dev.submit(&[
+        "-A",
+        "alice",
+        "--qos",
+        "training",
+        "--gres=gpu:4",
+        "--wrap",
+        "echo mine",
+    ]);
+    dev.wait(alice, "JobState=COMPLETED ", 40);
+    let b = dev.wait(borrowed, "Restarts=1 ", 30);
+    assert!(
+        !b.contains("JobState=CANCELLED") && !b.contains("JobState=FAILED"),
+        "{b}"
+    );
+    let o = dev.show(own);
+    assert!(
+        o.contains("JobState=RUNNING ") && o.contains("Restarts=0 "),
+        "{o}"
+    );
+    // Stop what still runs (`more` may have completed already).
+    for id in [own, borrowed, more] {
+        let _ = dev.berth(&["scancel", &id.to_string()]);
+    }
 }
