@@ -7,7 +7,10 @@
 //! - `age = min(1, (now - submit) / age_max)` (Slurm's `PriorityMaxAge`);
 //! - `qos = class priority / highest class priority`;
 //! - `size = job GPUs / cluster GPUs`, or `1 - that` with `favor_small`
-//!   (Slurm's `PriorityFavorSmall`).
+//!   (Slurm's `PriorityFavorSmall`);
+//! - `short = 1 - ln(1 + limit_s) / ln(1 + age_max_s)`, clamped to `[0, 1]`, 0 for jobs
+//!   without a time limit: favors short time limits (a berth extension, not a Slurm
+//!   factor; weight 0 by default), plus `w_short * short`.
 
 use crate::fairshare::{charge_between, dominant_rate, fair_tree, AccountTree};
 use crate::snapshot::{ClusterSnapshot, PendingJob};
@@ -68,6 +71,8 @@ pub struct PriorityWeights {
     pub size: u32,
     /// `PriorityFavorSmall`: the size factor grows as jobs get smaller.
     pub favor_small: bool,
+    /// Weight of the short-time-limit factor (berth extension; 0 = off).
+    pub short: u32,
     /// Age at which the age factor reaches 1, ms (`PriorityMaxAge`).
     pub age_max_ms: u64,
 }
@@ -80,6 +85,7 @@ impl Default for PriorityWeights {
             qos: 10_000,
             size: 0,
             favor_small: false,
+            short: 0,
             age_max_ms: 7 * 24 * 3600 * 1000,
         }
     }
@@ -98,6 +104,8 @@ pub struct Factors {
     pub qos: f64,
     /// Size factor in `[0, 1]`.
     pub size: f64,
+    /// Short-time-limit factor in `[0, 1]`.
+    pub short: f64,
     /// The weighted sum.
     pub priority: u64,
 }
@@ -210,16 +218,24 @@ impl<'a> Prioritizer<'a> {
             .map_or(0.0, |c| f64::from(c.priority) / self.qos_max);
         let share = (job.gpus_total() as f64 / self.gpus_total).min(1.0);
         let size = if w.favor_small { 1.0 - share } else { share };
+        let short = if job.time_limit_s == 0 || w.age_max_ms == 0 {
+            0.0
+        } else {
+            let max = (1.0 + w.age_max_ms as f64 / 1000.0).ln();
+            (1.0 - (1.0 + job.time_limit_s as f64).ln() / max).clamp(0.0, 1.0)
+        };
         let priority = f64::from(w.fairshare) * fairshare
             + f64::from(w.age) * age
             + f64::from(w.qos) * qos
-            + f64::from(w.size) * size;
+            + f64::from(w.size) * size
+            + f64::from(w.short) * short;
         Factors {
             job_id: job.id,
             fairshare,
             age,
             qos,
             size,
+            short,
             priority: priority.max(0.0) as u64,
         }
     }
@@ -230,6 +246,40 @@ mod tests {
     use super::*;
     use crate::fairshare::Usage;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn short_limits_rank_higher_when_weighted() {
+        let cfg = PolicyConfig {
+            weights: PriorityWeights {
+                fairshare: 0,
+                age: 0,
+                qos: 0,
+                size: 0,
+                favor_small: false,
+                short: 1000,
+                age_max_ms: 86_400_000,
+            },
+            ..PolicyConfig::default()
+        };
+        let p = Prioritizer::new(&ClusterSnapshot::default(), &cfg, 0);
+        let job = |limit| PendingJob {
+            time_limit_s: limit,
+            ..PendingJob::default()
+        };
+        // (limit s, short factor): 1 - ln(1 + limit) / ln(1 + 86400).
+        let cases = [
+            (0, 0.0),
+            (86_400, 0.0),
+            (1_000_000, 0.0),
+            (59, 1.0 - 60f64.ln() / 86_401f64.ln()),
+        ];
+        for (i, (limit, want)) in cases.into_iter().enumerate() {
+            let f = p.factors(&job(limit));
+            if (f.short - want).abs() > 1e-12 || f.priority != (1000.0 * want) as u64 {
+                panic!("#{i}: want {want}, got {f:?}");
+            }
+        }
+    }
 
     #[test]
     fn weighted_sum_of_factors() {

@@ -17,6 +17,7 @@
 //! qos = 10000
 //! size = 0
 //! favor_small = false
+//! short = 0                      # berth extension: favor short time limits
 //! age_max_hours = 168
 //!
 //! [[account]]                    # tree: parent omitted = under root
@@ -108,6 +109,8 @@ struct Weights {
     size: Option<u32>,
     #[serde(default)]
     favor_small: bool,
+    #[serde(default)]
+    short: Option<u32>,
     #[serde(default)]
     age_max_hours: Option<u64>,
 }
@@ -262,6 +265,7 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         weights.qos = w.qos.unwrap_or(weights.qos);
         weights.size = w.size.unwrap_or(weights.size);
         weights.favor_small = w.favor_small;
+        weights.short = w.short.unwrap_or(weights.short);
         if let Some(h) = w.age_max_hours {
             weights.age_max_ms = h.saturating_mul(3_600_000);
         }

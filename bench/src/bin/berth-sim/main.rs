@@ -56,6 +56,9 @@ struct Opts {
     /// Priority weight of the fair-share factor (berth policy).
     #[arg(long, default_value_t = 10_000)]
     weight_fairshare: u32,
+    /// Priority weight of the short-time-limit factor (berth extension).
+    #[arg(long, default_value_t = 0)]
+    weight_short: u32,
     /// The size factor favors small jobs (Slurm PriorityFavorSmall).
     #[arg(long)]
     favor_small: bool,
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     cfg.weights.size = o.weight_size;
     cfg.weights.fairshare = o.weight_fairshare;
     cfg.weights.favor_small = o.favor_small;
+    cfg.weights.short = o.weight_short;
     cfg.half_life_ms = o.half_life_h * 3600 * 1000;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
