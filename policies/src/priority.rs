@@ -104,7 +104,7 @@ pub struct Factors {
     pub qos: f64,
     /// Size factor in `[0, 1]`.
     pub size: f64,
-    /// Short-time-limit factor in `[0, 1]`.
+    /// Short-time-limit factor in `[0, 1]` (0 when its weight is 0).
     pub short: f64,
     /// The weighted sum.
     pub priority: u64,
@@ -218,7 +218,8 @@ impl<'a> Prioritizer<'a> {
             .map_or(0.0, |c| f64::from(c.priority) / self.qos_max);
         let share = (job.gpus_total() as f64 / self.gpus_total).min(1.0);
         let size = if w.favor_small { 1.0 - share } else { share };
-        let short = if job.time_limit_s == 0 || w.age_max_ms == 0 {
+        // Not computed at weight 0 (a logarithm per job per pass for nothing).
+        let short = if w.short == 0 || job.time_limit_s == 0 || w.age_max_ms == 0 {
             0.0
         } else {
             let max = (1.0 + w.age_max_ms as f64 / 1000.0).ln();
