@@ -20,12 +20,12 @@ fn seeds(replicas: u64, first: u64, count: u64) {
 
 #[test]
 fn three_replicas_keep_the_invariants_under_faults() {
-    seeds(3, 1, 40);
+    seeds(3, 1, 30);
 }
 
 #[test]
 fn five_replicas_keep_the_invariants_under_faults() {
-    seeds(5, 1, 25);
+    seeds(5, 1, 15);
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn a_cluster_without_faults_acknowledges_nearly_everything() {
     cfg.partition_p = 0.0;
     let r = run(&cfg).expect("a calm cluster passes");
     assert_eq!(r.restarts, 0);
-    // Only submits before the first election (about 100 ms) go unanswered.
+    // Only requests before the first election (about 100 ms) go unanswered.
     assert!(r.acked_submits > 150, "{r:?}");
-    assert!(r.unknown < 10, "{r:?}");
+    assert!(r.unknown * 10 < r.acked_submits as u64, "{r:?}");
 }

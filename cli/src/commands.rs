@@ -8,7 +8,9 @@ use clap::Parser;
 use std::collections::BTreeMap;
 
 /// Names under which the binary behaves as that Slurm tool.
-pub const TOOLS: &[&str] = &["sbatch", "squeue", "scancel", "sinfo", "scontrol"];
+pub const TOOLS: &[&str] = &[
+    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio",
+];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
 
@@ -19,7 +21,10 @@ commands:
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
   scontrol   show job/node, hold, release
+  sshare     the fair-share tree: shares, decayed usage, fair-share factors
+  sprio      priority factors of pending jobs
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
+             accounts show | accounts set FILE  (accounts and priority classes)
 
 The server comes from --server, else BERTH_SERVER, else http://127.0.0.1:7700.";
 
@@ -52,6 +57,8 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "sinfo" => sinfo(args).await,
         "scontrol" => scontrol(args).await,
         "admin" => admin(args).await,
+        "sshare" => crate::fairshare::sshare(args).await,
+        "sprio" => crate::fairshare::sprio(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;
@@ -71,7 +78,8 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
     }
 }
 
-fn status_text(s: &tonic::Status) -> String {
+/// The server's message of a failed call (what users should read).
+pub fn status_text(s: &tonic::Status) -> String {
     s.message().to_string()
 }
 
@@ -177,6 +185,7 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
         "TO" | "TIMEOUT" => JobState::Timeout,
         "NF" | "NODE_FAIL" => JobState::NodeFail,
         "OOM" | "OUT_OF_MEMORY" => JobState::OutOfMemory,
+        "PR" | "PREEMPTED" => JobState::Preempted,
         "ALL" => return Ok(vec![]),
         other => anyhow::bail!("Invalid job state specified: {other}"),
     };
@@ -205,6 +214,9 @@ struct SqueueArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Pending jobs with their expected start time (from the last backfill pass).
+    #[arg(long)]
+    start: bool,
     /// Print help (-h means --noheader, as in Slurm).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -235,11 +247,17 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         all_states |= parsed.is_empty();
         states.extend(parsed.into_iter().map(|s| s as i32));
     }
+    if a.start && states.is_empty() {
+        states.push(JobState::Pending as i32);
+    }
     let include_finished =
         all_states || !job_ids.is_empty() || states.iter().any(|s| *s > JobState::Running as i32);
-    let format = a
-        .format
-        .unwrap_or_else(|| crate::squeue::DEFAULT_FORMAT.to_string());
+    let default_format = if a.start {
+        crate::squeue::START_FORMAT
+    } else {
+        crate::squeue::DEFAULT_FORMAT
+    };
+    let format = a.format.unwrap_or_else(|| default_format.to_string());
     // Check the format before asking the server, so a typo fails fast.
     crate::squeue::render(&[], &format, 0, true)?;
     let channel = client::connect(&client::servers(None)).await?;
@@ -429,6 +447,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     let mut c = AdminServiceClient::new(channel);
     let err = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
     let change = match words.as_slice() {
+        ["accounts", rest @ ..] => return crate::fairshare::accounts(&mut c, rest).await,
         ["status"] => {
             let s = c
                 .get_replica_status(pb::ReplicaStatusRequest {})
@@ -470,7 +489,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             }
         }
         _ => anyhow::bail!(
-            "usage: berth admin status | members add ID=HOST:PORT | members remove ID"
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE"
         ),
     };
     let members = c

@@ -55,6 +55,9 @@ pub struct DevArgs {
     /// How shares are shared: time-slicing or mps.
     #[arg(long, default_value = "time-slicing")]
     pub gpu_sharing: String,
+    /// Accounts and priority classes (TOML, see README); installed through the Raft log.
+    #[arg(long)]
+    pub accounts: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -86,6 +89,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
+    let accounts_toml = match &args.accounts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read accounts file {}", path.display()))?;
+            berth_scheduler::accounts::parse(&text)
+                .with_context(|| format!("bad accounts file {}", path.display()))?;
+            Some(text)
+        }
+        None => None,
+    };
     let machine = machine(&args.machine)?;
     let sharing = Sharing::new(args.gpu_replicas, &args.gpu_sharing).map_err(anyhow::Error::msg)?;
     let lib = berth_simnvml::find_library()?;
@@ -100,6 +113,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut cfg = DaemonConfig::new(state_dir.join("berthd"));
     cfg.default_partition = args.partition.clone();
     cfg.schedule_interval = Duration::from_millis(500);
+    cfg.accounts_toml = accounts_toml;
     let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
     if !daemon.wait_leader(Duration::from_secs(10)).await {

@@ -89,6 +89,14 @@ pub enum SbatchError {
         /// What is wrong with it.
         reason: MemError,
     },
+    /// A bad `--signal`.
+    #[error("Invalid --signal specification '{value}': {reason}")]
+    InvalidSignal {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A count that is not a number.
     #[error("Invalid numeric value \"{value}\" for {option}")]
     InvalidNumber {
@@ -263,6 +271,9 @@ enum Key {
     Partition,
     Account,
     Qos,
+    Requeue,
+    NoRequeue,
+    Signal,
     Chdir,
     Export,
     Parsable,
@@ -270,6 +281,79 @@ enum Key {
     Wrap,
     Help,
     Version,
+}
+
+/// `--signal=[B:]SIG[@SECS]`: what preemption sends first and how long before SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalSpec {
+    /// Signal number.
+    pub number: i32,
+    /// Seconds between the signal and SIGKILL (Slurm's default 60).
+    pub secs: u32,
+    /// `B:`: the batch shell only.
+    pub batch_only: bool,
+}
+
+/// Parses `--signal`'s value: `[B:]SIG[@SECS]`, SIG a number (1-64) or a name with or
+/// without `SIG` (`USR1`, `SIGTERM`…), SECS 0-65535 (default 60). Slurm's `R:`
+/// (reservation) is refused: berth has no reservations.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_signal(value: &str) -> Result<SignalSpec, String> {
+    let (batch_only, rest) = match value.split_once(':') {
+        Some(("B", rest)) => (true, rest),
+        Some(("R" | "RB" | "BR", _)) => return Err("R: (reservation) is not supported".into()),
+        Some((flag, _)) => return Err(format!("unknown flag {flag:?} (only B:)")),
+        None => (false, value),
+    };
+    let (sig, secs) = match rest.split_once('@') {
+        Some((sig, secs)) => {
+            let secs: u32 = secs
+                .parse()
+                .ok()
+                .filter(|s| *s <= 65_535)
+                .ok_or_else(|| format!("time {secs:?} is not a number of seconds 0-65535"))?;
+            (sig, secs)
+        }
+        None => (rest, 60),
+    };
+    let number = match sig.parse::<i32>() {
+        Ok(n) if (1..=64).contains(&n) => n,
+        Ok(n) => return Err(format!("signal number {n} is out of range 1-64")),
+        Err(_) => signal_by_name(sig).ok_or_else(|| format!("unknown signal {sig:?}"))?,
+    };
+    Ok(SignalSpec {
+        number,
+        secs,
+        batch_only,
+    })
+}
+
+fn signal_by_name(name: &str) -> Option<i32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Some(match bare {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ABRT" => libc::SIGABRT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
 }
 
 /// A supported option: long name, short letter, value, effect.
@@ -295,6 +379,9 @@ const SUPPORTED: &[Supported] = &[
     ("parsable", None, Arg::None, Key::Parsable),
     ("partition", Some('p'), Arg::Required, Key::Partition),
     ("qos", Some('q'), Arg::Required, Key::Qos),
+    ("requeue", None, Arg::None, Key::Requeue),
+    ("no-requeue", None, Arg::None, Key::NoRequeue),
+    ("signal", None, Arg::Required, Key::Signal),
     ("time", Some('t'), Arg::Required, Key::Time),
     ("usage", None, Arg::None, Key::Help),
     ("version", Some('V'), Arg::None, Key::Version),
@@ -356,7 +443,6 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("network", None),
     ("nice", None),
     ("no-kill", Some('k')),
-    ("no-requeue", None),
     ("nodefile", Some('F')),
     ("nodelist", Some('w')),
     ("ntasks-per-core", None),
@@ -374,11 +460,9 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("propagate", None),
     ("quiet", Some('Q')),
     ("reboot", None),
-    ("requeue", None),
     ("reservation", None),
     ("segment", None),
     ("share", None),
-    ("signal", None),
     ("sockets-per-node", None),
     ("spread-job", None),
     ("stepmgr", None),
@@ -497,6 +581,8 @@ struct Opts {
     partition: Option<String>,
     account: Option<String>,
     qos: Option<String>,
+    requeue: Option<bool>,
+    signal: Option<SignalSpec>,
     chdir: Option<String>,
     export: Option<Export>,
     wrap: Option<String>,
@@ -523,6 +609,8 @@ impl Opts {
             partition: top.partition.or(self.partition),
             account: top.account.or(self.account),
             qos: top.qos.or(self.qos),
+            requeue: top.requeue.or(self.requeue),
+            signal: top.signal.or(self.signal),
             chdir: top.chdir.or(self.chdir),
             export: top.export.or(self.export),
             wrap: top.wrap.or(self.wrap),
@@ -776,6 +864,15 @@ fn apply(
         Key::Error => opts.error = Some(text()?),
         Key::Account => opts.account = Some(text()?),
         Key::Qos => opts.qos = Some(text()?),
+        Key::Requeue => opts.requeue = Some(true),
+        Key::NoRequeue => opts.requeue = Some(false),
+        Key::Signal => {
+            let sig = parse_signal(value).map_err(|reason| SbatchError::InvalidSignal {
+                value: value.to_string(),
+                reason,
+            })?;
+            opts.signal = Some(sig);
+        }
         Key::Chdir => opts.chdir = Some(text()?),
         Key::Wrap => opts.wrap = Some(text()?),
         Key::Partition => opts.partition = Some(parse_partition(value)?),
@@ -1285,6 +1382,10 @@ fn build_spec(
         partition: opts.partition.unwrap_or_default(),
         account: opts.account.unwrap_or_default(),
         qos: opts.qos.unwrap_or_default(),
+        requeue: opts.requeue,
+        signal: opts.signal.map_or(0, |s| s.number),
+        signal_secs: opts.signal.map_or(0, |s| s.secs),
+        signal_batch_only: opts.signal.is_some_and(|s| s.batch_only),
         env,
         user: ctx.user.clone(),
         uid: ctx.uid,
@@ -1300,6 +1401,37 @@ fn build_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_specs_parse_and_bad_ones_fail() {
+        let ok = |n, secs, b| {
+            Ok(SignalSpec {
+                number: n,
+                secs,
+                batch_only: b,
+            })
+        };
+        let cases: Vec<(&str, Result<SignalSpec, &str>)> = vec![
+            ("USR1@120", ok(libc::SIGUSR1, 120, false)),
+            ("B:SIGUSR2@30", ok(libc::SIGUSR2, 30, true)),
+            ("10", ok(10, 60, false)),
+            ("term", ok(libc::SIGTERM, 60, false)),
+            ("R:USR1@10", Err("reservation")),
+            ("X:USR1", Err("unknown flag")),
+            ("USR3@10", Err("unknown signal")),
+            ("99", Err("out of range")),
+            ("USR1@-5", Err("not a number")),
+            ("USR1@70000", Err("not a number")),
+            ("", Err("unknown signal")),
+        ];
+        for (i, (v, want)) in cases.into_iter().enumerate() {
+            match (parse_signal(v), want) {
+                (Ok(g), Ok(w)) if g == w => {}
+                (Err(g), Err(w)) if g.contains(w) => {}
+                (g, w) => panic!("#{i} {v:?}: want {w:?}, got {g:?}"),
+            }
+        }
+    }
     use std::fs;
 
     /// A temp dir with scripts in it, and a context rooted there.
@@ -1527,10 +1659,7 @@ mod tests {
             &["--ntasks-per-node=2", "job.sh"],
             "option --ntasks-per-node is not supported",
         ),
-        (
-            &["--requeue", "job.sh"],
-            "option --requeue is not supported",
-        ),
+        (&["--reboot", "job.sh"], "option --reboot is not supported"),
         (&["--wait", "job.sh"], "option --wait is not supported"),
         (
             &["--mail", "job.sh"],

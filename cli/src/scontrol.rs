@@ -52,8 +52,16 @@ fn identity_lines(job: &Job) -> Vec<String> {
         ),
         format!(
             "Priority={priority} Nice=0 Account={} QOS={}",
-            or_null(&spec.account),
-            or_null(&spec.qos)
+            or_null(if job.account.is_empty() {
+                &spec.account
+            } else {
+                &job.account
+            }),
+            or_null(if job.qos.is_empty() {
+                &spec.qos
+            } else {
+                &job.qos
+            })
         ),
         format!(
             "JobState={} Reason={} Dependency=(null)",
@@ -61,8 +69,12 @@ fn identity_lines(job: &Job) -> Vec<String> {
             squeue::reason(job)
         ),
         format!(
-            "Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={}:{}",
-            job.exit_code, job.exit_signal
+            // Requeue: as asked, else unknown to the CLI (the class decides): shown as 1.
+            "Requeue={} Restarts={} BatchFlag=1 Reboot=0 ExitCode={}:{}",
+            u8::from(spec.requeue.unwrap_or(true)),
+            job.restart_count,
+            job.exit_code,
+            job.exit_signal
         ),
     ]
 }

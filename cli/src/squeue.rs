@@ -17,6 +17,10 @@ use crate::hostlist;
 /// Slurm's default squeue layout.
 pub const DEFAULT_FORMAT: &str = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R";
 
+/// `squeue --start`: pending jobs with their expected start (Slurm's layout without
+/// SCHEDNODES, which berth does not report).
+pub const START_FORMAT: &str = "%.18i %.9P %.8j %.8u %.2t %.19S %.6D %R";
+
 /// Renders `jobs` in the given order (the caller filters and sorts), one line each, after a
 /// header line when `header`. Each line ends with `\n`.
 ///
@@ -88,7 +92,12 @@ fn header_of(letter: char) -> Result<&'static str, FormatError> {
 fn field(job: &Job, letter: char, now_ms: u64) -> Result<String, FormatError> {
     let spec = spec(job);
     Ok(match letter {
-        'a' => or_null(&spec.account),
+        // The account/class the job is charged to as resolved at submit, else as asked.
+        'a' => or_null(if job.account.is_empty() {
+            &spec.account
+        } else {
+            &job.account
+        }),
         'A' | 'i' => job.id.to_string(),
         'b' => tres_per_node(job).unwrap_or_else(|| "N/A".to_string()),
         'c' => spec.cpus_per_task.max(1).to_string(),
@@ -113,10 +122,20 @@ fn field(job: &Job, letter: char, now_ms: u64) -> Result<String, FormatError> {
         'N' => hostlist::compress(&node_names(job)),
         'o' => or_null(&spec.command),
         'P' => partition(job).to_string(),
-        'q' => or_null(&spec.qos),
+        'q' => or_null(if job.qos.is_empty() {
+            &spec.qos
+        } else {
+            &job.qos
+        }),
         'r' => reason(job).to_string(),
         'R' => nodelist_reason(job),
-        'S' => format_timestamp(job.start_time_ms).unwrap_or_else(|| "N/A".to_string()),
+        // A pending job's expected start (from the last backfill pass), as Slurm's %S.
+        'S' => format_timestamp(if job.state() == JobState::Pending {
+            job.expected_start_ms
+        } else {
+            job.start_time_ms
+        })
+        .unwrap_or_else(|| "N/A".to_string()),
         't' => state_code(job).to_string(),
         'T' => state_name(job).to_string(),
         'u' => user(job),
@@ -170,11 +189,12 @@ pub fn state_name(job: &Job) -> &'static str {
         JobState::Timeout => "TIMEOUT",
         JobState::NodeFail => "NODE_FAIL",
         JobState::OutOfMemory => "OUT_OF_MEMORY",
+        JobState::Preempted => "PREEMPTED",
         JobState::Unspecified => "UNKNOWN",
     }
 }
 
-/// Slurm's compact state code (`%t`): `PD R CG CD F CA TO NF OOM`.
+/// Slurm's compact state code (`%t`): `PD R CG CD F CA TO NF OOM PR`.
 pub fn state_code(job: &Job) -> &'static str {
     match job.state() {
         JobState::Running if job.kill_requested => "CG",
@@ -186,6 +206,7 @@ pub fn state_code(job: &Job) -> &'static str {
         JobState::Timeout => "TO",
         JobState::NodeFail => "NF",
         JobState::OutOfMemory => "OOM",
+        JobState::Preempted => "PR",
         JobState::Unspecified => "?",
     }
 }

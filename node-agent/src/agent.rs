@@ -383,7 +383,14 @@ async fn handle(
                 }
             }
         }
-        Some(Down::Kill(k)) => sup.kill(k.job_id, k.state(), &k.reason),
+        Some(Down::Kill(k)) => {
+            let how = crate::supervisor::KillHow {
+                signal: k.signal,
+                batch_only: k.batch_only,
+                grace_secs: k.grace_secs,
+            };
+            sup.kill_how(k.job_id, k.state(), &k.reason, how)
+        }
         Some(Down::Ack(a)) => {
             sup.ack(a.job_id);
             reported.remove(&a.job_id);

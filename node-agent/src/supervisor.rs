@@ -52,6 +52,23 @@ struct KillRecord {
     /// the job is signalled on a later poll.
     #[serde(default)]
     term_sent: bool,
+    /// Signal sent instead of SIGTERM (preemption with `--signal`); 0: SIGTERM.
+    #[serde(default)]
+    signal: i32,
+    /// Send it to the batch shell only (`--signal=B:…`), not the whole process group.
+    #[serde(default)]
+    batch_only: bool,
+}
+
+/// How a kill starts: the signal, who gets it, and the grace before SIGKILL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KillHow {
+    /// Signal number sent first; 0 means SIGTERM.
+    pub signal: i32,
+    /// Only the batch shell (the process group leader) gets it.
+    pub batch_only: bool,
+    /// Seconds before SIGKILL; 0 means the agent's kill wait.
+    pub grace_secs: u32,
 }
 
 /// Where a job stands on this node.
@@ -321,6 +338,11 @@ impl Supervisor {
     /// the grace period (see [`Supervisor::poll`]); it will be reported as `state`.
     /// Unknown or finished jobs are ignored.
     pub fn kill(&self, id: u64, state: JobState, reason: &str) {
+        self.kill_how(id, state, reason, KillHow::default());
+    }
+
+    /// [`Supervisor::kill`] with a chosen first signal and grace (preemption).
+    pub fn kill_how(&self, id: u64, state: JobState, reason: &str, how: KillHow) {
         if !self.job_dir(id).join("job.pb").exists() || self.job_dir(id).join("exit.json").exists()
         {
             return;
@@ -330,8 +352,14 @@ impl Supervisor {
             .unwrap_or(KillRecord {
                 state: state as i32,
                 reason: reason.into(),
-                kill_at_ms: now_ms() + self.kill_grace.as_millis() as u64,
+                kill_at_ms: now_ms()
+                    + match how.grace_secs {
+                        0 => self.kill_grace.as_millis() as u64,
+                        s => u64::from(s) * 1000,
+                    },
                 term_sent: false,
+                signal: how.signal,
+                batch_only: how.batch_only,
             });
         self.terminate(id, &mut rec);
     }
@@ -342,8 +370,14 @@ impl Supervisor {
         if !rec.term_sent {
             if let Some(pid) = self.read::<u32>(id, "pid") {
                 let pgid = Pid::from_raw(-(pid as i32));
+                let first = Signal::try_from(rec.signal).unwrap_or(Signal::SIGTERM);
+                let target = if rec.batch_only {
+                    Pid::from_raw(pid as i32)
+                } else {
+                    pgid
+                };
                 let _ = kill(pgid, Signal::SIGCONT);
-                let _ = kill(pgid, Signal::SIGTERM);
+                let _ = kill(target, first);
                 rec.term_sent = true;
             }
         }
@@ -569,6 +603,8 @@ mod tests {
             reason: "cancelled".into(),
             kill_at_ms: 0,
             term_sent: true,
+            signal: 0,
+            batch_only: false,
         };
         let rec = |code: Option<i32>, signal: Option<i32>, error: Option<&str>| ExitRecord {
             code,

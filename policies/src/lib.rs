@@ -1,5 +1,6 @@
 //! Pure scheduling logic for berth: a snapshot of the cluster and the pending jobs go in,
-//! placement decisions come out.
+//! decisions come out (jobs to start, jobs to preempt, why the rest wait and when they are
+//! expected to start).
 //!
 //! Nothing here does IO, reads a clock, touches the network or draws unseeded randomness:
 //! berthd's leader calls [`schedule`] with committed state and proposes the result through
@@ -7,78 +8,160 @@
 //! be tested exhaustively and benchmarked without a cluster.
 //!
 //! # Layout
-//! - [`snapshot`]: the input types ([`ClusterSnapshot`], [`NodeView`], [`PendingJob`]).
+//! - [`snapshot`]: the input types ([`ClusterSnapshot`], [`NodeView`], [`PendingJob`],
+//!   [`RunningJob`]).
 //! - [`filter`]: one small struct per feasibility rule ([`filter::Filter`]).
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
-//! - [`schedule`]: FIFO over the pending jobs, each placed through the pipeline against a
-//!   working copy of the snapshot, so one pass never grants a GPU twice.
+//! - [`fairshare`]: the account tree, decayed usage, Fair Tree factors.
+//! - [`priority`]: multifactor priority and the priority classes (QOS).
+//! - [`quota`]: guaranteed quotas, borrowing and lending limits.
+//! - [`backfill`]: EASY backfill reservations and the views jobs are placed on.
+//! - [`preempt`]: victim selection by class priority and by quota reclaim.
+//! - [`pass`]: one scheduling pass tying them together; [`schedule`] is its entry.
 #![deny(missing_docs)]
 
+pub mod backfill;
+pub mod fairshare;
 pub mod filter;
+pub mod pass;
 pub mod pipeline;
+pub mod preempt;
+pub mod priority;
+pub mod quota;
 pub mod score;
 pub mod snapshot;
 
+pub use fairshare::{AccountSpec, AccountTree, Usage};
 pub use filter::{Reject, RejectReason};
+pub use pass::{PendingReason, PendingStatus, Schedule};
 pub use pipeline::{Pipeline, PlacementMetrics, Unplaceable};
-pub use snapshot::{ClusterSnapshot, Decision, GpuView, NodeGrant, NodeView, PendingJob};
+pub use preempt::{PreemptCause, Preemption};
+pub use priority::{Factors, PriorityWeights, QosClass};
+pub use quota::Quota;
+pub use snapshot::{
+    Capacity, ClusterSnapshot, Decision, GpuView, NodeGrant, NodeView, PendingJob, RunningJob,
+};
 
-/// Tunables of the placement pipeline.
+/// Errors of building policy configuration (the only fallible part of this crate).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The account tree is not valid.
+    #[error("account {account}: {detail}")]
+    Account {
+        /// The account at fault.
+        account: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A priority class is not valid.
+    #[error("qos {qos}: {detail}")]
+    Qos {
+        /// The class at fault.
+        qos: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Which policy a pass runs (the simulator compares them on the same code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Jobs in the order given (by id), each started if it fits now (first fit); no
+    /// reservations, so a large job can be overtaken forever. What berthd ran before.
+    Fifo,
+    /// Jobs in the order given, with EASY backfill reservations.
+    Backfill,
+    /// Multifactor priority (fair share, age, QOS, size), quotas, EASY backfill and
+    /// preemption.
+    Berth,
+}
+
+/// Tunables of a pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
     /// At most this many feasible nodes are scored per job (keeps one decision cheap on
     /// large clusters; ties still break on node name, so the cap is deterministic).
     pub nodes_scored_max: usize,
+    /// The policy.
+    pub kind: PolicyKind,
+    /// The account tree with shares and quotas.
+    pub accounts: AccountTree,
+    /// Priority classes.
+    pub qos: Vec<QosClass>,
+    /// Class of jobs that name none.
+    pub default_qos: String,
+    /// Priority weights.
+    pub weights: PriorityWeights,
+    /// Usage half-life, ms (0: usage never decays).
+    pub half_life_ms: u64,
+    /// Blocked jobs that get a backfill reservation per pass (EASY: 1).
+    pub backfill_reservations: usize,
+    /// Whether Berth preempts (by class and by reclaim).
+    pub preemption: bool,
+    /// Time a victim is given to stop (signal, grace, kill), ms: a preemptor's reservation
+    /// starts this long after the decision.
+    pub preempt_grace_ms: u64,
+    /// Blocked jobs that may search for victims per pass.
+    pub preempt_searches_max: usize,
+    /// Candidate victims considered per search (lowest priority first).
+    pub preempt_candidates_max: usize,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             nodes_scored_max: 256,
+            kind: PolicyKind::Berth,
+            accounts: AccountTree::default(),
+            qos: priority::default_classes(),
+            default_qos: "research".into(),
+            weights: PriorityWeights::default(),
+            half_life_ms: 7 * 24 * 3600 * 1000,
+            backfill_reservations: 1,
+            preemption: true,
+            preempt_grace_ms: 30_000,
+            preempt_searches_max: 8,
+            preempt_candidates_max: 64,
         }
     }
 }
 
-/// The result of one scheduling pass.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Schedule {
-    /// Jobs to start, in the order they were placed.
-    pub decisions: Vec<Decision>,
-    /// Jobs left pending, with why (fed to squeue's reason column).
-    pub unplaced: Vec<(u64, Unplaceable)>,
+impl PolicyConfig {
+    /// Checks the classes: unique non-empty names, and a default that exists.
+    ///
+    /// # Errors
+    /// [`PolicyError::Qos`] naming the first bad class.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let bad = |q: &str, d: String| PolicyError::Qos {
+            qos: q.to_string(),
+            detail: d,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for q in &self.qos {
+            if q.name.is_empty() || q.name.contains(char::is_whitespace) {
+                return Err(bad(&q.name, "name must be non-empty without spaces".into()));
+            }
+            if !seen.insert(q.name.as_str()) {
+                return Err(bad(&q.name, "defined twice".into()));
+            }
+        }
+        if !seen.contains(self.default_qos.as_str()) {
+            return Err(bad(&self.default_qos, "default qos is not defined".into()));
+        }
+        Ok(())
+    }
 }
 
-/// Places `pending` jobs in the order given (the caller sorts them: FIFO by job id for now;
-/// fair share replaces the order in a later policy) on `snapshot`.
-///
-/// Each placed job consumes its GPUs, CPUs and memory in a working copy before the next job
-/// is considered, so the decisions of one pass never overlap. A job that does not fit is
-/// skipped (first fit), and smaller jobs behind it may still start; reservations that stop
-/// a large job from starving arrive with backfill.
-///
-/// `now_ms` is the leader's clock at the pass; the FIFO policy does not use it yet, but
-/// every policy receives time as an argument, never from a clock.
+/// Runs one scheduling pass: see [`pass`]. `now_ms` is the leader's clock at the pass
+/// (the only time the policies see).
 pub fn schedule(
     snapshot: &ClusterSnapshot,
     pending: &[PendingJob],
     cfg: &PolicyConfig,
     now_ms: u64,
 ) -> Schedule {
-    let _ = now_ms;
-    let pipeline = Pipeline::new(cfg);
-    let mut working = snapshot.clone();
-    let mut out = Schedule::default();
-    for job in pending {
-        match pipeline.select(&working, job) {
-            Ok(decision) => {
-                working.consume(&decision);
-                out.decisions.push(decision);
-            }
-            Err(why) => out.unplaced.push((job.id, why)),
-        }
-    }
-    out
+    pass::run(snapshot, pending, cfg, now_ms)
 }
 
 /// Checks that `job` could run on `capacity` if the whole cluster were idle and up: the
@@ -93,5 +176,7 @@ pub fn feasible_when_idle(capacity: &ClusterSnapshot, job: &PendingJob) -> Resul
         .map(|_| ())
 }
 
+#[cfg(test)]
+mod pass_tests;
 #[cfg(test)]
 mod tests;

@@ -103,9 +103,23 @@ impl Pipeline {
         snapshot: &ClusterSnapshot,
         job: &PendingJob,
     ) -> Result<Decision, Unplaceable> {
+        self.select_among(snapshot.nodes.iter(), job)
+    }
+
+    /// [`Pipeline::select`] over some of the nodes only, in snapshot order. The decision
+    /// is the same as over all nodes whenever the nodes left out would fail a filter (the
+    /// backfill pass leaves out nodes without enough free GPUs); only the metrics differ.
+    ///
+    /// # Errors
+    /// As [`Pipeline::select`].
+    pub fn select_among<'a>(
+        &self,
+        nodes: impl Iterator<Item = &'a NodeView>,
+        job: &PendingJob,
+    ) -> Result<Decision, Unplaceable> {
         let mut metrics = PlacementMetrics::default();
         let mut ranked: Vec<(f64, &NodeView)> = Vec::new();
-        for node in &snapshot.nodes {
+        for node in nodes {
             metrics.nodes_evaluated += 1;
             if let Err(rej) = self.filters.iter().try_for_each(|f| f.check(job, node)) {
                 *metrics.rejects.entry(rej.reason).or_default() += 1;

@@ -47,10 +47,38 @@ impl NodeView {
 }
 
 /// The whole cluster at one Raft index.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterSnapshot {
     /// Nodes sorted by name (the caller guarantees it; ties break on name).
     pub nodes: Vec<NodeView>,
+    /// Jobs holding resources now (for backfill timelines, quota use, fair-share charges
+    /// and preemption). Their grants are already reflected as not free in `nodes`.
+    pub running: Vec<RunningJob>,
+    /// Usage charged to accounts by jobs that ended, decayed to `usage.as_of_ms`.
+    pub usage: crate::fairshare::Usage,
+}
+
+/// A job that holds resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    /// Job id.
+    pub id: u64,
+    /// Leaf account charged (see [`crate::fairshare::AccountTree`]).
+    pub account: String,
+    /// Priority class (QOS) name.
+    pub qos: String,
+    /// When it started, ms since the epoch.
+    pub start_ms: u64,
+    /// When it is expected to end at the latest (start + time limit, or the end of the kill
+    /// grace period once it is being preempted); `u64::MAX` when unknown (no time limit).
+    pub end_ms: u64,
+    /// Already chosen as a preemption victim; it is being killed and is never chosen again.
+    pub preempting: bool,
+    /// Never a preemption victim: something berth cannot stop runs it (kubelet runs a
+    /// Kubernetes pod; a pod group's reservation runs nothing but its members' slots).
+    pub pinned: bool,
+    /// What it holds, one grant per node.
+    pub grants: Vec<NodeGrant>,
 }
 
 impl ClusterSnapshot {
@@ -96,9 +124,47 @@ impl ClusterSnapshot {
         }
     }
 
+    /// Returns the resources of `grants` to their nodes (a running job ended). Unknown nodes
+    /// and GPUs are ignored: a release may name a node that left the snapshot.
+    pub fn release(&mut self, grants: &[NodeGrant]) {
+        for grant in grants {
+            let Some(node) = self.nodes.iter_mut().find(|n| n.name == grant.node) else {
+                continue;
+            };
+            node.cpus_free = (node.cpus_free + grant.cpus).min(node.cpus_total);
+            node.memory_free_mb = (node.memory_free_mb + grant.mem_mb).min(node.memory_total_mb);
+            for gpu in node.gpus.iter_mut() {
+                if grant.gpu_uuids.contains(&gpu.uuid) {
+                    gpu.free = true;
+                }
+            }
+        }
+    }
+
+    /// Total GPUs, CPUs and memory (MiB) of the up nodes: the denominators of dominant
+    /// shares and the capacity at the root of the quota tree.
+    pub fn capacity(&self) -> Capacity {
+        let mut c = Capacity::default();
+        for n in self.nodes.iter().filter(|n| n.up) {
+            c.gpus += n.gpus.len() as u64;
+            c.cpus += u64::from(n.cpus_total);
+            c.memory_mb += n.memory_total_mb;
+            for g in &n.gpus {
+                match c.gpus_by_type.get_mut(&g.gres_type) {
+                    Some(count) => *count += 1,
+                    None => {
+                        c.gpus_by_type.insert(g.gres_type.clone(), 1);
+                    }
+                }
+            }
+        }
+        c
+    }
+
     /// The same nodes with every resource free and every node up: total capacity.
     pub fn idle(&self) -> ClusterSnapshot {
         let mut idle = self.clone();
+        idle.running.clear();
         for node in &mut idle.nodes {
             node.up = true;
             node.cpus_free = node.cpus_total;
@@ -111,8 +177,21 @@ impl ClusterSnapshot {
     }
 }
 
+/// Totals of the up nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// GPUs.
+    pub gpus: u64,
+    /// GPUs per GRES type.
+    pub gpus_by_type: std::collections::BTreeMap<String, u64>,
+    /// CPUs.
+    pub cpus: u64,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+}
+
 /// A job waiting to be placed: what it needs on each of its nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PendingJob {
     /// Job id (also the FIFO order).
     pub id: u64,
@@ -128,6 +207,24 @@ pub struct PendingJob {
     pub cpus_per_node: u32,
     /// Memory needed on every node, MiB (0: not requested).
     pub mem_per_node_mb: u64,
+    /// Leaf account charged; empty or unknown accounts get the lowest fair-share factor.
+    pub account: String,
+    /// Priority class (QOS); empty means the config's default class.
+    pub qos: String,
+    /// Submit (or requeue) time, ms since the epoch: the age factor counts from here.
+    pub submit_ms: u64,
+    /// Wall-clock limit in seconds; 0 means none (backfill then assumes it never ends).
+    pub time_limit_s: u64,
+    /// Jobs this one was preempted for, and theirs, transitively (bounded): it may never
+    /// preempt any of them, which keeps preemption loop-free.
+    pub preempted_for: Vec<u64>,
+}
+
+impl PendingJob {
+    /// GPUs over all nodes.
+    pub fn gpus_total(&self) -> u64 {
+        u64::from(self.nodes.max(1)) * u64::from(self.gpus_per_node)
+    }
 }
 
 /// Resources granted to a job on one node.

@@ -33,6 +33,7 @@ fn job(id: u64, nodes: u32, gpus: u32) -> PendingJob {
         gpu_type: String::new(),
         cpus_per_node: 1,
         mem_per_node_mb: 0,
+        ..PendingJob::default()
     }
 }
 
@@ -46,6 +47,7 @@ fn cluster() -> ClusterSnapshot {
             node("b", "gpu", 4, "a100"),
             node("c", "cpu", 0, ""),
         ],
+        ..ClusterSnapshot::default()
     }
 }
 
@@ -99,7 +101,7 @@ fn gang_of_two_nodes_gets_both_or_nothing() {
     assert_eq!(nodes, vec!["b", "a"]);
     let got = schedule(&cluster(), &[job(1, 3, 1)], &PolicyConfig::default(), 0);
     assert!(got.decisions.is_empty(), "only 2 gpu nodes: {got:?}");
-    assert_eq!(got.unplaced[0].0, 1);
+    assert_eq!(got.pending[0].job_id, 1);
 }
 
 #[test]
@@ -113,7 +115,7 @@ fn gpu_type_and_resources_filter() {
     j.partition = "cpu".into();
     j.cpus_per_node = 33;
     let got = schedule(&cluster(), &[j], &PolicyConfig::default(), 0);
-    let why = got.unplaced[0].1.to_string();
+    let why = got.pending[0].why.as_ref().unwrap().to_string();
     assert!(
         why.contains("short of cpus") && why.contains("needs 33 CPUs, has 32 free"),
         "{why}"

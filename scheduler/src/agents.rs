@@ -134,11 +134,17 @@ pub async fn dispatch_loop(
                     job_id,
                     state,
                     reason,
+                    signal,
+                    batch_only,
+                    grace_secs,
                 } => {
                     let kill = pb::KillJob {
                         job_id: *job_id,
                         state: *state as i32,
                         reason: reason.clone(),
+                        signal: *signal,
+                        batch_only: *batch_only,
+                        grace_secs: *grace_secs,
                     };
                     agents.send(node, Msg::Kill(kill), term);
                 }
@@ -184,7 +190,17 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
         }
         match sm.job(ev.job_id) {
             Some(job) if running_here(job) => {
-                if job.kill_requested {
+                if job.preempting {
+                    let spec = job.spec.clone().unwrap_or_default();
+                    out.push(Msg::Kill(pb::KillJob {
+                        job_id: job.id,
+                        state: JobState::Preempted as i32,
+                        reason: "preempted".into(),
+                        signal: spec.signal,
+                        batch_only: spec.signal_batch_only,
+                        grace_secs: spec.signal_secs,
+                    }));
+                } else if job.kill_requested {
                     out.push(kill(job.id, JobState::Cancelled, "cancelled"));
                 }
             }
@@ -214,6 +230,7 @@ fn kill(job_id: u64, state: JobState, reason: &str) -> Msg {
         job_id,
         state: state as i32,
         reason: reason.to_string(),
+        ..Default::default()
     })
 }
 

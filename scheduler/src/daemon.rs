@@ -36,6 +36,10 @@ pub struct DaemonConfig {
     /// An agent stream with no message for this long is closed (agents heartbeat every few
     /// seconds).
     pub agent_silence_max: Duration,
+    /// Accounts/QOS configuration (TOML, already validated) to install through the log
+    /// when this replica leads and the replicated one differs; `None` keeps the replicated
+    /// one.
+    pub accounts_toml: Option<String>,
 }
 
 impl DaemonConfig {
@@ -47,6 +51,7 @@ impl DaemonConfig {
             node_timeout: Duration::from_secs(60),
             schedule_interval: Duration::from_secs(1),
             agent_silence_max: Duration::from_secs(30),
+            accounts_toml: None,
         }
     }
 }
@@ -106,6 +111,13 @@ impl Daemon {
             cfg.node_timeout,
             shutdown.clone(),
         ));
+        if let Some(toml) = cfg.accounts_toml.clone() {
+            tokio::spawn(crate::scheduling::install_accounts(
+                raft.clone(),
+                toml,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(scheduling_loop(
             raft.clone(),
             reasons.clone(),

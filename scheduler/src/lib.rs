@@ -7,6 +7,7 @@
 //! streams. Nothing is acted on before it is durable in the log.
 //!
 //! # Layout
+//! - [`accounts`]: the accounts/QOS TOML configuration.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -24,6 +25,7 @@
 //!   `berth dev`).
 #![deny(missing_docs)]
 
+pub mod accounts;
 pub mod agents;
 pub mod daemon;
 pub mod extender;

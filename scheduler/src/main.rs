@@ -45,6 +45,11 @@ struct Args {
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
+    /// Accounts and priority classes (TOML; see README). Installed through the Raft log
+    /// once, when this replica first leads; without it the replicated (or built-in) one
+    /// stays.
+    #[arg(long)]
+    accounts: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -69,6 +74,13 @@ async fn main() -> anyhow::Result<()> {
     cfg.raft.snapshot_entries = args.snapshot_entries.max(1);
     cfg.default_partition = args.default_partition;
     cfg.node_timeout = Duration::from_secs(args.node_timeout_secs.max(1));
+    if let Some(path) = &args.accounts {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read accounts file {}", path.display()))?;
+        berth_scheduler::accounts::parse(&text)
+            .with_context(|| format!("bad accounts file {}", path.display()))?;
+        cfg.accounts_toml = Some(text);
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -1,5 +1,7 @@
-//! The leader's scheduling loop: read committed state, ask `berth-policies` where pending
-//! jobs go, and propose the answer as one `Allocate` command.
+//! The leader's scheduling loop: read committed state, ask `berth-policies` which pending
+//! jobs start where and which running jobs are preempted, and propose the answer as one
+//! `Preempt` and one `Allocate` command. The policy configuration (accounts, classes,
+//! weights) is the replicated one, so a new leader schedules exactly like the old.
 //!
 //! The loop runs a pass when a job or node changes (it listens to applied effects) and at
 //! least every `interval`. It waits for each `Allocate` to be applied before the next pass,
@@ -8,7 +10,7 @@
 //! rather than in the log: it changes every pass and is derived from state anyway.
 
 use crate::raft_loop::RaftHandle;
-use crate::state_machine::{Effect, Outcome};
+use crate::state_machine::{Effect, Outcome, StateMachine};
 use berth_policies as policies;
 use berth_proto::v1 as pb;
 use std::collections::HashMap;
@@ -16,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Why each pending job did not start in the last pass (Slurm's pending reasons).
+/// Why each pending job did not start in the last pass (Slurm's pending reasons), and its
+/// expected start when the pass reserved one.
 #[derive(Default)]
-pub struct PendingReasons(Mutex<HashMap<u64, String>>);
+pub struct PendingReasons(Mutex<HashMap<u64, (String, Option<u64>)>>);
 
 impl PendingReasons {
-    /// The reason for `job_id`, if the last pass left it pending.
-    pub fn get(&self, job_id: u64) -> Option<String> {
+    /// The reason and expected start (ms) for `job_id`, if the last pass left it pending.
+    pub fn get(&self, job_id: u64) -> Option<(String, Option<u64>)> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -30,7 +33,7 @@ impl PendingReasons {
             .cloned()
     }
 
-    fn replace(&self, reasons: HashMap<u64, String>) {
+    fn replace(&self, reasons: HashMap<u64, (String, Option<u64>)>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reasons;
     }
 }
@@ -42,7 +45,6 @@ pub async fn scheduling_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let cfg = policies::PolicyConfig::default();
     let mut effects = raft.subscribe();
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -59,46 +61,123 @@ pub async fn scheduling_loop(
             }
         }
         if raft.is_leader() {
-            pass(&raft, &reasons, &cfg).await;
+            pass(&raft, &reasons).await;
         }
     }
 }
 
-async fn pass(raft: &RaftHandle, reasons: &PendingReasons, cfg: &policies::PolicyConfig) {
-    let now = crate::server::now_ms();
-    let (cluster, pending) = {
-        let sm = raft.state();
-        let pending = sm.pending_jobs();
-        if pending.is_empty() {
-            // Most passes (every job change wakes one) find nothing to place: skip the
-            // cluster view, which costs a walk over every node and GPU.
+/// Proposes `SetAccounts(toml)` once, the first time this process leads, if the
+/// replicated configuration differs (berthd `--accounts FILE`). Once installed it stops, so
+/// a later `berth admin accounts set` is not reverted by this process; a replica that first
+/// leads later (after a failover) installs its own file then, which the log records like
+/// any change.
+pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            continue;
+        }
+        if raft.state().accounts_toml() == toml {
             return;
         }
-        (sm.cluster_view(), pending)
-    };
-    let schedule = policies::schedule(&cluster, &pending, cfg, now);
-    reasons.replace(
-        schedule
-            .unplaced
-            .iter()
-            .map(|(id, _)| (*id, "Resources".to_string()))
-            .collect(),
-    );
-    if schedule.decisions.is_empty() {
-        return;
+        let cmd = pb::command::Cmd::SetAccounts(pb::SetAccounts { toml: toml.clone() });
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => {
+                tracing::info!("accounts configuration installed");
+                return;
+            }
+            Ok(other) => {
+                tracing::error!("accounts configuration refused: {other:?}");
+                return;
+            }
+            Err(e) => tracing::warn!("accounts configuration not proposed yet: {e}"),
+        }
     }
-    let placements = schedule.decisions.iter().map(placement).collect();
-    let alloc = pb::Allocate {
-        term: raft.term(),
-        placements,
+}
+
+/// What one scheduling pass decided, in the log's form.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Why each job that stays pending waits, and when it is expected to start.
+    pub reasons: HashMap<u64, (String, Option<u64>)>,
+    /// Victims to stop first (their kill starts the grace period preemptors wait out).
+    pub preempt: Option<pb::Preempt>,
+    /// Jobs to start.
+    pub allocate: Option<pb::Allocate>,
+}
+
+/// One pass over the applied state `sm` at `now_ms`, deciding as leader of `term`; `None`
+/// when nothing is pending. Pure: the leader's loop and the deterministic simulator call
+/// it alike.
+pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
+    let pending = sm.pending_jobs();
+    if pending.is_empty() {
+        // Most passes (every job change wakes one) find nothing to place: skip the cluster
+        // view, which costs a walk over every node and GPU.
+        return None;
+    }
+    let cluster = sm.policy_view();
+    let schedule = policies::schedule(&cluster, &pending, &sm.accounts().policy, now_ms);
+    let reasons = schedule
+        .pending
+        .iter()
+        .map(|p| {
+            let reason = p.reason.slurm_name().to_string();
+            (p.job_id, (reason, p.expected_start_ms))
+        })
+        .collect();
+    let preempt = (!schedule.preemptions.is_empty()).then(|| pb::Preempt {
+        term,
+        preemptions: schedule
+            .preemptions
+            .iter()
+            .map(|p| pb::Preemption {
+                victim: p.victim,
+                preemptor: p.preemptor,
+                cause: match p.cause {
+                    policies::PreemptCause::Priority => "priority",
+                    policies::PreemptCause::Reclaim => "reclaim",
+                }
+                .into(),
+            })
+            .collect(),
+    });
+    let allocate = (!schedule.decisions.is_empty()).then(|| pb::Allocate {
+        term,
+        placements: schedule.decisions.iter().map(placement).collect(),
+    });
+    Some(Plan {
+        reasons,
+        preempt,
+        allocate,
+    })
+}
+
+async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
+    let now = crate::server::now_ms();
+    let Some(plan) = plan(&raft.state(), raft.term(), now) else {
+        return;
     };
-    match raft
-        .propose(crate::server::command(pb::command::Cmd::Allocate(alloc)))
-        .await
-    {
-        Ok(Outcome::Done) => {}
-        Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
-        Err(e) => tracing::warn!("allocation not proposed: {e}"),
+    reasons.replace(plan.reasons);
+    if let Some(preempt) = plan.preempt {
+        let cmd = pb::command::Cmd::Preempt(preempt);
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!("preemption partly refused: {other:?}"),
+            Err(e) => tracing::warn!("preemption not proposed: {e}"),
+        }
+    }
+    if let Some(alloc) = plan.allocate {
+        let cmd = pb::command::Cmd::Allocate(alloc);
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
+            Err(e) => tracing::warn!("allocation not proposed: {e}"),
+        }
     }
 }
 

@@ -110,8 +110,9 @@ impl Api {
     fn view(&self, job: &pb::Job) -> pb::Job {
         let mut job = job.clone();
         if job.state() == JobState::Pending && !job.held {
-            if let Some(r) = self.0.reasons.get(job.id) {
+            if let Some((r, start)) = self.0.reasons.get(job.id) {
                 job.reason = r;
+                job.expected_start_ms = start.unwrap_or(0);
             }
         }
         job
@@ -445,7 +446,8 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
             | JobState::Failed
             | JobState::Cancelled
             | JobState::Timeout
-            | JobState::OutOfMemory => Ok(()),
+            | JobState::OutOfMemory
+            | JobState::Preempted => Ok(()),
             other => Err(format!(
                 "job {} finished in non-final state {other:?}",
                 ev.job_id
@@ -596,8 +598,134 @@ impl pb::raft_service_server::RaftService for Api {
     }
 }
 
+impl Api {
+    /// An AdminService client of the leader when this replica follows one.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when no leader is known or it cannot be reached.
+    async fn admin_leader(
+        &self,
+    ) -> Result<
+        Option<pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>>,
+        Status,
+    > {
+        let Some(url) = self.leader_url()? else {
+            return Ok(None);
+        };
+        let client = pb::admin_service_client::AdminServiceClient::connect(url.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
+        Ok(Some(client))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn get_shares(
+        &self,
+        _req: Request<pb::SharesRequest>,
+    ) -> Result<Response<pb::SharesResponse>, Status> {
+        let sm = self.0.raft.state();
+        let cfg = &sm.accounts().policy;
+        let usage = berth_policies::priority::usage_now(
+            &cfg.accounts,
+            &sm.policy_view(),
+            cfg.half_life_ms,
+            now_ms(),
+        );
+        let rows = berth_policies::fairshare::fair_tree(&cfg.accounts, &usage)
+            .into_iter()
+            .map(|r| pb::ShareRow {
+                account: r.name,
+                depth: r.depth as u32,
+                shares: r.shares,
+                norm_shares: r.norm_shares,
+                raw_usage: r.raw_usage,
+                effective_usage: r.effective_usage,
+                level_fs: r.level_fs,
+                fairshare: r.fairshare.unwrap_or(-1.0),
+            })
+            .collect();
+        Ok(Response::new(pb::SharesResponse { rows }))
+    }
+
+    async fn get_priorities(
+        &self,
+        req: Request<pb::PrioritiesRequest>,
+    ) -> Result<Response<pb::PrioritiesResponse>, Status> {
+        let ids = req.into_inner().job_ids;
+        let sm = self.0.raft.state();
+        let cfg = &sm.accounts().policy;
+        let snap = sm.policy_view();
+        let prio = berth_policies::priority::Prioritizer::new(&snap, cfg, now_ms());
+        let jobs = sm
+            .pending_jobs()
+            .iter()
+            .filter(|p| ids.is_empty() || ids.contains(&p.id))
+            .map(|p| {
+                let f = prio.factors(p);
+                let user = sm
+                    .job(p.id)
+                    .and_then(|j| j.spec.as_ref())
+                    .map(|s| s.user.clone())
+                    .unwrap_or_default();
+                pb::JobPriority {
+                    job_id: p.id,
+                    user,
+                    account: p.account.clone(),
+                    qos: p.qos.clone(),
+                    priority: f.priority,
+                    fairshare: f.fairshare,
+                    age: f.age,
+                    qos_factor: f.qos,
+                    size: f.size,
+                }
+            })
+            .collect();
+        let w = &cfg.weights;
+        Ok(Response::new(pb::PrioritiesResponse {
+            jobs,
+            weight_fairshare: w.fairshare,
+            weight_age: w.age,
+            weight_qos: w.qos,
+            weight_size: w.size,
+        }))
+    }
+
+    async fn get_accounts(
+        &self,
+        _req: Request<pb::AccountsRequest>,
+    ) -> Result<Response<pb::AccountsConfig>, Status> {
+        let sm = self.0.raft.state();
+        let toml = match sm.accounts_toml() {
+            "" => crate::accounts::DEFAULT_TOML.to_string(),
+            t => t.to_string(),
+        };
+        Ok(Response::new(pb::AccountsConfig { toml }))
+    }
+
+    async fn set_accounts(
+        &self,
+        req: Request<pb::AccountsConfig>,
+    ) -> Result<Response<pb::AccountsConfig>, Status> {
+        let r = req.into_inner();
+        // Refuse bad text before it reaches the log (apply would refuse it too).
+        crate::accounts::parse(&r.toml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(mut leader) = self.admin_leader().await? {
+            return leader.set_accounts(Request::new(r)).await;
+        }
+        let outcome = self
+            .propose(Cmd::SetAccounts(pb::SetAccounts {
+                toml: r.toml.clone(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::Done => Ok(Response::new(r)),
+            Outcome::Rejected(why) => Err(Status::invalid_argument(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn get_replica_status(
         &self,
         _req: Request<pb::ReplicaStatusRequest>,

@@ -13,6 +13,7 @@
 //!
 //! [`apply`]: StateMachine::apply
 
+use crate::accounts::AccountsConfig;
 use berth_policies as policies;
 use berth_proto::v1::{self as pb, command::Cmd, JobState, NodeState};
 use prost::Message as _;
@@ -50,6 +51,13 @@ pub enum Effect {
         state: JobState,
         /// Why.
         reason: String,
+        /// Signal sent first (0: SIGTERM), to the batch shell only when `batch_only`, and
+        /// the seconds before SIGKILL (0: the agent's default): `--signal` on preemption.
+        signal: i32,
+        /// See `signal`.
+        batch_only: bool,
+        /// See `signal`.
+        grace_secs: u32,
     },
     /// The job's end is recorded; the agent of `node` may forget it.
     Ack {
@@ -66,11 +74,27 @@ pub enum Effect {
 }
 
 /// Jobs and nodes at one applied index.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateMachine {
     applied_index: u64,
     state: pb::StateSnapshot,
+    /// `state.accounts_toml` parsed (derived, not encoded).
+    accounts: AccountsConfig,
 }
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine {
+            applied_index: 0,
+            state: pb::StateSnapshot::default(),
+            accounts: crate::accounts::parse("").expect("the built-in accounts config parses"),
+        }
+    }
+}
+
+/// Most ancestors kept per job in `preempted_for` (a bound on state size; beyond it the
+/// oldest are dropped, which could in principle allow a long preemption cycle).
+const PREEMPTED_FOR_MAX: usize = 64;
 
 /// Result of [`StateMachine::apply`].
 pub type Applied = (Outcome, Vec<Effect>);
@@ -81,9 +105,19 @@ impl StateMachine {
     /// # Errors
     /// The decode error when `bytes` is not a state snapshot.
     pub fn restore(index: u64, bytes: &[u8]) -> Result<StateMachine, prost::DecodeError> {
+        let state = pb::StateSnapshot::decode(bytes)?;
+        // The text was validated when applied; a snapshot from a build that parsed it
+        // differently falls back to the default rather than refusing to start.
+        let accounts = crate::accounts::parse(&state.accounts_toml).unwrap_or_else(|e| {
+            tracing::error!(
+                "accounts config in snapshot no longer parses ({e}); using the default"
+            );
+            crate::accounts::parse("").expect("the built-in accounts config parses")
+        });
         Ok(StateMachine {
             applied_index: index,
-            state: pb::StateSnapshot::decode(bytes)?,
+            state,
+            accounts,
         })
     }
 
@@ -155,6 +189,8 @@ impl StateMachine {
             Cmd::JobEnded(c) => self.job_ended(c, now),
             Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c),
             Cmd::BindPod(c) => self.bind_pod(c, now),
+            Cmd::SetAccounts(c) => self.set_accounts(c.toml),
+            Cmd::Preempt(c) => self.preempt(c, now),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -170,6 +206,14 @@ impl StateMachine {
         if let Err(why) = validate_spec(&spec) {
             return (Outcome::Rejected(why), vec![]);
         }
+        let account = match self.accounts.resolve_account(&spec.account, &spec.user) {
+            Ok(a) => a,
+            Err(why) => return (Outcome::Rejected(why), vec![]),
+        };
+        let qos = match self.accounts.resolve_qos(&spec.qos) {
+            Ok(q) => q.name.clone(),
+            Err(why) => return (Outcome::Rejected(why), vec![]),
+        };
         let wanted = pending_view(0, &spec);
         if let Err(why) = policies::feasible_when_idle(&self.cluster_view(), &wanted) {
             let msg = format!("Requested node configuration is not available ({why})");
@@ -185,7 +229,10 @@ impl StateMachine {
             state: JobState::Pending as i32,
             reason: if held { "JobHeldUser" } else { "None" }.into(),
             submit_time_ms: now,
+            eligible_time_ms: now,
             held,
+            account,
+            qos,
             ..Default::default()
         };
         self.state.jobs.insert(id, job);
@@ -223,6 +270,9 @@ impl StateMachine {
                     job_id: id,
                     state: JobState::Cancelled,
                     reason: "cancelled".into(),
+                    signal: 0,
+                    batch_only: false,
+                    grace_secs: 0,
                 };
                 (Outcome::Done, vec![kill, changed(id)])
             }
@@ -476,19 +526,141 @@ impl StateMachine {
                 | JobState::Cancelled
                 | JobState::Timeout
                 | JobState::OutOfMemory
+                | JobState::Preempted
         ) {
             return (
                 Outcome::Rejected(format!("{:?} is not an end state", finished.state())),
                 vec![],
             );
         }
-        self.finish(ended.job_id, &finished, now);
+        if finished.state() == JobState::Preempted && self.requeues(ended.job_id) {
+            self.requeue(ended.job_id, &finished, now);
+        } else {
+            self.finish(ended.job_id, &finished, now);
+        }
         (Outcome::Done, vec![ack, changed(ended.job_id)])
+    }
+
+    /// Whether a preempted job goes back to the queue: `--requeue`/`--no-requeue`, else
+    /// its class's default.
+    fn requeues(&self, id: u64) -> bool {
+        let job = &self.state.jobs[&id];
+        let spec = job.spec.as_ref();
+        match spec.and_then(|s| s.requeue) {
+            Some(r) => r,
+            None => self
+                .accounts
+                .resolve_qos(&job.qos)
+                .map(|q| q.requeue)
+                .unwrap_or(false),
+        }
+    }
+
+    /// A preempted job ends its run (resources freed, usage charged) and waits again with
+    /// the same id, one more restart, and a fresh eligible time.
+    fn requeue(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
+        self.release(id, f, now);
+        let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        job.state = JobState::Pending as i32;
+        job.reason = "None".into();
+        job.restart_count += 1;
+        job.eligible_time_ms = now;
+        job.start_time_ms = 0;
+        job.end_time_ms = 0;
+        job.allocations.clear();
+        job.kill_requested = false;
+        job.preempting = false;
+        job.kill_time_ms = 0;
+        job.exit_code = 0;
+        job.exit_signal = 0;
+    }
+
+    fn set_accounts(&mut self, toml: String) -> Applied {
+        match crate::accounts::parse(&toml) {
+            Ok(cfg) => {
+                self.accounts = cfg;
+                self.state.accounts_toml = toml;
+                (Outcome::Done, vec![])
+            }
+            Err(e) => (Outcome::Rejected(e.to_string()), vec![]),
+        }
+    }
+
+    /// Marks victims and sends them the kill; a victim that is not running (ended
+    /// meanwhile) or is already stopping is skipped.
+    fn preempt(&mut self, c: pb::Preempt, now: u64) -> Applied {
+        let mut effects = Vec::new();
+        let mut refused = Vec::new();
+        for p in c.preemptions {
+            let ok = self.state.jobs.get(&p.victim).is_some_and(|j| {
+                j.state() == JobState::Running && !j.kill_requested && !j.allocations.is_empty()
+            });
+            if !ok || p.victim == p.preemptor {
+                refused.push(format!("job {}: not running or already stopping", p.victim));
+                continue;
+            }
+            self.note_preemption(p.preemptor, p.victim);
+            let job = self.state.jobs.get_mut(&p.victim).expect("checked");
+            job.preempting = true;
+            job.kill_requested = true;
+            job.kill_time_ms = now;
+            let spec = job.spec.clone().unwrap_or_default();
+            effects.push(Effect::Kill {
+                node: job.allocations[0].node.clone(),
+                job_id: p.victim,
+                state: JobState::Preempted,
+                reason: format!("preempted for job {} ({})", p.preemptor, p.cause),
+                signal: spec.signal,
+                batch_only: spec.signal_batch_only,
+                grace_secs: spec.signal_secs,
+            });
+            effects.push(changed(p.victim));
+        }
+        if refused.is_empty() {
+            (Outcome::Done, effects)
+        } else {
+            (Outcome::Rejected(refused.join("; ")), effects)
+        }
+    }
+
+    /// `victim` (and every job that has it as an ancestor) inherits `preemptor` and the
+    /// preemptor's ancestors, so no job ever preempts one of its ancestors: preemption
+    /// edges never close a cycle.
+    fn note_preemption(&mut self, preemptor: u64, victim: u64) {
+        let mut add: Vec<u64> = self
+            .state
+            .jobs
+            .get(&preemptor)
+            .map(|j| j.preempted_for.clone())
+            .unwrap_or_default();
+        add.push(preemptor);
+        let below: Vec<u64> = self
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.id == victim || j.preempted_for.contains(&victim))
+            .filter(|j| !is_final(j.state()))
+            .map(|j| j.id)
+            .collect();
+        for id in below {
+            let chain = &mut self.state.jobs.get_mut(&id).expect("listed").preempted_for;
+            for a in &add {
+                if !chain.contains(a) && *a != id {
+                    chain.push(*a);
+                }
+            }
+            if chain.len() > PREEMPTED_FOR_MAX {
+                let extra = chain.len() - PREEMPTED_FOR_MAX;
+                chain.drain(..extra);
+            }
+        }
     }
 
     /// Records the end of a running job and frees everything it held.
     fn finish(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
+        self.release(id, f, now);
         let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        job.preempting = false;
         job.state = f.state;
         job.exit_code = f.exit_code;
         job.exit_signal = f.signal;
@@ -503,6 +675,41 @@ impl StateMachine {
             now
         };
         job.kill_requested = false;
+    }
+
+    /// Frees what job `id` held and charges its account for the run: GPU-equivalent
+    /// seconds by dominant share, decayed with the configured half-life. The run ends at
+    /// the agent's reported end time when it has one (clamped into `[start, now]`), else
+    /// at the command's time: never a clock read here.
+    fn release(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
+        let cap = self.capacity();
+        let half_life = self.accounts.policy.half_life_ms;
+        let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        let start = job.start_time_ms.min(now);
+        let end = if f.end_time_ms > 0 {
+            f.end_time_ms.clamp(start, now)
+        } else {
+            now
+        };
+        let gpus: u64 = job
+            .allocations
+            .iter()
+            .map(|a| a.gpu_uuids.len() as u64)
+            .sum();
+        let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
+        let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
+        let rate = policies::fairshare::dominant_rate(gpus, cpus, mem, &cap);
+        let mut usage = policies::Usage {
+            by_account: std::mem::take(&mut self.state.usage).into_iter().collect(),
+            as_of_ms: self.state.usage_as_of_ms,
+        };
+        if !job.account.is_empty() && rate > 0.0 {
+            usage.charge(&job.account, rate, start, end, half_life);
+        }
+        usage.advance(now, half_life);
+        self.state.usage = usage.by_account.into_iter().collect();
+        self.state.usage_as_of_ms = usage.as_of_ms;
+        let job = self.state.jobs.get_mut(&id).expect("caller checked");
         for a in job.allocations.clone() {
             let Some(node) = self.state.nodes.get_mut(&a.node) else {
                 continue;
@@ -516,6 +723,29 @@ impl StateMachine {
                 gpu.share_job_ids.retain(|&j| j != id);
             }
         }
+    }
+
+    /// Totals of the up nodes (the denominators of dominant shares), without building
+    /// the placement view.
+    fn capacity(&self) -> policies::Capacity {
+        let mut c = policies::Capacity::default();
+        for n in self
+            .state
+            .nodes
+            .values()
+            .filter(|n| n.state() == NodeState::Up)
+        {
+            let Some(inv) = n.inventory.as_ref() else {
+                continue;
+            };
+            c.gpus += inv.gpus.len() as u64;
+            c.cpus += u64::from(inv.cpus);
+            c.memory_mb += inv.memory_mb;
+            for g in &inv.gpus {
+                *c.gpus_by_type.entry(g.gres_type.clone()).or_default() += 1;
+            }
+        }
+        c
     }
 
     /// The cluster as placement sees it: nodes sorted by name, free resources now.
@@ -549,7 +779,74 @@ impl StateMachine {
                 })
             })
             .collect();
-        policies::ClusterSnapshot { nodes }
+        policies::ClusterSnapshot {
+            nodes,
+            ..Default::default()
+        }
+    }
+
+    /// [`StateMachine::cluster_view`] plus what the policies need beyond placement:
+    /// running jobs (expected ends, preemption marks) and decayed usage.
+    pub fn policy_view(&self) -> policies::ClusterSnapshot {
+        let mut snap = self.cluster_view();
+        let grace_ms = self.accounts.policy.preempt_grace_ms;
+        snap.running = self
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running)
+            .map(|j| {
+                let limit_s = j.spec.as_ref().map_or(0, |s| s.time_limit_secs);
+                let end_ms = if j.preempting {
+                    let secs = j.spec.as_ref().map_or(0, |s| u64::from(s.signal_secs));
+                    j.kill_time_ms + grace_ms.max(secs * 1000)
+                } else if limit_s == 0 {
+                    u64::MAX
+                } else {
+                    j.start_time_ms + limit_s * 1000
+                };
+                policies::RunningJob {
+                    id: j.id,
+                    account: j.account.clone(),
+                    qos: j.qos.clone(),
+                    start_ms: j.start_time_ms,
+                    end_ms,
+                    preempting: j.preempting || j.kill_requested,
+                    pinned: pods::is_kubernetes(j),
+                    grants: j
+                        .allocations
+                        .iter()
+                        .map(|a| policies::NodeGrant {
+                            node: a.node.clone(),
+                            gpu_uuids: a.gpu_uuids.clone(),
+                            gpu_indices: a.gpu_indices.clone(),
+                            cpus: a.cpus,
+                            mem_mb: a.mem_mb,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        snap.usage = policies::Usage {
+            by_account: self
+                .state
+                .usage
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            as_of_ms: self.state.usage_as_of_ms,
+        };
+        snap
+    }
+
+    /// The accounts/QOS configuration in force.
+    pub fn accounts(&self) -> &AccountsConfig {
+        &self.accounts
+    }
+
+    /// The configuration text in force (empty: the built-in default).
+    pub fn accounts_toml(&self) -> &str {
+        &self.state.accounts_toml
     }
 
     /// Jobs ready to be placed, FIFO by id (held jobs wait for release).
@@ -558,9 +855,24 @@ impl StateMachine {
             .jobs
             .values()
             .filter(|j| j.state() == JobState::Pending && !j.held)
-            .map(|j| pending_view(j.id, j.spec.as_ref().expect("jobs have specs")))
+            .map(|j| {
+                let mut p = pending_view(j.id, j.spec.as_ref().expect("jobs have specs"));
+                p.account = j.account.clone();
+                p.qos = j.qos.clone();
+                p.submit_ms = j.eligible_time_ms.max(j.submit_time_ms);
+                p.preempted_for = j.preempted_for.clone();
+                p
+            })
             .collect()
     }
+}
+
+/// Whether `s` is an end state.
+fn is_final(s: JobState) -> bool {
+    !matches!(
+        s,
+        JobState::Pending | JobState::Running | JobState::Unspecified
+    )
 }
 
 /// A `JobChanged` for job `id`; [`StateMachine::apply`] fills in the job as applied.
@@ -602,6 +914,8 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
         gpu_type: spec.gpu_type.clone(),
         cpus_per_node: tasks_per_node * spec.cpus_per_task.max(1),
         mem_per_node_mb: spec.mem_mb,
+        time_limit_s: spec.time_limit_secs,
+        ..Default::default()
     }
 }
 

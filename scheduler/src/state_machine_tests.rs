@@ -456,3 +456,241 @@ fn shared_gpus_take_one_job_per_replica_and_free_shares_at_the_end() {
     let (again, _) = run(&log);
     assert_eq!(again.encode(), sm.encode());
 }
+
+const ACCOUNTS: &str = r#"
+default_account = "alice"
+[[account]]
+name = "alice"
+[[account]]
+name = "bob"
+"#;
+
+fn preempt(victim: u64, preemptor: u64) -> Cmd {
+    Cmd::Preempt(pb::Preempt {
+        term: 1,
+        preemptions: vec![pb::Preemption {
+            victim,
+            preemptor,
+            cause: "priority".into(),
+        }],
+    })
+}
+
+/// n1 (2 GPUs), accounts alice/bob; job 1 (bob, development, 2 GPUs) runs from t=10s,
+/// job 2 (alice, production-inference) waits.
+fn preemption_log(requeue: Option<bool>) -> Vec<pb::Command> {
+    let mut victim = spec(2);
+    victim.account = "bob".into();
+    victim.qos = "development".into();
+    victim.requeue = requeue;
+    victim.signal = 10;
+    victim.signal_secs = 45;
+    let mut boss = spec(2);
+    boss.qos = "production-inference".into();
+    vec![
+        cmd(
+            1,
+            Cmd::SetAccounts(pb::SetAccounts {
+                toml: ACCOUNTS.into(),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(3, Cmd::Submit(pb::SubmitJob { spec: Some(victim) })),
+        cmd(10_000, alloc(1, "n1", &["GPU-n1-0", "GPU-n1-1"])),
+        cmd(20_000, Cmd::Submit(pb::SubmitJob { spec: Some(boss) })),
+        cmd(30_000, preempt(1, 2)),
+    ]
+}
+
+#[test]
+fn preemption_kills_with_the_jobs_signal_then_requeues_same_id() {
+    let (mut sm, outcomes) = run(&preemption_log(None));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Done | Outcome::Submitted(_))),
+        "{outcomes:?}"
+    );
+    let job = sm.job(1).unwrap();
+    assert!(job.preempting && job.kill_requested);
+    assert_eq!(job.preempted_for, vec![2]);
+    // The kill effect carried the job's --signal and grace.
+    let mut replay = StateMachine::default();
+    let log = preemption_log(None);
+    let mut last = vec![];
+    for (i, c) in log.iter().enumerate() {
+        last = replay.apply(i as u64 + 1, c.clone()).1;
+    }
+    assert!(
+        last.iter().any(|e| matches!(
+            e,
+            Effect::Kill {
+                job_id: 1,
+                state: JobState::Preempted,
+                signal: 10,
+                grace_secs: 45,
+                ..
+            }
+        )),
+        "{last:?}"
+    );
+    // A second preemption of a job already stopping is refused.
+    let (out, _) = sm.apply(7, cmd(31_000, preempt(1, 2)));
+    assert!(matches!(out, Outcome::Rejected(_)), "{out:?}");
+    // The agent reports it PREEMPTED at t=40s: development requeues by default.
+    let mut f = pb::JobFinished {
+        state: JobState::Preempted as i32,
+        end_time_ms: 40_000,
+        ..Default::default()
+    };
+    f.signal = 10;
+    let (out, effects) = sm.apply(
+        8,
+        cmd(
+            40_500,
+            Cmd::JobEnded(pb::JobEnded {
+                job_id: 1,
+                node: "n1".into(),
+                finished: Some(f),
+            }),
+        ),
+    );
+    assert_eq!(out, Outcome::Done);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Ack { job_id: 1, .. })));
+    let job = sm.job(1).unwrap();
+    assert_eq!(
+        (job.state(), job.restart_count, job.eligible_time_ms),
+        (JobState::Pending, 1, 40_500)
+    );
+    assert!(job.allocations.is_empty() && !job.preempting);
+    assert!(sm
+        .node("n1")
+        .unwrap()
+        .inventory
+        .as_ref()
+        .unwrap()
+        .gpus
+        .iter()
+        .all(|g| g.job_id == 0));
+    // bob is charged 2 GPUs for 30 s, decayed over 0.5 s of a week's half-life (~60).
+    let usage = sm.policy_view().usage;
+    let bob = usage.by_account["bob"];
+    assert!((bob - 60.0).abs() < 0.01, "{usage:?}");
+    // The requeued job is pending again, with its chain for loop-freedom.
+    let p = sm.pending_jobs();
+    let again = p.iter().find(|j| j.id == 1).unwrap();
+    assert_eq!(
+        (
+            again.account.as_str(),
+            again.preempted_for.clone(),
+            again.submit_ms
+        ),
+        ("bob", vec![2], 40_500)
+    );
+}
+
+#[test]
+fn no_requeue_ends_preempted_jobs() {
+    let (mut sm, _) = run(&preemption_log(Some(false)));
+    let f = pb::JobFinished {
+        state: JobState::Preempted as i32,
+        ..Default::default()
+    };
+    sm.apply(
+        7,
+        cmd(
+            40_000,
+            Cmd::JobEnded(pb::JobEnded {
+                job_id: 1,
+                node: "n1".into(),
+                finished: Some(f),
+            }),
+        ),
+    );
+    let job = sm.job(1).unwrap();
+    assert_eq!((job.state(), job.restart_count), (JobState::Preempted, 0));
+}
+
+#[test]
+fn accounts_and_qos_are_checked_at_submit_and_bad_configs_change_nothing() {
+    let (mut sm, _) = run(&preemption_log(None)[..2]);
+    let bad = [
+        ("account", "zed", "", "not an account"),
+        ("qos", "", "gold", "Invalid qos"),
+    ];
+    for (i, (_, account, qos, want)) in bad.iter().enumerate() {
+        let mut s = spec(1);
+        s.account = account.to_string();
+        s.qos = qos.to_string();
+        let (out, _) = sm.apply(
+            10 + i as u64,
+            cmd(5, Cmd::Submit(pb::SubmitJob { spec: Some(s) })),
+        );
+        match out {
+            Outcome::Rejected(w) if w.contains(want) => {}
+            other => panic!("#{i}: want {want:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(sm.jobs().count(), 0);
+    let before = sm.encode();
+    let (out, _) = sm.apply(
+        20,
+        cmd(
+            6,
+            Cmd::SetAccounts(pb::SetAccounts {
+                toml: "[[account]]\nname = 3".into(),
+            }),
+        ),
+    );
+    assert!(
+        matches!(out, Outcome::Rejected(ref w) if w.contains("TOML")),
+        "{out:?}"
+    );
+    assert_eq!(sm.encode(), before, "a refused config changed state");
+    assert_eq!(sm.accounts_toml(), ACCOUNTS);
+    // Defaults: no account → default_account (alice), no qos → research.
+    let (out, _) = sm.apply(
+        21,
+        cmd(
+            7,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+    );
+    let Outcome::Submitted(id) = out else {
+        panic!("{out:?}")
+    };
+    let j = sm.job(id).unwrap();
+    assert_eq!((j.account.as_str(), j.qos.as_str()), ("alice", "research"));
+}
+
+#[test]
+fn replay_with_accounts_and_preemption_is_byte_identical() {
+    let mut log = preemption_log(None);
+    let f = pb::JobFinished {
+        state: JobState::Preempted as i32,
+        end_time_ms: 35_000,
+        ..Default::default()
+    };
+    log.push(cmd(
+        36_000,
+        Cmd::JobEnded(pb::JobEnded {
+            job_id: 1,
+            node: "n1".into(),
+            finished: Some(f),
+        }),
+    ));
+    let (a, _) = run(&log);
+    let (b, _) = run(&log);
+    assert_eq!(a.encode(), b.encode());
+    let restored = StateMachine::restore(a.applied_index(), &a.encode()).unwrap();
+    assert_eq!(restored, a);
+}

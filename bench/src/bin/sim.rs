@@ -51,9 +51,18 @@ fn main() {
         match run(&cfg) {
             Ok(r) => println!(
                 "ok: {} submits acked, {} cancels acked, {} unknown, {} entries committed, \
-                 {} restarts, messages delivered/lost/duplicated {:?}, settled in {} ms, state {:016x}",
-                r.acked_submits, r.acked_cancels, r.unknown, r.committed, r.restarts,
-                r.messages, r.settled_ms, r.state_hash
+                 {} restarts, {} jobs requeued by preemption, {} pods, messages \
+                 delivered/lost/duplicated {:?}, settled in {} ms, state {:016x}",
+                r.acked_submits,
+                r.acked_cancels,
+                r.unknown,
+                r.committed,
+                r.restarts,
+                r.requeued,
+                r.pods,
+                r.messages,
+                r.settled_ms,
+                r.state_hash
             ),
             Err(f) => {
                 println!("FAILED ({}): {}", f.code, f.what);

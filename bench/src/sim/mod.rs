@@ -71,7 +71,7 @@ impl SimConfig {
             crash_p: 0.0008,
             partition_p: 0.0003,
             load: Load {
-                submit: 0.03,
+                submit: 0.06,
                 cancel: 0.004,
                 node_down: 0.0002,
                 bind: 0.01,
@@ -124,6 +124,10 @@ pub struct Report {
     pub settled_ms: u64,
     /// Hash of the final state (two runs of one seed must agree).
     pub state_hash: u64,
+    /// Jobs preempted and requeued at least once.
+    pub requeued: usize,
+    /// Pods bound through `BindPod`, pod groups' reservations included.
+    pub pods: usize,
 }
 
 /// The first log line of a run: everything needed to reproduce it.
@@ -279,5 +283,10 @@ fn end_checks(
         messages: net.counts,
         settled_ms: now - cfg.safety_ms,
         state_hash: std::hash::Hasher::finish(&h),
+        requeued: replayed.jobs().filter(|j| j.restart_count > 0).count(),
+        pods: replayed
+            .jobs()
+            .filter(|j| berth_scheduler::state_machine::pods::is_kubernetes(j))
+            .count(),
     })
 }

@@ -9,7 +9,6 @@
 
 use super::cluster::Cluster;
 use super::Failure;
-use berth_policies as policies;
 use berth_proto::v1 as pb;
 use berth_scheduler::raft_loop::{ProposeError, ReplyReceiver};
 use berth_scheduler::state_machine::{Outcome, StateMachine};
@@ -357,10 +356,14 @@ impl Workload {
                 .ends_at_ms
                 .entry(job.id)
                 .or_insert_with(|| now_ms + rng.gen_range(20..1500));
-            if now_ms < ends && !job.kill_requested {
+            if now_ms < ends && !job.kill_requested && !job.preempting {
                 continue;
             }
-            let (state, signal) = if job.kill_requested {
+            // A killed job reports the state its KillJob named: cancelled or preempted.
+            // (A preempted job is also kill-requested: preemption comes first.)
+            let (state, signal) = if job.preempting {
+                (pb::JobState::Preempted, 15)
+            } else if job.kill_requested {
                 (pb::JobState::Cancelled, 15)
             } else {
                 (pb::JobState::Completed, 0)
@@ -390,31 +393,18 @@ impl Workload {
             self.allocating = None;
         }
         let node = cluster.node_mut(l).expect("leader is up");
-        let (cluster_view, pending) = {
-            let sm = node.state();
-            (sm.cluster_view(), sm.pending_jobs())
-        };
-        if pending.is_empty() {
+        let plan = berth_scheduler::scheduling::plan(&node.state(), node.term(), now_ms);
+        let Some(plan) = plan else {
             return;
-        }
-        let plan = policies::schedule(
-            &cluster_view,
-            &pending,
-            &policies::PolicyConfig::default(),
-            now_ms,
-        );
-        if plan.decisions.is_empty() {
-            return;
-        }
-        let alloc = pb::Allocate {
-            term: node.term(),
-            placements: plan
-                .decisions
-                .iter()
-                .map(berth_scheduler::scheduling::placement)
-                .collect(),
         };
-        self.allocating = Some(node.propose(command(now_ms, pb::command::Cmd::Allocate(alloc))));
+        if let Some(preempt) = plan.preempt {
+            // Not awaited: the victims' kills run while the allocation waits its turn.
+            drop(node.propose(command(now_ms, pb::command::Cmd::Preempt(preempt))));
+        }
+        if let Some(alloc) = plan.allocate {
+            let cmd = command(now_ms, pb::command::Cmd::Allocate(alloc));
+            self.allocating = Some(node.propose(cmd));
+        }
     }
 
     /// Takes in the outcomes that came back.
@@ -502,6 +492,8 @@ fn job_spec(name: &str, nodes: u32, rng: &mut ChaCha8Rng) -> pb::JobSpec {
         gpus_per_node: rng.gen_range(0..=4),
         time_limit_secs: 3600,
         user: "sim".into(),
+        // Classes of the default configuration, so higher ones preempt lower ones.
+        qos: ["development", "training", "production-inference"][rng.gen_range(0..3)].into(),
         ..Default::default()
     }
 }

@@ -1,0 +1,556 @@
+//! One scheduling pass: order the pending jobs, then for each one in order check quotas,
+//! place it now if that delays no reservation, else try preemption, else give it a
+//! reservation (while reservation slots last) or a pending reason.
+//!
+//! The order is the caller's (by id) for [`PolicyKind::Fifo`] and
+//! [`PolicyKind::Backfill`], and multifactor priority (desc), then submit time, then id for
+//! [`PolicyKind::Berth`]. Placement always goes through [`Pipeline::select`] on a working
+//! view that every start consumes, so one pass never grants anything twice.
+//!
+//! Resources only shrink during a pass, so a job shape that failed on a view fails again:
+//! failures are cached per (view, shape), and [`View::may_fit`] rejects most jobs of a full
+//! cluster in O(1). That keeps a pass over 100k pending jobs cheap.
+
+use crate::backfill::{state_at, Guard, Reservation, Timeline, View};
+use crate::pipeline::{Pipeline, Unplaceable};
+use crate::preempt::{eligible, order_victims, PreemptCause, Preemption, Search};
+use crate::priority::Prioritizer;
+use crate::quota::{gpu_types, grants_demand, job_demand, Ledger, QuotaBlock};
+use crate::snapshot::{ClusterSnapshot, Decision, PendingJob};
+use crate::{PolicyConfig, PolicyKind};
+use std::collections::{HashMap, HashSet};
+
+/// Why a job still waits (Slurm's pending reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingReason {
+    /// It would fit, but a higher-priority job's reservation comes first.
+    Priority,
+    /// Not enough free resources (or it waits for preempted victims to stop).
+    Resources,
+    /// A quota of an account on its path holds it back (`resource` is the quota key).
+    Quota {
+        /// Account whose limit is reached.
+        account: String,
+        /// Resource key (`gpu`, `gpu:<type>`, `cpu`, `mem_mb`).
+        resource: String,
+    },
+}
+
+impl PendingReason {
+    /// Slurm's reason name: `Priority`, `Resources`, `QOSGrpGRES`, `QOSGrpCpuLimit`,
+    /// `QOSGrpMemLimit`.
+    pub fn slurm_name(&self) -> &'static str {
+        match self {
+            PendingReason::Priority => "Priority",
+            PendingReason::Resources => "Resources",
+            PendingReason::Quota { resource, .. } => match resource.as_str() {
+                "cpu" => "QOSGrpCpuLimit",
+                "mem_mb" => "QOSGrpMemLimit",
+                _ => "QOSGrpGRES",
+            },
+        }
+    }
+}
+
+/// A job left pending by the pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStatus {
+    /// The job.
+    pub job_id: u64,
+    /// Why it waits.
+    pub reason: PendingReason,
+    /// When it is expected to start (reserved jobs only), ms.
+    pub expected_start_ms: Option<u64>,
+    /// The pipeline's account, when the pipeline ran for this very job (not for shapes
+    /// answered from the failure cache).
+    pub why: Option<Unplaceable>,
+}
+
+/// The result of one scheduling pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule {
+    /// Jobs to start, in the order they were placed.
+    pub decisions: Vec<Decision>,
+    /// Running jobs to stop, with the job each makes room for.
+    pub preemptions: Vec<Preemption>,
+    /// Jobs left pending, in pass order.
+    pub pending: Vec<PendingStatus>,
+}
+
+type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64);
+
+/// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
+/// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl Fx {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.mix(u64::from_le_bytes(last));
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+}
+
+type ShapeIds<'a> = HashMap<Shape<'a>, usize, std::hash::BuildHasherDefault<Fx>>;
+
+/// What the pass learned about one job shape: resources only shrink during a pass, so a
+/// failure stays a failure; "fits the working view" holds until the next start.
+#[derive(Clone, Copy, Default)]
+struct ShapeMemo {
+    failed_working: bool,
+    failed_guarded: bool,
+    /// The start count at which it was last seen fitting the working view, plus one.
+    fits_working_at: u64,
+}
+
+fn shape(job: &PendingJob) -> Shape<'_> {
+    (
+        job.partition.as_str(),
+        job.nodes,
+        job.gpus_per_node,
+        job.gpu_type.as_str(),
+        job.cpus_per_node,
+        job.mem_per_node_mb,
+    )
+}
+
+struct Pass<'a> {
+    cfg: &'a PolicyConfig,
+    snapshot: &'a ClusterSnapshot,
+    now_ms: u64,
+    pipeline: Pipeline,
+    prio: Prioritizer<'a>,
+    working: View,
+    guard: Option<Guard>,
+    timeline: Timeline,
+    reservations: Vec<Reservation>,
+    backfill_slots: usize,
+    ledger: Option<Ledger>,
+    types: HashMap<&'a str, &'a str>,
+    shape_ids: ShapeIds<'a>,
+    memo: Vec<ShapeMemo>,
+    starts: u64,
+    victims_taken: HashSet<usize>,
+    /// Ancestors gained during this pass (a victim's descendants inherit its preemptor's
+    /// ancestors), so two preemptions of one pass cannot close a cycle either.
+    extra_anc: HashMap<u64, HashSet<u64>>,
+    pending: &'a [PendingJob],
+    /// Highest class priority whose scan found no candidate victim (see
+    /// `preempt_by_priority`); 0 before any.
+    no_victims_at_or_below: u32,
+    searches: usize,
+    out: Schedule,
+}
+
+/// Runs the pass; see the module docs.
+pub fn run(
+    snapshot: &ClusterSnapshot,
+    pending: &[PendingJob],
+    cfg: &PolicyConfig,
+    now_ms: u64,
+) -> Schedule {
+    let berth = cfg.kind == PolicyKind::Berth;
+    let backfill_slots = match cfg.kind {
+        PolicyKind::Fifo => 0,
+        PolicyKind::Backfill => cfg.backfill_reservations.max(1),
+        PolicyKind::Berth => cfg.backfill_reservations,
+    };
+    let prio = Prioritizer::new(snapshot, cfg, now_ms);
+    let order: Vec<&PendingJob> = if berth {
+        let mut keyed: Vec<(u64, &PendingJob)> = pending
+            .iter()
+            .map(|j| (prio.factors(j).priority, j))
+            .collect();
+        keyed.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.submit_ms.cmp(&b.1.submit_ms))
+                .then(a.1.id.cmp(&b.1.id))
+        });
+        keyed.into_iter().map(|(_, j)| j).collect()
+    } else {
+        pending.iter().collect()
+    };
+    let quotas = berth && cfg.accounts.accounts().iter().any(|a| !a.quotas.is_empty());
+    let working = View::new(snapshot.clone());
+    let mut pass = Pass {
+        cfg,
+        snapshot,
+        now_ms,
+        pipeline: Pipeline::new(cfg),
+        prio,
+        guard: (backfill_slots > 0 || berth).then(|| Guard::new(&working)),
+        working,
+        timeline: Timeline::from_ends(
+            snapshot
+                .running
+                .iter()
+                .map(|r| (r.end_ms, r.grants.clone()))
+                .collect(),
+        ),
+        reservations: Vec::new(),
+        backfill_slots,
+        ledger: quotas.then(|| Ledger::of_running(&cfg.accounts, snapshot)),
+        types: if quotas {
+            gpu_types(snapshot)
+        } else {
+            HashMap::new()
+        },
+        shape_ids: ShapeIds::default(),
+        memo: Vec::new(),
+        starts: 0,
+        victims_taken: HashSet::new(),
+        extra_anc: HashMap::new(),
+        pending,
+        no_victims_at_or_below: 0,
+        searches: 0,
+        out: Schedule::default(),
+    };
+    for job in order {
+        pass.consider(job);
+    }
+    pass.out
+}
+
+impl<'a> Pass<'a> {
+    fn consider(&mut self, job: &'a PendingJob) {
+        let leaf = self
+            .ledger
+            .as_ref()
+            .and_then(|_| self.cfg.accounts.index(&job.account));
+        if let (Some(ledger), Some(leaf)) = (&self.ledger, leaf) {
+            if let Err(block) = ledger.check(&self.cfg.accounts, leaf, &job_demand(job)) {
+                return self.quota_blocked(job, leaf, block);
+            }
+        }
+        let end_ms = match job.time_limit_s {
+            0 => u64::MAX,
+            s => self.now_ms.saturating_add(s.saturating_mul(1000)),
+        };
+        let long = self
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.active() && end_ms > g.first_start_ms);
+        let mut why = None;
+        let sid = self.shape_id(job);
+        let placed = match self.try_place(job, long, sid) {
+            Ok(d) => Some(d),
+            Err(w) => {
+                why = w;
+                None
+            }
+        };
+        if let Some(d) = placed {
+            if let (Some(ledger), Some(leaf)) = (&mut self.ledger, leaf) {
+                // Typed GPU quotas are known only once the GPUs are chosen.
+                let held = grants_demand(&d.nodes, &self.types);
+                if let Err(block) = ledger.check(&self.cfg.accounts, leaf, &held) {
+                    return self.quota_blocked(job, leaf, block);
+                }
+                ledger.add(&self.cfg.accounts, leaf, &held);
+            }
+            return self.start(d, end_ms, long);
+        }
+        if self.cfg.kind == PolicyKind::Berth && self.preempt_by_priority(job) {
+            return self.out.pending.push(PendingStatus {
+                job_id: job.id,
+                reason: PendingReason::Resources,
+                expected_start_ms: Some(self.now_ms + self.cfg.preempt_grace_ms),
+                why,
+            });
+        }
+        self.wait(job, long, why, sid);
+    }
+
+    /// The per-pass id of `job`'s shape (one hash lookup per job).
+    fn shape_id(&mut self, job: &'a PendingJob) -> usize {
+        let next = self.memo.len();
+        let id = *self.shape_ids.entry(shape(job)).or_insert(next);
+        if id == next {
+            self.memo.push(ShapeMemo::default());
+        }
+        id
+    }
+
+    /// Places `job` (shape `sid`) on the guarded view (`long`) or the working one.
+    fn try_place(
+        &mut self,
+        job: &'a PendingJob,
+        long: bool,
+        sid: usize,
+    ) -> Result<Decision, Option<Unplaceable>> {
+        let memo = &mut self.memo[sid];
+        let failed = if long {
+            &mut memo.failed_guarded
+        } else {
+            &mut memo.failed_working
+        };
+        if *failed {
+            return Err(None);
+        }
+        let view = match (&self.guard, long) {
+            (Some(g), true) => &g.view,
+            _ => &self.working,
+        };
+        if !view.may_fit(job) {
+            *failed = true;
+            return Err(None);
+        }
+        view.select(&self.pipeline, job).map_err(|why| {
+            *failed = true;
+            Some(why)
+        })
+    }
+
+    fn start(&mut self, d: Decision, end_ms: u64, long: bool) {
+        self.starts += 1;
+        self.working.take(&d.nodes);
+        if let Some(g) = &mut self.guard {
+            if long {
+                g.charge_long(&d.nodes, &self.working);
+            } else {
+                g.sync(&d.nodes, &self.working);
+            }
+        }
+        self.timeline.push(end_ms, d.nodes.clone());
+        self.out.decisions.push(d);
+    }
+
+    /// No start now: a reservation if a slot is left, else Priority (it would fit but for
+    /// reservations) or Resources.
+    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
+        let mut status = PendingStatus {
+            job_id: job.id,
+            reason: PendingReason::Resources,
+            expected_start_ms: None,
+            why,
+        };
+        if self.reservations.len() < self.backfill_slots {
+            if let Some(r) = self.timeline.reserve(
+                &self.pipeline,
+                &self.working,
+                &self.reservations,
+                job,
+                self.now_ms,
+            ) {
+                let at = state_at(
+                    &mut self.timeline,
+                    &self.working,
+                    &self.reservations,
+                    r.start_ms,
+                );
+                if let Some(g) = &mut self.guard {
+                    g.add(&r, &self.working, &at);
+                }
+                status.expected_start_ms = Some(r.start_ms);
+                self.reservations.push(r);
+                self.out.pending.push(status);
+                return;
+            }
+        }
+        // Only the reason depends on this, so a shape that fits now is remembered until
+        // the next start changes the working view.
+        if long {
+            let seen = self.memo[sid].fits_working_at == self.starts + 1;
+            if seen || self.try_place(job, false, sid).is_ok() {
+                self.memo[sid].fits_working_at = self.starts + 1;
+                status.reason = PendingReason::Priority;
+            }
+        }
+        self.out.pending.push(status);
+    }
+
+    fn quota_blocked(&mut self, job: &'a PendingJob, leaf: usize, block: QuotaBlock) {
+        let reclaiming = block.reclaimable && self.reclaim(job, leaf, &block);
+        self.out.pending.push(PendingStatus {
+            job_id: job.id,
+            reason: PendingReason::Quota {
+                account: self.cfg.accounts.accounts()[block.account].name.clone(),
+                resource: block.resource,
+            },
+            expected_start_ms: reclaiming.then_some(self.now_ms + self.cfg.preempt_grace_ms),
+            why: None,
+        });
+    }
+
+    /// Preempts borrowers' jobs so that `job`'s account gets its guarantee back.
+    /// True when victims were chosen (or are already going).
+    fn reclaim(&mut self, job: &'a PendingJob, leaf: usize, block: &QuotaBlock) -> bool {
+        if !self.cfg.preemption || self.searches >= self.cfg.preempt_searches_max {
+            return false;
+        }
+        let tree = &self.cfg.accounts;
+        let Some(ledger) = &self.ledger else {
+            return false;
+        };
+        let parent = tree.accounts()[block.account].parent.unwrap_or(0);
+        // Borrowing siblings of the blocked level, on the blocked resource.
+        let borrowers: Vec<usize> = tree.accounts()[parent]
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| c != block.account && ledger.borrowing(tree, c, &block.resource))
+            .collect();
+        let snapshot = self.snapshot;
+        let mut cands: Vec<usize> = (0..snapshot.running.len())
+            .filter(|i| !self.victims_taken.contains(i))
+            .filter(|&i| {
+                let r = &snapshot.running[i];
+                borrowers
+                    .iter()
+                    .any(|&b| crate::quota::charged_under(tree, r, b))
+                    && eligible(r, self.prio.class(&r.qos), job, self.now_ms)
+                    && !self.descends_from(job.id, r.id)
+            })
+            .collect();
+        self.search(job, &mut cands, Some(leaf), PreemptCause::Reclaim)
+    }
+
+    /// Preempts lower, preemptible classes for `job`. True when `job` now waits on victims.
+    fn preempt_by_priority(&mut self, job: &'a PendingJob) -> bool {
+        if !self.cfg.preemption || self.searches >= self.cfg.preempt_searches_max {
+            return false;
+        }
+        let Some(class) = self.prio.class(&job.qos) else {
+            return false;
+        };
+        // A class at or below one whose scan found no candidate victim cannot find one
+        // either in this pass (victims only get fewer): skip the scan of running jobs.
+        if class.priority <= self.no_victims_at_or_below && job.preempted_for.is_empty() {
+            return false;
+        }
+        let snapshot = self.snapshot;
+        let mut cands: Vec<usize> = (0..snapshot.running.len())
+            .filter(|i| !self.victims_taken.contains(i))
+            .filter(|&i| {
+                let r = &snapshot.running[i];
+                let vc = self.prio.class(&r.qos);
+                vc.is_some_and(|c| c.priority < class.priority)
+                    && eligible(r, vc, job, self.now_ms)
+                    && !self.descends_from(job.id, r.id)
+            })
+            .collect();
+        if cands.is_empty() && job.preempted_for.is_empty() {
+            self.no_victims_at_or_below = self.no_victims_at_or_below.max(class.priority);
+        }
+        if cands.is_empty() {
+            return false;
+        }
+        self.search(job, &mut cands, None, PreemptCause::Priority)
+    }
+
+    /// Whether `victim` became an ancestor of `job` earlier in this pass.
+    fn descends_from(&self, job: u64, victim: u64) -> bool {
+        self.extra_anc
+            .get(&job)
+            .is_some_and(|a| a.contains(&victim))
+    }
+
+    /// Records `preemptor` → `victim`: pending descendants of the victim inherit the
+    /// preemptor and its ancestors.
+    fn note_edge(&mut self, preemptor: &PendingJob, victim: u64) {
+        let mut add: HashSet<u64> = preemptor.preempted_for.iter().copied().collect();
+        add.extend(
+            self.extra_anc
+                .get(&preemptor.id)
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
+        add.insert(preemptor.id);
+        for j in self.pending {
+            let below = j.preempted_for.contains(&victim) || self.descends_from(j.id, victim);
+            if below && j.id != victim {
+                self.extra_anc
+                    .entry(j.id)
+                    .or_default()
+                    .extend(add.iter().copied());
+            }
+        }
+    }
+
+    /// Looks for victims among `cands`; on success records the preemptions and holds the
+    /// resources `job` will get (a reservation starting after the grace period).
+    fn search(
+        &mut self,
+        job: &'a PendingJob,
+        cands: &mut Vec<usize>,
+        leaf: Option<usize>,
+        cause: PreemptCause,
+    ) -> bool {
+        self.searches += 1;
+        let running = &self.snapshot.running;
+        order_victims(running, cands, |r| {
+            self.prio.class(&r.qos).map_or(0, |c| c.priority)
+        });
+        cands.truncate(self.cfg.preempt_candidates_max);
+        let demand = job_demand(job);
+        let search = Search {
+            pipeline: &self.pipeline,
+            working: &self.working,
+            running,
+            candidates: cands.clone(),
+            quota: match (&self.ledger, leaf) {
+                (Some(l), Some(leaf)) => Some((&self.cfg.accounts, l, leaf, &demand, &self.types)),
+                _ => None,
+            },
+        };
+        let Some(victims) = search.victims(job) else {
+            return false;
+        };
+        let mut hyp = self.working.clone();
+        for (i, r) in running.iter().enumerate() {
+            if r.preempting || victims.contains(&i) {
+                hyp.give(&r.grants);
+            }
+        }
+        for &v in &victims {
+            self.note_edge(job, running[v].id);
+            self.victims_taken.insert(v);
+            self.out.preemptions.push(Preemption {
+                victim: running[v].id,
+                preemptor: job.id,
+                cause,
+            });
+        }
+        // Hold what the job will get, so no later job of this pass takes it for longer
+        // than the grace period.
+        if let (Some(g), Ok(decision)) = (&mut self.guard, self.pipeline.select(&hyp.snap, job)) {
+            let r = Reservation {
+                job_id: job.id,
+                start_ms: self.now_ms + self.cfg.preempt_grace_ms,
+                decision,
+            };
+            g.add(&r, &self.working, &hyp);
+            self.reservations.push(r);
+            self.backfill_slots += 1; // a preemptor's hold is not a backfill slot
+        }
+        true
+    }
+}

@@ -1,0 +1,364 @@
+//! The accounts and priority-class configuration: a TOML file parsed into the policies'
+//! [`PolicyConfig`](berth_policies::PolicyConfig).
+//!
+//! The text itself is what the Raft log carries (`SetAccounts`) and the state keeps, and
+//! it is parsed again at apply, so every replica runs the same configuration and a bad
+//! file changes nothing. Unknown keys are errors (a misspelt `gaurantee` must not silently
+//! mean "no quota").
+//!
+//! ```toml
+//! half_life_hours = 168          # usage decay (Slurm PriorityDecayHalfLife); 0: never
+//! default_qos = "research"       # class of jobs without --qos
+//! default_account = "default"    # account of jobs without --account (and no user account)
+//!
+//! [weights]                      # Slurm PriorityWeight*
+//! fairshare = 10000
+//! age = 1000
+//! qos = 10000
+//! size = 0
+//! favor_small = false
+//! short = 0                      # berth extension: favor short time limits
+//! age_max_hours = 168
+//!
+//! [[account]]                    # tree: parent omitted = under root
+//! name = "ml"
+//! shares = 2
+//! quota.gpu = { guaranteed = 8, borrow_limit = 8, lend_limit = 4 }
+//!
+//! [[account]]
+//! name = "alice"
+//! parent = "ml"
+//!
+//! [[qos]]                        # omit every [[qos]] to keep the five defaults
+//! name = "training"
+//! priority = 500
+//! preemptible = true
+//! min_runtime_secs = 600
+//! requeue = true
+//! ```
+
+use berth_policies::{
+    priority::default_classes, AccountSpec, AccountTree, PolicyConfig, PolicyError,
+    PriorityWeights, QosClass, Quota,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// Not TOML, or keys/types not as documented.
+    #[error("accounts config is not valid TOML for berth: {0}")]
+    Parse(String),
+    /// Well-formed but inconsistent (unknown parent, duplicate name, bad quota…).
+    #[error("accounts config: {0}")]
+    Invalid(#[from] PolicyError),
+    /// Other rule broken (named in the message).
+    #[error("accounts config: {0}")]
+    Rule(String),
+}
+
+/// The built-in configuration: one `default` account and the five default classes.
+pub const DEFAULT_TOML: &str = r#"# berth built-in accounts: every job is charged to "default".
+half_life_hours = 168
+default_qos = "research"
+default_account = "default"
+
+[[account]]
+name = "default"
+shares = 1
+"#;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "half_life_default")]
+    half_life_hours: u64,
+    #[serde(default = "default_qos_default")]
+    default_qos: String,
+    #[serde(default = "default_account_default")]
+    default_account: String,
+    #[serde(default)]
+    weights: Option<Weights>,
+    #[serde(default)]
+    account: Vec<AccountEntry>,
+    #[serde(default)]
+    qos: Vec<QosEntry>,
+}
+
+fn half_life_default() -> u64 {
+    168
+}
+fn default_qos_default() -> String {
+    "research".into()
+}
+fn default_account_default() -> String {
+    "default".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Weights {
+    #[serde(default)]
+    fairshare: Option<u32>,
+    #[serde(default)]
+    age: Option<u32>,
+    #[serde(default)]
+    qos: Option<u32>,
+    #[serde(default)]
+    size: Option<u32>,
+    #[serde(default)]
+    favor_small: bool,
+    #[serde(default)]
+    short: Option<u32>,
+    #[serde(default)]
+    age_max_hours: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountEntry {
+    name: String,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default = "one")]
+    shares: u32,
+    #[serde(default)]
+    quota: BTreeMap<String, QuotaEntry>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaEntry {
+    guaranteed: u64,
+    #[serde(default)]
+    borrow_limit: Option<u64>,
+    #[serde(default)]
+    lend_limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QosEntry {
+    name: String,
+    priority: u32,
+    preemptible: bool,
+    #[serde(default)]
+    min_runtime_secs: u64,
+    #[serde(default)]
+    requeue: Option<bool>,
+}
+
+/// A parsed configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountsConfig {
+    /// What the scheduling passes run with (kind [`berth_policies::PolicyKind::Berth`]).
+    pub policy: PolicyConfig,
+    /// Account of jobs that name none (and whose user is not an account).
+    pub default_account: String,
+}
+
+impl AccountsConfig {
+    /// The leaf account a job is charged to: `asked` if given, else the user's own account
+    /// if it exists, else the default account.
+    ///
+    /// # Errors
+    /// A message for an unknown account or one that is not a leaf (jobs charge users or
+    /// projects, not departments).
+    pub fn resolve_account(&self, asked: &str, user: &str) -> Result<String, String> {
+        let tree = &self.policy.accounts;
+        let name = if !asked.is_empty() {
+            asked
+        } else if tree.index(user).is_some_and(|i| tree.is_leaf(i)) {
+            user
+        } else {
+            &self.default_account
+        };
+        match tree.index(name) {
+            Some(i) if tree.is_leaf(i) && i != 0 => Ok(name.to_string()),
+            Some(_) => Err(format!(
+                "Invalid account {name:?}: it has sub-accounts; charge a leaf account"
+            )),
+            None => Err(format!("Invalid account or account/partition combination specified ({name:?} is not an account)")),
+        }
+    }
+
+    /// The class a job runs in: `asked` if given, else the default class.
+    ///
+    /// # Errors
+    /// A message naming the unknown class and the known ones.
+    pub fn resolve_qos(&self, asked: &str) -> Result<&QosClass, String> {
+        let name = if asked.is_empty() {
+            self.policy.default_qos.as_str()
+        } else {
+            asked
+        };
+        self.policy
+            .qos
+            .iter()
+            .find(|q| q.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.policy.qos.iter().map(|q| q.name.as_str()).collect();
+                format!(
+                    "Invalid qos specification ({name:?}; known: {})",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// Parses `text` (empty: [`DEFAULT_TOML`]).
+///
+/// # Errors
+/// [`AccountsError`] naming the first problem; nothing is partially applied.
+pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
+    let text = if text.trim().is_empty() {
+        DEFAULT_TOML
+    } else {
+        text
+    };
+    let file: File = toml::from_str(text).map_err(|e| AccountsError::Parse(e.to_string()))?;
+    let specs: Vec<AccountSpec> = file
+        .account
+        .iter()
+        .map(|a| AccountSpec {
+            name: a.name.clone(),
+            parent: a.parent.clone(),
+            shares: a.shares,
+            quotas: a
+                .quota
+                .iter()
+                .map(|(k, q)| {
+                    let quota = Quota {
+                        guaranteed: q.guaranteed,
+                        borrow_limit: q.borrow_limit,
+                        lend_limit: q.lend_limit,
+                    };
+                    (k.clone(), quota)
+                })
+                .collect(),
+        })
+        .collect();
+    let accounts = AccountTree::new(&specs)?;
+    let qos = if file.qos.is_empty() {
+        default_classes()
+    } else {
+        file.qos
+            .iter()
+            .map(|q| QosClass {
+                name: q.name.clone(),
+                priority: q.priority,
+                preemptible: q.preemptible,
+                min_runtime_s: q.min_runtime_secs,
+                requeue: q.requeue.unwrap_or(q.preemptible),
+            })
+            .collect()
+    };
+    let mut weights = PriorityWeights::default();
+    if let Some(w) = &file.weights {
+        weights.fairshare = w.fairshare.unwrap_or(weights.fairshare);
+        weights.age = w.age.unwrap_or(weights.age);
+        weights.qos = w.qos.unwrap_or(weights.qos);
+        weights.size = w.size.unwrap_or(weights.size);
+        weights.favor_small = w.favor_small;
+        weights.short = w.short.unwrap_or(weights.short);
+        if let Some(h) = w.age_max_hours {
+            weights.age_max_ms = h.saturating_mul(3_600_000);
+        }
+    }
+    let policy = PolicyConfig {
+        accounts,
+        qos,
+        default_qos: file.default_qos,
+        weights,
+        half_life_ms: file.half_life_hours.saturating_mul(3_600_000),
+        ..PolicyConfig::default()
+    };
+    policy.validate()?;
+    let cfg = AccountsConfig {
+        policy,
+        default_account: file.default_account,
+    };
+    let tree = &cfg.policy.accounts;
+    match tree.index(&cfg.default_account) {
+        Some(i) if i != 0 && tree.is_leaf(i) => Ok(cfg),
+        _ => Err(AccountsError::Rule(format!(
+            "default_account {:?} must be a leaf account of the tree",
+            cfg.default_account
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+half_life_hours = 24
+default_account = "alice"
+[weights]
+fairshare = 5000
+[[account]]
+name = "ml"
+shares = 2
+quota.gpu = { guaranteed = 8, borrow_limit = 4 }
+[[account]]
+name = "alice"
+parent = "ml"
+[[account]]
+name = "bob"
+"#;
+
+    #[test]
+    fn parses_tree_quotas_weights_and_default_classes() {
+        let c = parse(GOOD).unwrap();
+        let t = &c.policy.accounts;
+        let ml = t.index("ml").unwrap();
+        assert_eq!(t.accounts()[ml].shares, 2);
+        assert_eq!(t.accounts()[ml].quotas["gpu"].borrow_limit, Some(4));
+        assert_eq!(t.accounts()[t.index("alice").unwrap()].parent, Some(ml));
+        assert_eq!(c.policy.half_life_ms, 24 * 3_600_000);
+        assert_eq!(c.policy.weights.fairshare, 5000);
+        assert_eq!(c.policy.qos.len(), 5);
+        assert_eq!(c.resolve_account("", "zed").unwrap(), "alice");
+        assert_eq!(c.resolve_account("", "bob").unwrap(), "bob");
+        assert!(c
+            .resolve_account("ml", "bob")
+            .unwrap_err()
+            .contains("sub-accounts"));
+        assert!(c
+            .resolve_account("nope", "bob")
+            .unwrap_err()
+            .contains("not an account"));
+        assert_eq!(c.resolve_qos("").unwrap().name, "research");
+        assert!(c.resolve_qos("gold").unwrap_err().contains("Invalid qos"));
+        // Empty text is the built-in default.
+        assert_eq!(parse("").unwrap().default_account, "default");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            ("half_life_hours = \"x\"", "invalid type"),
+            ("[[account]]\nname = \"a\"\ngaurantee = 3", "unknown field"),
+            ("[[account]]\nname = \"a\"\nparent = \"zz\"", "unknown parent zz"),
+            ("[[account]]\nname = \"a\"\n[[account]]\nname = \"a\"", "defined twice"),
+            ("[[account]]\nname = \"a\"\nquota.gpus = { guaranteed = 1 }", "unknown quota resource"),
+            ("[[account]]\nname = \"a\"\nquota.gpu = { guaranteed = 1, lend_limit = 2 }", "lend_limit"),
+            ("default_account = \"zz\"\n[[account]]\nname = \"a\"", "default_account"),
+            ("default_qos = \"gold\"\n[[account]]\nname = \"default\"", "default qos is not defined"),
+            ("[[qos]]\nname = \"a\"\npriority = 1\npreemptible = true\n[[qos]]\nname = \"a\"\npriority = 2\npreemptible = false", "defined twice"),
+            ("this is not toml", "TOML"),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            match parse(text) {
+                Err(e) if e.to_string().contains(want) => {}
+                other => panic!("#{i}: want error containing {want:?}, got {other:?}"),
+            }
+        }
+    }
+}
