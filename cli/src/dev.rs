@@ -172,7 +172,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state_dir.display()
     );
     if let Some(url) = &http_url {
-        println!("berth dev: berthd metrics at {url}/metrics, kube-scheduler extender at {url}/filter and {url}/prioritize");
+        println!(
+            "berth dev: berthd metrics at {url}/metrics, kube-scheduler extender at {url} \
+             (filter, prioritize, bind, preempt)"
+        );
     }
     println!(
         "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",
