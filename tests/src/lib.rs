@@ -103,3 +103,50 @@ pub fn replica(dir: &std::path::Path, id: u64, ports: &[u16], extra: &[&str]) ->
             .expect("spawn berthd"),
     )
 }
+
+/// Starts `berth dev` with `args` (after `dev`), gRPC on `127.0.0.1:port` and state in
+/// `state`, and returns once it prints its ready line, with every line it printed until
+/// then (the URLs it announces are among them). It never finds a Kubernetes cluster
+/// unless `args` name one (`--kube-api`).
+///
+/// # Panics
+/// When it prints no ready line within 60 s.
+pub fn berth_dev(state: &std::path::Path, port: u16, args: &[&str]) -> (Proc, Vec<String>) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(bin("berth"))
+        .arg("dev")
+        .args(args)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state)
+        .env("RUST_LOG", "warn")
+        // Tests never reach a real cluster: without `--kube-api`, no Kubernetes API.
+        .env("KUBECONFIG", "/nonexistent/berth-test-kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn berth dev");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let proc = Proc(child);
+    let mut printed = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("berth dev did not print ready within 60s");
+        let ready = line.contains("ready");
+        printed.push(line);
+        if ready {
+            return (proc, printed);
+        }
+    }
+}

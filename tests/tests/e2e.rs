@@ -3,14 +3,13 @@
 //! Slurm user would. No sleeps as synchronisation: every wait polls with a deadline.
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port};
-use std::io::{BufRead, BufReader};
+use berth_tests::{berth_dev, bin, free_port, Proc};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 struct Dev {
-    child: Child,
+    proc: Proc,
     dir: PathBuf,
     state: PathBuf,
     port: u16,
@@ -22,38 +21,17 @@ impl Dev {
     }
 
     fn start_on(dir: &Path, state: &Path, port: u16) -> Dev {
-        let mut child = Command::new(bin("berth"))
-            .args([
-                "dev",
-                "--nodes",
-                "2",
-                "--machine",
-                "dgx-h100",
-                "--kill-wait-secs",
-                "2",
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(state)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("berth dev did not print ready within 60s");
+        let args = [
+            "--nodes",
+            "2",
+            "--machine",
+            "dgx-h100",
+            "--kill-wait-secs",
+            "2",
+        ];
+        let (proc, _) = berth_dev(state, port, &args);
         Dev {
-            child,
+            proc,
             dir: dir.to_path_buf(),
             state: state.to_path_buf(),
             port,
@@ -120,15 +98,8 @@ impl Dev {
     }
 
     fn kill9(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.0.kill().unwrap(); // SIGKILL
+        self.proc.0.wait().unwrap();
     }
 }
 

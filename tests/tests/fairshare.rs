@@ -4,10 +4,9 @@
 //! reserved one without delaying it; bad accounts files, classes and signals are refused.
 //! No sleeps as synchronisation: every wait polls with a deadline.
 
-use berth_tests::{bin, free_port, poll, Proc};
-use std::io::{BufRead, BufReader};
+use berth_tests::{berth_dev, bin, free_port, poll, Proc};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const ACCOUNTS: &str = r#"
@@ -39,31 +38,18 @@ impl Dev {
         let accounts = dir.join("accounts.toml");
         std::fs::write(&accounts, ACCOUNTS).unwrap();
         let port = free_port();
-        let mut child = Command::new(bin("berth"))
-            .args(["dev", "--nodes", "1", "--kill-wait-secs", "2", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--accounts")
-            .arg(&accounts)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("berth dev did not print ready within 60s");
+        let accounts_arg = accounts.to_string_lossy().into_owned();
+        let args = [
+            "--nodes",
+            "1",
+            "--kill-wait-secs",
+            "2",
+            "--accounts",
+            &accounts_arg,
+        ];
+        let (child, _) = berth_dev(&dir.join("state"), port, &args);
         let dev = Dev {
-            _child: Proc(child),
+            _child: child,
             dir: dir.to_path_buf(),
             port,
         };

@@ -3,11 +3,10 @@
 //! is printed and serves dcgm-exporter metrics, and an injected XID 79 marks the GPU
 //! unhealthy in berthd (through the log), after which no job is placed on it.
 
-use berth_tests::{bin, free_port, poll, Proc};
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use berth_tests::{berth_dev, bin, free_port, poll, Proc};
+use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 struct Dev {
     _proc: Proc,
@@ -20,38 +19,14 @@ impl Dev {
     fn start(extra: &[&str]) -> Dev {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let mut child = Command::new(bin("berth"))
-            .args(["dev", "--nodes", "1"])
-            .args(extra)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn berth dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let proc = Proc(child);
-        let mut metrics_url = String::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("berth dev did not print ready within 60s");
-            if let Some(rest) = line.strip_prefix("berth dev: agent metrics node1 ") {
-                metrics_url = rest.trim().to_string();
-            }
-            if line.contains("ready") {
-                break;
-            }
-        }
+        let mut args = vec!["--nodes", "1"];
+        args.extend_from_slice(extra);
+        let (proc, printed) = berth_dev(&dir.path().join("state"), port, &args);
+        let metrics_url = printed
+            .iter()
+            .find_map(|l| l.strip_prefix("berth dev: agent metrics node1 "))
+            .map(|u| u.trim().to_string())
+            .unwrap_or_default();
         Dev {
             _proc: proc,
             dir,

@@ -2,10 +2,10 @@
 //! prioritize verbs answered from the simulated nodes' real GPU state, bad payloads
 //! refused, and `/metrics` in Prometheus text format.
 
-use berth_tests::{bin, free_port, poll, Proc};
-use std::io::{BufRead, BufReader, Read, Write};
+use berth_tests::{berth_dev, bin, free_port, poll};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// One HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -35,30 +35,20 @@ fn pod(gpus: u32) -> String {
 fn extender_filter_prioritize_and_metrics_over_http() {
     let tmp = tempfile::tempdir().unwrap();
     let (grpc, web) = (free_port(), free_port());
-    let mut child = Command::new(bin("berth"))
-        .args(["dev", "--nodes", "2", "--machine", "dgx-h100", "--listen"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{web}"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .env("RUST_LOG", "warn")
-        // No cluster: binding must say so rather than pretend.
-        .env("KUBECONFIG", "/nonexistent/berth-test-kubeconfig")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let _dev = Proc(child);
-    let mut banner = String::new();
-    for line in stdout.lines().map_while(Result::ok) {
-        banner += &line;
-        banner += "\n";
-        if line.contains("ready") {
-            break;
-        }
-    }
+    let http_listen = format!("127.0.0.1:{web}");
+    let (_dev, printed) = berth_dev(
+        &tmp.path().join("state"),
+        grpc,
+        &[
+            "--nodes",
+            "2",
+            "--machine",
+            "dgx-h100",
+            "--http-listen",
+            &http_listen,
+        ],
+    );
+    let banner = printed.join("\n");
     assert!(
         banner.contains(&format!("http://127.0.0.1:{web}/metrics")),
         "{banner}"

@@ -7,11 +7,11 @@
 //! The stand-in speaks the API's real paths and JSON for the calls berthd makes (kube-rs
 //! on the client side), and records them.
 
-use berth_tests::{bin, free_port, poll, Proc};
+use berth_tests::{berth_dev, bin, free_port, poll};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -172,24 +172,21 @@ fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let (grpc, web) = (free_port(), free_port());
-    let mut child = Command::new(bin("berth"))
-        .args(["dev", "--nodes", "1", "--machine", "dgx-h100", "--listen"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .args(["--http-listen", &format!("127.0.0.1:{web}")])
-        .args(["--kube-api", &format!("http://127.0.0.1:{api_port}")])
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let _dev = Proc(child);
-    for line in stdout.lines().map_while(Result::ok) {
-        if line.contains("ready") {
-            break;
-        }
-    }
+    let (http_listen, kube_api) = (
+        format!("127.0.0.1:{web}"),
+        format!("http://127.0.0.1:{api_port}"),
+    );
+    let args = [
+        "--nodes",
+        "1",
+        "--machine",
+        "dgx-h100",
+        "--http-listen",
+        &http_listen,
+        "--kube-api",
+        &kube_api,
+    ];
+    let (_dev, _) = berth_dev(&tmp.path().join("state"), grpc, &args);
 
     assert_eq!(bind(web, "train"), serde_json::json!({"Error": ""}));
     let queue = squeue(grpc);
