@@ -1101,22 +1101,7 @@ mod tests {
             r#"{"metadata":{"name":"low","namespace":"ml","uid":"v1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"4"}}}]}}"#,
         )
         .unwrap();
-        let spec = pod_job_spec(&pod, "gpu", None).unwrap();
-        let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
-        let bind = pb::BindPod {
-            term: 1,
-            spec: Some(spec),
-            allocation: Some(allocation),
-            reservation: vec![],
-        };
-        let cmd = pb::Command {
-            time_ms: 5,
-            cmd: Some(pb::command::Cmd::BindPod(bind)),
-        };
-        assert_eq!(
-            sm.apply(2, cmd).0,
-            crate::state_machine::Outcome::Submitted(1)
-        );
+        assert_eq!(bind_pod_on(&mut sm, 2, &pod, "gpu1", None), Ok(1));
         let body = format!(
             r#"{{"Pod":{},"NodeNameToMetaVictims":{{"gpu1":{{"Pods":[{{"UID":"v1"}}]}}}}}}"#,
             pod_json("4")
@@ -1163,16 +1148,7 @@ mod tests {
             r#"{"metadata":{"name":"low","namespace":"ml","uid":"u-pod-on-gpu1"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/gpu":"2"}}}]}}"#,
         )
         .unwrap();
-        let spec = pod_job_spec(&pod, "gpu", None).unwrap();
-        let allocation = allocation_on(&sm, "gpu1", &spec).unwrap();
-        let bind = pb::BindPod {
-            term: 1,
-            spec: Some(spec),
-            allocation: Some(allocation),
-            reservation: vec![],
-        };
-        let (outcome, _) = sm.apply(5, cmd(5, pb::command::Cmd::BindPod(bind)));
-        assert_eq!(outcome, crate::state_machine::Outcome::Submitted(2));
+        assert_eq!(bind_pod_on(&mut sm, 5, &pod, "gpu1", None), Ok(2));
         sm
     }
 
@@ -1233,15 +1209,16 @@ mod tests {
         .unwrap()
     }
 
-    /// Plans and applies a gang member's bind on `node`, as the leader's `BindPod` does.
-    fn bind_member(
+    /// Plans and applies a pod's bind on `node` (a gang member's with `group`), as the
+    /// leader's `BindPod` does.
+    fn bind_pod_on(
         sm: &mut StateMachine,
         index: u64,
         pod: &Pod,
         node: &str,
-        group: &pb::PodGroupRef,
+        group: Option<&pb::PodGroupRef>,
     ) -> Result<u64, String> {
-        let spec = pod_job_spec(pod, "gpu", Some(group.clone())).unwrap();
+        let spec = pod_job_spec(pod, "gpu", group.cloned()).unwrap();
         let (allocation, reservation) = plan_bind(sm, node, &spec)?;
         let bind = pb::BindPod {
             term: 1,
@@ -1273,7 +1250,7 @@ mod tests {
             timeout_ms: 60_000,
         };
         assert_eq!(pod_group_name(&gang_pod("m0", 2)).as_deref(), Some("ml/g"));
-        let first = bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu1", &group).unwrap();
+        let first = bind_pod_on(&mut sm, 10, &gang_pod("m0", 2), "gpu1", Some(&group)).unwrap();
         // Every member's GPUs are held from the first bind on: gpu1 full, 4 taken on gpu2.
         assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (0, 4));
         let held = sm.group_reservation("ml/g").unwrap().id;
@@ -1287,9 +1264,9 @@ mod tests {
         assert_eq!(got.node_names, Some(vec!["gpu2".to_string()]), "{got:?}");
         assert!(got.failed_nodes["gpu1"].contains("holds its GPUs on other nodes"));
         // A member may not take GPUs its group did not reserve.
-        assert!(bind_member(&mut sm, 11, &gang_pod("m1", 2), "gpu1", &group).is_err());
-        bind_member(&mut sm, 12, &gang_pod("m1", 2), "gpu2", &group).unwrap();
-        bind_member(&mut sm, 13, &gang_pod("m2", 2), "gpu2", &group).unwrap();
+        assert!(bind_pod_on(&mut sm, 11, &gang_pod("m1", 2), "gpu1", Some(&group)).is_err());
+        bind_pod_on(&mut sm, 12, &gang_pod("m1", 2), "gpu2", Some(&group)).unwrap();
+        bind_pod_on(&mut sm, 13, &gang_pod("m2", 2), "gpu2", Some(&group)).unwrap();
         assert!(sm.group_reservation("ml/g").is_none(), "all slots claimed");
         assert_eq!(sm.job(held).unwrap().state(), pb::JobState::Completed);
         assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (0, 4));
@@ -1320,7 +1297,7 @@ mod tests {
             got.failed_nodes["gpu2"],
             "pod group ml/g: 5 of its 6 members fit now"
         );
-        let err = bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu2", &group).unwrap_err();
+        let err = bind_pod_on(&mut sm, 10, &gang_pod("m0", 2), "gpu2", Some(&group)).unwrap_err();
         assert!(err.contains("only 5 of its 6 members fit"), "{err}");
         assert_eq!((free_on(&sm, "gpu1"), free_on(&sm, "gpu2")), (2, 8));
         // A bind that carries too few slots is refused by the log itself.
@@ -1351,7 +1328,7 @@ mod tests {
             min_member: 3,
             timeout_ms: 1_000,
         };
-        bind_member(&mut sm, 10, &gang_pod("m0", 2), "gpu2", &group).unwrap();
+        bind_pod_on(&mut sm, 10, &gang_pod("m0", 2), "gpu2", Some(&group)).unwrap();
         assert_eq!(free_on(&sm, "gpu2"), 2);
         let running: Vec<pb::Job> = sm.jobs().cloned().collect();
         assert!(crate::kube_api::expired_reservations(&running, 10 + 999).is_empty());
