@@ -150,3 +150,43 @@ pub fn berth_dev(state: &std::path::Path, port: u16, args: &[&str]) -> (Proc, Ve
         }
     }
 }
+
+/// Runs the CLI `exe` (`berth`, or one of its Slurm-named symlinks) with `args` in `dir`,
+/// against the berthd replicas in `servers` (`BERTH_SERVER`).
+pub fn cli(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    servers: &str,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(exe)
+        .args(args)
+        .current_dir(dir)
+        .env("BERTH_SERVER", servers)
+        .output()
+        .expect("run the berth CLI")
+}
+
+/// Runs `berth args` in `dir` against `servers`.
+pub fn berth(dir: &std::path::Path, servers: &str, args: &[&str]) -> std::process::Output {
+    cli(&bin("berth"), dir, servers, args)
+}
+
+/// `berth sbatch --parsable args`: the new job's id.
+///
+/// # Panics
+/// When sbatch fails, with its error.
+pub fn sbatch(dir: &std::path::Path, servers: &str, args: &[&str]) -> u64 {
+    let mut all = vec!["sbatch", "--parsable"];
+    all.extend_from_slice(args);
+    let out = berth(dir, servers, &all);
+    assert!(
+        out.status.success(),
+        "sbatch {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sbatch --parsable prints the job id")
+}

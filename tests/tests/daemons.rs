@@ -21,12 +21,7 @@ fn berthd(state: &Path, port: u16) -> Proc {
 }
 
 fn berth(dir: &Path, port: u16, args: &[&str]) -> Output {
-    Command::new(bin("berth"))
-        .args(args)
-        .current_dir(dir)
-        .env("BERTH_SERVER", format!("127.0.0.1:{port}"))
-        .output()
-        .unwrap()
+    berth_tests::berth(dir, &format!("127.0.0.1:{port}"), args)
 }
 
 fn job_state(dir: &Path, port: u16, id: u64) -> String {

@@ -3,7 +3,7 @@
 //! Slurm user would. No sleeps as synchronisation: every wait polls with a deadline.
 
 use berth_proto::v1 as pb;
-use berth_tests::{berth_dev, bin, free_port, Proc};
+use berth_tests::{berth, berth_dev, bin, cli, free_port, sbatch, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -43,32 +43,16 @@ impl Dev {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
-        self.run(&bin("berth"), args)
+        berth(&self.dir, &self.server(), args)
     }
 
     fn run(&self, exe: &Path, args: &[&str]) -> Output {
-        Command::new(exe)
-            .args(args)
-            .current_dir(&self.dir)
-            .env("BERTH_SERVER", self.server())
-            .output()
-            .unwrap()
+        cli(exe, &self.dir, &self.server(), args)
     }
 
     /// Submits and returns the job id (`--parsable`).
     fn submit(&self, args: &[&str]) -> u64 {
-        let mut all = vec!["sbatch", "--parsable"];
-        all.extend_from_slice(args);
-        let out = self.berth(&all);
-        assert!(
-            out.status.success(),
-            "sbatch {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("job id")
+        sbatch(&self.dir, &self.server(), args)
     }
 
     fn show_job(&self, id: u64) -> String {

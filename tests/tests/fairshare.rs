@@ -4,7 +4,7 @@
 //! reserved one without delaying it; bad accounts files, classes and signals are refused.
 //! No sleeps as synchronisation: every wait polls with a deadline.
 
-use berth_tests::{berth_dev, bin, free_port, poll, Proc};
+use berth_tests::{berth, berth_dev, bin, free_port, poll, sbatch, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -64,24 +64,11 @@ impl Dev {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
-        Command::new(bin("berth"))
-            .args(args)
-            .current_dir(&self.dir)
-            .env("BERTH_SERVER", format!("http://127.0.0.1:{}", self.port))
-            .output()
-            .unwrap()
+        berth(&self.dir, &format!("http://127.0.0.1:{}", self.port), args)
     }
 
     fn submit(&self, args: &[&str]) -> u64 {
-        let mut all = vec!["sbatch", "--parsable"];
-        all.extend_from_slice(args);
-        let out = self.berth(&all);
-        assert!(
-            out.status.success(),
-            "sbatch {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        sbatch(&self.dir, &format!("http://127.0.0.1:{}", self.port), args)
     }
 
     fn show(&self, id: u64) -> String {

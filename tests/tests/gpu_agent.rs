@@ -3,10 +3,10 @@
 //! is printed and serves dcgm-exporter metrics, and an injected XID 79 marks the GPU
 //! unhealthy in berthd (through the log), after which no job is placed on it.
 
-use berth_tests::{berth_dev, bin, free_port, poll, Proc};
+use berth_tests::{berth, berth_dev, free_port, poll, Proc};
 use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 struct Dev {
     _proc: Proc,
@@ -36,12 +36,7 @@ impl Dev {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
-        Command::new(bin("berth"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("BERTH_SERVER", &self.server)
-            .output()
-            .expect("run berth")
+        berth(self.dir.path(), &self.server, args)
     }
 
     fn stdout(&self, args: &[&str]) -> String {

@@ -3,9 +3,9 @@
 //! acknowledged job still there. (See also `failover.rs`: the same under continuous load with GPU agents.)
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port, poll, replica, Proc};
+use berth_tests::{berth, bin, free_port, poll, replica, Proc};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs).
 fn cpu_agent(dir: &Path, servers: &str) -> Proc {
@@ -24,15 +24,6 @@ fn cpu_agent(dir: &Path, servers: &str) -> Proc {
             .spawn()
             .unwrap(),
     )
-}
-
-fn berth(dir: &Path, servers: &str, args: &[&str]) -> Output {
-    Command::new(bin("berth"))
-        .args(args)
-        .current_dir(dir)
-        .env("BERTH_SERVER", servers)
-        .output()
-        .unwrap()
 }
 
 fn status(port: u16) -> Option<pb::ReplicaStatus> {
