@@ -295,7 +295,13 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
     let mut client = client::jobs(channel);
     let mut code = 0;
     for id in ids {
-        if let Err(s) = client.cancel(pb::CancelRequest { job_id: id }).await {
+        if let Err(s) = client
+            .cancel(pb::CancelRequest {
+                job_id: id,
+                reason: String::new(),
+            })
+            .await
+        {
             eprintln!(
                 "scancel: error: Kill job error on job id {id}: {}",
                 status_text(&s)

@@ -1338,6 +1338,7 @@ mod tests {
             time_ms: 2_000,
             cmd: Some(pb::command::Cmd::Cancel(pb::CancelJob {
                 job_id: expired[0],
+                reason: "pod group reservation timed out".into(),
             })),
         };
         sm.apply(11, cancel);

@@ -218,7 +218,10 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
         .map_err(|s| s.message().to_string())?
         .into_inner();
     if let Err(e) = kube.bind(&job).await {
-        let cancel = pb::CancelRequest { job_id: job.id };
+        let cancel = pb::CancelRequest {
+            job_id: job.id,
+            reason: format!("binding refused: {e}"),
+        };
         if let Err(s) = http.api.cancel(tonic::Request::new(cancel)).await {
             tracing::error!(
                 job = job.id,

@@ -12,7 +12,7 @@ use crate::server::command;
 use berth_proto::v1 as pb;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -144,6 +144,27 @@ impl Kube {
         Ok(())
     }
 
+    /// Deletes `pod`, only if it still has the uid berth bound (a pod recreated under the
+    /// same name is someone else's). A pod already gone counts as deleted.
+    ///
+    /// # Errors
+    /// [`KubeError::Api`] when the API refuses for another reason.
+    pub async fn delete_pod(&self, pod: &pb::PodRef) -> Result<(), KubeError> {
+        let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Phase of every pod berth bound (labelled with [`JOB_ID_KEY`]), by pod uid.
     ///
     /// # Errors
@@ -177,6 +198,33 @@ pub fn expired_reservations(running: &[pb::Job], now_ms: u64) -> Vec<u64> {
         .filter_map(|j| {
             let group = j.spec.as_ref()?.pod_group.as_ref()?;
             (now_ms >= j.start_time_ms.saturating_add(group.timeout_ms)).then_some(j.id)
+        })
+        .collect()
+}
+
+/// How long after a user cancelled a pod's job the pod watch still deletes the pod: long
+/// enough to outlast a leader change or an API outage, short enough that the watch does
+/// not walk every job ever cancelled.
+const DELETE_WINDOW_MS: u64 = 3_600_000;
+
+/// Pods whose jobs the user cancelled (scancel) but which Kubernetes still runs or holds:
+/// deleting them is what cancelling means for a pod. Jobs berth cancelled itself (a refused
+/// binding, an expired reservation) name another reason and keep their pods.
+pub fn pods_to_delete(
+    ended: &[pb::Job],
+    phases: &BTreeMap<String, String>,
+    now_ms: u64,
+) -> Vec<pb::PodRef> {
+    ended
+        .iter()
+        .filter(|j| j.state() == pb::JobState::Cancelled)
+        .filter(|j| j.reason == crate::state_machine::CANCELLED_BY_USER)
+        .filter(|j| now_ms < j.end_time_ms.saturating_add(DELETE_WINDOW_MS))
+        .filter_map(|j| j.spec.as_ref()?.pod.clone())
+        .filter(|pod| {
+            phases
+                .get(&pod.uid)
+                .is_some_and(|phase| phase != "Succeeded" && phase != "Failed")
         })
         .collect()
 }
@@ -239,19 +287,27 @@ pub async fn pod_watch_loop(
         if !raft.is_leader() {
             continue;
         }
-        let running: Vec<pb::Job> = raft
+        let now = crate::server::now_ms();
+        let (running, cancelled): (Vec<pb::Job>, Vec<pb::Job>) = raft
             .state()
             .jobs()
-            .filter(|j| j.state() == pb::JobState::Running)
             .filter(|j| crate::state_machine::pods::is_kubernetes(j))
+            .filter(|j| match j.state() {
+                pb::JobState::Running => true,
+                pb::JobState::Cancelled => now < j.end_time_ms.saturating_add(DELETE_WINDOW_MS),
+                _ => false,
+            })
             .cloned()
-            .collect();
-        if running.is_empty() {
+            .partition(|j| j.state() == pb::JobState::Running);
+        if running.is_empty() && cancelled.is_empty() {
             continue;
         }
-        for job_id in expired_reservations(&running, crate::server::now_ms()) {
+        for job_id in expired_reservations(&running, now) {
             tracing::info!(job_id, "pod group reservation timed out; releasing it");
-            let cancel = pb::command::Cmd::Cancel(pb::CancelJob { job_id });
+            let cancel = pb::command::Cmd::Cancel(pb::CancelJob {
+                job_id,
+                reason: "pod group reservation timed out".into(),
+            });
             if let Err(e) = raft.propose(command(cancel)).await {
                 tracing::warn!("reservation release not proposed: {e}");
             }
@@ -263,7 +319,15 @@ pub async fn pod_watch_loop(
                 continue;
             }
         };
-        for ended in ended_pods(&running, &phases, crate::server::now_ms()) {
+        for pod in pods_to_delete(&cancelled, &phases, now) {
+            match kube.delete_pod(&pod).await {
+                Ok(()) => tracing::info!(pod = %pod.name, "deleted the pod of a cancelled job"),
+                Err(e) => {
+                    tracing::warn!(pod = %pod.name, "cannot delete the pod of a cancelled job: {e}")
+                }
+            }
+        }
+        for ended in ended_pods(&running, &phases, now) {
             if let Err(e) = raft
                 .propose(command(pb::command::Cmd::JobEnded(ended)))
                 .await
@@ -353,5 +417,41 @@ mod tests {
             ]
         );
         assert!(ended.iter().all(|e| e.node == "n1"));
+    }
+
+    #[test]
+    fn only_pods_of_user_cancelled_jobs_are_deleted_while_they_still_run() {
+        let cancelled = |id: u64, uid: &str, reason: &str, ended: u64| pb::Job {
+            state: pb::JobState::Cancelled as i32,
+            reason: reason.into(),
+            end_time_ms: ended,
+            ..pod_job(id, uid, 0)
+        };
+        let now = DELETE_WINDOW_MS + 10_000;
+        let jobs = [
+            cancelled(1, "a", "cancelled", now - 1_000),
+            cancelled(2, "b", "binding refused: conflict", now - 1_000),
+            cancelled(3, "c", "cancelled", now - 1_000),
+            cancelled(4, "d", "cancelled", now - 1_000),
+            cancelled(5, "e", "cancelled", 9_000),
+            cancelled(6, "f", "pod deleted", now - 1_000),
+        ];
+        let phases: BTreeMap<String, String> = [
+            ("a", "Running"),
+            ("b", "Running"),
+            ("c", "Succeeded"),
+            ("e", "Pending"),
+            ("f", "Running"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let got: Vec<String> = pods_to_delete(&jobs, &phases, now)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        // b: berth cancelled it (the pod belongs to whoever bound it); c: already done;
+        // d: already gone; e: cancelled longer ago than the window; f: gone by itself.
+        assert_eq!(got, vec!["p1".to_string()]);
     }
 }

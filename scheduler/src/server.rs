@@ -250,8 +250,11 @@ impl pb::job_service_server::JobService for Api {
         if let Some(mut leader) = self.leader().await? {
             return leader.cancel(Request::new(req.into_inner())).await;
         }
-        let job_id = req.into_inner().job_id;
-        outcome_status(self.propose(Cmd::Cancel(pb::CancelJob { job_id })).await?)?;
+        let pb::CancelRequest { job_id, reason } = req.into_inner();
+        outcome_status(
+            self.propose(Cmd::Cancel(pb::CancelJob { job_id, reason }))
+                .await?,
+        )?;
         Ok(Response::new(pb::CancelResponse {}))
     }
 

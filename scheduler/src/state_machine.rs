@@ -96,6 +96,10 @@ impl Default for StateMachine {
 /// oldest are dropped, which could in principle allow a long preemption cycle).
 const PREEMPTED_FOR_MAX: usize = 64;
 
+/// The end reason of a job the user cancelled (scancel); berth's own cancels name theirs.
+/// The pod watch deletes the pod of a Kubernetes job that ended with exactly this reason.
+pub const CANCELLED_BY_USER: &str = "cancelled";
+
 /// Result of [`StateMachine::apply`].
 pub type Applied = (Outcome, Vec<Effect>);
 
@@ -181,7 +185,7 @@ impl StateMachine {
         };
         let (outcome, mut effects) = match cmd {
             Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
-            Cmd::Cancel(c) => self.cancel(c.job_id, now),
+            Cmd::Cancel(c) => self.cancel(c.job_id, &c.reason, now),
             Cmd::Hold(c) => self.hold(c.job_id, c.hold),
             Cmd::RegisterNode(c) => self.register_node(c.inventory.unwrap_or_default(), now),
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
@@ -239,7 +243,13 @@ impl StateMachine {
         (Outcome::Submitted(id), vec![changed(id)])
     }
 
-    fn cancel(&mut self, id: u64, now: u64) -> Applied {
+    /// Cancels job `id`; `reason` is empty when the user asked (shown as "cancelled").
+    fn cancel(&mut self, id: u64, reason: &str, now: u64) -> Applied {
+        let reason = if reason.is_empty() {
+            CANCELLED_BY_USER
+        } else {
+            reason
+        };
         let Some(job) = self.state.jobs.get_mut(&id) else {
             return (Outcome::NoSuchJob(id), vec![]);
         };
@@ -251,12 +261,12 @@ impl StateMachine {
                 (Outcome::Done, vec![changed(id)])
             }
             // kubelet, not an agent, runs a pod (and a pod group's reservation runs
-            // nothing): cancelling releases the GPUs at once (deleting the pod is
-            // Kubernetes' business).
+            // nothing): cancelling releases the GPUs at once; the leader's pod watch then
+            // deletes a user-cancelled pod (`kube_api::pods_to_delete`).
             JobState::Running if pods::is_kubernetes(job) => {
                 let finished = pb::JobFinished {
                     state: JobState::Cancelled as i32,
-                    reason: "cancelled".into(),
+                    reason: reason.into(),
                     ..Default::default()
                 };
                 self.finish(id, &finished, now);
@@ -269,7 +279,7 @@ impl StateMachine {
                     node,
                     job_id: id,
                     state: JobState::Cancelled,
-                    reason: "cancelled".into(),
+                    reason: reason.into(),
                     signal: 0,
                     batch_only: false,
                     grace_secs: 0,

@@ -108,7 +108,13 @@ fn log() -> Vec<pb::Command> {
         cmd(5, alloc(2, "n1", &["GPU-n1-0"])), // refused: held by job 1
         cmd(6, ended(1, "n1", JobState::Completed, 0)),
         cmd(7, alloc(2, "n1", &["GPU-n1-0"])),
-        cmd(8, Cmd::Cancel(pb::CancelJob { job_id: 2 })),
+        cmd(
+            8,
+            Cmd::Cancel(pb::CancelJob {
+                job_id: 2,
+                reason: String::new(),
+            }),
+        ),
         cmd(
             9,
             Cmd::Submit(pb::SubmitJob {
@@ -122,7 +128,13 @@ fn log() -> Vec<pb::Command> {
                 reason: "gone".into(),
             }),
         ),
-        cmd(11, Cmd::Cancel(pb::CancelJob { job_id: 99 })),
+        cmd(
+            11,
+            Cmd::Cancel(pb::CancelJob {
+                job_id: 99,
+                reason: String::new(),
+            }),
+        ),
     ]
 }
 
@@ -178,8 +190,20 @@ fn cancel_and_hold_follow_slurm() {
             hold: true,
         }),
     ));
-    l.push(cmd(5, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
-    l.push(cmd(6, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
+    l.push(cmd(
+        5,
+        Cmd::Cancel(pb::CancelJob {
+            job_id: 1,
+            reason: String::new(),
+        }),
+    ));
+    l.push(cmd(
+        6,
+        Cmd::Cancel(pb::CancelJob {
+            job_id: 1,
+            reason: String::new(),
+        }),
+    ));
     l.push(cmd(7, alloc(2, "n1", &["GPU-n1-0"])));
     l.push(cmd(
         8,
@@ -212,7 +236,16 @@ fn running_cancel_emits_kill_and_end_report_emits_ack() {
     for (i, c) in log()[..4].iter().enumerate() {
         sm.apply(i as u64 + 1, c.clone());
     }
-    let (_, effects) = sm.apply(5, cmd(5, Cmd::Cancel(pb::CancelJob { job_id: 1 })));
+    let (_, effects) = sm.apply(
+        5,
+        cmd(
+            5,
+            Cmd::Cancel(pb::CancelJob {
+                job_id: 1,
+                reason: String::new(),
+            }),
+        ),
+    );
     assert!(effects.iter().any(|e| matches!(e, Effect::Kill { node, job_id: 1, state: JobState::Cancelled, .. } if node == "n1")));
     assert!(sm.job(1).unwrap().kill_requested);
     let (out, effects) = sm.apply(6, cmd(6, ended(1, "n1", JobState::Cancelled, 0)));

@@ -2,12 +2,13 @@
 //! server (no real cluster can run here; see README): berthd reads the pod, commits its
 //! job with exact GPUs, labels and annotates the pod, posts the Binding, answers a retried
 //! bind with the same job, refuses what does not fit, releases the grant when the API
-//! refuses the binding, and ends the job when the pod succeeds.
+//! refuses the binding (keeping that pod), ends the job when the pod succeeds, and deletes
+//! the pod of a job the user cancels.
 //!
 //! The stand-in speaks the API's real paths and JSON for the calls berthd makes (kube-rs
 //! on the client side), and records them.
 
-use berth_tests::{berth_dev, bin, free_port, poll};
+use berth_tests::{berth, berth_dev, bin, free_port, poll};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -55,6 +56,10 @@ fn answer(api: &Mutex<ApiServer>, method: &str, path: &str, body: &str) -> (u16,
             ("PATCH", false) => {
                 api.labelled.insert(name.clone(), body.to_string());
                 (200, pod_json(&name, gpus(&name), "Pending").to_string())
+            }
+            ("DELETE", false) => {
+                api.labelled.remove(&name);
+                (200, pod_json(&name, gpus(&name), "Running").to_string())
             }
             ("POST", true) if name == "refused" => (
                 409,
@@ -297,4 +302,36 @@ fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
             .any(|l| l.contains("train") && l.contains("COMPLETED"))
             .then_some(())
     });
+
+    // scancel of a running pod's job: the pod watch deletes that pod (only if it still has
+    // the uid berth bound), and leaves alone the pod whose binding was refused.
+    let queue = squeue(grpc);
+    let member = queue
+        .lines()
+        .find(|l| l.contains("gang-1") && l.contains("RUNNING"))
+        .unwrap_or_else(|| panic!("{queue}"));
+    let member_id = member.split_whitespace().next().unwrap();
+    let out = berth(
+        tmp.path(),
+        &format!("127.0.0.1:{grpc}"),
+        &["scancel", member_id],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let delete = poll("the cancelled job's pod deleted", 30, || {
+        let api = api.lock().unwrap();
+        api.calls
+            .iter()
+            .find(|(m, p, _)| m == "DELETE" && p.contains("/pods/gang-1"))
+            .cloned()
+    });
+    let body: serde_json::Value = serde_json::from_str(&delete.2).unwrap();
+    assert_eq!(body["preconditions"]["uid"], "uid-gang-1", "{body}");
+    let api = api.lock().unwrap();
+    let deleted: Vec<&str> = api
+        .calls
+        .iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
 }

@@ -176,7 +176,10 @@ impl Workload {
                     cluster,
                     i,
                     now_ms,
-                    pb::command::Cmd::Cancel(pb::CancelJob { job_id: id }),
+                    pb::command::Cmd::Cancel(pb::CancelJob {
+                        job_id: id,
+                        reason: String::new(),
+                    }),
                     Asked::Cancel(id),
                 );
             }
@@ -338,7 +341,10 @@ impl Workload {
             .cloned()
             .collect();
         for job_id in berth_scheduler::kube_api::expired_reservations(&all_running, now_ms) {
-            cmds.push(pb::command::Cmd::Cancel(pb::CancelJob { job_id }));
+            cmds.push(pb::command::Cmd::Cancel(pb::CancelJob {
+                job_id,
+                reason: String::new(),
+            }));
         }
         let running: Vec<&pb::Job> = sm
             .jobs()
