@@ -208,11 +208,16 @@ pub struct Usage {
 }
 
 /// `2^-(dt/half_life)`; 1 when `half_life_ms` is 0 (no decay).
+///
+/// Decayed usage is replicated state (every replica charges it when applying a job's end),
+/// so it must come out bit-identical on every machine: `libm`'s pure-Rust `exp2` gives the
+/// same bits everywhere, where `f64::exp2` calls the platform's C library, whose results
+/// may differ in the last bit between versions and architectures.
 pub fn decay_factor(dt_ms: u64, half_life_ms: u64) -> f64 {
     if half_life_ms == 0 {
         return 1.0;
     }
-    (-(dt_ms as f64) / half_life_ms as f64).exp2()
+    libm::exp2(-(dt_ms as f64) / half_life_ms as f64)
 }
 
 /// Value at `at_ms` of running at `rate` (per second) during `[start_ms, end_ms]`, each

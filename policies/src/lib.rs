@@ -70,6 +70,10 @@ pub enum PolicyKind {
     /// Jobs in the order given (by id), each started if it fits now (first fit); no
     /// reservations, so a large job can be overtaken forever. What berthd ran before.
     Fifo,
+    /// Strict first-in first-out, as Slurm's builtin scheduler without backfill: jobs in
+    /// the order given; the first job of a partition that cannot start blocks every later
+    /// job of that partition (reason `Priority`) for the rest of the pass.
+    StrictFifo,
     /// Jobs in the order given, with EASY backfill reservations.
     Backfill,
     /// Multifactor priority (fair share, age, QOS, size), quotas, EASY backfill and

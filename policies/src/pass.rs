@@ -166,6 +166,8 @@ struct Pass<'a> {
     /// `preempt_by_priority`); 0 before any.
     no_victims_at_or_below: u32,
     searches: usize,
+    /// Partitions whose first waiting job blocks the rest ([`PolicyKind::StrictFifo`]).
+    blocked: HashSet<&'a str>,
     out: Schedule,
 }
 
@@ -178,7 +180,7 @@ pub fn run(
 ) -> Schedule {
     let berth = cfg.kind == PolicyKind::Berth;
     let backfill_slots = match cfg.kind {
-        PolicyKind::Fifo => 0,
+        PolicyKind::Fifo | PolicyKind::StrictFifo => 0,
         PolicyKind::Backfill => cfg.backfill_reservations.max(1),
         PolicyKind::Berth => cfg.backfill_reservations,
     };
@@ -230,6 +232,7 @@ pub fn run(
         pending,
         no_victims_at_or_below: 0,
         searches: 0,
+        blocked: HashSet::new(),
         out: Schedule::default(),
     };
     for job in order {
@@ -240,6 +243,14 @@ pub fn run(
 
 impl<'a> Pass<'a> {
     fn consider(&mut self, job: &'a PendingJob) {
+        if self.blocked.contains(job.partition.as_str()) {
+            return self.out.pending.push(PendingStatus {
+                job_id: job.id,
+                reason: PendingReason::Priority,
+                expected_start_ms: None,
+                why: None,
+            });
+        }
         let leaf = self
             .ledger
             .as_ref()
@@ -284,6 +295,9 @@ impl<'a> Pass<'a> {
                 expected_start_ms: Some(self.now_ms + self.cfg.preempt_grace_ms),
                 why,
             });
+        }
+        if self.cfg.kind == PolicyKind::StrictFifo {
+            self.blocked.insert(job.partition.as_str());
         }
         self.wait(job, long, why, sid);
     }

@@ -116,6 +116,16 @@ fn easy_backfill_runs_short_jobs_ahead_only() {
         ),
         // FIFO first fit: C starts too, and A's start slips to t=500.
         (PolicyKind::Fifo, vec![2, 3], vec![(1, "Resources", None)]),
+        // Strict FIFO: A blocks its partition, so neither B nor C starts.
+        (
+            PolicyKind::StrictFifo,
+            vec![],
+            vec![
+                (1, "Resources", None),
+                (2, "Priority", None),
+                (3, "Priority", None),
+            ],
+        ),
     ];
     for (i, (kind, started, pending)) in cases.into_iter().enumerate() {
         let s = schedule(&snap, &jobs, &cfg(kind), 0);

@@ -2,7 +2,7 @@
 //! simulated clock and reports job completion times, queueing delay, makespan, GPU
 //! utilization and fairness.
 //!
-//! `berth-sim philly --policy fifo|backfill|berth [--nodes N] [--gpus-per-node G]
+//! `berth-sim philly --policy fifo|firstfit|backfill|berth [--nodes N] [--gpus-per-node G]
 //! [--accounts A] [--walltime-factor F] [--trace PATH] [--json]`
 //!
 //! Jobs go to accounts `team0..team{A-1}` by FNV-1a of their Philly application id (equal
@@ -72,8 +72,11 @@ struct Opts {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Policy {
-    /// FIFO order, first fit (berthd before fair share).
+    /// Strict FIFO: the first job that cannot start blocks every later one (Slurm's
+    /// builtin scheduler without backfill).
     Fifo,
+    /// FIFO order, first fit: any later job that fits starts (berthd before fair share).
+    Firstfit,
     /// FIFO order with EASY backfill.
     Backfill,
     /// Fair Tree multifactor priority + EASY backfill (+ preemption, quotas if configured).
@@ -167,7 +170,8 @@ fn config(policy: Policy, accounts: u64) -> anyhow::Result<PolicyConfig> {
     let flat: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
     let mut cfg = PolicyConfig {
         kind: match policy {
-            Policy::Fifo => PolicyKind::Fifo,
+            Policy::Fifo => PolicyKind::StrictFifo,
+            Policy::Firstfit => PolicyKind::Fifo,
             Policy::Backfill => PolicyKind::Backfill,
             Policy::Berth => PolicyKind::Berth,
         },
