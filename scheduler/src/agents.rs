@@ -200,6 +200,8 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
                         batch_only: spec.signal_batch_only,
                         grace_secs: spec.signal_secs,
                     }));
+                } else if let Some(why) = job.kill_requested.then(|| sm.failed_gpu(job)).flatten() {
+                    out.push(kill(job.id, JobState::NodeFail, &why));
                 } else if job.kill_requested {
                     out.push(kill(job.id, JobState::Cancelled, "cancelled"));
                 }

@@ -444,18 +444,12 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
     }
     match &ev.event {
         Some(job_event::Event::Started(_)) => Ok(()),
-        Some(job_event::Event::Finished(f)) => match f.state() {
-            JobState::Completed
-            | JobState::Failed
-            | JobState::Cancelled
-            | JobState::Timeout
-            | JobState::OutOfMemory
-            | JobState::Preempted => Ok(()),
-            other => Err(format!(
-                "job {} finished in non-final state {other:?}",
-                ev.job_id
-            )),
-        },
+        Some(job_event::Event::Finished(f)) if crate::state_machine::is_final(f.state()) => Ok(()),
+        Some(job_event::Event::Finished(f)) => Err(format!(
+            "job {} finished in non-final state {:?}",
+            ev.job_id,
+            f.state()
+        )),
         None => Err(format!("job event for job {} without an event", ev.job_id)),
     }
 }

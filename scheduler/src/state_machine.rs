@@ -150,6 +150,22 @@ impl StateMachine {
         self.state.nodes.values()
     }
 
+    /// Why `job` must stop because a GPU it holds (whole, shared or sliced) went bad:
+    /// `GPU <uuid> unhealthy: <reason>` for the first such GPU, `None` when all are healthy.
+    pub fn failed_gpu(&self, job: &pb::Job) -> Option<String> {
+        job.allocations.iter().find_map(|a| {
+            let inv = self.node(&a.node)?.inventory.as_ref()?;
+            let held = |uuid: &str| {
+                a.gpu_uuids.iter().any(|u| u == uuid)
+                    || a.mig_slices.iter().any(|s| s.gpu_uuid == uuid)
+            };
+            inv.gpus
+                .iter()
+                .find(|g| !g.unhealthy_reason.is_empty() && held(&g.uuid))
+                .map(|g| format!("GPU {} unhealthy: {}", g.uuid, g.unhealthy_reason))
+        })
+    }
+
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&pb::Node> {
         self.state.nodes.get(name)
@@ -191,7 +207,7 @@ impl StateMachine {
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
-            Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c),
+            Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c, now),
             Cmd::BindPod(c) => self.bind_pod(c, now),
             Cmd::SetAccounts(c) => self.set_accounts(c.toml),
             Cmd::Preempt(c) => self.preempt(c, now),
@@ -381,9 +397,11 @@ impl StateMachine {
     }
 
     /// Records that a GPU went bad; placement skips it from now on. The first reason is
-    /// kept (later events on a dead GPU are noise). Jobs already on it are left to end on
-    /// their own: requeueing them is the requeue-policy issue's work.
-    fn mark_gpu_unhealthy(&mut self, c: &pb::MarkGpuUnhealthy) -> Applied {
+    /// kept (later events on a dead GPU are noise). Batch jobs on it (whole, a time-slice
+    /// share or a MIG slice of it) are killed and, once their agent reports them dead,
+    /// requeued per policy or ended NODE_FAIL, as Slurm does for a failed node. Pods are
+    /// left to kubelet.
+    fn mark_gpu_unhealthy(&mut self, c: &pb::MarkGpuUnhealthy, now: u64) -> Applied {
         if c.reason.trim().is_empty() {
             return (
                 Outcome::Rejected("unhealthy GPU without a reason".into()),
@@ -400,10 +418,35 @@ impl StateMachine {
             let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
             return (Outcome::Rejected(why), vec![]);
         };
-        if gpu.unhealthy_reason.is_empty() {
-            gpu.unhealthy_reason = c.reason.clone();
+        let mut effects = vec![Effect::NodeChanged(c.node.clone())];
+        if !gpu.unhealthy_reason.is_empty() {
+            return (Outcome::Done, effects);
         }
-        (Outcome::Done, vec![Effect::NodeChanged(c.node.clone())])
+        gpu.unhealthy_reason = c.reason.clone();
+        let victims: Vec<(u64, String)> = self
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running && !j.kill_requested)
+            .filter(|j| !pods::is_kubernetes(j))
+            .filter_map(|j| Some((j.id, self.failed_gpu(j)?)))
+            .collect();
+        for (id, reason) in victims {
+            let job = self.state.jobs.get_mut(&id).expect("listed");
+            job.kill_requested = true;
+            job.kill_time_ms = now;
+            effects.push(Effect::Kill {
+                node: job.allocations[0].node.clone(),
+                job_id: id,
+                state: JobState::NodeFail,
+                reason,
+                signal: 0,
+                batch_only: false,
+                grace_secs: 0,
+            });
+            effects.push(changed(id));
+        }
+        (Outcome::Done, effects)
     }
 
     fn allocate(&mut self, alloc: pb::Allocate, now: u64) -> Applied {
@@ -529,21 +572,14 @@ impl StateMachine {
             return (Outcome::Done, vec![ack]);
         }
         let finished = ended.finished.unwrap_or_default();
-        if !matches!(
-            finished.state(),
-            JobState::Completed
-                | JobState::Failed
-                | JobState::Cancelled
-                | JobState::Timeout
-                | JobState::OutOfMemory
-                | JobState::Preempted
-        ) {
+        if !is_final(finished.state()) {
             return (
                 Outcome::Rejected(format!("{:?} is not an end state", finished.state())),
                 vec![],
             );
         }
-        if finished.state() == JobState::Preempted && self.requeues(ended.job_id) {
+        let stopped_by_berth = matches!(finished.state(), JobState::Preempted | JobState::NodeFail);
+        if stopped_by_berth && self.requeues(ended.job_id) {
             self.requeue(ended.job_id, &finished, now);
         } else {
             self.finish(ended.job_id, &finished, now);
@@ -551,8 +587,8 @@ impl StateMachine {
         (Outcome::Done, vec![ack, changed(ended.job_id)])
     }
 
-    /// Whether a preempted job goes back to the queue: `--requeue`/`--no-requeue`, else
-    /// its class's default.
+    /// Whether a preempted job, or one stopped on a failed GPU, goes back to the queue:
+    /// `--requeue`/`--no-requeue`, else its class's default.
     fn requeues(&self, id: u64) -> bool {
         let job = &self.state.jobs[&id];
         let spec = job.spec.as_ref();
@@ -566,7 +602,7 @@ impl StateMachine {
         }
     }
 
-    /// A preempted job ends its run (resources freed, usage charged) and waits again with
+    /// A preempted (or GPU-failed) job ends its run (resources freed, usage charged) and waits again with
     /// the same id, one more restart, and a fresh eligible time.
     fn requeue(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
         self.release(id, f, now);
@@ -878,7 +914,9 @@ impl StateMachine {
 }
 
 /// Whether `s` is an end state.
-fn is_final(s: JobState) -> bool {
+/// Whether `s` ends a job: every state but pending and running. An agent may report any of
+/// them (NODE_FAIL for a job it killed on a failed GPU).
+pub fn is_final(s: JobState) -> bool {
     !matches!(
         s,
         JobState::Pending | JobState::Running | JobState::Unspecified

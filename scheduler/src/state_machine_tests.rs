@@ -727,3 +727,95 @@ fn replay_with_accounts_and_preemption_is_byte_identical() {
     let restored = StateMachine::restore(a.applied_index(), &a.encode()).unwrap();
     assert_eq!(restored, a);
 }
+
+#[test]
+fn jobs_on_a_gpu_that_goes_bad_are_killed_then_requeued_or_failed_per_policy() {
+    let mark = Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+        node: "n1".into(),
+        gpu_uuid: "GPU-n1-0".into(),
+        reason: "XID 79".into(),
+    });
+    let with_requeue = |requeue: bool| pb::JobSpec {
+        requeue: Some(requeue),
+        ..spec(1)
+    };
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 4)),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(with_requeue(true)),
+            }),
+        ),
+        cmd(
+            3,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(with_requeue(false)),
+            }),
+        ),
+        cmd(4, alloc(1, "n1", &["GPU-n1-0"])),
+        cmd(5, alloc(2, "n1", &["GPU-n1-1"])),
+    ];
+    let (mut sm, _) = run(&log);
+    let (outcome, effects) = sm.apply(6, cmd(6, mark.clone()));
+    assert_eq!(outcome, Outcome::Done);
+    let kills: Vec<(u64, JobState, String)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Kill {
+                job_id,
+                state,
+                reason,
+                ..
+            } => Some((*job_id, *state, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    // Only job 1 holds the bad GPU; job 2 on GPU 1 runs on.
+    assert_eq!(
+        kills,
+        vec![(
+            1,
+            JobState::NodeFail,
+            "GPU GPU-n1-0 unhealthy: XID 79".into()
+        )]
+    );
+    // A second event on the dead GPU kills nothing more.
+    let (_, again) = sm.apply(7, cmd(7, mark));
+    assert!(
+        !again.iter().any(|e| matches!(e, Effect::Kill { .. })),
+        "{again:?}"
+    );
+    // The agent reports job 1 dead: --requeue puts it back in the queue, same id.
+    sm.apply(8, cmd(8, ended(1, "n1", JobState::NodeFail, 0)));
+    let job = sm.job(1).unwrap();
+    assert_eq!((job.state(), job.restart_count), (JobState::Pending, 1));
+    // A --no-requeue job on a bad GPU ends NODE_FAIL.
+    let (mut sm, _) = run(&log);
+    let bad = Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+        node: "n1".into(),
+        gpu_uuid: "GPU-n1-1".into(),
+        reason: "lost".into(),
+    });
+    sm.apply(6, cmd(6, bad));
+    // The agent reports the state and reason the kill carried.
+    let dead = pb::JobFinished {
+        state: JobState::NodeFail as i32,
+        reason: "GPU GPU-n1-1 unhealthy: lost".into(),
+        ..Default::default()
+    };
+    let report = Cmd::JobEnded(pb::JobEnded {
+        job_id: 2,
+        node: "n1".into(),
+        finished: Some(dead),
+    });
+    sm.apply(7, cmd(7, report));
+    let job = sm.job(2).unwrap();
+    assert_eq!((job.state(), job.restart_count), (JobState::NodeFail, 0));
+    assert!(job.reason.contains("unhealthy: lost"), "{}", job.reason);
+}

@@ -1,7 +1,8 @@
 //! End-to-end GPU agent behaviour through the real `berth dev` binary on a simulated
 //! DGX-H100: the NVML inventory reaches `scontrol show node`, each agent's `/metrics` URL
 //! is printed and serves dcgm-exporter metrics, and an injected XID 79 marks the GPU
-//! unhealthy in berthd (through the log), after which no job is placed on it.
+//! unhealthy in berthd (through the log): the job running on it is killed and requeued,
+//! and no job is placed on it again.
 
 use berth_tests::{berth, berth_dev, free_port, poll, Proc};
 use std::io::{Read as _, Write as _};
@@ -102,6 +103,20 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         "{body}"
     );
 
+    // A job holding every GPU, GPU 0 included, when GPU 0 falls off the bus.
+    let victim = dev.stdout(&[
+        "sbatch",
+        "--parsable",
+        "--requeue",
+        "--gres=gpu:8",
+        "--wrap",
+        "sleep 300",
+    ]);
+    let victim = victim.trim();
+    poll("the 8-GPU job runs", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", victim]);
+        text.contains("JobState=RUNNING ").then_some(())
+    });
     write(
         &dev.nvml_dir().join(berth_simnvml::INJECT_FILE_NAME),
         "{\"gpu\": 0, \"xid\": 79}\n",
@@ -115,6 +130,11 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         !shown.contains("Gpu=1 Health=UNHEALTHY"),
         "only GPU 0:\n{shown}"
     );
+    // --requeue: killed, back in the queue with the same id, and it cannot fit any more.
+    poll("the job on the bad GPU requeued", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", victim]);
+        (text.contains("JobState=PENDING ") && text.contains("Restarts=1 ")).then_some(())
+    });
 
     let all = dev.stdout(&["sbatch", "--parsable", "--gres=gpu:8", "--wrap", "true"]);
     let seven = dev.stdout(&[
