@@ -479,7 +479,7 @@ fn gpu_counts(node: &pb::Node) -> (u32, u32) {
     for g in node.inventory.iter().flat_map(|i| &i.gpus) {
         if g.unhealthy_reason.is_empty() {
             counts.0 += 1;
-            if g.job_id == 0 && g.share_job_ids.is_empty() {
+            if crate::state_machine::mig::whole_gpu_free(g) {
                 counts.1 += 1;
             }
         }
@@ -531,7 +531,7 @@ pub fn allocation_on(
     let mut free: Vec<&pb::Gpu> = inv
         .gpus
         .iter()
-        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
         .collect();
     free.sort_by_key(|g| g.index);
     free.truncate(spec.gpus_per_node as usize);
@@ -646,7 +646,7 @@ fn free_gpus(inv: &pb::NodeInventory) -> Vec<&pb::Gpu> {
     let mut free: Vec<&pb::Gpu> = inv
         .gpus
         .iter()
-        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
         .collect();
     free.sort_by_key(|g| g.index);
     free
