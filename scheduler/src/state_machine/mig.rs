@@ -197,3 +197,7 @@ impl StateMachine {
 pub fn release(gpu: &mut pb::Gpu, id: u64) {
     gpu.mig_held.retain(|s| s.job_id != id);
 }
+
+#[cfg(test)]
+#[path = "mig_tests.rs"]
+mod tests;
