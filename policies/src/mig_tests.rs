@@ -230,6 +230,9 @@ fn the_filter_says_why_a_node_cannot_take_slices() {
     }
 }
 
+/// (job, node, slices as (GPU index, start, profile)).
+type Placed = (u64, String, Vec<(u32, u32, String)>);
+
 #[test]
 fn a_pass_places_mig_jobs_only_on_mig_gpus_and_whole_jobs_never_there() {
     let c = ClusterSnapshot {
@@ -253,10 +256,12 @@ fn a_pass_places_mig_jobs_only_on_mig_gpus_and_whole_jobs_never_there() {
         // 7g needs an empty card; both are carved by now.
         mig_job(6, "7g.40gb", 1),
     ];
-    let mut cfg = PolicyConfig::default();
-    cfg.kind = crate::PolicyKind::Fifo;
+    let cfg = PolicyConfig {
+        kind: crate::PolicyKind::Fifo,
+        ..PolicyConfig::default()
+    };
     let got = schedule(&c, &jobs, &cfg, 0);
-    let placed: Vec<(u64, String, Vec<(u32, u32, String)>)> = got
+    let placed: Vec<Placed> = got
         .decisions
         .iter()
         .map(|d| {
