@@ -472,12 +472,13 @@ fn node_name(node: &serde_json::Value) -> Option<&str> {
 }
 
 /// Why `node` cannot take `gpus` GPUs now: `Err((reason, unresolvable))`.
-/// Healthy GPUs of a node, and how many of them are free: no job holds them, whole or by
-/// a time-slice share. One pass, no allocation: filter runs it for every candidate node.
+/// Healthy whole (not MIG-mode) GPUs of a node, and how many of them are free: no job
+/// holds them, whole or by a time-slice share. One pass, no allocation: filter runs it for every candidate node.
 fn gpu_counts(node: &pb::Node) -> (u32, u32) {
     let mut counts = (0, 0);
     for g in node.inventory.iter().flat_map(|i| &i.gpus) {
-        if g.unhealthy_reason.is_empty() {
+        // A MIG-mode GPU is never a whole GPU for a pod, whatever its load.
+        if g.unhealthy_reason.is_empty() && !g.mig_enabled {
             counts.0 += 1;
             if crate::state_machine::mig::whole_gpu_free(g) {
                 counts.1 += 1;

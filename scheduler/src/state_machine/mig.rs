@@ -145,8 +145,12 @@ pub fn view_fields(
     gpu: &pb::Gpu,
     cache: &mut BTreeMap<String, Arc<Vec<MigProfile>>>,
 ) -> (bool, Arc<Vec<MigProfile>>, Vec<MigHeld>) {
-    if !gpu.mig_enabled || !gpu.unhealthy_reason.is_empty() {
+    if !gpu.mig_enabled {
         return (false, Arc::default(), Vec::new());
+    }
+    if !gpu.unhealthy_reason.is_empty() {
+        // Still MIG-only (never a whole GPU), but no slice may be placed on it: no profiles.
+        return (true, Arc::default(), held(gpu));
     }
     let table = profiles(gpu);
     let key = format!("{}/{table:?}", gpu.model);

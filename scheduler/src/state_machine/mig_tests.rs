@@ -307,6 +307,42 @@ fn bad_mig_requests_are_refused_at_submit() {
     }
 }
 
+#[test]
+fn an_unhealthy_mig_gpu_gets_no_slice_and_no_whole_job() {
+    let mut sm = StateMachine::default();
+    let n1 = inventory("n1", vec![mig_gpu("n1", 0, true)]);
+    assert_eq!(sm.apply(1, cmd(1, register(n1))).0, Outcome::Done);
+    sm.apply(2, cmd(2, submit(mig_spec("1g.5gb", 1))));
+    let bad = Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+        node: "n1".into(),
+        gpu_uuid: "GPU-n1-0".into(),
+        reason: "XID 79".into(),
+    });
+    assert_eq!(sm.apply(3, cmd(3, bad)).0, Outcome::Done);
+    let view = sm.cluster_view();
+    let g = &view.nodes[0].gpus[0];
+    assert!(
+        g.mig_enabled && !g.free && g.mig_profiles.is_empty(),
+        "{g:?}"
+    );
+    let out = sm
+        .apply(
+            4,
+            cmd(
+                4,
+                alloc(1, "n1", &[], vec![slice("GPU-n1-0", "1g.5gb", 6, 1)]),
+            ),
+        )
+        .0;
+    assert!(
+        matches!(&out, Outcome::Rejected(m) if m.contains("unhealthy")),
+        "{out:?}"
+    );
+    let plan = plan(&sm, 1, 5).expect("job 1 pending");
+    assert!(plan.allocate.is_none());
+    assert_eq!(plan.reasons[&1].0, "Resources");
+}
+
 /// Applies one scheduling pass's decisions, as the leader's loop does.
 fn pass(sm: &mut StateMachine, index: &mut u64) -> Vec<u64> {
     let Some(plan) = plan(sm, 1, 1_000) else {
