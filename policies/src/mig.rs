@@ -433,6 +433,27 @@ fn gpu_mut<'a>(gpus: &'a mut [GpuView], uuid: &str, index: u32) -> Option<&'a mu
     gpus.get_mut(at)
 }
 
+/// GPU equivalents of some slices for fair-share charges: memory slices over the card's 8
+/// (a 3g.40gb at 4:4 is 0.5 GPU, a 1g.10gb 0.125), since memory is what a slice takes from
+/// everyone else.
+pub fn gpu_equivalents(slices: &[MigGrant]) -> f64 {
+    slices
+        .iter()
+        .map(|s| f64::from(s.size) / f64::from(MEMORY_SLICES))
+        .sum()
+}
+
+/// A job's charge rate with its MIG slices counted: `rate` (from whole GPUs, CPUs and
+/// memory, [`crate::fairshare::dominant_rate`]) or the slices' GPU equivalents, whichever
+/// is larger. For a job holding slices and no whole GPU that is exactly its dominant-share
+/// rate, since the rate's unit is one GPU whenever the cluster has GPUs.
+pub fn charge_rate(rate: f64, slices: &[MigGrant], cap: &crate::Capacity) -> f64 {
+    if cap.gpus == 0 {
+        return rate;
+    }
+    rate.max(gpu_equivalents(slices))
+}
+
 /// The slices `job` gets on `node` ([`choose`] at the pipeline's carve cost); empty for
 /// jobs that ask for none, or when they do not fit (the filter ran first, so they do).
 pub fn grants(job: &PendingJob, node: &NodeView, carve_cost: f64) -> Vec<MigGrant> {

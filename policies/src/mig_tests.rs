@@ -296,6 +296,24 @@ fn a_pass_places_mig_jobs_only_on_mig_gpus_and_whole_jobs_never_there() {
     assert_eq!(w.nodes[0].gpus[0].mig_held.len(), 1);
 }
 
+#[test]
+fn slices_are_charged_by_memory_share() {
+    let g = |size| MigGrant {
+        size,
+        ..MigGrant::default()
+    };
+    let cap = crate::Capacity {
+        gpus: 4,
+        ..crate::Capacity::default()
+    };
+    // 4/8 + 1/8 = 0.625 GPU; a CPU-heavy rate of 2.0 stays; no GPUs: slices change nothing.
+    assert_eq!(gpu_equivalents(&[g(4), g(1)]), 0.625);
+    assert_eq!(charge_rate(0.1, &[g(4), g(1)], &cap), 0.625);
+    assert_eq!(charge_rate(2.0, &[g(8)], &cap), 2.0);
+    assert_eq!(charge_rate(0.1, &[], &cap), 0.1);
+    assert_eq!(charge_rate(0.1, &[g(8)], &crate::Capacity::default()), 0.1);
+}
+
 fn legal(gpu: &GpuView) -> Result<(), String> {
     for (i, h) in gpu.mig_held.iter().enumerate() {
         let p = gpu

@@ -714,7 +714,20 @@ impl StateMachine {
             .sum();
         let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
         let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
-        let rate = policies::fairshare::dominant_rate(gpus, cpus, mem, &cap);
+        let slices: Vec<policies::mig::MigGrant> = job
+            .allocations
+            .iter()
+            .flat_map(|a| &a.mig_slices)
+            .map(|s| policies::mig::MigGrant {
+                size: s.placement_size,
+                ..Default::default()
+            })
+            .collect();
+        let rate = policies::mig::charge_rate(
+            policies::fairshare::dominant_rate(gpus, cpus, mem, &cap),
+            &slices,
+            &cap,
+        );
         let mut usage = policies::Usage {
             by_account: std::mem::take(&mut self.state.usage).into_iter().collect(),
             as_of_ms: self.state.usage_as_of_ms,

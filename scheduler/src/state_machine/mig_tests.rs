@@ -343,6 +343,22 @@ fn an_unhealthy_mig_gpu_gets_no_slice_and_no_whole_job() {
     assert_eq!(plan.reasons[&1].0, "Resources");
 }
 
+#[test]
+fn a_slice_is_charged_its_share_of_the_card() {
+    // One A100 (cap 1 GPU, 16 CPUs): a 3g.20gb slice (4 of 8 memory slices) held for
+    // 1000 s is charged 0.5 GPU x 1000 s = 500 GPU-seconds (its 1 CPU alone would be
+    // 1/16 x 1000 = 62.5); the week-long default half-life decays it by under 0.2%.
+    let mut sm = StateMachine::default();
+    let n1 = inventory("n1", vec![mig_gpu("n1", 0, true)]);
+    sm.apply(1, cmd(0, register(n1)));
+    sm.apply(2, cmd(0, submit(mig_spec("3g.20gb", 1))));
+    let a = alloc(1, "n1", &[], vec![slice("GPU-n1-0", "3g.20gb", 4, 4)]);
+    assert_eq!(sm.apply(3, cmd(1_000, a)).0, Outcome::Done);
+    assert_eq!(sm.apply(4, cmd(1_001_000, ended(1, "n1"))).0, Outcome::Done);
+    let charged = sm.state.usage.get("default").copied().unwrap_or(0.0);
+    assert!((499.0..=500.0).contains(&charged), "charged {charged}");
+}
+
 /// Applies one scheduling pass's decisions, as the leader's loop does.
 fn pass(sm: &mut StateMachine, index: &mut u64) -> Vec<u64> {
     let Some(plan) = plan(sm, 1, 1_000) else {
