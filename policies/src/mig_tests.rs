@@ -392,27 +392,49 @@ proptest! {
     /// (with the ones held before or with each other), and whole GPUs never go to MIG cards.
     #[test]
     fn passes_never_double_book_a_slice(
-        reqs in proptest::collection::vec((0usize..7, 0u32..3, 0u32..2), 1..30),
-        pre in proptest::collection::vec((0usize..2, 0usize..7), 0..4),
+        reqs in proptest::collection::vec((0usize..7, 0u32..3, 0u32..2, 0u64..4), 1..30),
+        pre in proptest::collection::vec((0usize..2, 0usize..7, 1u64..4), 0..4),
     ) {
+        // Slices held before the pass belong to running jobs that end at 1..4 h, so the
+        // Berth policy's backfill reservations and guarded views meet slices too.
         let mut a = node("a", vec![mig_gpu("a", 0, A100_40, &[]), mig_gpu("a", 1, A100_40, &[])]);
         let names: Vec<String> = a.gpus[0].mig_profiles.iter().map(|p| p.name.clone()).collect();
-        for (gpu, p) in pre {
+        let mut running = Vec::new();
+        for (k, (gpu, p, hours)) in pre.into_iter().enumerate() {
             let one = NodeView { gpus: vec![a.gpus[gpu].clone()], ..a.clone() };
             if let Some((g, _)) = choose(&one, &names[p], 1, 1.0) {
                 take(&mut a, &g);
+                running.push(crate::RunningJob {
+                    id: 1000 + k as u64,
+                    account: String::new(),
+                    qos: "development".into(),
+                    start_ms: 0,
+                    end_ms: hours * 3_600_000,
+                    preempting: false,
+                    pinned: false,
+                    grants: vec![crate::NodeGrant {
+                        node: "a".into(),
+                        cpus: 1,
+                        mig_slices: g,
+                        ..crate::NodeGrant::default()
+                    }],
+                });
             }
         }
+        let mut a_cpus = a;
+        a_cpus.cpus_free -= running.len() as u32;
         let c = ClusterSnapshot {
-            nodes: vec![a, node("b", vec![whole_gpu("b", 0)])],
+            nodes: vec![a_cpus, node("b", vec![whole_gpu("b", 0)])],
+            running,
             ..ClusterSnapshot::default()
         };
         let jobs: Vec<PendingJob> = reqs
             .iter()
             .enumerate()
-            .map(|(i, (p, count, whole))| {
+            .map(|(i, (p, count, whole, hours))| {
                 let mut j = mig_job(i as u64 + 1, &names[*p], *count);
                 j.gpus_per_node = *whole;
+                j.time_limit_s = hours * 3600;
                 if *count == 0 { j.mig_profile.clear(); }
                 j
             })
