@@ -354,6 +354,30 @@ fn brute_force_fits(n: &NodeView, profile: &str) -> bool {
 }
 
 proptest! {
+    /// The filter's cheap count is exact: `choose` places k slices iff k <= placeable.
+    #[test]
+    fn placeable_counts_exactly_what_choose_places(
+        pre in proptest::collection::vec((0usize..2, 0usize..7), 0..8),
+        p in 0usize..7,
+        cost in 0u32..3,
+        h100 in any::<bool>(),
+    ) {
+        let model = if h100 { H100 } else { A100_40 };
+        let mut n = node("n", vec![mig_gpu("n", 0, model, &[]), mig_gpu("n", 1, model, &[])]);
+        let names: Vec<String> = n.gpus[0].mig_profiles.iter().map(|q| q.name.clone()).collect();
+        for (gpu, q) in pre {
+            let one = NodeView { gpus: vec![n.gpus[gpu].clone()], ..n.clone() };
+            if let Some((g, _)) = choose(&one, &names[q], 1, 1.0) {
+                take(&mut n, &g);
+            }
+        }
+        let count = placeable(&n, &names[p], 99);
+        for k in 0..=count + 1 {
+            let fits = choose(&n, &names[p], k, f64::from(cost) / 2.0).is_some();
+            prop_assert_eq!(fits, k <= count, "k={} placeable={}", k, count);
+        }
+    }
+
     /// Random take/give sequences: every layout stays legal for the card, the planner
     /// finds a slice exactly when one exists, and a slice is never handed out twice.
     #[test]
