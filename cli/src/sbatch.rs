@@ -136,6 +136,14 @@ pub enum SbatchError {
     /// GPU options that ask for different things.
     #[error("conflicting GPU requests: {0}")]
     GpuConflict(String),
+    /// A MIG request that cannot be honoured as written.
+    #[error("invalid MIG request {given}: {reason}")]
+    Mig {
+        /// The option as written (`--gres=gpu:1g.10gb:0`).
+        given: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `--gpus` (a total) that does not split evenly over the nodes.
     #[error("--gpus={gpus} cannot be split evenly over {nodes} nodes; use --gpus-per-node to ask for GPUs on each node")]
     GpusNotDivisible {
@@ -546,7 +554,7 @@ const ENV_OPTIONS: &[(&str, &str)] = &[
 /// A GPU request as one option gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GpuRequest {
-    /// GRES type (`h100`); empty for any.
+    /// GRES type (`h100`) or MIG profile (`3g.40gb`, see [`is_mig`]); empty for any.
     kind: String,
     count: u32,
     /// The option as written, for conflict messages (`--gres=gpu:2`).
@@ -992,7 +1000,8 @@ fn parse_partition(value: &str) -> Result<String, SbatchError> {
 
 /// Whether `kind` is a plausible GRES type name (`h100`, `a100_80g`, `l40s`).
 fn valid_gpu_type(kind: &str) -> bool {
-    !kind.is_empty()
+    is_mig(kind) // `1g.5gb+me` has a `+`
+        || !kind.is_empty()
         && kind
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -1238,9 +1247,60 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// Whether a GPU request's type names a MIG profile (`<n>g.<m>gb[+me]`, e.g. `1g.10gb`)
+/// rather than a GRES type like `h100`.
+fn is_mig(kind: &str) -> bool {
+    berth_policies::mig::is_profile_name(kind)
+}
+
+/// Whether `kind` starts like a MIG profile (`<digits>g.`) without being one: a typo
+/// such as `1g.10` or `3g.40GB` that must not silently become a GRES type.
+fn looks_like_mig(kind: &str) -> bool {
+    let digits = kind.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && kind[digits..].starts_with("g.") && !is_mig(kind)
+}
+
+/// Checks the MIG side of the GPU options: profile names well formed, at least one slice,
+/// and never mixed with a whole-GPU request (typed or not) in the same job.
+fn check_mig(opts: &Opts) -> Result<(), SbatchError> {
+    let given: Vec<&GpuRequest> = [&opts.gres, &opts.gpus_per_node, &opts.gpus]
+        .into_iter()
+        .flatten()
+        .filter(|r| !(r.count == 0 && r.kind.is_empty()))
+        .collect();
+    for r in &given {
+        if looks_like_mig(&r.kind) {
+            return Err(SbatchError::Mig {
+                given: r.given.clone(),
+                reason: format!(
+                    "'{}' is not a MIG profile name (<n>g.<m>gb, e.g. 1g.10gb or 3g.40gb)",
+                    r.kind
+                ),
+            });
+        }
+        if is_mig(&r.kind) && r.count == 0 {
+            return Err(SbatchError::Mig {
+                given: r.given.clone(),
+                reason: "the slice count must be at least 1".into(),
+            });
+        }
+    }
+    if let Some(m) = given.iter().find(|r| is_mig(&r.kind)) {
+        if let Some(w) = given.iter().find(|r| !is_mig(&r.kind)) {
+            return Err(SbatchError::GpuConflict(format!(
+                "{} asks for MIG slices and {} for whole GPUs; a job gets one or the other",
+                m.given, w.given
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Settles the GPU request: `--gres` and `--gpus-per-node` are per node and must agree;
-/// `--gpus` is a total spread evenly over the nodes. Returns (GPUs per node, type).
+/// `--gpus` is a total spread evenly over the nodes. Returns (GPUs per node, type), where
+/// the type may be a MIG profile (then the count is MIG slices per node).
 fn resolve_gpus(opts: &Opts, nodes: u32) -> Result<(u32, String), SbatchError> {
+    check_mig(opts)?;
     let compatible = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
     let conflict = |a: &GpuRequest, b: &GpuRequest, why: &str| {
         SbatchError::GpuConflict(format!("{} and {} {why}", a.given, b.given))
@@ -1346,6 +1406,12 @@ fn build_spec(
         None => nodes,
     };
     let (gpus_per_node, gpu_type) = resolve_gpus(&opts, nodes)?;
+    // A MIG profile asks for slices, not GPUs: berthd chooses the GPU and placement.
+    let (gpus_per_node, gpu_type, mig_per_node, mig_profile) = if is_mig(&gpu_type) {
+        (0, String::new(), gpus_per_node, gpu_type)
+    } else {
+        (gpus_per_node, gpu_type, 0, String::new())
+    };
     let (env, export_all) = exported_env(
         opts.export.as_ref().unwrap_or(&Export::All(Vec::new())),
         &ctx.env,
@@ -1379,6 +1445,8 @@ fn build_spec(
         mem_mb: opts.mem_mb.unwrap_or(0),
         gpus_per_node,
         gpu_type,
+        mig_profile,
+        mig_per_node,
         partition: opts.partition.unwrap_or_default(),
         account: opts.account.unwrap_or_default(),
         qos: opts.qos.unwrap_or_default(),
@@ -2000,6 +2068,80 @@ mod tests {
             (&["--gpus=abc"], "Invalid numeric value \"abc\" for --gpus"),
             (&["--gpus=:2"], "invalid --gpus value ':2'"),
             (&["--gpus-per-node=h100:2,a100:1"], "more than one GPU type per job is not supported"),
+        ];
+        for (i, (args, want)) in bad.iter().enumerate() {
+            let mut all = args.to_vec();
+            all.push("job.sh");
+            let got = f
+                .run(&all)
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn mig_options() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\ntrue\n");
+        f.script("mig.sh", "#!/bin/sh\n#SBATCH --gres=gpu:3g.40gb:2\ntrue\n");
+        // (args, (whole GPUs per node, GRES type, MIG profile, slices per node))
+        type Want = (u32, &'static str, &'static str, u32);
+        let ok: &[(&[&str], Want)] = &[
+            (&["--gres=gpu:1g.10gb:1", "job.sh"], (0, "", "1g.10gb", 1)),
+            (&["--gres=gpu:1g.10gb", "job.sh"], (0, "", "1g.10gb", 1)),
+            (&["--gpus=3g.40gb:2", "job.sh"], (0, "", "3g.40gb", 2)),
+            (
+                &["--gpus=3g.40gb:2", "-N2", "job.sh"],
+                (0, "", "3g.40gb", 1),
+            ),
+            (
+                &["--gpus-per-node=2g.20gb:1", "job.sh"],
+                (0, "", "2g.20gb", 1),
+            ),
+            (
+                &["--gres=gpu:1g.5gb+me:1", "job.sh"],
+                (0, "", "1g.5gb+me", 1),
+            ),
+            (
+                &[
+                    "--gres=gpu:2g.20gb:3",
+                    "--gpus-per-node=2g.20gb:3",
+                    "job.sh",
+                ],
+                (0, "", "2g.20gb", 3),
+            ),
+            (&["mig.sh"], (0, "", "3g.40gb", 2)),
+            // The command line wins over the script's directive, whole GPUs included.
+            (&["--gres=gpu:h100:1", "mig.sh"], (1, "h100", "", 0)),
+        ];
+        for (i, (args, want)) in ok.iter().enumerate() {
+            let got = f
+                .run(args)
+                .map(|s| {
+                    let s = s.spec;
+                    (s.gpus_per_node, s.gpu_type, s.mig_profile, s.mig_per_node)
+                })
+                .map_err(|e| e.to_string());
+            let want = (want.0, want.1.to_string(), want.2.to_string(), want.3);
+            if got != Ok(want.clone()) {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+        let bad: &[(&[&str], &str)] = &[
+            (&["--gres=gpu:1g.10:1"], "invalid MIG request --gres=gpu:1g.10:1: '1g.10' is not a MIG profile name"),
+            (&["--gpus=3g.40GB:1"], "'3g.40GB' is not a MIG profile name"),
+            (&["--gres=gpu:0g.10gb:1"], "not a MIG profile name"),
+            (&["--gres=gpu:1g.10gb:0"], "invalid MIG request --gres=gpu:1g.10gb:0: the slice count must be at least 1"),
+            (&["--gpus=1g.10gb:0"], "the slice count must be at least 1"),
+            (&["--gres=gpu:1g.10gb:1", "--gpus-per-node=h100:1"], "--gres=gpu:1g.10gb:1 asks for MIG slices and --gpus-per-node=h100:1 for whole GPUs"),
+            (&["--gres=gpu:1g.10gb:1", "--gpus-per-node=1"], "asks for MIG slices and --gpus-per-node=1 for whole GPUs"),
+            (&["--gres=gpu:2", "--gpus=3g.40gb:2"], "--gpus=3g.40gb:2 asks for MIG slices and --gres=gpu:2 for whole GPUs"),
+            (&["--gres=gpu:1g.10gb:1", "--gpus-per-node=3g.40gb:1"], "ask for different GPU types"),
+            (&["--gpus=3g.40gb:3", "-N2"], "--gpus=3 cannot be split evenly over 2 nodes"),
         ];
         for (i, (args, want)) in bad.iter().enumerate() {
             let mut all = args.to_vec();

@@ -179,13 +179,18 @@ fn requested_tres(job: &Job) -> String {
     let nodes = u64::from(spec.nodes.max(1));
     let cpus = u64::from(spec.ntasks.max(1)) * u64::from(spec.cpus_per_task.max(1));
     let gpus = u64::from(spec.gpus_per_node) * nodes;
-    tres(
+    let mut out = tres(
         cpus,
         spec.mem_mb.saturating_mul(nodes),
         nodes,
         gpus,
         &spec.gpu_type,
-    )
+    );
+    if !spec.mig_profile.is_empty() {
+        let slices = u64::from(spec.mig_per_node) * nodes;
+        let _ = write!(out, ",gres/gpu:{}={slices}", spec.mig_profile);
+    }
+    out
 }
 
 /// What the job holds; `None` before it is placed.
@@ -254,6 +259,21 @@ fn gpu_lines(job: &Job) -> Vec<String> {
     }
     if !uuids.is_empty() {
         lines.push(format!("GpuUuids={}", uuids.join(",")));
+    }
+    let slices: Vec<String> = job
+        .allocations
+        .iter()
+        .flat_map(|a| {
+            a.mig_slices.iter().map(move |s| {
+                format!(
+                    "{}:{}:{}@{}:{}",
+                    a.node, s.gpu_uuid, s.profile, s.placement_start, s.placement_size
+                )
+            })
+        })
+        .collect();
+    if !slices.is_empty() {
+        lines.push(format!("MigSlices={}", slices.join(",")));
     }
     lines
 }
@@ -457,6 +477,9 @@ fn gpu_details(gpu: &berth_proto::v1::Gpu) -> Vec<String> {
             profiles.join(",")
         ));
     }
+    if gpu.mig_enabled {
+        lines.push(mig_layout(gpu));
+    }
     if !gpu.unhealthy_reason.is_empty() {
         lines.push(format!(
             "Gpu={} Health=UNHEALTHY Reason={}",
@@ -464,6 +487,34 @@ fn gpu_details(gpu: &berth_proto::v1::Gpu) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The MIG slices a MIG-mode GPU holds now, and a map of its 8 memory slices: `.` free,
+/// then one letter per held slice in the order listed (`aaaabbbb`: two 4-slice halves).
+fn mig_layout(gpu: &berth_proto::v1::Gpu) -> String {
+    let mut map = [b'.'; 8];
+    let mut held = Vec::new();
+    for (k, s) in gpu.mig_held.iter().enumerate() {
+        let letter = b'a' + (k % 26) as u8;
+        let end = (s.placement_start + s.placement_size).min(8);
+        for slot in map
+            .iter_mut()
+            .take(end as usize)
+            .skip(s.placement_start as usize)
+        {
+            *slot = letter;
+        }
+        held.push(format!(
+            "{}@{}:{}(JobId={})",
+            s.profile, s.placement_start, s.placement_size, s.job_id
+        ));
+    }
+    format!(
+        "Gpu={} MigSlices={} MigMap={}",
+        gpu.index,
+        or_null(&held.join(",")),
+        String::from_utf8_lossy(&map)
+    )
 }
 
 /// CUDA version, metrics endpoint and the GPU-pair topology (`0-1:NV18,...`).

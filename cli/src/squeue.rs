@@ -276,9 +276,16 @@ pub fn user(job: &Job) -> String {
     }
 }
 
-/// GPUs per node as Slurm's TRES string (`gres/gpu:h100:2`), `None` without GPUs.
+/// GPUs per node as Slurm's TRES string (`gres/gpu:h100:2`; MIG slices as
+/// `gres/gpu:3g.40gb:1`), `None` without GPUs.
 pub fn tres_per_node(job: &Job) -> Option<String> {
     let spec = spec(job);
+    if !spec.mig_profile.is_empty() {
+        return Some(format!(
+            "gres/gpu:{}:{}",
+            spec.mig_profile, spec.mig_per_node
+        ));
+    }
     match (spec.gpus_per_node, spec.gpu_type.as_str()) {
         (0, _) => None,
         (n, "") => Some(format!("gres/gpu:{n}")),

@@ -163,6 +163,7 @@ fn mig_job(
                 profile: profile.into(),
                 placement_start: start,
                 placement_size: size,
+                ..Default::default()
             }],
             ..Default::default()
         }],

@@ -133,6 +133,7 @@ impl View {
             n.cpus_free = n.cpus_free.saturating_sub(g.cpus);
             n.memory_free_mb = n.memory_free_mb.saturating_sub(g.mem_mb);
             set_gpus(n, g, false);
+            crate::mig::take_lenient(n, &g.mig_slices);
             self.count(i, 1);
         }
     }
@@ -149,6 +150,7 @@ impl View {
             n.cpus_free = (n.cpus_free + g.cpus).min(n.cpus_total);
             n.memory_free_mb = (n.memory_free_mb + g.mem_mb).min(n.memory_total_mb);
             set_gpus(n, g, true);
+            crate::mig::give(n, &g.mig_slices);
             self.count(i, 1);
         }
     }
@@ -333,6 +335,11 @@ impl Guard {
         n.memory_free_mb = w.memory_free_mb.min(m);
         for (gv, gw) in n.gpus.iter_mut().zip(&w.gpus) {
             gv.free = gw.free && !self.reserved.contains(&gw.uuid);
+            if gv.mig_held != gw.mig_held {
+                // MIG slices are not reserved (backfill plans whole GPUs only): the
+                // guarded view sees the working view's slices.
+                gv.mig_held.clone_from(&gw.mig_held);
+            }
         }
         self.view.count(i, 1);
     }

@@ -21,6 +21,8 @@ pub enum RejectReason {
     Cpus,
     /// Not enough free memory.
     Memory,
+    /// No room for the MIG slices asked for (see [`crate::mig::MigFilter`]).
+    Mig,
 }
 
 impl RejectReason {
@@ -32,6 +34,7 @@ impl RejectReason {
             RejectReason::Gpus => "gpus",
             RejectReason::Cpus => "cpus",
             RejectReason::Memory => "memory",
+            RejectReason::Mig => "mig",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`filter`]: one small struct per feasibility rule ([`filter::Filter`]).
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
+//! - [`mig`]: MIG profiles and placements, the carve planner, its filter and scorer.
 //! - [`fairshare`]: the account tree, decayed usage, Fair Tree factors.
 //! - [`priority`]: multifactor priority and the priority classes (QOS).
 //! - [`quota`]: guaranteed quotas, borrowing and lending limits.
@@ -24,6 +25,7 @@
 pub mod backfill;
 pub mod fairshare;
 pub mod filter;
+pub mod mig;
 pub mod pass;
 pub mod pipeline;
 pub mod preempt;
@@ -110,6 +112,10 @@ pub struct PolicyConfig {
     pub preempt_searches_max: usize,
     /// Candidate victims considered per search (lowest priority first).
     pub preempt_candidates_max: usize,
+    /// Reconfiguration cost of starting to carve a MIG-mode GPU that holds no slice, as a
+    /// score penalty in `[0, 2]` (see [`mig`]): 1 (the default) always prefers a card that
+    /// is already carved when one has room; 0 only looks at the room left.
+    pub mig_carve_cost: f64,
 }
 
 impl Default for PolicyConfig {
@@ -127,6 +133,7 @@ impl Default for PolicyConfig {
             preempt_grace_ms: 30_000,
             preempt_searches_max: 8,
             preempt_candidates_max: 64,
+            mig_carve_cost: 1.0,
         }
     }
 }

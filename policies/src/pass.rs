@@ -77,7 +77,7 @@ pub struct Schedule {
     pub pending: Vec<PendingStatus>,
 }
 
-type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64);
+type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32);
 
 /// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
 /// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
@@ -138,6 +138,8 @@ fn shape(job: &PendingJob) -> Shape<'_> {
         job.gpu_type.as_str(),
         job.cpus_per_node,
         job.mem_per_node_mb,
+        job.mig_profile.as_str(),
+        job.mig_per_node,
     )
 }
 

@@ -21,6 +21,7 @@ fn node(name: &str, gpus: u32) -> NodeView {
                 index: i,
                 gres_type: "h100".into(),
                 free: true,
+                ..GpuView::default()
             })
             .collect(),
     }

@@ -7,6 +7,7 @@
 use crate::filter::{
     CpuFilter, Filter, GpuFilter, MemoryFilter, NodeUpFilter, PartitionFilter, RejectReason,
 };
+use crate::mig::{MigFilter, MigPacking};
 use crate::score::{BestFitGpus, Scorer};
 use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, NodeView, PendingJob};
 use crate::PolicyConfig;
@@ -71,6 +72,7 @@ pub struct Pipeline {
     filters: Vec<Box<dyn Filter>>,
     scorers: Vec<Box<dyn Scorer>>,
     nodes_scored_max: usize,
+    mig_carve_cost: f64,
 }
 
 impl Pipeline {
@@ -82,14 +84,19 @@ impl Pipeline {
             Box::new(GpuFilter),       // the scarce resource: the reason users care about
             Box::new(CpuFilter),
             Box::new(MemoryFilter),
+            Box::new(MigFilter), // runs the carve planner: dearest, so last
         ];
         let scorers: Vec<Box<dyn Scorer>> = vec![
             Box::new(BestFitGpus), // pack, so large jobs find whole nodes
+            Box::new(MigPacking {
+                carve_cost: cfg.mig_carve_cost,
+            }), // MIG jobs: carved cards first, most room left
         ];
         Pipeline {
             filters,
             scorers,
             nodes_scored_max: cfg.nodes_scored_max.max(1),
+            mig_carve_cost: cfg.mig_carve_cost,
         }
     }
 
@@ -145,7 +152,7 @@ impl Pipeline {
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
         let nodes = ranked[..wanted]
             .iter()
-            .map(|(_, node)| grant(job, node))
+            .map(|(_, node)| grant(job, node, self.mig_carve_cost))
             .collect();
         Ok(Decision {
             job_id: job.id,
@@ -160,7 +167,7 @@ impl Pipeline {
     }
 }
 
-fn grant(job: &PendingJob, node: &NodeView) -> NodeGrant {
+fn grant(job: &PendingJob, node: &NodeView, mig_carve_cost: f64) -> NodeGrant {
     let gpus: Vec<_> = node
         .free_gpus(&job.gpu_type)
         .take(job.gpus_per_node as usize)
@@ -171,5 +178,6 @@ fn grant(job: &PendingJob, node: &NodeView) -> NodeGrant {
         gpu_indices: gpus.iter().map(|g| g.index).collect(),
         cpus: job.cpus_per_node,
         mem_mb: job.mem_per_node_mb,
+        mig_slices: crate::mig::grants(job, node, mig_carve_cost),
     }
 }

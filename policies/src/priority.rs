@@ -148,9 +148,10 @@ pub fn usage_now(
         let gpus: u64 = r.grants.iter().map(|g| g.gpu_uuids.len() as u64).sum();
         let cpus: u64 = r.grants.iter().map(|g| u64::from(g.cpus)).sum();
         let mem: u64 = r.grants.iter().map(|g| g.mem_mb).sum();
+        let slices: Vec<_> = r.grants.iter().flat_map(|g| g.mig_slices.clone()).collect();
         let start = r.start_ms.min(now_ms);
         usage[i] += charge_between(
-            dominant_rate(gpus, cpus, mem, &cap),
+            crate::mig::charge_rate(dominant_rate(gpus, cpus, mem, &cap), &slices, &cap),
             start,
             now_ms,
             now_ms,

@@ -4,7 +4,7 @@
 //! decides on, so the state machine can change its encoding without touching placement.
 
 /// One GPU as placement sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GpuView {
     /// NVML UUID (`GPU-…`); decisions name GPUs by UUID, never by count.
     pub uuid: String,
@@ -12,8 +12,16 @@ pub struct GpuView {
     pub index: u32,
     /// GRES type, e.g. `h100`.
     pub gres_type: String,
-    /// Not held by any job.
+    /// Free for a whole-GPU job: not held by any job, healthy, and not in MIG mode (a
+    /// MIG-mode GPU is offered as slices only, see [`crate::mig`]).
     pub free: bool,
+    /// MIG mode is on: MIG requests may be placed here (the agent never changes the mode).
+    pub mig_enabled: bool,
+    /// The card's GPU-instance profiles with legal starts (from the inventory, else
+    /// [`crate::mig::builtin_profiles`]); shared, since every card of a model has the same.
+    pub mig_profiles: std::sync::Arc<Vec<crate::mig::MigProfile>>,
+    /// MIG slices held now (never overlapping).
+    pub mig_held: Vec<crate::mig::MigHeld>,
 }
 
 /// One node as placement sees it.
@@ -121,6 +129,7 @@ impl ClusterSnapshot {
                     ),
                 }
             }
+            crate::mig::take(node, &grant.mig_slices);
         }
     }
 
@@ -138,6 +147,7 @@ impl ClusterSnapshot {
                     gpu.free = true;
                 }
             }
+            crate::mig::give(node, &grant.mig_slices);
         }
     }
 
@@ -170,7 +180,9 @@ impl ClusterSnapshot {
             node.cpus_free = node.cpus_total;
             node.memory_free_mb = node.memory_total_mb;
             for gpu in &mut node.gpus {
-                gpu.free = true;
+                // A MIG-mode GPU stays MIG-only: the mode is the card's, not the load's.
+                gpu.free = !gpu.mig_enabled;
+                gpu.mig_held.clear();
             }
         }
         idle
@@ -218,6 +230,11 @@ pub struct PendingJob {
     /// Jobs this one was preempted for, and theirs, transitively (bounded): it may never
     /// preempt any of them, which keeps preemption loop-free.
     pub preempted_for: Vec<u64>,
+    /// MIG profile wanted on every node (`3g.40gb`); empty: no MIG slices. Slices go on
+    /// MIG-mode GPUs only; `gpus_per_node` whole GPUs are asked for besides (usually 0).
+    pub mig_profile: String,
+    /// MIG slices of `mig_profile` wanted on every node.
+    pub mig_per_node: u32,
 }
 
 impl PendingJob {
@@ -228,7 +245,7 @@ impl PendingJob {
 }
 
 /// Resources granted to a job on one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeGrant {
     /// Node name.
     pub node: String,
@@ -240,6 +257,8 @@ pub struct NodeGrant {
     pub cpus: u32,
     /// Memory held, MiB.
     pub mem_mb: u64,
+    /// MIG slices held (GPU UUID + placement + profile), on GPUs not in `gpu_uuids`.
+    pub mig_slices: Vec<crate::mig::MigGrant>,
 }
 
 /// Start `job_id` on these nodes (the first one runs the batch script).

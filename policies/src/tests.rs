@@ -19,6 +19,7 @@ fn node(name: &str, partition: &str, gpus: u32, gres: &str) -> NodeView {
                 index: i,
                 gres_type: gres.to_string(),
                 free: true,
+                ..GpuView::default()
             })
             .collect(),
     }

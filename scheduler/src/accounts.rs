@@ -10,6 +10,7 @@
 //! half_life_hours = 168          # usage decay (Slurm PriorityDecayHalfLife); 0: never
 //! default_qos = "research"       # class of jobs without --qos
 //! default_account = "default"    # account of jobs without --account (and no user account)
+//! mig_carve_cost = 1.0           # score penalty for carving a MIG GPU holding no slice, [0, 2]
 //!
 //! [weights]                      # Slurm PriorityWeight*
 //! fairshare = 10000
@@ -80,6 +81,8 @@ struct File {
     default_account: String,
     #[serde(default)]
     weights: Option<Weights>,
+    #[serde(default)]
+    mig_carve_cost: Option<f64>,
     #[serde(default)]
     account: Vec<AccountEntry>,
     #[serde(default)]
@@ -270,7 +273,16 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
             weights.age_max_ms = h.saturating_mul(3_600_000);
         }
     }
+    let mig_carve_cost = file
+        .mig_carve_cost
+        .unwrap_or(PolicyConfig::default().mig_carve_cost);
+    if !(0.0..=2.0).contains(&mig_carve_cost) {
+        return Err(AccountsError::Rule(format!(
+            "mig_carve_cost = {mig_carve_cost}: must be within [0, 2]"
+        )));
+    }
     let policy = PolicyConfig {
+        mig_carve_cost,
         accounts,
         qos,
         default_qos: file.default_qos,
@@ -299,6 +311,7 @@ mod tests {
 
     const GOOD: &str = r#"
 half_life_hours = 24
+mig_carve_cost = 0.25
 default_account = "alice"
 [weights]
 fairshare = 5000
@@ -322,6 +335,8 @@ name = "bob"
         assert_eq!(t.accounts()[ml].quotas["gpu"].borrow_limit, Some(4));
         assert_eq!(t.accounts()[t.index("alice").unwrap()].parent, Some(ml));
         assert_eq!(c.policy.half_life_ms, 24 * 3_600_000);
+        assert_eq!(c.policy.mig_carve_cost, 0.25);
+        assert_eq!(parse("").unwrap().policy.mig_carve_cost, 1.0);
         assert_eq!(c.policy.weights.fairshare, 5000);
         assert_eq!(c.policy.qos.len(), 5);
         assert_eq!(c.resolve_account("", "zed").unwrap(), "alice");
@@ -353,6 +368,9 @@ name = "bob"
             ("default_qos = \"gold\"\n[[account]]\nname = \"default\"", "default qos is not defined"),
             ("[[qos]]\nname = \"a\"\npriority = 1\npreemptible = true\n[[qos]]\nname = \"a\"\npriority = 2\npreemptible = false", "defined twice"),
             ("this is not toml", "TOML"),
+            ("mig_carve_cost = -0.5", "mig_carve_cost = -0.5: must be within [0, 2]"),
+            ("mig_carve_cost = 3", "within [0, 2]"),
+            ("mig_carve_cost = \"high\"", "invalid type"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             match parse(text) {

@@ -472,14 +472,15 @@ fn node_name(node: &serde_json::Value) -> Option<&str> {
 }
 
 /// Why `node` cannot take `gpus` GPUs now: `Err((reason, unresolvable))`.
-/// Healthy GPUs of a node, and how many of them are free: no job holds them, whole or by
-/// a time-slice share. One pass, no allocation: filter runs it for every candidate node.
+/// Healthy whole (not MIG-mode) GPUs of a node, and how many of them are free: no job
+/// holds them, whole or by a time-slice share. One pass, no allocation: filter runs it for every candidate node.
 fn gpu_counts(node: &pb::Node) -> (u32, u32) {
     let mut counts = (0, 0);
     for g in node.inventory.iter().flat_map(|i| &i.gpus) {
-        if g.unhealthy_reason.is_empty() {
+        // A MIG-mode GPU is never a whole GPU for a pod, whatever its load.
+        if g.unhealthy_reason.is_empty() && !g.mig_enabled {
             counts.0 += 1;
-            if g.job_id == 0 && g.share_job_ids.is_empty() {
+            if crate::state_machine::mig::whole_gpu_free(g) {
                 counts.1 += 1;
             }
         }
@@ -531,7 +532,7 @@ pub fn allocation_on(
     let mut free: Vec<&pb::Gpu> = inv
         .gpus
         .iter()
-        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
         .collect();
     free.sort_by_key(|g| g.index);
     free.truncate(spec.gpus_per_node as usize);
@@ -646,7 +647,7 @@ fn free_gpus(inv: &pb::NodeInventory) -> Vec<&pb::Gpu> {
     let mut free: Vec<&pb::Gpu> = inv
         .gpus
         .iter()
-        .filter(|g| g.unhealthy_reason.is_empty() && g.job_id == 0 && g.share_job_ids.is_empty())
+        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
         .collect();
     free.sort_by_key(|g| g.index);
     free

@@ -192,8 +192,19 @@ pub fn placement(d: &policies::Decision) -> pb::Placement {
             gpu_indices: g.gpu_indices.clone(),
             cpus: g.cpus,
             mem_mb: g.mem_mb,
-            // The MIG-placement issue fills these; whole GPUs only until then.
-            mig_slices: Vec::new(),
+            // The slices the planner chose: the agent creates each at exactly this
+            // placement at launch.
+            mig_slices: g
+                .mig_slices
+                .iter()
+                .map(|s| pb::MigSlice {
+                    gpu_uuid: s.gpu_uuid.clone(),
+                    profile: s.profile.clone(),
+                    placement_start: s.start,
+                    placement_size: s.size,
+                    job_id: 0,
+                })
+                .collect(),
         })
         .collect();
     pb::Placement {

@@ -343,6 +343,13 @@ impl StateMachine {
                 .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
                 .map(|g| g.share_job_ids.clone())
                 .unwrap_or_default();
+            // MIG slices too: the agent re-attached to the instances it created.
+            gpu.mig_held = old
+                .as_ref()
+                .and_then(|n| n.inventory.as_ref())
+                .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                .map(|g| g.mig_held.clone())
+                .unwrap_or_default();
             if gpu.unhealthy_reason.is_empty() {
                 gpu.unhealthy_reason = old
                     .as_ref()
@@ -499,6 +506,11 @@ impl StateMachine {
                     Some(g) if !g.unhealthy_reason.is_empty() => {
                         return Err(format!("GPU {uuid} is unhealthy: {}", g.unhealthy_reason))
                     }
+                    Some(g) if g.mig_enabled => {
+                        return Err(format!(
+                            "GPU {uuid} is in MIG mode: only MIG slices are granted there"
+                        ))
+                    }
                     Some(g) if has_room(g) => {}
                     Some(g) if g.replicas > 1 => {
                         return Err(format!("every share of GPU {uuid} is held"))
@@ -507,6 +519,7 @@ impl StateMachine {
                     None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
                 }
             }
+            mig::check_allocation(inv, a)?;
         }
         Ok(())
     }
@@ -537,6 +550,9 @@ impl StateMachine {
                     gpu.job_id = p.job_id;
                 }
             }
+        }
+        for a in &p.allocations {
+            self.hold_slices(p.job_id, a);
         }
         let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
         job.state = JobState::Running as i32;
@@ -744,7 +760,20 @@ impl StateMachine {
             .sum();
         let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
         let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
-        let rate = policies::fairshare::dominant_rate(gpus, cpus, mem, &cap);
+        let slices: Vec<policies::mig::MigGrant> = job
+            .allocations
+            .iter()
+            .flat_map(|a| &a.mig_slices)
+            .map(|s| policies::mig::MigGrant {
+                size: s.placement_size,
+                ..Default::default()
+            })
+            .collect();
+        let rate = policies::mig::charge_rate(
+            policies::fairshare::dominant_rate(gpus, cpus, mem, &cap),
+            &slices,
+            &cap,
+        );
         let mut usage = policies::Usage {
             by_account: std::mem::take(&mut self.state.usage).into_iter().collect(),
             as_of_ms: self.state.usage_as_of_ms,
@@ -767,6 +796,7 @@ impl StateMachine {
                     gpu.job_id = 0;
                 }
                 gpu.share_job_ids.retain(|&j| j != id);
+                mig::release(gpu, id);
             }
         }
     }
@@ -796,6 +826,7 @@ impl StateMachine {
 
     /// The cluster as placement sees it: nodes sorted by name, free resources now.
     pub fn cluster_view(&self) -> policies::ClusterSnapshot {
+        let mut mig_tables = std::collections::BTreeMap::new();
         let nodes = self
             .state
             .nodes
@@ -813,13 +844,23 @@ impl StateMachine {
                     gpus: inv
                         .gpus
                         .iter()
-                        .map(|g| policies::GpuView {
-                            uuid: g.uuid.clone(),
-                            index: g.index,
-                            gres_type: g.gres_type.clone(),
-                            // An unhealthy GPU is never offered: that is how placement
-                            // stops using it without a policy change.
-                            free: has_room(g) && g.unhealthy_reason.is_empty(),
+                        .map(|g| {
+                            let (mig_enabled, mig_profiles, mig_held) =
+                                mig::view_fields(g, &mut mig_tables);
+                            policies::GpuView {
+                                uuid: g.uuid.clone(),
+                                index: g.index,
+                                gres_type: g.gres_type.clone(),
+                                // An unhealthy GPU is never offered: that is how placement
+                                // stops using it without a policy change. A MIG-mode GPU
+                                // is offered as slices only.
+                                free: has_room(g)
+                                    && g.unhealthy_reason.is_empty()
+                                    && !g.mig_enabled,
+                                mig_enabled,
+                                mig_profiles,
+                                mig_held,
+                            }
                         })
                         .collect(),
                 })
@@ -868,6 +909,17 @@ impl StateMachine {
                             gpu_indices: a.gpu_indices.clone(),
                             cpus: a.cpus,
                             mem_mb: a.mem_mb,
+                            mig_slices: a
+                                .mig_slices
+                                .iter()
+                                .map(|s| policies::mig::MigGrant {
+                                    gpu_uuid: s.gpu_uuid.clone(),
+                                    gpu_index: gpu_index(self, &a.node, &s.gpu_uuid),
+                                    profile: s.profile.clone(),
+                                    start: s.placement_start,
+                                    size: s.placement_size,
+                                })
+                                .collect(),
                         })
                         .collect(),
                 }
@@ -934,11 +986,22 @@ fn changed(id: u64) -> Effect {
 /// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
 /// with a share left.
 fn has_room(gpu: &pb::Gpu) -> bool {
+    if !gpu.mig_held.is_empty() {
+        return false; // carved: slices only
+    }
     if gpu.replicas > 1 {
         gpu.share_job_ids.len() < gpu.replicas as usize
     } else {
         gpu.job_id == 0
     }
+}
+
+/// NVML index of GPU `uuid` on `node` (0 when unknown: only a lookup hint for placement).
+fn gpu_index(sm: &StateMachine, node: &str, uuid: &str) -> u32 {
+    sm.node(node)
+        .and_then(|n| n.inventory.as_ref())
+        .and_then(|i| i.gpus.iter().find(|g| g.uuid == uuid))
+        .map_or(0, |g| g.index)
 }
 
 fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
@@ -963,6 +1026,8 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
         cpus_per_node: tasks_per_node * spec.cpus_per_task.max(1),
         mem_per_node_mb: spec.mem_mb,
         time_limit_s: spec.time_limit_secs,
+        mig_profile: spec.mig_profile.clone(),
+        mig_per_node: spec.mig_per_node,
         ..Default::default()
     }
 }
@@ -988,7 +1053,7 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     if spec.nodes == 0 || spec.ntasks == 0 || spec.cpus_per_task == 0 {
         return Err("nodes, ntasks and cpus-per-task must be at least 1".into());
     }
-    Ok(())
+    mig::validate_spec(spec)
 }
 
 /// Most time-slicing/MPS shares of one GPU (MPS itself allows 48 clients per GPU).
@@ -1019,7 +1084,7 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
         if g.uuid.is_empty() || !seen.insert(&g.uuid) {
             return Err(format!("GPU uuid {:?} is empty or repeated", g.uuid));
         }
-        if g.job_id != 0 || !g.share_job_ids.is_empty() {
+        if g.job_id != 0 || !g.share_job_ids.is_empty() || !g.mig_held.is_empty() {
             return Err("agents may not assign GPUs to jobs".into());
         }
         if g.replicas > GPU_REPLICAS_MAX {
@@ -1036,4 +1101,5 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod mig;
 pub mod pods;

@@ -89,6 +89,7 @@ fn launch(id: u64, gpu: &str, start: u32, script: &str, out: &Path) -> Down {
                 profile: "3g.20gb".into(),
                 placement_start: start,
                 placement_size: 4,
+                ..Default::default()
             }],
             ..Default::default()
         }],

@@ -63,6 +63,7 @@ fn main() {
                     index: g,
                     gres_type: "h100".into(),
                     free: true,
+                    ..GpuView::default()
                 })
                 .collect(),
         };
@@ -86,6 +87,7 @@ fn main() {
                     gpu_indices: vec![g as u32],
                     cpus: 4,
                     mem_mb: 0,
+                    ..NodeGrant::default()
                 }],
             });
         }

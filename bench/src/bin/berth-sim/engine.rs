@@ -48,6 +48,7 @@ pub fn cluster(nodes: u32, gpus: u32) -> ClusterSnapshot {
                             index: g,
                             gres_type: "h100".into(),
                             free: true,
+                            ..GpuView::default()
                         })
                         .collect(),
                     name,
