@@ -17,7 +17,7 @@
 
 use super::{io_err, OciError};
 use flate2::read::GzDecoder;
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeSet, HashSet};
@@ -32,6 +32,24 @@ pub struct ImageDefaults {
     pub env: Vec<String>,
     /// The image's working directory; empty if unset.
     pub workdir: String,
+}
+
+/// The part of the image config (`application/vnd.oci.image.config.v1+json`) a job uses.
+/// Not oci-spec's `ImageConfiguration`: 0.7 requires `history`, which the image spec makes
+/// optional, and would refuse valid images.
+#[derive(Debug, Default, Deserialize)]
+struct ImageConfigSubset {
+    #[serde(default)]
+    config: ExecConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ExecConfig {
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    working_dir: String,
 }
 
 /// A rootfs ready to be the container's root.
@@ -125,8 +143,10 @@ impl ImageCache {
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
             return Err(err("oci-layout: imageLayoutVersion is not 1.0.0".into()));
         }
-        let index = ImageIndex::from_file(layout.join("index.json"))
-            .map_err(|e| err(format!("index.json: {e}")))?;
+        let index_bytes =
+            fs::read(layout.join("index.json")).map_err(|e| err(format!("index.json: {e}")))?;
+        let index: ImageIndex =
+            serde_json::from_slice(&index_bytes).map_err(|e| err(format!("index.json: {e}")))?;
         let manifest_desc = pick_manifest(&index).ok_or_else(|| {
             err("index.json names no linux/amd64 image manifest".into())
         })?;
@@ -148,26 +168,19 @@ impl ImageCache {
             });
         }
         let manifest_bytes = read_blob(layout, &key, image)?;
-        let manifest = ImageManifest::from_reader(&manifest_bytes[..])
+        // serde_json directly: oci-spec's from_reader hides the parse error's text.
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| err(format!("manifest {key}: {e}")))?;
         let config_hex = manifest
             .config()
             .as_digest_sha256()
             .ok_or_else(|| err("config digest is not sha256".into()))?;
         let config_bytes = read_blob(layout, config_hex, image)?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..])
+        let config: ImageConfigSubset = serde_json::from_slice(&config_bytes)
             .map_err(|e| err(format!("config {config_hex}: {e}")))?;
         let defaults = ImageDefaults {
-            env: config
-                .config()
-                .as_ref()
-                .and_then(|c| c.env().clone())
-                .unwrap_or_default(),
-            workdir: config
-                .config()
-                .as_ref()
-                .and_then(|c| c.working_dir().clone())
-                .unwrap_or_default(),
+            env: config.config.env,
+            workdir: config.config.working_dir,
         };
         let staging = Staging::new(&self.dir, &key)?;
         let rootfs = staging.path.join("rootfs");

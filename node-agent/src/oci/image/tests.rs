@@ -15,6 +15,9 @@ fn layer(entries: &[E]) -> Vec<u8> {
     for e in entries {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         let (path, data, kind, link): (&str, &[u8], tar::EntryType, Option<&str>) = match e {
             E::Dir(p) => (p, b"", tar::EntryType::Directory, None),
             E::File(p, d) => (p, d.as_bytes(), tar::EntryType::Regular, None),
