@@ -293,6 +293,41 @@ pub fn write_node_cdi(config: &OciConfig, gpus: &dyn crate::gpu::GpuBackend) -> 
     cdi::write(&config.cdi_dir, cdi::SPEC_FILE, &spec)
 }
 
+/// Gives a simulated machine its device nodes in `dev_dir`: `nvidia<minor>` per GPU and
+/// `nvidiactl`, character devices with NVIDIA's numbers when root (no driver answers them:
+/// opening one fails with ENXIO, as a GPU without its driver would), empty files otherwise.
+/// These are the host paths the CDI spec names for simulated GPUs.
+///
+/// # Errors
+/// When the directory or a node cannot be made.
+pub fn make_sim_device_nodes(dev_dir: &Path, gpus: &[pb::Gpu]) -> std::io::Result<()> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    std::fs::create_dir_all(dev_dir)?;
+    let as_root = nix::unistd::geteuid().is_root();
+    let nodes = gpus
+        .iter()
+        .map(|g| (format!("nvidia{}", g.minor), g.minor))
+        .chain([("nvidiactl".to_string(), 255)]);
+    for (name, minor) in nodes {
+        let path = dev_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        if as_root {
+            mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(195, u64::from(minor)),
+            )
+            .map_err(std::io::Error::from)?;
+        } else {
+            std::fs::write(&path, b"")?;
+        }
+    }
+    Ok(())
+}
+
 /// `berth-<job>-<8 hex>`: the hash of the job directory keeps two agents on one host (the
 /// nodes of `berth dev`, or two test clusters) from colliding in runc's state directory.
 pub fn container_id(job_id: u64, job_dir: &Path) -> String {
