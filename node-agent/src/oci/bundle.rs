@@ -99,10 +99,14 @@ pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
         .gid(job.gid)
         .build()
         .map_err(built)?;
+    // Open files: the agent's own hard limit for both (raising a hard limit needs
+    // CAP_SYS_RESOURCE, which a sandboxed agent may lack; runc then fails the start).
+    let (_, nofile) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024));
     let rlimits = vec![rt::PosixRlimitBuilder::default()
         .typ(rt::PosixRlimitType::RlimitNofile)
-        .hard(65536u64)
-        .soft(65536u64)
+        .hard(nofile)
+        .soft(nofile)
         .build()
         .map_err(built)?];
     let mut process = spec.process().clone().unwrap_or_default();
