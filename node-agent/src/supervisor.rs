@@ -247,12 +247,12 @@ impl Supervisor {
                 LaunchError::Container(job.id, e)
             })?;
         let mig = self.carve(job, node, &dir)?;
+        if !mig.is_empty() {
+            self.refresh_cdi();
+        }
         if let Some(c) = container.as_mut() {
             c.add_mig_devices(&mig);
             write_json(&dir, "container.json", c);
-            if !mig.is_empty() {
-                self.refresh_cdi();
-            }
         }
         let as_root = nix::unistd::geteuid().is_root();
         let mut env = job_env::build(job, node, &mig);

@@ -52,9 +52,10 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 
 /// One `berth dev` with its state and a work directory.
 struct Dev {
-    _proc: berth_tests::Proc,
+    proc: berth_tests::Proc,
     state: PathBuf,
     work: PathBuf,
+    port: u16,
     server: String,
 }
 
@@ -63,16 +64,29 @@ impl Dev {
         let state = root.join(name);
         let work = root.join(format!("{name}-work"));
         std::fs::create_dir_all(&work).unwrap();
-        let port = free_port();
+        Dev::start_on(state, work, free_port(), args)
+    }
+
+    fn start_on(state: PathBuf, work: PathBuf, port: u16, args: &[&str]) -> Dev {
         let mut all = vec!["--nodes", "1", "--http-listen", "off", "--kill-wait-secs", "2"];
         all.extend_from_slice(args);
         let (proc, _) = berth_dev(&state, port, &all);
         Dev {
-            _proc: proc,
+            proc,
             state,
             work,
+            port,
             server: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// kill -9 of berthd and the agent (one process), then the same node again.
+    fn kill9_and_restart(mut self) -> Dev {
+        self.proc.0.kill().unwrap();
+        self.proc.0.wait().unwrap();
+        let (state, work, port) = (self.state.clone(), self.work.clone(), self.port);
+        drop(self);
+        Dev::start_on(state, work, port, &[])
     }
 
     fn sbatch(&self, args: &[&str]) -> u64 {
@@ -232,6 +246,33 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
     });
     dev.assert_no_traces(sleeper);
     dev.assert_cache_clean();
+
+    // Agent restart: the container keeps running under its shim and is found again.
+    // It waits for a file the test creates once the restarted agent is up.
+    let gate = tmp.path().join("gate");
+    std::fs::create_dir(&gate).unwrap();
+    let gate_mount = format!("--container-mounts={}:/gate", gate.display());
+    let survivor = dev.sbatch(&[
+        &img,
+        &gate_mount,
+        "--wrap",
+        "echo up; while [ ! -e /gate/go ]; do sleep 0.1; done; echo finished",
+    ]);
+    poll("survivor starts", 60, || dev.output(survivor).contains("up").then_some(()));
+    let dev = dev.kill9_and_restart();
+    let cid = berth_agent::oci::container_id(survivor, &dev.job_dir(survivor));
+    assert_eq!(
+        berth_agent::oci::runtime::Runtime::locate(Path::new("runc"))
+            .unwrap()
+            .state(&cid)
+            .map(|s| s.status),
+        Some("running".to_string()),
+        "the container outlives the agent"
+    );
+    std::fs::write(gate.join("go"), "").unwrap();
+    assert_eq!(dev.ended(survivor), "COMPLETED");
+    assert!(dev.output(survivor).contains("finished"));
+    dev.assert_no_traces(survivor);
 }
 
 #[test]
