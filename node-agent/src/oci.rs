@@ -5,8 +5,8 @@
 //! mounts against the deny list, the runtime binary present) and writes CDI specs for its
 //! GPUs ([`cdi`]). The heavy part runs in the job's shim, off the agent loop: unpack the image
 //! into the content-addressed cache ([`image`]), generate the bundle's `config.json`
-//! ([`bundle`]), apply the CDI edits of the granted devices, then `runc run --keep`, read the
-//! OOM counter of the container's cgroup and `runc delete` ([`runtime`]).
+//! ([`bundle`]), apply the CDI edits of the granted devices, then `create`/`start`, wait for
+//! the init, read the OOM counter of the container's cgroup and `delete` ([`runtime`]).
 //!
 //! # Layout
 //! - [`image`]: OCI image layouts (directory or tar archive) and plain rootfs directories;
@@ -14,7 +14,7 @@
 //! - [`mounts`]: `--container-mounts` parsing and the deny list of host paths.
 //! - [`cdi`]: CDI spec 1.1.0 types, generation from the NVML inventory, loading, applying.
 //! - [`bundle`]: the runtime-spec `config.json` of a job.
-//! - [`lifecycle`]: the shim's side: image → bundle → `runc run` → cleanup.
+//! - [`lifecycle`]: the shim's side: image → bundle → create, start, wait → cleanup.
 //! - [`runtime`]: the runc/crun command line (run, kill, delete, state) and cgroup reading.
 
 pub mod bundle;

@@ -1,4 +1,4 @@
-//! One container job from the shim's side: image → bundle → `runc run` → cleanup.
+//! One container job from the shim's side: image → bundle → create/start → wait → cleanup.
 //!
 //! Order matters for "nothing left behind": every step that creates something (cache
 //! entry, overlay mount, bundle, container, cgroup) is undone by [`cleanup`], which runs on
@@ -11,27 +11,24 @@ use super::{bundle, cdi, ContainerJob, OciError};
 use crate::shim::{ExitRecord, ShimSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// File in the job directory naming the cache entry the job uses (kept from eviction).
 const IMAGE_KEY: &str = "image_key";
 
 /// Runs the container job described by `spec` in job directory `dir` to its end.
 pub fn run(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> ExitRecord {
-    let result = start(dir, spec, job).and_then(|mut child| {
-        crate::shim::write_json(dir, "pid", &child.id());
-        child
-            .wait()
-            .map_err(|e| OciError::Runtime(format!("wait for the runtime: {e}")))
+    let result = start(dir, spec, job).and_then(|pid| {
+        crate::shim::write_json(dir, "pid", &pid);
+        wait_init(pid)
     });
+    // Read before delete: deleting the container removes its cgroup and the counter.
     let oom = runtime::oom_kills(&bundle::cgroup_path(&job.config.cgroup_parent, &job.id)) > 0;
     cleanup(dir, job);
     match result {
-        Ok(status) => ExitRecord {
-            code: status.code(),
-            signal: status.signal(),
+        Ok((code, signal)) => ExitRecord {
+            code,
+            signal,
             error: None,
             oom,
         },
@@ -42,9 +39,30 @@ pub fn run(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> ExitRecord {
     }
 }
 
-/// Prepares the image and bundle and starts the runtime; the child is `runc run`.
-fn start(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> Result<std::process::Child, OciError> {
+/// Waits for the container's init, our child since `create` exited (we are a subreaper):
+/// (exit code, signal).
+fn wait_init(pid: u32) -> Result<(Option<i32>, Option<i32>), OciError> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok((Some(code), None)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok((None, Some(sig as i32))),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(OciError::Runtime(format!(
+                    "wait for the container's init ({pid}): {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// Prepares the image and bundle, creates and starts the container; returns its init's pid.
+fn start(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> Result<u32, OciError> {
     let runtime = Runtime::locate(&job.config.runtime)?;
+    // Before create: the init must be re-parented to this shim when create exits.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| OciError::Runtime(format!("cannot become a child subreaper: {e}")))?;
     let cache = ImageCache::new(&job.config.cache_dir, job.config.cache_max_bytes);
     let prepared = cache.prepare(&job.image, &images_in_use(dir))?;
     if let Some(key) = &prepared.key {
@@ -80,18 +98,9 @@ fn start(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> Result<std::process
     } else {
         crate::shim::open_output(&spec.stderr, owner).map_err(OciError::Runtime)?
     };
-    let argv = runtime.run_argv(&bundle_dir, &job.id);
-    Command::new(&argv[0])
-        .args(&argv[1..])
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .current_dir(&bundle_dir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| OciError::Runtime(format!("cannot start {}: {e}", argv[0])))
+    let pid = runtime.create(&bundle_dir, &job.id, stdout, stderr)?;
+    runtime.start(&job.id)?;
+    Ok(pid)
 }
 
 /// Deletes the container, its cgroup and the bundle (overlay unmounted). Safe to repeat.

@@ -1,10 +1,13 @@
 //! The OCI runtime's command line (runc; crun takes the same commands and flags used here)
 //! and the container's cgroup as the kernel shows it.
 //!
-//! Commands used: `run --bundle B --keep ID` (foreground: the container's stdio are the
-//! runtime's, its exit status the runtime's; `--keep` leaves the stopped container, and so
-//! its cgroup, until `delete`, so the OOM counter can be read after the end), `kill [--all]
-//! ID SIG`, `delete --force ID`, `state ID`.
+//! Commands used, all of which runc and crun share: `create --bundle B --pid-file F ID`
+//! (the container's init inherits the caller's stdio: the job's output files), `start ID`,
+//! `kill --all ID SIG`, `delete --force ID`, `state ID`. Not `run`: its exit status folds a
+//! signal into 128+N, and without runc's `--keep` (crun has none) the container's cgroup,
+//! and with it the OOM counter, is gone before anyone can read it. Instead the shim is a
+//! child subreaper, so the init becomes its child when `create` exits and the shim waits
+//! for it directly (the containerd-shim pattern), then reads the cgroup, then deletes.
 
 use super::OciError;
 use std::path::{Path, PathBuf};
@@ -70,16 +73,54 @@ impl Runtime {
         &self.path
     }
 
-    /// argv of `run` for the bundle in `bundle` as container `id`.
-    pub fn run_argv(&self, bundle: &Path, id: &str) -> Vec<String> {
-        vec![
-            self.path.display().to_string(),
-            "run".into(),
-            "--bundle".into(),
-            bundle.display().to_string(),
-            "--keep".into(),
-            id.into(),
-        ]
+    /// Creates container `id` from `bundle` with the init's stdout/stderr on `stdout` and
+    /// `stderr`, and returns the init's host pid (read from `bundle/init.pid`).
+    ///
+    /// # Errors
+    /// [`OciError::Runtime`] when the runtime cannot be started or fails; its own message is
+    /// then in `stderr` (the job's error file).
+    pub fn create(
+        &self,
+        bundle: &Path,
+        id: &str,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<u32, OciError> {
+        use std::os::unix::process::CommandExt as _;
+        let pid_file = bundle.join("init.pid");
+        let status = Command::new(&self.path)
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir(bundle)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .status()
+            .map_err(|e| OciError::Runtime(format!("cannot start {}: {e}", self.path.display())))?;
+        if !status.success() {
+            return Err(OciError::Runtime(format!(
+                "{} create failed ({status}); its message is in the job's error file",
+                self.path.display()
+            )));
+        }
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| OciError::Runtime(format!("no pid in {}", pid_file.display())))
+    }
+
+    /// Starts the created container `id` (its init runs the job from here).
+    ///
+    /// # Errors
+    /// [`OciError::Runtime`] when the runtime refuses.
+    pub fn start(&self, id: &str) -> Result<(), OciError> {
+        self.exec(&["start", id]).map(|_| ())
     }
 
     fn exec(&self, args: &[&str]) -> Result<Vec<u8>, OciError> {
@@ -197,14 +238,16 @@ mod tests {
     }
 
     #[test]
-    fn run_argv_keeps_the_container_for_the_oom_check() {
-        let r = Runtime {
-            path: "/usr/sbin/runc".into(),
-        };
-        assert_eq!(
-            r.run_argv(Path::new("/b"), "berth-1-x"),
-            ["/usr/sbin/runc", "run", "--bundle", "/b", "--keep", "berth-1-x"]
-        );
+    fn a_failing_create_is_an_error_naming_the_runtime() {
+        // `false` stands in for a runtime that refuses the bundle: create reports it.
+        let r = Runtime::locate(Path::new("false")).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(t.path().join("out")).unwrap();
+        let err = std::fs::File::create(t.path().join("err")).unwrap();
+        match r.create(t.path(), "berth-1-x", out, err) {
+            Err(OciError::Runtime(m)) => assert!(m.contains("create failed"), "{m}"),
+            other => panic!("want a Runtime error, got {other:?}"),
+        }
     }
 
     #[test]
