@@ -258,6 +258,11 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
     dev.assert_no_traces(sleeper);
     dev.assert_cache_clean();
 
+    // Time limit: TIMEOUT, then the container is gone like a cancelled one.
+    let slow = dev.sbatch(&[&img, "--time=0:01", "--wrap", "sleep 300"]);
+    assert_eq!(dev.ended(slow), "TIMEOUT");
+    dev.assert_no_traces(slow);
+
     // Agent restart: the container keeps running under its shim and is found again.
     // It waits for a file the test creates once the restarted agent is up.
     let gate = tmp.path().join("gate");
