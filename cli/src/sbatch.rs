@@ -379,8 +379,18 @@ const SUPPORTED: &[Supported] = &[
     ("chdir", Some('D'), Arg::Required, Key::Chdir),
     ("container-env", None, Arg::Required, Key::ContainerEnv),
     ("container-image", None, Arg::Required, Key::ContainerImage),
-    ("container-mounts", None, Arg::Required, Key::ContainerMounts),
-    ("container-workdir", None, Arg::Required, Key::ContainerWorkdir),
+    (
+        "container-mounts",
+        None,
+        Arg::Required,
+        Key::ContainerMounts,
+    ),
+    (
+        "container-workdir",
+        None,
+        Arg::Required,
+        Key::ContainerWorkdir,
+    ),
     ("cpus-per-task", Some('c'), Arg::Required, Key::CpusPerTask),
     ("error", Some('e'), Arg::Required, Key::Error),
     ("export", None, Arg::Required, Key::Export),
@@ -925,9 +935,7 @@ fn apply(
         Key::Export => opts.export = Some(parse_export(value)?),
         Key::ContainerImage => opts.container_image = Some(parse_container_image(value)?),
         Key::ContainerMounts => opts.container_mounts = Some(parse_container_mounts(value)?),
-        Key::ContainerWorkdir => {
-            opts.container_workdir = Some(parse_container_workdir(value)?)
-        }
+        Key::ContainerWorkdir => opts.container_workdir = Some(parse_container_workdir(value)?),
         Key::ContainerEnv => opts.container_env = Some(parse_container_env(value)?),
         Key::Parsable => opts.parsable = true,
         Key::Hold => opts.hold = true,
@@ -2316,15 +2324,27 @@ mod tests {
             ])
             .expect("parses");
         let s = &sub.spec;
-        assert_eq!(s.container_image, f.path("img"), "relative to the submit dir");
+        assert_eq!(
+            s.container_image,
+            f.path("img"),
+            "relative to the submit dir"
+        );
         assert_eq!(s.container_workdir, "/w");
         assert_eq!(s.container_mounts, ["/data:/data:ro+rprivate", "/scratch"]);
         assert_eq!(s.container_env, ["HOME", "LANG"]);
-        let over = f.run(&["--container-image=/abs/img", "c.sh"]).expect("parses");
-        assert_eq!(over.spec.container_image, "/abs/img", "the command line wins");
+        let over = f
+            .run(&["--container-image=/abs/img", "c.sh"])
+            .expect("parses");
+        assert_eq!(
+            over.spec.container_image, "/abs/img",
+            "the command line wins"
+        );
         f.script("plain.sh", "#!/bin/sh\ntrue\n");
         let plain = f.run(&["plain.sh"]).expect("parses");
-        assert!(plain.spec.container_image.is_empty(), "no image: process runtime");
+        assert!(
+            plain.spec.container_image.is_empty(),
+            "no image: process runtime"
+        );
         expect_errors(
             &f,
             &[
@@ -2333,17 +2353,32 @@ mod tests {
                     &["--container-image=nvcr.io#nvidia/pytorch:24.01", "plain.sh"],
                     "registry images are not supported",
                 ),
-                (&["--container-image=docker://busybox", "plain.sh"], "registry"),
                 (
-                    &["--container-image=/i", "--container-mounts=data:/x", "plain.sh"],
+                    &["--container-image=docker://busybox", "plain.sh"],
+                    "registry",
+                ),
+                (
+                    &[
+                        "--container-image=/i",
+                        "--container-mounts=data:/x",
+                        "plain.sh",
+                    ],
                     "SRC must be an absolute path",
                 ),
                 (
-                    &["--container-image=/i", "--container-mounts=/a:/b:ro+bogus", "plain.sh"],
+                    &[
+                        "--container-image=/i",
+                        "--container-mounts=/a:/b:ro+bogus",
+                        "plain.sh",
+                    ],
                     "unknown flag",
                 ),
                 (
-                    &["--container-image=/i", "--container-workdir=rel", "plain.sh"],
+                    &[
+                        "--container-image=/i",
+                        "--container-workdir=rel",
+                        "plain.sh",
+                    ],
                     "must be an absolute path",
                 ),
                 (

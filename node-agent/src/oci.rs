@@ -253,7 +253,10 @@ pub fn signal_container(job: &ContainerJob, signal: &str) -> Result<(), OciError
 /// # Errors
 /// [`OciError::Cdi`] when NVML cannot be read, [`OciError::Io`] when the file cannot be
 /// written.
-pub fn write_node_cdi(config: &OciConfig, gpus: &dyn crate::gpu::GpuBackend) -> Result<(), OciError> {
+pub fn write_node_cdi(
+    config: &OciConfig,
+    gpus: &dyn crate::gpu::GpuBackend,
+) -> Result<(), OciError> {
     let inv = gpus
         .inventory()
         .map_err(|e| OciError::Cdi(format!("GPU inventory: {e}")))?;
@@ -363,9 +366,15 @@ mod tests {
 
     #[test]
     fn env_names() {
-        for (i, (name, ok)) in [("A", true), ("_x1", true), ("1A", false), ("A-B", false), ("", false)]
-            .iter()
-            .enumerate()
+        for (i, (name, ok)) in [
+            ("A", true),
+            ("_x1", true),
+            ("1A", false),
+            ("A-B", false),
+            ("", false),
+        ]
+        .iter()
+        .enumerate()
         {
             if valid_env_name(name) != *ok {
                 panic!("#{i}: want {ok} for {name:?}");

@@ -72,7 +72,10 @@ fn the_cdi_spec_follows_mig_instances() {
     assert_eq!(mig.len(), 1);
     let with_mig = device_names(&dir.path().join("cdi"));
     assert!(with_mig.contains(&mig[0].uuid), "{with_mig:?}");
-    assert!(with_mig.contains(&format!("1:{}", mig[0].gi_id)), "{with_mig:?}");
+    assert!(
+        with_mig.contains(&format!("1:{}", mig[0].gi_id)),
+        "{with_mig:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(Status::Finished(_)) = sup.poll().remove(&1) {

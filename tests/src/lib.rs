@@ -209,7 +209,9 @@ pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<(), String> {
         return Ok(());
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(format!("{missing:?} not installed and not root to install them"));
+        return Err(format!(
+            "{missing:?} not installed and not root to install them"
+        ));
     }
     let apt = |args: &[&str]| {
         std::process::Command::new("apt-get")

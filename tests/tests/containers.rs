@@ -70,7 +70,14 @@ impl Dev {
     }
 
     fn start_on(state: PathBuf, work: PathBuf, port: u16, args: &[&str]) -> Dev {
-        let mut all = vec!["--nodes", "1", "--http-listen", "off", "--kill-wait-secs", "2"];
+        let mut all = vec![
+            "--nodes",
+            "1",
+            "--http-listen",
+            "off",
+            "--kill-wait-secs",
+            "2",
+        ];
         all.extend_from_slice(args);
         let (proc, _) = berth_dev(&state, port, &all);
         let runtime = args
@@ -102,7 +109,11 @@ impl Dev {
     }
 
     fn show(&self, id: u64) -> String {
-        let out = berth(&self.work, &self.server, &["scontrol", "show", "job", &id.to_string()]);
+        let out = berth(
+            &self.work,
+            &self.server,
+            &["scontrol", "show", "job", &id.to_string()],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -127,7 +138,11 @@ impl Dev {
     fn ended(&self, id: u64) -> String {
         poll(&format!("job {id} ends"), 120, || {
             let st = self.field(id, "JobState");
-            (!matches!(st.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING")).then_some(st)
+            (!matches!(
+                st.as_str(),
+                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
+            ))
+            .then_some(st)
         })
     }
 
@@ -147,11 +162,17 @@ impl Dev {
             .output()
             .unwrap();
         let list = String::from_utf8_lossy(&list.stdout);
-        assert!(!list.lines().any(|l| l == cid), "container {cid} left: {list}");
+        assert!(
+            !list.lines().any(|l| l == cid),
+            "container {cid} left: {list}"
+        );
         for dir in berth_agent::oci::runtime::cgroup_dirs(&format!("/berth/{cid}")) {
             assert!(!dir.exists(), "cgroup {} left", dir.display());
         }
-        assert!(!self.job_dir(id).join("bundle").exists(), "bundle of {id} left");
+        assert!(
+            !self.job_dir(id).join("bundle").exists(),
+            "bundle of {id} left"
+        );
     }
 
     /// The image cache holds complete entries only (64-hex names), no staging directories.
@@ -203,7 +224,10 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
     assert!(out.contains("from the host"), "{out}");
     assert!(out.lines().any(|l| l == "/data"), "workdir: {out}");
     assert!(!out.contains("WROTE-RO"), "a ro mount was writable: {out}");
-    assert!(out.contains(&format!("FROM_IMAGE=yes SLURM_JOB_ID={job}")), "{out}");
+    assert!(
+        out.contains(&format!("FROM_IMAGE=yes SLURM_JOB_ID={job}")),
+        "{out}"
+    );
     // The GPUs berthd granted (GpuUuids=node1:GPU-…,node1:GPU-…) are what the job sees,
     // and their device nodes, as the node's CDI spec names them, are exactly those present.
     let granted: Vec<String> = dev
@@ -212,14 +236,19 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
         .map(|g| g.trim_start_matches("node1:").to_string())
         .collect();
     assert_eq!(granted.len(), 2);
-    assert!(out.contains(&format!("CUDA={}", granted.join(","))), "{out}");
+    assert!(
+        out.contains(&format!("CUDA={}", granted.join(","))),
+        "{out}"
+    );
     let spec_path = dev.state.join("nodes/node1/cdi/berth-nvidia-gpu.json");
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
     let mut want: Vec<String> = vec!["nvidiactl".into()];
     for d in spec["devices"].as_array().unwrap() {
         if granted.iter().any(|g| d["name"] == g.as_str()) {
-            let path = d["containerEdits"]["deviceNodes"][0]["path"].as_str().unwrap();
+            let path = d["containerEdits"]["deviceNodes"][0]["path"]
+                .as_str()
+                .unwrap();
             want.push(path.trim_start_matches("/dev/").to_string());
         }
     }
@@ -241,18 +270,27 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
         "dd if=/dev/zero of=/dev/null bs=100M count=1; echo dd-exit=$?",
     ]);
     assert_eq!(dev.ended(oom), "OUT_OF_MEMORY");
-    assert!(dev.output(oom).contains("dd-exit=137"), "{}", dev.output(oom));
+    assert!(
+        dev.output(oom).contains("dd-exit=137"),
+        "{}",
+        dev.output(oom)
+    );
     dev.assert_no_traces(oom);
 
     // Cancel: runc kill, then the container is deleted with its cgroup and bundle.
     let sleeper = dev.sbatch(&[&img, "--wrap", "echo started; sleep 300"]);
-    poll("sleeper starts", 60, || dev.output(sleeper).contains("started").then_some(()));
+    poll("sleeper starts", 60, || {
+        dev.output(sleeper).contains("started").then_some(())
+    });
     let out = berth(&dev.work, &dev.server, &["scancel", &sleeper.to_string()]);
     assert!(out.status.success());
     assert_eq!(dev.ended(sleeper), "CANCELLED");
     poll("sleeper's container removed", 60, || {
         let cid = berth_agent::oci::container_id(sleeper, &dev.job_dir(sleeper));
-        let list = std::process::Command::new("runc").args(["list", "-q"]).output().ok()?;
+        let list = std::process::Command::new("runc")
+            .args(["list", "-q"])
+            .output()
+            .ok()?;
         (!String::from_utf8_lossy(&list.stdout).contains(&cid)).then_some(())
     });
     dev.assert_no_traces(sleeper);
@@ -274,7 +312,9 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
         "--wrap",
         "echo up; while [ ! -e /gate/go ]; do sleep 0.1; done; echo finished",
     ]);
-    poll("survivor starts", 60, || dev.output(survivor).contains("up").then_some(()));
+    poll("survivor starts", 60, || {
+        dev.output(survivor).contains("up").then_some(())
+    });
     let dev = dev.kill9_and_restart();
     let cid = berth_agent::oci::container_id(survivor, &dev.job_dir(survivor));
     assert_eq!(
@@ -323,17 +363,25 @@ fn bad_container_requests_fail_with_the_reason_and_leave_nothing() {
     b.append_link(&mut h, "esc", &outside).unwrap();
     let mut h = header(tar::EntryType::Regular, 0o644, 1);
     b.append_data(&mut h, "esc/pwned", &b"x"[..]).unwrap();
-    berth_agent::oci::image::write_layout(&escape, &[b.into_inner().unwrap()], false, &[])
-        .unwrap();
+    berth_agent::oci::image::write_layout(&escape, &[b.into_inner().unwrap()], false, &[]).unwrap();
 
     let dev = Dev::start(tmp.path(), "dev", &[]);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec![format!("--container-image={}", tmp.path().join("missing").display())],
+            vec![format!(
+                "--container-image={}",
+                tmp.path().join("missing").display()
+            )],
             "No such file",
         ),
-        (vec![format!("--container-image={}", corrupt.display())], "corrupt"),
-        (vec![format!("--container-image={}", escape.display())], "refused"),
+        (
+            vec![format!("--container-image={}", corrupt.display())],
+            "corrupt",
+        ),
+        (
+            vec![format!("--container-image={}", escape.display())],
+            "refused",
+        ),
         (
             vec![
                 format!("--container-image={}", good.display()),
@@ -355,21 +403,34 @@ fn bad_container_requests_fail_with_the_reason_and_leave_nothing() {
         let id = dev.sbatch(&all);
         assert_eq!(dev.ended(id), "FAILED", "#{i}");
         let reason = dev.field(id, "Reason");
-        assert!(reason.contains(want), "#{i}: want {want:?} in reason {reason:?}");
+        assert!(
+            reason.contains(want),
+            "#{i}: want {want:?} in reason {reason:?}"
+        );
         assert!(!dev.output(id).contains("SHOULD-NOT-RUN"), "#{i}");
         dev.assert_no_traces(id);
     }
-    assert!(!outside.join("pwned").exists(), "the escaping layer wrote on the host");
+    assert!(
+        !outside.join("pwned").exists(),
+        "the escaping layer wrote on the host"
+    );
     dev.assert_cache_clean();
 
     // No runtime on the node: the job fails saying so.
-    let norunc = Dev::start(tmp.path(), "norunc", &["--container-runtime", "/nonexistent/runc"]);
+    let norunc = Dev::start(
+        tmp.path(),
+        "norunc",
+        &["--container-runtime", "/nonexistent/runc"],
+    );
     let img = format!("--container-image={}", good.display());
     let id = norunc.sbatch(&[&img, "--wrap", "echo SHOULD-NOT-RUN"]);
     assert_eq!(norunc.ended(id), "FAILED");
     let reason = norunc.field(id, "Reason");
     assert!(reason.contains("/nonexistent/runc not found"), "{reason}");
-    assert!(!norunc.job_dir(id).exists(), "a refused launch leaves no job directory");
+    assert!(
+        !norunc.job_dir(id).exists(),
+        "a refused launch leaves no job directory"
+    );
 }
 
 #[test]
@@ -387,20 +448,35 @@ fn crun_runs_the_same_jobs() {
     busybox_image(&image);
     let dev = Dev::start(tmp.path(), "dev", &["--container-runtime", "crun"]);
     let img = format!("--container-image={}", image.display());
-    let job = dev.sbatch(&[&img, "--gres=gpu:1", "--wrap", "echo CUDA=$CUDA_VISIBLE_DEVICES; ls /dev | grep nvidia"]);
+    let job = dev.sbatch(&[
+        &img,
+        "--gres=gpu:1",
+        "--wrap",
+        "echo CUDA=$CUDA_VISIBLE_DEVICES; ls /dev | grep nvidia",
+    ]);
     let state = dev.ended(job);
     let out = dev.output(job);
     // crun (Debian 12: 1.8.1) refuses hosts with cgroup v1 controllers plus a v2 mount
     // ("hybrid mode"); that is the host, not berth: say so and stop.
     if state == "FAILED" && out.contains("hybrid mode not supported") {
-        println!("SKIPPED crun_runs_the_same_jobs: crun refuses this host's hybrid cgroup layout: {out}");
+        println!(
+            "SKIPPED crun_runs_the_same_jobs: crun refuses this host's hybrid cgroup layout: {out}"
+        );
         return;
     }
     assert_eq!(state, "COMPLETED", "{out}");
-    let granted = dev.field(job, "GpuUuids").trim_start_matches("node1:").to_string();
+    let granted = dev
+        .field(job, "GpuUuids")
+        .trim_start_matches("node1:")
+        .to_string();
     assert!(out.contains(&format!("CUDA={granted}")), "{out}");
     assert!(out.lines().any(|l| l == "nvidiactl"), "{out}");
-    let oom = dev.sbatch(&[&img, "--mem=32M", "--wrap", "dd if=/dev/zero of=/dev/null bs=100M count=1"]);
+    let oom = dev.sbatch(&[
+        &img,
+        "--mem=32M",
+        "--wrap",
+        "dd if=/dev/zero of=/dev/null bs=100M count=1",
+    ]);
     assert_eq!(dev.ended(oom), "OUT_OF_MEMORY");
     dev.assert_no_traces(job);
     dev.assert_no_traces(oom);

@@ -30,18 +30,17 @@ fn job_owned(name: &str) -> bool {
         || name.starts_with("CUDA_MPS_")
         || matches!(
             name,
-            "CUDA_VISIBLE_DEVICES" | "NVIDIA_VISIBLE_DEVICES" | "GPU_DEVICE_ORDINAL" | "ENVIRONMENT"
+            "CUDA_VISIBLE_DEVICES"
+                | "NVIDIA_VISIBLE_DEVICES"
+                | "GPU_DEVICE_ORDINAL"
+                | "ENVIRONMENT"
         )
 }
 
 /// The container's environment, pyxis's rule: the image's variables win over the
 /// submitted ones, except those named by `--container-env` and the job's own (Slurm and
 /// GPU selection) variables.
-pub fn merge_env(
-    image: &[String],
-    job: &BTreeMap<String, String>,
-    keep: &[String],
-) -> Vec<String> {
+pub fn merge_env(image: &[String], job: &BTreeMap<String, String>, keep: &[String]) -> Vec<String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in job {
         env.insert(k.clone(), v.clone());
@@ -112,7 +111,11 @@ pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_terminal(Some(false));
     process.set_args(Some(args));
-    process.set_env(Some(merge_env(&input.defaults.env, input.env, &job.env_keep)));
+    process.set_env(Some(merge_env(
+        &input.defaults.env,
+        input.env,
+        &job.env_keep,
+    )));
     process.set_cwd(PathBuf::from(cwd));
     process.set_user(user);
     process.set_rlimits(Some(rlimits));

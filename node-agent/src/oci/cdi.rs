@@ -196,7 +196,11 @@ pub fn minimum_version(spec: &Spec) -> &'static str {
             need("1.1.0");
         }
     }
-    if spec.devices.iter().any(|d| d.name.starts_with(|c: char| c.is_ascii_digit())) {
+    if spec
+        .devices
+        .iter()
+        .any(|d| d.name.starts_with(|c: char| c.is_ascii_digit()))
+    {
         need("0.5.0");
     }
     if !spec.annotations.is_empty() || spec.devices.iter().any(|d| !d.annotations.is_empty()) {
@@ -217,7 +221,9 @@ fn valid_kind(kind: &str) -> bool {
         });
     let class_ok = class.starts_with(|c: char| c.is_ascii_alphanumeric())
         && class.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && class.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && class
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     vendor_ok && class_ok
 }
 
@@ -411,7 +417,12 @@ pub fn nvidia_spec(gpus: &[GpuNode], migs: &[MigNode], dev_dir: &Path) -> Spec {
         annotations: BTreeMap::new(),
         devices,
         container_edits: ContainerEdits {
-            device_nodes: vec![char_node("/dev/nvidiactl", &dev_dir.join("nvidiactl"), NVIDIA_MAJOR, 255)],
+            device_nodes: vec![char_node(
+                "/dev/nvidiactl",
+                &dev_dir.join("nvidiactl"),
+                NVIDIA_MAJOR,
+                255,
+            )],
             ..Default::default()
         },
     }
@@ -423,7 +434,9 @@ fn cap_node(caps: &Path, minor: u32) -> DeviceNode {
     let major = std::fs::read_to_string("/proc/devices").ok().and_then(|t| {
         t.lines().find_map(|l| {
             let (n, name) = l.trim().split_once(' ')?;
-            (name == "nvidia-caps").then(|| n.parse::<i64>().ok()).flatten()
+            (name == "nvidia-caps")
+                .then(|| n.parse::<i64>().ok())
+                .flatten()
         })
     });
     char_node(
@@ -468,7 +481,8 @@ pub fn load(dirs: &[PathBuf]) -> Result<Vec<Spec>, OciError> {
             .collect();
         files.sort();
         for f in files {
-            let text = std::fs::read(&f).map_err(|e| OciError::Cdi(format!("{}: {e}", f.display())))?;
+            let text =
+                std::fs::read(&f).map_err(|e| OciError::Cdi(format!("{}: {e}", f.display())))?;
             let spec = parse(&text).map_err(|e| OciError::Cdi(format!("{}: {e}", f.display())))?;
             specs.push(spec);
         }
@@ -494,7 +508,9 @@ pub fn apply(oci: &mut rt::Spec, specs: &[Spec], names: &[String]) -> Result<(),
                 .flatten()
         });
         let (i, device) = found.ok_or_else(|| {
-            OciError::Cdi(format!("unresolvable device {qualified:?} (no spec lists it)"))
+            OciError::Cdi(format!(
+                "unresolvable device {qualified:?} (no spec lists it)"
+            ))
         })?;
         if !spec_edits_done.contains(&i) {
             spec_edits_done.push(i);
@@ -631,7 +647,10 @@ fn apply_device_node(oci: &mut rt::Spec, n: &DeviceNode) -> Result<(), OciError>
             .build()
             .map_err(|e| OciError::Cdi(e.to_string()))?;
         let resources = linux.resources_mut().get_or_insert_with(Default::default);
-        resources.devices_mut().get_or_insert_with(Vec::new).push(rule);
+        resources
+            .devices_mut()
+            .get_or_insert_with(Vec::new)
+            .push(rule);
     }
     Ok(())
 }

@@ -108,7 +108,9 @@ impl ImageCache {
             }
             let mut entries = fs::read_dir(path).map_err(|e| err(e.to_string()))?;
             if entries.next().is_none() {
-                return Err(err("empty directory (neither an OCI layout nor a rootfs)".into()));
+                return Err(err(
+                    "empty directory (neither an OCI layout nor a rootfs)".into()
+                ));
             }
             Prepared {
                 rootfs: path.to_path_buf(),
@@ -116,12 +118,12 @@ impl ImageCache {
                 key: None,
             }
         } else if meta.is_dir() {
-            self.from_layout(image, path)?
+            self.prepare_layout(image, path)?
         } else {
             let staging = Staging::new(&self.dir, "archive")?;
             let file = fs::File::open(path).map_err(|e| err(e.to_string()))?;
             unpack_layer(file, &staging.path, image, "(archive)")?;
-            self.from_layout(image, &staging.path)?
+            self.prepare_layout(image, &staging.path)?
         };
         if let Some(key) = &prepared.key {
             let mut keep = in_use.clone();
@@ -131,15 +133,15 @@ impl ImageCache {
         Ok(prepared)
     }
 
-    fn from_layout(&self, image: &str, layout: &Path) -> Result<Prepared, OciError> {
+    fn prepare_layout(&self, image: &str, layout: &Path) -> Result<Prepared, OciError> {
         let err = |reason: String| OciError::Image {
             image: image.to_string(),
             reason,
         };
-        let marker = fs::read(layout.join("oci-layout"))
-            .map_err(|e| err(format!("oci-layout: {e}")))?;
-        let marker: serde_json::Value = serde_json::from_slice(&marker)
-            .map_err(|e| err(format!("oci-layout: {e}")))?;
+        let marker =
+            fs::read(layout.join("oci-layout")).map_err(|e| err(format!("oci-layout: {e}")))?;
+        let marker: serde_json::Value =
+            serde_json::from_slice(&marker).map_err(|e| err(format!("oci-layout: {e}")))?;
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
             return Err(err("oci-layout: imageLayoutVersion is not 1.0.0".into()));
         }
@@ -147,9 +149,8 @@ impl ImageCache {
             fs::read(layout.join("index.json")).map_err(|e| err(format!("index.json: {e}")))?;
         let index: ImageIndex =
             serde_json::from_slice(&index_bytes).map_err(|e| err(format!("index.json: {e}")))?;
-        let manifest_desc = pick_manifest(&index).ok_or_else(|| {
-            err("index.json names no linux/amd64 image manifest".into())
-        })?;
+        let manifest_desc = pick_manifest(&index)
+            .ok_or_else(|| err("index.json names no linux/amd64 image manifest".into()))?;
         let key = manifest_desc
             .as_digest_sha256()
             .ok_or_else(|| err("manifest digest is not sha256".into()))?
@@ -195,7 +196,9 @@ impl ImageCache {
             let file = fs::File::open(&blob).map_err(|e| err(format!("blob {hex}: {e}")))?;
             size += match layer.media_type() {
                 MediaType::ImageLayer => unpack_layer(file, &rootfs, image, hex)?,
-                MediaType::ImageLayerGzip => unpack_layer(GzDecoder::new(file), &rootfs, image, hex)?,
+                MediaType::ImageLayerGzip => {
+                    unpack_layer(GzDecoder::new(file), &rootfs, image, hex)?
+                }
                 MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
                     unpack_layer(GzDecoder::new(file), &rootfs, image, hex)?
                 }
@@ -210,13 +213,19 @@ impl ImageCache {
             let p = staging.path.join(name);
             fs::write(&p, bytes).map_err(io_err(&p))
         };
-        write("image.json", serde_json::to_vec(&defaults).unwrap_or_default())?;
+        write(
+            "image.json",
+            serde_json::to_vec(&defaults).unwrap_or_default(),
+        )?;
         write("size", size.to_string().into_bytes())?;
         write("last_used", Vec::new())?;
         // Another job may have unpacked the same image meanwhile: then its entry wins and
         // ours is dropped with the staging directory.
         if fs::rename(&staging.path, &entry).is_err() && !entry.join("rootfs").is_dir() {
-            return Err(err(format!("cannot move the unpacked image to {}", entry.display())));
+            return Err(err(format!(
+                "cannot move the unpacked image to {}",
+                entry.display()
+            )));
         }
         Ok(Prepared {
             rootfs: entry.join("rootfs"),
@@ -344,7 +353,9 @@ fn verify_blob(path: &Path, hex: &str, image: &str) -> Result<(), OciError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(|e| err(format!("blob {hex}: {e}")))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| err(format!("blob {hex}: {e}")))?;
         if n == 0 {
             break;
         }
@@ -441,10 +452,9 @@ pub fn unpack_layer<R: Read>(
             }
         }
         if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(corrupt)?
-                .ok_or_else(|| unsafe_entry(format!("hard link {} has no target", raw.display())))?;
+            let target = entry.link_name().map_err(corrupt)?.ok_or_else(|| {
+                unsafe_entry(format!("hard link {} has no target", raw.display()))
+            })?;
             let target_rel = entry_path(&target).ok_or_else(|| {
                 unsafe_entry(format!(
                     "hard link {} -> {} escapes the rootfs",

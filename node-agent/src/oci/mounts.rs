@@ -18,8 +18,8 @@ pub struct BindMount {
 
 /// Flags pyxis passes through to the mount, and what berth accepts of them.
 const FLAGS: &[&str] = &[
-    "ro", "rw", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nosuid",
-    "nodev", "noexec", "bind", "rbind",
+    "ro", "rw", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nosuid", "nodev",
+    "noexec", "bind", "rbind",
 ];
 
 /// Parses one entry. `SRC` alone mounts it at the same path, as pyxis does.
@@ -35,7 +35,8 @@ pub fn parse(entry: &str) -> Result<BindMount, OciError> {
         [src, dst, flags] => (*src, *dst, *flags),
         _ => return Err(bad("expected SRC[:DST[:FLAGS]]")),
     };
-    let source = clean_absolute(src).ok_or_else(|| bad("SRC must be an absolute path without ..")) ?;
+    let source =
+        clean_absolute(src).ok_or_else(|| bad("SRC must be an absolute path without .."))?;
     let destination =
         clean_absolute(dst).ok_or_else(|| bad("DST must be an absolute path without .."))?;
     if destination == Path::new("/") {
@@ -88,9 +89,8 @@ fn clean_absolute(path: &str) -> Option<PathBuf> {
 /// [`OciError::Mount`] naming the source and the denied path.
 pub fn check_denied(mounts: &[BindMount], deny: &[PathBuf]) -> Result<(), OciError> {
     for m in mounts {
-        let real = std::fs::canonicalize(&m.source).map_err(|e| {
-            OciError::Mount(format!("source {}: {e}", m.source.display()))
-        })?;
+        let real = std::fs::canonicalize(&m.source)
+            .map_err(|e| OciError::Mount(format!("source {}: {e}", m.source.display())))?;
         for d in deny {
             for candidate in [&m.source, &real] {
                 if candidate.starts_with(d) || d.starts_with(candidate) {

@@ -53,9 +53,13 @@ impl Runtime {
             };
         }
         let path_var = std::env::var("PATH").unwrap_or_default();
-        let dirs = path_var
-            .split(':')
-            .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]);
+        let dirs = path_var.split(':').chain([
+            "/usr/local/sbin",
+            "/usr/sbin",
+            "/sbin",
+            "/usr/bin",
+            "/bin",
+        ]);
         for dir in dirs.filter(|d| !d.is_empty()) {
             let candidate = Path::new(dir).join(name_or_path);
             if executable(&candidate) {
@@ -95,7 +99,10 @@ impl Runtime {
             .arg(&pid_file)
             .arg(id)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .current_dir(bundle)
             .stdin(std::process::Stdio::null())
             .stdout(stdout)

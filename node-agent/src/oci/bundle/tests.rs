@@ -33,7 +33,11 @@ fn config_carries_process_mounts_and_limits() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let defaults = ImageDefaults {
-        env: vec!["PATH=/image/bin".into(), "KEEP=image".into(), "ONLY_IMAGE=1".into()],
+        env: vec![
+            "PATH=/image/bin".into(),
+            "KEEP=image".into(),
+            "ONLY_IMAGE=1".into(),
+        ],
         workdir: "/work".into(),
     };
     let args = vec!["a1".to_string()];
@@ -47,8 +51,15 @@ fn config_carries_process_mounts_and_limits() {
     };
     let spec = config(&input).unwrap();
     let p = spec.process().as_ref().unwrap();
-    assert_eq!(p.args().as_ref().unwrap(), &[SCRIPT_PATH.to_string(), "a1".into()]);
-    assert_eq!(p.cwd(), Path::new("/work"), "the image's working directory by default");
+    assert_eq!(
+        p.args().as_ref().unwrap(),
+        &[SCRIPT_PATH.to_string(), "a1".into()]
+    );
+    assert_eq!(
+        p.cwd(),
+        Path::new("/work"),
+        "the image's working directory by default"
+    );
     assert_eq!((p.user().uid(), p.user().gid()), (1000, 100));
     let penv = p.env().as_ref().unwrap();
     for want in [
@@ -58,14 +69,20 @@ fn config_carries_process_mounts_and_limits() {
         "SLURM_JOB_ID=7",
         "CUDA_VISIBLE_DEVICES=GPU-a",
     ] {
-        assert!(penv.contains(&want.to_string()), "missing {want} in {penv:?}");
+        assert!(
+            penv.contains(&want.to_string()),
+            "missing {want} in {penv:?}"
+        );
     }
     let mounts = spec.mounts().as_ref().unwrap();
     let script = mounts
         .iter()
         .find(|m| m.destination() == Path::new(SCRIPT_PATH))
         .unwrap();
-    assert_eq!(script.source().as_deref(), Some(Path::new("/jobs/7/script")));
+    assert_eq!(
+        script.source().as_deref(),
+        Some(Path::new("/jobs/7/script"))
+    );
     let data = mounts
         .iter()
         .find(|m| m.destination() == Path::new("/mnt/data"))
@@ -76,8 +93,17 @@ fn config_carries_process_mounts_and_limits() {
         linux.cgroups_path().as_deref(),
         Some(Path::new("/berth/berth-7-00000000"))
     );
-    let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
-    assert!(!ns.contains(&rt::LinuxNamespaceType::Network), "host network");
+    let ns: Vec<_> = linux
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|n| n.typ())
+        .collect();
+    assert!(
+        !ns.contains(&rt::LinuxNamespaceType::Network),
+        "host network"
+    );
     assert!(ns.contains(&rt::LinuxNamespaceType::Pid));
     assert!(ns.contains(&rt::LinuxNamespaceType::Mount));
     let res = linux.resources().as_ref().unwrap();
@@ -91,7 +117,10 @@ fn config_carries_process_mounts_and_limits() {
     // The JSON runc reads.
     let json = serde_json::to_value(&spec).unwrap();
     assert_eq!(json["process"]["terminal"], false);
-    assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
+    assert_eq!(
+        json["linux"]["resources"]["memory"]["limit"],
+        64 * 1024 * 1024
+    );
 }
 
 #[test]
@@ -111,7 +140,10 @@ fn workdir_option_wins_and_no_limits_without_a_request() {
         args: &[],
     };
     let spec = config(&input).unwrap();
-    assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/scratch"));
+    assert_eq!(
+        spec.process().as_ref().unwrap().cwd(),
+        Path::new("/scratch")
+    );
     let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
     assert!(res.memory().is_none() && res.cpu().is_none());
 }

@@ -45,7 +45,10 @@ fn the_reference_spec_parses_and_applies() {
         .collect();
     assert_eq!(
         vis,
-        ["NVIDIA_VISIBLE_DEVICES=void", "NVIDIA_VISIBLE_DEVICES=MIG-5c9a8f1e-3b2d-5a4c-9e1f-7d6c5b4a3f2e"]
+        [
+            "NVIDIA_VISIBLE_DEVICES=void",
+            "NVIDIA_VISIBLE_DEVICES=MIG-5c9a8f1e-3b2d-5a4c-9e1f-7d6c5b4a3f2e"
+        ]
     );
     let linux = oci.linux().as_ref().unwrap();
     let paths: Vec<String> = linux
@@ -57,29 +60,57 @@ fn the_reference_spec_parses_and_applies() {
         .collect();
     assert_eq!(
         paths,
-        ["/dev/nvidiactl", "/dev/nvidia1", "/dev/nvidia-caps/nvidia-cap21"]
+        [
+            "/dev/nvidiactl",
+            "/dev/nvidia1",
+            "/dev/nvidia-caps/nvidia-cap21"
+        ]
     );
-    assert!(!paths.contains(&"/dev/nvidia0".to_string()), "ungranted GPU absent");
-    let rules = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+    assert!(
+        !paths.contains(&"/dev/nvidia0".to_string()),
+        "ungranted GPU absent"
+    );
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
     let allowed: Vec<(i64, i64, String)> = rules
         .iter()
         .filter(|r| r.allow())
-        .map(|r| (r.major().unwrap(), r.minor().unwrap(), r.access().clone().unwrap()))
+        .map(|r| {
+            (
+                r.major().unwrap(),
+                r.minor().unwrap(),
+                r.access().clone().unwrap(),
+            )
+        })
         .collect();
     assert!(allowed.contains(&(195, 255, "rwm".into())));
     assert!(allowed.contains(&(195, 1, "rwm".into())));
-    assert!(allowed.contains(&(511, 21, "r".into())), "permissions become access");
+    assert!(
+        allowed.contains(&(511, 21, "r".into())),
+        "permissions become access"
+    );
     let mounts = oci.mounts().clone().unwrap();
     let cuda = mounts
         .iter()
         .find(|m| m.destination() == Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1"))
         .expect("mount applied");
-    assert_eq!(cuda.options().clone().unwrap(), ["ro", "nosuid", "nodev", "bind"]);
+    assert_eq!(
+        cuda.options().clone().unwrap(),
+        ["ro", "nosuid", "nodev", "bind"]
+    );
     let counts: Vec<usize> = mounts
         .iter()
         .map(|m| m.destination().components().count())
         .collect();
-    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "mounts sorted by depth: {counts:?}");
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "mounts sorted by depth: {counts:?}"
+    );
     let hooks = oci.hooks().as_ref().unwrap();
     assert_eq!(hooks.create_container().as_ref().unwrap().len(), 1);
 }
@@ -91,10 +122,18 @@ fn spec_level_edits_apply_once_and_nodes_replace_by_path() {
     let names = ["nvidia.com/gpu=0".to_string(), "nvidia.com/gpu=1:0".into()];
     apply(&mut oci, &[spec], &names).unwrap();
     let env = oci.process().as_ref().unwrap().env().clone().unwrap();
-    assert_eq!(env.iter().filter(|e| *e == "NVIDIA_VISIBLE_DEVICES=void").count(), 1);
+    assert_eq!(
+        env.iter()
+            .filter(|e| *e == "NVIDIA_VISIBLE_DEVICES=void")
+            .count(),
+        1
+    );
     let devices = oci.linux().as_ref().unwrap().devices().clone().unwrap();
     assert_eq!(
-        devices.iter().filter(|d| d.path() == Path::new("/dev/nvidiactl")).count(),
+        devices
+            .iter()
+            .filter(|d| d.path() == Path::new("/dev/nvidiactl"))
+            .count(),
         1
     );
 }
@@ -102,19 +141,58 @@ fn spec_level_edits_apply_once_and_nodes_replace_by_path() {
 #[test]
 fn bad_specs_are_refused_with_the_reason() {
     let cases: &[(&str, &str)] = &[
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"0","containerEdits":{}}],"bogus":1}"#, "unknown field"),
-        (r#"{"cdiVersion":"9.9.9","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{}}]}"#, "unknown cdiVersion"),
-        (r#"{"cdiVersion":"0.3.0","kind":"nvidia.com/gpu","devices":[{"name":"0","containerEdits":{}}]}"#, "too low"),
-        (r#"{"cdiVersion":"0.6.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"additionalGids":[5]}}]}"#, "too low"),
-        (r#"{"cdiVersion":"1.0.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"netDevices":[{"hostInterfaceName":"x","name":"y"}]}}]}"#, "too low"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia","devices":[{"name":"a","containerEdits":{}}]}"#, "bad kind"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"-a","containerEdits":{}}]}"#, "bad device name"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{}},{"name":"a","containerEdits":{}}]}"#, "twice"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"hooks":[{"hookName":"preboot","path":"/x"}]}}]}"#, "hook name"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"deviceNodes":[{"path":"/dev/x","type":"z"}]}}]}"#, "bad type"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rx"}]}}]}"#, "permissions"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"env":["NOEQUALS"]}}]}"#, "KEY=VALUE"),
-        (r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[]}"#, "no devices"),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"0","containerEdits":{}}],"bogus":1}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"cdiVersion":"9.9.9","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{}}]}"#,
+            "unknown cdiVersion",
+        ),
+        (
+            r#"{"cdiVersion":"0.3.0","kind":"nvidia.com/gpu","devices":[{"name":"0","containerEdits":{}}]}"#,
+            "too low",
+        ),
+        (
+            r#"{"cdiVersion":"0.6.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"additionalGids":[5]}}]}"#,
+            "too low",
+        ),
+        (
+            r#"{"cdiVersion":"1.0.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"netDevices":[{"hostInterfaceName":"x","name":"y"}]}}]}"#,
+            "too low",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia","devices":[{"name":"a","containerEdits":{}}]}"#,
+            "bad kind",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"-a","containerEdits":{}}]}"#,
+            "bad device name",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{}},{"name":"a","containerEdits":{}}]}"#,
+            "twice",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"hooks":[{"hookName":"preboot","path":"/x"}]}}]}"#,
+            "hook name",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"deviceNodes":[{"path":"/dev/x","type":"z"}]}}]}"#,
+            "bad type",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rx"}]}}]}"#,
+            "permissions",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"a","containerEdits":{"env":["NOEQUALS"]}}]}"#,
+            "KEY=VALUE",
+        ),
+        (
+            r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[]}"#,
+            "no devices",
+        ),
         ("not json", "bad spec"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
@@ -128,7 +206,12 @@ fn bad_specs_are_refused_with_the_reason() {
 #[test]
 fn unknown_or_malformed_device_names_are_errors() {
     let spec = parse(REFERENCE.as_bytes()).unwrap();
-    for name in ["nvidia.com/gpu=7", "amd.com/gpu=0", "nvidia.com/gpu", "gpu=0"] {
+    for name in [
+        "nvidia.com/gpu=7",
+        "amd.com/gpu=0",
+        "nvidia.com/gpu",
+        "gpu=0",
+    ] {
         let mut oci = base_spec();
         match apply(&mut oci, std::slice::from_ref(&spec), &[name.to_string()]) {
             Err(OciError::Cdi(_)) => {}
@@ -140,13 +223,31 @@ fn unknown_or_malformed_device_names_are_errors() {
 #[test]
 fn the_agents_spec_names_gpus_and_mig_devices_and_round_trips() {
     let gpus = [
-        GpuNode { index: 0, uuid: "GPU-aaaa".into(), minor: 0 },
-        GpuNode { index: 1, uuid: "GPU-bbbb".into(), minor: 1 },
+        GpuNode {
+            index: 0,
+            uuid: "GPU-aaaa".into(),
+            minor: 0,
+        },
+        GpuNode {
+            index: 1,
+            uuid: "GPU-bbbb".into(),
+            minor: 1,
+        },
     ];
-    let migs = [MigNode { gpu_index: 1, gpu_minor: 1, gi: 2, ci: 0, uuid: "MIG-cccc".into() }];
+    let migs = [MigNode {
+        gpu_index: 1,
+        gpu_minor: 1,
+        gi: 2,
+        ci: 0,
+        uuid: "MIG-cccc".into(),
+    }];
     let spec = nvidia_spec(&gpus, &migs, Path::new("/sim/dev"));
     assert_eq!(spec.cdi_version, "1.1.0");
-    assert_eq!(minimum_version(&spec), "0.5.0", "host paths and numeric names");
+    assert_eq!(
+        minimum_version(&spec),
+        "0.5.0",
+        "host paths and numeric names"
+    );
     let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["0", "GPU-aaaa", "1", "GPU-bbbb", "1:2", "MIG-cccc"]);
     let text = serde_json::to_vec(&spec).unwrap();
@@ -159,7 +260,11 @@ fn the_agents_spec_names_gpus_and_mig_devices_and_round_trips() {
     assert_eq!(node["type"], "c");
     assert_eq!(node["major"], 195);
     let mig_nodes = &json["devices"][5]["containerEdits"]["deviceNodes"];
-    assert_eq!(mig_nodes.as_array().unwrap().len(), 3, "parent GPU + GI and CI caps");
+    assert_eq!(
+        mig_nodes.as_array().unwrap().len(),
+        3,
+        "parent GPU + GI and CI caps"
+    );
     let t = tempfile::tempdir().unwrap();
     write(t.path(), SPEC_FILE, &spec).unwrap();
     let loaded = load(&[t.path().to_path_buf()]).unwrap();
@@ -167,7 +272,10 @@ fn the_agents_spec_names_gpus_and_mig_devices_and_round_trips() {
     let mut oci = base_spec();
     apply(&mut oci, &loaded, &["nvidia.com/gpu=GPU-bbbb".into()]).unwrap();
     let devs = oci.linux().as_ref().unwrap().devices().clone().unwrap();
-    let paths: Vec<_> = devs.iter().map(|d| d.path().display().to_string()).collect();
+    let paths: Vec<_> = devs
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
     assert_eq!(paths, ["/dev/nvidiactl", "/dev/nvidia1"]);
 }
 

@@ -71,12 +71,27 @@ fn layers_apply_in_order_with_whiteouts() {
     let p = c.prepare(img.to_str().unwrap(), &none()).unwrap();
     let root = &p.rootfs;
     assert_eq!(fs::read_to_string(root.join("bin/busybox")).unwrap(), "BB");
-    assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(
+        fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
     assert_eq!(fs::read_to_string(root.join("bin/bb2")).unwrap(), "BB");
-    assert!(!root.join("etc/gone").exists(), "whiteout removes the lower file");
-    assert!(!root.join("etc/.wh.gone").exists(), "whiteouts are not files");
-    assert!(!root.join("opt/old").exists(), "opaque dir hides lower entries");
-    assert!(root.join("opt/new").exists(), "opaque dir keeps its own layer's entries");
+    assert!(
+        !root.join("etc/gone").exists(),
+        "whiteout removes the lower file"
+    );
+    assert!(
+        !root.join("etc/.wh.gone").exists(),
+        "whiteouts are not files"
+    );
+    assert!(
+        !root.join("opt/old").exists(),
+        "opaque dir hides lower entries"
+    );
+    assert!(
+        root.join("opt/new").exists(),
+        "opaque dir keeps its own layer's entries"
+    );
     assert_eq!(p.defaults.env, vec!["A=1".to_string()]);
     let key = p.key.clone().unwrap();
     assert!(root.starts_with(t.path().join("cache").join(&key)));
@@ -84,7 +99,10 @@ fn layers_apply_in_order_with_whiteouts() {
     fs::write(root.join("marker"), "kept").unwrap();
     let again = c.prepare(img.to_str().unwrap(), &none()).unwrap();
     assert_eq!(again.rootfs, p.rootfs);
-    assert!(again.rootfs.join("marker").exists(), "reused, not unpacked again");
+    assert!(
+        again.rootfs.join("marker").exists(),
+        "reused, not unpacked again"
+    );
 }
 
 #[test]
@@ -133,7 +151,10 @@ fn escaping_layers_are_refused_and_leave_nothing() {
     let out = outside.to_str().unwrap().to_string();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("dotdot", layer(&[E::File("../evil", "x")])),
-        ("nested dotdot", layer(&[E::Dir("a/"), E::File("a/../../evil", "x")])),
+        (
+            "nested dotdot",
+            layer(&[E::Dir("a/"), E::File("a/../../evil", "x")]),
+        ),
         (
             "through absolute symlink",
             layer(&[E::Link("esc", &out), E::File("esc/pwned", "x")]),
@@ -142,7 +163,10 @@ fn escaping_layers_are_refused_and_leave_nothing() {
             "relative symlink escaping",
             layer(&[E::Dir("a/"), E::Link("a/up", "../../../../etc")]),
         ),
-        ("hard link outside", layer(&[E::Hard("h", "../../etc/passwd")])),
+        (
+            "hard link outside",
+            layer(&[E::Hard("h", "../../etc/passwd")]),
+        ),
         (
             "hard link through symlink",
             layer(&[E::Link("d", &out), E::Hard("h", "d/secret")]),
@@ -154,12 +178,21 @@ fn escaping_layers_are_refused_and_leave_nothing() {
         write_layout(&img, &[l], i % 2 == 0, &[]).unwrap();
         match cache(t.path()).prepare(img.to_str().unwrap(), &none()) {
             Err(OciError::UnsafeLayer { reason, .. }) => {
-                assert!(reason.contains("escapes") || reason.contains("symlink"), "#{i} {name}: {reason}")
+                assert!(
+                    reason.contains("escapes") || reason.contains("symlink"),
+                    "#{i} {name}: {reason}"
+                )
             }
             other => panic!("#{i} {name}: want UnsafeLayer, got {other:?}"),
         }
-        assert!(!outside.join("pwned").exists(), "#{i} {name}: wrote outside");
-        assert!(!t.path().join("evil").exists(), "#{i} {name}: wrote outside");
+        assert!(
+            !outside.join("pwned").exists(),
+            "#{i} {name}: wrote outside"
+        );
+        assert!(
+            !t.path().join("evil").exists(),
+            "#{i} {name}: wrote outside"
+        );
         assert_cache_clean(t.path());
     }
 }
@@ -173,7 +206,9 @@ fn a_file_replaces_a_symlink_instead_of_writing_through_it() {
     let l1 = layer(&[E::Link("f", target.to_str().unwrap())]);
     let l2 = layer(&[E::File("f", "image")]);
     write_layout(&img, &[l1, l2], false, &[]).unwrap();
-    let p = cache(t.path()).prepare(img.to_str().unwrap(), &none()).unwrap();
+    let p = cache(t.path())
+        .prepare(img.to_str().unwrap(), &none())
+        .unwrap();
     assert_eq!(fs::read_to_string(&target).unwrap(), "host");
     assert_eq!(fs::read_to_string(p.rootfs.join("f")).unwrap(), "image");
 }
@@ -198,7 +233,11 @@ fn missing_and_corrupt_images_are_clear_errors() {
     let img = t.path().join("img");
     write_layout(&img, &[layer(&[E::File("a", "1")])], false, &[]).unwrap();
     let blobs = img.join("blobs/sha256");
-    let mut biggest: Vec<_> = fs::read_dir(&blobs).unwrap().flatten().map(|e| e.path()).collect();
+    let mut biggest: Vec<_> = fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     biggest.sort_by_key(|p| fs::metadata(p).unwrap().len());
     let layer_blob = biggest.last().unwrap().clone();
     let mut bytes = fs::read(&layer_blob).unwrap();
@@ -225,8 +264,13 @@ fn eviction_keeps_entries_in_use_and_the_newest() {
     let c = ImageCache::new(&t.path().join("cache"), 10);
     for i in 0..3 {
         let img = t.path().join(format!("img{i}"));
-        write_layout(&img, &[layer(&[E::File("f", "0123456789")])], false, &[format!("I={i}")])
-            .unwrap();
+        write_layout(
+            &img,
+            &[layer(&[E::File("f", "0123456789")])],
+            false,
+            &[format!("I={i}")],
+        )
+        .unwrap();
         // Use the first image while the others are added: it must survive.
         let in_use: BTreeSet<String> = keys.first().cloned().into_iter().collect();
         let p = c.prepare(img.to_str().unwrap(), &in_use).unwrap();
