@@ -133,82 +133,18 @@ impl ImageCache {
         Ok(prepared)
     }
 
+    /// The cached entry for the layout's manifest, unpacking it first if needed.
     fn prepare_layout(&self, image: &str, layout: &Path) -> Result<Prepared, OciError> {
-        let err = |reason: String| OciError::Image {
-            image: image.to_string(),
-            reason,
-        };
-        let marker =
-            fs::read(layout.join("oci-layout")).map_err(|e| err(format!("oci-layout: {e}")))?;
-        let marker: serde_json::Value =
-            serde_json::from_slice(&marker).map_err(|e| err(format!("oci-layout: {e}")))?;
-        if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
-            return Err(err("oci-layout: imageLayoutVersion is not 1.0.0".into()));
-        }
-        let index_bytes =
-            fs::read(layout.join("index.json")).map_err(|e| err(format!("index.json: {e}")))?;
-        let index: ImageIndex =
-            serde_json::from_slice(&index_bytes).map_err(|e| err(format!("index.json: {e}")))?;
-        let manifest_desc = pick_manifest(&index)
-            .ok_or_else(|| err("index.json names no linux/amd64 image manifest".into()))?;
-        let key = manifest_desc
-            .as_digest_sha256()
-            .ok_or_else(|| err("manifest digest is not sha256".into()))?
-            .to_string();
+        let key = manifest_key(image, layout)?;
         let entry = self.dir.join(&key);
-        if entry.join("rootfs").is_dir() {
-            let _ = fs::write(entry.join("last_used"), b"");
-            let defaults = fs::read(entry.join("image.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            return Ok(Prepared {
-                rootfs: entry.join("rootfs"),
-                defaults,
-                key: Some(key),
-            });
+        if let Some(hit) = cached(&entry, &key) {
+            return Ok(hit);
         }
-        let manifest_bytes = read_blob(layout, &key, image)?;
-        // serde_json directly: oci-spec's from_reader hides the parse error's text.
-        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| err(format!("manifest {key}: {e}")))?;
-        let config_hex = manifest
-            .config()
-            .as_digest_sha256()
-            .ok_or_else(|| err("config digest is not sha256".into()))?;
-        let config_bytes = read_blob(layout, config_hex, image)?;
-        let config: ImageConfigSubset = serde_json::from_slice(&config_bytes)
-            .map_err(|e| err(format!("config {config_hex}: {e}")))?;
-        let defaults = ImageDefaults {
-            env: config.config.env,
-            workdir: config.config.working_dir,
-        };
+        let (manifest, defaults) = read_manifest(image, layout, &key)?;
         let staging = Staging::new(&self.dir, &key)?;
         let rootfs = staging.path.join("rootfs");
         fs::create_dir(&rootfs).map_err(io_err(&rootfs))?;
-        let mut size = 0u64;
-        for layer in manifest.layers() {
-            let hex = layer
-                .as_digest_sha256()
-                .ok_or_else(|| err("layer digest is not sha256".into()))?;
-            let blob = blob_path(layout, hex);
-            verify_blob(&blob, hex, image)?;
-            let file = fs::File::open(&blob).map_err(|e| err(format!("blob {hex}: {e}")))?;
-            size += match layer.media_type() {
-                MediaType::ImageLayer => unpack_layer(file, &rootfs, image, hex)?,
-                MediaType::ImageLayerGzip => {
-                    unpack_layer(GzDecoder::new(file), &rootfs, image, hex)?
-                }
-                MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-                    unpack_layer(GzDecoder::new(file), &rootfs, image, hex)?
-                }
-                other => {
-                    return Err(err(format!(
-                        "layer {hex}: media type {other} is not supported (tar or tar+gzip)"
-                    )))
-                }
-            };
-        }
+        let size = unpack_layers(image, layout, &manifest, &rootfs)?;
         let write = |name: &str, bytes: Vec<u8>| {
             let p = staging.path.join(name);
             fs::write(&p, bytes).map_err(io_err(&p))
@@ -222,10 +158,10 @@ impl ImageCache {
         // Another job may have unpacked the same image meanwhile: then its entry wins and
         // ours is dropped with the staging directory.
         if fs::rename(&staging.path, &entry).is_err() && !entry.join("rootfs").is_dir() {
-            return Err(err(format!(
-                "cannot move the unpacked image to {}",
-                entry.display()
-            )));
+            return Err(image_err(
+                image,
+                format!("cannot move the unpacked image to {}", entry.display()),
+            ));
         }
         Ok(Prepared {
             rootfs: entry.join("rootfs"),
@@ -282,6 +218,109 @@ impl ImageCache {
             }
         }
     }
+}
+
+fn image_err(image: &str, reason: String) -> OciError {
+    OciError::Image {
+        image: image.to_string(),
+        reason,
+    }
+}
+
+/// Checks the layout's marker and returns the sha256 of the manifest to run: the cache key.
+fn manifest_key(image: &str, layout: &Path) -> Result<String, OciError> {
+    let err = |reason: String| image_err(image, reason);
+    let marker =
+        fs::read(layout.join("oci-layout")).map_err(|e| err(format!("oci-layout: {e}")))?;
+    let marker: serde_json::Value =
+        serde_json::from_slice(&marker).map_err(|e| err(format!("oci-layout: {e}")))?;
+    if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
+        return Err(err("oci-layout: imageLayoutVersion is not 1.0.0".into()));
+    }
+    let index_bytes =
+        fs::read(layout.join("index.json")).map_err(|e| err(format!("index.json: {e}")))?;
+    // serde_json directly: oci-spec's from_reader hides the parse error's text.
+    let index: ImageIndex =
+        serde_json::from_slice(&index_bytes).map_err(|e| err(format!("index.json: {e}")))?;
+    let manifest_desc = pick_manifest(&index)
+        .ok_or_else(|| err("index.json names no linux/amd64 image manifest".into()))?;
+    Ok(manifest_desc
+        .as_digest_sha256()
+        .ok_or_else(|| err("manifest digest is not sha256".into()))?
+        .to_string())
+}
+
+/// The complete cache entry `entry`, marked as just used; None if there is none.
+fn cached(entry: &Path, key: &str) -> Option<Prepared> {
+    if !entry.join("rootfs").is_dir() {
+        return None;
+    }
+    let _ = fs::write(entry.join("last_used"), b"");
+    let defaults = fs::read(entry.join("image.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Some(Prepared {
+        rootfs: entry.join("rootfs"),
+        defaults,
+        key: Some(key.to_string()),
+    })
+}
+
+/// The manifest `key` and what the job needs from the image config, digests checked.
+fn read_manifest(
+    image: &str,
+    layout: &Path,
+    key: &str,
+) -> Result<(ImageManifest, ImageDefaults), OciError> {
+    let err = |reason: String| image_err(image, reason);
+    let manifest_bytes = read_blob(layout, key, image)?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| err(format!("manifest {key}: {e}")))?;
+    let config_hex = manifest
+        .config()
+        .as_digest_sha256()
+        .ok_or_else(|| err("config digest is not sha256".into()))?;
+    let config_bytes = read_blob(layout, config_hex, image)?;
+    let config: ImageConfigSubset = serde_json::from_slice(&config_bytes)
+        .map_err(|e| err(format!("config {config_hex}: {e}")))?;
+    let defaults = ImageDefaults {
+        env: config.config.env,
+        workdir: config.config.working_dir,
+    };
+    Ok((manifest, defaults))
+}
+
+/// Unpacks `manifest`'s layers in order into `rootfs`; returns the bytes written.
+fn unpack_layers(
+    image: &str,
+    layout: &Path,
+    manifest: &ImageManifest,
+    rootfs: &Path,
+) -> Result<u64, OciError> {
+    let err = |reason: String| image_err(image, reason);
+    let mut size = 0u64;
+    for layer in manifest.layers() {
+        let hex = layer
+            .as_digest_sha256()
+            .ok_or_else(|| err("layer digest is not sha256".into()))?;
+        let blob = blob_path(layout, hex);
+        verify_blob(&blob, hex, image)?;
+        let file = fs::File::open(&blob).map_err(|e| err(format!("blob {hex}: {e}")))?;
+        size += match layer.media_type() {
+            MediaType::ImageLayer => unpack_layer(file, rootfs, image, hex)?,
+            MediaType::ImageLayerGzip => unpack_layer(GzDecoder::new(file), rootfs, image, hex)?,
+            MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                unpack_layer(GzDecoder::new(file), rootfs, image, hex)?
+            }
+            other => {
+                return Err(err(format!(
+                    "layer {hex}: media type {other} is not supported (tar or tar+gzip)"
+                )))
+            }
+        };
+    }
+    Ok(size)
 }
 
 /// A private directory under the cache, removed on drop unless renamed away.
@@ -379,108 +418,158 @@ pub fn unpack_layer<R: Read>(
     image: &str,
     layer: &str,
 ) -> Result<u64, OciError> {
-    let unsafe_entry = |reason: String| OciError::UnsafeLayer {
-        image: image.to_string(),
-        layer: layer.to_string(),
-        reason,
-    };
-    let corrupt = |e: std::io::Error| OciError::Image {
-        image: image.to_string(),
-        reason: format!("layer {layer}: {e}"),
-    };
-    let as_root = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(as_root);
+    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
     archive.set_unpack_xattrs(false);
-    let mut created: HashSet<PathBuf> = HashSet::new();
-    let mut bytes = 0u64;
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        let raw = entry.path().map_err(corrupt)?.into_owned();
+    let mut ctx = Layer {
+        root,
+        image,
+        layer,
+        created: HashSet::new(),
+        bytes: 0,
+    };
+    for entry in archive.entries().map_err(|e| ctx.corrupt(e))? {
+        let entry = entry.map_err(|e| ctx.corrupt(e))?;
+        ctx.unpack_entry(entry)?;
+    }
+    Ok(ctx.bytes)
+}
+
+/// One layer being unpacked.
+struct Layer<'a> {
+    root: &'a Path,
+    image: &'a str,
+    layer: &'a str,
+    /// Paths (relative) this layer created: an opaque whiteout keeps them.
+    created: HashSet<PathBuf>,
+    /// Bytes of regular files written.
+    bytes: u64,
+}
+
+impl Layer<'_> {
+    fn refuse(&self, reason: String) -> OciError {
+        OciError::UnsafeLayer {
+            image: self.image.to_string(),
+            layer: self.layer.to_string(),
+            reason,
+        }
+    }
+
+    fn corrupt(&self, e: std::io::Error) -> OciError {
+        image_err(self.image, format!("layer {}: {e}", self.layer))
+    }
+
+    fn unpack_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), OciError> {
+        let raw = entry.path().map_err(|e| self.corrupt(e))?.into_owned();
         let rel = entry_path(&raw)
-            .ok_or_else(|| unsafe_entry(format!("entry {} escapes the rootfs", raw.display())))?;
+            .ok_or_else(|| self.refuse(format!("entry {} escapes the rootfs", raw.display())))?;
         let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            continue; // "./": the root itself
+            return Ok(()); // "./": the root itself
         };
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        no_symlink_on_path(root, &parent).map_err(|link| {
-            unsafe_entry(format!(
+        no_symlink_on_path(self.root, &parent).map_err(|link| {
+            self.refuse(format!(
                 "entry {} goes through symlink {}",
                 raw.display(),
                 link.display()
             ))
         })?;
-        let dir = root.join(&parent);
-        if name == ".wh..wh..opq" {
-            // Opaque: hide what lower layers put in this directory, keep this layer's.
-            for child in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if !created.contains(&parent.join(child.file_name())) {
-                    remove_any(&child.path());
-                }
-            }
-            continue;
+        if self.whiteout(&parent, &name) {
+            return Ok(());
         }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            remove_any(&dir.join(hidden));
-            continue;
-        }
-        let dst = root.join(&rel);
         let kind = entry.header().entry_type();
         if kind.is_character_special() || kind.is_block_special() {
             // Device nodes come from the runtime's /dev (and CDI), never from images.
-            continue;
+            return Ok(());
         }
+        let dir = self.root.join(&parent);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dst = self.root.join(&rel);
         if let Ok(meta) = fs::symlink_metadata(&dst) {
             // Replace whatever was there, never write through it (a symlink to the host).
             if !(meta.is_dir() && kind.is_dir()) {
                 remove_any(&dst);
             }
         }
-        if kind.is_symlink() {
-            let target = entry
-                .link_name()
-                .map_err(corrupt)?
-                .ok_or_else(|| unsafe_entry(format!("symlink {} has no target", raw.display())))?;
-            if target.is_relative() && relative_inside(&parent.join(&target)).is_none() {
-                return Err(unsafe_entry(format!(
-                    "symlink {} -> {} escapes the rootfs",
-                    raw.display(),
-                    target.display()
-                )));
-            }
+        let target: Option<PathBuf> = entry
+            .link_name()
+            .map_err(|e| self.corrupt(e))?
+            .map(|t| t.into_owned());
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = target
+                .as_deref()
+                .ok_or_else(|| self.refuse(format!("link {} has no target", raw.display())))?;
+            self.check_link(&raw, &parent, target, kind.is_hard_link())?;
         }
         if kind.is_hard_link() {
-            let target = entry.link_name().map_err(corrupt)?.ok_or_else(|| {
-                unsafe_entry(format!("hard link {} has no target", raw.display()))
-            })?;
-            let target_rel = entry_path(&target).ok_or_else(|| {
-                unsafe_entry(format!(
-                    "hard link {} -> {} escapes the rootfs",
-                    raw.display(),
-                    target.display()
-                ))
-            })?;
-            no_symlink_on_path(root, target_rel.parent().unwrap_or(Path::new(""))).map_err(
-                |link| {
-                    unsafe_entry(format!(
-                        "hard link {} goes through symlink {}",
-                        raw.display(),
-                        link.display()
-                    ))
-                },
-            )?;
-            fs::hard_link(root.join(&target_rel), &dst).map_err(corrupt)?;
+            // check_link made sure the target is a clean path inside the rootfs.
+            let inside = target.as_deref().and_then(entry_path).unwrap_or_default();
+            fs::hard_link(self.root.join(inside), &dst).map_err(|e| self.corrupt(e))?;
         } else {
             if kind.is_file() {
-                bytes += entry.header().size().unwrap_or(0);
+                self.bytes += entry.header().size().unwrap_or(0);
             }
-            entry.unpack(&dst).map_err(corrupt)?;
+            entry.unpack(&dst).map_err(|e| self.corrupt(e))?;
         }
-        created.insert(rel);
+        self.created.insert(rel);
+        Ok(())
     }
-    Ok(bytes)
+
+    /// Applies `name` in `parent` if it is a whiteout; true if it was one.
+    fn whiteout(&self, parent: &Path, name: &str) -> bool {
+        let dir = self.root.join(parent);
+        if name == ".wh..wh..opq" {
+            // Opaque: hide what lower layers put in this directory, keep this layer's.
+            for child in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if !self.created.contains(&parent.join(child.file_name())) {
+                    remove_any(&child.path());
+                }
+            }
+            return true;
+        }
+        match name.strip_prefix(".wh.") {
+            Some(hidden) => {
+                remove_any(&dir.join(hidden));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Refuses a relative symlink climbing above the rootfs, and a hard link whose target
+    /// is outside it or behind a symlink.
+    fn check_link(
+        &self,
+        raw: &Path,
+        parent: &Path,
+        target: &Path,
+        hard: bool,
+    ) -> Result<(), OciError> {
+        let escapes = || {
+            self.refuse(format!(
+                "link {} -> {} escapes the rootfs",
+                raw.display(),
+                target.display()
+            ))
+        };
+        if !hard {
+            if target.is_relative() && relative_inside(&parent.join(target)).is_none() {
+                return Err(escapes());
+            }
+            return Ok(());
+        }
+        let target_rel = entry_path(target).ok_or_else(escapes)?;
+        no_symlink_on_path(self.root, target_rel.parent().unwrap_or(Path::new(""))).map_err(
+            |link| {
+                self.refuse(format!(
+                    "hard link {} goes through symlink {}",
+                    raw.display(),
+                    link.display()
+                ))
+            },
+        )
+    }
 }
 
 /// An entry's path relative to the rootfs; None if it has any `..` component (well-formed
