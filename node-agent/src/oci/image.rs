@@ -475,6 +475,12 @@ impl Layer<'_> {
                 link.display()
             ))
         })?;
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            // `.wh..` would hide the parent of the directory, `.wh...` its grandparent.
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(self.refuse(format!("whiteout {} names no entry", raw.display())));
+            }
+        }
         if self.whiteout(&parent, &name) {
             return Ok(());
         }

@@ -168,6 +168,11 @@ fn escaping_layers_are_refused_and_leave_nothing() {
             layer(&[E::Hard("h", "../../etc/passwd")]),
         ),
         (
+            "whiteout of ..",
+            layer(&[E::Dir("a/"), E::File("a/.wh...", "")]),
+        ),
+        ("whiteout of .", layer(&[E::File(".wh..", "")])),
+        (
             "hard link through symlink",
             layer(&[E::Link("d", &out), E::Hard("h", "d/secret")]),
         ),
@@ -179,7 +184,9 @@ fn escaping_layers_are_refused_and_leave_nothing() {
         match cache(t.path()).prepare(img.to_str().unwrap(), &none()) {
             Err(OciError::UnsafeLayer { reason, .. }) => {
                 assert!(
-                    reason.contains("escapes") || reason.contains("symlink"),
+                    reason.contains("escapes")
+                        || reason.contains("symlink")
+                        || reason.contains("names no entry"),
                     "#{i} {name}: {reason}"
                 )
             }
