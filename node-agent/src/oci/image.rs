@@ -120,15 +120,49 @@ impl ImageCache {
         } else if meta.is_dir() {
             self.prepare_layout(image, path)?
         } else {
-            let staging = Staging::new(&self.dir, "archive")?;
-            let file = fs::File::open(path).map_err(|e| err(e.to_string()))?;
-            unpack_layer(file, &staging.path, image, "(archive)")?;
-            self.prepare_layout(image, &staging.path)?
+            self.prepare_archive(image, path, &meta)?
         };
         if let Some(key) = &prepared.key {
             let mut keep = in_use.clone();
             keep.insert(key.clone());
             self.evict(&keep);
+        }
+        Ok(prepared)
+    }
+
+    /// An OCI archive: its cached entry if this very file (device, inode, size, mtime) was
+    /// unpacked before, else the archive extracted to a staging layout and prepared from
+    /// there (the staging copy is removed either way).
+    fn prepare_archive(
+        &self,
+        image: &str,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<Prepared, OciError> {
+        use std::os::unix::fs::MetadataExt;
+        let identity = format!(
+            "{}:{}:{}:{}.{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        );
+        let memo_dir = self.dir.join("archives");
+        let memo = memo_dir.join(format!("{:x}", Sha256::digest(identity.as_bytes())));
+        if let Some(hit) = fs::read_to_string(&memo)
+            .ok()
+            .and_then(|key| cached(&self.dir.join(key.trim()), key.trim()))
+        {
+            return Ok(hit);
+        }
+        let staging = Staging::new(&self.dir, "archive")?;
+        let file = fs::File::open(path).map_err(|e| image_err(image, e.to_string()))?;
+        unpack_layer(file, &staging.path, image, "(archive)")?;
+        let prepared = self.prepare_layout(image, &staging.path)?;
+        if let Some(key) = &prepared.key {
+            // Best effort: without the memo the next launch extracts the archive again.
+            let _ = fs::create_dir_all(&memo_dir).and_then(|_| fs::write(&memo, key));
         }
         Ok(prepared)
     }

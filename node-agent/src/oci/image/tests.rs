@@ -125,6 +125,27 @@ fn archives_and_plain_rootfs_dirs() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(STAGING))
         .collect();
     assert!(staging.is_empty(), "the archive's staging copy is removed");
+    // The same archive file again: served from the cache without reading it. Proof: its
+    // bytes are zeroed in place (same inode, size and mtime), which extraction would refuse.
+    let mtime = fs::metadata(&archive).unwrap().modified().unwrap();
+    let len = fs::metadata(&archive).unwrap().len() as usize;
+    fs::write(&archive, vec![0u8; len]).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let again = c.prepare(archive.to_str().unwrap(), &none()).unwrap();
+    assert_eq!(again.rootfs, p.rootfs);
+    // A changed archive (new mtime) is read again, and this one is garbage.
+    fs::File::options()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    assert!(c.prepare(archive.to_str().unwrap(), &none()).is_err());
     let rootfs = t.path().join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     let p = c.prepare(rootfs.to_str().unwrap(), &none()).unwrap();
