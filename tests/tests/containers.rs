@@ -222,6 +222,7 @@ fn container_jobs_run_with_their_gpus_limits_and_cancel() {
     ]);
     assert_eq!(dev.ended(job), "FAILED");
     assert_eq!(dev.field(job, "ExitCode"), "3:0");
+    assert_eq!(dev.field(job, "Container"), image.display().to_string());
     let out = dev.output(job);
     assert!(out.contains("hello from node1"), "{out}");
     assert!(out.contains("from the host"), "{out}");
