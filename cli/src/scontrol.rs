@@ -227,7 +227,10 @@ fn file_lines(job: &Job) -> Vec<String> {
     if !spec.container_image.is_empty() {
         lines.push(format!("Container={}", spec.container_image));
         if !spec.container_mounts.is_empty() {
-            lines.push(format!("ContainerMounts={}", spec.container_mounts.join(",")));
+            lines.push(format!(
+                "ContainerMounts={}",
+                spec.container_mounts.join(",")
+            ));
         }
     }
     lines

@@ -82,8 +82,49 @@ pub struct BundleInput<'a> {
 /// [`OciError::Runtime`] if oci-spec refuses a value (it validates while building).
 pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
     let job = input.job;
-    let built = |e: oci_spec::OciSpecError| OciError::Runtime(format!("bundle config: {e}"));
     let mut spec = rt::Spec::default();
+    let process = process(input, spec.process().clone().unwrap_or_default())?;
+    spec.set_process(Some(process));
+    spec.set_hostname(Some(job.hostname.clone()));
+    let root = rt::RootBuilder::default()
+        .path(input.rootfs.to_path_buf())
+        .readonly(false)
+        .build()
+        .map_err(built)?;
+    spec.set_root(Some(root));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(bind(
+        Path::new(SCRIPT_PATH),
+        input.script,
+        &["rbind", "ro"],
+    )?);
+    for m in &job.mounts {
+        let options: Vec<&str> = m.options.iter().map(String::as_str).collect();
+        mounts.push(bind(&m.destination, &m.source, &options)?);
+    }
+    spec.set_mounts(Some(mounts));
+    let linux = linux(job, spec.linux().clone().unwrap_or_default())?;
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+fn built(e: oci_spec::OciSpecError) -> OciError {
+    OciError::Runtime(format!("bundle config: {e}"))
+}
+
+fn bind(destination: &Path, source: &Path, options: &[&str]) -> Result<rt::Mount, OciError> {
+    rt::MountBuilder::default()
+        .destination(destination.to_path_buf())
+        .typ("bind")
+        .source(source.to_path_buf())
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(built)
+}
+
+/// The process: the script, env, cwd, user and rlimits on top of the default's.
+fn process(input: &BundleInput<'_>, mut process: rt::Process) -> Result<rt::Process, OciError> {
+    let job = input.job;
     let mut args = vec![SCRIPT_PATH.to_string()];
     args.extend(input.args.iter().cloned());
     let cwd = if !job.workdir.is_empty() {
@@ -108,7 +149,6 @@ pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
         .soft(nofile)
         .build()
         .map_err(built)?];
-    let mut process = spec.process().clone().unwrap_or_default();
     process.set_terminal(Some(false));
     process.set_args(Some(args));
     process.set_env(Some(merge_env(
@@ -119,37 +159,11 @@ pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
     process.set_cwd(PathBuf::from(cwd));
     process.set_user(user);
     process.set_rlimits(Some(rlimits));
-    spec.set_process(Some(process));
-    spec.set_hostname(Some(job.hostname.clone()));
-    let root = rt::RootBuilder::default()
-        .path(input.rootfs.to_path_buf())
-        .readonly(false)
-        .build()
-        .map_err(built)?;
-    spec.set_root(Some(root));
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    mounts.push(
-        rt::MountBuilder::default()
-            .destination(PathBuf::from(SCRIPT_PATH))
-            .typ("bind")
-            .source(input.script.to_path_buf())
-            .options(vec!["rbind".into(), "ro".into()])
-            .build()
-            .map_err(built)?,
-    );
-    for m in &job.mounts {
-        mounts.push(
-            rt::MountBuilder::default()
-                .destination(m.destination.clone())
-                .typ("bind")
-                .source(m.source.clone())
-                .options(m.options.clone())
-                .build()
-                .map_err(built)?,
-        );
-    }
-    spec.set_mounts(Some(mounts));
-    let mut linux = spec.linux().clone().unwrap_or_default();
+    Ok(process)
+}
+
+/// Namespaces (the host's network), the cgroup path and the memory and CPU limits.
+fn linux(job: &ContainerJob, mut linux: rt::Linux) -> Result<rt::Linux, OciError> {
     if let Some(ns) = linux.namespaces_mut() {
         ns.retain(|n| n.typ() != rt::LinuxNamespaceType::Network);
     }
@@ -178,8 +192,7 @@ pub fn config(input: &BundleInput<'_>) -> Result<rt::Spec, OciError> {
         resources.set_cpu(Some(cpu));
     }
     linux.set_resources(Some(resources));
-    spec.set_linux(Some(linux));
-    Ok(spec)
+    Ok(linux)
 }
 
 /// Mounts the job's overlay root at `bundle/rootfs`: `lower` read-only, writes in
