@@ -248,7 +248,8 @@ pub fn signal_container(job: &ContainerJob, signal: &str) -> Result<(), OciError
 }
 
 /// Writes `config.cdi_dir/berth-nvidia-gpu.json` for the GPUs and MIG devices `gpus` has
-/// now; removes it when there are none (a spec without devices is invalid).
+/// now; removes it when there are none (a spec without devices is invalid). With
+/// `only_if_present`, does nothing unless the file exists (keeps a written spec current).
 ///
 /// # Errors
 /// [`OciError::Cdi`] when NVML cannot be read, [`OciError::Io`] when the file cannot be
@@ -256,7 +257,12 @@ pub fn signal_container(job: &ContainerJob, signal: &str) -> Result<(), OciError
 pub fn write_node_cdi(
     config: &OciConfig,
     gpus: &dyn crate::gpu::GpuBackend,
+    only_if_present: bool,
 ) -> Result<(), OciError> {
+    let path = config.cdi_dir.join(cdi::SPEC_FILE);
+    if only_if_present && !path.exists() {
+        return Ok(());
+    }
     let inv = gpus
         .inventory()
         .map_err(|e| OciError::Cdi(format!("GPU inventory: {e}")))?;
@@ -285,7 +291,6 @@ pub fn write_node_cdi(
             })
         })
         .collect();
-    let path = config.cdi_dir.join(cdi::SPEC_FILE);
     if nodes.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),

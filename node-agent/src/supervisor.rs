@@ -141,17 +141,27 @@ impl Supervisor {
         self.mps = Some((replicas, memory_mb));
     }
 
-    /// Runs container jobs with `oci` from now on, and writes the node's CDI spec there.
+    /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
+    /// an earlier run wrote one.
     pub fn set_oci(&mut self, oci: crate::oci::OciConfig) {
         self.oci = oci;
-        self.refresh_cdi();
+        self.update_cdi();
     }
 
-    /// Rewrites the CDI spec of this node's GPUs and MIG devices (at start and after every
-    /// MIG create/destroy), so a container is given exactly the devices that exist.
+    /// Writes the CDI spec of this node's GPUs and MIG devices now (before a container job
+    /// starts), so a container is given exactly the devices that exist.
     pub fn refresh_cdi(&self) {
-        if let Err(e) = crate::oci::write_node_cdi(&self.oci, self.gpus.as_ref()) {
+        if let Err(e) = crate::oci::write_node_cdi(&self.oci, self.gpus.as_ref(), false) {
             tracing::warn!("CDI spec not written: {e}");
+        }
+    }
+
+    /// Rewrites the CDI spec if this agent has written one (at start, after every MIG
+    /// create/destroy). An agent that never ran a container leaves the CDI directory alone:
+    /// several agents share one host in tests and under `berth dev`.
+    fn update_cdi(&self) {
+        if let Err(e) = crate::oci::write_node_cdi(&self.oci, self.gpus.as_ref(), true) {
+            tracing::warn!("CDI spec not updated: {e}");
         }
     }
 
@@ -247,8 +257,10 @@ impl Supervisor {
                 LaunchError::Container(job.id, e)
             })?;
         let mig = self.carve(job, node, &dir)?;
-        if !mig.is_empty() {
+        if container.is_some() {
             self.refresh_cdi();
+        } else if !mig.is_empty() {
+            self.update_cdi();
         }
         if let Some(c) = container.as_mut() {
             c.add_mig_devices(&mig);
@@ -358,7 +370,7 @@ impl Supervisor {
         write_json(&self.job_dir(id), mig_slices::FILE, &rec);
         if rec.released {
             tracing::info!(job = id, "MIG slices destroyed");
-            self.refresh_cdi();
+            self.update_cdi();
         }
         rec.released
     }

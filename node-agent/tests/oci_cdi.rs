@@ -1,5 +1,5 @@
-//! The agent's CDI spec on a simulated MIG machine: written at start from NVML, rewritten
-//! when a job's MIG slice is created and again when it is destroyed.
+//! The agent's CDI spec on a simulated MIG machine: written from NVML when first needed,
+//! then rewritten when a job's MIG slice is created and again when it is destroyed.
 
 use berth_agent::gpu::{GpuBackend, NvmlBackend};
 use berth_agent::oci::{cdi, OciConfig};
@@ -36,6 +36,11 @@ fn the_cdi_spec_follows_mig_instances() {
     oci.cdi_dir = dir.path().join("cdi");
     oci.dev_dir = dir.path().join("dev");
     sup.set_oci(oci);
+    assert!(
+        !dir.path().join("cdi").join(cdi::SPEC_FILE).exists(),
+        "no spec until a container job needs one"
+    );
+    sup.refresh_cdi(); // what a container launch does first
     let at_start = device_names(&dir.path().join("cdi"));
     let mut want: Vec<String> = Vec::new();
     for g in &inv.gpus {
