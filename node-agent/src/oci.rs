@@ -369,6 +369,66 @@ mod tests {
         assert_eq!(a, container_id(7, Path::new("/s1/jobs/7")));
     }
 
+    fn job(f: impl FnOnce(&mut pb::JobSpec)) -> pb::Job {
+        let mut spec = pb::JobSpec {
+            container_image: "/img".into(),
+            ..Default::default()
+        };
+        f(&mut spec);
+        pb::Job {
+            id: 3,
+            spec: Some(spec),
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                gpu_uuids: vec!["GPU-a".into()],
+                cpus: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn launch_checks_refuse_bad_requests() {
+        let mut cfg = OciConfig::new(Path::new("/state"));
+        cfg.runtime = "sh".into(); // any executable: only its presence is checked here
+        let dir = Path::new("/state/jobs/3");
+        let none =
+            ContainerJob::from_job(&job(|s| s.container_image.clear()), "n1", dir, &[], &cfg);
+        assert!(matches!(none, Ok(None)), "no image: the process runtime");
+        let ok = ContainerJob::from_job(&job(|_| {}), "n1", dir, &["MIG-b".into()], &cfg)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.devices, ["nvidia.com/gpu=GPU-a", "nvidia.com/gpu=MIG-b"]);
+        assert_eq!(ok.cpus, 2);
+        let cases: Vec<(pb::Job, &str)> = vec![
+            (
+                job(|s| s.container_env = vec!["A-B".into()]),
+                "not a variable name",
+            ),
+            (job(|s| s.container_workdir = "rel".into()), "absolute path"),
+            (
+                job(|s| s.container_mounts = vec!["/etc:/e".into()]),
+                "not allowed",
+            ),
+            (
+                job(|s| s.container_mounts = vec!["rel:/e".into()]),
+                "absolute path",
+            ),
+        ];
+        for (i, (j, want)) in cases.iter().enumerate() {
+            match ContainerJob::from_job(j, "n1", dir, &[], &cfg) {
+                Err(e) if e.to_string().contains(want) => {}
+                other => panic!("#{i}: want an error containing {want:?}, got {other:?}"),
+            }
+        }
+        cfg.runtime = "/nonexistent/runc".into();
+        match ContainerJob::from_job(&job(|_| {}), "n1", dir, &[], &cfg) {
+            Err(OciError::Runtime(m)) => assert!(m.contains("not found"), "{m}"),
+            other => panic!("want a Runtime error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn env_names() {
         for (i, (name, ok)) in [
