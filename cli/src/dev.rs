@@ -58,6 +58,9 @@ pub struct DevArgs {
     /// Accounts and priority classes (TOML, see README); installed through the Raft log.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
+    /// OCI runtime for `--container-image` jobs (runc, crun, or a path).
+    #[arg(long, default_value = "runc")]
+    pub container_runtime: PathBuf,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -147,6 +150,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             servers: vec![server.clone()],
             node_name: name.clone(),
             partition: args.partition.clone(),
+            oci: dev_oci(&node_dir, &args.container_runtime),
             state_dir: node_dir,
             shim_exe: std::env::current_exe()
                 .context("cannot find own executable for the job shim")?,
@@ -217,6 +221,8 @@ async fn start_agent(
         .map_err(|e| tracing::warn!("{}: no GPU health events: {e}", cfg.node_name))
         .ok();
     let inv = agent::inventory(&cfg, backend.as_ref())?;
+    berth_agent::oci::make_sim_device_nodes(&cfg.oci.dev_dir, &inv.gpus)
+        .with_context(|| format!("{}: simulated device nodes", cfg.node_name))?;
     let url = cfg.metrics_url.clone();
     tokio::spawn(agent::run(
         cfg,
@@ -226,6 +232,16 @@ async fn start_agent(
         stop,
     ));
     Ok(url)
+}
+
+/// Container settings of a simulated node: its CDI specs, device nodes and image cache in
+/// its own state directory, so nodes sharing a host never see each other's GPUs.
+fn dev_oci(node_dir: &std::path::Path, runtime: &std::path::Path) -> berth_agent::oci::OciConfig {
+    let mut oci = berth_agent::oci::OciConfig::new(node_dir);
+    oci.runtime = runtime.to_path_buf();
+    oci.cdi_dir = node_dir.join("cdi");
+    oci.dev_dir = node_dir.join("nvml").join("dev");
+    oci
 }
 
 async fn wait_registered(daemon: &Daemon, names: &[String]) -> anyhow::Result<()> {

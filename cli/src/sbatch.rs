@@ -229,6 +229,16 @@ Usage: sbatch [OPTIONS(0)...] [ : [OPTIONS(N)...]] script(0) [args(0)...]
 Parallel run options (supported by berth):
   -A, --account=name          charge job to specified account
   -c, --cpus-per-task=ncpus   number of cpus required per task
+      --container-image=PATH  [pyxis] run the script in a container: an OCI image
+                              layout directory or archive, or a rootfs directory
+      --container-mounts=SRC:DST[:FLAGS][,SRC:DST...]
+                              [pyxis] bind mount[s] inside the container; flags
+                              separated with '+', e.g. ro+rprivate
+      --container-workdir=PATH
+                              [pyxis] working directory inside the container
+      --container-env=NAME[,NAME...]
+                              [pyxis] variables whose submitted value wins over
+                              the image's
   -D, --chdir=directory       set working directory for batch script
   -e, --error=err             file for batch script's standard error
       --export[=names]        specify environment variables to export
@@ -284,6 +294,10 @@ enum Key {
     Signal,
     Chdir,
     Export,
+    ContainerImage,
+    ContainerMounts,
+    ContainerWorkdir,
+    ContainerEnv,
     Parsable,
     Hold,
     Wrap,
@@ -371,6 +385,20 @@ type Supported = (&'static str, Option<char>, Arg, Key);
 const SUPPORTED: &[Supported] = &[
     ("account", Some('A'), Arg::Required, Key::Account),
     ("chdir", Some('D'), Arg::Required, Key::Chdir),
+    ("container-env", None, Arg::Required, Key::ContainerEnv),
+    ("container-image", None, Arg::Required, Key::ContainerImage),
+    (
+        "container-mounts",
+        None,
+        Arg::Required,
+        Key::ContainerMounts,
+    ),
+    (
+        "container-workdir",
+        None,
+        Arg::Required,
+        Key::ContainerWorkdir,
+    ),
     ("cpus-per-task", Some('c'), Arg::Required, Key::CpusPerTask),
     ("error", Some('e'), Arg::Required, Key::Error),
     ("export", None, Arg::Required, Key::Export),
@@ -596,6 +624,10 @@ struct Opts {
     wrap: Option<String>,
     parsable: bool,
     hold: bool,
+    container_image: Option<String>,
+    container_mounts: Option<Vec<String>>,
+    container_workdir: Option<String>,
+    container_env: Option<Vec<String>>,
 }
 
 impl Opts {
@@ -624,6 +656,10 @@ impl Opts {
             wrap: top.wrap.or(self.wrap),
             parsable: top.parsable || self.parsable,
             hold: top.hold || self.hold,
+            container_image: top.container_image.or(self.container_image),
+            container_mounts: top.container_mounts.or(self.container_mounts),
+            container_workdir: top.container_workdir.or(self.container_workdir),
+            container_env: top.container_env.or(self.container_env),
         }
     }
 }
@@ -905,12 +941,74 @@ fn apply(
         Key::Ntasks => opts.ntasks = Some(parse_count("--ntasks", value)?),
         Key::Nodes => opts.nodes = Some(parse_nodes(value)?),
         Key::Export => opts.export = Some(parse_export(value)?),
+        Key::ContainerImage => opts.container_image = Some(parse_container_image(value)?),
+        Key::ContainerMounts => opts.container_mounts = Some(parse_container_mounts(value)?),
+        Key::ContainerWorkdir => opts.container_workdir = Some(parse_container_workdir(value)?),
+        Key::ContainerEnv => opts.container_env = Some(parse_container_env(value)?),
         Key::Parsable => opts.parsable = true,
         Key::Hold => opts.hold = true,
         Key::Help => return Err(SbatchError::HelpRequested),
         Key::Version => return Err(SbatchError::VersionRequested),
     }
     Ok(())
+}
+
+/// `--container-image`: a local path (made absolute later). Registry references
+/// (`nvcr.io#nvidia/pytorch:24.01`, `docker://…`) would need a puller berth does not have.
+fn parse_container_image(value: &str) -> Result<String, SbatchError> {
+    let invalid = |reason: &str| SbatchError::InvalidValue {
+        option: "--container-image",
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if value.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if value.contains('#') || value.contains("://") {
+        return Err(invalid(
+            "registry images are not supported: give the path of an OCI image layout \
+             (e.g. from `skopeo copy docker://IMAGE oci:DIR`), an OCI archive or a rootfs \
+             directory",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// `--container-mounts=SRC:DST[:FLAGS][,…]`, each entry checked by the agent's own parser
+/// (the node checks again, against its deny list).
+fn parse_container_mounts(value: &str) -> Result<Vec<String>, SbatchError> {
+    let entries: Vec<String> = value.split(',').map(str::to_string).collect();
+    for e in &entries {
+        berth_agent::oci::mounts::parse(e).map_err(|err| SbatchError::InvalidValue {
+            option: "--container-mounts",
+            value: value.to_string(),
+            reason: err.to_string(),
+        })?;
+    }
+    Ok(entries)
+}
+
+fn parse_container_workdir(value: &str) -> Result<String, SbatchError> {
+    if !value.starts_with('/') {
+        return Err(SbatchError::InvalidValue {
+            option: "--container-workdir",
+            value: value.to_string(),
+            reason: "must be an absolute path inside the container".to_string(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+fn parse_container_env(value: &str) -> Result<Vec<String>, SbatchError> {
+    let names: Vec<String> = value.split(',').map(str::to_string).collect();
+    if let Some(bad) = names.iter().find(|n| !valid_var_name(n)) {
+        return Err(SbatchError::InvalidValue {
+            option: "--container-env",
+            value: value.to_string(),
+            reason: format!("{bad:?} is not a variable name"),
+        });
+    }
+    Ok(names)
 }
 
 /// A string option that must not be empty (`-J ''` would leave the job nameless).
@@ -1427,6 +1525,23 @@ fn build_spec(
         Script::Stdin => ("sbatch".to_string(), String::new()),
     };
     let cwd = ctx.cwd.to_string_lossy().into_owned();
+    let container_image = opts
+        .container_image
+        .map(|image| absolute_path(&ctx.cwd, &image))
+        .unwrap_or_default();
+    if container_image.is_empty()
+        && (opts.container_mounts.is_some()
+            || opts.container_workdir.is_some()
+            || opts.container_env.is_some())
+    {
+        return Err(SbatchError::InvalidValue {
+            option: "--container-image",
+            value: String::new(),
+            reason: "--container-mounts, --container-workdir and --container-env need \
+                     --container-image"
+                .to_string(),
+        });
+    }
     Ok(JobSpec {
         name: opts.job_name.unwrap_or(default_name),
         script: text,
@@ -1463,6 +1578,10 @@ fn build_spec(
         export_all,
         pod: None,
         pod_group: None,
+        container_image,
+        container_mounts: opts.container_mounts.unwrap_or_default(),
+        container_workdir: opts.container_workdir.unwrap_or_default(),
+        container_env: opts.container_env.unwrap_or_default(),
     })
 }
 
@@ -2331,5 +2450,88 @@ mod tests {
                 panic!("#{i}: want {want:?}, got {got:?}");
             }
         }
+    }
+    #[test]
+    fn container_options_as_pyxis_names_them() {
+        let f = Fixture::new();
+        f.script(
+            "c.sh",
+            "#!/bin/sh\n#SBATCH --container-image=img\n#SBATCH --container-workdir=/w\ntrue\n",
+        );
+        let sub = f
+            .run(&[
+                "--container-mounts=/data:/data:ro+rprivate,/scratch",
+                "--container-env=HOME,LANG",
+                "c.sh",
+            ])
+            .expect("parses");
+        let s = &sub.spec;
+        assert_eq!(
+            s.container_image,
+            f.path("img"),
+            "relative to the submit dir"
+        );
+        assert_eq!(s.container_workdir, "/w");
+        assert_eq!(s.container_mounts, ["/data:/data:ro+rprivate", "/scratch"]);
+        assert_eq!(s.container_env, ["HOME", "LANG"]);
+        let over = f
+            .run(&["--container-image=/abs/img", "c.sh"])
+            .expect("parses");
+        assert_eq!(
+            over.spec.container_image, "/abs/img",
+            "the command line wins"
+        );
+        f.script("plain.sh", "#!/bin/sh\ntrue\n");
+        let plain = f.run(&["plain.sh"]).expect("parses");
+        assert!(
+            plain.spec.container_image.is_empty(),
+            "no image: process runtime"
+        );
+        expect_errors(
+            &f,
+            &[
+                (&["--container-image=", "plain.sh"], "must not be empty"),
+                (
+                    &["--container-image=nvcr.io#nvidia/pytorch:24.01", "plain.sh"],
+                    "registry images are not supported",
+                ),
+                (
+                    &["--container-image=docker://busybox", "plain.sh"],
+                    "registry",
+                ),
+                (
+                    &[
+                        "--container-image=/i",
+                        "--container-mounts=data:/x",
+                        "plain.sh",
+                    ],
+                    "SRC must be an absolute path",
+                ),
+                (
+                    &[
+                        "--container-image=/i",
+                        "--container-mounts=/a:/b:ro+bogus",
+                        "plain.sh",
+                    ],
+                    "unknown flag",
+                ),
+                (
+                    &[
+                        "--container-image=/i",
+                        "--container-workdir=rel",
+                        "plain.sh",
+                    ],
+                    "must be an absolute path",
+                ),
+                (
+                    &["--container-image=/i", "--container-env=A-B", "plain.sh"],
+                    "not a variable name",
+                ),
+                (
+                    &["--container-mounts=/a:/b", "plain.sh"],
+                    "need --container-image",
+                ),
+            ],
+        );
     }
 }

@@ -228,6 +228,16 @@ fn file_lines(job: &Job) -> Vec<String> {
     if let Some(tres) = squeue::tres_per_node(job) {
         lines.push(format!("TresPerNode={tres}"));
     }
+    // Container jobs only (Slurm's own field name for a job's container).
+    if !spec.container_image.is_empty() {
+        lines.push(format!("Container={}", spec.container_image));
+        if !spec.container_mounts.is_empty() {
+            lines.push(format!(
+                "ContainerMounts={}",
+                spec.container_mounts.join(",")
+            ));
+        }
+    }
     lines
 }
 

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub metrics_url: String,
     /// How this node's GPUs are shared between jobs (its node pool's configuration).
     pub sharing: Sharing,
+    /// How container jobs run (the `oci` runtime: runc, image cache, CDI).
+    pub oci: crate::oci::OciConfig,
 }
 
 /// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
@@ -215,6 +217,7 @@ pub async fn run(
         let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
         sup.set_mps(replicas, memory.collect());
     }
+    sup.set_oci(cfg.oci.clone());
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;

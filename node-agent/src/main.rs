@@ -5,6 +5,7 @@ use berth_agent::agent::{self, AgentConfig};
 use berth_agent::agent::{HealthReports, Sharing};
 use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
+use berth_agent::oci::OciConfig;
 use berth_agent::{device_plugin, health, machine, shim};
 use clap::Parser;
 use std::path::PathBuf;
@@ -62,6 +63,27 @@ struct Args {
     #[arg(long, value_name = "DIR", num_args = 0..=1,
           default_missing_value = berth_proto::deviceplugin::DEVICE_PLUGIN_PATH)]
     device_plugin: Option<PathBuf>,
+    /// OCI runtime for `--container-image` jobs: runc, crun, or a path.
+    #[arg(long, default_value = "runc")]
+    container_runtime: PathBuf,
+    /// Unpacked image cache (default: <state-dir>/images).
+    #[arg(long)]
+    image_cache_dir: Option<PathBuf>,
+    /// Image cache size limit in MiB; least recently used idle images are evicted above it.
+    #[arg(long, default_value_t = 20480)]
+    image_cache_max_mb: u64,
+    /// Where the agent writes its CDI spec (nvidia.com/gpu) and reads specs from.
+    #[arg(long, default_value = "/var/run/cdi")]
+    cdi_dir: PathBuf,
+    /// Directory holding the GPUs' device nodes (nvidia0, nvidiactl, nvidia-caps/).
+    #[arg(long, default_value = "/dev")]
+    gpu_dev_dir: PathBuf,
+    /// Host paths jobs may not bind-mount (replaces the default list), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    container_mount_deny: Option<Vec<PathBuf>>,
+    /// Parent cgroup of container jobs (cgroupsPath /<parent>/<container id>).
+    #[arg(long, default_value = "berth")]
+    cgroup_parent: String,
 }
 
 #[tokio::main]
@@ -74,6 +96,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let a = Args::parse();
     let sharing = Sharing::new(a.gpu_replicas, &a.gpu_sharing).map_err(anyhow::Error::msg)?;
+    let mut oci = OciConfig::new(&a.state_dir);
+    oci.runtime = a.container_runtime;
+    if let Some(dir) = a.image_cache_dir {
+        oci.cache_dir = dir;
+    }
+    oci.cache_max_bytes = a.image_cache_max_mb.saturating_mul(1024 * 1024);
+    oci.cdi_dir = a.cdi_dir;
+    oci.dev_dir = a.gpu_dev_dir;
+    if let Some(deny) = a.container_mount_deny {
+        oci.mount_deny = deny;
+    }
+    oci.cgroup_parent = a.cgroup_parent;
     let mut cfg = AgentConfig {
         servers: a.server,
         node_name: a.node_name.unwrap_or_else(machine::hostname),
@@ -86,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         kill_grace: Duration::from_secs(a.kill_wait_secs),
         metrics_url: String::new(),
         sharing,
+        oci,
     };
     let backend: Arc<dyn GpuBackend> = if a.no_gpus {
         Arc::new(NoGpus)

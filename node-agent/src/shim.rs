@@ -33,6 +33,9 @@ pub struct ShimSpec {
     pub stderr: PathBuf,
     /// Run as this user and group (when the agent runs as root).
     pub uid_gid: Option<(u32, u32)>,
+    /// Set for the `oci` runtime: run `argv` in this container instead of as a process.
+    #[serde(default)]
+    pub container: Option<crate::oci::ContainerJob>,
 }
 
 /// How the job ended, as the shim saw it.
@@ -44,6 +47,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Why it could not be started at all.
     pub error: Option<String>,
+    /// The kernel's OOM killer killed a process of the job (its cgroup's `oom_kill`).
+    #[serde(default)]
+    pub oom: bool,
 }
 
 /// Runs the shim and exits if this process was started as one; returns otherwise. Call it
@@ -73,6 +79,14 @@ fn run(dir: &Path) -> i32 {
             return 1;
         }
     };
+    if let Some(container) = &spec.container {
+        let record = crate::oci::lifecycle::run(dir, &spec, container);
+        if let Some(e) = &record.error {
+            tell_user(&spec.stderr, e);
+        }
+        write_json(dir, "exit.json", &record);
+        return 0;
+    }
     let record = match spawn(&spec) {
         Ok(mut child) => {
             write_json(dir, "pid", &child.id());
@@ -80,7 +94,7 @@ fn run(dir: &Path) -> i32 {
                 Ok(st) => ExitRecord {
                     code: st.code(),
                     signal: st.signal(),
-                    error: None,
+                    ..Default::default()
                 },
                 Err(e) => ExitRecord {
                     error: Some(format!("wait failed: {e}")),
@@ -89,15 +103,7 @@ fn run(dir: &Path) -> i32 {
             }
         }
         Err(e) => {
-            // Tell the user in their own error file, as slurmstepd does.
-            if let Ok(mut f) = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&spec.stderr)
-            {
-                use std::io::Write as _;
-                let _ = writeln!(f, "berth: error: {e}");
-            }
+            tell_user(&spec.stderr, &e);
             ExitRecord {
                 error: Some(e),
                 ..Default::default()
@@ -108,7 +114,19 @@ fn run(dir: &Path) -> i32 {
     0
 }
 
-fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File, String> {
+/// Tells the user why the job could not run, in their own error file, as slurmstepd does.
+fn tell_user(stderr: &Path, error: &str) {
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(stderr) {
+        use std::io::Write as _;
+        let _ = writeln!(f, "berth: error: {error}");
+    }
+}
+
+/// Opens (truncates) an output file, owned by `owner` when given.
+///
+/// # Errors
+/// The message to report when it cannot be opened.
+pub(crate) fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File, String> {
     let f = OpenOptions::new()
         .create(true)
         .write(true)

@@ -40,6 +40,10 @@ pub enum LaunchError {
     /// A MIG slice the allocation names could not be carved; nothing was left behind.
     #[error("job {0}: {1}")]
     Mig(u64, crate::gpu::GpuError),
+    /// The container request is refused (forbidden mount, no runtime); nothing was left
+    /// behind.
+    #[error("job {0}: {1}")]
+    Container(u64, crate::oci::OciError),
 }
 
 /// A kill in progress: what to report, and when SIGTERM becomes SIGKILL.
@@ -88,6 +92,8 @@ pub struct Supervisor {
     gpus: std::sync::Arc<dyn GpuBackend>,
     /// MPS shares per GPU and each GPU's memory (MiB), when this node shares through MPS.
     mps: Option<(u32, BTreeMap<String, u64>)>,
+    /// How container jobs run here.
+    oci: crate::oci::OciConfig,
 }
 
 fn now_ms() -> u64 {
@@ -123,6 +129,7 @@ impl Supervisor {
             kill_grace,
             gpus,
             mps: None,
+            oci: crate::oci::OciConfig::new(state_dir),
         };
         sup.reconcile_mig();
         Ok(sup)
@@ -132,6 +139,30 @@ impl Supervisor {
     /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB.
     pub fn set_mps(&mut self, replicas: u32, memory_mb: BTreeMap<String, u64>) {
         self.mps = Some((replicas, memory_mb));
+    }
+
+    /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
+    /// an earlier run wrote one.
+    pub fn set_oci(&mut self, oci: crate::oci::OciConfig) {
+        self.oci = oci;
+        self.update_cdi();
+    }
+
+    /// Writes the CDI spec of this node's GPUs and MIG devices now (before a container job
+    /// starts), so a container is given exactly the devices that exist.
+    pub fn refresh_cdi(&self) {
+        if let Err(e) = crate::oci::write_node_cdi(&self.oci, self.gpus.as_ref(), false) {
+            tracing::warn!("CDI spec not written: {e}");
+        }
+    }
+
+    /// Rewrites the CDI spec if this agent has written one (at start, after every MIG
+    /// create/destroy). An agent that never ran a container leaves the CDI directory alone:
+    /// several agents share one host in tests and under `berth dev`.
+    fn update_cdi(&self) {
+        if let Err(e) = crate::oci::write_node_cdi(&self.oci, self.gpus.as_ref(), true) {
+            tracing::warn!("CDI spec not updated: {e}");
+        }
     }
 
     /// The MIG devices recorded for job `id` (empty when it has none).
@@ -219,7 +250,22 @@ impl Supervisor {
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io)?;
         let mut argv = vec![script.display().to_string()];
         argv.extend(spec.args.iter().cloned());
+        // Checked before carving, so a refused container leaves no MIG slice behind.
+        let mut container = crate::oci::ContainerJob::from_job(job, node, &dir, &[], &self.oci)
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&dir);
+                LaunchError::Container(job.id, e)
+            })?;
         let mig = self.carve(job, node, &dir)?;
+        if container.is_some() {
+            self.refresh_cdi();
+        } else if !mig.is_empty() {
+            self.update_cdi();
+        }
+        if let Some(c) = container.as_mut() {
+            c.add_mig_devices(&mig);
+            write_json(&dir, "container.json", c);
+        }
         let as_root = nix::unistd::geteuid().is_root();
         let mut env = job_env::build(job, node, &mig);
         if let Some((replicas, memory)) = &self.mps {
@@ -231,7 +277,9 @@ impl Supervisor {
             cwd: PathBuf::from(&spec.work_dir),
             stdout: PathBuf::from(&job.stdout_path),
             stderr: PathBuf::from(&job.stderr_path),
-            uid_gid: (as_root && spec.uid != 0).then_some((spec.uid, spec.gid)),
+            uid_gid: (as_root && spec.uid != 0 && container.is_none())
+                .then_some((spec.uid, spec.gid)),
+            container,
         };
         write_json(&dir, "shim.json", &shim);
         write_json(&dir, "started_ms", &now_ms());
@@ -322,6 +370,7 @@ impl Supervisor {
         write_json(&self.job_dir(id), mig_slices::FILE, &rec);
         if rec.released {
             tracing::info!(job = id, "MIG slices destroyed");
+            self.update_cdi();
         }
         rec.released
     }
@@ -367,6 +416,18 @@ impl Supervisor {
     /// Sends SIGCONT + SIGTERM to the job's process group once its pid is known, and records
     /// the kill either way.
     fn terminate(&self, id: u64, rec: &mut KillRecord) {
+        if let Some(c) = self.read::<crate::oci::ContainerJob>(id, "container.json") {
+            if !rec.term_sent && self.read::<u32>(id, "pid").is_some() {
+                // The container's init is PID 1 of its namespace and ignores SIGTERM
+                // without a handler: signal every process, as slurmstepd does a step.
+                let first = if rec.signal == 0 { 15 } else { rec.signal };
+                rec.term_sent = crate::oci::signal_container(&c, "CONT")
+                    .and_then(|_| crate::oci::signal_container(&c, &first.to_string()))
+                    .is_ok();
+            }
+            write_json(&self.job_dir(id), "kill.json", rec);
+            return;
+        }
         if !rec.term_sent {
             if let Some(pid) = self.read::<u32>(id, "pid") {
                 let pgid = Pid::from_raw(-(pid as i32));
@@ -413,6 +474,10 @@ impl Supervisor {
                 error: Some("job supervisor lost (node rebooted or shim killed)".into()),
                 ..Default::default()
             };
+            if let Some(c) = self.read::<crate::oci::ContainerJob>(id, "container.json") {
+                // Nobody waits for the container any more: stop it and remove its traces.
+                crate::oci::lifecycle::cleanup(&self.job_dir(id), &c);
+            }
             write_json(&self.job_dir(id), "exit.json", &exit);
             return Status::Finished(finished(&exit, kill_rec.as_ref(), now));
         }
@@ -423,7 +488,9 @@ impl Supervisor {
                 self.kill(id, JobState::Timeout, "TimeLimit")
             }
             Some(k) if now >= k.kill_at_ms => {
-                if let Some(p) = pid {
+                if let Some(c) = self.read::<crate::oci::ContainerJob>(id, "container.json") {
+                    let _ = crate::oci::signal_container(&c, "KILL");
+                } else if let Some(p) = pid {
                     let _ = kill(Pid::from_raw(-(p as i32)), Signal::SIGKILL);
                 }
             }
@@ -505,6 +572,9 @@ fn finished(exit: &ExitRecord, kill: Option<&KillRecord>, now: u64) -> pb::JobFi
     let (state, reason) = match (kill, &exit.error) {
         (_, Some(err)) => (JobState::Failed as i32, err.clone()),
         (Some(k), None) => (k.state, k.reason.clone()),
+        // Slurm reports an OOM kill in the job's cgroup as OUT_OF_MEMORY even when the
+        // script carried on and exited 0.
+        (None, None) if exit.oom => (JobState::OutOfMemory as i32, "OutOfMemory".into()),
         (None, None) if exit.code == Some(0) => (JobState::Completed as i32, String::new()),
         (None, None) if exit.signal.is_some() => (
             JobState::Failed as i32,
@@ -610,6 +680,7 @@ mod tests {
             code,
             signal,
             error: error.map(str::to_string),
+            oom: false,
         };
         let cases = [
             (rec(Some(0), None, None), None, JobState::Completed, ""),
@@ -630,6 +701,15 @@ mod tests {
                 Some(&cancel),
                 JobState::Cancelled,
                 "cancelled",
+            ),
+            (
+                ExitRecord {
+                    oom: true,
+                    ..rec(Some(0), None, None)
+                },
+                None,
+                JobState::OutOfMemory,
+                "OutOfMemory",
             ),
             (
                 rec(None, None, Some("cannot start")),

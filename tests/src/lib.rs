@@ -190,3 +190,49 @@ pub fn sbatch(dir: &std::path::Path, servers: &str, args: &[&str]) -> u64 {
         .parse()
         .expect("sbatch --parsable prints the job id")
 }
+
+/// Makes sure the Debian packages `pkgs` are installed (`apt-get install -y`, after an
+/// `apt-get update` if the first try fails), so tests install what they need themselves.
+///
+/// # Errors
+/// Why they cannot be had (not root, no apt-get, the install failed): the caller prints it
+/// and skips.
+pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<(), String> {
+    let installed = |p: &str| {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+    };
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "{missing:?} not installed and not root to install them"
+        ));
+    }
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map_err(|e| format!("apt-get: {e}"))
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    if apt(&install)?.status.success() {
+        return Ok(());
+    }
+    apt(&["update"])?;
+    let out = apt(&install)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "apt-get install {missing:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
