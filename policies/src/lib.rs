@@ -18,6 +18,7 @@
 //! - [`quota`]: guaranteed quotas, borrowing and lending limits.
 //! - [`backfill`]: EASY backfill reservations and the views jobs are placed on.
 //! - [`preempt`]: victim selection by class priority and by quota reclaim.
+//! - [`topology`]: the petgraph model from GPU to spine, `topology.conf`, best GPU sets.
 //! - [`pass`]: one scheduling pass tying them together; [`schedule`] is its entry.
 #![deny(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod priority;
 pub mod quota;
 pub mod score;
 pub mod snapshot;
+pub mod topology;
 
 pub use fairshare::{AccountSpec, AccountTree, Usage};
 pub use filter::{Reject, RejectReason};
