@@ -21,6 +21,9 @@ pub enum RejectReason {
     Cpus,
     /// Not enough free memory.
     Memory,
+    /// A multi-node job's nodes fit, but not under the `--switches` leaf count (a whole-job
+    /// reason, never a single node's).
+    Switches,
 }
 
 impl RejectReason {
@@ -32,6 +35,7 @@ impl RejectReason {
             RejectReason::Gpus => "gpus",
             RejectReason::Cpus => "cpus",
             RejectReason::Memory => "memory",
+            RejectReason::Switches => "switches",
         }
     }
 }

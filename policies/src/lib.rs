@@ -13,6 +13,7 @@
 //! - [`filter`]: one small struct per feasibility rule ([`filter::Filter`]).
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
+//! - [`gang`]: all-or-nothing taking of a multi-node decision (an undo log).
 //! - [`fairshare`]: the account tree, decayed usage, Fair Tree factors.
 //! - [`priority`]: multifactor priority and the priority classes (QOS).
 //! - [`quota`]: guaranteed quotas, borrowing and lending limits.
@@ -25,6 +26,7 @@
 pub mod backfill;
 pub mod fairshare;
 pub mod filter;
+pub mod gang;
 pub mod pass;
 pub mod pipeline;
 pub mod preempt;

@@ -308,7 +308,7 @@ pub struct Topology {
     graph: UnGraph<Vertex, Edge>,
     conf: NetworkConf,
     levels: Vec<u32>,
-    places: HashMap<String, NodePlace>,
+    places: HashMap<String, Arc<NodePlace>>,
 }
 
 impl PartialEq for Topology {
@@ -371,14 +371,19 @@ impl Topology {
             while let Some(p) = switches.last().and_then(|&s| parent[s as usize]) {
                 switches.push(p as u32);
             }
-            places.insert(name.clone(), NodePlace { gpus: matrices.get(name.as_str()).cloned(), switches, domain });
+            places.insert(name.clone(), Arc::new(NodePlace { gpus: matrices.get(name.as_str()).cloned(), switches, domain }));
         }
         Topology { graph: g, conf: conf.clone(), levels, places }
     }
 
     /// Where node `name` sits; `None` for a node neither configured nor reported.
     pub fn place(&self, name: &str) -> Option<&NodePlace> {
-        self.places.get(name)
+        self.places.get(name).map(|p| &**p)
+    }
+
+    /// [`Topology::place`], shared.
+    pub fn place_arc(&self, name: &str) -> Option<Arc<NodePlace>> {
+        self.places.get(name).cloned()
     }
 
     /// The network tree in force.
@@ -421,6 +426,107 @@ impl Topology {
             })
             .collect()
     }
+}
+
+/// The nodes a multi-node job takes, as positions into `places` (the feasible candidates in
+/// rank order, best first), or the fewest leaf switches any choice needs when that is more
+/// than `leaves_max`.
+///
+/// In order of preference: one NVLink domain; then, level by level from the leaves up, one
+/// switch's subtree. Among the subtrees of a level that hold `wanted` candidates the choice
+/// is the one needing the fewest leaves, then the one with the fewest candidates (best fit:
+/// bigger subtrees stay whole for bigger jobs), then the lowest switch id. Inside the
+/// subtree, whole leaves are taken fullest first (fewest leaves), each leaf's candidates in
+/// rank order. Candidates with no switch count as a leaf each.
+///
+/// # Errors
+/// The fewest leaves a choice would need, when every choice needs more than `leaves_max`.
+pub fn choose_nodes(
+    topo: &Topology,
+    places: &[Option<&NodePlace>],
+    wanted: usize,
+    leaves_max: Option<usize>,
+) -> Result<Vec<usize>, usize> {
+    let leaf = |i: usize| -> u64 {
+        match places[i].and_then(|p| p.switches.first()) {
+            Some(&s) => u64::from(s),
+            None => (1 << 32) + i as u64, // a leaf of its own
+        }
+    };
+    let mut fewest = usize::MAX;
+    let mut consider = |groups: HashMap<u64, Vec<usize>>| -> Option<Vec<usize>> {
+        let mut best: Option<((usize, usize, u64), Vec<usize>)> = None;
+        for (id, members) in groups {
+            if members.len() < wanted {
+                continue;
+            }
+            let (pick, leaves) = fewest_leaves(&members, wanted, &leaf);
+            fewest = fewest.min(leaves);
+            if leaves_max.is_some_and(|m| leaves > m) {
+                continue;
+            }
+            let key = (leaves, members.len(), id);
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, pick));
+            }
+        }
+        best.map(|(_, pick)| pick)
+    };
+    let mut domains: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, p) in places.iter().enumerate() {
+        if let Some(d) = p.and_then(|p| p.domain) {
+            domains.entry(u64::from(d)).or_default().push(i);
+        }
+    }
+    if let Some(pick) = consider(domains) {
+        return Ok(pick);
+    }
+    let top = topo.levels.iter().copied().max().unwrap_or(0);
+    for level in 0..=top {
+        let mut groups: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, p) in places.iter().enumerate() {
+            let above = p.and_then(|p| p.switches.iter().find(|&&s| topo.levels[s as usize] >= level));
+            if let Some(&s) = above {
+                groups.entry(u64::from(s)).or_default().push(i);
+            }
+        }
+        if let Some(pick) = consider(groups) {
+            return Ok(pick);
+        }
+    }
+    // No switch holds them all (separate trees, or nodes outside the tree).
+    if let Some(pick) = consider(HashMap::from([(u64::MAX, (0..places.len()).collect())])) {
+        return Ok(pick);
+    }
+    Err(fewest)
+}
+
+/// `wanted` of `members` (ascending rank) from as few leaves as possible: fullest leaves
+/// first (ties to the leaf holding the better-ranked candidate), then back in rank order.
+fn fewest_leaves(members: &[usize], wanted: usize, leaf: &impl Fn(usize) -> u64) -> (Vec<usize>, usize) {
+    let mut by_leaf: Vec<(u64, Vec<usize>)> = Vec::new();
+    let mut slot: HashMap<u64, usize> = HashMap::new();
+    for &m in members {
+        let l = leaf(m);
+        let k = *slot.entry(l).or_insert_with(|| {
+            by_leaf.push((l, Vec::new()));
+            by_leaf.len() - 1
+        });
+        by_leaf[k].1.push(m);
+    }
+    // Stable: equal sizes keep first-seen order, i.e. the better-ranked leaf first.
+    by_leaf.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let mut pick = Vec::with_capacity(wanted);
+    let mut leaves = 0;
+    for (_, v) in &by_leaf {
+        if pick.len() == wanted {
+            break;
+        }
+        leaves += 1;
+        pick.extend(v.iter().take(wanted - pick.len()));
+    }
+    pick.sort_unstable();
+    (pick, leaves)
 }
 
 fn add_gpus(g: &mut UnGraph<Vertex, Edge>, node: NodeIndex, links: &NodeLinks) {
