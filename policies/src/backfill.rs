@@ -134,7 +134,11 @@ impl View {
         job: &PendingJob,
     ) -> Result<Decision, crate::Unplaceable> {
         let g = job.gpus_per_node as usize;
-        let buckets = self.buckets.get(&job.partition).map(|b| b.as_slice()).unwrap_or(&[]);
+        let buckets = self
+            .buckets
+            .get(&job.partition)
+            .map(|b| b.as_slice())
+            .unwrap_or(&[]);
         let nodes = buckets
             .iter()
             .skip(g)

@@ -73,15 +73,25 @@ impl<'v> Tentative<'v> {
             .view
             .position(&grant.node)
             .filter(|&i| self.view.snap.nodes[i].up)
-            .ok_or_else(|| GangError::Node { job, node: node(&grant.node) })?;
+            .ok_or_else(|| GangError::Node {
+                job,
+                node: node(&grant.node),
+            })?;
         let n = &self.view.snap.nodes[i];
         for uuid in &grant.gpu_uuids {
             if !n.gpus.iter().any(|g| &g.uuid == uuid && g.free) {
-                return Err(GangError::Gpu { job, node: node(&grant.node), uuid: uuid.clone() });
+                return Err(GangError::Gpu {
+                    job,
+                    node: node(&grant.node),
+                    uuid: uuid.clone(),
+                });
             }
         }
         if n.cpus_free < grant.cpus || n.memory_free_mb < grant.mem_mb {
-            return Err(GangError::Capacity { job, node: node(&grant.node) });
+            return Err(GangError::Capacity {
+                job,
+                node: node(&grant.node),
+            });
         }
         self.view.take(std::slice::from_ref(grant));
         self.taken.push(grant.clone());
@@ -138,10 +148,18 @@ mod tests {
             memory_total_mb: 100,
             memory_free_mb: 100,
             gpus: (0..2)
-                .map(|i| GpuView { uuid: format!("{name}-{i}"), index: i, gres_type: "h100".into(), free: true })
+                .map(|i| GpuView {
+                    uuid: format!("{name}-{i}"),
+                    index: i,
+                    gres_type: "h100".into(),
+                    free: true,
+                })
                 .collect(),
         };
-        View::new(ClusterSnapshot { nodes: vec![node("a"), node("b")], ..Default::default() })
+        View::new(ClusterSnapshot {
+            nodes: vec![node("a"), node("b")],
+            ..Default::default()
+        })
     }
 
     fn grant(node: &str, gpus: &[u32], cpus: u32) -> NodeGrant {
@@ -166,21 +184,33 @@ mod tests {
             (grant("a", &[0], 1), Some("not free")), // the first member holds a-0
         ];
         for (i, (second, want)) in cases.into_iter().enumerate() {
-            let d = Decision { job_id: 1, nodes: vec![grant("a", &[0, 1], 1), second] };
+            let d = Decision {
+                job_id: 1,
+                nodes: vec![grant("a", &[0, 1], 1), second],
+            };
             let got = take_whole(&mut v, &d).map_err(|e| e.to_string());
             match (got, want) {
                 (Err(e), Some(w)) => assert!(e.contains(w), "#{i}: want {w:?}, got {e}"),
                 (got, want) => panic!("#{i}: want {want:?}, got {got:?}"),
             }
-            assert_eq!(v.snap, before, "#{i}: a refused gang must leave nothing held");
+            assert_eq!(
+                v.snap, before,
+                "#{i}: a refused gang must leave nothing held"
+            );
         }
-        let d = Decision { job_id: 2, nodes: vec![grant("a", &[1], 1), grant("b", &[0], 2)] };
+        let d = Decision {
+            job_id: 2,
+            nodes: vec![grant("a", &[1], 1), grant("b", &[0], 2)],
+        };
         take_whole(&mut v, &d).unwrap();
         assert!(!v.snap.nodes[0].gpus[1].free && !v.snap.nodes[1].gpus[0].free);
         assert_eq!(v.snap.nodes[1].cpus_free, 2);
         let mut t = Tentative::new(&mut v, 3);
         t.place(&grant("a", &[0], 1)).unwrap();
         t.discard();
-        assert!(v.snap.nodes[0].gpus[0].free, "discard gives the member back");
+        assert!(
+            v.snap.nodes[0].gpus[0].free,
+            "discard gives the member back"
+        );
     }
 }

@@ -183,4 +183,6 @@ pub fn feasible_when_idle(capacity: &ClusterSnapshot, job: &PendingJob) -> Resul
 #[cfg(test)]
 mod pass_tests;
 #[cfg(test)]
+mod placement_tests;
+#[cfg(test)]
 mod tests;

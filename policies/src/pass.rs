@@ -297,7 +297,10 @@ impl<'a> Pass<'a> {
     /// The per-pass id of `job`'s shape (one hash lookup per job).
     fn shape_id(&mut self, job: &'a PendingJob) -> usize {
         let next = self.memo.len();
-        let id = *self.shape_ids.entry(shape(job, &self.pipeline)).or_insert(next);
+        let id = *self
+            .shape_ids
+            .entry(shape(job, &self.pipeline))
+            .or_insert(next);
         if id == next {
             self.memo.push(ShapeMemo::default());
         }
@@ -338,7 +341,10 @@ impl<'a> Pass<'a> {
         // Decisions come from this working view (or the guarded one, a subset of it), so
         // every member fits; take_whole makes "whole or nothing" hold even if not.
         if let Err(e) = crate::gang::take_whole(&mut self.working, &d) {
-            panic!("pass placed job {} on resources it does not have: {e}", d.job_id);
+            panic!(
+                "pass placed job {} on resources it does not have: {e}",
+                d.job_id
+            );
         }
         self.starts += 1;
         if let Some(g) = &mut self.guard {
@@ -355,10 +361,16 @@ impl<'a> Pass<'a> {
     /// No start now: a reservation if a slot is left, else Priority (it would fit but for
     /// reservations) or Resources.
     fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
-        let switches = why.as_ref().is_some_and(|w| w.metrics.switches_short.is_some());
+        let switches = why
+            .as_ref()
+            .is_some_and(|w| w.metrics.switches_short.is_some());
         let mut status = PendingStatus {
             job_id: job.id,
-            reason: if switches { PendingReason::Switches } else { PendingReason::Resources },
+            reason: if switches {
+                PendingReason::Switches
+            } else {
+                PendingReason::Resources
+            },
             expected_start_ms: None,
             why,
         };

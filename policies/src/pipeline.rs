@@ -156,7 +156,11 @@ impl Pipeline {
         // A gang on a configured network looks at every feasible node: the lowest common
         // switch may be anywhere. Everything else stops at the cap.
         let network = wanted > 1 && topo.has_network();
-        let cap = if network { usize::MAX } else { self.nodes_scored_max.max(wanted) };
+        let cap = if network {
+            usize::MAX
+        } else {
+            self.nodes_scored_max.max(wanted)
+        };
         let mut metrics = PlacementMetrics::default();
         let mut ranked: Vec<Candidate> = Vec::new();
         for (node, place) in nodes {
@@ -173,15 +177,27 @@ impl Pipeline {
             if ranked.len() < cap {
                 let fit = best_gpus(job, node, place);
                 let score = self.score(job, node, &fit);
-                ranked.push(Candidate { node, place, fit, score });
+                ranked.push(Candidate {
+                    node,
+                    place,
+                    fit,
+                    score,
+                });
             }
         }
-        let unplaceable = |metrics| Unplaceable { nodes_wanted: wanted as u32, metrics };
+        let unplaceable = |metrics| Unplaceable {
+            nodes_wanted: wanted as u32,
+            metrics,
+        };
         if ranked.len() < wanted {
             return Err(unplaceable(metrics));
         }
         // Best score first; equal scores go to the lower node name (deterministic).
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.node.name.cmp(&b.node.name)));
+        ranked.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.node.name.cmp(&b.node.name))
+        });
         let chosen: Vec<usize> = if network {
             let places: Vec<Option<&NodePlace>> = ranked.iter().map(|c| c.place).collect();
             match choose_nodes(topo, &places, wanted, self.leaves_max(job)) {
@@ -194,7 +210,10 @@ impl Pipeline {
         } else {
             (0..wanted).collect()
         };
-        let nodes = chosen.into_iter().map(|i| grant(job, ranked[i].node, &ranked[i].fit)).collect();
+        let nodes = chosen
+            .into_iter()
+            .map(|i| grant(job, ranked[i].node, &ranked[i].fit))
+            .collect();
         Ok(Decision {
             job_id: job.id,
             nodes,
@@ -224,10 +243,17 @@ fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fi
         Some(m) if k > 0 => {
             let free: Vec<u32> = node.free_gpus(&job.gpu_type).map(|g| g.index).collect();
             let (gpus, q) = m.best_set(&free, k);
-            Fit { gpus, quality: Some(q) }
+            Fit {
+                gpus,
+                quality: Some(q),
+            }
         }
         _ => Fit {
-            gpus: node.free_gpus(&job.gpu_type).take(k).map(|g| g.index).collect(),
+            gpus: node
+                .free_gpus(&job.gpu_type)
+                .take(k)
+                .map(|g| g.index)
+                .collect(),
             quality: None,
         },
     }
@@ -238,10 +264,16 @@ fn grant(job: &PendingJob, node: &NodeView, fit: &Fit) -> NodeGrant {
     let gpus: Vec<_> = fit
         .gpus
         .iter()
-        .map(|&i| match node.gpus.get(i as usize).filter(|g| g.index == i) {
-            Some(g) => g,
-            None => node.gpus.iter().find(|g| g.index == i).expect("fit names the node's GPUs"),
-        })
+        .map(
+            |&i| match node.gpus.get(i as usize).filter(|g| g.index == i) {
+                Some(g) => g,
+                None => node
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == i)
+                    .expect("fit names the node's GPUs"),
+            },
+        )
         .collect();
     NodeGrant {
         node: node.name.clone(),

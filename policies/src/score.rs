@@ -89,12 +89,30 @@ mod tests {
             memory_total_mb: 0,
             memory_free_mb: 0,
             gpus: (0..8)
-                .map(|i| crate::GpuView { uuid: format!("G{i}"), index: i, gres_type: "h100".into(), free: i >= 2 })
+                .map(|i| crate::GpuView {
+                    uuid: format!("G{i}"),
+                    index: i,
+                    gres_type: "h100".into(),
+                    free: i >= 2,
+                })
                 .collect(),
         };
-        let job = |g| PendingJob { gpus_per_node: g, ..PendingJob::default() };
-        let q = |worst_link, numa_spanned| Some(SetQuality { worst_link, numa_spanned, link_sum: 0, spill: 0 });
-        let fit = |quality| Fit { gpus: vec![], quality };
+        let job = |g| PendingJob {
+            gpus_per_node: g,
+            ..PendingJob::default()
+        };
+        let q = |worst_link, numa_spanned| {
+            Some(SetQuality {
+                worst_link,
+                numa_spanned,
+                link_sum: 0,
+                spill: 0,
+            })
+        };
+        let fit = |quality| Fit {
+            gpus: vec![],
+            quality,
+        };
         // (scorer, gpus, quality, want)
         let cases: Vec<(&dyn Scorer, u32, Option<SetQuality>, f64)> = vec![
             // 6 free, 4 taken: 2 left of 8: 1 - 2*2/8 = 0.5
@@ -112,7 +130,11 @@ mod tests {
         ];
         for (i, (s, g, quality, want)) in cases.into_iter().enumerate() {
             let got = s.score(&job(g), &node, &fit(quality));
-            assert!((got - want).abs() < 1e-9, "#{i} {}: want {want}, got {got}", s.name());
+            assert!(
+                (got - want).abs() < 1e-9,
+                "#{i} {}: want {want}, got {got}",
+                s.name()
+            );
         }
     }
 }

@@ -129,7 +129,12 @@ const SETS_EXHAUSTIVE_MAX: u64 = 4096;
 
 impl GpuMatrix {
     fn new(links: &NodeLinks) -> GpuMatrix {
-        let n = links.gpus.iter().map(|&(i, _)| i as usize + 1).max().unwrap_or(0);
+        let n = links
+            .gpus
+            .iter()
+            .map(|&(i, _)| i as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut cost = vec![GpuLink::CrossSocket.cost(); n * n];
         let mut numa = vec![0; n];
         for &(i, node) in &links.gpus {
@@ -143,9 +148,17 @@ impl GpuMatrix {
                 cost[b * n + a] = link.cost();
             }
         }
-        let off: Vec<u8> = (0..n * n).filter(|k| k / n != k % n).map(|k| cost[k]).collect();
+        let off: Vec<u8> = (0..n * n)
+            .filter(|k| k / n != k % n)
+            .map(|k| cost[k])
+            .collect();
         let uniform = off.windows(2).all(|w| w[0] == w[1]) && numa.windows(2).all(|w| w[0] == w[1]);
-        GpuMatrix { n, cost, numa, uniform }
+        GpuMatrix {
+            n,
+            cost,
+            numa,
+            uniform,
+        }
     }
 
     /// Link cost between GPUs `a` and `b` (NVML indexes); unknown GPUs cost as `SYS`.
@@ -164,7 +177,12 @@ impl GpuMatrix {
 
     /// Quality of `set` given the node's `free` GPUs (both NVML indexes).
     pub fn quality(&self, set: &[u32], free: &[u32]) -> SetQuality {
-        let mut q = SetQuality { worst_link: 0, numa_spanned: 0, link_sum: 0, spill: 0 };
+        let mut q = SetQuality {
+            worst_link: 0,
+            numa_spanned: 0,
+            link_sum: 0,
+            spill: 0,
+        };
         let mut numas: Vec<u32> = Vec::with_capacity(4);
         for (i, &a) in set.iter().enumerate() {
             for &b in &set[i + 1..] {
@@ -178,7 +196,10 @@ impl GpuMatrix {
             }
         }
         q.numa_spanned = numas.len() as u8;
-        q.spill = free.iter().filter(|g| !set.contains(g) && numas.contains(&self.numa_of(**g))).count() as u32;
+        q.spill = free
+            .iter()
+            .filter(|g| !set.contains(g) && numas.contains(&self.numa_of(**g)))
+            .count() as u32;
         q
     }
 
@@ -218,7 +239,13 @@ impl GpuMatrix {
                 let next = free
                     .iter()
                     .filter(|g| !set.contains(g))
-                    .min_by_key(|&&g| (set.iter().map(|&s| self.cost(s, g)).max(), u32::from(self.numa_of(g) != self.numa_of(seed)), g))
+                    .min_by_key(|&&g| {
+                        (
+                            set.iter().map(|&s| self.cost(s, g)).max(),
+                            u32::from(self.numa_of(g) != self.numa_of(seed)),
+                            g,
+                        )
+                    })
                     .copied()
                     .expect("k <= free");
                 set.push(next);
@@ -323,10 +350,21 @@ impl Topology {
     /// that are not in `nodes` still get their place (they may register later).
     pub fn build(conf: &NetworkConf, nodes: &[NodeLinks]) -> Topology {
         let mut g = UnGraph::<Vertex, Edge>::new_undirected();
-        let sw: Vec<NodeIndex> = (0..conf.switches.len() as u32).map(|i| g.add_node(Vertex::Switch(i))).collect();
-        let by_name: HashMap<&str, usize> = conf.switches.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let sw: Vec<NodeIndex> = (0..conf.switches.len() as u32)
+            .map(|i| g.add_node(Vertex::Switch(i)))
+            .collect();
+        let by_name: HashMap<&str, usize> = conf
+            .switches
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let mut node_ix: HashMap<String, NodeIndex> = HashMap::new();
-        let mut vertex = |g: &mut UnGraph<Vertex, Edge>, name: &str| *node_ix.entry(name.to_string()).or_insert_with(|| g.add_node(Vertex::Node(name.to_string())));
+        let mut vertex = |g: &mut UnGraph<Vertex, Edge>, name: &str| {
+            *node_ix
+                .entry(name.to_string())
+                .or_insert_with(|| g.add_node(Vertex::Node(name.to_string())))
+        };
         // The parse checked the tree, so every child exists and has one parent.
         let mut parent: Vec<Option<usize>> = vec![None; conf.switches.len()];
         for (p, s) in conf.switches.iter().enumerate() {
@@ -371,9 +409,21 @@ impl Topology {
             while let Some(p) = switches.last().and_then(|&s| parent[s as usize]) {
                 switches.push(p as u32);
             }
-            places.insert(name.clone(), Arc::new(NodePlace { gpus: matrices.get(name.as_str()).cloned(), switches, domain }));
+            places.insert(
+                name.clone(),
+                Arc::new(NodePlace {
+                    gpus: matrices.get(name.as_str()).cloned(),
+                    switches,
+                    domain,
+                }),
+            );
         }
-        Topology { graph: g, conf: conf.clone(), levels, places }
+        Topology {
+            graph: g,
+            conf: conf.clone(),
+            levels,
+            places,
+        }
     }
 
     /// Where node `name` sits; `None` for a node neither configured nor reported.
@@ -409,7 +459,10 @@ impl Topology {
     /// The lowest switch above both nodes, `None` when they share none (or are unknown).
     pub fn common_switch(&self, a: &str, b: &str) -> Option<u32> {
         let (pa, pb) = (self.place(a)?, self.place(b)?);
-        pa.switches.iter().find(|s| pb.switches.contains(s)).copied()
+        pa.switches
+            .iter()
+            .find(|s| pb.switches.contains(s))
+            .copied()
     }
 
     /// Per switch: name, level, link speed, every node below it (file order), child
@@ -420,9 +473,20 @@ impl Topology {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut below: Vec<String> = self.places.iter().filter(|(_, p)| p.switches.contains(&(i as u32))).map(|(n, _)| n.clone()).collect();
+                let mut below: Vec<String> = self
+                    .places
+                    .iter()
+                    .filter(|(_, p)| p.switches.contains(&(i as u32)))
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 below.sort();
-                (s.name.clone(), self.levels[i], s.link_speed, below, s.switches.clone())
+                (
+                    s.name.clone(),
+                    self.levels[i],
+                    s.link_speed,
+                    below,
+                    s.switches.clone(),
+                )
             })
             .collect()
     }
@@ -485,7 +549,11 @@ pub fn choose_nodes(
     for level in 0..=top {
         let mut groups: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, p) in places.iter().enumerate() {
-            let above = p.and_then(|p| p.switches.iter().find(|&&s| topo.levels[s as usize] >= level));
+            let above = p.and_then(|p| {
+                p.switches
+                    .iter()
+                    .find(|&&s| topo.levels[s as usize] >= level)
+            });
             if let Some(&s) = above {
                 groups.entry(u64::from(s)).or_default().push(i);
             }
@@ -503,7 +571,11 @@ pub fn choose_nodes(
 
 /// `wanted` of `members` (ascending rank) from as few leaves as possible: fullest leaves
 /// first (ties to the leaf holding the better-ranked candidate), then back in rank order.
-fn fewest_leaves(members: &[usize], wanted: usize, leaf: &impl Fn(usize) -> u64) -> (Vec<usize>, usize) {
+fn fewest_leaves(
+    members: &[usize],
+    wanted: usize,
+    leaf: &impl Fn(usize) -> u64,
+) -> (Vec<usize>, usize) {
     let mut by_leaf: Vec<(u64, Vec<usize>)> = Vec::new();
     let mut slot: HashMap<u64, usize> = HashMap::new();
     for &m in members {
@@ -551,16 +623,28 @@ fn add_gpus(g: &mut UnGraph<Vertex, Edge>, node: NodeIndex, links: &NodeLinks) {
 }
 
 fn switch_levels(conf: &NetworkConf, by_name: &HashMap<&str, usize>) -> Vec<u32> {
-    fn level(i: usize, conf: &NetworkConf, by_name: &HashMap<&str, usize>, memo: &mut Vec<Option<u32>>) -> u32 {
+    fn level(
+        i: usize,
+        conf: &NetworkConf,
+        by_name: &HashMap<&str, usize>,
+        memo: &mut Vec<Option<u32>>,
+    ) -> u32 {
         if let Some(l) = memo[i] {
             return l;
         }
-        let l = conf.switches[i].switches.iter().map(|c| 1 + level(by_name[c.as_str()], conf, by_name, memo)).max().unwrap_or(0);
+        let l = conf.switches[i]
+            .switches
+            .iter()
+            .map(|c| 1 + level(by_name[c.as_str()], conf, by_name, memo))
+            .max()
+            .unwrap_or(0);
         memo[i] = Some(l);
         l
     }
     let mut memo = vec![None; conf.switches.len()];
-    (0..conf.switches.len()).map(|i| level(i, conf, by_name, &mut memo)).collect()
+    (0..conf.switches.len())
+        .map(|i| level(i, conf, by_name, &mut memo))
+        .collect()
 }
 
 #[cfg(test)]

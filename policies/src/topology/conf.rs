@@ -79,7 +79,10 @@ impl NetworkConf {
             if line.is_empty() {
                 continue;
             }
-            let err = |detail: String| TopologyError::Line { line: i + 1, detail };
+            let err = |detail: String| TopologyError::Line {
+                line: i + 1,
+                detail,
+            };
             let pairs = split_pairs(line).map_err(err)?;
             conf.statement(&pairs).map_err(err)?;
         }
@@ -97,7 +100,11 @@ impl NetworkConf {
                 "nodes" => nodes = Some(hostlist::expand(value)?),
                 "switches" if first == "switchname" => switches = Some(hostlist::expand(value)?),
                 "linkspeed" if first == "switchname" => {
-                    link_speed = Some(value.parse().map_err(|_| format!("LinkSpeed={value} is not a number"))?)
+                    link_speed = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("LinkSpeed={value} is not a number"))?,
+                    )
                 }
                 // Slurm's block plugin sizes come from the global BlockSizes= line, which
                 // berth does not take: every domain is one block.
@@ -115,14 +122,22 @@ impl NetworkConf {
                     (Some(_), Some(_)) => return Err(format!("switch {name} has both Nodes= and Switches=; a switch has one or the other")),
                     (None, None) => return Err(format!("switch {name} has neither Nodes= nor Switches=")),
                 };
-                self.switches.push(SwitchSpec { name: name.clone(), nodes, switches, link_speed });
+                self.switches.push(SwitchSpec {
+                    name: name.clone(),
+                    nodes,
+                    switches,
+                    link_speed,
+                });
             }
             "blockname" => {
                 if self.blocks.iter().any(|b| &b.name == name) {
                     return Err(format!("block {name} is defined twice"));
                 }
                 let nodes = nodes.ok_or_else(|| format!("block {name} has no Nodes="))?;
-                self.blocks.push(BlockSpec { name: name.clone(), nodes });
+                self.blocks.push(BlockSpec {
+                    name: name.clone(),
+                    nodes,
+                });
             }
             _ => unreachable!("split_pairs admits only SwitchName and BlockName first"),
         }
@@ -132,15 +147,28 @@ impl NetworkConf {
     /// Children exist and have one parent, no cycles, a node under one leaf and in one block.
     fn check_tree(&self) -> Result<(), TopologyError> {
         let tree = |d: String| TopologyError::Tree(d);
-        let ids: HashMap<&str, usize> = self.switches.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let ids: HashMap<&str, usize> = self
+            .switches
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let mut g = DiGraph::<usize, ()>::new();
         let v: Vec<_> = (0..self.switches.len()).map(|i| g.add_node(i)).collect();
         let mut parent: HashMap<usize, usize> = HashMap::new();
         for (p, s) in self.switches.iter().enumerate() {
             for child in &s.switches {
-                let &c = ids.get(child.as_str()).ok_or_else(|| tree(format!("switch {} names child switch {child}, which is not defined", s.name)))?;
+                let &c = ids.get(child.as_str()).ok_or_else(|| {
+                    tree(format!(
+                        "switch {} names child switch {child}, which is not defined",
+                        s.name
+                    ))
+                })?;
                 if let Some(&other) = parent.get(&c) {
-                    return Err(tree(format!("switch {child} is under both {} and {}", self.switches[other].name, s.name)));
+                    return Err(tree(format!(
+                        "switch {child} is under both {} and {}",
+                        self.switches[other].name, s.name
+                    )));
                 }
                 parent.insert(c, p);
                 g.add_edge(v[p], v[c], ());
@@ -154,7 +182,10 @@ impl NetworkConf {
         for s in &self.switches {
             for n in &s.nodes {
                 if let Some(other) = leaf_of.insert(n, &s.name) {
-                    return Err(tree(format!("node {n} is under two leaf switches, {other} and {}", s.name)));
+                    return Err(tree(format!(
+                        "node {n} is under two leaf switches, {other} and {}",
+                        s.name
+                    )));
                 }
             }
         }
@@ -162,7 +193,10 @@ impl NetworkConf {
         for b in &self.blocks {
             for n in &b.nodes {
                 if let Some(other) = block_of.insert(n, &b.name) {
-                    return Err(tree(format!("node {n} is in two NVLink blocks, {other} and {}", b.name)));
+                    return Err(tree(format!(
+                        "node {n} is in two NVLink blocks, {other} and {}",
+                        b.name
+                    )));
                 }
             }
         }
@@ -174,7 +208,9 @@ impl NetworkConf {
 fn split_pairs(line: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for word in line.split_whitespace() {
-        let (k, v) = word.split_once('=').ok_or_else(|| format!("{word:?} is not Key=Value"))?;
+        let (k, v) = word
+            .split_once('=')
+            .ok_or_else(|| format!("{word:?} is not Key=Value"))?;
         let key = k.to_ascii_lowercase();
         if v.is_empty() {
             return Err(format!("{k}= has no value"));
@@ -186,7 +222,10 @@ fn split_pairs(line: &str) -> Result<Vec<(String, String)>, String> {
     }
     match pairs.first().map(|(k, _)| k.as_str()) {
         Some("switchname" | "blockname") => Ok(pairs),
-        _ => Err(format!("a statement starts with SwitchName= or BlockName=, not {:?}", line.split_whitespace().next().unwrap_or(""))),
+        _ => Err(format!(
+            "a statement starts with SwitchName= or BlockName=, not {:?}",
+            line.split_whitespace().next().unwrap_or("")
+        )),
     }
 }
 
@@ -208,7 +247,10 @@ mod tests {
         assert_eq!(c.switches[1].link_speed, Some(400));
         assert_eq!(c.switches[2].switches, vec!["leaf0", "leaf1"]);
         assert_eq!(c.blocks[0].nodes, vec!["n1", "n2", "n3"]);
-        assert_eq!(NetworkConf::parse("\n# nothing\n").unwrap(), NetworkConf::default());
+        assert_eq!(
+            NetworkConf::parse("\n# nothing\n").unwrap(),
+            NetworkConf::default()
+        );
     }
 
     #[test]
@@ -222,13 +264,25 @@ mod tests {
             ("SwitchName=a Nodes=n1 Nodes=n2", "twice"),
             ("SwitchName=a Nodes=n[1-", "unbalanced"),
             ("SwitchName=a Nodes=n1 LinkSpeed=fast", "not a number"),
-            ("SwitchName=a Nodes=n1\nSwitchName=a Nodes=n2", "defined twice"),
+            (
+                "SwitchName=a Nodes=n1\nSwitchName=a Nodes=n2",
+                "defined twice",
+            ),
             ("SwitchName=s Switches=leaf7", "not defined"),
             ("SwitchName=a Switches=b\nSwitchName=b Switches=a", "cycle"),
             ("SwitchName=a Switches=a", "cycle"),
-            ("SwitchName=l Nodes=n1\nSwitchName=a Switches=l\nSwitchName=b Switches=l", "under both"),
-            ("SwitchName=a Nodes=n[1-2]\nSwitchName=b Nodes=n2", "two leaf switches"),
-            ("BlockName=x Nodes=n1\nBlockName=y Nodes=n1", "two NVLink blocks"),
+            (
+                "SwitchName=l Nodes=n1\nSwitchName=a Switches=l\nSwitchName=b Switches=l",
+                "under both",
+            ),
+            (
+                "SwitchName=a Nodes=n[1-2]\nSwitchName=b Nodes=n2",
+                "two leaf switches",
+            ),
+            (
+                "BlockName=x Nodes=n1\nBlockName=y Nodes=n1",
+                "two NVLink blocks",
+            ),
             ("BlockName=x Switches=a", "unknown key"),
             ("BlockName=x", "no Nodes"),
             ("SwitchName=a Nodes=n1 junk", "not Key=Value"),
@@ -244,6 +298,12 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let e = NetworkConf::parse("SwitchName=a Nodes=n1\n\nSwitchName=b Bogus=1").unwrap_err();
-        assert_eq!(e, TopologyError::Line { line: 3, detail: "unknown key \"bogus\" in a switchname statement".into() });
+        assert_eq!(
+            e,
+            TopologyError::Line {
+                line: 3,
+                detail: "unknown key \"bogus\" in a switchname statement".into()
+            }
+        );
     }
 }

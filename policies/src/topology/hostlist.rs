@@ -49,12 +49,17 @@ fn split_top_level(list: &str) -> Result<Vec<&str>, String> {
 fn expand_item(list: &str, item: &str, head: String, out: &mut Vec<String>) -> Result<(), String> {
     let Some(open) = item.find('[') else {
         if out.len() >= HOSTS_MAX {
-            return Err(format!("host list \"{list}\" names more than {HOSTS_MAX} hosts"));
+            return Err(format!(
+                "host list \"{list}\" names more than {HOSTS_MAX} hosts"
+            ));
         }
         out.push(head + item);
         return Ok(());
     };
-    let close = open + item[open..].find(']').ok_or_else(|| format!("host list \"{list}\" has unbalanced brackets"))?;
+    let close = open
+        + item[open..]
+            .find(']')
+            .ok_or_else(|| format!("host list \"{list}\" has unbalanced brackets"))?;
     let (prefix, ranges, rest) = (&item[..open], &item[open + 1..close], &item[close + 1..]);
     for range in ranges.split(',') {
         let bad = || format!("host list \"{list}\": bad range \"{range}\"");
@@ -63,12 +68,19 @@ fn expand_item(list: &str, item: &str, head: String, out: &mut Vec<String>) -> R
         if !digits(lo) || !digits(hi) || lo.len() > 18 || hi.len() > 18 {
             return Err(bad());
         }
-        let (a, b): (u64, u64) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+        let (a, b): (u64, u64) = (
+            lo.parse().map_err(|_| bad())?,
+            hi.parse().map_err(|_| bad())?,
+        );
         if b < a {
-            return Err(format!("host list \"{list}\": range \"{range}\" goes backwards"));
+            return Err(format!(
+                "host list \"{list}\": range \"{range}\" goes backwards"
+            ));
         }
         if b - a >= HOSTS_MAX as u64 {
-            return Err(format!("host list \"{list}\" names more than {HOSTS_MAX} hosts"));
+            return Err(format!(
+                "host list \"{list}\" names more than {HOSTS_MAX} hosts"
+            ));
         }
         for n in a..=b {
             let name = format!("{head}{prefix}{n:0width$}", width = lo.len());
@@ -99,7 +111,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_lists() {
-        for bad in ["n[1-3", "n]1[", "n[[1]]", "n[3-1]", "n[a-b]", "n[]", "a,,b", "", "n[1-2000000]"] {
+        for bad in [
+            "n[1-3",
+            "n]1[",
+            "n[[1]]",
+            "n[3-1]",
+            "n[a-b]",
+            "n[]",
+            "a,,b",
+            "",
+            "n[1-2000000]",
+        ] {
             assert!(expand(bad).is_err(), "{bad} should be refused");
         }
     }

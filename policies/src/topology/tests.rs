@@ -10,7 +10,11 @@ pub fn dgx_h100(name: &str) -> NodeLinks {
             pairs.push((a, b, GpuLink::parse("NV18", true).unwrap()));
         }
     }
-    NodeLinks { name: name.into(), gpus: (0..8).map(|i| (i, i / 4)).collect(), pairs }
+    NodeLinks {
+        name: name.into(),
+        gpus: (0..8).map(|i| (i, i / 4)).collect(),
+        pairs,
+    }
 }
 
 /// 4 PCIe GPUs: (0,1) behind one PCIe switch on NUMA 0, (2,3) on NUMA 1.
@@ -22,7 +26,11 @@ fn pcie_4(name: &str) -> NodeLinks {
             pairs.push((a, b, GpuLink::parse(level(a, b), false).unwrap()));
         }
     }
-    NodeLinks { name: name.into(), gpus: (0..4).map(|i| (i, i / 2)).collect(), pairs }
+    NodeLinks {
+        name: name.into(),
+        gpus: (0..4).map(|i| (i, i / 2)).collect(),
+        pairs,
+    }
 }
 
 #[test]
@@ -42,10 +50,16 @@ fn link_levels_parse_and_order() {
         assert_eq!(got, want, "#{i}: want {want:?}, got {got:?}");
     }
     let order: Vec<u8> = cases.iter().map(|c| c.2.cost()).collect();
-    assert!(order.windows(2).all(|w| w[0] <= w[1]), "costs must rise: {order:?}");
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "costs must rise: {order:?}"
+    );
     assert!(GpuLink::NvLink(12).cost() < GpuLink::NvLink(2).cost());
     for bad in ["NV0", "NV", "nv4", "X", "PCI", "", "NV-1"] {
-        assert!(GpuLink::parse(bad, false).is_err(), "{bad} should be refused");
+        assert!(
+            GpuLink::parse(bad, false).is_err(),
+            "{bad} should be refused"
+        );
     }
 }
 
@@ -90,11 +104,19 @@ fn greedy_search_on_large_nodes_keeps_islands() {
     let mut pairs = Vec::new();
     for a in 0..16u32 {
         for b in a + 1..16 {
-            let link = if a / 4 == b / 4 { GpuLink::NvLink(6) } else { GpuLink::CrossSocket };
+            let link = if a / 4 == b / 4 {
+                GpuLink::NvLink(6)
+            } else {
+                GpuLink::CrossSocket
+            };
             pairs.push((a, b, link));
         }
     }
-    let m = GpuMatrix::new(&NodeLinks { name: "big".into(), gpus: (0..16).map(|i| (i, i / 4)).collect(), pairs });
+    let m = GpuMatrix::new(&NodeLinks {
+        name: "big".into(),
+        gpus: (0..16).map(|i| (i, i / 4)).collect(),
+        pairs,
+    });
     let free: Vec<u32> = (0..16).collect();
     let (set, q) = m.best_set(&free, 8);
     assert_eq!(set, vec![0, 1, 2, 3, 4, 5, 6, 7]);
@@ -114,7 +136,10 @@ fn the_graph_knows_switches_domains_and_gpus() {
     assert_eq!(topo.place("n1").unwrap().switches, vec![0, 2]);
     assert_eq!(topo.place("n3").unwrap().domain, Some(0));
     assert!(topo.place("n1").unwrap().gpus.is_some());
-    assert!(topo.place("n2").unwrap().gpus.is_none(), "n2 never reported");
+    assert!(
+        topo.place("n2").unwrap().gpus.is_none(),
+        "n2 never reported"
+    );
     assert_eq!(topo.place("n9").unwrap().switches, Vec::<u32>::new());
     assert_eq!((topo.level(0), topo.level(2)), (0, 1));
     let name = |s: Option<u32>| s.map(|s| topo.conf().switches[s as usize].name.clone());
