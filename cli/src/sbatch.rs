@@ -883,11 +883,13 @@ fn parse_switches(value: &str) -> Result<(u32, Option<u64>), SbatchError> {
     let count = parse_count("--switches", count)?;
     let wait = match wait {
         None => None,
-        Some(w) => Some(parse_time_limit(w).map_err(|reason| SbatchError::InvalidValue {
-            option: "--switches",
-            value: value.to_string(),
-            reason: format!("max-wait {w:?}: {reason}"),
-        })?),
+        Some(w) => Some(
+            parse_time_limit(w).map_err(|reason| SbatchError::InvalidValue {
+                option: "--switches",
+                value: value.to_string(),
+                reason: format!("max-wait {w:?}: {reason}"),
+            })?,
+        ),
     };
     Ok((count, wait))
 }
@@ -1479,7 +1481,10 @@ fn gpus_from_tasks(
     }
     let per_node = u64::from(per_task.count) * u64::from(ntasks / nodes);
     let per_node = u32::try_from(per_node).map_err(|_| {
-        SbatchError::GpuConflict(format!("{} asks for too many GPUs per node", per_task.given))
+        SbatchError::GpuConflict(format!(
+            "{} asks for too many GPUs per node",
+            per_task.given
+        ))
     })?;
     Ok((per_node, per_task.kind.clone()))
 }
@@ -1923,15 +1928,24 @@ mod tests {
             (vec!["-N2", "--switches=1"], Ok((0, "", 1, 300))),
             (vec!["-N2", "--switches=2@5:00"], Ok((0, "", 2, 300))),
             (vec!["-N2", "--switches=1@1"], Ok((0, "", 1, 60))),
-            (vec!["-N2", "-n8", "--gpus-per-task=h100:2"], Ok((8, "h100", 0, 0))),
+            (
+                vec!["-N2", "-n8", "--gpus-per-task=h100:2"],
+                Ok((8, "h100", 0, 0)),
+            ),
             (vec!["-n3", "--gpus-per-task=1"], Ok((3, "", 0, 0))),
             (vec!["--switches=0"], Err("at least 1")),
             (vec!["--switches=x"], Err("Invalid numeric value")),
             (vec!["--switches=1@"], Err("max-wait")),
             (vec!["--switches=1@-3"], Err("max-wait")),
             (vec!["--switches=@5"], Err("Invalid numeric value")),
-            (vec!["-N2", "-n3", "--gpus-per-task=1"], Err("does not divide")),
-            (vec!["--gpus-per-task=1", "--gres=gpu:1"], Err("cannot be combined")),
+            (
+                vec!["-N2", "-n3", "--gpus-per-task=1"],
+                Err("does not divide"),
+            ),
+            (
+                vec!["--gpus-per-task=1", "--gres=gpu:1"],
+                Err("cannot be combined"),
+            ),
             (vec!["--gpus-per-task=h100:"], Err("Invalid numeric value")),
         ];
         for (i, (args, want)) in cases.into_iter().enumerate() {
@@ -1939,7 +1953,12 @@ mod tests {
             all.extend(args.iter());
             let got = f.run(&all).map(|s| {
                 let sp = s.spec;
-                (sp.gpus_per_node, sp.gpu_type, sp.switches, sp.switches_wait_secs)
+                (
+                    sp.gpus_per_node,
+                    sp.gpu_type,
+                    sp.switches,
+                    sp.switches_wait_secs,
+                )
             });
             match (&got, want) {
                 (Ok((g, t, sw, w)), Ok(want)) if (*g, t.as_str(), *sw, *w) == want => {}

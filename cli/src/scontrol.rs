@@ -690,11 +690,32 @@ mod tests {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let t = pb::TopologyResponse {
             switches: vec![
-                pb::TopologySwitch { name: "leaf0".into(), level: 0, link_speed: 0, nodes: names(&["n1", "n2"]), switches: vec![] },
-                pb::TopologySwitch { name: "leaf1".into(), level: 0, link_speed: 400, nodes: names(&["n3"]), switches: vec![] },
-                pb::TopologySwitch { name: "spine".into(), level: 1, link_speed: 0, nodes: names(&["n1", "n2", "n3"]), switches: names(&["leaf0", "leaf1"]) },
+                pb::TopologySwitch {
+                    name: "leaf0".into(),
+                    level: 0,
+                    link_speed: 0,
+                    nodes: names(&["n1", "n2"]),
+                    switches: vec![],
+                },
+                pb::TopologySwitch {
+                    name: "leaf1".into(),
+                    level: 0,
+                    link_speed: 400,
+                    nodes: names(&["n3"]),
+                    switches: vec![],
+                },
+                pb::TopologySwitch {
+                    name: "spine".into(),
+                    level: 1,
+                    link_speed: 0,
+                    nodes: names(&["n1", "n2", "n3"]),
+                    switches: names(&["leaf0", "leaf1"]),
+                },
             ],
-            blocks: vec![pb::TopologyBlock { name: "nvl0".into(), nodes: names(&["n2", "n3"]) }],
+            blocks: vec![pb::TopologyBlock {
+                name: "nvl0".into(),
+                nodes: names(&["n2", "n3"]),
+            }],
             conf: String::new(),
         };
         assert_eq!(
@@ -704,7 +725,10 @@ mod tests {
              SwitchName=spine Level=1 LinkSpeed=1 Nodes=n[1-3] Switches=leaf[0-1]\n\
              BlockName=nvl0 Nodes=n[2-3]\n"
         );
-        assert_eq!(show_topology(&pb::TopologyResponse::default()), "No topology information available\n");
+        assert_eq!(
+            show_topology(&pb::TopologyResponse::default()),
+            "No topology information available\n"
+        );
     }
 
     #[test]

@@ -133,6 +133,9 @@ struct ShapeMemo {
     failed_guarded: bool,
     /// The start count at which it was last seen fitting the working view, plus one.
     fits_working_at: u64,
+    /// Its nodes were free but spanned too many leaf switches (`--switches`), so jobs of
+    /// this shape answered from the cache get that reason too.
+    short_of_switches: bool,
 }
 
 fn shape<'a>(job: &'a PendingJob, pipeline: &Pipeline) -> Shape<'a> {
@@ -333,6 +336,7 @@ impl<'a> Pass<'a> {
         }
         view.select(&self.pipeline, job).map_err(|why| {
             *failed = true;
+            memo.short_of_switches |= why.metrics.switches_short.is_some();
             Some(why)
         })
     }
@@ -361,9 +365,10 @@ impl<'a> Pass<'a> {
     /// No start now: a reservation if a slot is left, else Priority (it would fit but for
     /// reservations) or Resources.
     fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
-        let switches = why
-            .as_ref()
-            .is_some_and(|w| w.metrics.switches_short.is_some());
+        let switches = match &why {
+            Some(w) => w.metrics.switches_short.is_some(),
+            None => self.memo[sid].short_of_switches,
+        };
         let mut status = PendingStatus {
             job_id: job.id,
             reason: if switches {

@@ -217,6 +217,12 @@ fn switches_wait_then_relax() {
             assert_eq!(leaves.len(), 2, "relaxed: across both leaves");
         }
     }
+    // A second gang of the same shape is answered from the pass's cache: same reason.
+    let mut twin = gang.clone();
+    twin.id = 2;
+    let s = schedule(&snap, &[gang.clone(), twin], &cfg, 1_000);
+    let reasons: Vec<&str> = s.pending.iter().map(|p| p.reason.slurm_name()).collect();
+    assert_eq!(reasons, vec!["Switches", "Switches"]);
     // Within the wait, a leaf that frees up is taken.
     snap.release(&snap.running[0].grants.clone());
     snap.running.remove(0);

@@ -133,8 +133,8 @@ impl StateMachine {
             );
             crate::accounts::parse("").expect("the built-in accounts config parses")
         });
-        let network = policies::topology::NetworkConf::parse(&state.topology_conf)
-            .unwrap_or_else(|e| {
+        let network =
+            policies::topology::NetworkConf::parse(&state.topology_conf).unwrap_or_else(|e| {
                 tracing::error!("topology in snapshot no longer parses ({e}); using none");
                 Default::default()
             });
@@ -987,7 +987,11 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
 /// A node's GPUs and pair links for the topology model. Levels were checked at
 /// registration ([`validate_inventory`]).
 fn node_links(inv: &pb::NodeInventory) -> policies::topology::NodeLinks {
-    let nvswitch = |i: u32| inv.gpus.iter().any(|g| g.index == i && g.nvswitch_links > 0);
+    let nvswitch = |i: u32| {
+        inv.gpus
+            .iter()
+            .any(|g| g.index == i && g.nvswitch_links > 0)
+    };
     policies::topology::NodeLinks {
         name: inv.name.clone(),
         gpus: inv.gpus.iter().map(|g| (g.index, g.numa_node)).collect(),

@@ -393,8 +393,12 @@ fn two_node_gang_starts_whole_under_one_leaf_or_not_at_all() {
     }
     let _release = Release(vec![marker.clone(), marker2.clone()]);
     let node_list = |text: &str| -> String {
-        let line = text.lines().find(|l| l.trim_start().starts_with("NodeList="));
-        line.unwrap_or_else(|| panic!("no NodeList= line in\n{text}")).trim()["NodeList=".len()..].to_string()
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("NodeList="));
+        line.unwrap_or_else(|| panic!("no NodeList= line in\n{text}"))
+            .trim()["NodeList=".len()..]
+            .to_string()
     };
     let blocker = dev.submit(&[
         "--gres=gpu:8",
@@ -423,7 +427,11 @@ fn two_node_gang_starts_whole_under_one_leaf_or_not_at_all() {
             .then_some(())
     });
     for node in ["node1", "node2", "node3"] {
-        assert_eq!(gpus_held_by(&dev, node, gang), 0, "nothing of a waiting gang is held on {node}");
+        assert_eq!(
+            gpus_held_by(&dev, node, gang),
+            0,
+            "nothing of a waiting gang is held on {node}"
+        );
     }
     assert_eq!(field(&dev.show_job(gang), "JobState"), "PENDING");
     // The blocker ends: both parts start together under leaf0.
@@ -431,7 +439,11 @@ fn two_node_gang_starts_whole_under_one_leaf_or_not_at_all() {
     let text = dev.wait_state(gang, "RUNNING", 30);
     assert_eq!(node_list(&text), "node[1-2]");
     for node in ["node1", "node2"] {
-        assert_eq!(gpus_held_by(&dev, node, gang), 8, "the gang holds all of {node}");
+        assert_eq!(
+            gpus_held_by(&dev, node, gang),
+            8,
+            "the gang holds all of {node}"
+        );
     }
     assert_eq!(gpus_held_by(&dev, "node3", gang), 0);
     std::fs::write(&marker2, "").unwrap();

@@ -3,7 +3,9 @@
 use berth_policies::backfill::View;
 use berth_policies::gang::take_whole;
 use berth_policies::topology::{GpuLink, NetworkConf, NodeLinks, Topology};
-use berth_policies::{ClusterSnapshot, Decision, GpuView, NodeView, PendingJob, Pipeline, PolicyConfig, PolicyKind};
+use berth_policies::{
+    ClusterSnapshot, Decision, GpuView, NodeView, PendingJob, Pipeline, PolicyConfig, PolicyKind,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,7 +57,11 @@ fn dgx_links(name: &str) -> NodeLinks {
             pairs.push((a, b, GpuLink::NvSwitch));
         }
     }
-    NodeLinks { name: name.into(), gpus: (0..8).map(|i| (i, i / 4)).collect(), pairs }
+    NodeLinks {
+        name: name.into(),
+        gpus: (0..8).map(|i| (i, i / 4)).collect(),
+        pairs,
+    }
 }
 
 /// The half-full cluster, its topology installed.
@@ -69,7 +75,12 @@ fn cluster(a: &Args) -> ClusterSnapshot {
         let held: Vec<u32> = idx[..rng.gen_range(0..=8)].to_vec();
         nodes.push(NodeView {
             gpus: (0..8)
-                .map(|g| GpuView { uuid: format!("GPU-{name}-{g}"), index: g, gres_type: "h100".into(), free: !held.contains(&g) })
+                .map(|g| GpuView {
+                    uuid: format!("GPU-{name}-{g}"),
+                    index: g,
+                    gres_type: "h100".into(),
+                    free: !held.contains(&g),
+                })
                 .collect(),
             name,
             partition: "gpu".into(),
@@ -89,7 +100,11 @@ fn cluster(a: &Args) -> ClusterSnapshot {
     conf += &format!("SwitchName=spine Switches=leaf[0-{}]\n", leaves - 1);
     let net = NetworkConf::parse(&conf).expect("generated topology parses");
     let links: Vec<NodeLinks> = nodes.iter().map(|n| dgx_links(&n.name)).collect();
-    ClusterSnapshot { nodes, topology: Arc::new(Topology::build(&net, &links)), ..Default::default() }
+    ClusterSnapshot {
+        nodes,
+        topology: Arc::new(Topology::build(&net, &links)),
+        ..Default::default()
+    }
 }
 
 fn job(id: u64, shape: Shape) -> PendingJob {
@@ -134,17 +149,29 @@ fn steady(a: &Args, snap: &ClusterSnapshot) -> (f64, u32) {
             view.give(&old.nodes);
         }
     }
-    (f64::from(a.decisions) / started.elapsed().as_secs_f64(), refused)
+    (
+        f64::from(a.decisions) / started.elapsed().as_secs_f64(),
+        refused,
+    )
 }
 
 /// One pass over `pass_jobs` pending jobs: (decisions per second, decisions, pass ms).
 fn pass(a: &Args, snap: &ClusterSnapshot) -> (f64, usize, f64) {
-    let cfg = PolicyConfig { kind: PolicyKind::Backfill, ..PolicyConfig::default() };
-    let pending: Vec<PendingJob> = (0..a.pass_jobs).map(|i| job(u64::from(i) + 1, a.job)).collect();
+    let cfg = PolicyConfig {
+        kind: PolicyKind::Backfill,
+        ..PolicyConfig::default()
+    };
+    let pending: Vec<PendingJob> = (0..a.pass_jobs)
+        .map(|i| job(u64::from(i) + 1, a.job))
+        .collect();
     let started = Instant::now();
     let s = berth_policies::schedule(snap, &pending, &cfg, 0);
     let secs = started.elapsed().as_secs_f64();
-    (s.decisions.len() as f64 / secs, s.decisions.len(), secs * 1000.0)
+    (
+        s.decisions.len() as f64 / secs,
+        s.decisions.len(),
+        secs * 1000.0,
+    )
 }
 
 /// Runs the benchmark and prints the result.
@@ -152,11 +179,18 @@ fn pass(a: &Args, snap: &ClusterSnapshot) -> (f64, usize, f64) {
 /// # Errors
 /// Never today; kept for the binary's `anyhow` edge.
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    anyhow::ensure!(a.nodes >= 8, "--nodes must be at least 8 (a gang64 needs 8)");
+    anyhow::ensure!(
+        a.nodes >= 8,
+        "--nodes must be at least 8 (a gang64 needs 8)"
+    );
     let built = Instant::now();
     let snap = cluster(a);
     let build_ms = built.elapsed().as_secs_f64() * 1000.0;
-    let held: usize = snap.nodes.iter().map(|n| n.gpus.iter().filter(|g| !g.free).count()).sum();
+    let held: usize = snap
+        .nodes
+        .iter()
+        .map(|n| n.gpus.iter().filter(|g| !g.free).count())
+        .sum();
     let (per_s, refused) = steady(a, &snap);
     let (pass_per_s, pass_decisions, pass_ms) = pass(a, &snap);
     let shape = format!("{:?}", a.job).to_lowercase();
