@@ -164,6 +164,11 @@ impl Pipeline {
         let mut metrics = PlacementMetrics::default();
         let mut ranked: Vec<Candidate> = Vec::new();
         for (node, place) in nodes {
+            // Enough candidates: the rest of the order is not looked at (the metrics then
+            // count only what was), which keeps a placement from costing the cluster.
+            if ranked.len() >= cap {
+                break;
+            }
             metrics.nodes_evaluated += 1;
             if let Err(rej) = self.filters.iter().try_for_each(|f| f.check(job, node)) {
                 *metrics.rejects.entry(rej.reason).or_default() += 1;
@@ -174,16 +179,14 @@ impl Pipeline {
                 continue;
             }
             metrics.nodes_feasible += 1;
-            if ranked.len() < cap {
-                let fit = best_gpus(job, node, place);
-                let score = self.score(job, node, &fit);
-                ranked.push(Candidate {
-                    node,
-                    place,
-                    fit,
-                    score,
-                });
-            }
+            let fit = best_gpus(job, node, place);
+            let score = self.score(job, node, &fit);
+            ranked.push(Candidate {
+                node,
+                place,
+                fit,
+                score,
+            });
         }
         let unplaceable = |metrics| Unplaceable {
             nodes_wanted: wanted as u32,
