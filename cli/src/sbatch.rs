@@ -1473,7 +1473,7 @@ fn gpus_from_tasks(
             per_task.given, o.given
         )));
     }
-    if ntasks % nodes != 0 {
+    if !ntasks.is_multiple_of(nodes) {
         return Err(SbatchError::GpuConflict(format!(
             "{} needs the tasks spread evenly, but --ntasks={ntasks} does not divide over {nodes} node(s)",
             per_task.given

@@ -309,7 +309,7 @@ fn a_blocked_gang_gets_a_reservation_and_starts_while_short_jobs_backfill() {
             long.submit_ms = now;
             let mut short = job(k * 2, 1, 1, 30);
             short.submit_ms = now;
-            if now % 20_000 == 0 && now < 300_000 {
+            if now.is_multiple_of(20_000) && now < 300_000 {
                 vec![short, long]
             } else {
                 vec![]

@@ -329,6 +329,21 @@ pub enum Edge {
     NvlDomain,
 }
 
+/// One switch for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchRow {
+    /// Switch name.
+    pub name: String,
+    /// 0 for a leaf, one above its highest child otherwise.
+    pub level: u32,
+    /// `LinkSpeed=` when given.
+    pub link_speed: Option<u64>,
+    /// Every node below it, sorted by name.
+    pub nodes: Vec<String>,
+    /// Child switches.
+    pub switches: Vec<String>,
+}
+
 /// The whole model plus the per-node answers placement reads.
 #[derive(Debug, Default)]
 pub struct Topology {
@@ -465,28 +480,27 @@ impl Topology {
             .copied()
     }
 
-    /// Per switch: name, level, link speed, every node below it (file order), child
-    /// switches. What `scontrol show topology` prints.
-    pub fn switch_rows(&self) -> Vec<(String, u32, Option<u64>, Vec<String>, Vec<String>)> {
+    /// Every switch as `scontrol show topology` prints it, in file order.
+    pub fn switch_rows(&self) -> Vec<SwitchRow> {
         self.conf
             .switches
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut below: Vec<String> = self
+                let mut nodes: Vec<String> = self
                     .places
                     .iter()
                     .filter(|(_, p)| p.switches.contains(&(i as u32)))
                     .map(|(n, _)| n.clone())
                     .collect();
-                below.sort();
-                (
-                    s.name.clone(),
-                    self.levels[i],
-                    s.link_speed,
-                    below,
-                    s.switches.clone(),
-                )
+                nodes.sort();
+                SwitchRow {
+                    name: s.name.clone(),
+                    level: self.levels[i],
+                    link_speed: s.link_speed,
+                    nodes,
+                    switches: s.switches.clone(),
+                }
             })
             .collect()
     }

@@ -703,12 +703,12 @@ impl pb::admin_service_server::AdminService for Api {
         let switches = topo
             .switch_rows()
             .into_iter()
-            .map(|(name, level, speed, nodes, switches)| pb::TopologySwitch {
-                name,
-                level,
-                link_speed: speed.unwrap_or(0),
-                nodes,
-                switches,
+            .map(|r| pb::TopologySwitch {
+                name: r.name,
+                level: r.level,
+                link_speed: r.link_speed.unwrap_or(0),
+                nodes: r.nodes,
+                switches: r.switches,
             })
             .collect();
         let blocks = topo

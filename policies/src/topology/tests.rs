@@ -149,6 +149,6 @@ fn the_graph_knows_switches_domains_and_gpus() {
     // 3 switches + 1 domain + 5 node vertices + n1: 8 GPUs, 2 NUMA; n9: 4 GPUs, 2 NUMA.
     assert_eq!(topo.graph().node_count(), 3 + 1 + 5 + 10 + 6);
     let rows = topo.switch_rows();
-    assert_eq!(rows[2].0, "spine");
-    assert_eq!(rows[2].3, vec!["n1", "n2", "n3", "n4"]);
+    assert_eq!(rows[2].name, "spine");
+    assert_eq!(rows[2].nodes, vec!["n1", "n2", "n3", "n4"]);
 }
