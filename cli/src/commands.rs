@@ -394,6 +394,16 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             print!("{}", text.join("\n"));
             Ok(0)
         }
+        ["show", "topology"] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let t = AdminServiceClient::new(channel)
+                .get_topology(pb::TopologyRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner();
+            print!("{}", crate::scontrol::show_topology(&t));
+            Ok(0)
+        }
         ["show", "node" | "nodes", rest @ ..] => {
             let nodes = client::nodes(channel)
                 .list(pb::ListNodesRequest {})
@@ -438,7 +448,7 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
-        [] => anyhow::bail!("no command given (show job|show node|hold|release)"),
+        [] => anyhow::bail!("no command given (show job|show node|show topology|hold|release)"),
         other => anyhow::bail!(
             "invalid or unsupported scontrol command: {}",
             other.join(" ")

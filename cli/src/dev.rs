@@ -61,6 +61,10 @@ pub struct DevArgs {
     /// OCI runtime for `--container-image` jobs (runc, crun, or a path).
     #[arg(long, default_value = "runc")]
     pub container_runtime: PathBuf,
+    /// Network tree (Slurm topology.conf form, see README) over the simulated nodes
+    /// (`node1`…); installed through the Raft log.
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -102,6 +106,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let topology_conf = match &args.topology {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read topology file {}", path.display()))?;
+            berth_policies::topology::NetworkConf::parse(&text)
+                .with_context(|| format!("bad topology file {}", path.display()))?;
+            Some(text)
+        }
+        None => None,
+    };
     let machine = machine(&args.machine)?;
     let sharing = Sharing::new(args.gpu_replicas, &args.gpu_sharing).map_err(anyhow::Error::msg)?;
     let lib = berth_simnvml::find_library()?;
@@ -117,6 +131,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     cfg.default_partition = args.partition.clone();
     cfg.schedule_interval = Duration::from_millis(500);
     cfg.accounts_toml = accounts_toml;
+    cfg.topology_conf = topology_conf;
     let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
     if !daemon.wait_leader(Duration::from_secs(10)).await {

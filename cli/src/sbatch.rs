@@ -244,6 +244,7 @@ Parallel run options (supported by berth):
       --export[=names]        specify environment variables to export
   -G, --gpus=n                count of GPUs required for the job (total, split over nodes)
       --gpus-per-node=n       number of GPUs required per allocated node
+      --gpus-per-task=n       number of GPUs required per task (tasks spread evenly)
       --gres=list             required generic resources (gpu[:type][:count] only)
   -H, --hold                  submit job in held state
   -J, --job-name=jobname      name of job
@@ -254,6 +255,8 @@ Parallel run options (supported by berth):
   -p, --partition=partition   partition requested
       --parsable              outputs only the jobid
   -q, --qos=qos               quality of service
+      --switches=max-switches{@max-time-to-wait}
+                              Optimum switches and max time to wait for optimum
   -t, --time=minutes          time limit
       --wrap[=command string] wrap command string in a sh script and submit
 
@@ -282,6 +285,8 @@ enum Key {
     Gpus,
     Gres,
     GpusPerNode,
+    GpusPerTask,
+    Switches,
     CpusPerTask,
     Mem,
     Nodes,
@@ -404,6 +409,7 @@ const SUPPORTED: &[Supported] = &[
     ("export", None, Arg::Required, Key::Export),
     ("gpus", Some('G'), Arg::Required, Key::Gpus),
     ("gpus-per-node", None, Arg::Required, Key::GpusPerNode),
+    ("gpus-per-task", None, Arg::Required, Key::GpusPerTask),
     ("gres", None, Arg::Required, Key::Gres),
     ("help", Some('h'), Arg::None, Key::Help),
     ("hold", Some('H'), Arg::None, Key::Hold),
@@ -418,6 +424,7 @@ const SUPPORTED: &[Supported] = &[
     ("requeue", None, Arg::None, Key::Requeue),
     ("no-requeue", None, Arg::None, Key::NoRequeue),
     ("signal", None, Arg::Required, Key::Signal),
+    ("switches", None, Arg::Required, Key::Switches),
     ("time", Some('t'), Arg::Required, Key::Time),
     ("usage", None, Arg::None, Key::Help),
     ("version", Some('V'), Arg::None, Key::Version),
@@ -460,7 +467,6 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("gpu-bind", None),
     ("gpu-freq", None),
     ("gpus-per-socket", None),
-    ("gpus-per-task", None),
     ("gres-flags", None),
     ("hint", None),
     ("ignore-pbs", None),
@@ -502,7 +508,6 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("sockets-per-node", None),
     ("spread-job", None),
     ("stepmgr", None),
-    ("switches", None),
     ("tasks-per-node", None),
     ("test-only", None),
     ("thread-spec", None),
@@ -575,7 +580,6 @@ const ENV_OPTIONS: &[(&str, &str)] = &[
     ("SBATCH_USE_MIN_NODES", "use-min-nodes"),
     ("SBATCH_WAIT", "wait"),
     ("SBATCH_WAIT_ALL_NODES", "wait-all-nodes"),
-    ("SBATCH_WAIT4SWITCH", "switches"),
     ("SBATCH_WCKEY", "wckey"),
 ];
 
@@ -610,6 +614,9 @@ struct Opts {
     gpus: Option<GpuRequest>,
     gres: Option<GpuRequest>,
     gpus_per_node: Option<GpuRequest>,
+    gpus_per_task: Option<GpuRequest>,
+    /// `--switches=N[@WAIT]`: (N, wait seconds if given).
+    switches: Option<(u32, Option<u64>)>,
     cpus_per_task: Option<u32>,
     mem_mb: Option<u64>,
     nodes: Option<u32>,
@@ -642,6 +649,8 @@ impl Opts {
             gpus: top.gpus.or(self.gpus),
             gres: top.gres.or(self.gres),
             gpus_per_node: top.gpus_per_node.or(self.gpus_per_node),
+            gpus_per_task: top.gpus_per_task.or(self.gpus_per_task),
+            switches: top.switches.or(self.switches),
             cpus_per_task: top.cpus_per_task.or(self.cpus_per_task),
             mem_mb: top.mem_mb.or(self.mem_mb),
             nodes: top.nodes.or(self.nodes),
@@ -890,7 +899,43 @@ fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError>
             apply(&mut opts, key, long, Some(value)).map_err(wrap)?;
         }
     }
+    // Slurm's SBATCH_WAIT4SWITCH is the @max-wait half of --switches on its own.
+    if let Some(value) = env.get("SBATCH_WAIT4SWITCH").filter(|v| !v.is_empty()) {
+        let secs = parse_time_limit(value).map_err(|reason| SbatchError::Environment {
+            var: "SBATCH_WAIT4SWITCH".into(),
+            error: Box::new(SbatchError::InvalidTime {
+                value: value.clone(),
+                reason,
+            }),
+        })?;
+        let count = opts.switches.map_or(0, |(n, _)| n);
+        opts.switches = Some((count, Some(secs)));
+    }
     Ok(opts)
+}
+
+/// Slurm's default `max_switch_wait` (SchedulerParameters): how long `--switches=N`
+/// without `@max-wait` waits.
+pub const SWITCH_WAIT_DEFAULT_SECS: u64 = 300;
+
+/// `--switches=N[@max-wait]`: N ≥ 1 leaf switches, max-wait in `--time`'s formats.
+fn parse_switches(value: &str) -> Result<(u32, Option<u64>), SbatchError> {
+    let (count, wait) = match value.split_once('@') {
+        Some((c, w)) => (c, Some(w)),
+        None => (value, None),
+    };
+    let count = parse_count("--switches", count)?;
+    let wait = match wait {
+        None => None,
+        Some(w) => Some(
+            parse_time_limit(w).map_err(|reason| SbatchError::InvalidValue {
+                option: "--switches",
+                value: value.to_string(),
+                reason: format!("max-wait {w:?}: {reason}"),
+            })?,
+        ),
+    };
+    Ok((count, wait))
 }
 
 /// Records one option's value in `opts`, validating it. `long` names it in errors.
@@ -936,6 +981,8 @@ fn apply(
         }
         Key::Gpus => opts.gpus = Some(parse_gpu_count("--gpus", value)?),
         Key::GpusPerNode => opts.gpus_per_node = Some(parse_gpu_count("--gpus-per-node", value)?),
+        Key::GpusPerTask => opts.gpus_per_task = Some(parse_gpu_count("--gpus-per-task", value)?),
+        Key::Switches => opts.switches = Some(parse_switches(value)?),
         Key::Gres => opts.gres = Some(parse_gres(value)?),
         Key::CpusPerTask => opts.cpus_per_task = Some(parse_count("--cpus-per-task", value)?),
         Key::Ntasks => opts.ntasks = Some(parse_count("--ntasks", value)?),
@@ -1503,12 +1550,19 @@ fn build_spec(
         Some(ntasks) => ntasks,
         None => nodes,
     };
-    let (gpus_per_node, gpu_type) = resolve_gpus(&opts, nodes)?;
+    let (gpus_per_node, gpu_type) = match &opts.gpus_per_task {
+        None => resolve_gpus(&opts, nodes)?,
+        Some(per_task) => gpus_from_tasks(&opts, per_task, nodes, ntasks)?,
+    };
     // A MIG profile asks for slices, not GPUs: berthd chooses the GPU and placement.
     let (gpus_per_node, gpu_type, mig_per_node, mig_profile) = if is_mig(&gpu_type) {
         (0, String::new(), gpus_per_node, gpu_type)
     } else {
         (gpus_per_node, gpu_type, 0, String::new())
+    };
+    let (switches, switches_wait_secs) = match opts.switches {
+        None | Some((0, _)) => (0, 0),
+        Some((n, wait)) => (n, wait.unwrap_or(SWITCH_WAIT_DEFAULT_SECS)),
     };
     let (env, export_all) = exported_env(
         opts.export.as_ref().unwrap_or(&Export::All(Vec::new())),
@@ -1582,7 +1636,44 @@ fn build_spec(
         container_mounts: opts.container_mounts.unwrap_or_default(),
         container_workdir: opts.container_workdir.unwrap_or_default(),
         container_env: opts.container_env.unwrap_or_default(),
+        switches,
+        switches_wait_secs,
     })
+}
+
+/// `--gpus-per-task`: the tasks spread evenly over the nodes, so each node gets
+/// `gpus-per-task × ntasks / nodes` GPUs. Refused with other GPU options (they would have to
+/// agree) and when the tasks do not divide evenly over the nodes.
+fn gpus_from_tasks(
+    opts: &Opts,
+    per_task: &GpuRequest,
+    nodes: u32,
+    ntasks: u32,
+) -> Result<(u32, String), SbatchError> {
+    let other = [&opts.gpus, &opts.gres, &opts.gpus_per_node]
+        .into_iter()
+        .flatten()
+        .next();
+    if let Some(o) = other {
+        return Err(SbatchError::GpuConflict(format!(
+            "{} and {} cannot be combined; use one",
+            per_task.given, o.given
+        )));
+    }
+    if !ntasks.is_multiple_of(nodes) {
+        return Err(SbatchError::GpuConflict(format!(
+            "{} needs the tasks spread evenly, but --ntasks={ntasks} does not divide over {nodes} node(s)",
+            per_task.given
+        )));
+    }
+    let per_node = u64::from(per_task.count) * u64::from(ntasks / nodes);
+    let per_node = u32::try_from(per_node).map_err(|_| {
+        SbatchError::GpuConflict(format!(
+            "{} asks for too many GPUs per node",
+            per_task.given
+        ))
+    })?;
+    Ok((per_node, per_task.kind.clone()))
 }
 
 #[cfg(test)]
@@ -1839,8 +1930,8 @@ mod tests {
             "option --mem-per-cpu is not supported",
         ),
         (
-            &["--gpus-per-task=1", "job.sh"],
-            "option --gpus-per-task is not supported",
+            &["--gpus-per-socket=1", "job.sh"],
+            "option --gpus-per-socket is not supported",
         ),
         (
             &["--ntasks-per-node=2", "job.sh"],
@@ -2011,6 +2102,55 @@ mod tests {
             match &got {
                 Err(msg) if msg.contains(want) => {}
                 _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn switches_and_gpus_per_task() {
+        let f = Fixture::new();
+        // (args, want (gpus per node, type, switches, wait secs) or an error fragment)
+        type Want = Result<(u32, &'static str, u32, u64), &'static str>;
+        let cases: Vec<(Vec<&str>, Want)> = vec![
+            (vec!["-N2", "--switches=1"], Ok((0, "", 1, 300))),
+            (vec!["-N2", "--switches=2@5:00"], Ok((0, "", 2, 300))),
+            (vec!["-N2", "--switches=1@1"], Ok((0, "", 1, 60))),
+            (
+                vec!["-N2", "-n8", "--gpus-per-task=h100:2"],
+                Ok((8, "h100", 0, 0)),
+            ),
+            (vec!["-n3", "--gpus-per-task=1"], Ok((3, "", 0, 0))),
+            (vec!["--switches=0"], Err("at least 1")),
+            (vec!["--switches=x"], Err("Invalid numeric value")),
+            (vec!["--switches=1@"], Err("max-wait")),
+            (vec!["--switches=1@-3"], Err("max-wait")),
+            (vec!["--switches=@5"], Err("Invalid numeric value")),
+            (
+                vec!["-N2", "-n3", "--gpus-per-task=1"],
+                Err("does not divide"),
+            ),
+            (
+                vec!["--gpus-per-task=1", "--gres=gpu:1"],
+                Err("cannot be combined"),
+            ),
+            (vec!["--gpus-per-task=h100:"], Err("Invalid numeric value")),
+        ];
+        for (i, (args, want)) in cases.into_iter().enumerate() {
+            let mut all = vec!["--wrap", "true"];
+            all.extend(args.iter());
+            let got = f.run(&all).map(|s| {
+                let sp = s.spec;
+                (
+                    sp.gpus_per_node,
+                    sp.gpu_type,
+                    sp.switches,
+                    sp.switches_wait_secs,
+                )
+            });
+            match (&got, want) {
+                (Ok((g, t, sw, w)), Ok(want)) if (*g, t.as_str(), *sw, *w) == want => {}
+                (Err(e), Err(frag)) if e.to_string().contains(frag) => {}
+                _ => panic!("#{i} {args:?}: want {want:?}, got {got:?}"),
             }
         }
     }

@@ -358,6 +358,34 @@ pub fn expand_pattern(pattern: &str, job: &Job) -> String {
     out
 }
 
+/// `scontrol show topology`: one line per switch as Slurm prints it (`SwitchName=leaf0
+/// Level=0 LinkSpeed=1 Nodes=node[1-4]`, upper switches with every node below them and
+/// `Switches=`), then one line per multi-node NVLink domain (`BlockName=`).
+pub fn show_topology(t: &berth_proto::v1::TopologyResponse) -> String {
+    use crate::hostlist::compress;
+    if t.switches.is_empty() && t.blocks.is_empty() {
+        return "No topology information available\n".to_string();
+    }
+    let mut out = String::new();
+    for s in &t.switches {
+        out += &format!(
+            "SwitchName={} Level={} LinkSpeed={} Nodes={}",
+            s.name,
+            s.level,
+            s.link_speed.max(1),
+            compress(&s.nodes)
+        );
+        if !s.switches.is_empty() {
+            out += &format!(" Switches={}", compress(&s.switches));
+        }
+        out.push('\n');
+    }
+    for b in &t.blocks {
+        out += &format!("BlockName={} Nodes={}\n", b.name, compress(&b.nodes));
+    }
+    out
+}
+
 /// One node as `scontrol show node` prints it, ending with `\n`.
 pub fn show_node(node: &Node) -> String {
     let inv = sinfo::inventory(node);
@@ -715,6 +743,53 @@ mod tests {
                 panic!("#{i}: want {want:?}, got {got:?}");
             }
         }
+    }
+
+    #[test]
+    fn show_topology_prints_switches_and_blocks() {
+        use berth_proto::v1 as pb;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = pb::TopologyResponse {
+            switches: vec![
+                pb::TopologySwitch {
+                    name: "leaf0".into(),
+                    level: 0,
+                    link_speed: 0,
+                    nodes: names(&["n1", "n2"]),
+                    switches: vec![],
+                },
+                pb::TopologySwitch {
+                    name: "leaf1".into(),
+                    level: 0,
+                    link_speed: 400,
+                    nodes: names(&["n3"]),
+                    switches: vec![],
+                },
+                pb::TopologySwitch {
+                    name: "spine".into(),
+                    level: 1,
+                    link_speed: 0,
+                    nodes: names(&["n1", "n2", "n3"]),
+                    switches: names(&["leaf0", "leaf1"]),
+                },
+            ],
+            blocks: vec![pb::TopologyBlock {
+                name: "nvl0".into(),
+                nodes: names(&["n2", "n3"]),
+            }],
+            conf: String::new(),
+        };
+        assert_eq!(
+            show_topology(&t),
+            "SwitchName=leaf0 Level=0 LinkSpeed=1 Nodes=n[1-2]\n\
+             SwitchName=leaf1 Level=0 LinkSpeed=400 Nodes=n3\n\
+             SwitchName=spine Level=1 LinkSpeed=1 Nodes=n[1-3] Switches=leaf[0-1]\n\
+             BlockName=nvl0 Nodes=n[2-3]\n"
+        );
+        assert_eq!(
+            show_topology(&pb::TopologyResponse::default()),
+            "No topology information available\n"
+        );
     }
 
     #[test]

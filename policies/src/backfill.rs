@@ -17,7 +17,9 @@
 
 use crate::pipeline::Pipeline;
 use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, PendingJob};
-use std::collections::{HashMap, HashSet};
+use crate::topology::NodePlace;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// A blocked job's promised start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +32,13 @@ pub struct Reservation {
     pub decision: Decision,
 }
 
-/// A snapshot plus a count of up nodes per partition by free GPUs, so that a job needing
-/// `n` nodes with `g` GPUs each is rejected in O(1) when fewer than `n` nodes have `g` free
-/// (the common case with 100k pending jobs on a busy cluster).
+/// A snapshot plus incremental indexes of free capacity, kept up to date by every
+/// [`View::take`] and [`View::give`]:
+/// - per partition, a count of up nodes by free GPUs, so a job needing `n` nodes with `g`
+///   GPUs each is rejected in O(1) when fewer than `n` nodes have `g` free (the common case
+///   with 100k pending jobs on a busy cluster);
+/// - per partition, the up nodes bucketed by their number of free GPUs, so placement walks
+///   only nodes with enough free GPUs, tightest first (best fit), never the whole cluster.
 #[derive(Debug, Clone)]
 pub struct View {
     /// The resources as this view offers them.
@@ -40,8 +46,12 @@ pub struct View {
     pos: HashMap<String, usize>,
     /// partition → `nodes_with_at_least[g]` for g in 0..=max GPUs per node.
     fit: HashMap<String, Vec<u32>>,
+    /// partition → `nodes_with_exactly[g]`: positions of up nodes with `g` free GPUs.
+    buckets: HashMap<String, Vec<BTreeSet<usize>>>,
     /// Free GPUs per node (0 for down nodes), by position.
     free: Vec<u32>,
+    /// Each node's place in the topology, by position (looked up by name once per view).
+    places: Arc<[Option<Arc<NodePlace>>]>,
 }
 
 impl View {
@@ -54,11 +64,18 @@ impl View {
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
         let free = vec![0; snap.nodes.len()];
+        let places = snap
+            .nodes
+            .iter()
+            .map(|n| snap.topology.place_arc(&n.name))
+            .collect();
         let mut v = View {
             snap,
             pos,
             fit: HashMap::new(),
+            buckets: HashMap::new(),
             free,
+            places,
         };
         for i in 0..v.snap.nodes.len() {
             v.count(i, 1);
@@ -75,6 +92,7 @@ impl View {
         self.free[i] = if sign > 0 { free as u32 } else { 0 };
         if !self.fit.contains_key(&n.partition) {
             self.fit.insert(n.partition.clone(), Vec::new());
+            self.buckets.insert(n.partition.clone(), Vec::new());
         }
         let counts = self.fit.get_mut(&n.partition).expect("inserted above");
         if counts.len() < n.gpus.len() + 1 {
@@ -82,6 +100,15 @@ impl View {
         }
         for c in counts.iter_mut().take(free + 1) {
             *c = c.wrapping_add_signed(sign);
+        }
+        let buckets = self.buckets.get_mut(&n.partition).expect("inserted above");
+        if buckets.len() < n.gpus.len() + 1 {
+            buckets.resize(n.gpus.len() + 1, BTreeSet::new());
+        }
+        if sign > 0 {
+            buckets[free].insert(i);
+        } else {
+            buckets[free].remove(&i);
         }
     }
 
@@ -94,9 +121,10 @@ impl View {
         })
     }
 
-    /// Places `job` through `pipeline`, looking only at nodes with enough free GPUs (the
-    /// others would fail the GPU filter anyway, and skipping them saves formatting one
-    /// reject message per node). Same decision as `pipeline.select(&self.snap, job)`.
+    /// Places `job` through `pipeline`, looking only at the up nodes of its partition with
+    /// enough free GPUs, those with the fewest free first (the others would fail a filter,
+    /// and the best-fit scorer prefers the tightest): a placement costs the nodes it looks
+    /// at, not the cluster.
     ///
     /// # Errors
     /// The pipeline's [`crate::Unplaceable`], computed over the candidate nodes only.
@@ -105,15 +133,18 @@ impl View {
         pipeline: &Pipeline,
         job: &PendingJob,
     ) -> Result<Decision, crate::Unplaceable> {
-        let g = job.gpus_per_node;
-        let nodes = self
-            .snap
-            .nodes
+        let g = job.gpus_per_node as usize;
+        let buckets = self
+            .buckets
+            .get(&job.partition)
+            .map(|b| b.as_slice())
+            .unwrap_or(&[]);
+        let nodes = buckets
             .iter()
-            .zip(&self.free)
-            .filter(move |(_, &f)| f >= g)
-            .map(|(n, _)| n);
-        pipeline.select_among(nodes, job)
+            .skip(g)
+            .flatten()
+            .map(|&i| (&self.snap.nodes[i], self.places[i].as_deref()));
+        pipeline.select_among(&self.snap.topology, nodes, job)
     }
 
     /// Position of node `name`.

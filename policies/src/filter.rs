@@ -23,6 +23,9 @@ pub enum RejectReason {
     Memory,
     /// No room for the MIG slices asked for (see [`crate::mig::MigFilter`]).
     Mig,
+    /// A multi-node job's nodes fit, but not under the `--switches` leaf count (a whole-job
+    /// reason, never a single node's).
+    Switches,
 }
 
 impl RejectReason {
@@ -35,6 +38,7 @@ impl RejectReason {
             RejectReason::Cpus => "cpus",
             RejectReason::Memory => "memory",
             RejectReason::Mig => "mig",
+            RejectReason::Switches => "switches",
         }
     }
 }

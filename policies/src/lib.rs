@@ -14,17 +14,20 @@
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
 //! - [`mig`]: MIG profiles and placements, the carve planner, its filter and scorer.
+//! - [`gang`]: all-or-nothing taking of a multi-node decision (an undo log).
 //! - [`fairshare`]: the account tree, decayed usage, Fair Tree factors.
 //! - [`priority`]: multifactor priority and the priority classes (QOS).
 //! - [`quota`]: guaranteed quotas, borrowing and lending limits.
 //! - [`backfill`]: EASY backfill reservations and the views jobs are placed on.
 //! - [`preempt`]: victim selection by class priority and by quota reclaim.
+//! - [`topology`]: the petgraph model from GPU to spine, `topology.conf`, best GPU sets.
 //! - [`pass`]: one scheduling pass tying them together; [`schedule`] is its entry.
 #![deny(missing_docs)]
 
 pub mod backfill;
 pub mod fairshare;
 pub mod filter;
+pub mod gang;
 pub mod mig;
 pub mod pass;
 pub mod pipeline;
@@ -33,6 +36,7 @@ pub mod priority;
 pub mod quota;
 pub mod score;
 pub mod snapshot;
+pub mod topology;
 
 pub use fairshare::{AccountSpec, AccountTree, Usage};
 pub use filter::{Reject, RejectReason};
@@ -189,5 +193,7 @@ pub fn feasible_when_idle(capacity: &ClusterSnapshot, job: &PendingJob) -> Resul
 
 #[cfg(test)]
 mod pass_tests;
+#[cfg(test)]
+mod placement_tests;
 #[cfg(test)]
 mod tests;

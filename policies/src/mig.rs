@@ -554,7 +554,7 @@ impl Scorer for MigPacking {
     fn name(&self) -> &'static str {
         "mig-packing"
     }
-    fn score(&self, job: &PendingJob, node: &NodeView) -> f64 {
+    fn score(&self, job: &PendingJob, node: &NodeView, _fit: &crate::score::Fit) -> f64 {
         if job.mig_profile.is_empty() || job.mig_per_node == 0 {
             return 0.0;
         }

@@ -27,6 +27,9 @@ pub enum PendingReason {
     Priority,
     /// Not enough free resources (or it waits for preempted victims to stop).
     Resources,
+    /// A multi-node job whose nodes are free but span more leaf switches than its
+    /// `--switches` allows; it waits until its max-wait, then takes what is free.
+    Switches,
     /// A quota of an account on its path holds it back (`resource` is the quota key).
     Quota {
         /// Account whose limit is reached.
@@ -38,11 +41,12 @@ pub enum PendingReason {
 
 impl PendingReason {
     /// Slurm's reason name: `Priority`, `Resources`, `QOSGrpGRES`, `QOSGrpCpuLimit`,
-    /// `QOSGrpMemLimit`.
+    /// `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
     pub fn slurm_name(&self) -> &'static str {
         match self {
             PendingReason::Priority => "Priority",
             PendingReason::Resources => "Resources",
+            PendingReason::Switches => "Switches",
             PendingReason::Quota { resource, .. } => match resource.as_str() {
                 "cpu" => "QOSGrpCpuLimit",
                 "mem_mb" => "QOSGrpMemLimit",
@@ -77,7 +81,9 @@ pub struct Schedule {
     pub pending: Vec<PendingStatus>,
 }
 
-type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32);
+/// Partition, nodes, GPUs, GPU type, CPUs, memory, MIG profile and slices, and the
+/// leaf-switch limit in force.
+type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32, u32);
 
 /// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
 /// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
@@ -128,9 +134,12 @@ struct ShapeMemo {
     failed_guarded: bool,
     /// The start count at which it was last seen fitting the working view, plus one.
     fits_working_at: u64,
+    /// Its nodes were free but spanned too many leaf switches (`--switches`), so jobs of
+    /// this shape answered from the cache get that reason too.
+    short_of_switches: bool,
 }
 
-fn shape(job: &PendingJob) -> Shape<'_> {
+fn shape<'a>(job: &'a PendingJob, pipeline: &Pipeline) -> Shape<'a> {
     (
         job.partition.as_str(),
         job.nodes,
@@ -140,6 +149,7 @@ fn shape(job: &PendingJob) -> Shape<'_> {
         job.mem_per_node_mb,
         job.mig_profile.as_str(),
         job.mig_per_node,
+        pipeline.leaves_max(job).map_or(0, |m| m as u32),
     )
 }
 
@@ -207,7 +217,7 @@ pub fn run(
         cfg,
         snapshot,
         now_ms,
-        pipeline: Pipeline::new(cfg),
+        pipeline: Pipeline::at(cfg, now_ms),
         prio,
         guard: (backfill_slots > 0 || berth).then(|| Guard::new(&working)),
         working,
@@ -307,7 +317,10 @@ impl<'a> Pass<'a> {
     /// The per-pass id of `job`'s shape (one hash lookup per job).
     fn shape_id(&mut self, job: &'a PendingJob) -> usize {
         let next = self.memo.len();
-        let id = *self.shape_ids.entry(shape(job)).or_insert(next);
+        let id = *self
+            .shape_ids
+            .entry(shape(job, &self.pipeline))
+            .or_insert(next);
         if id == next {
             self.memo.push(ShapeMemo::default());
         }
@@ -340,13 +353,21 @@ impl<'a> Pass<'a> {
         }
         view.select(&self.pipeline, job).map_err(|why| {
             *failed = true;
+            memo.short_of_switches |= why.metrics.switches_short.is_some();
             Some(why)
         })
     }
 
     fn start(&mut self, d: Decision, end_ms: u64, long: bool) {
+        // Decisions come from this working view (or the guarded one, a subset of it), so
+        // every member fits; take_whole makes "whole or nothing" hold even if not.
+        if let Err(e) = crate::gang::take_whole(&mut self.working, &d) {
+            panic!(
+                "pass placed job {} on resources it does not have: {e}",
+                d.job_id
+            );
+        }
         self.starts += 1;
-        self.working.take(&d.nodes);
         if let Some(g) = &mut self.guard {
             if long {
                 g.charge_long(&d.nodes, &self.working);
@@ -361,9 +382,17 @@ impl<'a> Pass<'a> {
     /// No start now: a reservation if a slot is left, else Priority (it would fit but for
     /// reservations) or Resources.
     fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
+        let switches = match &why {
+            Some(w) => w.metrics.switches_short.is_some(),
+            None => self.memo[sid].short_of_switches,
+        };
         let mut status = PendingStatus {
             job_id: job.id,
-            reason: PendingReason::Resources,
+            reason: if switches {
+                PendingReason::Switches
+            } else {
+                PendingReason::Resources
+            },
             expected_start_ms: None,
             why,
         };

@@ -1,5 +1,7 @@
-//! The placement pipeline for one job: filters (cheap first), then scorers, then the best
-//! `nodes` nodes, ties broken on node name so a decision is reproducible.
+//! The placement pipeline for one job: feasibility filters (cheap first), then topology
+//! (the best-connected free GPU set on each node, and for multi-node jobs the lowest common
+//! switch), then scorers (GPU links, packing), ties broken on node name so a decision is
+//! reproducible.
 //!
 //! Every reject and the number of nodes looked at go into [`PlacementMetrics`], so a job
 //! that stays pending can say exactly why.
@@ -8,8 +10,9 @@ use crate::filter::{
     CpuFilter, Filter, GpuFilter, MemoryFilter, NodeUpFilter, PartitionFilter, RejectReason,
 };
 use crate::mig::{MigFilter, MigPacking};
-use crate::score::{BestFitGpus, Scorer};
+use crate::score::{BestFitGpus, Fit, GpuLinks, Scorer};
 use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, NodeView, PendingJob};
+use crate::topology::{choose_nodes, NodePlace, Topology};
 use crate::PolicyConfig;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +28,9 @@ pub struct PlacementMetrics {
     pub rejects: BTreeMap<RejectReason, u32>,
     /// The first rejected node per reason and its message, for the human-readable summary.
     pub reject_examples: BTreeMap<RejectReason, (String, String)>,
+    /// `(fewest leaf switches any choice needs, --switches allowed)` when the nodes fit but
+    /// not under the allowed leaf count.
+    pub switches_short: Option<(u32, u32)>,
 }
 
 /// A job that cannot be placed now, and why.
@@ -55,6 +61,12 @@ impl fmt::Display for Unplaceable {
                 reason.as_str()
             )?;
         }
+        if let Some((need, allowed)) = m.switches_short {
+            write!(
+                f,
+                "; the nodes free span at least {need} leaf switches, --switches allows {allowed}"
+            )?;
+        }
         if m.nodes_evaluated
             == m.rejects
                 .get(&RejectReason::Partition)
@@ -73,11 +85,28 @@ pub struct Pipeline {
     scorers: Vec<Box<dyn Scorer>>,
     nodes_scored_max: usize,
     mig_carve_cost: f64,
+    /// The pass's clock, for `--switches` waits only.
+    now_ms: u64,
+}
+
+/// A feasible node, the GPUs the job would get there and its score.
+struct Candidate<'a> {
+    node: &'a NodeView,
+    place: Option<&'a NodePlace>,
+    fit: Fit,
+    score: f64,
 }
 
 impl Pipeline {
-    /// Builds the chain. Order matters only for speed and for which reason a node reports.
+    /// Builds the chain as of the end of every `--switches` wait (a submit-time check or a
+    /// placement that must not wait). Order matters only for speed and for which reason a
+    /// node reports.
     pub fn new(cfg: &PolicyConfig) -> Pipeline {
+        Pipeline::at(cfg, u64::MAX)
+    }
+
+    /// Builds the chain for a pass at `now_ms`.
+    pub fn at(cfg: &PolicyConfig, now_ms: u64) -> Pipeline {
         let filters: Vec<Box<dyn Filter>> = vec![
             Box::new(PartitionFilter), // a string compare, and rules out most nodes first
             Box::new(NodeUpFilter),    // a down node is never worth counting GPUs on
@@ -87,7 +116,8 @@ impl Pipeline {
             Box::new(MigFilter), // runs the carve planner: dearest, so last
         ];
         let scorers: Vec<Box<dyn Scorer>> = vec![
-            Box::new(BestFitGpus), // pack, so large jobs find whole nodes
+            Box::new(GpuLinks),    // topology first: the job's GPUs on one NVLink/NUMA island
+            Box::new(BestFitGpus), // then pack, so large jobs find whole nodes
             Box::new(MigPacking {
                 carve_cost: cfg.mig_carve_cost,
             }), // MIG jobs: carved cards first, most room left
@@ -97,36 +127,55 @@ impl Pipeline {
             scorers,
             nodes_scored_max: cfg.nodes_scored_max.max(1),
             mig_carve_cost: cfg.mig_carve_cost,
+            now_ms,
         }
     }
 
-    /// Chooses `job.nodes` nodes for `job` and the GPUs on each (lowest free index of the
-    /// requested type first).
+    /// Chooses `job.nodes` nodes for `job` and the best-connected free GPUs on each.
     ///
     /// # Errors
-    /// [`Unplaceable`] when fewer than `job.nodes` nodes pass every filter.
+    /// [`Unplaceable`] when fewer than `job.nodes` nodes pass every filter, or when they do
+    /// but span more leaf switches than `--switches` allows while the job still waits.
     pub fn select(
         &self,
         snapshot: &ClusterSnapshot,
         job: &PendingJob,
     ) -> Result<Decision, Unplaceable> {
-        self.select_among(snapshot.nodes.iter(), job)
+        let topo = &snapshot.topology;
+        let nodes = snapshot.nodes.iter().map(|n| (n, topo.place(&n.name)));
+        self.select_among(topo, nodes, job)
     }
 
-    /// [`Pipeline::select`] over some of the nodes only, in snapshot order. The decision
-    /// is the same as over all nodes whenever the nodes left out would fail a filter (the
-    /// backfill pass leaves out nodes without enough free GPUs); only the metrics differ.
+    /// [`Pipeline::select`] over some of the nodes only, in the order given (the preferred
+    /// first: single-node jobs score only the first `nodes_scored_max` feasible ones). The
+    /// decision is the same as over all nodes whenever the nodes left out would fail a
+    /// filter and the order puts better-packed nodes first; only the metrics differ.
     ///
     /// # Errors
     /// As [`Pipeline::select`].
     pub fn select_among<'a>(
         &self,
-        nodes: impl Iterator<Item = &'a NodeView>,
+        topo: &Topology,
+        nodes: impl Iterator<Item = (&'a NodeView, Option<&'a NodePlace>)>,
         job: &PendingJob,
     ) -> Result<Decision, Unplaceable> {
+        let wanted = job.nodes.max(1) as usize;
+        // A gang on a configured network looks at every feasible node: the lowest common
+        // switch may be anywhere. Everything else stops at the cap.
+        let network = wanted > 1 && topo.has_network();
+        let cap = if network {
+            usize::MAX
+        } else {
+            self.nodes_scored_max.max(wanted)
+        };
         let mut metrics = PlacementMetrics::default();
-        let mut ranked: Vec<(f64, &NodeView)> = Vec::new();
-        for node in nodes {
+        let mut ranked: Vec<Candidate> = Vec::new();
+        for (node, place) in nodes {
+            // Enough candidates: the rest of the order is not looked at (the metrics then
+            // count only what was), which keeps a placement from costing the cluster.
+            if ranked.len() >= cap {
+                break;
+            }
             metrics.nodes_evaluated += 1;
             if let Err(rej) = self.filters.iter().try_for_each(|f| f.check(job, node)) {
                 *metrics.rejects.entry(rej.reason).or_default() += 1;
@@ -137,22 +186,43 @@ impl Pipeline {
                 continue;
             }
             metrics.nodes_feasible += 1;
-            if ranked.len() < self.nodes_scored_max {
-                ranked.push((self.score(job, node), node));
-            }
-        }
-        let wanted = job.nodes.max(1) as usize;
-        if ranked.len() < wanted {
-            return Err(Unplaceable {
-                nodes_wanted: job.nodes.max(1),
-                metrics,
+            let fit = best_gpus(job, node, place);
+            let score = self.score(job, node, &fit);
+            ranked.push(Candidate {
+                node,
+                place,
+                fit,
+                score,
             });
         }
+        let unplaceable = |metrics| Unplaceable {
+            nodes_wanted: wanted as u32,
+            metrics,
+        };
+        if ranked.len() < wanted {
+            return Err(unplaceable(metrics));
+        }
         // Best score first; equal scores go to the lower node name (deterministic).
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
-        let nodes = ranked[..wanted]
-            .iter()
-            .map(|(_, node)| grant(job, node, self.mig_carve_cost))
+        ranked.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.node.name.cmp(&b.node.name))
+        });
+        let chosen: Vec<usize> = if network {
+            let places: Vec<Option<&NodePlace>> = ranked.iter().map(|c| c.place).collect();
+            match choose_nodes(topo, &places, wanted, self.leaves_max(job)) {
+                Ok(pick) => pick,
+                Err(need) => {
+                    metrics.switches_short = Some((need as u32, job.switches_max));
+                    return Err(unplaceable(metrics));
+                }
+            }
+        } else {
+            (0..wanted).collect()
+        };
+        let nodes = chosen
+            .into_iter()
+            .map(|i| grant(job, ranked[i].node, &ranked[i].fit, self.mig_carve_cost))
             .collect();
         Ok(Decision {
             job_id: job.id,
@@ -160,17 +230,60 @@ impl Pipeline {
         })
     }
 
+    /// The leaf-switch limit in force for `job` now: its `--switches` count until its
+    /// wait is over, then none (Slurm relaxes the same way).
+    pub fn leaves_max(&self, job: &PendingJob) -> Option<usize> {
+        let waiting = self.now_ms < job.submit_ms.saturating_add(job.switches_wait_ms);
+        (job.switches_max > 0 && waiting).then_some(job.switches_max as usize)
+    }
+
     /// Mean of the scorers, in `[-1, 1]`.
-    fn score(&self, job: &PendingJob, node: &NodeView) -> f64 {
-        let sum: f64 = self.scorers.iter().map(|s| s.score(job, node)).sum();
+    fn score(&self, job: &PendingJob, node: &NodeView, fit: &Fit) -> f64 {
+        let sum: f64 = self.scorers.iter().map(|s| s.score(job, node, fit)).sum();
         sum / self.scorers.len() as f64
     }
 }
 
-fn grant(job: &PendingJob, node: &NodeView, mig_carve_cost: f64) -> NodeGrant {
-    let gpus: Vec<_> = node
-        .free_gpus(&job.gpu_type)
-        .take(job.gpus_per_node as usize)
+/// The free GPUs of the requested type `job` gets on `node`: the best-connected set when
+/// the node reported its links, else the lowest indexes.
+fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fit {
+    let k = job.gpus_per_node as usize;
+    let matrix = place.and_then(|p| p.gpus.as_deref());
+    match matrix {
+        Some(m) if k > 0 => {
+            let free: Vec<u32> = node.free_gpus(&job.gpu_type).map(|g| g.index).collect();
+            let (gpus, q) = m.best_set(&free, k);
+            Fit {
+                gpus,
+                quality: Some(q),
+            }
+        }
+        _ => Fit {
+            gpus: node
+                .free_gpus(&job.gpu_type)
+                .take(k)
+                .map(|g| g.index)
+                .collect(),
+            quality: None,
+        },
+    }
+}
+
+fn grant(job: &PendingJob, node: &NodeView, fit: &Fit, mig_carve_cost: f64) -> NodeGrant {
+    // Nodes list their GPUs in index order, usually at their index: look there first.
+    let gpus: Vec<_> = fit
+        .gpus
+        .iter()
+        .map(
+            |&i| match node.gpus.get(i as usize).filter(|g| g.index == i) {
+                Some(g) => g,
+                None => node
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == i)
+                    .expect("fit names the node's GPUs"),
+            },
+        )
         .collect();
     NodeGrant {
         node: node.name.clone(),

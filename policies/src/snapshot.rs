@@ -64,6 +64,9 @@ pub struct ClusterSnapshot {
     pub running: Vec<RunningJob>,
     /// Usage charged to accounts by jobs that ended, decayed to `usage.as_of_ms`.
     pub usage: crate::fairshare::Usage,
+    /// GPU links inside nodes and the network tree across them (empty: placement ignores
+    /// topology and takes the lowest free GPU indexes).
+    pub topology: std::sync::Arc<crate::topology::Topology>,
 }
 
 /// A job that holds resources.
@@ -235,6 +238,11 @@ pub struct PendingJob {
     pub mig_profile: String,
     /// MIG slices of `mig_profile` wanted on every node.
     pub mig_per_node: u32,
+    /// `--switches=N`: at most this many leaf switches for a multi-node job (0: any).
+    pub switches_max: u32,
+    /// `--switches=N@WAIT`: how long after `submit_ms` the job waits for `switches_max`
+    /// leaves before it takes any placement, ms.
+    pub switches_wait_ms: u64,
 }
 
 impl PendingJob {

@@ -40,6 +40,9 @@ pub struct DaemonConfig {
     /// when this replica leads and the replicated one differs; `None` keeps the replicated
     /// one.
     pub accounts_toml: Option<String>,
+    /// Network tree (topology.conf text, already validated) to install through the log the
+    /// same way; `None` keeps the replicated one.
+    pub topology_conf: Option<String>,
 }
 
 impl DaemonConfig {
@@ -52,6 +55,7 @@ impl DaemonConfig {
             schedule_interval: Duration::from_secs(1),
             agent_silence_max: Duration::from_secs(30),
             accounts_toml: None,
+            topology_conf: None,
         }
     }
 }
@@ -115,6 +119,13 @@ impl Daemon {
             tokio::spawn(crate::scheduling::install_accounts(
                 raft.clone(),
                 toml,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(conf) = cfg.topology_conf.clone() {
+            tokio::spawn(crate::scheduling::install_topology(
+                raft.clone(),
+                conf,
                 shutdown.clone(),
             ));
         }

@@ -50,6 +50,11 @@ struct Args {
     /// stays.
     #[arg(long)]
     accounts: Option<PathBuf>,
+    /// Network tree in Slurm's topology.conf form (`SwitchName=… Nodes=…|Switches=…`,
+    /// `BlockName=… Nodes=…` for NVLink domains; see README). Installed through the Raft log
+    /// like --accounts.
+    #[arg(long)]
+    topology: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -80,6 +85,13 @@ async fn main() -> anyhow::Result<()> {
         berth_scheduler::accounts::parse(&text)
             .with_context(|| format!("bad accounts file {}", path.display()))?;
         cfg.accounts_toml = Some(text);
+    }
+    if let Some(path) = &args.topology {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read topology file {}", path.display()))?;
+        berth_policies::topology::NetworkConf::parse(&text)
+            .with_context(|| format!("bad topology file {}", path.display()))?;
+        cfg.topology_conf = Some(text);
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -99,6 +99,36 @@ pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watc
     }
 }
 
+/// Proposes `SetTopology(conf)` once, the first time this process leads, if the replicated
+/// network tree differs (berthd `--topology FILE`), as [`install_accounts`] does.
+pub async fn install_topology(raft: RaftHandle, conf: String, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            continue;
+        }
+        if raft.state().topology_conf() == conf {
+            return;
+        }
+        let cmd = pb::command::Cmd::SetTopology(pb::SetTopology { conf: conf.clone() });
+        match raft.propose(crate::server::command(cmd)).await {
+            Ok(Outcome::Done) => {
+                tracing::info!("network topology installed");
+                return;
+            }
+            Ok(other) => {
+                tracing::error!("network topology refused: {other:?}");
+                return;
+            }
+            Err(e) => tracing::warn!("network topology not proposed yet: {e}"),
+        }
+    }
+}
+
 /// What one scheduling pass decided, in the log's form.
 #[derive(Debug, Default)]
 pub struct Plan {

@@ -689,6 +689,41 @@ impl pb::admin_service_server::AdminService for Api {
         }))
     }
 
+    async fn get_topology(
+        &self,
+        _req: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::TopologyResponse>, Status> {
+        let (conf, topo) = {
+            let sm = self.0.raft.state();
+            (sm.topology_conf().to_string(), sm.topology())
+        };
+        let switches = topo
+            .switch_rows()
+            .into_iter()
+            .map(|r| pb::TopologySwitch {
+                name: r.name,
+                level: r.level,
+                link_speed: r.link_speed.unwrap_or(0),
+                nodes: r.nodes,
+                switches: r.switches,
+            })
+            .collect();
+        let blocks = topo
+            .conf()
+            .blocks
+            .iter()
+            .map(|b| pb::TopologyBlock {
+                name: b.name.clone(),
+                nodes: b.nodes.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::TopologyResponse {
+            switches,
+            blocks,
+            conf,
+        }))
+    }
+
     async fn get_accounts(
         &self,
         _req: Request<pb::AccountsRequest>,

@@ -80,6 +80,23 @@ pub struct StateMachine {
     state: pb::StateSnapshot,
     /// `state.accounts_toml` parsed (derived, not encoded).
     accounts: AccountsConfig,
+    /// `state.topology_conf` parsed (derived, not encoded).
+    network: policies::topology::NetworkConf,
+    /// The topology model of `network` and the nodes' reported GPU links, built on first
+    /// use after a change (derived; see [`TopologyCache`]).
+    topology: TopologyCache,
+}
+
+/// A lazily built [`policies::topology::Topology`]: registrations and the network tree
+/// reset it, the next scheduling pass builds it once. Derived data, so two state machines
+/// are equal whatever their caches hold.
+#[derive(Debug, Clone, Default)]
+struct TopologyCache(std::sync::OnceLock<std::sync::Arc<policies::topology::Topology>>);
+
+impl PartialEq for TopologyCache {
+    fn eq(&self, _: &TopologyCache) -> bool {
+        true
+    }
 }
 
 impl Default for StateMachine {
@@ -88,6 +105,8 @@ impl Default for StateMachine {
             applied_index: 0,
             state: pb::StateSnapshot::default(),
             accounts: crate::accounts::parse("").expect("the built-in accounts config parses"),
+            network: Default::default(),
+            topology: TopologyCache::default(),
         }
     }
 }
@@ -118,10 +137,17 @@ impl StateMachine {
             );
             crate::accounts::parse("").expect("the built-in accounts config parses")
         });
+        let network =
+            policies::topology::NetworkConf::parse(&state.topology_conf).unwrap_or_else(|e| {
+                tracing::error!("topology in snapshot no longer parses ({e}); using none");
+                Default::default()
+            });
         Ok(StateMachine {
             applied_index: index,
             state,
             accounts,
+            network,
+            topology: TopologyCache::default(),
         })
     }
 
@@ -210,6 +236,7 @@ impl StateMachine {
             Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c, now),
             Cmd::BindPod(c) => self.bind_pod(c, now),
             Cmd::SetAccounts(c) => self.set_accounts(c.toml),
+            Cmd::SetTopology(c) => self.set_topology(c.conf),
             Cmd::Preempt(c) => self.preempt(c, now),
         };
         for effect in &mut effects {
@@ -329,6 +356,7 @@ impl StateMachine {
             return (Outcome::Rejected(why), vec![]);
         }
         let name = inv.name.clone();
+        self.topology = TopologyCache::default();
         let old = self.state.nodes.remove(&name);
         // GPUs keep their holder across re-registration: the agent re-attached to its jobs.
         // An unhealthy mark stays too: an XID does not heal when the agent restarts.
@@ -648,6 +676,40 @@ impl StateMachine {
         }
     }
 
+    fn set_topology(&mut self, conf: String) -> Applied {
+        match policies::topology::NetworkConf::parse(&conf) {
+            Ok(network) => {
+                self.network = network;
+                self.state.topology_conf = conf;
+                self.topology = TopologyCache::default();
+                (Outcome::Done, vec![])
+            }
+            Err(e) => (Outcome::Rejected(e.to_string()), vec![]),
+        }
+    }
+
+    /// The topology.conf text in force (empty: none).
+    pub fn topology_conf(&self) -> &str {
+        &self.state.topology_conf
+    }
+
+    /// The topology model: the network tree and every node's GPU links.
+    pub fn topology(&self) -> std::sync::Arc<policies::topology::Topology> {
+        self.topology
+            .0
+            .get_or_init(|| {
+                let links: Vec<_> = self
+                    .state
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.inventory.as_ref())
+                    .map(node_links)
+                    .collect();
+                std::sync::Arc::new(policies::topology::Topology::build(&self.network, &links))
+            })
+            .clone()
+    }
+
     /// Marks victims and sends them the kill; a victim that is not running (ended
     /// meanwhile) or is already stopping is skipped.
     fn preempt(&mut self, c: pb::Preempt, now: u64) -> Applied {
@@ -868,6 +930,7 @@ impl StateMachine {
             .collect();
         policies::ClusterSnapshot {
             nodes,
+            topology: self.topology(),
             ..Default::default()
         }
     }
@@ -1028,7 +1091,32 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
         time_limit_s: spec.time_limit_secs,
         mig_profile: spec.mig_profile.clone(),
         mig_per_node: spec.mig_per_node,
+        switches_max: spec.switches,
+        switches_wait_ms: spec.switches_wait_secs.saturating_mul(1000),
         ..Default::default()
+    }
+}
+
+/// A node's GPUs and pair links for the topology model. Levels were checked at
+/// registration ([`validate_inventory`]).
+fn node_links(inv: &pb::NodeInventory) -> policies::topology::NodeLinks {
+    let nvswitch = |i: u32| {
+        inv.gpus
+            .iter()
+            .any(|g| g.index == i && g.nvswitch_links > 0)
+    };
+    policies::topology::NodeLinks {
+        name: inv.name.clone(),
+        gpus: inv.gpus.iter().map(|g| (g.index, g.numa_node)).collect(),
+        pairs: inv
+            .topology
+            .iter()
+            .filter_map(|l| {
+                let sw = nvswitch(l.gpu_a) && nvswitch(l.gpu_b);
+                let link = policies::topology::GpuLink::parse(&l.level, sw).ok()?;
+                Some((l.gpu_a, l.gpu_b, link))
+            })
+            .collect(),
     }
 }
 
@@ -1078,6 +1166,15 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
     }
     if inv.cpus == 0 {
         return Err("node reports 0 CPUs".into());
+    }
+    for l in &inv.topology {
+        // "X" is a GPU with itself: meaningless for a pair but harmless, so not refused.
+        if l.level == "X" {
+            continue;
+        }
+        if let Err(e) = policies::topology::GpuLink::parse(&l.level, false) {
+            return Err(format!("GPU pair {}-{}: {e}", l.gpu_a, l.gpu_b));
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for g in &inv.gpus {

@@ -283,6 +283,12 @@ fn bad_inventories_are_refused() {
     dup.gpus[1].uuid = dup.gpus[0].uuid.clone();
     let mut claimed = inventory("n1", 1);
     claimed.gpus[0].job_id = 7;
+    let mut bad_level = inventory("n1", 2);
+    bad_level.topology = vec![pb::GpuPairLink {
+        gpu_a: 0,
+        gpu_b: 1,
+        level: "NVX".into(),
+    }];
     let cases = [
         (inventory("", 1), "invalid node name"),
         (inventory("bad name", 1), "invalid node name"),
@@ -295,6 +301,7 @@ fn bad_inventories_are_refused() {
         ),
         (dup, "repeated"),
         (claimed, "may not assign"),
+        (bad_level, "unknown GPU link level"),
     ];
     for (i, (inv, want)) in cases.into_iter().enumerate() {
         let mut sm = StateMachine::default();
@@ -818,4 +825,48 @@ fn jobs_on_a_gpu_that_goes_bad_are_killed_then_requeued_or_failed_per_policy() {
     let job = sm.job(2).unwrap();
     assert_eq!((job.state(), job.restart_count), (JobState::NodeFail, 0));
     assert!(job.reason.contains("unhealthy: lost"), "{}", job.reason);
+}
+
+#[test]
+fn topology_is_installed_through_the_log_and_bad_trees_change_nothing() {
+    let set = |conf: &str| Cmd::SetTopology(pb::SetTopology { conf: conf.into() });
+    let mut n1 = inventory("n1", 2);
+    n1.gpus[0].numa_node = 0;
+    n1.gpus[1].numa_node = 1;
+    n1.topology = vec![pb::GpuPairLink {
+        gpu_a: 0,
+        gpu_b: 1,
+        level: "SYS".into(),
+    }];
+    let good = "SwitchName=leaf0 Nodes=n[1-2]\nSwitchName=spine Switches=leaf0";
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(n1),
+            }),
+        ),
+        cmd(2, set(good)),
+        cmd(3, set("SwitchName=spine Switches=leaf9")),
+    ];
+    let (sm, outcomes) = run(&log);
+    assert_eq!(outcomes[1], Outcome::Done);
+    assert!(
+        matches!(&outcomes[2], Outcome::Rejected(w) if w.contains("leaf9")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(sm.topology_conf(), good, "the refused tree changed nothing");
+    let view = sm.cluster_view();
+    let place = view.topology.place("n1").expect("n1 is placed");
+    assert_eq!(place.switches.len(), 2, "leaf0 then spine");
+    let m = place.gpus.as_ref().expect("n1 reported its links");
+    assert_eq!(
+        m.cost(0, 1),
+        policies::topology::GpuLink::CrossSocket.cost()
+    );
+    // The tree survives a snapshot round trip.
+    let restored = StateMachine::restore(sm.applied_index(), &sm.encode()).unwrap();
+    assert_eq!(restored.topology_conf(), good);
+    assert_eq!(*restored.topology(), *sm.topology());
 }

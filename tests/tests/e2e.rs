@@ -3,7 +3,7 @@
 //! Slurm user would. No sleeps as synchronisation: every wait polls with a deadline.
 
 use berth_proto::v1 as pb;
-use berth_tests::{berth, berth_dev, bin, cli, free_port, sbatch, Proc};
+use berth_tests::{berth, berth_dev, bin, cli, free_port, poll, sbatch, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -21,14 +21,13 @@ impl Dev {
     }
 
     fn start_on(dir: &Path, state: &Path, port: u16) -> Dev {
-        let args = [
-            "--nodes",
-            "2",
-            "--machine",
-            "dgx-h100",
-            "--kill-wait-secs",
-            "2",
-        ];
+        Dev::start_with(dir, state, port, &["--nodes", "2"])
+    }
+
+    /// `berth dev` on dgx-h100 machines with `extra` options.
+    fn start_with(dir: &Path, state: &Path, port: u16, extra: &[&str]) -> Dev {
+        let mut args = vec!["--machine", "dgx-h100", "--kill-wait-secs", "2"];
+        args.extend_from_slice(extra);
         let (proc, _) = berth_dev(state, port, &args);
         Dev {
             proc,
@@ -340,6 +339,119 @@ fn kill_9_and_restart_keeps_every_job() {
     );
     dev.wait_state(gang, "COMPLETED", 30);
     dev.kill9();
+}
+
+/// GPUs of `node` held by `job`, from `scontrol show node`'s `Gpu=` lines.
+fn gpus_held_by(dev: &Dev, node: &str, job: u64) -> usize {
+    let out = dev.berth(&["scontrol", "show", "node", node]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("Gpu="))
+        .filter(|l| l.contains(&format!(" Job={job} ")))
+        .count()
+}
+
+#[test]
+fn two_node_gang_starts_whole_under_one_leaf_or_not_at_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("topology.conf");
+    std::fs::write(
+        &conf,
+        "SwitchName=leaf0 Nodes=node[1-2]\nSwitchName=leaf1 Nodes=node3\nSwitchName=spine Switches=leaf[0-1]\n",
+    )
+    .unwrap();
+    let dev = Dev::start_with(
+        tmp.path(),
+        &tmp.path().join("state"),
+        free_port(),
+        &["--nodes", "3", "--topology", conf.to_str().unwrap()],
+    );
+    // The tree went through the Raft log and is shown as Slurm shows it.
+    let topo = poll("topology installed", 30, || {
+        let out = dev.berth(&["scontrol", "show", "topology"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("SwitchName=spine").then_some(text)
+    });
+    assert_eq!(
+        topo,
+        "SwitchName=leaf0 Level=0 LinkSpeed=1 Nodes=node[1-2]\n\
+         SwitchName=leaf1 Level=0 LinkSpeed=1 Nodes=node3\n\
+         SwitchName=spine Level=1 LinkSpeed=1 Nodes=node[1-3] Switches=leaf[0-1]\n"
+    );
+    // A whole node held until the marker appears: node1 (lowest name among equals).
+    let marker = tmp.path().join("go");
+    let marker2 = tmp.path().join("go2");
+    // Job processes outlive berth dev by design (a restarted agent re-attaches): if an
+    // assertion fails, the markers still let them end.
+    struct Release(Vec<PathBuf>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = std::fs::write(m, "");
+            }
+        }
+    }
+    let _release = Release(vec![marker.clone(), marker2.clone()]);
+    let node_list = |text: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("NodeList="));
+        line.unwrap_or_else(|| panic!("no NodeList= line in\n{text}"))
+            .trim()["NodeList=".len()..]
+            .to_string()
+    };
+    let blocker = dev.submit(&[
+        "--gres=gpu:8",
+        "--wrap",
+        &format!("while [ ! -e {} ]; do sleep 0.1; done", marker.display()),
+    ]);
+    let text = dev.wait_state(blocker, "RUNNING", 30);
+    assert_eq!(node_list(&text), "node1");
+    // node2 and node3 are free but under two leaves: --switches=1 makes the gang wait, and
+    // while it waits none of its parts holds anything.
+    let gang = dev.submit(&[
+        "--gres=gpu:8",
+        "-N",
+        "2",
+        "--switches=1@10:00",
+        "--wrap",
+        &format!(
+            "echo $SLURM_JOB_NODELIST; while [ ! -e {} ]; do sleep 0.1; done",
+            marker2.display()
+        ),
+    ]);
+    poll("gang waits for one switch", 30, || {
+        let out = dev.berth(&["squeue", "-j", &gang.to_string()]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("(Switches)")
+            .then_some(())
+    });
+    for node in ["node1", "node2", "node3"] {
+        assert_eq!(
+            gpus_held_by(&dev, node, gang),
+            0,
+            "nothing of a waiting gang is held on {node}"
+        );
+    }
+    assert_eq!(field(&dev.show_job(gang), "JobState"), "PENDING");
+    // The blocker ends: both parts start together under leaf0.
+    std::fs::write(&marker, "").unwrap();
+    let text = dev.wait_state(gang, "RUNNING", 30);
+    assert_eq!(node_list(&text), "node[1-2]");
+    for node in ["node1", "node2"] {
+        assert_eq!(
+            gpus_held_by(&dev, node, gang),
+            8,
+            "the gang holds all of {node}"
+        );
+    }
+    assert_eq!(gpus_held_by(&dev, "node3", gang), 0);
+    std::fs::write(&marker2, "").unwrap();
+    dev.wait_state(gang, "COMPLETED", 30);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join(format!("slurm-{gang}.out"))).unwrap(),
+        "node1,node2\n"
+    );
 }
 
 #[test]
