@@ -19,11 +19,17 @@
 //! - [`backfill`]: EASY backfill reservations and the views jobs are placed on.
 //! - [`preempt`]: victim selection by class priority and by quota reclaim.
 //! - [`pass`]: one scheduling pass tying them together; [`schedule`] is its entry.
+//! - [`packing`]: GPU-sharing packing maths (free GPU milli per GPU, task shapes, fit,
+//!   GPU choice) with the best-fit and spread scorers.
+//! - [`fragmentation`]: fragmentation against a task-class distribution, FGD and berth's
+//!   packing rule built on it.
 #![deny(missing_docs)]
 
 pub mod backfill;
 pub mod fairshare;
 pub mod filter;
+pub mod fragmentation;
+pub mod packing;
 pub mod pass;
 pub mod pipeline;
 pub mod preempt;
