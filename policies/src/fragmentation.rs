@@ -17,8 +17,14 @@
 //!   `F(n) = Σ_m p_m · frag_m(n)`, in GPU milli ([`node_fragmentation`]).
 //! - **FGD** scores a placement by the change `F(n after) − F(n before)`: lower is
 //!   better. The artifact turns it into `int(sigmoid((F_before − F_after)/1000) · 100)`
-//!   and breaks equal integers at random ([`fgd_score_artifact`]); berth keeps the exact
-//!   value ([`BerthPacking`]).
+//!   and breaks equal integers by node order ([`fgd_score_artifact`]).
+//! - **berth** ([`BerthPacking`]) descends the gradient of its own measure
+//!   ([`berth_fragmentation`]): for shared-GPU classes it adds, to FGD's fragment, the
+//!   free milli that a *stream* of that class could never use
+//!   ([`class_fragmentation_stream`]: per-GPU remainders and GPUs stranded by CPU), so it
+//!   sees that a GPU with 700 free milli holds one 470-milli task and wastes 230, which
+//!   FGD's one-task view does not. It keeps the exact change (no rounding) and breaks
+//!   ties by best fit, then node order.
 
 use crate::packing::{best_fit_leftover, model_allowed, NodeFree, PackingError, TaskShape};
 use crate::score::Scorer;
@@ -130,6 +136,58 @@ pub fn node_fragmentation(node: &NodeFree, workload: &Workload) -> f64 {
         .sum()
 }
 
+/// Free GPU milli on `node` that an endless stream of class-`class` tasks could never
+/// use: the free milli minus what the copies of `class` that still fit would take, where
+/// copies are limited by CPU (`cpu_free / cpu`) and by GPU room (for a shared class,
+/// `Σ_g floor(free_g / milli)`; for whole GPUs, `idle / gpus`). All free milli when the
+/// class cannot run there (CPU-only classes, other GPU models).
+///
+/// Example: GPUs `[700, 1000]`, 16 CPUs free, class 470 milli with 4 CPUs: GPU room
+/// `1 + 2 = 3` copies, CPU room 4, so 3 copies take 1410 of 1700 free: 290 are fragments.
+pub fn class_fragmentation_stream(node: &NodeFree, class: &TaskShape) -> u64 {
+    let free = node.gpu_milli_free_total();
+    if class.gpus == 0 || !model_allowed(&node.model, &class.models) {
+        return free;
+    }
+    let by_cpu = node
+        .cpu_milli
+        .checked_div(class.cpu_milli)
+        .unwrap_or(u64::MAX);
+    let by_gpu: u64 = if class.is_shared() {
+        node.gpu_milli
+            .iter()
+            .map(|&m| u64::from(m / class.gpu_milli))
+            .sum()
+    } else {
+        node.gpus_idle() as u64 / u64::from(class.gpus)
+    };
+    free - by_cpu.min(by_gpu) * class.gpu_milli_total()
+}
+
+/// berth's measure: `B(n) = Σ_m p_m · b_m(n)` with `b_m = frag_m + stream_m` for
+/// shared-GPU classes ([`class_fragmentation`] + [`class_fragmentation_stream`]) and
+/// `b_m = 2 · frag_m` for the others, so both kinds of class weigh on the same scale (for
+/// whole-GPU classes the stream view's CPU floor over-counts: with it, the 50 %
+/// multi-GPU list packs worse; README has the numbers).
+pub fn berth_fragmentation(node: &NodeFree, workload: &Workload) -> f64 {
+    workload
+        .classes
+        .iter()
+        .map(|c| {
+            let fgd = class_fragmentation(node, &c.shape);
+            let b = if c.shape.is_shared() {
+                fgd + class_fragmentation_stream(node, &c.shape)
+            } else {
+                2 * fgd
+            };
+            c.popularity * b as f64
+        })
+        .sum()
+}
+
+/// A fragmentation measure: [`node_fragmentation`] (FGD) or [`berth_fragmentation`].
+pub type Measure = fn(&NodeFree, &Workload) -> f64;
+
 /// One way to put a task on a node, with the node's fragmentation afterwards.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuOption {
@@ -139,11 +197,23 @@ pub struct GpuOption {
     pub frag_after: f64,
 }
 
-/// The ways FGD considers to put `task` on `node`: a shared task may go on any GPU with
-/// room for it (one option per GPU, in index order); a whole-GPU or CPU-only task is
-/// packed onto the lowest-indexed idle GPUs (one option). The caller has checked that the
-/// task fits (CPU, memory, model). Empty when the GPUs do not fit.
+/// The ways FGD considers to put `task` on `node`, with FGD's measure: see
+/// [`placement_options`].
 pub fn fgd_options(node: &NodeFree, task: &TaskShape, workload: &Workload) -> Vec<GpuOption> {
+    placement_options(node, task, workload, node_fragmentation)
+}
+
+/// The ways to put `task` on `node`, each with `measure` of the node afterwards: a shared
+/// task may go on any GPU with room for it (one option per GPU, in index order); a
+/// whole-GPU or CPU-only task is packed onto the lowest-indexed idle GPUs (one option).
+/// The caller has checked that the task fits (CPU, memory, model). Empty when the GPUs
+/// do not fit.
+pub fn placement_options(
+    node: &NodeFree,
+    task: &TaskShape,
+    workload: &Workload,
+    measure: Measure,
+) -> Vec<GpuOption> {
     if task.is_shared() {
         let mut out = Vec::new();
         for (i, &m) in node.gpu_milli.iter().enumerate() {
@@ -153,7 +223,7 @@ pub fn fgd_options(node: &NodeFree, task: &TaskShape, workload: &Workload) -> Ve
                 after.gpu_milli[i] -= task.gpu_milli;
                 out.push(GpuOption {
                     gpus: vec![i],
-                    frag_after: node_fragmentation(&after, workload),
+                    frag_after: measure(&after, workload),
                 });
             }
         }
@@ -165,7 +235,7 @@ pub fn fgd_options(node: &NodeFree, task: &TaskShape, workload: &Workload) -> Ve
     match node.after_packed(task) {
         Some(after) => vec![GpuOption {
             gpus,
-            frag_after: node_fragmentation(&after, workload),
+            frag_after: measure(&after, workload),
         }],
         None => Vec::new(),
     }
@@ -199,17 +269,15 @@ pub fn fgd_choice_artifact(
     best
 }
 
-/// berth's packing rule: FGD's fragmentation gradient, exact, with best fit as the
-/// tie-break.
+/// berth's packing rule: descend the gradient of [`berth_fragmentation`], exactly, with
+/// best fit as the tie-break.
 ///
-/// For each option the key is `(ΔF, leftover)`, lower is better, compared
-/// lexicographically, where `ΔF = F_after − F_before` (GPU milli, unrounded) and
-/// `leftover` is [`best_fit_leftover`] of the node before placement. Exact gradients
-/// separate options the artifact's integer sigmoid lumps together (one score point is
-/// about 40 milli of fragmentation near `ΔF = 0`) and then picks among at random; among
-/// truly equal gradients (e.g. identical idle nodes) packing the fuller node keeps idle
-/// nodes whole for large tasks. It uses nothing but the task-class distribution FGD
-/// itself uses.
+/// For each option the key is `(ΔB, leftover)`, lower is better, compared
+/// lexicographically, where `ΔB = B_after − B_before` (GPU milli, unrounded) and
+/// `leftover` is [`best_fit_leftover`] of the node before placement; the caller breaks
+/// remaining ties by node order. Among equal gradients (e.g. identical idle nodes)
+/// packing the fuller node keeps idle nodes whole for large tasks. It uses nothing but
+/// the task-class distribution FGD itself uses.
 #[derive(Debug, Clone)]
 pub struct BerthPacking {
     /// The target workload.
@@ -219,7 +287,7 @@ pub struct BerthPacking {
 /// berth's key of one placement option (lower is better); see [`BerthPacking`].
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct PackKey {
-    /// `F_after − F_before`, GPU milli.
+    /// `B_after − B_before`, GPU milli.
     pub frag_delta: f64,
     /// Best-fit leftover of the node before placement, `[0, 1]`.
     pub leftover: f64,
@@ -227,7 +295,7 @@ pub struct PackKey {
 
 impl BerthPacking {
     /// The best option on `node` for `task` with its key, or `None` when it does not fit.
-    /// `frag_before` is [`node_fragmentation`] of `node` (callers cache it per node).
+    /// `frag_before` is [`berth_fragmentation`] of `node` (callers cache it per node).
     pub fn choose(
         &self,
         node: &NodeFree,
@@ -236,7 +304,7 @@ impl BerthPacking {
     ) -> Option<(PackKey, Vec<usize>)> {
         let leftover = best_fit_leftover(node, task)?;
         let mut best: Option<(PackKey, Vec<usize>)> = None;
-        for o in fgd_options(node, task, &self.workload) {
+        for o in placement_options(node, task, &self.workload, berth_fragmentation) {
             let key = PackKey {
                 frag_delta: o.frag_after - frag_before,
                 leftover,
@@ -249,10 +317,11 @@ impl BerthPacking {
     }
 }
 
-/// FGD as a pipeline scorer: `score = tanh(−ΔF / 1000)`, so a placement that lowers the
-/// node's expected fragmentation by one GPU scores `tanh(1) = 0.76`, one that adds a GPU
-/// of fragments `−0.76`; a node the job does not fit scores −1. Berth jobs take whole
-/// GPUs, so the node is seen as whole GPUs (free or held) of the job's type.
+/// berth's packing rule as a pipeline scorer: `score = tanh(−ΔB / 1000)` with `ΔB` the
+/// change of [`berth_fragmentation`], so a placement that lowers the node's fragmentation
+/// by one GPU scores `tanh(1) = 0.76`, one that adds a GPU of fragments `−0.76`; a node
+/// the job does not fit scores −1. Berth jobs take whole GPUs, so the node is seen as
+/// whole GPUs (free or held) of the job's type.
 pub struct FragmentationGradient {
     /// The target workload.
     pub workload: Workload,
@@ -268,8 +337,8 @@ impl Scorer for FragmentationGradient {
         if !free.fits(&task) {
             return -1.0;
         }
-        let before = node_fragmentation(&free, &self.workload);
-        fgd_options(&free, &task, &self.workload)
+        let before = berth_fragmentation(&free, &self.workload);
+        placement_options(&free, &task, &self.workload, berth_fragmentation)
             .iter()
             .map(|o| (-(o.frag_after - before) / 1000.0).tanh())
             .fold(-1.0, f64::max)

@@ -110,10 +110,33 @@ fn fgd_options_and_scores() {
         }]
     );
     assert!(fgd_options(&n, &shape(1000, 2, 1000), &w).is_empty());
-    // berth picks the same GPU, keyed by the exact gradient.
+    // berth's measure B = 0.5·(frag_A + stream_A) + 0.5·2·frag_B on [1000, 600], 16
+    // CPUs: frag_A 0; stream_A: CPU room 4, GPU room 2 + 1 = 3 → 1500 of 1600 → 100;
+    // frag_B 600 → B = 0.5·100 + 0.5·1200 = 650.
+    assert_eq!(berth_fragmentation(&n, &w), 650.0);
+    // a on GPU1 → [1000, 100], 12 CPUs: frag_A 100, stream_A 1100 − 2·500 = 100,
+    // frag_B 100 → B = 0.5·200 + 0.5·200 = 200 (Δ −450). On GPU0 → [500, 600]: frag_A 0,
+    // stream_A 1100 − 2·500 = 100, frag_B 1100 → B = 50 + 1100 = 1150 (Δ +500).
     let berth = BerthPacking { workload: w };
-    let (key, gpus) = berth.choose(&n, &a, 300.0).unwrap();
-    assert_eq!((key.frag_delta, gpus), (-200.0, vec![1]));
+    let (key, gpus) = berth.choose(&n, &a, 650.0).unwrap();
+    assert_eq!((key.frag_delta, gpus), (-450.0, vec![1]));
+}
+
+#[test]
+fn stream_fragmentation_counts_remainders_and_cpu() {
+    let class = shape(4000, 1, 470);
+    // [700, 1000], 16 CPUs: GPU room 1 + 2 = 3, CPU room 4 → 3·470 = 1410 of 1700 → 290.
+    assert_eq!(class_fragmentation_stream(&node(16_000, &[700, 1000]), &class), 290);
+    // 4 CPUs: CPU room 1 → 1700 − 470 = 1230.
+    assert_eq!(class_fragmentation_stream(&node(4000, &[700, 1000]), &class), 1230);
+    // 2 whole GPUs on 3 idle: one copy → 3000 − 2000 = 1000.
+    let two = shape(1000, 2, 1000);
+    assert_eq!(class_fragmentation_stream(&node(16_000, &[1000; 3]), &two), 1000);
+    // CPU-only classes and other models: all free milli.
+    assert_eq!(class_fragmentation_stream(&node(16_000, &[700]), &shape(1, 0, 0)), 700);
+    let mut t4 = class.clone();
+    t4.models = vec!["T4".into()];
+    assert_eq!(class_fragmentation_stream(&node(16_000, &[700]), &t4), 700);
 }
 
 #[test]
@@ -176,8 +199,8 @@ fn typical_workload_rejects_bad_input() {
 
 #[test]
 fn gradient_scorer_on_node_views() {
-    // Workload: 2-GPU tasks only. An idle 2-GPU node (F = 0) left with one idle GPU
-    // cannot host them: F after = 1000 → score tanh(−1000/1000) = −0.7616.
+    // Workload: 2-GPU tasks only, so B = 2·frag. An idle 2-GPU node (B = 0) left with one
+    // idle GPU cannot host them: B after = 2·1000 → score tanh(−2000/1000) = −0.964.
     let w = Workload {
         classes: vec![TaskClass {
             shape: shape(1000, 2, 1000),
@@ -208,7 +231,7 @@ fn gradient_scorer_on_node_views() {
         ..PendingJob::default()
     };
     let got = s.score(&one, &v);
-    assert!((got - (-1.0f64).tanh()).abs() < 1e-12, "{got}");
+    assert!((got - (-2.0f64).tanh()).abs() < 1e-12, "{got}");
     // Taking both GPUs leaves nothing to fragment: Δ = 0 → 0.
     let two = PendingJob {
         gpus_per_node: 2,

@@ -9,7 +9,7 @@ mod trace;
 use anyhow::{bail, Context as _};
 use berth_policies::fragmentation::{Workload, TYPICAL_POPULARITY_PCT};
 use clap::ValueEnum;
-pub use run::Packer;
+use run::{Packer, Setup, Ties};
 use std::path::PathBuf;
 
 /// Options of `berth-sim alibaba`.
@@ -21,9 +21,16 @@ pub struct Opts {
     /// Placement policy; `all` runs the four side by side on the same sequences.
     #[arg(long, value_enum, default_value_t = PolicyArg::Berth)]
     policy: PolicyArg,
-    /// Number of seeds (42, 43, ... as the artifact's run scripts).
+    /// Number of seeds.
     #[arg(long, default_value_t = 10)]
     seeds: u64,
+    /// First seed (the artifact's run scripts use 42..=51).
+    #[arg(long, default_value_t = 42)]
+    first_seed: u64,
+    /// Tie-breaking of random, best-fit and FGD: `order` (a seeded node order, which
+    /// reproduces the published figures) or `uniform` (stock kube-scheduler).
+    #[arg(long, value_enum, default_value_t = TiesArg::Order)]
+    ties: TiesArg,
     /// Node list: `gpu` (the 1,213 GPU nodes, as the artifact) or `all` (all 1,523).
     #[arg(long, value_enum, default_value_t = NodeList::Gpu)]
     nodes: NodeList,
@@ -56,6 +63,12 @@ enum PolicyArg {
     Fgd,
     Berth,
     All,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum TiesArg {
+    Order,
+    Uniform,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -120,19 +133,29 @@ pub fn main(o: Opts) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    let setup = Setup {
+        nodes: &nodes,
+        pods: &pods,
+        workload: &workload,
+        ratio_pct: o.arrive_pct,
+        ties: match o.ties {
+            TiesArg::Order => Ties::Order,
+            TiesArg::Uniform => Ties::Uniform,
+        },
+    };
     let started = std::time::Instant::now();
     let mut report = Vec::new();
     for (name, packer) in packers(o.policy) {
-        let seeds: Vec<u64> = (42..42 + o.seeds).collect();
+        let seeds: Vec<u64> = (o.first_seed..o.first_seed.saturating_add(o.seeds)).collect();
         let results = std::thread::scope(|s| {
             let chunks: Vec<_> = seeds
                 .chunks(seeds.len().div_ceil(threads))
                 .map(|chunk| {
-                    let (nodes, pods, workload) = (&nodes, &pods, &workload);
+                    let setup = &setup;
                     s.spawn(move || {
                         chunk
                             .iter()
-                            .map(|&seed| run::run(nodes, pods, workload, packer, seed, o.arrive_pct))
+                            .map(|&seed| run::run(setup, packer, seed))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -187,14 +210,16 @@ fn print(
         return;
     }
     println!(
-        "pod list {:?} ({} pods, {} typical classes), {} nodes, {} GPUs, arrive to {} %, {} seeds from 42",
+        "pod list {:?} ({} pods, {} typical classes), {} nodes, {} GPUs, arrive to {} %, {} seeds from {}, ties {:?}",
         o.pods,
         pods.len(),
         workload.classes.len(),
         nodes.len(),
         gpus,
         o.arrive_pct,
-        o.seeds
+        o.seeds,
+        o.first_seed,
+        o.ties
     );
     println!("policy    alloc@100%        alloc@130%        tasks  failed");
     for r in &rows {

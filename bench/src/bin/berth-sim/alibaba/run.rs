@@ -5,9 +5,9 @@
 
 use super::trace::{TraceNode, TracePod};
 use berth_policies::fragmentation::{
-    fgd_choice_artifact, node_fragmentation, BerthPacking, Workload,
+    berth_fragmentation, fgd_choice_artifact, node_fragmentation, BerthPacking, Measure, Workload,
 };
-use berth_policies::packing::{best_fit_leftover, best_fit_score_artifact, NodeFree, TaskShape};
+use berth_policies::packing::{best_fit_score_artifact, NodeFree, TaskShape};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,6 +58,18 @@ pub fn arrivals(pods: &[TracePod], capacity_milli: u64, ratio_pct: u32, seed: u6
     order
 }
 
+/// How equal scores are broken for the artifact's policies (random, best fit, FGD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ties {
+    /// The first node in a per-seed random node order, fixed for the run. The artifact
+    /// renames nodes `NNNN-<name>` with a seeded permutation before scheduling, which only
+    /// matters if equal scores go by node order; this reproduces the published figures
+    /// (README). The random policy still draws a uniform node.
+    Order,
+    /// Uniformly at random among equal scores (stock kube-scheduler's `selectHost`).
+    Uniform,
+}
+
 /// One placement decision cached for a (node, task class) pair until the node changes:
 /// the policy's key (lower is better) and the GPUs it would take. Memory is not in the
 /// key (fragmentation ignores it); it is checked live.
@@ -67,26 +79,30 @@ struct Choice {
     gpus: Vec<usize>,
 }
 
-/// The cluster being filled.
+/// The cluster being filled, with each node's measure and per-class choices cached.
 struct Cluster<'a> {
     nodes: Vec<NodeFree>,
     frag: Vec<f64>,
     cache: Vec<Vec<Option<Option<Choice>>>>,
     workload: &'a Workload,
+    measure: Measure,
     berth: BerthPacking,
 }
 
 impl<'a> Cluster<'a> {
-    fn new(nodes: &[TraceNode], workload: &'a Workload, classes: usize) -> Cluster<'a> {
+    fn new(nodes: &[TraceNode], workload: &'a Workload, classes: usize, packer: Packer) -> Cluster<'a> {
+        let measure: Measure = if packer == Packer::Berth {
+            berth_fragmentation
+        } else {
+            node_fragmentation
+        };
         let nodes: Vec<NodeFree> = nodes.iter().map(|n| n.idle.clone()).collect();
         Cluster {
-            frag: nodes
-                .iter()
-                .map(|n| node_fragmentation(n, workload))
-                .collect(),
+            frag: nodes.iter().map(|n| measure(n, workload)).collect(),
             cache: vec![vec![None; classes]; nodes.len()],
             nodes,
             workload,
+            measure,
             berth: BerthPacking {
                 workload: workload.clone(),
             },
@@ -105,31 +121,12 @@ impl<'a> Cluster<'a> {
             Packer::BestFit => best_fit_score_artifact(node, task).and_then(|s| {
                 node.best_fit_gpus(task).map(|gpus| Choice { key: (-(s as f64), 0.0), gpus })
             }),
-            Packer::Fgd if std::env::var("FGD_EXACT").is_ok() => self
-                .berth
-                .choose(node, task, self.frag[n])
-                .map(|(k, gpus)| Choice { key: (k.frag_delta, 0.0), gpus }),
             Packer::Fgd => fgd_choice_artifact(node, task, self.workload, self.frag[n])
-                .map(|(s, gpus)| Choice { key: (-(s as f64), if std::env::var("FGD_BF").is_ok() { best_fit_leftover(node, task).unwrap_or(0.0) } else { 0.0 }), gpus }),
+                .map(|(s, gpus)| Choice { key: (-(s as f64), 0.0), gpus }),
             Packer::Berth => self
                 .berth
                 .choose(node, task, self.frag[n])
-                .map(|(k, gpus)| {
-                    let mode = std::env::var("BM").unwrap_or_default();
-                    let q: f64 = std::env::var("BQ").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-                    let d = (k.frag_delta / q).round();
-                    let key = match mode.as_str() {
-                        "idx" => (d, 0.0),
-                        "bf" => (d, k.leftover),
-                        "nbf" => (d, -k.leftover),
-                        "gpu" => (d, node.gpu_milli_free_total() as f64),
-                        "lin" => (k.frag_delta + q * k.leftover, 0.0),
-                        "open" => (k.frag_delta + q * f64::from(u8::from(node.gpus_idle() == node.gpu_milli.len() && node.gpus_idle() > 0)), 0.0),
-                        "openq" => (d, f64::from(u8::from(node.gpus_idle() == node.gpu_milli.len()))),
-                        _ => (k.frag_delta, k.leftover),
-                    };
-                    Choice { key, gpus }
-                }),
+                .map(|(k, gpus)| Choice { key: (k.frag_delta, k.leftover), gpus }),
         };
         self.cache[n][class] = Some(c.clone());
         c
@@ -137,7 +134,7 @@ impl<'a> Cluster<'a> {
 
     fn place(&mut self, n: usize, task: &TaskShape, gpus: &[usize]) {
         self.nodes[n].take(task, gpus);
-        self.frag[n] = node_fragmentation(&self.nodes[n], self.workload);
+        self.frag[n] = (self.measure)(&self.nodes[n], self.workload);
         self.cache[n].iter_mut().for_each(|c| *c = None);
     }
 }
@@ -170,17 +167,26 @@ pub struct RunResult {
     pub events: Vec<(u64, u64)>,
 }
 
-/// Places the arrival sequence of `seed` with `packer` and measures it.
-pub fn run(
-    nodes: &[TraceNode],
-    pods: &[TracePod],
-    workload: &Workload,
-    packer: Packer,
-    seed: u64,
-    ratio_pct: u32,
-) -> RunResult {
+/// One run's fixed inputs.
+pub struct Setup<'a> {
+    /// The cluster, idle.
+    pub nodes: &'a [TraceNode],
+    /// The pod list, sorted by name.
+    pub pods: &'a [TracePod],
+    /// FGD's (and berth's) target workload.
+    pub workload: &'a Workload,
+    /// Arrived GPU demand to stop at, percent of capacity.
+    pub ratio_pct: u32,
+    /// Tie-breaking of the artifact's policies.
+    pub ties: Ties,
+}
+
+/// Places the arrival sequence of `seed` with `packer` and measures it. The sequence and
+/// the node order depend on `seed` only, so every policy sees the same ones.
+pub fn run(setup: &Setup, packer: Packer, seed: u64) -> RunResult {
+    let (nodes, pods) = (setup.nodes, setup.pods);
     let capacity: u64 = nodes.iter().map(|n| n.idle.gpu_milli_free_total()).sum();
-    let sequence = arrivals(pods, capacity, ratio_pct, seed);
+    let sequence = arrivals(pods, capacity, setup.ratio_pct, seed);
     // Task classes for the cache: each distinct shape without memory gets an id.
     let mut class_ids: HashMap<TaskShape, usize> = HashMap::new();
     let class_of: Vec<usize> = pods
@@ -190,37 +196,32 @@ pub fn run(
             *class_ids.entry(p.shape.class_key()).or_insert(next)
         })
         .collect();
-    let mut cluster = Cluster::new(nodes, workload, class_ids.len());
-    // Ties are drawn from their own stream so every policy sees the same sequence.
+    let mut cluster = Cluster::new(nodes, setup.workload, class_ids.len(), packer);
+    // Ties and the node order come from their own streams of the seed.
     let mut ties = ChaCha8Rng::seed_from_u64(seed);
     ties.set_stream(1);
+    let mut order = ChaCha8Rng::seed_from_u64(seed);
+    order.set_stream(2);
     let mut rank: Vec<usize> = (0..nodes.len()).collect();
-    let mut rr = ChaCha8Rng::seed_from_u64(seed);
-    rr.set_stream(2);
-    rank.shuffle(&mut rr);
+    rank.shuffle(&mut order);
+    let mut tie = match (packer, setup.ties) {
+        (Packer::Berth, _) => Tie::Index,
+        (Packer::Random, _) | (_, Ties::Uniform) => Tie::Uniform(&mut ties),
+        (_, Ties::Order) => Tie::Rank(&rank),
+    };
     let (mut arrived, mut used, mut failed) = (0u64, 0u64, 0usize);
     let mut events = Vec::with_capacity(sequence.len());
     for &p in &sequence {
         let task = &pods[p].shape;
         arrived += task.gpu_milli_total();
-        match select(&mut cluster, task, class_of[p], packer, &mut ties, &rank) {
+        match select(&mut cluster, task, class_of[p], packer, &mut tie) {
             Some((n, gpus)) => {
                 cluster.place(n, task, &gpus);
                 used += task.gpu_milli_total();
             }
-            None => {
-                failed += 1;
-                if std::env::var("DIAG").is_ok() && arrived > capacity {
-                    eprintln!("FAIL gpus={} milli={} cpu={} models={:?}", task.gpus, task.gpu_milli, task.cpu_milli, task.models);
-                }
-            }
+            None => failed += 1,
         }
         events.push((arrived, used));
-    }
-    if std::env::var("DIAG").is_ok() {
-        for n in &cluster.nodes {
-            eprintln!("NODE {} cpu={} gpus={:?}", n.model, n.cpu_milli, n.gpu_milli);
-        }
     }
     let gpus = capacity / 1000;
     RunResult {
@@ -232,21 +233,27 @@ pub fn run(
     }
 }
 
-/// The node and GPUs `packer` picks for `task`, or `None` when no node fits it. Keys are
-/// compared lower-first; equal keys go to a uniformly random one of them (reservoir
-/// sampling, as kube-scheduler's `selectHost`) except for berth, which keeps the lowest
-/// node index.
+/// How one run breaks equal keys.
+enum Tie<'r> {
+    /// Lowest node index (berth: no randomness).
+    Index,
+    /// Lowest rank in a seeded node order.
+    Rank(&'r [usize]),
+    /// Uniform (reservoir sampling, as kube-scheduler's `selectHost`).
+    Uniform(&'r mut ChaCha8Rng),
+}
+
+/// The node and GPUs `packer` picks for `task`, or `None` when no node fits it: the
+/// lowest key, equal keys broken by `tie`.
 fn select(
     cluster: &mut Cluster,
     task: &TaskShape,
     class: usize,
     packer: Packer,
-    ties: &mut ChaCha8Rng,
-    rank: &[usize],
+    tie: &mut Tie,
 ) -> Option<(usize, Vec<usize>)> {
     let mut best: Option<(usize, Choice)> = None;
     let mut equal = 0u32;
-    let by_rank = std::env::var("TIES_ORDER").is_ok();
     for n in 0..cluster.nodes.len() {
         if !cluster.nodes[n].fits(task) {
             continue;
@@ -254,25 +261,26 @@ fn select(
         let Some(c) = cluster.choice(n, task, class, packer) else {
             continue;
         };
-        let better = match &best {
+        let take = match &best {
             None => true,
-            Some((bn, b)) => c.key < b.key || (by_rank && packer != Packer::Random && c.key == b.key && rank[n] < rank[*bn]),
+            Some((_, b)) if c.key < b.key => true,
+            Some((bn, b)) if c.key == b.key => match tie {
+                Tie::Index => false,
+                Tie::Rank(rank) => rank[n] < rank[*bn],
+                Tie::Uniform(rng) => rng.gen_range(0..=equal) == 0,
+            },
+            Some(_) => false,
         };
-        if better {
+        let new_best = best.as_ref().is_none_or(|(_, b)| c.key < b.key);
+        equal = if new_best { 1 } else { equal + u32::from(best.as_ref().is_some_and(|(_, b)| c.key == b.key)) };
+        if take {
             best = Some((n, c));
-            equal = 1;
-        } else if best.as_ref().is_some_and(|(_, b)| c.key == b.key) && packer != Packer::Berth && !(by_rank && packer != Packer::Random) {
-            equal += 1;
-            if ties.gen_range(0..equal) == 0 {
-                best = Some((n, c));
-            }
         }
     }
     let (n, c) = best?;
-    let gpus = if packer == Packer::Random {
-        random_gpus(&cluster.nodes[n], task, c.gpus, ties)
-    } else {
-        c.gpus
+    let gpus = match (packer, tie) {
+        (Packer::Random, Tie::Uniform(rng)) => random_gpus(&cluster.nodes[n], task, c.gpus, rng),
+        _ => c.gpus,
     };
     Some((n, gpus))
 }

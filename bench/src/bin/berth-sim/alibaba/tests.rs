@@ -1,7 +1,7 @@
 //! Trace parsing (good and bad rows), the arrival protocol, the allocation-rate
 //! measurement, and determinism of whole runs per seed.
 
-use super::run::{arrivals, rate_at, run, Packer};
+use super::run::{arrivals, rate_at, run, Packer, Setup, Ties};
 use super::trace::{parse_nodes, parse_pods, TraceNode, TracePod};
 use berth_policies::fragmentation::Workload;
 use berth_policies::packing::{NodeFree, TaskShape};
@@ -172,9 +172,24 @@ fn runs_are_deterministic_per_seed_and_never_overcommit() {
     let nodes = small_nodes();
     let pods = small_pods();
     let workload = Workload::typical(pods.iter().map(|p| &p.shape), 95).unwrap();
-    for packer in [Packer::Random, Packer::BestFit, Packer::Fgd, Packer::Berth] {
-        let a = run(&nodes, &pods, &workload, packer, 42, 130);
-        let b = run(&nodes, &pods, &workload, packer, 42, 130);
+    let mut setup = Setup {
+        nodes: &nodes,
+        pods: &pods,
+        workload: &workload,
+        ratio_pct: 130,
+        ties: Ties::Order,
+    };
+    for (packer, ties) in [
+        (Packer::Random, Ties::Order),
+        (Packer::BestFit, Ties::Order),
+        (Packer::BestFit, Ties::Uniform),
+        (Packer::Fgd, Ties::Order),
+        (Packer::Fgd, Ties::Uniform),
+        (Packer::Berth, Ties::Order),
+    ] {
+        setup.ties = ties;
+        let a = run(&setup, packer, 42);
+        let b = run(&setup, packer, 42);
         assert_eq!(a, b, "{packer:?}: same seed, same run");
         let capacity = 18_000;
         let (arrived, used) = *a.events.last().unwrap();
@@ -184,8 +199,8 @@ fn runs_are_deterministic_per_seed_and_never_overcommit() {
         let placed_milli: Vec<u64> = a.events.windows(2).map(|w| w[1].1 - w[0].1).collect();
         assert!(placed_milli.iter().all(|&d| d <= 2000));
     }
-    let c = run(&nodes, &pods, &workload, Packer::Fgd, 43, 130);
-    assert_ne!(c.events, run(&nodes, &pods, &workload, Packer::Fgd, 42, 130).events);
+    let c = run(&setup, Packer::Fgd, 43);
+    assert_ne!(c.events, run(&setup, Packer::Fgd, 42).events);
 }
 
 #[test]
