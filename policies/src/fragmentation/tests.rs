@@ -126,14 +126,26 @@ fn fgd_options_and_scores() {
 fn stream_fragmentation_counts_remainders_and_cpu() {
     let class = shape(4000, 1, 470);
     // [700, 1000], 16 CPUs: GPU room 1 + 2 = 3, CPU room 4 → 3·470 = 1410 of 1700 → 290.
-    assert_eq!(class_fragmentation_stream(&node(16_000, &[700, 1000]), &class), 290);
+    assert_eq!(
+        class_fragmentation_stream(&node(16_000, &[700, 1000]), &class),
+        290
+    );
     // 4 CPUs: CPU room 1 → 1700 − 470 = 1230.
-    assert_eq!(class_fragmentation_stream(&node(4000, &[700, 1000]), &class), 1230);
+    assert_eq!(
+        class_fragmentation_stream(&node(4000, &[700, 1000]), &class),
+        1230
+    );
     // 2 whole GPUs on 3 idle: one copy → 3000 − 2000 = 1000.
     let two = shape(1000, 2, 1000);
-    assert_eq!(class_fragmentation_stream(&node(16_000, &[1000; 3]), &two), 1000);
+    assert_eq!(
+        class_fragmentation_stream(&node(16_000, &[1000; 3]), &two),
+        1000
+    );
     // CPU-only classes and other models: all free milli.
-    assert_eq!(class_fragmentation_stream(&node(16_000, &[700]), &shape(1, 0, 0)), 700);
+    assert_eq!(
+        class_fragmentation_stream(&node(16_000, &[700]), &shape(1, 0, 0)),
+        700
+    );
     let mut t4 = class.clone();
     t4.models = vec!["T4".into()];
     assert_eq!(class_fragmentation_stream(&node(16_000, &[700]), &t4), 700);

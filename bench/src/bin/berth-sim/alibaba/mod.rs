@@ -167,7 +167,14 @@ pub fn main(o: Opts) -> anyhow::Result<()> {
         });
         report.push((name, seeds, results));
     }
-    print(&o, &nodes, &pods, &workload, &report, started.elapsed().as_secs_f64());
+    print(
+        &o,
+        &nodes,
+        &pods,
+        &workload,
+        &report,
+        started.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 

@@ -90,7 +90,12 @@ struct Cluster<'a> {
 }
 
 impl<'a> Cluster<'a> {
-    fn new(nodes: &[TraceNode], workload: &'a Workload, classes: usize, packer: Packer) -> Cluster<'a> {
+    fn new(
+        nodes: &[TraceNode],
+        workload: &'a Workload,
+        classes: usize,
+        packer: Packer,
+    ) -> Cluster<'a> {
         let measure: Measure = if packer == Packer::Berth {
             berth_fragmentation
         } else {
@@ -111,22 +116,43 @@ impl<'a> Cluster<'a> {
 
     /// The policy's choice on node `n` for `task` (of class `class`); `None` when it
     /// cannot go there.
-    fn choice(&mut self, n: usize, task: &TaskShape, class: usize, packer: Packer) -> Option<Choice> {
+    fn choice(
+        &mut self,
+        n: usize,
+        task: &TaskShape,
+        class: usize,
+        packer: Packer,
+    ) -> Option<Choice> {
         if let Some(c) = &self.cache[n][class] {
             return c.clone();
         }
         let node = &self.nodes[n];
         let c = match packer {
-            Packer::Random => node.best_fit_gpus(task).map(|gpus| Choice { key: (0.0, 0.0), gpus }),
-            Packer::BestFit => best_fit_score_artifact(node, task).and_then(|s| {
-                node.best_fit_gpus(task).map(|gpus| Choice { key: (-(s as f64), 0.0), gpus })
+            Packer::Random => node.best_fit_gpus(task).map(|gpus| Choice {
+                key: (0.0, 0.0),
+                gpus,
             }),
-            Packer::Fgd => fgd_choice_artifact(node, task, self.workload, self.frag[n])
-                .map(|(s, gpus)| Choice { key: (-(s as f64), 0.0), gpus }),
+            Packer::BestFit => best_fit_score_artifact(node, task).and_then(|s| {
+                node.best_fit_gpus(task).map(|gpus| Choice {
+                    key: (-(s as f64), 0.0),
+                    gpus,
+                })
+            }),
+            Packer::Fgd => {
+                fgd_choice_artifact(node, task, self.workload, self.frag[n]).map(|(s, gpus)| {
+                    Choice {
+                        key: (-(s as f64), 0.0),
+                        gpus,
+                    }
+                })
+            }
             Packer::Berth => self
                 .berth
                 .choose(node, task, self.frag[n])
-                .map(|(k, gpus)| Choice { key: (k.frag_delta, k.leftover), gpus }),
+                .map(|(k, gpus)| Choice {
+                    key: (k.frag_delta, k.leftover),
+                    gpus,
+                }),
         };
         self.cache[n][class] = Some(c.clone());
         c
@@ -141,7 +167,12 @@ impl<'a> Cluster<'a> {
 
 /// The random policy's GPU for a shared task: uniform among GPUs with room (the
 /// artifact's `allocateGpuIdBasedOnRandomFit`); whole GPUs stay the first idle ones.
-fn random_gpus(node: &NodeFree, task: &TaskShape, fallback: Vec<usize>, rng: &mut ChaCha8Rng) -> Vec<usize> {
+fn random_gpus(
+    node: &NodeFree,
+    task: &TaskShape,
+    fallback: Vec<usize>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<usize> {
     if !task.is_shared() {
         return fallback;
     }
@@ -272,7 +303,11 @@ fn select(
             Some(_) => false,
         };
         let new_best = best.as_ref().is_none_or(|(_, b)| c.key < b.key);
-        equal = if new_best { 1 } else { equal + u32::from(best.as_ref().is_some_and(|(_, b)| c.key == b.key)) };
+        equal = if new_best {
+            1
+        } else {
+            equal + u32::from(best.as_ref().is_some_and(|(_, b)| c.key == b.key))
+        };
         if take {
             best = Some((n, c));
         }

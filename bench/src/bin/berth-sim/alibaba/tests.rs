@@ -28,10 +28,16 @@ fn bad_node_rows_name_their_line() {
     let cases = [
         ("", "line 1"),
         ("sn,cpu_milli,gpu,model\nn1,1,1,G2\n", "memory_mib"),
-        (&*format!("{h}n1,32000,1,8,G2\nn2,x,1,8,G2\n"), "line 3: cpu_milli"),
+        (
+            &*format!("{h}n1,32000,1,8,G2\nn2,x,1,8,G2\n"),
+            "line 3: cpu_milli",
+        ),
         (&*format!("{h}n1,32000,1,8,\n"), "line 2: gpu 8 with model"),
         (&*format!("{h}n1,32000,1,0,G2\n"), "line 2"),
-        (&*format!("{h}n1,32000,1,8,G2\nn1,32000,1,8,G2\n"), "line 3: node n1 already on line 2"),
+        (
+            &*format!("{h}n1,32000,1,8,G2\nn1,32000,1,8,G2\n"),
+            "line 3: node n1 already on line 2",
+        ),
         (&*format!("{h}n1,32000,1,8\n"), "line 2: 4 fields"),
         (&*format!("{h}n1,-5,1,8,G2\n"), "line 2: cpu_milli"),
         (&*format!("{h}n1,32000,1,65,G2\n"), "line 2: 65 GPUs"),
@@ -88,8 +94,14 @@ fn bad_pod_rows_name_their_line() {
         (format!("{h}a,1,1,x,1\n"), "line 2: num_gpu"),
         (format!("{h}a,1,1,99,1000\n"), "line 2: num_gpu 99"),
         (format!("{h},1,1,1,1000\n"), "line 2: empty name"),
-        (format!("{h}a,1,1,1,1000\na,1,1,1,1000\n"), "line 3: pod a already on line 2"),
-        ("name,cpu_milli,num_gpu,gpu_milli\na,1,1,1000\n".to_string(), "memory_mib"),
+        (
+            format!("{h}a,1,1,1,1000\na,1,1,1,1000\n"),
+            "line 3: pod a already on line 2",
+        ),
+        (
+            "name,cpu_milli,num_gpu,gpu_milli\na,1,1,1000\n".to_string(),
+            "memory_mib",
+        ),
         (h.to_string(), "no pods"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
@@ -141,14 +153,26 @@ fn small_nodes() -> Vec<TraceNode> {
 fn arrivals_fill_to_the_target_and_depend_on_the_seed() {
     let pods = small_pods();
     let capacity = 18_000; // 3·4 + 3·2 GPUs
-    let demand = |seq: &[usize]| seq.iter().map(|&i| pods[i].shape.gpu_milli_total()).sum::<u64>();
+    let demand = |seq: &[usize]| {
+        seq.iter()
+            .map(|&i| pods[i].shape.gpu_milli_total())
+            .sum::<u64>()
+    };
     let a = arrivals(&pods, capacity, 130, 42);
-    assert_eq!(a, arrivals(&pods, capacity, 130, 42), "same seed, same sequence");
+    assert_eq!(
+        a,
+        arrivals(&pods, capacity, 130, 42),
+        "same seed, same sequence"
+    );
     assert_ne!(a, arrivals(&pods, capacity, 130, 43));
     // The list's own demand (4·500 + 4·250 + 4·1000 + 4·2000 = 15000) is under 23400, so
     // the whole list is in it and clones were appended up to the target.
     assert!(a.len() > pods.len());
-    assert!(demand(&a) <= 23_400 && demand(&a) > 23_400 - 2000, "{}", demand(&a));
+    assert!(
+        demand(&a) <= 23_400 && demand(&a) > 23_400 - 2000,
+        "{}",
+        demand(&a)
+    );
     // Over the target (8000 milli = 44 %), random pods are removed until under it.
     let down = arrivals(&pods, capacity, 44, 7);
     assert!(demand(&down) <= capacity * 44 / 100);
@@ -193,8 +217,14 @@ fn runs_are_deterministic_per_seed_and_never_overcommit() {
         assert_eq!(a, b, "{packer:?}: same seed, same run");
         let capacity = 18_000;
         let (arrived, used) = *a.events.last().unwrap();
-        assert!(used <= capacity && used <= arrived, "{packer:?}: {used} of {capacity}");
-        assert!(arrived > capacity, "{packer:?}: the protocol overloads the cluster");
+        assert!(
+            used <= capacity && used <= arrived,
+            "{packer:?}: {used} of {capacity}"
+        );
+        assert!(
+            arrived > capacity,
+            "{packer:?}: the protocol overloads the cluster"
+        );
         assert!(a.failed > 0, "{packer:?}: at 130 % some task must fail");
         let placed_milli: Vec<u64> = a.events.windows(2).map(|w| w[1].1 - w[0].1).collect();
         assert!(placed_milli.iter().all(|&d| d <= 2000));
@@ -207,7 +237,10 @@ fn runs_are_deterministic_per_seed_and_never_overcommit() {
 fn real_node_list_has_the_published_size() {
     let path = super::trace::default_dir().join("openb_node_list_all_node.csv");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!("SKIP real_node_list_has_the_published_size: {} not found", path.display());
+        eprintln!(
+            "SKIP real_node_list_has_the_published_size: {} not found",
+            path.display()
+        );
         return;
     };
     let all = parse_nodes(&text, false).unwrap();
