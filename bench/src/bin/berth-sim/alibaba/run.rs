@@ -292,21 +292,26 @@ fn select(
         let Some(c) = cluster.choice(n, task, class, packer) else {
             continue;
         };
+        // Reservoir sampling over equal keys: the k-th equal one replaces the pick with
+        // probability 1/k, which leaves each equally likely.
         let take = match &best {
-            None => true,
-            Some((_, b)) if c.key < b.key => true,
-            Some((bn, b)) if c.key == b.key => match tie {
-                Tie::Index => false,
-                Tie::Rank(rank) => rank[n] < rank[*bn],
-                Tie::Uniform(rng) => rng.gen_range(0..=equal) == 0,
-            },
+            None => {
+                equal = 1;
+                true
+            }
+            Some((_, b)) if c.key < b.key => {
+                equal = 1;
+                true
+            }
+            Some((bn, b)) if c.key == b.key => {
+                equal += 1;
+                match tie {
+                    Tie::Index => false,
+                    Tie::Rank(rank) => rank[n] < rank[*bn],
+                    Tie::Uniform(rng) => rng.gen_range(0..equal) == 0,
+                }
+            }
             Some(_) => false,
-        };
-        let new_best = best.as_ref().is_none_or(|(_, b)| c.key < b.key);
-        equal = if new_best {
-            1
-        } else {
-            equal + u32::from(best.as_ref().is_some_and(|(_, b)| c.key == b.key))
         };
         if take {
             best = Some((n, c));
