@@ -22,13 +22,19 @@
 //! - [`preempt`]: victim selection by class priority and by quota reclaim.
 //! - [`topology`]: the petgraph model from GPU to spine, `topology.conf`, best GPU sets.
 //! - [`pass`]: one scheduling pass tying them together; [`schedule`] is its entry.
+//! - [`packing`]: GPU-sharing packing maths (free GPU milli per GPU, task shapes, fit,
+//!   GPU choice) with the best-fit and spread scorers.
+//! - [`fragmentation`]: fragmentation against a task-class distribution, FGD and berth's
+//!   packing rule built on it.
 #![deny(missing_docs)]
 
 pub mod backfill;
 pub mod fairshare;
 pub mod filter;
+pub mod fragmentation;
 pub mod gang;
 pub mod mig;
+pub mod packing;
 pub mod pass;
 pub mod pipeline;
 pub mod preempt;

@@ -9,7 +9,7 @@ use crate::snapshot::{NodeView, PendingJob};
 use crate::topology::SetQuality;
 
 /// What the pipeline worked out for one feasible node before scoring.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Fit {
     /// NVML indexes of the GPUs the job would get (the best-connected free set).
     pub gpus: Vec<u32>,

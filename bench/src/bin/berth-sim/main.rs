@@ -8,7 +8,12 @@
 //! Jobs go to accounts `team0..team{A-1}` by FNV-1a of their Philly application id (equal
 //! shares); each job's time limit is its actual runtime times F (1.0: exact estimates). A
 //! preempted job restarts from scratch. See README for the metric definitions.
+//!
+//! `berth-sim alibaba --pods default|multigpu50|gpushare100|gpuspec33
+//! --policy random|bestfit|fgd|berth|all --seeds N [--json]`: the FGD evaluation protocol
+//! on the Alibaba GPU-sharing trace (see the `alibaba` module).
 
+mod alibaba;
 mod engine;
 mod trace;
 
@@ -28,6 +33,9 @@ struct Args {
 enum TraceCmd {
     /// The Microsoft Philly multi-GPU subset (shared/traces/philly-multigpu/jobs.json).
     Philly(Opts),
+    /// The Alibaba GPU-sharing trace (shared/traces/alibaba-gpu-v2023) under the FGD
+    /// evaluation protocol.
+    Alibaba(alibaba::Opts),
 }
 
 #[derive(clap::Args)]
@@ -84,7 +92,10 @@ enum Policy {
 }
 
 fn main() -> anyhow::Result<()> {
-    let TraceCmd::Philly(o) = Args::parse().trace;
+    let o = match Args::parse().trace {
+        TraceCmd::Philly(o) => o,
+        TraceCmd::Alibaba(o) => return alibaba::main(o),
+    };
     if o.nodes == 0 || o.gpus_per_node == 0 || o.accounts == 0 {
         bail!("--nodes, --gpus-per-node and --accounts must be at least 1");
     }
