@@ -2,8 +2,10 @@
 //! `[-1, 1]`; the pipeline averages them (Nomad's rank stack).
 //!
 //! Topology comes first in the design (the best-connected GPU set), packing second (best
-//! fit); the fragmentation-aware scorers of the packing work join here as structs of their
-//! own.
+//! fit). The fragmentation-aware scorers (`packing::BestFitPacking`, `packing::Spread`,
+//! `fragmentation::FragmentationGradient`) implement [`Scorer`] in their own modules but
+//! are not in berthd's pipeline yet: they need a task-class distribution and GPU-milli
+//! node states that berthd does not keep.
 
 use crate::snapshot::{NodeView, PendingJob};
 use crate::topology::SetQuality;
