@@ -71,37 +71,30 @@ pub async fn scheduling_loop(
 /// a later `berth admin accounts set` is not reverted by this process; a replica that first
 /// leads later (after a failover) installs its own file then, which the log records like
 /// any change.
-pub async fn install_accounts(raft: RaftHandle, toml: String, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
-        if !raft.is_leader() {
-            continue;
-        }
-        if raft.state().accounts_toml() == toml {
-            return;
-        }
-        let cmd = pb::command::Cmd::SetAccounts(pb::SetAccounts { toml: toml.clone() });
-        match raft.propose(crate::server::command(cmd)).await {
-            Ok(Outcome::Done) => {
-                tracing::info!("accounts configuration installed");
-                return;
-            }
-            Ok(other) => {
-                tracing::error!("accounts configuration refused: {other:?}");
-                return;
-            }
-            Err(e) => tracing::warn!("accounts configuration not proposed yet: {e}"),
-        }
-    }
+pub async fn install_accounts(raft: RaftHandle, toml: String, shutdown: watch::Receiver<bool>) {
+    let current = |sm: &StateMachine| sm.accounts_toml().to_string();
+    let cmd = pb::command::Cmd::SetAccounts(pb::SetAccounts { toml: toml.clone() });
+    install_once(raft, "accounts configuration", toml, current, cmd, shutdown).await;
 }
 
 /// Proposes `SetTopology(conf)` once, the first time this process leads, if the replicated
 /// network tree differs (berthd `--topology FILE`), as [`install_accounts`] does.
-pub async fn install_topology(raft: RaftHandle, conf: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn install_topology(raft: RaftHandle, conf: String, shutdown: watch::Receiver<bool>) {
+    let current = |sm: &StateMachine| sm.topology_conf().to_string();
+    let cmd = pb::command::Cmd::SetTopology(pb::SetTopology { conf: conf.clone() });
+    install_once(raft, "network topology", conf, current, cmd, shutdown).await;
+}
+
+/// Proposes `cmd` the first time this process leads while the replicated text (`current`)
+/// differs from `wanted`; stops once it is installed, refused, or already there.
+async fn install_once(
+    raft: RaftHandle,
+    what: &str,
+    wanted: String,
+    current: impl Fn(&StateMachine) -> String,
+    cmd: pb::command::Cmd,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -111,20 +104,19 @@ pub async fn install_topology(raft: RaftHandle, conf: String, mut shutdown: watc
         if !raft.is_leader() {
             continue;
         }
-        if raft.state().topology_conf() == conf {
+        if current(&raft.state()) == wanted {
             return;
         }
-        let cmd = pb::command::Cmd::SetTopology(pb::SetTopology { conf: conf.clone() });
-        match raft.propose(crate::server::command(cmd)).await {
+        match raft.propose(crate::server::command(cmd.clone())).await {
             Ok(Outcome::Done) => {
-                tracing::info!("network topology installed");
+                tracing::info!("{what} installed");
                 return;
             }
             Ok(other) => {
-                tracing::error!("network topology refused: {other:?}");
+                tracing::error!("{what} refused: {other:?}");
                 return;
             }
-            Err(e) => tracing::warn!("network topology not proposed yet: {e}"),
+            Err(e) => tracing::warn!("{what} not proposed yet: {e}"),
         }
     }
 }
