@@ -35,7 +35,12 @@ pub struct TraceJob {
 /// The trace's default place: `shared/traces` next to the workspace (`../shared/traces`
 /// from the workspace root), found from the build's manifest dir or the current directory.
 pub fn default_path() -> PathBuf {
-    let rel = "shared/traces/philly-multigpu/jobs.json";
+    shared_path("shared/traces/philly-multigpu/jobs.json")
+}
+
+/// `rel` (a path under `shared/`) next to the workspace: the first of the places it may be
+/// that exists, else the first (so the error names where it was looked for).
+pub fn shared_path(rel: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let candidates = [
         manifest.join("../..").join(rel),

@@ -30,18 +30,7 @@ pub struct TracePod {
 
 /// The directory of the trace: `shared/traces/alibaba-gpu-v2023` next to the workspace.
 pub fn default_dir() -> PathBuf {
-    let rel = "shared/traces/alibaba-gpu-v2023";
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        manifest.join("../..").join(rel),
-        PathBuf::from("..").join(rel),
-        PathBuf::from("../..").join(rel),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| candidates[0].clone())
+    crate::trace::shared_path("shared/traces/alibaba-gpu-v2023")
 }
 
 /// Reads a whole file, naming it on failure.
