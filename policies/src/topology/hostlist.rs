@@ -1,8 +1,8 @@
 //! Slurm host-list expansion (`node[001-032,040],gpu1`) for topology.conf.
 //!
-//! policies/ cannot depend on the CLI crate (which prints host lists), and topology.conf
-//! needs only expansion, so this is the expanding half alone: the numeric range keeps its
-//! zero padding (`n[01-03]` is `n01 n02 n03`), and several bracket groups multiply.
+//! The one expander of the workspace (the CLI's `hostlist` compresses, and its tests check
+//! the round trip): the numeric range keeps its zero padding (`n[01-03]` is `n01 n02 n03`),
+//! and several bracket groups multiply.
 
 /// Expansions stop here so a typo such as `n[1-1000000000]` cannot exhaust memory.
 pub const HOSTS_MAX: usize = 1 << 20;
