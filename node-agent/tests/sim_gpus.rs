@@ -312,7 +312,7 @@ fn xid_and_ecc_events_become_health_reports() {
     let mut rx = berth_agent::health::watch(Some(node.lib.clone()), stop.clone()).expect("watch");
     let lines =
         "{\"gpu\": 2, \"xid\": 13}\n{\"gpu\": 2, \"xid\": 79}\n{\"gpu\": 5, \"ecc\": \"double\"}\n";
-    std::fs::write(node.nvml_dir().join(berth_simnvml::INJECT_FILE_NAME), lines).expect("inject");
+    berth_simnvml::inject(&node.nvml_dir(), lines).expect("inject");
     let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::GpuHealth>| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -339,11 +339,7 @@ fn a_lost_gpu_registers_as_unhealthy() {
     let node = SimNode::new("dgx-h100");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut rx = berth_agent::health::watch(Some(node.lib.clone()), stop.clone()).expect("watch");
-    std::fs::write(
-        node.nvml_dir().join(berth_simnvml::INJECT_FILE_NAME),
-        "{\"gpu\": 6, \"lost\": true}\n",
-    )
-    .expect("inject");
+    berth_simnvml::inject(&node.nvml_dir(), "{\"gpu\": 6, \"lost\": true}\n").expect("inject");
     let deadline = Instant::now() + Duration::from_secs(10);
     let report = loop {
         if let Ok(h) = rx.try_recv() {

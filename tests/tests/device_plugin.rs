@@ -282,11 +282,7 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
     assert_eq!(visible(&got[0]), second.join(","));
 
     // An XID 79 on GPU 1: ListAndWatch re-sends the list with it Unhealthy.
-    std::fs::write(
-        nvml.join(berth_simnvml::INJECT_FILE_NAME),
-        "{\"gpu\": 1, \"xid\": 79}\n",
-    )
-    .unwrap();
+    berth_simnvml::inject(&nvml, "{\"gpu\": 1, \"xid\": 79}\n").unwrap();
     let health = |d: &[dp::Device]| d.iter().map(|d| d.health.clone()).collect::<Vec<_>>();
     let list = next_list(&mut watch, "GPU 1 Unhealthy", |d| {
         d.len() == 4 && d[1].health == "Unhealthy"

@@ -117,10 +117,7 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         let text = dev.stdout(&["scontrol", "show", "job", victim]);
         text.contains("JobState=RUNNING ").then_some(())
     });
-    write(
-        &dev.nvml_dir().join(berth_simnvml::INJECT_FILE_NAME),
-        "{\"gpu\": 0, \"xid\": 79}\n",
-    );
+    berth_simnvml::inject(&dev.nvml_dir(), "{\"gpu\": 0, \"xid\": 79}\n").expect("inject");
     let shown = poll("GPU 0 marked unhealthy", 20, || {
         let text = dev.stdout(&["scontrol", "show", "node", "node1"]);
         text.contains("Gpu=0 Health=UNHEALTHY Reason=XID 79: GPU has fallen off the bus")

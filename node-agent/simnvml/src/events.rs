@@ -26,6 +26,19 @@ pub const TELEMETRY_FILE_NAME: &str = "telemetry.json";
 /// Fault-injection file name in the node directory.
 pub const INJECT_FILE_NAME: &str = "inject.jsonl";
 
+/// Injects the faults of `lines` (the `inject.jsonl` format) into the simulated node whose
+/// directory is `dir`. The file is written beside and renamed into place: the library may
+/// take (rename) `inject.jsonl` at any moment, and a plain write could be taken between
+/// creating the file and writing its lines, losing them.
+///
+/// # Errors
+/// The IO error of the write or the rename.
+pub fn inject(dir: &std::path::Path, lines: &str) -> std::io::Result<()> {
+    let staged = dir.join(format!("{INJECT_FILE_NAME}.writing"));
+    std::fs::write(&staged, lines)?;
+    std::fs::rename(&staged, dir.join(INJECT_FILE_NAME))
+}
+
 /// `nvmlEventType*` bits the simulator can raise.
 pub(crate) const EVENT_SINGLE_BIT_ECC: u64 = 0x1;
 pub(crate) const EVENT_DOUBLE_BIT_ECC: u64 = 0x2;

@@ -84,7 +84,7 @@ mod uuid;
 
 pub use builtin::{builtin, builtin_names};
 pub use error::Error;
-pub use events::{INJECT_FILE_NAME, TELEMETRY_FILE_NAME};
+pub use events::{inject, INJECT_FILE_NAME, TELEMETRY_FILE_NAME};
 pub use install::{
     find_library, install_node, INSTALLED_LIB_NAME, LIB_ENV, LIB_FILE_NAME, MACHINE_FILE_NAME,
 };

@@ -327,8 +327,8 @@ fn telemetry_and_injected_faults() {
     let types = EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR;
     let set = d3.register_events(types, set).expect("register");
     assert!(matches!(set.wait(20), Err(NvmlError::Timeout)));
-    std::fs::write(
-        node.dir.path().join(berth_simnvml::INJECT_FILE_NAME),
+    berth_simnvml::inject(
+        node.dir.path(),
         "{\"gpu\": 3, \"xid\": 48}\nnot json\n{\"gpu\": 3, \"ecc\": \"double\"}\n{\"gpu\": 3, \"lost\": true}\n",
     )
     .expect("inject");
