@@ -6,7 +6,9 @@ use super::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-fn node(name: &str, gpus: u32) -> NodeView {
+/// An up 64-CPU node of partition `gpu` with `gpus` free h100s (also used by
+/// `placement_tests`).
+pub(crate) fn node(name: &str, gpus: u32) -> NodeView {
     NodeView {
         name: name.to_string(),
         partition: "gpu".into(),

@@ -4,31 +4,11 @@
 //! property tests that no GPU is granted twice and that gangs are whole or absent.
 
 use super::*;
+use crate::pass_tests::node;
 use crate::topology::{GpuLink, NetworkConf, NodeLinks, Topology};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-fn node(name: &str, gpus: u32) -> NodeView {
-    NodeView {
-        name: name.into(),
-        partition: "gpu".into(),
-        up: true,
-        cpus_total: 64,
-        cpus_free: 64,
-        memory_total_mb: 1 << 20,
-        memory_free_mb: 1 << 20,
-        gpus: (0..gpus)
-            .map(|i| GpuView {
-                uuid: format!("GPU-{name}-{i}"),
-                index: i,
-                gres_type: "h100".into(),
-                free: true,
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
 
 /// A DGX-H100 as the simulated agent reports it: NV18 over NVSwitch between every pair,
 /// GPUs 0-3 on NUMA 0 and 4-7 on NUMA 1.

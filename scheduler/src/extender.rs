@@ -1237,6 +1237,19 @@ mod tests {
         }
     }
 
+    /// `/filter` of pod group member `pod` over the golden nodes gpu1 and gpu2.
+    fn filter_gang_member(
+        sm: &StateMachine,
+        pod: &Pod,
+        group: &pb::PodGroupRef,
+    ) -> ExtenderFilterResult {
+        let body = format!(
+            r#"{{"Pod":{},"NodeNames":["gpu1","gpu2"]}}"#,
+            serde_json::to_string(pod).unwrap()
+        );
+        filter(sm, &parse_args(body.as_bytes()).unwrap(), Some(group))
+    }
+
     fn free_on(sm: &StateMachine, node: &str) -> u32 {
         gpu_counts(sm.node(node).unwrap()).1
     }
@@ -1257,11 +1270,7 @@ mod tests {
         let held = sm.group_reservation("ml/g").unwrap().id;
         assert_eq!(held, first + 1);
         // The other members are steered to the reserved node only.
-        let body = format!(
-            r#"{{"Pod":{},"NodeNames":["gpu1","gpu2"]}}"#,
-            serde_json::to_string(&gang_pod("m1", 2)).unwrap()
-        );
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), Some(&group));
+        let got = filter_gang_member(&sm, &gang_pod("m1", 2), &group);
         assert_eq!(got.node_names, Some(vec!["gpu2".to_string()]), "{got:?}");
         assert!(got.failed_nodes["gpu1"].contains("holds its GPUs on other nodes"));
         // A member may not take GPUs its group did not reserve.
@@ -1288,11 +1297,7 @@ mod tests {
             timeout_ms: 60_000,
         };
         // 2 + 8 free GPUs hold five 2-GPU members, not six.
-        let body = format!(
-            r#"{{"Pod":{},"NodeNames":["gpu1","gpu2"]}}"#,
-            serde_json::to_string(&gang_pod("m0", 2)).unwrap()
-        );
-        let got = filter(&sm, &parse_args(body.as_bytes()).unwrap(), Some(&group));
+        let got = filter_gang_member(&sm, &gang_pod("m0", 2), &group);
         assert_eq!(got.node_names, Some(vec![]));
         assert_eq!(
             got.failed_nodes["gpu2"],
