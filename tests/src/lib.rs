@@ -191,6 +191,48 @@ pub fn sbatch(dir: &std::path::Path, servers: &str, args: &[&str]) -> u64 {
         .expect("sbatch --parsable prints the job id")
 }
 
+/// Lets crun run on a hybrid cgroup host (v1 controllers plus a v2 mount at
+/// `/sys/fs/cgroup/unified`). crun refuses such a host while the v2 hierarchy still owns a
+/// controller ("drop all controllers from cgroupv2", its own advice); on Debian 12 VMs that
+/// is typically `hugetlb` alone. Each such controller is bound to a v1 hierarchy mounted at
+/// `/sys/fs/cgroup/NAME`, the layout a systemd hybrid host has, which runc reads as well.
+/// Nothing is done on a pure v1 or pure v2 host.
+///
+/// # Errors
+/// Why the host cannot be prepared (not root, a controller busy in v2, a mount failed):
+/// the caller prints it and skips.
+pub fn ensure_crun_cgroup_layout() -> Result<(), String> {
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    let Ok(owned) = std::fs::read_to_string(unified) else {
+        return Ok(()); // no hybrid v2 mount: crun's hybrid check does not apply
+    };
+    let owned: Vec<&str> = owned.split_whitespace().collect();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "the hybrid cgroup v2 mount owns {owned:?}, which crun refuses, and only root can move them to v1"
+        ));
+    }
+    for name in owned {
+        let dir = format!("/sys/fs/cgroup/{name}");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "cgroup", "-o", name, "cgroup", &dir])
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "binding cgroup controller {name} to v1 at {dir} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        println!("note: bound cgroup controller {name} to a v1 hierarchy at {dir} so crun accepts this hybrid host");
+    }
+    Ok(())
+}
+
 /// Makes sure the Debian packages `pkgs` are installed (`apt-get install -y`, after an
 /// `apt-get update` if the first try fails), so tests install what they need themselves.
 ///
