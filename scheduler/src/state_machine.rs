@@ -893,46 +893,19 @@ impl StateMachine {
             .state
             .nodes
             .values()
-            .filter_map(|n| {
-                let inv = n.inventory.as_ref()?;
-                Some(policies::NodeView {
-                    name: inv.name.clone(),
-                    partition: inv.partition.clone(),
-                    up: n.state() == NodeState::Up,
-                    cpus_total: inv.cpus,
-                    cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
-                    memory_total_mb: inv.memory_mb,
-                    memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
-                    gpus: inv
-                        .gpus
-                        .iter()
-                        .map(|g| {
-                            let (mig_enabled, mig_profiles, mig_held) =
-                                mig::view_fields(g, &mut mig_tables);
-                            policies::GpuView {
-                                uuid: g.uuid.clone(),
-                                index: g.index,
-                                gres_type: g.gres_type.clone(),
-                                // An unhealthy GPU is never offered: that is how placement
-                                // stops using it without a policy change. A MIG-mode GPU
-                                // is offered as slices only.
-                                free: has_room(g)
-                                    && g.unhealthy_reason.is_empty()
-                                    && !g.mig_enabled,
-                                mig_enabled,
-                                mig_profiles,
-                                mig_held,
-                            }
-                        })
-                        .collect(),
-                })
-            })
+            .filter_map(|n| node_view_shared(n, &mut mig_tables))
             .collect();
         policies::ClusterSnapshot {
             nodes,
             topology: self.topology(),
             ..Default::default()
         }
+    }
+
+    /// One node of [`StateMachine::cluster_view`], without building the others (the
+    /// extender judges one named node at a time).
+    pub fn node_view(&self, name: &str) -> Option<policies::NodeView> {
+        node_view(self.state.nodes.get(name)?)
     }
 
     /// [`StateMachine::cluster_view`] plus what the policies need beyond placement:
@@ -1048,7 +1021,7 @@ fn changed(id: u64) -> Effect {
 
 /// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
 /// with a share left.
-fn has_room(gpu: &pb::Gpu) -> bool {
+pub fn has_room(gpu: &pb::Gpu) -> bool {
     if !gpu.mig_held.is_empty() {
         return false; // carved: slices only
     }
@@ -1074,6 +1047,52 @@ fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
         .iter()
         .find(|g| g.uuid == uuid)
         .map(|g| g.job_id)
+}
+
+/// A node as placement sees it (`None` before its inventory arrives): one node of
+/// [`StateMachine::cluster_view`], also for a node record that is not in the state (the
+/// extender's "what if these pods left").
+pub fn node_view(n: &pb::Node) -> Option<policies::NodeView> {
+    node_view_shared(n, &mut std::collections::BTreeMap::new())
+}
+
+/// [`node_view`] with MIG profile tables shared per card model through `mig_tables`.
+fn node_view_shared(
+    n: &pb::Node,
+    mig_tables: &mut std::collections::BTreeMap<
+        String,
+        std::sync::Arc<Vec<policies::mig::MigProfile>>,
+    >,
+) -> Option<policies::NodeView> {
+    let inv = n.inventory.as_ref()?;
+    Some(policies::NodeView {
+        name: inv.name.clone(),
+        partition: inv.partition.clone(),
+        up: n.state() == NodeState::Up,
+        cpus_total: inv.cpus,
+        cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
+        memory_total_mb: inv.memory_mb,
+        memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
+        gpus: inv
+            .gpus
+            .iter()
+            .map(|g| {
+                let (mig_enabled, mig_profiles, mig_held) = mig::view_fields(g, mig_tables);
+                policies::GpuView {
+                    uuid: g.uuid.clone(),
+                    index: g.index,
+                    gres_type: g.gres_type.clone(),
+                    // An unhealthy GPU is never offered: that is how placement stops
+                    // using it without a policy change. A MIG-mode GPU is offered as
+                    // slices only.
+                    free: has_room(g) && g.unhealthy_reason.is_empty() && !g.mig_enabled,
+                    mig_enabled,
+                    mig_profiles,
+                    mig_held,
+                }
+            })
+            .collect(),
+    })
 }
 
 /// One node's share of a job, as placement needs it.
