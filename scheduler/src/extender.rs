@@ -660,13 +660,15 @@ pub fn prioritize(
 ) -> Result<Vec<HostPriority>, ExtenderError> {
     let pod = args.pod.as_ref().expect("parse_args checked");
     let want = pod_gpus(pod)?;
-    Ok(candidate_names(args)
-        .into_iter()
-        .map(|host| {
-            let score = pod_fit::score(sm, &host, &want);
-            HostPriority { host, score }
-        })
-        .collect())
+    let score = |host: &str| HostPriority {
+        host: host.to_string(),
+        score: pod_fit::score(sm, host, &want),
+    };
+    Ok(match (&args.node_names, &args.nodes) {
+        (Some(names), _) => names.iter().map(|n| score(n)).collect(),
+        (None, Some(list)) => list.items.iter().filter_map(node_name).map(score).collect(),
+        (None, None) => vec![],
+    })
 }
 
 #[cfg(test)]

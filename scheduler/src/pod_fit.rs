@@ -14,7 +14,8 @@
 //! berth's, never a second copy.
 
 use crate::pod_gpus::{PodGpus, GPU_RESOURCE, SHARED_RESOURCE};
-use crate::state_machine::{self, mig::whole_gpu_free, StateMachine};
+use crate::state_machine::gpu_counts::{self, NodeGpus};
+use crate::state_machine::{self, StateMachine};
 use berth_policies::filter::Filter as _;
 use berth_policies::mig::{self, MigFilter};
 use berth_policies::pipeline::Pipeline;
@@ -26,47 +27,18 @@ pub type Misfit = (String, bool);
 /// Highest score an extender may give (`MaxExtenderPriority`).
 pub const SCORE_MAX: i64 = 10;
 
-/// A GPU a pod could ever get whole: healthy, not in MIG mode, not time-sliced.
-fn whole_usable(g: &pb::Gpu) -> bool {
-    g.unhealthy_reason.is_empty() && !g.mig_enabled && g.replicas <= 1
-}
-
-/// A GPU a pod could ever get a share of: healthy, not in MIG mode, offered as replicas.
-fn shared_usable(g: &pb::Gpu) -> bool {
-    g.unhealthy_reason.is_empty() && !g.mig_enabled && g.replicas > 1
-}
-
 /// Whether a pod asking for `want` may take `g` now (whole or one share of it).
 pub fn gpu_free_for(want: &PodGpus, g: &pb::Gpu) -> bool {
     match want {
-        PodGpus::Shared(_) => shared_usable(g) && state_machine::has_room(g),
-        _ => whole_usable(g) && whole_gpu_free(g),
+        PodGpus::Shared(_) => gpu_counts::shared_free(g),
+        _ => gpu_counts::whole_free(g),
     }
-}
-
-/// (usable, free) GPUs of the pod's kind on `node`, in one pass without allocating:
-/// filter runs it for every candidate node.
-fn counts(node: &pb::Node, want: &PodGpus) -> (u32, u32) {
-    let shared = matches!(want, PodGpus::Shared(_));
-    let mut c = (0, 0);
-    for g in node.inventory.iter().flat_map(|i| &i.gpus) {
-        let usable = if shared {
-            shared_usable(g)
-        } else {
-            whole_usable(g)
-        };
-        if usable {
-            c.0 += 1;
-            if gpu_free_for(want, g) {
-                c.1 += 1;
-            }
-        }
-    }
-    c
 }
 
 /// Whether `node` can take the pod's GPUs now: `Ok(free)` with the free GPUs (or MIG
-/// placements) of its kind, else why not.
+/// placements) of its kind, else why not. Whole GPUs and shares are judged from the
+/// state machine's per-node counts ([`StateMachine::node_gpus`]), MIG slices by the
+/// placement's own filter over the node's view.
 ///
 /// # Errors
 /// The [`Misfit`]: unresolvable for a node berth does not manage, a down node, or one whose
@@ -75,10 +47,20 @@ pub fn check(sm: &StateMachine, node: &str, want: &PodGpus) -> Result<u32, Misfi
     if *want == PodGpus::None {
         return Ok(0);
     }
-    let Some(n) = sm.node(node) else {
-        return Err(("node is not managed by berth (no berth-agent)".into(), true));
+    let unmanaged = || {
+        (
+            "node is not managed by berth (no berth-agent)".to_string(),
+            true,
+        )
     };
-    check_node(n, want)
+    if let PodGpus::Mig { .. } = want {
+        return check_node(sm.node(node).ok_or_else(unmanaged)?, want);
+    }
+    let counts = sm.node_gpus(node).ok_or_else(unmanaged)?;
+    judge(&counts, want).map_err(|e| match e {
+        Judged::Down => down(sm.node(node).map_or("", |n| n.reason.as_str())),
+        Judged::Misfit(m) => m,
+    })
 }
 
 /// [`check`] on a node record (the state's, or a "what if" copy).
@@ -86,50 +68,66 @@ pub fn check(sm: &StateMachine, node: &str, want: &PodGpus) -> Result<u32, Misfi
 /// # Errors
 /// As [`check`].
 pub fn check_node(n: &pb::Node, want: &PodGpus) -> Result<u32, Misfit> {
-    if n.state() != pb::NodeState::Up {
-        return Err((format!("berth node is down: {}", n.reason), true));
+    if let PodGpus::Mig { profile, count } = want {
+        if n.state() != pb::NodeState::Up {
+            return Err(down(&n.reason));
+        }
+        return check_mig(n, profile, *count);
+    }
+    judge(&NodeGpus::of(n), want).map_err(|e| match e {
+        Judged::Down => down(&n.reason),
+        Judged::Misfit(m) => m,
+    })
+}
+
+fn down(reason: &str) -> Misfit {
+    (format!("berth node is down: {reason}"), true)
+}
+
+/// Why counts do not fit (the down reason is looked up only when needed).
+enum Judged {
+    Down,
+    Misfit(Misfit),
+}
+
+/// Whole GPUs and shares, from a node's counts.
+fn judge(c: &NodeGpus, want: &PodGpus) -> Result<u32, Judged> {
+    if *want == PodGpus::None {
+        return Ok(0);
+    }
+    if !c.up {
+        return Err(Judged::Down);
     }
     let need = want.count();
+    let misfit = |why: String, never: bool| Err(Judged::Misfit((why, never)));
     match want {
-        PodGpus::None => Ok(0),
-        PodGpus::Whole(_) => {
-            let (usable, free) = counts(n, want);
-            if usable < need {
-                return Err((
-                    format!("node has {usable} healthy GPUs, pod needs {need}"),
-                    true,
-                ));
-            }
-            if free < need {
-                return Err((
-                    format!("Insufficient {GPU_RESOURCE}: {free} free, pod needs {need}"),
-                    false,
-                ));
-            }
-            Ok(free)
-        }
-        PodGpus::Shared(_) => {
-            let (usable, free) = counts(n, want);
-            if usable < need {
-                return Err((
-                    format!(
-                        "node has {usable} healthy time-sliced GPUs, pod needs a share of {need}"
-                    ),
-                    true,
-                ));
-            }
-            if free < need {
-                return Err((
-                    format!(
-                        "Insufficient {SHARED_RESOURCE}: {free} GPU(s) with a free share, \
-                         pod needs {need}"
-                    ),
-                    false,
-                ));
-            }
-            Ok(free)
-        }
-        PodGpus::Mig { profile, count } => check_mig(n, profile, *count),
+        PodGpus::Shared(_) if c.shared_usable < need => misfit(
+            format!(
+                "node has {} healthy time-sliced GPUs, pod needs a share of {need}",
+                c.shared_usable
+            ),
+            true,
+        ),
+        PodGpus::Shared(_) if c.shared_free < need => misfit(
+            format!(
+                "Insufficient {SHARED_RESOURCE}: {} GPU(s) with a free share, pod needs {need}",
+                c.shared_free
+            ),
+            false,
+        ),
+        PodGpus::Shared(_) => Ok(c.shared_free),
+        _ if c.whole_usable < need => misfit(
+            format!("node has {} healthy GPUs, pod needs {need}", c.whole_usable),
+            true,
+        ),
+        _ if c.whole_free < need => misfit(
+            format!(
+                "Insufficient {GPU_RESOURCE}: {} free, pod needs {need}",
+                c.whole_free
+            ),
+            false,
+        ),
+        _ => Ok(c.whole_free),
     }
 }
 
@@ -166,27 +164,29 @@ fn mig_job(profile: &str, count: u32) -> berth_policies::PendingJob {
 /// the slices the placement would choose there (`s ∈ [-1, 1]`, carved cards first, most
 /// room left), as `round(5 * (1 + s))`.
 pub fn score(sm: &StateMachine, node: &str, want: &PodGpus) -> i64 {
-    let Some(n) = sm.node(node) else { return 0 };
-    if check_node(n, want).is_err() {
-        return 0;
-    }
     match want {
         PodGpus::None => 0,
-        PodGpus::Whole(need) => {
-            let (total, free) = counts(n, want);
-            best_fit(i64::from(free), i64::from(*need), i64::from(total))
-        }
-        PodGpus::Shared(need) => {
-            let (mut total, mut free) = (0i64, 0i64);
-            for g in n.inventory.iter().flat_map(|i| &i.gpus) {
-                if shared_usable(g) {
-                    total += i64::from(g.replicas);
-                    free += i64::from(g.replicas).saturating_sub(g.share_job_ids.len() as i64);
-                }
-            }
-            best_fit(free, i64::from(*need), total)
-        }
+        PodGpus::Whole(need) => match sm.node_gpus(node) {
+            Some(c) if judge(&c, want).is_ok() => best_fit(
+                i64::from(c.whole_free),
+                i64::from(*need),
+                i64::from(c.whole_usable),
+            ),
+            _ => 0,
+        },
+        PodGpus::Shared(need) => match sm.node_gpus(node) {
+            Some(c) if judge(&c, want).is_ok() => best_fit(
+                i64::from(c.shares_free),
+                i64::from(*need),
+                i64::from(c.shares_total),
+            ),
+            _ => 0,
+        },
         PodGpus::Mig { profile, count } => {
+            let Some(n) = sm.node(node) else { return 0 };
+            if check_node(n, want).is_err() {
+                return 0;
+            }
             let carve_cost = sm.accounts().policy.mig_carve_cost;
             let Some(view) = state_machine::node_view(n) else {
                 return 0;

@@ -85,6 +85,8 @@ pub struct StateMachine {
     /// The topology model of `network` and the nodes' reported GPU links, built on first
     /// use after a change (derived; see [`TopologyCache`]).
     topology: TopologyCache,
+    /// Per-node GPU counts for the extender (derived; see [`gpu_counts`]).
+    gpu_counts: gpu_counts::GpuCountsCache,
 }
 
 /// A lazily built [`policies::topology::Topology`]: registrations and the network tree
@@ -107,6 +109,7 @@ impl Default for StateMachine {
             accounts: crate::accounts::parse("").expect("the built-in accounts config parses"),
             network: Default::default(),
             topology: TopologyCache::default(),
+            gpu_counts: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl StateMachine {
             accounts,
             network,
             topology: TopologyCache::default(),
+            gpu_counts: Default::default(),
         })
     }
 
@@ -246,6 +250,8 @@ impl StateMachine {
                 }
             }
         }
+        #[cfg(debug_assertions)]
+        self.check_counts();
         (outcome, effects)
     }
 
@@ -400,6 +406,7 @@ impl StateMachine {
             memory_alloc_mb,
         };
         self.state.nodes.insert(name.clone(), node);
+        self.recount(&name);
         (Outcome::Done, vec![Effect::NodeChanged(name)])
     }
 
@@ -409,6 +416,7 @@ impl StateMachine {
         };
         node.state = NodeState::Down as i32;
         node.reason = reason.to_string();
+        self.recount(name);
         let mut effects = vec![Effect::NodeChanged(name.to_string())];
         let victims: Vec<u64> = self
             .state
@@ -458,6 +466,7 @@ impl StateMachine {
             return (Outcome::Done, effects);
         }
         gpu.unhealthy_reason = c.reason.clone();
+        self.recount(&c.node);
         let victims: Vec<(u64, String)> = self
             .state
             .jobs
@@ -581,6 +590,7 @@ impl StateMachine {
         }
         for a in &p.allocations {
             self.hold_slices(p.job_id, a);
+            self.recount(&a.node);
         }
         let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
         job.state = JobState::Running as i32;
@@ -860,6 +870,7 @@ impl StateMachine {
                 gpu.share_job_ids.retain(|&j| j != id);
                 mig::release(gpu, id);
             }
+            self.recount(&a.node);
         }
     }
 
@@ -1217,5 +1228,6 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod gpu_counts;
 pub mod mig;
 pub mod pods;

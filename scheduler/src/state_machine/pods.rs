@@ -254,6 +254,7 @@ impl StateMachine {
             }
             gpu.share_job_ids.retain(|j| *j != reservation);
         }
+        self.recount(&slot.node);
         let job = self.state.jobs.get_mut(&reservation).expect("reservation");
         for a in job.allocations.iter_mut().filter(|a| a.node == slot.node) {
             a.gpu_uuids.retain(|u| !slot.gpu_uuids.contains(u));
