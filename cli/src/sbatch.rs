@@ -1632,6 +1632,7 @@ fn build_spec(
         export_all,
         pod: None,
         pod_group: None,
+        gpu_shared: false,
         container_image,
         container_mounts: opts.container_mounts.unwrap_or_default(),
         container_workdir: opts.container_workdir.unwrap_or_default(),

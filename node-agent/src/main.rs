@@ -161,21 +161,39 @@ async fn main() -> anyhow::Result<()> {
     let health_rx = match &a.device_plugin {
         Some(dir) => {
             device_plugin::check_dir(dir)?;
-            let (devices_tx, devices_rx) =
-                tokio::sync::watch::channel(device_plugin::devices_from_inventory(&inv.gpus));
-            let dp_cfg = device_plugin::DevicePluginConfig {
+            let dp_cfg = Arc::new(device_plugin::DevicePluginConfig {
                 dir: dir.clone(),
                 node_name: cfg.node_name.clone(),
                 servers: cfg.servers.clone(),
                 state_dir: cfg.state_dir.clone(),
-            };
-            let stop = stop_rx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = device_plugin::run(dp_cfg, devices_rx, stop).await {
-                    tracing::error!("device plugin stopped: {e}");
-                }
             });
-            device_plugin::tee_health(health_rx, devices_tx)
+            let shared = device_plugin::PluginShared::new(&dp_cfg, Some(backend.clone()));
+            let mut senders = Vec::new();
+            let resources = device_plugin::resources::advertised(&inv.gpus);
+            let any_mig = resources
+                .iter()
+                .any(|(k, _)| matches!(k, device_plugin::resources::Kind::Mig(_)));
+            // One registration per resource, as kubelet requires.
+            for (kind, devices) in resources {
+                let (devices_tx, devices_rx) = tokio::sync::watch::channel(devices);
+                senders.push(devices_tx);
+                let (dp_cfg, shared, stop) = (dp_cfg.clone(), shared.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let name = kind.resource_name();
+                    if let Err(e) = device_plugin::run(dp_cfg, kind, devices_rx, shared, stop).await
+                    {
+                        tracing::error!("device plugin for {name} stopped: {e}");
+                    }
+                });
+            }
+            if any_mig {
+                tokio::spawn(device_plugin::clean_mig_loop(
+                    dp_cfg,
+                    shared,
+                    stop_rx.clone(),
+                ));
+            }
+            device_plugin::tee_health(health_rx, senders)
         }
         None => health_rx,
     };

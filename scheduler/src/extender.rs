@@ -8,19 +8,18 @@
 //! Node objects and uses the ones the extender returns, so those are kept as raw JSON and
 //! echoed unchanged rather than round-tripped through a partial struct.
 //!
-//! What a pod asks of berth: the sum over its containers of `nvidia.com/gpu` (limits, else
-//! requests; init containers count as their maximum, as Kubernetes computes effective
-//! requests). MIG and shared-GPU resources are refused with a clear reason until berth's
-//! placement plans MIG slices.
+//! What a pod asks of berth ([`crate::pod_gpus`]): whole GPUs (`nvidia.com/gpu`), MIG
+//! slices of one profile (`nvidia.com/mig-<profile>`) or time-slice shares
+//! (`nvidia.com/gpu.shared`); how that fits each node is [`crate::pod_fit`]'s.
 
+use crate::pod_fit::{self, Misfit};
+pub use crate::pod_fit::{allocation_on, SCORE_MAX};
+pub use crate::pod_gpus::{PodGpus, GPU_RESOURCE};
 use crate::state_machine::StateMachine;
 use berth_proto::v1 as pb;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// The extended resource of whole NVIDIA GPUs.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// Body of `/filter` and `/prioritize`.
 #[derive(Debug, Deserialize)]
@@ -78,9 +77,6 @@ pub struct HostPriority {
     pub score: i64,
 }
 
-/// Highest score an extender may give (`MaxExtenderPriority`).
-pub const SCORE_MAX: i64 = 10;
-
 /// Why a request could not be answered at all.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExtenderError {
@@ -128,61 +124,16 @@ fn pod_key(pod: &Pod) -> String {
     )
 }
 
-/// Whole GPUs one container asks for (limits win over requests, as for extended
-/// resources they must be equal when both are set).
-fn container_gpus(pod: &Pod, c: &Container) -> Result<u32, ExtenderError> {
-    let Some(res) = &c.resources else {
-        return Ok(0);
-    };
-    let bad = |detail: String| ExtenderError::Resource {
-        pod: pod_key(pod),
-        detail,
-    };
-    for map in [&res.limits, &res.requests].into_iter().flatten() {
-        if let Some(name) = map
-            .keys()
-            .find(|k| k.starts_with("nvidia.com/mig-") || k.as_str() == "nvidia.com/gpu.shared")
-        {
-            return Err(bad(format!(
-                "{name} is not placed by berth yet (whole GPUs only: {GPU_RESOURCE})"
-            )));
-        }
-    }
-    let quantity = res
-        .limits
-        .as_ref()
-        .and_then(|l| l.get(GPU_RESOURCE))
-        .or_else(|| res.requests.as_ref().and_then(|r| r.get(GPU_RESOURCE)));
-    match quantity {
-        None => Ok(0),
-        Some(q) => q.0.trim().parse::<u32>().map_err(|_| {
-            bad(format!(
-                "container {}: {GPU_RESOURCE} {:?} is not a whole number",
-                c.name, q.0
-            ))
-        }),
-    }
-}
-
-/// GPUs the pod needs: the sum over its containers, or the largest init container if
-/// that is more (init containers run one at a time, before the others).
+/// The GPUs `pod` asks for ([`crate::pod_gpus::pod_gpus`]).
 ///
 /// # Errors
-/// [`ExtenderError::Resource`] for an unreadable quantity or a resource berth does not
-/// place yet.
-pub fn pod_gpus(pod: &Pod) -> Result<u32, ExtenderError> {
-    let Some(spec) = &pod.spec else {
-        return Ok(0);
-    };
-    let mut sum = 0u32;
-    for c in &spec.containers {
-        sum = sum.saturating_add(container_gpus(pod, c)?);
-    }
-    let mut init = 0u32;
-    for c in spec.init_containers.iter().flatten() {
-        init = init.max(container_gpus(pod, c)?);
-    }
-    Ok(sum.max(init))
+/// [`ExtenderError::Resource`] for an unreadable quantity, a misspelt MIG resource, or a
+/// pod that mixes kinds of GPU.
+pub fn pod_gpus(pod: &Pod) -> Result<PodGpus, ExtenderError> {
+    crate::pod_gpus::pod_gpus(pod).map_err(|detail| ExtenderError::Resource {
+        pod: pod_key(pod),
+        detail,
+    })
 }
 
 /// Body of `/bind`.
@@ -299,9 +250,10 @@ pub fn parse_preemption_args(body: &[u8]) -> Result<ExtenderPreemptionArgs, Exte
 }
 
 /// Answers `/preempt`: keeps a candidate node only if evicting its victims frees enough of
-/// berth's GPUs for the pod. kube-scheduler only sees pods, not the batch jobs that hold
-/// GPUs too, so without this it would evict pods from a node whose GPUs stay taken. Victims
-/// are kept as proposed; a node berth rejects is left out (kube-scheduler's veto).
+/// berth's GPUs (or shares, or MIG placements) for the pod. kube-scheduler only sees pods,
+/// not the batch jobs that hold GPUs too, so without this it would evict pods from a node
+/// whose GPUs stay taken. Victims are kept as proposed; a node berth rejects is left out
+/// (kube-scheduler's veto).
 ///
 /// # Errors
 /// [`ExtenderError::Resource`] when the pod's GPU request cannot be read.
@@ -310,7 +262,7 @@ pub fn preempt(
     args: &ExtenderPreemptionArgs,
 ) -> Result<ExtenderPreemptionResult, ExtenderError> {
     let pod = args.pod.as_ref().expect("parse_preemption_args checked");
-    let gpus = pod_gpus(pod)?;
+    let want = pod_gpus(pod)?;
     let mut candidates: BTreeMap<String, MetaVictims> =
         args.node_name_to_meta_victims.clone().unwrap_or_default();
     for (node, v) in args.node_name_to_victims.iter().flatten() {
@@ -330,16 +282,16 @@ pub fn preempt(
     }
     let mut out = ExtenderPreemptionResult::default();
     for (node, victims) in candidates {
-        if gpus == 0 || freed_enough(sm, &node, &victims, gpus) {
+        if want == PodGpus::None || freed_enough(sm, &node, &victims, &want) {
             out.node_name_to_meta_victims.insert(node, victims);
         }
     }
     Ok(out)
 }
 
-/// Whether `node` has `gpus` healthy GPUs free once the victims' pod jobs end.
-fn freed_enough(sm: &StateMachine, node: &str, victims: &MetaVictims, gpus: u32) -> bool {
-    let Some(n) = sm.node(node).filter(|n| n.state() == pb::NodeState::Up) else {
+/// Whether `node` fits the pod once the victims' pod jobs end.
+fn freed_enough(sm: &StateMachine, node: &str, victims: &MetaVictims, want: &PodGpus) -> bool {
+    let Some(n) = sm.node(node) else {
         return false;
     };
     let leaving: Vec<u64> = victims
@@ -349,21 +301,7 @@ fn freed_enough(sm: &StateMachine, node: &str, victims: &MetaVictims, gpus: u32)
         .filter(|j| j.allocations.first().is_some_and(|a| a.node == node))
         .map(|j| j.id)
         .collect();
-    let free_after = n
-        .inventory
-        .iter()
-        .flat_map(|i| &i.gpus)
-        .filter(|g| g.unhealthy_reason.is_empty())
-        .filter(|g| {
-            let holders: Vec<u64> = if g.job_id != 0 {
-                vec![g.job_id]
-            } else {
-                g.share_job_ids.clone()
-            };
-            holders.iter().all(|h| leaving.contains(h))
-        })
-        .count() as u32;
-    free_after >= gpus
+    pod_fit::check_node(&pod_fit::without_jobs(n, &leaving), want).is_ok()
 }
 
 /// Reads a Kubernetes quantity in `unit`s: CPUs in millicores (`"500m"`, `"2"`, `"1.5"`)
@@ -440,7 +378,8 @@ pub fn pod_job_spec(
     let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
     let millicores = pod_sum(pod, "cpu", true)?;
     let memory_bytes = pod_sum(pod, "memory", false)?;
-    Ok(pb::JobSpec {
+    let gpus = pod_gpus(pod)?;
+    let mut spec = pb::JobSpec {
         name: m.name.clone().unwrap_or_default(),
         pod: Some(pb::PodRef {
             namespace: namespace.clone(),
@@ -459,91 +398,17 @@ pub fn pod_job_spec(
         ntasks: 1,
         cpus_per_task: millicores.div_ceil(1000).max(1) as u32,
         mem_mb: memory_bytes.div_ceil(1 << 20),
-        gpus_per_node: pod_gpus(pod)?,
         work_dir: "/".into(),
         pod_group: group,
         ..Default::default()
-    })
+    };
+    gpus.apply_to(&mut spec);
+    Ok(spec)
 }
 
 /// A node's name inside a raw Node object.
 fn node_name(node: &serde_json::Value) -> Option<&str> {
     node.get("metadata")?.get("name")?.as_str()
-}
-
-/// Why `node` cannot take `gpus` GPUs now: `Err((reason, unresolvable))`.
-/// Healthy whole (not MIG-mode) GPUs of a node, and how many of them are free: no job
-/// holds them, whole or by a time-slice share. One pass, no allocation: filter runs it for every candidate node.
-fn gpu_counts(node: &pb::Node) -> (u32, u32) {
-    let mut counts = (0, 0);
-    for g in node.inventory.iter().flat_map(|i| &i.gpus) {
-        // A MIG-mode GPU is never a whole GPU for a pod, whatever its load.
-        if g.unhealthy_reason.is_empty() && !g.mig_enabled {
-            counts.0 += 1;
-            if crate::state_machine::mig::whole_gpu_free(g) {
-                counts.1 += 1;
-            }
-        }
-    }
-    counts
-}
-
-fn fits(sm: &StateMachine, node: &str, gpus: u32) -> Result<u32, (String, bool)> {
-    if gpus == 0 {
-        return Ok(0);
-    }
-    let Some(n) = sm.node(node) else {
-        return Err(("node is not managed by berth (no berth-agent)".into(), true));
-    };
-    if n.state() != pb::NodeState::Up {
-        return Err((format!("berth node is down: {}", n.reason), true));
-    }
-    let (healthy, free) = gpu_counts(n);
-    if healthy < gpus {
-        return Err((
-            format!("node has {healthy} healthy GPUs, pod needs {gpus}"),
-            true,
-        ));
-    }
-    if free < gpus {
-        return Err((
-            format!("Insufficient {GPU_RESOURCE}: {free} free, pod needs {gpus}"),
-            false,
-        ));
-    }
-    Ok(free)
-}
-
-/// The allocation of a pod job on `node`: its CPUs and memory, and the lowest-indexed
-/// healthy free GPUs it asks for (`gpus_per_node`).
-///
-/// # Errors
-/// Why the node cannot take the pod now.
-pub fn allocation_on(
-    sm: &StateMachine,
-    node: &str,
-    spec: &pb::JobSpec,
-) -> Result<pb::Allocation, String> {
-    fits(sm, node, spec.gpus_per_node).map_err(|(why, _)| why)?;
-    let inv = sm
-        .node(node)
-        .and_then(|n| n.inventory.as_ref())
-        .ok_or_else(|| format!("node {node} is not managed by berth"))?;
-    let mut free: Vec<&pb::Gpu> = inv
-        .gpus
-        .iter()
-        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
-        .collect();
-    free.sort_by_key(|g| g.index);
-    free.truncate(spec.gpus_per_node as usize);
-    Ok(pb::Allocation {
-        node: node.to_string(),
-        gpu_uuids: free.iter().map(|g| g.uuid.clone()).collect(),
-        gpu_indices: free.iter().map(|g| g.index).collect(),
-        cpus: spec.cpus_per_task,
-        mem_mb: spec.mem_mb,
-        ..Default::default()
-    })
 }
 
 /// The label naming a pod's group (scheduler-plugins' coscheduling).
@@ -571,6 +436,7 @@ pub fn plan_bind(
     let Some(group) = &spec.pod_group else {
         return Ok((allocation_on(sm, node, spec)?, vec![]));
     };
+    whole_gpu_group(&group.name, &PodGpus::of_spec(spec))?;
     if let Some(held) = sm.group_reservation(&group.name) {
         let slot = held
             .allocations
@@ -642,12 +508,26 @@ pub fn plan_bind(
     ))
 }
 
+/// Pod groups are reserved in whole GPUs: a member asking for MIG slices or shares is
+/// refused rather than reserved wrongly.
+fn whole_gpu_group(group: &str, want: &PodGpus) -> Result<(), String> {
+    match want {
+        PodGpus::None | PodGpus::Whole(_) => Ok(()),
+        other => Err(format!(
+            "pod group {group}: members asking for {} are not placed as a group by berth \
+             (pod groups get whole {GPU_RESOURCE} only)",
+            other.resource()
+        )),
+    }
+}
+
 /// A node's healthy free whole GPUs, lowest index first.
 fn free_gpus(inv: &pb::NodeInventory) -> Vec<&pb::Gpu> {
+    let whole = PodGpus::Whole(1);
     let mut free: Vec<&pb::Gpu> = inv
         .gpus
         .iter()
-        .filter(|g| crate::state_machine::mig::whole_gpu_free(g))
+        .filter(|g| pod_fit::gpu_free_for(&whole, g))
         .collect();
     free.sort_by_key(|g| g.index);
     free
@@ -661,21 +541,25 @@ pub fn filter(
     group: Option<&pb::PodGroupRef>,
 ) -> ExtenderFilterResult {
     let pod = args.pod.as_ref().expect("parse_args checked");
-    let gpus = match pod_gpus(pod) {
-        Ok(g) => g,
-        Err(e) => {
-            return ExtenderFilterResult {
-                error: e.to_string(),
-                ..Default::default()
-            }
-        }
+    let failed = |error: String| ExtenderFilterResult {
+        error,
+        ..Default::default()
     };
-    let gang = group.map(|g| gang_filter(sm, g, gpus, &candidate_names(args)));
+    let want = match pod_gpus(pod) {
+        Ok(g) => g,
+        Err(e) => return failed(e.to_string()),
+    };
+    if let Some(g) = group {
+        if let Err(e) = whole_gpu_group(&g.name, &want) {
+            return failed(e);
+        }
+    }
+    let gang = group.map(|g| gang_filter(sm, g, want.count(), &candidate_names(args)));
     let mut out = ExtenderFilterResult::default();
-    let mut check = |name: &str| match gang
-        .as_ref()
-        .map_or_else(|| fits(sm, name, gpus).map(|_| ()), |rule| rule(name))
-    {
+    let mut check = |name: &str| match gang.as_ref().map_or_else(
+        || pod_fit::check(sm, name, &want).map(|_| ()),
+        |rule| rule(name),
+    ) {
         Ok(()) => true,
         Err((why, true)) => {
             out.failed_and_unresolvable_nodes.insert(name.into(), why);
@@ -715,7 +599,7 @@ fn candidate_names(args: &ExtenderArgs) -> Vec<String> {
 }
 
 /// Whether one node passes: `Err((reason, unresolvable))` when it does not.
-type NodeRule<'a> = Box<dyn Fn(&str) -> Result<(), (String, bool)> + 'a>;
+type NodeRule<'a> = Box<dyn Fn(&str) -> Result<(), Misfit> + 'a>;
 
 /// The filter rule for a member of pod group `group`: with a reservation, only the nodes
 /// where it holds a slot of this size; without one, the usual fit, but only if the
@@ -747,12 +631,13 @@ fn gang_filter<'a>(
     } else {
         candidates
             .iter()
-            .filter_map(|n| fits(sm, n, 1).ok())
+            .filter_map(|n| pod_fit::check(sm, n, &PodGpus::Whole(1)).ok())
             .map(|free| u64::from(free / gpus))
             .sum()
     };
     if members >= u64::from(group.min_member) {
-        return Box::new(move |name: &str| fits(sm, name, gpus).map(|_| ()));
+        let want = PodGpus::Whole(gpus);
+        return Box::new(move |name: &str| pod_fit::check(sm, name, &want).map(|_| ()));
     }
     Box::new(move |_: &str| {
         let why = format!(
@@ -763,10 +648,9 @@ fn gang_filter<'a>(
     })
 }
 
-/// Answers `/prioritize`: best fit, so whole nodes stay free for large pods. A node that
-/// fits gets `10 * (1 - free_after / total)` rounded down: 10 when the pod fills it,
-/// near 0 when it leaves it almost empty. Pods without GPUs and nodes that do not fit
-/// score 0 (berth has no preference among them).
+/// Answers `/prioritize`: each candidate's [`pod_fit::score`] (best fit for whole GPUs and
+/// shares, the MIG planner's slice score for MIG pods); nodes that do not fit and pods
+/// without GPUs score 0 (berth has no preference among them).
 ///
 /// # Errors
 /// [`ExtenderError::Resource`] when the pod's GPU request cannot be read.
@@ -775,29 +659,16 @@ pub fn prioritize(
     args: &ExtenderArgs,
 ) -> Result<Vec<HostPriority>, ExtenderError> {
     let pod = args.pod.as_ref().expect("parse_args checked");
-    let gpus = pod_gpus(pod)?;
-    let names: Vec<String> = match (&args.node_names, &args.nodes) {
-        (Some(names), _) => names.clone(),
-        (None, Some(list)) => list
-            .items
-            .iter()
-            .filter_map(|n| node_name(n).map(str::to_string))
-            .collect(),
-        (None, None) => vec![],
+    let want = pod_gpus(pod)?;
+    let score = |host: &str| HostPriority {
+        host: host.to_string(),
+        score: pod_fit::score(sm, host, &want),
     };
-    Ok(names
-        .into_iter()
-        .map(|host| {
-            let total = sm.node(&host).map(|n| gpu_counts(n).0 as i64).unwrap_or(0);
-            let score = match fits(sm, &host, gpus) {
-                Ok(free) if gpus > 0 && total > 0 => {
-                    SCORE_MAX - SCORE_MAX * (free as i64 - gpus as i64) / total
-                }
-                _ => 0,
-            };
-            HostPriority { host, score }
-        })
-        .collect())
+    Ok(match (&args.node_names, &args.nodes) {
+        (Some(names), _) => names.iter().map(|n| score(n)).collect(),
+        (None, Some(list)) => list.items.iter().filter_map(node_name).map(score).collect(),
+        (None, None) => vec![],
+    })
 }
 
 #[cfg(test)]
@@ -968,11 +839,14 @@ mod tests {
             assert!(got.error.contains(want), "{quantity}: {got:?}");
             assert_eq!(got.node_names, None, "every node filtered out on error");
         }
-        let mig = r#"{"Pod":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/mig-1g.10gb":"1"}}}]}},"NodeNames":["gpu1"]}"#;
-        let got = filter(&sm, &parse_args(mig.as_bytes()).unwrap(), None);
-        assert!(got
-            .error
-            .contains("nvidia.com/mig-1g.10gb is not placed by berth yet"));
+        let mixed = r#"{"Pod":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/mig-1g.10gb":"1","nvidia.com/gpu":"1"}}}]}},"NodeNames":["gpu1"]}"#;
+        let got = filter(&sm, &parse_args(mixed.as_bytes()).unwrap(), None);
+        assert!(
+            got.error
+                .contains("asks for nvidia.com/gpu and nvidia.com/mig-1g.10gb"),
+            "{got:?}"
+        );
+        assert_eq!(got.node_names, None, "every node filtered out on error");
     }
 
     #[test]
@@ -1150,7 +1024,69 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bind_pod_on(&mut sm, 5, &pod, "gpu1", None), Ok(2));
+        add_carved_nodes(&mut sm, 6);
+        // One 1g.10gb slice held on mig1 and one share of a ts1 GPU, by pods.
+        for (index, name, resource, node) in [
+            (8, "slice", "nvidia.com/mig-1g.10gb", "mig1"),
+            (9, "share", "nvidia.com/gpu.shared", "ts1"),
+        ] {
+            let pod: Pod = serde_json::from_str(&format!(
+                r#"{{"metadata":{{"name":"{name}","namespace":"ml","uid":"u-{name}"}},"spec":{{"containers":[{{"name":"c","resources":{{"limits":{{"{resource}":"1"}}}}}}]}}}}"#
+            ))
+            .unwrap();
+            bind_pod_on(&mut sm, index, &pod, node, None).unwrap();
+        }
         sm
+    }
+
+    /// Registers mig1 (2 A100 80GB in MIG mode, built-in profile table) and ts1 (2 GPUs
+    /// offered as 4 time-slice replicas each) at `index` and `index + 1`.
+    fn add_carved_nodes(sm: &mut StateMachine, index: u64) {
+        let node = |name: &str, gpus: Vec<pb::Gpu>| pb::NodeInventory {
+            name: name.into(),
+            partition: "gpu".into(),
+            cpus: 16,
+            memory_mb: 1 << 20,
+            gpus,
+            ..Default::default()
+        };
+        let mig = (0..2)
+            .map(|i| pb::Gpu {
+                uuid: format!("GPU-M{i}"),
+                index: i,
+                model: "NVIDIA A100-SXM4-80GB".into(),
+                mig_capable: true,
+                mig_enabled: true,
+                ..Default::default()
+            })
+            .collect();
+        let shared = (0..2)
+            .map(|i| pb::Gpu {
+                uuid: format!("GPU-T{i}"),
+                index: i,
+                replicas: 4,
+                ..Default::default()
+            })
+            .collect();
+        for (i, inv) in [node("mig1", mig), node("ts1", shared)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = index + i as u64;
+            let (outcome, _) = sm.apply(
+                at,
+                pb::Command {
+                    time_ms: at,
+                    cmd: Some(pb::command::Cmd::RegisterNode(pb::RegisterNode {
+                        inventory: Some(inv),
+                    })),
+                },
+            );
+            assert!(
+                !matches!(outcome, crate::state_machine::Outcome::Rejected(_)),
+                "{outcome:?}"
+            );
+        }
     }
 
     /// Every `testdata/extender/<case>.request.json` answered as the verb its name starts
@@ -1251,7 +1187,7 @@ mod tests {
     }
 
     fn free_on(sm: &StateMachine, node: &str) -> u32 {
-        gpu_counts(sm.node(node).unwrap()).1
+        pod_fit::check(sm, node, &PodGpus::Whole(1)).unwrap_or(0)
     }
 
     #[test]
@@ -1285,7 +1221,7 @@ mod tests {
             .filter(|j| j.spec.as_ref().and_then(|s| s.pod.as_ref()).is_some())
             .filter(|j| j.state() == pb::JobState::Running)
             .count();
-        assert_eq!(members, 4, "three gang members and the earlier pod");
+        assert_eq!(members, 6, "three gang members and the three earlier pods");
     }
 
     #[test]
@@ -1350,6 +1286,135 @@ mod tests {
         sm.apply(11, cancel);
         // The first member keeps its 2 GPUs; the 4 reserved for the others are free again.
         assert_eq!(free_on(&sm, "gpu2"), 6);
+    }
+
+    #[test]
+    fn mig_and_shared_pods_get_slices_and_shares_chosen_by_the_placement() {
+        let sm = golden_state();
+        // The planner's rule: a lone 1g slice goes to start 6 of the first card.
+        let slice = &sm.pod_job("u-slice").unwrap().allocations[0];
+        assert!(slice.gpu_uuids.is_empty(), "{slice:?}");
+        let got: Vec<(&str, &str, u32, u32)> = slice
+            .mig_slices
+            .iter()
+            .map(|s| {
+                (
+                    s.gpu_uuid.as_str(),
+                    s.profile.as_str(),
+                    s.placement_start,
+                    s.placement_size,
+                )
+            })
+            .collect();
+        assert_eq!(got, [("GPU-M0", "1g.10gb", 6, 1)]);
+        let share = sm.pod_job("u-share").unwrap();
+        assert_eq!(share.allocations[0].gpu_uuids, ["GPU-T0"]);
+        let t0 = &sm.node("ts1").unwrap().inventory.as_ref().unwrap().gpus[0];
+        assert_eq!(t0.share_job_ids, [share.id]);
+        let ann = crate::kube_api::pod_annotations(sm.pod_job("u-slice").unwrap());
+        assert_eq!(ann[crate::kube_api::MIG_SLICES_KEY], "GPU-M0:1g.10gb@6:1");
+        let ann = crate::kube_api::pod_annotations(share);
+        assert_eq!(
+            (
+                ann[crate::kube_api::GPUS_KEY].as_str(),
+                ann[crate::kube_api::SHARING_KEY].as_str()
+            ),
+            ("GPU-T0", "time-slicing")
+        );
+    }
+
+    #[test]
+    fn a_pod_allocation_of_the_wrong_kind_is_refused_at_apply() {
+        let mut sm = golden_state();
+        let pod = |name: &str, resource: &str| -> Pod {
+            serde_json::from_str(&format!(
+                r#"{{"metadata":{{"name":"{name}","namespace":"ml","uid":"u-{name}"}},"spec":{{"containers":[{{"name":"c","resources":{{"limits":{{"{resource}":"1"}}}}}}]}}}}"#
+            ))
+            .unwrap()
+        };
+        let whole_on = |node: &str, uuid: &str| pb::Allocation {
+            node: node.into(),
+            gpu_uuids: vec![uuid.into()],
+            cpus: 1,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                pod("a", "nvidia.com/gpu.shared"),
+                whole_on("gpu2", "GPU-B7"),
+                "not time-sliced",
+            ),
+            (
+                pod("b", "nvidia.com/gpu"),
+                whole_on("ts1", "GPU-T1"),
+                "is time-sliced",
+            ),
+            (
+                pod("c", "nvidia.com/mig-1g.10gb"),
+                whole_on("gpu2", "GPU-B7"),
+                "1 MIG slice(s), the allocation carries 0",
+            ),
+        ];
+        for (i, (pod, allocation, want)) in cases.into_iter().enumerate() {
+            let bind = pb::BindPod {
+                term: 1,
+                spec: Some(pod_job_spec(&pod, "gpu", None).unwrap()),
+                allocation: Some(allocation),
+                reservation: vec![],
+            };
+            let before = sm.jobs().count();
+            let index = 20 + i as u64;
+            let cmd = pb::Command {
+                time_ms: index,
+                cmd: Some(pb::command::Cmd::BindPod(bind)),
+            };
+            match sm.apply(index, cmd).0 {
+                crate::state_machine::Outcome::Rejected(why) if why.contains(want) => {}
+                other => panic!("#{i}: want a refusal with {want:?}, got {other:?}"),
+            }
+            assert_eq!(
+                sm.jobs().count(),
+                before,
+                "#{i}: a refused bind changes nothing"
+            );
+        }
+        // A pod group of MIG pods is refused by filter, bind planning and the log alike.
+        let group = pb::PodGroupRef {
+            name: "ml/g".into(),
+            min_member: 2,
+            timeout_ms: 1_000,
+        };
+        let p = pod("d", "nvidia.com/mig-1g.10gb");
+        let got = filter_gang_member(&sm, &p, &group);
+        assert!(got.error.contains("pod groups get whole"), "{got:?}");
+        let spec = pod_job_spec(&p, "gpu", Some(group)).unwrap();
+        assert!(plan_bind(&sm, "mig1", &spec)
+            .unwrap_err()
+            .contains("not placed as a group"));
+        assert!(crate::state_machine::pods::validate_pod_spec(&spec).is_err());
+    }
+
+    #[test]
+    fn preempt_judges_mig_pods_by_the_slices_the_victims_free() {
+        let sm = golden_state();
+        // Four 3g.40gb slices need both mig1 cards empty: the 1g slice of u-slice is in
+        // the way, so only evicting that pod makes room.
+        let pod = r#"{"metadata":{"name":"big","namespace":"ml"},"spec":{"containers":[{"name":"c","resources":{"limits":{"nvidia.com/mig-3g.40gb":"4"}}}]}}"#;
+        let body = |victim: &str| {
+            format!(
+                r#"{{"Pod":{pod},"NodeNameToMetaVictims":{{"mig1":{{"Pods":[{{"UID":"{victim}"}}]}}}}}}"#
+            )
+        };
+        let kept = |victim: &str| {
+            let args = parse_preemption_args(body(victim).as_bytes()).unwrap();
+            preempt(&sm, &args).unwrap().node_name_to_meta_victims.len()
+        };
+        assert_eq!(kept("u-slice"), 1);
+        assert_eq!(
+            kept("u-share"),
+            0,
+            "a pod on another node frees nothing here"
+        );
     }
 
     #[test]

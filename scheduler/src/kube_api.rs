@@ -18,8 +18,41 @@ use std::time::Duration;
 
 /// Label (and annotation) with the berth job id of a bound pod.
 pub const JOB_ID_KEY: &str = "berth.io/job-id";
-/// Annotation with the UUIDs of the GPUs berth granted the pod.
+/// Annotation with the UUIDs of the GPUs berth granted the pod (whole, or the GPUs it has
+/// a time-slice share of).
 pub const GPUS_KEY: &str = "berth.io/gpus";
+/// Annotation with the MIG slices berth granted the pod, `GPU-UUID:profile@start:size`
+/// comma-separated (the placement the GPU instance is created at).
+pub const MIG_SLICES_KEY: &str = "berth.io/mig-slices";
+/// Annotation `time-slicing` on a pod granted shares of GPUs rather than whole GPUs.
+pub const SHARING_KEY: &str = "berth.io/gpu-sharing";
+
+/// The annotations a bound pod gets: its job id, its GPUs, and its MIG slices or the
+/// sharing mode when it has them.
+pub fn pod_annotations(job: &pb::Job) -> BTreeMap<&'static str, String> {
+    let alloc = job.allocations.first().cloned().unwrap_or_default();
+    let mut out = BTreeMap::from([
+        (JOB_ID_KEY, job.id.to_string()),
+        (GPUS_KEY, alloc.gpu_uuids.join(",")),
+    ]);
+    if !alloc.mig_slices.is_empty() {
+        let slices: Vec<String> = alloc
+            .mig_slices
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}@{}:{}",
+                    s.gpu_uuid, s.profile, s.placement_start, s.placement_size
+                )
+            })
+            .collect();
+        out.insert(MIG_SLICES_KEY, slices.join(","));
+    }
+    if job.spec.as_ref().is_some_and(|s| s.gpu_shared) {
+        out.insert(SHARING_KEY, "time-slicing".into());
+    }
+    out
+}
 
 /// Why the Kubernetes API did not do what berth asked.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +152,7 @@ impl Kube {
         let meta = serde_json::json!({
             "metadata": {
                 "labels": { JOB_ID_KEY: id },
-                "annotations": { JOB_ID_KEY: id, GPUS_KEY: alloc.gpu_uuids.join(",") },
+                "annotations": pod_annotations(job),
             }
         });
         api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&meta))

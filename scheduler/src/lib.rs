@@ -19,6 +19,9 @@
 //! - [`transport`]: Raft messages to peer replicas over gRPC.
 //! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
 //! - [`extender`]: kube-scheduler extender filter/prioritize over berth's node view.
+//! - [`pod_gpus`]: what GPUs a pod asks for (whole, MIG slices of one profile, shares).
+//! - [`pod_fit`]: how a pod's GPUs fit one berth node: filter, score, and the allocation
+//!   at bind through the placement pipeline.
 //! - [`http`]: the HTTP endpoint (`--http-listen`): extender verbs and `/metrics`.
 //! - [`kube_api`]: the Kubernetes API: read, annotate and bind pods; end finished pods' jobs.
 //! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
@@ -33,6 +36,8 @@ pub mod http;
 pub mod kube_api;
 pub mod mem_storage;
 pub mod output_path;
+pub mod pod_fit;
+pub mod pod_gpus;
 pub mod raft_log;
 pub mod raft_loop;
 pub mod scheduling;

@@ -85,6 +85,8 @@ pub struct StateMachine {
     /// The topology model of `network` and the nodes' reported GPU links, built on first
     /// use after a change (derived; see [`TopologyCache`]).
     topology: TopologyCache,
+    /// Per-node GPU counts for the extender (derived; see [`gpu_counts`]).
+    gpu_counts: gpu_counts::GpuCountsCache,
 }
 
 /// A lazily built [`policies::topology::Topology`]: registrations and the network tree
@@ -107,6 +109,7 @@ impl Default for StateMachine {
             accounts: crate::accounts::parse("").expect("the built-in accounts config parses"),
             network: Default::default(),
             topology: TopologyCache::default(),
+            gpu_counts: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl StateMachine {
             accounts,
             network,
             topology: TopologyCache::default(),
+            gpu_counts: Default::default(),
         })
     }
 
@@ -246,6 +250,8 @@ impl StateMachine {
                 }
             }
         }
+        #[cfg(debug_assertions)]
+        self.check_counts();
         (outcome, effects)
     }
 
@@ -400,6 +406,7 @@ impl StateMachine {
             memory_alloc_mb,
         };
         self.state.nodes.insert(name.clone(), node);
+        self.recount(&name);
         (Outcome::Done, vec![Effect::NodeChanged(name)])
     }
 
@@ -409,6 +416,7 @@ impl StateMachine {
         };
         node.state = NodeState::Down as i32;
         node.reason = reason.to_string();
+        self.recount(name);
         let mut effects = vec![Effect::NodeChanged(name.to_string())];
         let victims: Vec<u64> = self
             .state
@@ -458,6 +466,7 @@ impl StateMachine {
             return (Outcome::Done, effects);
         }
         gpu.unhealthy_reason = c.reason.clone();
+        self.recount(&c.node);
         let victims: Vec<(u64, String)> = self
             .state
             .jobs
@@ -581,6 +590,7 @@ impl StateMachine {
         }
         for a in &p.allocations {
             self.hold_slices(p.job_id, a);
+            self.recount(&a.node);
         }
         let job = self.state.jobs.get_mut(&p.job_id).expect("checked");
         job.state = JobState::Running as i32;
@@ -860,6 +870,7 @@ impl StateMachine {
                 gpu.share_job_ids.retain(|&j| j != id);
                 mig::release(gpu, id);
             }
+            self.recount(&a.node);
         }
     }
 
@@ -893,46 +904,19 @@ impl StateMachine {
             .state
             .nodes
             .values()
-            .filter_map(|n| {
-                let inv = n.inventory.as_ref()?;
-                Some(policies::NodeView {
-                    name: inv.name.clone(),
-                    partition: inv.partition.clone(),
-                    up: n.state() == NodeState::Up,
-                    cpus_total: inv.cpus,
-                    cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
-                    memory_total_mb: inv.memory_mb,
-                    memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
-                    gpus: inv
-                        .gpus
-                        .iter()
-                        .map(|g| {
-                            let (mig_enabled, mig_profiles, mig_held) =
-                                mig::view_fields(g, &mut mig_tables);
-                            policies::GpuView {
-                                uuid: g.uuid.clone(),
-                                index: g.index,
-                                gres_type: g.gres_type.clone(),
-                                // An unhealthy GPU is never offered: that is how placement
-                                // stops using it without a policy change. A MIG-mode GPU
-                                // is offered as slices only.
-                                free: has_room(g)
-                                    && g.unhealthy_reason.is_empty()
-                                    && !g.mig_enabled,
-                                mig_enabled,
-                                mig_profiles,
-                                mig_held,
-                            }
-                        })
-                        .collect(),
-                })
-            })
+            .filter_map(|n| node_view_shared(n, &mut mig_tables))
             .collect();
         policies::ClusterSnapshot {
             nodes,
             topology: self.topology(),
             ..Default::default()
         }
+    }
+
+    /// One node of [`StateMachine::cluster_view`], without building the others (the
+    /// extender judges one named node at a time).
+    pub fn node_view(&self, name: &str) -> Option<policies::NodeView> {
+        node_view(self.state.nodes.get(name)?)
     }
 
     /// [`StateMachine::cluster_view`] plus what the policies need beyond placement:
@@ -1048,7 +1032,7 @@ fn changed(id: u64) -> Effect {
 
 /// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
 /// with a share left.
-fn has_room(gpu: &pb::Gpu) -> bool {
+pub fn has_room(gpu: &pb::Gpu) -> bool {
     if !gpu.mig_held.is_empty() {
         return false; // carved: slices only
     }
@@ -1074,6 +1058,52 @@ fn held_by(node: &pb::Node, uuid: &str) -> Option<u64> {
         .iter()
         .find(|g| g.uuid == uuid)
         .map(|g| g.job_id)
+}
+
+/// A node as placement sees it (`None` before its inventory arrives): one node of
+/// [`StateMachine::cluster_view`], also for a node record that is not in the state (the
+/// extender's "what if these pods left").
+pub fn node_view(n: &pb::Node) -> Option<policies::NodeView> {
+    node_view_shared(n, &mut std::collections::BTreeMap::new())
+}
+
+/// [`node_view`] with MIG profile tables shared per card model through `mig_tables`.
+fn node_view_shared(
+    n: &pb::Node,
+    mig_tables: &mut std::collections::BTreeMap<
+        String,
+        std::sync::Arc<Vec<policies::mig::MigProfile>>,
+    >,
+) -> Option<policies::NodeView> {
+    let inv = n.inventory.as_ref()?;
+    Some(policies::NodeView {
+        name: inv.name.clone(),
+        partition: inv.partition.clone(),
+        up: n.state() == NodeState::Up,
+        cpus_total: inv.cpus,
+        cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
+        memory_total_mb: inv.memory_mb,
+        memory_free_mb: inv.memory_mb.saturating_sub(n.memory_alloc_mb),
+        gpus: inv
+            .gpus
+            .iter()
+            .map(|g| {
+                let (mig_enabled, mig_profiles, mig_held) = mig::view_fields(g, mig_tables);
+                policies::GpuView {
+                    uuid: g.uuid.clone(),
+                    index: g.index,
+                    gres_type: g.gres_type.clone(),
+                    // An unhealthy GPU is never offered: that is how placement stops
+                    // using it without a policy change. A MIG-mode GPU is offered as
+                    // slices only.
+                    free: has_room(g) && g.unhealthy_reason.is_empty() && !g.mig_enabled,
+                    mig_enabled,
+                    mig_profiles,
+                    mig_held,
+                }
+            })
+            .collect(),
+    })
 }
 
 /// One node's share of a job, as placement needs it.
@@ -1198,5 +1228,6 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod gpu_counts;
 pub mod mig;
 pub mod pods;

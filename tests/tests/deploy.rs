@@ -87,6 +87,34 @@ fn extender_stanza_follows_kube_scheduler_rules() {
         get("managedResources")[0]["name"].as_str(),
         Some("nvidia.com/gpu")
     );
+    // Every managed resource is one berth places (whole, shared, or a MIG profile name
+    // `<n>g.<m>gb[+me]`), and kube-scheduler leaves its capacity to berth.
+    let managed = get("managedResources");
+    let names: Vec<&str> = managed
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ignoredByScheduler"].as_bool(), Some(true), "{r:?}");
+            r["name"].as_str().unwrap()
+        })
+        .collect();
+    let mig_profile = |p: &str| {
+        let base = p.strip_suffix("+me").unwrap_or(p);
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        base.split_once("g.")
+            .and_then(|(g, m)| Some((g, m.strip_suffix("gb")?)))
+            .is_some_and(|(g, m)| digits(g) && digits(m))
+    };
+    for name in &names {
+        let ok = *name == "nvidia.com/gpu"
+            || *name == "nvidia.com/gpu.shared"
+            || name
+                .strip_prefix("nvidia.com/mig-")
+                .is_some_and(mig_profile);
+        assert!(ok, "berth does not place managed resource {name}");
+    }
+    assert!(names.contains(&"nvidia.com/gpu.shared") && names.contains(&"nvidia.com/mig-1g.10gb"));
     let url = get("urlPrefix").as_str().unwrap().to_string();
     let services: Vec<Service> = docs("berthd.yaml")
         .into_iter()

@@ -6,6 +6,12 @@
 //! kubelet names others, falls back to kubelet's IDs when no pod job waits, refuses bad
 //! requests without using up a grant, reports an XID as Unhealthy, and registers again
 //! after a kubelet restart.
+//!
+//! On a simulated `a100-mig` node and on a node whose GPUs are offered as replicas, each
+//! MIG profile and the shares register as their own resource on their own socket; a MIG
+//! pod's `Allocate` creates the slice berthd chose in the simulated driver and answers its
+//! `MIG-…` device (which goes away once the pod's job ends), and a shared pod gets the
+//! GPU berthd gave it a share of, whichever replica kubelet named.
 
 use berth_proto::deviceplugin::{
     self as dp, device_plugin_client::DevicePluginClient, registration_server,
@@ -313,4 +319,281 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
         health(&list),
         ["Healthy", "Unhealthy", "Healthy", "Healthy"]
     );
+}
+
+/// A berthd and a berth-agent with `--device-plugin` on simulated `machine`, and kubelet's
+/// registration service.
+struct Node {
+    _tmp: tempfile::TempDir,
+    plugins: PathBuf,
+    nvml: PathBuf,
+    berthd: String,
+    registered: mpsc::UnboundedReceiver<dp::RegisterRequest>,
+    _kubelet: tokio::sync::oneshot::Sender<()>,
+    _procs: (Proc, Proc),
+}
+
+fn start_node(machine: &str, agent_args: &[&str]) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let plugins = dir.join("dp");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let nvml = dir.join("nvml");
+    std::fs::create_dir_all(&nvml).unwrap();
+    std::fs::copy(simnvml(), nvml.join("libnvidia-ml.so.1")).unwrap();
+    let json = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../node-agent/simnvml/machines/{machine}.json"));
+    std::fs::copy(json, nvml.join("machine.json")).unwrap();
+    let (registered, kubelet) = serve_kubelet(&plugins);
+    let port = free_port();
+    let berthd = format!("http://127.0.0.1:{port}");
+    let daemon = Proc(
+        Command::new(bin("berthd"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(dir.join("berthd"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let agent = Proc(
+        Command::new(bin("berth-agent"))
+            .args(["--server", &berthd, "--node-name", "gpu01", "--state-dir"])
+            .arg(dir.join("agent"))
+            .arg("--nvml-lib")
+            .arg(nvml.join("libnvidia-ml.so.1"))
+            .arg("--device-plugin")
+            .arg(&plugins)
+            .args(agent_args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    Node {
+        _tmp: tmp,
+        plugins,
+        nvml,
+        berthd,
+        registered,
+        _kubelet: kubelet,
+        _procs: (daemon, agent),
+    }
+}
+
+impl Node {
+    /// Registrations until every resource of `want` was registered; returns them by name.
+    async fn registrations(
+        &mut self,
+        want: &[&str],
+    ) -> std::collections::BTreeMap<String, dp::RegisterRequest> {
+        let mut got = std::collections::BTreeMap::new();
+        while !want.iter().all(|w| got.contains_key(*w)) {
+            let reg = within("Register", self.registered.recv())
+                .await
+                .expect("kubelet server up");
+            got.insert(reg.resource_name.clone(), reg);
+        }
+        got
+    }
+
+    async fn plugin(&self, socket: &str) -> DevicePluginClient<Channel> {
+        DevicePluginClient::new(uds(self.plugins.join(socket)).await)
+    }
+
+    /// Binds pod `name` on gpu01 with `spec`'s GPU request; returns its job.
+    async fn bind(&self, name: &str, gpus: pb::JobSpec) -> pb::Job {
+        let spec = pb::JobSpec {
+            name: name.into(),
+            partition: "gpu".into(),
+            nodes: 1,
+            ntasks: 1,
+            cpus_per_task: 1,
+            pod: Some(pb::PodRef {
+                namespace: "ml".into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+            }),
+            ..gpus
+        };
+        let req = pb::BindPodRequest {
+            spec: Some(spec),
+            node: "gpu01".into(),
+        };
+        within("BindPod", async {
+            loop {
+                if let Ok(mut c) = JobServiceClient::connect(self.berthd.clone()).await {
+                    match c.bind_pod(req.clone()).await {
+                        Ok(job) => return job.into_inner(),
+                        Err(s) if s.message().contains("not managed by berth") => {}
+                        Err(s) => eprintln!("BindPod: {s:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+    }
+
+    /// MIG device UUIDs the simulated driver holds now.
+    fn mig_uuids(&self) -> Vec<String> {
+        let nvml = nvml_wrapper::Nvml::builder()
+            .lib_path(self.nvml.join("libnvidia-ml.so.1").as_os_str())
+            .init()
+            .expect("init");
+        let mut out = Vec::new();
+        for i in 0..nvml.device_count().expect("count") {
+            let d = nvml.device_by_index(i).expect("device");
+            for m in 0..d.mig_device_count().expect("max") {
+                if let Ok(mig) = d.mig_device_by_index(m) {
+                    out.push(mig.uuid().expect("uuid"));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_pods_get_the_slice_berth_chose_created_and_removed_with_the_job() {
+    let mut node = start_node("a100-mig", &[]);
+    let regs = node
+        .registrations(&[
+            "nvidia.com/gpu",
+            "nvidia.com/mig-3g.20gb",
+            "nvidia.com/mig-1g.5gb",
+        ])
+        .await;
+    assert_eq!(
+        regs["nvidia.com/mig-3g.20gb"].endpoint,
+        "berth-mig-3g.20gb.sock"
+    );
+    assert_eq!(regs["nvidia.com/gpu"].endpoint, "berth-gpu.sock");
+    let mut plugin = node.plugin("berth-mig-3g.20gb.sock").await;
+    let mut watch = plugin
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    // 4 cards x the 2 legal 3g.20gb starts (0 and 4).
+    let slots = next_list(&mut watch, "8 MIG slots", |d| d.len() == 8).await;
+    let all: Vec<String> = slots.iter().map(|d| d.id.clone()).collect();
+    assert!(
+        all.iter().all(|id| id.starts_with("GPU-")
+            && (id.ends_with("::3g.20gb@0") || id.ends_with("::3g.20gb@4"))),
+        "{all:?}"
+    );
+    // No whole GPU on a MIG node.
+    let mut whole = node.plugin("berth-gpu.sock").await;
+    let mut wwatch = whole
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    next_list(&mut wwatch, "no whole GPU", |d| d.is_empty()).await;
+
+    let job = node
+        .bind(
+            "infer",
+            pb::JobSpec {
+                mig_profile: "3g.20gb".into(),
+                mig_per_node: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let slice = &job.allocations[0].mig_slices[0];
+    let slot = format!("{}::3g.20gb@{}", slice.gpu_uuid, slice.placement_start);
+    // kubelet asks for a preference: berth's slot.
+    let pref = dp::PreferredAllocationRequest {
+        container_requests: vec![dp::ContainerPreferredAllocationRequest {
+            available_device_i_ds: all.clone(),
+            must_include_device_i_ds: vec![],
+            allocation_size: 1,
+        }],
+    };
+    let pref = plugin
+        .get_preferred_allocation(pref)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        pref.container_responses[0].device_i_ds,
+        std::slice::from_ref(&slot)
+    );
+    // kubelet names another slot: berth's slice is created and handed out.
+    assert!(node.mig_uuids().is_empty());
+    let other = all.iter().find(|id| **id != slot).unwrap().clone();
+    let got = allocate(&mut plugin, vec![vec![other.clone()]])
+        .await
+        .unwrap();
+    let mig = visible(&got[0]);
+    assert!(mig.starts_with("MIG-"), "{mig}");
+    assert_eq!(node.mig_uuids(), [mig]);
+    assert_eq!(got[0].annotations["berth.io/job-id"], job.id.to_string());
+    // No other MIG pod waits: kubelet's own slot is refused, nothing is created.
+    let err = allocate(&mut plugin, vec![vec![other]]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("scheduled through berth"), "{err:?}");
+    assert_eq!(node.mig_uuids().len(), 1);
+    // The pod's job ends: the plugin destroys its instance.
+    let mut c = JobServiceClient::connect(node.berthd.clone())
+        .await
+        .unwrap();
+    c.cancel(pb::CancelRequest {
+        job_id: job.id,
+        reason: "pod deleted".into(),
+    })
+    .await
+    .unwrap();
+    within("the ended pod's MIG instance destroyed", async {
+        while !node.mig_uuids().is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pods_get_the_gpu_berth_gave_them_a_share_of() {
+    let mut node = start_node("a100-pcie-4", &["--gpu-replicas", "2"]);
+    let regs = node
+        .registrations(&["nvidia.com/gpu", "nvidia.com/gpu.shared"])
+        .await;
+    assert_eq!(
+        regs["nvidia.com/gpu.shared"].endpoint,
+        "berth-gpu-shared.sock"
+    );
+    let mut plugin = node.plugin("berth-gpu-shared.sock").await;
+    let mut watch = plugin
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let replicas = next_list(&mut watch, "8 replicas", |d| d.len() == 8).await;
+    let all: Vec<String> = replicas.iter().map(|d| d.id.clone()).collect();
+    assert!(
+        all.iter()
+            .all(|id| id.ends_with("::0") || id.ends_with("::1")),
+        "{all:?}"
+    );
+    let job = node
+        .bind(
+            "notebook",
+            pb::JobSpec {
+                gpus_per_node: 1,
+                gpu_shared: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    let gpu = job.allocations[0].gpu_uuids[0].clone();
+    let other = all.iter().find(|id| !id.starts_with(&gpu)).unwrap().clone();
+    let got = allocate(&mut plugin, vec![vec![other]]).await.unwrap();
+    assert_eq!(visible(&got[0]), gpu);
+    assert_eq!(got[0].cdi_devices[0].name, format!("nvidia.com/gpu={gpu}"));
+    // A replica ID the plugin never listed is refused.
+    let err = allocate(&mut plugin, vec![vec![format!("{gpu}::7")]])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }

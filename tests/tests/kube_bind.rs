@@ -5,6 +5,10 @@
 //! refuses the binding (keeping that pod), ends the job when the pod succeeds, and deletes
 //! the pod of a job the user cancels.
 //!
+//! MIG and time-sliced pods are bound the same way against a simulated `a100-mig` node and
+//! a node whose GPUs are offered as replicas: the pod gets the slices (GPU + placement) or
+//! the shares berth's placement chose, named in its annotations.
+//!
 //! The stand-in speaks the API's real paths and JSON for the calls berthd makes (kube-rs
 //! on the client side), and records them.
 
@@ -25,6 +29,20 @@ struct ApiServer {
     labelled: BTreeMap<String, String>,
 }
 
+/// The GPU resources of pod `name`: `mig-*` pods ask for 3g.20gb MIG slices (`mig-huge`
+/// for 9 of them), `shared-*` pods for one time-slice share, the others for `gpus` GPUs.
+fn gpu_limits(name: &str, gpus: u32) -> serde_json::Value {
+    if name == "mig-huge" {
+        serde_json::json!({"nvidia.com/mig-3g.20gb": "9"})
+    } else if name.starts_with("mig-") {
+        serde_json::json!({"nvidia.com/mig-3g.20gb": "2"})
+    } else if name.starts_with("shared-") {
+        serde_json::json!({"nvidia.com/gpu.shared": "1"})
+    } else {
+        serde_json::json!({"nvidia.com/gpu": gpus.to_string()})
+    }
+}
+
 fn pod_json(name: &str, gpus: u32, phase: &str) -> serde_json::Value {
     // Pods named gang-* belong to pod group "gang" (minMember 2).
     let labels = if name.starts_with("gang-") {
@@ -37,7 +55,7 @@ fn pod_json(name: &str, gpus: u32, phase: &str) -> serde_json::Value {
         "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"), "labels": labels},
         "spec": {"priorityClassName": "training", "containers": [{"name": "c", "image": "x",
             "resources": {"requests": {"cpu": "2", "memory": "4Gi"},
-                          "limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
+                          "limits": gpu_limits(name, gpus)}}]},
         "status": {"phase": phase}
     })
 }
@@ -166,8 +184,8 @@ fn squeue(grpc: u16) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
+/// Starts the stand-in API server; returns it and its port.
+fn api_server() -> (Arc<Mutex<ApiServer>>, u16) {
     let api = Arc::new(Mutex::new(ApiServer::default()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let api_port = listener.local_addr().unwrap().port();
@@ -175,6 +193,186 @@ fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
         let api = api.clone();
         move || serve(listener, api)
     });
+    (api, api_port)
+}
+
+/// The annotations berthd patched onto pod `name`.
+fn annotations(api: &Mutex<ApiServer>, name: &str) -> serde_json::Value {
+    let api = api.lock().unwrap();
+    let patch = api
+        .labelled
+        .get(name)
+        .unwrap_or_else(|| panic!("pod {name} was not patched"));
+    let v: serde_json::Value = serde_json::from_str(patch).unwrap();
+    v["metadata"]["annotations"].clone()
+}
+
+/// `berth dev` with `machine_args`, serving the extender and binding through the stand-in.
+fn dev_with_api(
+    dir: &std::path::Path,
+    api_port: u16,
+    machine_args: &[&str],
+) -> (berth_tests::Proc, u16, u16) {
+    let (grpc, web) = (free_port(), free_port());
+    let (http_listen, kube_api) = (
+        format!("127.0.0.1:{web}"),
+        format!("http://127.0.0.1:{api_port}"),
+    );
+    let mut args = vec![
+        "--nodes",
+        "1",
+        "--http-listen",
+        &http_listen,
+        "--kube-api",
+        &kube_api,
+    ];
+    args.extend_from_slice(machine_args);
+    let (dev, _) = berth_dev(dir, grpc, &args);
+    (dev, grpc, web)
+}
+
+fn filter_node1(web: u16, pod: &str) -> serde_json::Value {
+    let args = format!(
+        r#"{{"Pod":{},"NodeNames":["node1"]}}"#,
+        pod_json(pod, 0, "Pending")
+    );
+    serde_json::from_str(&http(web, "/filter", &args)).unwrap()
+}
+
+#[test]
+fn mig_and_shared_pods_are_bound_to_the_slices_and_shares_berth_chose() {
+    let (api, api_port) = api_server();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // node1: 4×A100 40GB in MIG mode. Two pods of two 3g.20gb slices each.
+    let (dev, grpc, web) = dev_with_api(
+        &tmp.path().join("mig"),
+        api_port,
+        &["--machine", "a100-mig"],
+    );
+    let f = filter_node1(web, "mig-a");
+    assert_eq!(f["NodeNames"], serde_json::json!(["node1"]), "{f}");
+    let f = filter_node1(web, "shared-x");
+    assert!(
+        f["FailedAndUnresolvableNodes"]["node1"]
+            .as_str()
+            .unwrap()
+            .contains("time-sliced"),
+        "{f}"
+    );
+    let mut held: Vec<(String, String)> = Vec::new();
+    for pod in ["mig-a", "mig-b"] {
+        assert_eq!(bind(web, pod), serde_json::json!({"Error": ""}), "{pod}");
+        let ann = annotations(&api, pod);
+        let slices = ann["berth.io/mig-slices"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ann}"));
+        for slice in slices.split(',') {
+            // GPU-UUID:3g.20gb@START:4, START a legal 3g start (0 or 4).
+            let (gpu, placement) = slice
+                .split_once(":3g.20gb@")
+                .unwrap_or_else(|| panic!("{slice}"));
+            assert!(gpu.starts_with("GPU-"), "{slice}");
+            assert!(["0:4", "4:4"].contains(&placement), "{slice}");
+            held.push((gpu.to_string(), placement.to_string()));
+        }
+        assert_eq!(ann["berth.io/gpus"], "", "{ann}");
+    }
+    let distinct: std::collections::BTreeSet<_> = held.iter().collect();
+    assert_eq!(
+        (held.len(), distinct.len()),
+        (4, 4),
+        "no slice granted twice: {held:?}"
+    );
+    // Carved cards first: the four slices fill two cards, two stay empty.
+    let cards: std::collections::BTreeSet<_> = held.iter().map(|(g, _)| g).collect();
+    assert_eq!(cards.len(), 2, "{held:?}");
+    let node = berth(
+        tmp.path(),
+        &format!("127.0.0.1:{grpc}"),
+        &["scontrol", "show", "node", "node1"],
+    );
+    let node = String::from_utf8_lossy(&node.stdout);
+    assert_eq!(node.matches("3g.20gb@").count(), 4, "{node}");
+    let queue = squeue(grpc);
+    assert_eq!(
+        queue
+            .lines()
+            .filter(|l| l.contains("mig-") && l.contains("RUNNING"))
+            .count(),
+        2,
+        "{queue}"
+    );
+    // Nine slices never fit four cards; a shared or whole pod has no GPU of its kind here.
+    let huge = bind(web, "mig-huge");
+    assert!(
+        huge["Error"]
+            .as_str()
+            .unwrap()
+            .contains("3g.20gb MIG slice(s)"),
+        "{huge}"
+    );
+    let shared = bind(web, "shared-x");
+    assert!(
+        shared["Error"].as_str().unwrap().contains("time-sliced"),
+        "{shared}"
+    );
+    let whole = bind(web, "train");
+    assert!(
+        whole["Error"].as_str().unwrap().contains("healthy GPUs"),
+        "{whole}"
+    );
+    assert!(!squeue(grpc).contains("mig-huge"));
+    drop(dev);
+
+    // node1: 4 A100s offered as 2 replicas each. Shared pods get one share each, never
+    // more than a GPU offers; a whole-GPU pod finds no whole GPU.
+    let (_dev, grpc, web) = dev_with_api(
+        &tmp.path().join("ts"),
+        api_port,
+        &["--machine", "a100-pcie-4", "--gpu-replicas", "2"],
+    );
+    let mut gpus = Vec::new();
+    for pod in ["shared-a", "shared-b", "shared-c"] {
+        assert_eq!(bind(web, pod), serde_json::json!({"Error": ""}), "{pod}");
+        let ann = annotations(&api, pod);
+        assert_eq!(ann["berth.io/gpu-sharing"], "time-slicing", "{ann}");
+        let gpu = ann["berth.io/gpus"].as_str().unwrap().to_string();
+        assert!(gpu.starts_with("GPU-") && !gpu.contains(','), "{ann}");
+        gpus.push(gpu);
+    }
+    let per_gpu = |g: &String| gpus.iter().filter(|x| *x == g).count();
+    assert!(
+        gpus.iter().all(|g| per_gpu(g) <= 2),
+        "at most 2 shares a GPU: {gpus:?}"
+    );
+    let whole = bind(web, "train");
+    assert!(
+        whole["Error"].as_str().unwrap().contains("healthy GPUs"),
+        "{whole}"
+    );
+    let f = filter_node1(web, "mig-a");
+    assert!(
+        f["FailedAndUnresolvableNodes"]["node1"]
+            .as_str()
+            .unwrap()
+            .contains("no GPU in MIG mode"),
+        "{f}"
+    );
+    let queue = squeue(grpc);
+    assert_eq!(
+        queue
+            .lines()
+            .filter(|l| l.contains("shared-") && l.contains("RUNNING"))
+            .count(),
+        3,
+        "{queue}"
+    );
+}
+
+#[test]
+fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
+    let (api, api_port) = api_server();
     let tmp = tempfile::tempdir().unwrap();
     let (grpc, web) = (free_port(), free_port());
     let (http_listen, kube_api) = (

@@ -106,10 +106,35 @@ impl Conn {
     }
 }
 
-/// Filter, prioritize and bind one pod; returns the node it went to.
 /// Round-trip times of the last pod's three requests (filter, prioritize, bind).
 type VerbTimes = [Duration; 3];
 
+/// What kube-scheduler reads of a filter answer (it decodes into the typed Go struct).
+#[derive(serde::Deserialize)]
+struct FilterAnswer {
+    #[serde(rename = "NodeNames")]
+    node_names: Option<Vec<String>>,
+    #[serde(rename = "Error")]
+    error: String,
+}
+
+/// One entry of a prioritize answer.
+#[derive(serde::Deserialize)]
+struct HostScore {
+    #[serde(rename = "Host")]
+    host: String,
+    #[serde(rename = "Score")]
+    score: i64,
+}
+
+/// What kube-scheduler reads of a bind answer.
+#[derive(serde::Deserialize)]
+struct BindAnswer {
+    #[serde(rename = "Error")]
+    error: String,
+}
+
+/// Filter, prioritize and bind one pod; returns the node it went to.
 async fn schedule(
     conn: &mut Conn,
     pod: &str,
@@ -124,11 +149,11 @@ async fn schedule(
     let t = Instant::now();
     let answer = conn.post("/filter", &args).await?;
     times[0] = t.elapsed();
-    let filtered: serde_json::Value = serde_json::from_str(&answer)?;
-    if filtered["Error"] != "" {
-        bail!("filter: {}", filtered["Error"]);
+    let filtered: FilterAnswer = serde_json::from_str(&answer)?;
+    if !filtered.error.is_empty() {
+        bail!("filter: {}", filtered.error);
     }
-    let kept = serde_json::to_string(&filtered["NodeNames"])?;
+    let kept = serde_json::to_string(&filtered.node_names)?;
     let args = format!(
         r#"{{"Pod":{},"Nodes":null,"NodeNames":{kept}}}"#,
         pod_json(pod)
@@ -136,22 +161,21 @@ async fn schedule(
     let t = Instant::now();
     let answer = conn.post("/prioritize", &args).await?;
     times[1] = t.elapsed();
-    let scores: Vec<serde_json::Value> = serde_json::from_str(&answer)?;
+    let scores: Vec<HostScore> = serde_json::from_str(&answer)?;
     let best = scores
-        .iter()
-        .max_by_key(|h| h["Score"].as_i64().unwrap_or(0))
-        .and_then(|h| h["Host"].as_str())
-        .context("no node fits")?
-        .to_string();
+        .into_iter()
+        .max_by_key(|h| h.score)
+        .map(|h| h.host)
+        .context("no node fits")?;
     let args = format!(
         r#"{{"PodName":"{pod}","PodNamespace":"bench","PodUID":"uid-{pod}","Node":"{best}"}}"#
     );
     let t = Instant::now();
     let answer = conn.post("/bind", &args).await?;
     times[2] = t.elapsed();
-    let bound: serde_json::Value = serde_json::from_str(&answer)?;
-    if bound["Error"] != "" {
-        bail!("bind: {}", bound["Error"]);
+    let bound: BindAnswer = serde_json::from_str(&answer)?;
+    if !bound.error.is_empty() {
+        bail!("bind: {}", bound.error);
     }
     Ok(best)
 }

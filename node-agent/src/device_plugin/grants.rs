@@ -9,37 +9,62 @@
 //! (kubelet followed `GetPreferredAllocation`), else the oldest (start time, then job id).
 //! No such grant: kubelet's own IDs (a pod berth did not place, e.g. a default-scheduler
 //! pod).
+//!
+//! Each resource ([`Kind`]) matches only grants of its kind, by device *key*: a whole or
+//! shared GPU's UUID (any replica ID of a GPU stands for a share of it), or a MIG slot ID
+//! (`<uuid>::<profile>@<start>`, exactly the placement berthd chose).
 
+use super::resources::{mig_slot_id, Kind};
 use super::PluginError;
 use berth_proto::v1 as pb;
 use std::collections::BTreeSet;
 
-/// GPUs berthd granted to one pod on this node.
+/// What berthd granted to one pod on this node, for one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodGrant {
     /// The pod's berth job.
     pub job_id: u64,
     /// `namespace/name` of the pod, for logs.
     pub pod: String,
-    /// The granted GPU UUIDs, in berth's order.
-    pub gpu_uuids: Vec<String>,
+    /// The granted device keys in berth's order: GPU UUIDs, or MIG slot IDs.
+    pub keys: Vec<String>,
+    /// The granted MIG slices (GPU + placement), for a MIG resource.
+    pub mig_slices: Vec<pb::MigSlice>,
     /// When berth started the job (bind time), ms since the epoch.
     pub start_time_ms: u64,
 }
 
-/// The grants on `node` among `jobs`: RUNNING pod jobs whose first allocation is on
-/// `node` and names at least one whole GPU, oldest first.
-pub fn pod_grants(jobs: &[pb::Job], node: &str) -> Vec<PodGrant> {
+/// The keys of `kind` that allocation `a` of a pod job (`spec`) grants; empty when the
+/// job holds nothing of that kind.
+fn keys_of(kind: &Kind, spec: &pb::JobSpec, a: &pb::Allocation) -> Vec<String> {
+    match kind {
+        Kind::Whole if !spec.gpu_shared => a.gpu_uuids.clone(),
+        Kind::Shared if spec.gpu_shared => a.gpu_uuids.clone(),
+        Kind::Mig(p) if a.mig_slices.iter().all(|s| &s.profile == p) => a
+            .mig_slices
+            .iter()
+            .map(|s| mig_slot_id(&s.gpu_uuid, &s.profile, s.placement_start))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The grants of `kind` on `node` among `jobs`: RUNNING pod jobs whose first allocation
+/// is on `node` and holds at least one device of that kind, oldest first.
+pub fn pod_grants(jobs: &[pb::Job], node: &str, kind: &Kind) -> Vec<PodGrant> {
     let mut grants: Vec<PodGrant> = jobs
         .iter()
         .filter(|j| j.state() == pb::JobState::Running)
         .filter_map(|j| {
-            let pod = j.spec.as_ref()?.pod.as_ref()?;
+            let spec = j.spec.as_ref()?;
+            let pod = spec.pod.as_ref()?;
             let alloc = j.allocations.first().filter(|a| a.node == node)?;
-            (!alloc.gpu_uuids.is_empty()).then(|| PodGrant {
+            let keys = keys_of(kind, spec, alloc);
+            (!keys.is_empty()).then(|| PodGrant {
                 job_id: j.id,
                 pod: format!("{}/{}", pod.namespace, pod.name),
-                gpu_uuids: alloc.gpu_uuids.clone(),
+                keys,
+                mig_slices: alloc.mig_slices.clone(),
                 start_time_ms: j.start_time_ms,
             })
         })
@@ -57,12 +82,13 @@ pub enum Choice {
         job_id: u64,
         /// `namespace/name`, for logs.
         pod: String,
-        /// berth's GPUs: what the container sees.
+        /// berth's device keys: the GPUs the container sees (for MIG, the slots whose
+        /// instances it sees).
         uuids: Vec<String>,
     },
-    /// No grant matches: kubelet's own device IDs.
+    /// No grant matches: kubelet's own devices.
     Kubelet {
-        /// The requested IDs, as kubelet sent them.
+        /// The requested devices' keys, in kubelet's order, each once.
         uuids: Vec<String>,
     },
 }
@@ -108,24 +134,31 @@ pub fn check_request(
     Ok(())
 }
 
-/// The choice for one container asking for `requested`, skipping grants in `handed_out`.
+/// The choice for one container asking for the devices whose keys are `requested`,
+/// skipping grants in `handed_out`.
 pub fn choose(grants: &[PodGrant], handed_out: &BTreeSet<u64>, requested: &[String]) -> Choice {
     let wanted: BTreeSet<&String> = requested.iter().collect();
     let mut fitting = grants
         .iter()
-        .filter(|g| !handed_out.contains(&g.job_id) && g.gpu_uuids.len() == requested.len());
+        .filter(|g| !handed_out.contains(&g.job_id) && g.keys.len() == requested.len());
     let exact = fitting
         .clone()
-        .find(|g| g.gpu_uuids.iter().collect::<BTreeSet<_>>() == wanted);
+        .find(|g| g.keys.iter().collect::<BTreeSet<_>>() == wanted);
     match exact.or_else(|| fitting.next()) {
         Some(g) => Choice::Berth {
             job_id: g.job_id,
             pod: g.pod.clone(),
-            uuids: g.gpu_uuids.clone(),
+            uuids: g.keys.clone(),
         },
-        None => Choice::Kubelet {
-            uuids: requested.to_vec(),
-        },
+        None => {
+            let mut uuids: Vec<String> = Vec::with_capacity(requested.len());
+            for k in requested {
+                if !uuids.contains(k) {
+                    uuids.push(k.clone());
+                }
+            }
+            Choice::Kubelet { uuids }
+        }
     }
 }
 
@@ -137,6 +170,7 @@ pub fn choose(grants: &[PodGrant], handed_out: &BTreeSet<u64>, requested: &[Stri
 /// # Errors
 /// The first bad request's error (see [`check_request`]); nothing is chosen then.
 pub fn allocate(
+    kind: &Kind,
     grants: &[PodGrant],
     handed_out: &BTreeSet<u64>,
     requests: &[Vec<String>],
@@ -151,7 +185,8 @@ pub fn allocate(
     let mut taken = handed_out.clone();
     let mut choices = Vec::with_capacity(requests.len());
     for ids in requests {
-        let choice = choose(grants, &taken, ids);
+        let keys: Vec<String> = ids.iter().map(|id| kind.key(id).to_string()).collect();
+        let choice = choose(grants, &taken, &keys);
         if let Choice::Berth { job_id, .. } = &choice {
             taken.insert(*job_id);
         }
@@ -162,25 +197,43 @@ pub fn allocate(
 
 /// kubelet's `GetPreferredAllocation` for one container: `size` devices out of
 /// `available`, including `must_include`. Prefers a grant not handed out (and not in
-/// `skip`) of exactly `size` GPUs that are all available and include every
-/// `must_include`; otherwise `must_include` followed by the first other available IDs.
-/// Returns the grant's job id too, so the caller can skip it for the next container.
+/// `skip`) of exactly `size` devices whose keys all have an available device and that
+/// includes every `must_include`; otherwise `must_include` followed by the first other
+/// available IDs. Returns the grant's job id too, so the caller can skip it for the next
+/// container.
 pub fn preferred(
+    kind: &Kind,
     grants: &[PodGrant],
     skip: &BTreeSet<u64>,
     available: &[String],
     must_include: &[String],
     size: usize,
 ) -> (Vec<String>, Option<u64>) {
-    let avail: BTreeSet<&String> = available.iter().collect();
-    let grant = grants.iter().find(|g| {
-        !skip.contains(&g.job_id)
-            && g.gpu_uuids.len() == size
-            && g.gpu_uuids.iter().all(|u| avail.contains(u))
-            && must_include.iter().all(|m| g.gpu_uuids.contains(m))
-    });
-    if let Some(g) = grant {
-        return (g.gpu_uuids.clone(), Some(g.job_id));
+    for g in grants
+        .iter()
+        .filter(|g| !skip.contains(&g.job_id) && g.keys.len() == size)
+    {
+        if !must_include
+            .iter()
+            .all(|m| g.keys.iter().any(|k| k == kind.key(m)))
+        {
+            continue;
+        }
+        // One distinct available device per key, must-include ones first.
+        let mut ids: Vec<String> = Vec::with_capacity(size);
+        for key in &g.keys {
+            let pick = must_include
+                .iter()
+                .chain(available)
+                .find(|id| kind.key(id) == key && !ids.contains(id));
+            match pick {
+                Some(id) if available.contains(id) => ids.push(id.clone()),
+                _ => break,
+            }
+        }
+        if ids.len() == size {
+            return (ids, Some(g.job_id));
+        }
     }
     let mut out: Vec<String> = Vec::with_capacity(size);
     for id in must_include.iter().chain(available) {
@@ -202,7 +255,8 @@ mod tests {
         PodGrant {
             job_id,
             pod: format!("ml/p{job_id}"),
-            gpu_uuids: uuids.iter().map(|s| s.to_string()).collect(),
+            keys: uuids.iter().map(|s| s.to_string()).collect(),
+            mig_slices: vec![],
             start_time_ms: start,
         }
     }
@@ -250,10 +304,69 @@ mod tests {
             job(5, pb::JobState::Running, true, "n1", &[]),      // CPU-only pod
             job(6, pb::JobState::Running, true, "n1", &["G4", "G5"]),
         ];
-        let got: Vec<u64> = pod_grants(&jobs, "n1").iter().map(|g| g.job_id).collect();
+        let got: Vec<u64> = pod_grants(&jobs, "n1", &Kind::Whole)
+            .iter()
+            .map(|g| g.job_id)
+            .collect();
         // start_time_ms = 100 - id: job 6 started before job 1.
         assert_eq!(got, [6, 1]);
-        assert_eq!(pod_grants(&jobs, "n1")[0].pod, "ml/p6");
+        assert_eq!(pod_grants(&jobs, "n1", &Kind::Whole)[0].pod, "ml/p6");
+        // None of them is a share or a MIG slice.
+        assert!(pod_grants(&jobs, "n1", &Kind::Shared).is_empty());
+        assert!(pod_grants(&jobs, "n1", &Kind::Mig("1g.10gb".into())).is_empty());
+    }
+
+    #[test]
+    fn shares_and_mig_slices_are_grants_of_their_own_resource_only() {
+        let mut shared = job(1, pb::JobState::Running, true, "n1", &["G0"]);
+        shared.spec.as_mut().unwrap().gpu_shared = true;
+        let mut mig = job(2, pb::JobState::Running, true, "n1", &[]);
+        mig.allocations[0].mig_slices = vec![pb::MigSlice {
+            gpu_uuid: "G1".into(),
+            profile: "3g.40gb".into(),
+            placement_start: 4,
+            placement_size: 4,
+            job_id: 0,
+        }];
+        let whole = job(3, pb::JobState::Running, true, "n1", &["G2"]);
+        let jobs = [shared, mig, whole];
+        let keys = |kind: &Kind| -> Vec<(u64, Vec<String>)> {
+            pod_grants(&jobs, "n1", kind)
+                .into_iter()
+                .map(|g| (g.job_id, g.keys))
+                .collect()
+        };
+        assert_eq!(keys(&Kind::Whole), [(3, ids(&["G2"]))]);
+        assert_eq!(keys(&Kind::Shared), [(1, ids(&["G0"]))]);
+        assert_eq!(
+            keys(&Kind::Mig("3g.40gb".into())),
+            [(2, ids(&["G1::3g.40gb@4"]))]
+        );
+        assert!(keys(&Kind::Mig("1g.10gb".into())).is_empty());
+        // kubelet names replicas; any replica of G0 is G0's share.
+        let grants = pod_grants(&jobs, "n1", &Kind::Shared);
+        let known: BTreeSet<String> = ["G0::0", "G0::1", "G5::0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got = allocate(
+            &Kind::Shared,
+            &grants,
+            &BTreeSet::new(),
+            &[ids(&["G5::0"])],
+            &known,
+        )
+        .unwrap();
+        assert_eq!(got[0].uuids(), ids(&["G0"]));
+        let (pref, job) = preferred(
+            &Kind::Shared,
+            &grants,
+            &BTreeSet::new(),
+            &ids(&["G5::0", "G0::1"]),
+            &[],
+            1,
+        );
+        assert_eq!((pref, job), (ids(&["G0::1"]), Some(1)));
     }
 
     #[test]
@@ -307,6 +420,7 @@ mod tests {
     fn allocate_gives_two_containers_of_one_call_different_grants() {
         let grants = [grant(10, 1, &["G0"]), grant(11, 2, &["G1"])];
         let got = allocate(
+            &Kind::Whole,
             &grants,
             &BTreeSet::new(),
             &[ids(&["G5"]), ids(&["G4"])],
@@ -333,7 +447,7 @@ mod tests {
             (vec![ids(&["G2", "G2"])], "device \"G2\" named twice"),
         ];
         for (i, (reqs, want)) in table.into_iter().enumerate() {
-            match allocate(&grants, &BTreeSet::new(), &reqs, &known()) {
+            match allocate(&Kind::Whole, &grants, &BTreeSet::new(), &reqs, &known()) {
                 Err(e) if e.to_string().contains(want) => {}
                 got => panic!("#{i}: want error {want:?}, got {got:?}"),
             }
@@ -370,7 +484,7 @@ mod tests {
         ];
         for (i, (skip, avail, must, size, (want, want_job))) in table.into_iter().enumerate() {
             let skip: BTreeSet<u64> = skip.iter().copied().collect();
-            let got = preferred(&grants, &skip, &avail, &ids(must), size);
+            let got = preferred(&Kind::Whole, &grants, &skip, &avail, &ids(must), size);
             if got != (ids(want), want_job) {
                 panic!("#{i}: want {want:?} {want_job:?}, got {got:?}");
             }

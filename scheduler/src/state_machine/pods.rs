@@ -16,6 +16,7 @@
 //! and never holds them unused for longer than its timeout.
 
 use super::{changed, Applied, Outcome, StateMachine};
+use crate::pod_gpus::{PodGpus, SHARED_RESOURCE};
 use berth_proto::v1::{self as pb, JobState};
 
 /// Longest namespace/name Kubernetes allows (DNS subdomain).
@@ -39,9 +40,20 @@ pub fn validate_pod_spec(spec: &pb::JobSpec) -> Result<(), String> {
     if spec.nodes != 1 || spec.ntasks != 1 || spec.cpus_per_task == 0 {
         return Err("a pod job runs on 1 node as 1 task with at least 1 CPU".into());
     }
+    super::mig::validate_spec(spec)?;
+    let whole = spec.gpus_per_node > 0;
+    if !spec.mig_profile.is_empty() && whole {
+        return Err("a pod gets MIG slices or GPUs, not both".into());
+    }
+    if spec.gpu_shared && !whole {
+        return Err("a shared pod asks for a share of at least 1 GPU".into());
+    }
     if let Some(g) = &spec.pod_group {
         if g.name.is_empty() || g.min_member == 0 {
             return Err("a pod group needs a name and at least 1 member".into());
+        }
+        if spec.gpu_shared || !spec.mig_profile.is_empty() {
+            return Err("pod group members get whole GPUs only".into());
         }
     }
     Ok(())
@@ -136,13 +148,14 @@ impl StateMachine {
         let distinct: std::collections::BTreeSet<&String> = uuids.iter().copied().collect();
         let group = spec.pod_group.clone();
         let partition = spec.partition.clone();
+        let kinds = self.check_kinds(std::slice::from_ref(&allocation), &spec);
         // The job must exist for the placement check; it is removed again if that fails,
         // so a refused bind leaves the state as it was.
         self.insert_pending(member, spec, now);
         let check = if distinct.len() != uuids.len() {
             Err("a GPU appears in two slots".to_string())
         } else {
-            self.check_placement(&together)
+            kinds.and_then(|()| self.check_placement(&together))
         };
         if let Err(why) = check {
             self.state.jobs.remove(&member);
@@ -241,6 +254,7 @@ impl StateMachine {
             }
             gpu.share_job_ids.retain(|j| *j != reservation);
         }
+        self.recount(&slot.node);
         let job = self.state.jobs.get_mut(&reservation).expect("reservation");
         for a in job.allocations.iter_mut().filter(|a| a.node == slot.node) {
             a.gpu_uuids.retain(|u| !slot.gpu_uuids.contains(u));
@@ -250,6 +264,25 @@ impl StateMachine {
         }
         job.allocations
             .retain(|a| !a.gpu_uuids.is_empty() || a.cpus > 0);
+    }
+
+    /// [`check_kind`] of a pod's own allocation on its node.
+    fn check_kinds(
+        &self,
+        allocations: &[pb::Allocation],
+        spec: &pb::JobSpec,
+    ) -> Result<(), String> {
+        for a in allocations {
+            if let Some(inv) = self
+                .state
+                .nodes
+                .get(&a.node)
+                .and_then(|n| n.inventory.as_ref())
+            {
+                check_kind(inv, spec, a)?;
+            }
+        }
+        Ok(())
     }
 
     fn insert_pending(&mut self, id: u64, spec: pb::JobSpec, now: u64) {
@@ -273,6 +306,7 @@ fn merge_by_node(allocations: Vec<pb::Allocation>) -> Vec<pb::Allocation> {
             Some(o) => {
                 o.gpu_uuids.extend(a.gpu_uuids);
                 o.gpu_indices.extend(a.gpu_indices);
+                o.mig_slices.extend(a.mig_slices);
                 o.cpus += a.cpus;
                 o.mem_mb += a.mem_mb;
             }
@@ -280,4 +314,54 @@ fn merge_by_node(allocations: Vec<pb::Allocation>) -> Vec<pb::Allocation> {
         }
     }
     out
+}
+
+/// Checks at apply that a pod job's allocation gives it GPUs of the kind it asked for:
+/// shares only of time-sliced GPUs for a shared pod, whole GPUs never time-sliced for any
+/// other, and exactly its MIG slices (the general allocation check covers the rest).
+///
+/// # Errors
+/// A message naming the GPU or the count; the caller changes nothing.
+fn check_kind(
+    inv: &pb::NodeInventory,
+    spec: &pb::JobSpec,
+    a: &pb::Allocation,
+) -> Result<(), String> {
+    let want = PodGpus::of_spec(spec);
+    for uuid in &a.gpu_uuids {
+        let Some(g) = inv.gpus.iter().find(|g| &g.uuid == uuid) else {
+            continue; // the allocation check names unknown GPUs
+        };
+        let shared = g.replicas > 1;
+        match (&want, shared) {
+            (PodGpus::Shared(_), false) => {
+                return Err(format!(
+                    "GPU {uuid} is not time-sliced: a shared pod gets shares only"
+                ))
+            }
+            (PodGpus::Whole(_) | PodGpus::None | PodGpus::Mig { .. }, true) => {
+                return Err(format!(
+                    "GPU {uuid} is time-sliced: only {SHARED_RESOURCE} pods get its shares"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let slices = a.mig_slices.len() as u32;
+    let slices_want = match &want {
+        PodGpus::Mig { count, .. } => *count,
+        _ => 0,
+    };
+    if slices != slices_want {
+        return Err(format!(
+            "pod asks for {slices_want} MIG slice(s), the allocation carries {slices}"
+        ));
+    }
+    if let Some(s) = a.mig_slices.iter().find(|s| s.profile != spec.mig_profile) {
+        return Err(format!(
+            "pod asks for {} slices, the allocation carries a {}",
+            spec.mig_profile, s.profile
+        ));
+    }
+    Ok(())
 }
