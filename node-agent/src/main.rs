@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use berth_agent::agent::{self, AgentConfig};
 use berth_agent::agent::{HealthReports, Sharing};
-use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
+use berth_agent::gpu::{self, BackendKind, GpuBackend, NoGpus, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
 use berth_agent::oci::OciConfig;
 use berth_agent::{device_plugin, health, machine, shim};
@@ -40,6 +40,13 @@ struct Args {
     /// This node has no GPUs: do not load NVML.
     #[arg(long)]
     no_gpus: bool,
+    /// GPU backend: nvml (NVIDIA, default) or rocm (AMD; needs a berth-agent built with
+    /// `--features rocm`).
+    #[arg(long, default_value = "nvml")]
+    gpu_backend: String,
+    /// rocm_smi_lib to load with --gpu-backend rocm (a path or a name the loader searches).
+    #[arg(long, default_value = "librocm_smi64.so.1")]
+    rocm_lib: String,
     /// CPUs offered to jobs (default: all online CPUs).
     #[arg(long)]
     cpus: Option<u32>,
@@ -122,16 +129,20 @@ async fn main() -> anyhow::Result<()> {
         sharing,
         oci,
     };
-    let backend: Arc<dyn GpuBackend> = if a.no_gpus {
-        Arc::new(NoGpus)
-    } else {
-        let nvml = NvmlBackend::open(a.nvml_lib.clone())
-            .context("GPU discovery failed (use --no-gpus on a CPU node)")?;
-        Arc::new(nvml)
+    let kind: BackendKind = a.gpu_backend.parse().map_err(anyhow::Error::msg)?;
+    let backend: Arc<dyn GpuBackend> = match (a.no_gpus, kind) {
+        (true, _) => Arc::new(NoGpus),
+        (false, BackendKind::Nvml) => Arc::new(
+            NvmlBackend::open(a.nvml_lib.clone())
+                .context("GPU discovery failed (use --no-gpus on a CPU node)")?,
+        ),
+        (false, BackendKind::Rocm) => gpu::open_rocm(&a.rocm_lib)
+            .context("GPU discovery failed (use --no-gpus on a CPU node)")?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_health = Arc::new(AtomicBool::new(false));
-    let health_rx = if a.no_gpus {
+    // XID/ECC events are NVML's; ROCm SMI's event API is not used yet.
+    let health_rx = if a.no_gpus || kind == BackendKind::Rocm {
         None
     } else {
         health::watch(a.nvml_lib.clone(), stop_health.clone())

@@ -145,6 +145,7 @@ impl Supervisor {
     /// an earlier run wrote one.
     pub fn set_oci(&mut self, oci: crate::oci::OciConfig) {
         self.oci = oci;
+        self.oci.gpu_vendor = self.gpus.vendor();
         self.update_cdi();
     }
 
@@ -268,6 +269,9 @@ impl Supervisor {
         }
         let as_root = nix::unistd::geteuid().is_root();
         let mut env = job_env::build(job, node, &mig);
+        if self.gpus.vendor() == crate::gpu::GpuVendor::Amd {
+            job_env::use_rocr(&mut env, job, node);
+        }
         if let Some((replicas, memory)) = &self.mps {
             env.extend(job_env::mps(job, node, *replicas, memory));
         }
