@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub sharing: Sharing,
     /// How container jobs run (the `oci` runtime: runc, image cache, CDI).
     pub oci: crate::oci::OciConfig,
+    /// The MPS control daemons of this node's GPUs (MPS sharing with `--mps-control`):
+    /// jobs get their GPU's pipe directory; [`run`] stops them when it returns.
+    pub mps: Option<std::sync::Arc<crate::mps::MpsDaemons>>,
 }
 
 /// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
@@ -197,11 +200,28 @@ impl HealthReports {
 }
 
 /// Runs the agent until `shutdown` becomes true. `gpus` carves MIG slices for jobs;
-/// `health` carries GPU health reports up.
+/// `health` carries GPU health reports up. On the way out, the MPS daemons of
+/// `cfg.mps` are stopped.
 ///
 /// # Errors
 /// [`AgentError`] when the state directory is unusable or the config is empty.
 pub async fn run(
+    cfg: AgentConfig,
+    inv: pb::NodeInventory,
+    gpus: std::sync::Arc<dyn GpuBackend>,
+    health: HealthReports,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mps = cfg.mps.clone();
+    let result = serve(cfg, inv, gpus, health, shutdown).await;
+    if let Some(daemons) = mps {
+        // Off the runtime's threads: each stop waits for a control process.
+        let _ = tokio::task::spawn_blocking(move || daemons.stop()).await;
+    }
+    result
+}
+
+async fn serve(
     cfg: AgentConfig,
     inv: pb::NodeInventory,
     gpus: std::sync::Arc<dyn GpuBackend>,
@@ -215,7 +235,12 @@ pub async fn run(
         .map_err(AgentError::State)?;
     if let Sharing::Mps { replicas } = cfg.sharing {
         let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
-        sup.set_mps(replicas, memory.collect());
+        let dirs = cfg
+            .mps
+            .as_ref()
+            .map(|d| d.all().clone())
+            .unwrap_or_default();
+        sup.set_mps(replicas, memory.collect(), dirs);
     }
     sup.set_oci(cfg.oci.clone());
     let mut backoff = Duration::from_millis(100);

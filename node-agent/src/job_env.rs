@@ -133,6 +133,30 @@ pub fn mps(
     ]
 }
 
+/// `CUDA_MPS_PIPE_DIRECTORY` and `CUDA_MPS_LOG_DIRECTORY` of the MPS daemon of the job's
+/// first granted GPU (`dirs` by UUID): a CUDA process talks to one control daemon, and
+/// berth runs one per GPU. Nothing when the job has no GPU with a daemon.
+pub fn mps_dirs(
+    job: &pb::Job,
+    node: &str,
+    dirs: &BTreeMap<String, crate::mps::MpsDirs>,
+) -> Vec<(String, String)> {
+    let here = job.allocations.iter().find(|a| a.node == node);
+    let Some(d) = here
+        .and_then(|a| a.gpu_uuids.first())
+        .and_then(|u| dirs.get(u))
+    else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "CUDA_MPS_PIPE_DIRECTORY".into(),
+            d.pipe.display().to_string(),
+        ),
+        ("CUDA_MPS_LOG_DIRECTORY".into(), d.log.display().to_string()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +274,32 @@ mod tests {
         assert!(
             mps(&job, "other", 3, &memory).is_empty(),
             "no GPUs here, no limits"
+        );
+        let dirs = BTreeMap::from([(
+            "GPU-a".to_string(),
+            crate::mps::MpsDirs {
+                pipe: "/m/GPU-a/pipe".into(),
+                log: "/m/GPU-a/log".into(),
+            },
+        )]);
+        let got = mps_dirs(&job, "n1", &dirs);
+        assert_eq!(
+            got,
+            [
+                (
+                    "CUDA_MPS_PIPE_DIRECTORY".to_string(),
+                    "/m/GPU-a/pipe".to_string()
+                ),
+                (
+                    "CUDA_MPS_LOG_DIRECTORY".to_string(),
+                    "/m/GPU-a/log".to_string()
+                )
+            ]
+        );
+        assert!(mps_dirs(&job, "other", &dirs).is_empty());
+        assert!(
+            mps_dirs(&job, "n1", &BTreeMap::new()).is_empty(),
+            "no daemons run"
         );
     }
 }

@@ -16,6 +16,7 @@
 //! - [`machine`]: CPU count and memory of this host.
 //! - [`health`]: NVML events (XID, ECC) turned into GPU health reports.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (dcgm-exporter names).
+//! - [`mps`]: one MPS control daemon per GPU of an MPS-shared node.
 //! - [`oci`]: the `oci` runtime: images, bundles, CDI, runc.
 //! - [`nvml_raw`]: the audited raw NVML calls nvml-wrapper does not wrap (MIG).
 
@@ -26,6 +27,7 @@ pub mod health;
 pub mod job_env;
 pub mod machine;
 pub mod metrics;
+pub mod mps;
 pub mod nvml_raw;
 pub mod oci;
 pub mod shim;

@@ -62,9 +62,16 @@ struct Args {
     /// Offer each GPU as this many shares (time-slicing or MPS; 1 = one job per GPU).
     #[arg(long, default_value_t = 1)]
     gpu_replicas: u32,
-    /// How shares are shared: time-slicing or mps (MPS limits per job).
+    /// How shares are shared: time-slicing or mps (MPS limits per job, and one MPS control
+    /// daemon per GPU started by the agent).
     #[arg(long, default_value = "time-slicing")]
     gpu_sharing: String,
+    /// MPS control daemon binary started per GPU with --gpu-sharing mps.
+    #[arg(long, default_value = "nvidia-cuda-mps-control")]
+    mps_control: PathBuf,
+    /// Parent of the MPS daemons' pipe and log directories (default: <state-dir>/mps).
+    #[arg(long)]
+    mps_dir: Option<PathBuf>,
     /// Serve the kubelet device plugin (nvidia.com/gpu) in DIR, registering with
     /// DIR/kubelet.sock; pods then see exactly the GPUs berth granted them.
     #[arg(long, value_name = "DIR", num_args = 0..=1,
@@ -128,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_url: String::new(),
         sharing,
         oci,
+        mps: None,
     };
     let kind: BackendKind = a.gpu_backend.parse().map_err(anyhow::Error::msg)?;
     let backend: Arc<dyn GpuBackend> = match (a.no_gpus, kind) {
@@ -165,8 +173,32 @@ async fn main() -> anyhow::Result<()> {
     for g in &inv.gpus {
         tracing::info!("GPU {} {} {} {} MiB", g.index, g.uuid, g.model, g.memory_mb);
     }
+    if let Sharing::Mps { .. } = cfg.sharing {
+        let mps_cfg = berth_agent::mps::MpsConfig {
+            control: a.mps_control.clone(),
+            dir: a
+                .mps_dir
+                .clone()
+                .unwrap_or_else(|| cfg.state_dir.join("mps")),
+        };
+        let uuids: Vec<String> = inv.gpus.iter().map(|g| g.uuid.clone()).collect();
+        let daemons =
+            berth_agent::mps::MpsDaemons::start(&mps_cfg, &uuids).context("--gpu-sharing mps")?;
+        cfg.mps = Some(Arc::new(daemons));
+    }
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm => {}
+        }
         let _ = stop_tx.send(true);
     });
     let health_rx = match &a.device_plugin {

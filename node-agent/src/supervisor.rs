@@ -92,6 +92,8 @@ pub struct Supervisor {
     gpus: std::sync::Arc<dyn GpuBackend>,
     /// MPS shares per GPU and each GPU's memory (MiB), when this node shares through MPS.
     mps: Option<(u32, BTreeMap<String, u64>)>,
+    /// Each GPU's MPS daemon directories, when the agent runs the daemons.
+    mps_dirs: BTreeMap<String, crate::mps::MpsDirs>,
     /// How container jobs run here.
     oci: crate::oci::OciConfig,
 }
@@ -129,6 +131,7 @@ impl Supervisor {
             kill_grace,
             gpus,
             mps: None,
+            mps_dirs: BTreeMap::new(),
             oci: crate::oci::OciConfig::new(state_dir),
         };
         sup.reconcile_mig();
@@ -136,9 +139,16 @@ impl Supervisor {
     }
 
     /// Gives every job launched from now on the MPS limits of one of `replicas` shares
-    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB.
-    pub fn set_mps(&mut self, replicas: u32, memory_mb: BTreeMap<String, u64>) {
+    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB; `dirs` are
+    /// the MPS daemons' directories by GPU UUID (empty when no daemon is run).
+    pub fn set_mps(
+        &mut self,
+        replicas: u32,
+        memory_mb: BTreeMap<String, u64>,
+        dirs: BTreeMap<String, crate::mps::MpsDirs>,
+    ) {
         self.mps = Some((replicas, memory_mb));
+        self.mps_dirs = dirs;
     }
 
     /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
@@ -274,6 +284,7 @@ impl Supervisor {
         }
         if let Some((replicas, memory)) = &self.mps {
             env.extend(job_env::mps(job, node, *replicas, memory));
+            env.extend(job_env::mps_dirs(job, node, &self.mps_dirs));
         }
         let shim = ShimSpec {
             argv,
