@@ -175,8 +175,9 @@ impl HealthReports {
     /// Queues every report known so far on a new session's stream.
     async fn resend(&self, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<(), String> {
         for h in &self.known {
+            // Marked as re-sent: berthd skips a report an admin has since cleared.
             let msg = pb::AgentMessage {
-                msg: Some(Up::GpuHealth(h.clone())),
+                msg: Some(Up::GpuHealthResent(h.clone())),
             };
             tx.send(msg).await.map_err(|e| e.to_string())?;
         }

@@ -18,6 +18,7 @@
 //! new pod; ids whose job is no longer running are dropped at the next `Allocate`.
 
 pub mod grants;
+pub mod health_sync;
 
 use crate::device_plugin::grants::{Choice, PodGrant};
 use berth_proto::deviceplugin::{

@@ -212,6 +212,12 @@ async fn main() -> anyhow::Result<()> {
                 servers: cfg.servers.clone(),
                 state_dir: cfg.state_dir.clone(),
             };
+            tokio::spawn(device_plugin::health_sync::follow(
+                dp_cfg.servers.clone(),
+                dp_cfg.node_name.clone(),
+                devices_tx.clone(),
+                stop_rx.clone(),
+            ));
             let stop = stop_rx.clone();
             tokio::spawn(async move {
                 if let Err(e) = device_plugin::run(dp_cfg, devices_rx, stop).await {

@@ -160,6 +160,55 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         job.contains("JobState=PENDING "),
         "8 GPUs can no longer fit:\n{job}"
     );
+
+    // An admin declares GPU 0 repaired (through the log): placement uses it again.
+    let bad = dev.berth(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=9",
+        "State=RESUME",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("no GPU 9"), "{err}");
+    let bad = dev.berth(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=DRAIN",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("only State=RESUME"),
+        "{err}"
+    );
+    dev.stdout(&["scancel", victim]);
+    let said = dev.stdout(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=RESUME",
+    ]);
+    assert!(
+        said.contains(&format!("GPU {gpu0} on node1 resumed (was: XID 79")),
+        "{said}"
+    );
+    poll("the 8-GPU job runs once GPU 0 is back", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", all.trim()]);
+        text.contains("JobState=COMPLETED ").then_some(())
+    });
+    let node = dev.stdout(&["scontrol", "show", "node", "node1"]);
+    assert!(!node.contains("Health=UNHEALTHY"), "{node}");
+    let again = dev.stdout(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=RESUME",
+    ]);
+    assert!(again.contains("already healthy"), "{again}");
 }
 
 #[test]
