@@ -293,6 +293,31 @@ fn file_lines(job: &Job) -> Vec<String> {
     lines
 }
 
+/// berth's measured GPU use, per node as the agents reported it:
+/// `GpuUsage=node1:held=120.0s,busy=90.5s,util=87%,mem=1024M,maxmem=2048M` (GPU-seconds
+/// held and busy since the job started there; utilization and memory at the last measure).
+fn usage_line(job: &Job) -> Option<String> {
+    if job.usage.is_empty() {
+        return None;
+    }
+    let per_node: Vec<String> = job
+        .usage
+        .iter()
+        .map(|u| {
+            format!(
+                "{}:held={:.1}s,busy={:.1}s,util={:.0}%,mem={}M,maxmem={}M",
+                u.node,
+                u.gpu_seconds,
+                u.gpu_busy_seconds,
+                u.gpu_util_percent,
+                u.gpu_memory_mb,
+                u.gpu_memory_max_mb
+            )
+        })
+        .collect();
+    Some(format!("GpuUsage={}", per_node.join(",")))
+}
+
 /// The GPUs granted on each node, as Slurm's `-d` detail lines, then berth's UUID list.
 fn gpu_lines(job: &Job) -> Vec<String> {
     let kind = &spec(job).gpu_type;
@@ -337,6 +362,7 @@ fn gpu_lines(job: &Job) -> Vec<String> {
     if !slices.is_empty() {
         lines.push(format!("MigSlices={}", slices.join(",")));
     }
+    lines.extend(usage_line(job));
     lines
 }
 
@@ -896,6 +922,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn show_job_prints_measured_gpu_usage_per_node() {
+        let mut job = finished_job();
+        assert!(!show_job(&job, 0).contains("GpuUsage="));
+        job.usage = vec![berth_proto::v1::JobUsage {
+            job_id: job.id,
+            node: "node1".into(),
+            gpu_seconds: 120.0,
+            gpu_busy_seconds: 90.54,
+            gpu_memory_max_mb: 2048,
+            gpu_util_percent: 87.0,
+            gpu_memory_mb: 1024,
+            measured_ms: 5,
+        }];
+        let text = show_job(&job, 0);
+        assert!(
+            text.contains(
+                "   GpuUsage=node1:held=120.0s,busy=90.5s,util=87%,mem=1024M,maxmem=2048M\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -344,6 +344,13 @@ async fn session(
         .filter(|(_, s)| matches!(s, Status::Finished(_)))
         .map(|(id, _)| id)
         .collect();
+    let replicas = cfg.sharing.replicas();
+    // Ends already in Register go up without their usage: send it now.
+    let finals: Vec<pb::JobUsage> = reported
+        .iter()
+        .filter_map(|id| sup.final_usage(*id, &cfg.node_name, replicas))
+        .collect();
+    send_usage(&tx, finals).await?;
     let mut term_seen = 0u64;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -366,16 +373,33 @@ async fn session(
             _ = heartbeat.tick() => {
                 seq += 1;
                 tx.send(pb::AgentMessage { msg: Some(Up::Heartbeat(pb::Heartbeat { seq })) }).await.map_err(|e| e.to_string())?;
+                send_usage(&tx, sup.running_usage(&cfg.node_name, replicas)).await?;
             }
             _ = poll.tick() => {
                 for (id, status) in sup.poll() {
                     if matches!(status, Status::Finished(_)) && reported.insert(id) {
+                        // Usage first: berthd records it while the job still holds its GPUs.
+                        send_usage(&tx, sup.final_usage(id, &cfg.node_name, replicas).into_iter().collect()).await?;
                         tx.send(pb::AgentMessage { msg: Some(Up::JobEvent(event(id, status))) }).await.map_err(|e| e.to_string())?;
                     }
                 }
             }
         }
     }
+}
+
+/// Sends `jobs`' measured usage (nothing when empty).
+async fn send_usage(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    jobs: Vec<pb::JobUsage>,
+) -> Result<(), String> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let msg = pb::AgentMessage {
+        msg: Some(Up::JobUsage(pb::JobUsageReport { jobs })),
+    };
+    tx.send(msg).await.map_err(|e| e.to_string())
 }
 
 async fn handle(

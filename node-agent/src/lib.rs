@@ -17,6 +17,7 @@
 //! - [`health`]: NVML events (XID, ECC) turned into GPU health reports.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (dcgm-exporter names).
 //! - [`mps`]: one MPS control daemon per GPU of an MPS-shared node.
+//! - [`usage`]: measured GPU use per job (for berthd and `/metrics`).
 //! - [`oci`]: the `oci` runtime: images, bundles, CDI, runc.
 //! - [`nvml_raw`]: the audited raw NVML calls nvml-wrapper does not wrap (MIG).
 
@@ -32,3 +33,4 @@ pub mod nvml_raw;
 pub mod oci;
 pub mod shim;
 pub mod supervisor;
+pub mod usage;

@@ -290,3 +290,67 @@ fn mps_shares_run_three_jobs_per_gpu_with_limits() {
         (state(&ids[12]) != "PENDING").then_some(())
     });
 }
+
+/// Measured use of a running job reaches berthd (`scontrol show job` → `GpuUsage=`) and the
+/// agent's `/metrics` (per-job gauges with `job` and `account` labels).
+#[test]
+fn measured_gpu_use_of_a_job_reaches_berthd_and_metrics() {
+    let dev = Dev::start(&["--machine", "pcie-l40s-4"]);
+    // Every GPU 60 % busy with 2000 MiB used: whichever two the job gets.
+    let gpus: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"index": {i}, "utilization_gpu": 60, "memory_used_mb": 2000}}"#))
+        .collect();
+    write(
+        &dev.nvml_dir().join(berth_simnvml::TELEMETRY_FILE_NAME),
+        &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
+    );
+    let marker = dev.dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.1; done", marker.display());
+    let id = dev.stdout(&["sbatch", "--parsable", "--gres=gpu:2", "--wrap", &script]);
+    let id = id.trim().to_string();
+    // Two heartbeats apart, so some time has been held.
+    let usage = poll("usage recorded with held time", 60, || {
+        let text = dev.stdout(&["scontrol", "show", "job", &id]);
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("GpuUsage=node1:"))?
+            .to_string();
+        let field = |k: &str| -> Option<f64> {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(k))?
+                .trim_end_matches(['s', '%', 'M'])
+                .parse()
+                .ok()
+        };
+        let held = field("held=")?;
+        let got = (held, field("busy=")?, field("util=")?, field("mem=")?);
+        (held >= 1.0).then_some(got)
+    });
+    let (held, busy, util, mem) = usage;
+    assert_eq!(util, 60.0, "mean utilization of its two GPUs");
+    assert_eq!(mem, 4000.0, "2 GPUs × 2000 MiB");
+    // Every interval was charged at 60 %: busy = 0.6 × held (one decimal printed).
+    assert!((busy - 0.6 * held).abs() <= 0.1, "held {held}, busy {busy}");
+    let shown = dev.stdout(&["scontrol", "show", "job", &id]);
+    let account = shown
+        .split("Account=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("Account= in scontrol show job");
+    let body = http_get(&dev.metrics_url);
+    let labels = format!(r#"{{Hostname="node1",account="{account}",job="{id}"}}"#);
+    for want in [
+        format!("berth_job_gpu_util_percent{labels} 60"),
+        format!("berth_job_gpu_memory_used_mib{labels} 4000"),
+        format!("berth_job_gpu_memory_max_mib{labels} 4000"),
+        format!("berth_job_gpu_held_seconds{labels} "),
+    ] {
+        assert!(body.contains(&want), "missing {want:?} in\n{body}");
+    }
+    std::fs::write(&marker, "").expect("release the job");
+    poll("the job ends with its final usage", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", &id]);
+        (text.contains("JobState=COMPLETED ") && text.contains("GpuUsage=node1:held="))
+            .then_some(())
+    });
+}
