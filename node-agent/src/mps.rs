@@ -91,6 +91,19 @@ fn locate(name: &Path) -> Result<PathBuf, MpsError> {
         .ok_or_else(|| MpsError::NotFound(name.to_path_buf()))
 }
 
+/// Whether a daemon holds the control pipe at `path` open: opening a FIFO for writing
+/// without blocking fails (ENXIO) when no process has it open for reading.
+fn control_alive(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let is_fifo = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    is_fifo
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .is_ok()
+}
+
 /// Waits for `child` at most [`WAIT`]; kills it past that.
 fn wait(child: &mut std::process::Child) -> Result<std::process::ExitStatus, String> {
     let deadline = Instant::now() + WAIT;
@@ -109,9 +122,10 @@ fn wait(child: &mut std::process::Child) -> Result<std::process::ExitStatus, Str
 }
 
 impl MpsDaemons {
-    /// Starts one daemon per GPU of `gpus` (UUIDs). A GPU whose pipe directory already
-    /// holds a `control` pipe keeps the daemon found there: an agent restarted under
-    /// running MPS jobs must not cut them off.
+    /// Starts one daemon per GPU of `gpus` (UUIDs). A GPU whose pipe directory holds a
+    /// live `control` pipe keeps the daemon found there: an agent restarted under running
+    /// MPS jobs must not cut them off. A stale one (nobody reading it: the daemon died, the
+    /// host rebooted) is removed and a daemon started.
     ///
     /// # Errors
     /// [`MpsError::NotFound`] when the binary is missing; [`MpsError::Start`] when a
@@ -135,14 +149,21 @@ impl MpsDaemons {
                     source,
                 })?;
             }
-            if dirs.pipe.join("control").exists() {
+            let control = dirs.pipe.join("control");
+            if control_alive(&control) {
                 tracing::info!(gpu = uuid, "MPS control daemon already running, kept");
-            } else if let Err(reason) = daemons.start_one(uuid, &dirs) {
-                daemons.stop();
-                return Err(MpsError::Start {
-                    gpu: uuid.clone(),
-                    reason,
-                });
+            } else {
+                if control.exists() {
+                    tracing::info!(gpu = uuid, "stale MPS control pipe removed");
+                    let _ = std::fs::remove_file(&control);
+                }
+                if let Err(reason) = daemons.start_one(uuid, &dirs) {
+                    daemons.stop();
+                    return Err(MpsError::Start {
+                        gpu: uuid.clone(),
+                        reason,
+                    });
+                }
             }
             daemons.gpus.insert(uuid.clone(), dirs);
         }
@@ -232,6 +253,25 @@ impl Drop for MpsDaemons {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_pipe_is_alive_only_while_read() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("control");
+        assert!(!control_alive(&fifo), "missing");
+        std::fs::write(&fifo, "").unwrap();
+        assert!(!control_alive(&fifo), "a regular file");
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(!control_alive(&fifo), "nobody reads it: stale");
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        assert!(control_alive(&fifo), "a daemon reads it");
+    }
 
     #[test]
     fn a_missing_binary_is_named() {
