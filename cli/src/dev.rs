@@ -60,6 +60,9 @@ pub struct DevArgs {
     /// nvidia-cuda-mps-control needs a GPU.
     #[arg(long)]
     pub mps_control: Option<PathBuf>,
+    /// Simulated agents keep MIG instances after their job for reuse (see berth-agent).
+    #[arg(long)]
+    pub mig_keep_layout: bool,
     /// Accounts and priority classes (TOML, see README); installed through the Raft log.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
@@ -182,6 +185,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics_url: String::new(),
             sharing,
             mps: None,
+            mig_keep_layout: args.mig_keep_layout,
         };
         let mps = match (&args.mps_control, sharing) {
             (Some(control), Sharing::Mps { .. }) => Some(berth_agent::mps::MpsConfig {

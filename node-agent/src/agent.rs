@@ -44,6 +44,8 @@ pub struct AgentConfig {
     /// The MPS control daemons of this node's GPUs (MPS sharing with `--mps-control`):
     /// jobs get their GPU's pipe directory; [`run`] stops them when it returns.
     pub mps: Option<std::sync::Arc<crate::mps::MpsDaemons>>,
+    /// Keep MIG instances after their job for reuse (`--mig-keep-layout`).
+    pub mig_keep_layout: bool,
 }
 
 /// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
@@ -244,6 +246,7 @@ async fn serve(
         sup.set_mps(replicas, memory.collect(), dirs);
     }
     sup.set_oci(cfg.oci.clone());
+    sup.set_mig_keep(cfg.mig_keep_layout);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;

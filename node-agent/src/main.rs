@@ -72,6 +72,10 @@ struct Args {
     /// Parent of the MPS daemons' pipe and log directories (default: <state-dir>/mps).
     #[arg(long)]
     mps_dir: Option<PathBuf>,
+    /// Keep a job's MIG instances when it ends; a later job asking for the same slice
+    /// reuses them, one whose slice overlaps them has them destroyed first.
+    #[arg(long)]
+    mig_keep_layout: bool,
     /// Serve the kubelet device plugin (nvidia.com/gpu) in DIR, registering with
     /// DIR/kubelet.sock; pods then see exactly the GPUs berth granted them.
     #[arg(long, value_name = "DIR", num_args = 0..=1,
@@ -136,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         sharing,
         oci,
         mps: None,
+        mig_keep_layout: a.mig_keep_layout,
     };
     let kind: BackendKind = a.gpu_backend.parse().map_err(anyhow::Error::msg)?;
     let backend: Arc<dyn GpuBackend> = match (a.no_gpus, kind) {

@@ -96,6 +96,10 @@ pub struct Supervisor {
     mps_dirs: BTreeMap<String, crate::mps::MpsDirs>,
     /// How container jobs run here.
     oci: crate::oci::OciConfig,
+    /// Keep MIG instances after their job (see [`crate::mig_keep`]); the state directory
+    /// holding the list.
+    mig_keep: Option<PathBuf>,
+    state_dir: PathBuf,
 }
 
 fn now_ms() -> u64 {
@@ -133,6 +137,8 @@ impl Supervisor {
             mps: None,
             mps_dirs: BTreeMap::new(),
             oci: crate::oci::OciConfig::new(state_dir),
+            mig_keep: None,
+            state_dir: state_dir.to_path_buf(),
         };
         sup.reconcile_mig();
         Ok(sup)
@@ -149,6 +155,12 @@ impl Supervisor {
     ) {
         self.mps = Some((replicas, memory_mb));
         self.mps_dirs = dirs;
+    }
+
+    /// Keeps the MIG instances of jobs that end from now on, for reuse by a later job
+    /// asking for the same slice (`--mig-keep-layout`, see [`crate::mig_keep`]).
+    pub fn set_mig_keep(&mut self, keep: bool) {
+        self.mig_keep = keep.then(|| self.state_dir.clone());
     }
 
     /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
@@ -346,6 +358,11 @@ impl Supervisor {
         for (i, slice) in slices.iter().enumerate() {
             // Intent first: a crash after create still leaves the owner on disk.
             write_json(dir, mig_slices::FILE, &rec);
+            if let Some(kept) = self.reuse_kept(slice) {
+                tracing::info!(job = job.id, mig = kept.uuid, "kept MIG instance reused");
+                rec.entries[i].device = Some(kept);
+                continue;
+            }
             match self.gpus.create_mig(slice) {
                 Ok(device) => rec.entries[i].device = Some(device),
                 Err(e) => {
@@ -357,6 +374,53 @@ impl Supervisor {
         }
         write_json(dir, mig_slices::FILE, &rec);
         Ok(rec.devices().into_iter().map(|d| d.uuid).collect())
+    }
+
+    /// With `--mig-keep-layout`: the kept instance that is exactly `slice`, taken off the
+    /// kept list; else destroys the kept instances in its way (a failure is logged, and the
+    /// create that follows then says the placement is busy). `None` without the flag.
+    fn reuse_kept(&self, slice: &pb::MigSlice) -> Option<MigDevice> {
+        let dir = self.mig_keep.as_ref()?;
+        let mut kept = crate::mig_keep::KeptSlices::load(dir);
+        match self.gpus.mig_devices() {
+            Ok(existing) => kept.retain_existing(&existing),
+            Err(e) => tracing::warn!("cannot list MIG instances: {e}"),
+        }
+        let found = kept.take_exact(slice);
+        if found.is_none() {
+            for d in kept.take_overlapping(slice) {
+                match self.gpus.destroy_mig(&d.gpu_uuid, d.gi_id) {
+                    Ok(()) => {
+                        tracing::info!(mig = d.uuid, "kept MIG instance destroyed for a new layout")
+                    }
+                    Err(e) => tracing::warn!(mig = d.uuid, "kept MIG instance not destroyed: {e}"),
+                }
+            }
+        }
+        if let Err(e) = kept.save() {
+            tracing::warn!("{}: {e}", crate::mig_keep::FILE);
+        }
+        found
+    }
+
+    /// Hands a finished job's slices to the kept list instead of destroying them.
+    fn keep(&self, dir: &Path, rec: &mut mig_slices::MigRecord) -> bool {
+        let mut kept = crate::mig_keep::KeptSlices::load(dir);
+        for entry in rec.entries.iter_mut() {
+            if let Some(device) = entry.device.take() {
+                kept.add(&entry.profile, device);
+            }
+        }
+        match kept.save() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; MIG slices will be destroyed",
+                    crate::mig_keep::FILE
+                );
+                false
+            }
+        }
     }
 
     /// Destroys every recorded slice still alive; true when none is left.
@@ -380,6 +444,15 @@ impl Supervisor {
         };
         if rec.released {
             return true;
+        }
+        if let Some(dir) = &self.mig_keep {
+            let mut kept_rec = rec.clone();
+            if self.keep(dir, &mut kept_rec) {
+                kept_rec.released = true;
+                write_json(&self.job_dir(id), mig_slices::FILE, &kept_rec);
+                tracing::info!(job = id, "MIG slices kept for reuse");
+                return true;
+            }
         }
         rec.released = self.release(&mut rec);
         write_json(&self.job_dir(id), mig_slices::FILE, &rec);
