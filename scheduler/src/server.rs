@@ -940,3 +940,33 @@ impl pb::admin_service_server::AdminService for Api {
         Ok(Response::new(pb::Members { members }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_reports_berthd_could_never_record_are_refused() {
+        let usage = |job_id: u64, held: f64, util: f64| pb::JobUsage {
+            job_id,
+            gpu_seconds: held,
+            gpu_util_percent: util,
+            ..Default::default()
+        };
+        let report = |jobs| pb::JobUsageReport { jobs };
+        assert_eq!(validate_usage(&report(vec![usage(1, 2.5, 40.0)])), Ok(()));
+        assert_eq!(validate_usage(&report(vec![])), Ok(()));
+        let bad = [
+            (usage(0, 1.0, 0.0), "job 0"),
+            (usage(1, -1.0, 0.0), "finite and ≥ 0"),
+            (usage(1, f64::INFINITY, 0.0), "finite and ≥ 0"),
+            (usage(1, 1.0, f64::NAN), "finite and ≥ 0"),
+        ];
+        for (i, (u, want)) in bad.into_iter().enumerate() {
+            match validate_usage(&report(vec![usage(2, 1.0, 1.0), u])) {
+                Err(e) if e.contains(want) => {}
+                got => panic!("#{i}: want an error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+}
