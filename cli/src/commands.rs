@@ -20,7 +20,7 @@ commands:
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
-  scontrol   show job/node, hold, release
+  scontrol   show job/node, hold, release, update NodeName=N Gpu=G State=RESUME
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
@@ -448,7 +448,30 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
-        [] => anyhow::bail!("no command given (show job|show node|show topology|hold|release)"),
+        ["update", rest @ ..] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let r = crate::scontrol::parse_gpu_resume(rest).map_err(anyhow::Error::msg)?;
+            let done = AdminServiceClient::new(channel)
+                .resume_gpu(pb::GpuHealthyRequest {
+                    node: r.node.clone(),
+                    gpu: r.gpu,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner();
+            if done.cleared_reason.is_empty() {
+                println!("GPU {} on {} was already healthy", done.gpu_uuid, r.node);
+            } else {
+                println!(
+                    "GPU {} on {} resumed (was: {})",
+                    done.gpu_uuid, r.node, done.cleared_reason
+                );
+            }
+            Ok(0)
+        }
+        [] => {
+            anyhow::bail!("no command given (show job|show node|show topology|hold|release|update)")
+        }
         other => anyhow::bail!(
             "invalid or unsupported scontrol command: {}",
             other.join(" ")

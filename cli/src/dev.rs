@@ -55,6 +55,14 @@ pub struct DevArgs {
     /// How shares are shared: time-slicing or mps.
     #[arg(long, default_value = "time-slicing")]
     pub gpu_sharing: String,
+    /// With --gpu-sharing mps: start this MPS control daemon binary once per simulated GPU
+    /// (directories under each node's state dir). Default: none is started, since the real
+    /// nvidia-cuda-mps-control needs a GPU.
+    #[arg(long)]
+    pub mps_control: Option<PathBuf>,
+    /// Simulated agents keep MIG instances after their job for reuse (see berth-agent).
+    #[arg(long)]
+    pub mig_keep_layout: bool,
     /// Accounts and priority classes (TOML, see README); installed through the Raft log.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
@@ -157,6 +165,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let server = format!("http://{addr}");
     let mut names = Vec::new();
     let mut metrics_urls = Vec::new();
+    let mut agents = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("node{i}");
         let node_dir = state_dir.join("nodes").join(&name);
@@ -175,8 +184,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             kill_grace: Duration::from_secs(args.kill_wait_secs),
             metrics_url: String::new(),
             sharing,
+            mps: None,
+            mig_keep_layout: args.mig_keep_layout,
         };
-        let url = start_agent(cfg, nvml_lib, &addr.ip().to_string(), stop_rx.clone()).await?;
+        let mps = match (&args.mps_control, sharing) {
+            (Some(control), Sharing::Mps { .. }) => Some(berth_agent::mps::MpsConfig {
+                control: control.clone(),
+                dir: cfg.state_dir.join("mps"),
+            }),
+            (Some(_), _) => bail!("--mps-control needs --gpu-sharing mps"),
+            (None, _) => None,
+        };
+        let ip = addr.ip().to_string();
+        let (url, task) = start_agent(cfg, nvml_lib, &ip, mps, stop_rx.clone()).await?;
+        agents.push(task);
         metrics_urls.push(format!("{name} {url}"));
         names.push(name);
     }
@@ -210,17 +231,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("berth dev: shutting down");
     let _ = stop_tx.send(true);
     daemon.wait().await?;
+    // Agents stop their MPS daemons on the way out: let them finish.
+    for task in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
     Ok(())
 }
 
+/// The running agent task of one simulated node.
+type AgentTask = tokio::task::JoinHandle<Result<(), agent::AgentError>>;
+
 /// Starts one simulated node's agent (with its `/metrics` on `ip`, port chosen by the OS,
-/// and its GPU health watcher) and returns the metrics URL.
+/// its GPU health watcher, and its MPS daemons when `mps` says so) and returns the metrics
+/// URL and the agent's task.
 async fn start_agent(
     mut cfg: AgentConfig,
     nvml_lib: PathBuf,
     ip: &str,
+    mps: Option<berth_agent::mps::MpsConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, AgentTask)> {
     let backend: Arc<dyn GpuBackend> = Arc::new(NvmlBackend::open(Some(nvml_lib.clone()))?);
     let src = MetricsSource {
         gpus: backend.clone(),
@@ -236,17 +266,23 @@ async fn start_agent(
         .map_err(|e| tracing::warn!("{}: no GPU health events: {e}", cfg.node_name))
         .ok();
     let inv = agent::inventory(&cfg, backend.as_ref())?;
+    if let Some(mps) = mps {
+        let uuids: Vec<String> = inv.gpus.iter().map(|g| g.uuid.clone()).collect();
+        let daemons = berth_agent::mps::MpsDaemons::start(&mps, &uuids)
+            .with_context(|| format!("{}: --gpu-sharing mps", cfg.node_name))?;
+        cfg.mps = Some(Arc::new(daemons));
+    }
     berth_agent::oci::make_sim_device_nodes(&cfg.oci.dev_dir, &inv.gpus)
         .with_context(|| format!("{}: simulated device nodes", cfg.node_name))?;
     let url = cfg.metrics_url.clone();
-    tokio::spawn(agent::run(
+    let task = tokio::spawn(agent::run(
         cfg,
         inv,
         backend,
         HealthReports::new(health),
         stop,
     ));
-    Ok(url)
+    Ok((url, task))
 }
 
 /// Container settings of a simulated node: its CDI specs, device nodes and image cache in

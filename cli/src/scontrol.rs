@@ -18,6 +18,58 @@ use crate::hostlist;
 use crate::sinfo;
 use crate::squeue::{self, or_null, spec};
 
+/// `scontrol update NodeName=N Gpu=G State=RESUME`: the node and the GPU (UUID or index)
+/// to mark healthy again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuResume {
+    /// Node name.
+    pub node: String,
+    /// GPU UUID or NVML index on that node.
+    pub gpu: String,
+}
+
+/// Parses the words after `scontrol update`. Keys are case-insensitive, as in Slurm
+/// (`NodeName=` or `Node=`, `Gpu=`, `State=`); berth updates only a GPU's health.
+///
+/// # Errors
+/// A message naming the word that is missing, repeated, unknown or unsupported.
+pub fn parse_gpu_resume(words: &[&str]) -> Result<GpuResume, String> {
+    let (mut node, mut gpu, mut state) = (None, None, None);
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!("invalid update word {w:?} (want Key=Value)"));
+        };
+        if v.is_empty() {
+            return Err(format!("{k}= needs a value"));
+        }
+        let slot = match k.to_ascii_lowercase().as_str() {
+            "nodename" | "node" => &mut node,
+            "gpu" => &mut gpu,
+            "state" => &mut state,
+            _ => {
+                return Err(format!(
+                    "update key {k:?} is not supported by berth (NodeName=, Gpu=, State=RESUME)"
+                ))
+            }
+        };
+        if slot.replace(v.to_string()).is_some() {
+            return Err(format!("{k}= given twice"));
+        }
+    }
+    let node = node.ok_or("update needs NodeName=")?;
+    if node.contains(',') || node.contains('[') {
+        return Err(format!("NodeName={node}: name one node"));
+    }
+    let gpu = gpu.ok_or("berth updates GPUs only: add Gpu=UUID|INDEX")?;
+    match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("resume") => Ok(GpuResume { node, gpu }),
+        Some(other) => Err(format!(
+            "State={other}: only State=RESUME is supported for a GPU"
+        )),
+        None => Err("update needs State=RESUME".into()),
+    }
+}
+
 /// Indentation of every line after the first, as Slurm prints it.
 const INDENT: &str = "   ";
 
@@ -241,6 +293,31 @@ fn file_lines(job: &Job) -> Vec<String> {
     lines
 }
 
+/// berth's measured GPU use, per node as the agents reported it:
+/// `GpuUsage=node1:held=120.0s,busy=90.5s,util=87%,mem=1024M,maxmem=2048M` (GPU-seconds
+/// held and busy since the job started there; utilization and memory at the last measure).
+fn usage_line(job: &Job) -> Option<String> {
+    if job.usage.is_empty() {
+        return None;
+    }
+    let per_node: Vec<String> = job
+        .usage
+        .iter()
+        .map(|u| {
+            format!(
+                "{}:held={:.1}s,busy={:.1}s,util={:.0}%,mem={}M,maxmem={}M",
+                u.node,
+                u.gpu_seconds,
+                u.gpu_busy_seconds,
+                u.gpu_util_percent,
+                u.gpu_memory_mb,
+                u.gpu_memory_max_mb
+            )
+        })
+        .collect();
+    Some(format!("GpuUsage={}", per_node.join(",")))
+}
+
 /// The GPUs granted on each node, as Slurm's `-d` detail lines, then berth's UUID list.
 fn gpu_lines(job: &Job) -> Vec<String> {
     let kind = &spec(job).gpu_type;
@@ -285,6 +362,7 @@ fn gpu_lines(job: &Job) -> Vec<String> {
     if !slices.is_empty() {
         lines.push(format!("MigSlices={}", slices.join(",")));
     }
+    lines.extend(usage_line(job));
     lines
 }
 
@@ -844,6 +922,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn show_job_prints_measured_gpu_usage_per_node() {
+        let mut job = finished_job();
+        assert!(!show_job(&job, 0).contains("GpuUsage="));
+        job.usage = vec![berth_proto::v1::JobUsage {
+            job_id: job.id,
+            node: "node1".into(),
+            gpu_seconds: 120.0,
+            gpu_busy_seconds: 90.54,
+            gpu_memory_max_mb: 2048,
+            gpu_util_percent: 87.0,
+            gpu_memory_mb: 1024,
+            measured_ms: 5,
+        }];
+        let text = show_job(&job, 0);
+        assert!(
+            text.contains(
+                "   GpuUsage=node1:held=120.0s,busy=90.5s,util=87%,mem=1024M,maxmem=2048M\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn gpu_resume_parses_and_refuses_bad_input() {
+        let ok = parse_gpu_resume(&["NodeName=node1", "Gpu=3", "State=RESUME"]);
+        assert_eq!(
+            ok,
+            Ok(GpuResume {
+                node: "node1".into(),
+                gpu: "3".into()
+            })
+        );
+        let ok = parse_gpu_resume(&["node=n2", "state=resume", "gpu=GPU-abc"]);
+        assert_eq!(ok.map(|r| r.gpu), Ok("GPU-abc".to_string()));
+        let bad: [(&[&str], &str); 8] = [
+            (&["Gpu=3", "State=RESUME"], "NodeName="),
+            (&["NodeName=n1", "State=RESUME"], "Gpu="),
+            (&["NodeName=n1", "Gpu=3"], "State=RESUME"),
+            (
+                &["NodeName=n1", "Gpu=3", "State=DRAIN"],
+                "only State=RESUME",
+            ),
+            (
+                &["NodeName=n1", "Gpu=3", "State=RESUME", "Reason=x"],
+                "not supported",
+            ),
+            (
+                &["NodeName=n1", "NodeName=n2", "Gpu=3", "State=RESUME"],
+                "twice",
+            ),
+            (&["NodeName=n[1-2]", "Gpu=3", "State=RESUME"], "one node"),
+            (&["NodeName=n1", "Gpu=", "State=RESUME"], "needs a value"),
+        ];
+        for (i, (words, want)) in bad.iter().enumerate() {
+            match parse_gpu_resume(words) {
+                Err(e) if e.contains(want) => {}
+                got => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+        assert!(parse_gpu_resume(&["resume"]).is_err());
     }
 
     #[test]

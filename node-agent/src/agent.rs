@@ -41,6 +41,11 @@ pub struct AgentConfig {
     pub sharing: Sharing,
     /// How container jobs run (the `oci` runtime: runc, image cache, CDI).
     pub oci: crate::oci::OciConfig,
+    /// The MPS control daemons of this node's GPUs (MPS sharing with `--mps-control`):
+    /// jobs get their GPU's pipe directory; [`run`] stops them when it returns.
+    pub mps: Option<std::sync::Arc<crate::mps::MpsDaemons>>,
+    /// Keep MIG instances after their job for reuse (`--mig-keep-layout`).
+    pub mig_keep_layout: bool,
 }
 
 /// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
@@ -172,8 +177,9 @@ impl HealthReports {
     /// Queues every report known so far on a new session's stream.
     async fn resend(&self, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<(), String> {
         for h in &self.known {
+            // Marked as re-sent: berthd skips a report an admin has since cleared.
             let msg = pb::AgentMessage {
-                msg: Some(Up::GpuHealth(h.clone())),
+                msg: Some(Up::GpuHealthResent(h.clone())),
             };
             tx.send(msg).await.map_err(|e| e.to_string())?;
         }
@@ -197,11 +203,28 @@ impl HealthReports {
 }
 
 /// Runs the agent until `shutdown` becomes true. `gpus` carves MIG slices for jobs;
-/// `health` carries GPU health reports up.
+/// `health` carries GPU health reports up. On the way out, the MPS daemons of
+/// `cfg.mps` are stopped.
 ///
 /// # Errors
 /// [`AgentError`] when the state directory is unusable or the config is empty.
 pub async fn run(
+    cfg: AgentConfig,
+    inv: pb::NodeInventory,
+    gpus: std::sync::Arc<dyn GpuBackend>,
+    health: HealthReports,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mps = cfg.mps.clone();
+    let result = serve(cfg, inv, gpus, health, shutdown).await;
+    if let Some(daemons) = mps {
+        // Off the runtime's threads: each stop waits for a control process.
+        let _ = tokio::task::spawn_blocking(move || daemons.stop()).await;
+    }
+    result
+}
+
+async fn serve(
     cfg: AgentConfig,
     inv: pb::NodeInventory,
     gpus: std::sync::Arc<dyn GpuBackend>,
@@ -215,9 +238,15 @@ pub async fn run(
         .map_err(AgentError::State)?;
     if let Sharing::Mps { replicas } = cfg.sharing {
         let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
-        sup.set_mps(replicas, memory.collect());
+        let dirs = cfg
+            .mps
+            .as_ref()
+            .map(|d| d.all().clone())
+            .unwrap_or_default();
+        sup.set_mps(replicas, memory.collect(), dirs);
     }
     sup.set_oci(cfg.oci.clone());
+    sup.set_mig_keep(cfg.mig_keep_layout);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;
@@ -318,6 +347,13 @@ async fn session(
         .filter(|(_, s)| matches!(s, Status::Finished(_)))
         .map(|(id, _)| id)
         .collect();
+    let replicas = cfg.sharing.replicas();
+    // Ends already in Register go up without their usage: send it now.
+    let finals: Vec<pb::JobUsage> = reported
+        .iter()
+        .filter_map(|id| sup.final_usage(*id, &cfg.node_name, replicas))
+        .collect();
+    send_usage(&tx, finals).await?;
     let mut term_seen = 0u64;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -340,16 +376,33 @@ async fn session(
             _ = heartbeat.tick() => {
                 seq += 1;
                 tx.send(pb::AgentMessage { msg: Some(Up::Heartbeat(pb::Heartbeat { seq })) }).await.map_err(|e| e.to_string())?;
+                send_usage(&tx, sup.running_usage(&cfg.node_name, replicas)).await?;
             }
             _ = poll.tick() => {
                 for (id, status) in sup.poll() {
                     if matches!(status, Status::Finished(_)) && reported.insert(id) {
+                        // Usage first: berthd records it while the job still holds its GPUs.
+                        send_usage(&tx, sup.final_usage(id, &cfg.node_name, replicas).into_iter().collect()).await?;
                         tx.send(pb::AgentMessage { msg: Some(Up::JobEvent(event(id, status))) }).await.map_err(|e| e.to_string())?;
                     }
                 }
             }
         }
     }
+}
+
+/// Sends `jobs`' measured usage (nothing when empty).
+async fn send_usage(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    jobs: Vec<pb::JobUsage>,
+) -> Result<(), String> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let msg = pb::AgentMessage {
+        msg: Some(Up::JobUsage(pb::JobUsageReport { jobs })),
+    };
+    tx.send(msg).await.map_err(|e| e.to_string())
 }
 
 async fn handle(

@@ -25,6 +25,7 @@
 //! new pod; ids whose job is no longer running are dropped at the next `Allocate`.
 
 pub mod grants;
+pub mod health_sync;
 pub mod resources;
 
 use crate::device_plugin::grants::{Choice, PodGrant};

@@ -4,10 +4,11 @@
 //! simulated-machine library (`berth-simnvml`): only the library path differs. That is
 //! the point of the simulator: tests exercise this exact code path. `inventory` reads
 //! what a node registers with; `mig` carves MIG slices (through `crate::nvml_raw` where
-//! nvml-wrapper has no safe call).
+//! nvml-wrapper has no safe call). `rocm` is the AMD backend (cargo feature `rocm`).
 
 mod inventory;
 mod mig;
+pub mod rocm;
 
 use crate::nvml_raw;
 use berth_proto::v1 as pb;
@@ -30,6 +31,70 @@ pub enum GpuError {
     /// A MIG request this node cannot carry out; the text says why and names the GPU.
     #[error("MIG: {0}")]
     Mig(String),
+    /// A backend other than NVML is unavailable or failed (built without it, library
+    /// missing, a call failed); the text says which and why.
+    #[error("GPU backend {backend}: {reason}")]
+    Backend {
+        /// `rocm`.
+        backend: &'static str,
+        /// What went wrong, naming the library or the call.
+        reason: String,
+    },
+}
+
+/// Whose GPUs a backend drives: decides the CDI kind and the visible-devices variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuVendor {
+    /// NVML: `nvidia.com/gpu`, `CUDA_VISIBLE_DEVICES`.
+    #[default]
+    Nvidia,
+    /// ROCm SMI: `amd.com/gpu`, `ROCR_VISIBLE_DEVICES`.
+    Amd,
+}
+
+/// The backend `--gpu-backend` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// NVML (real driver or the simulated machine).
+    Nvml,
+    /// ROCm SMI (needs the `rocm` feature).
+    Rocm,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BackendKind, String> {
+        match s {
+            "nvml" => Ok(BackendKind::Nvml),
+            "rocm" => Ok(BackendKind::Rocm),
+            other => Err(format!("--gpu-backend must be nvml or rocm, got {other:?}")),
+        }
+    }
+}
+
+/// Opens the ROCm SMI backend from `lib` (a path, or a name the loader searches).
+///
+/// # Errors
+/// [`GpuError::Backend`] when this agent was built without the `rocm` feature, the library
+/// is missing, or ROCm SMI cannot initialise.
+pub fn open_rocm(lib: &str) -> Result<std::sync::Arc<dyn GpuBackend>, GpuError> {
+    #[cfg(feature = "rocm")]
+    {
+        Ok(std::sync::Arc::new(rocm::RocmBackend::open(lib)?))
+    }
+    #[cfg(not(feature = "rocm"))]
+    {
+        Err(GpuError::Backend {
+            backend: "rocm",
+            reason: format!(
+                "this berth-agent was built without the rocm feature, so it cannot load \
+                 {lib}; rebuild with `cargo build -p berth-agent --features rocm` (needs \
+                 `apt-get install librocm-smi-dev libclang-dev`)"
+            ),
+        })
+    }
 }
 
 /// What a backend found on this machine.
@@ -129,6 +194,11 @@ pub trait GpuBackend: Send + Sync {
     /// Current readings of every GPU that answers; lost GPUs are left out.
     fn samples(&self) -> Vec<GpuSample> {
         Vec::new()
+    }
+
+    /// Whose GPUs these are.
+    fn vendor(&self) -> GpuVendor {
+        GpuVendor::Nvidia
     }
 }
 
@@ -277,6 +347,52 @@ mod tests {
             let got = gres_type(model);
             if got != *want {
                 panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn backend_names_are_checked() {
+        assert_eq!("nvml".parse(), Ok(BackendKind::Nvml));
+        assert_eq!("rocm".parse(), Ok(BackendKind::Rocm));
+        let err = "cuda".parse::<BackendKind>().expect_err("unknown backend");
+        assert!(
+            err.contains("nvml or rocm") && err.contains("cuda"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rocm_backend_says_what_is_missing() {
+        let err = match open_rocm("/nonexistent/librocm_smi64.so.1") {
+            Ok(_) => panic!("opened a library that does not exist"),
+            Err(e) => e.to_string(),
+        };
+        if cfg!(feature = "rocm") {
+            assert!(err.contains("/nonexistent/librocm_smi64.so.1"), "{err}");
+        } else {
+            assert!(err.contains("without the rocm feature"), "{err}");
+        }
+    }
+
+    /// With the feature, the real rocm_smi_lib (Debian's `librocm-smi64-1`) is opened: on a
+    /// host without amdgpu, init fails or finds no GPU, and either way says so plainly.
+    #[cfg(feature = "rocm")]
+    #[test]
+    fn rocm_smi_library_opens_or_says_why() {
+        match open_rocm("librocm_smi64.so.1") {
+            Ok(b) => {
+                let inv = b.inventory().expect("inventory after a successful init");
+                println!("rocm_smi_lib: {} AMD GPU(s)", inv.gpus.len());
+                assert_eq!(b.vendor(), GpuVendor::Amd);
+                for g in &inv.gpus {
+                    assert!(!g.uuid.is_empty() && !g.pci_bus_id.is_empty(), "{g:?}");
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                println!("rocm_smi_lib did not open here: {e}");
+                assert!(e.contains("rocm"), "{e}");
             }
         }
     }

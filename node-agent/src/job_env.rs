@@ -79,6 +79,26 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     env
 }
 
+/// Rewrites the GPU selection of `env` for an AMD node: `ROCR_VISIBLE_DEVICES` (ROCr, under
+/// HIP and OpenCL) names the granted GPUs, by UUID when every one has a ROCm UUID
+/// (`GPU-…`), else by ROCm SMI index; the NVIDIA variables go, since HIP also reads
+/// `CUDA_VISIBLE_DEVICES` (as ordinals among the visible GPUs) and would filter again.
+pub fn use_rocr(env: &mut BTreeMap<String, String>, job: &pb::Job, node: &str) {
+    let here = job.allocations.iter().find(|a| a.node == node);
+    let uuids = here.map(|a| a.gpu_uuids.as_slice()).unwrap_or_default();
+    let visible: Vec<String> = if uuids.iter().all(|u| u.starts_with("GPU-")) {
+        uuids.to_vec()
+    } else {
+        here.map(|a| a.gpu_indices.iter().map(|i| i.to_string()).collect())
+            .unwrap_or_default()
+    };
+    env.remove("CUDA_VISIBLE_DEVICES");
+    env.remove("NVIDIA_VISIBLE_DEVICES");
+    // ROCr treats an empty list as "no GPU"; the variable is always set so a job cannot
+    // see GPUs it was not granted.
+    env.insert("ROCR_VISIBLE_DEVICES".into(), visible.join(","));
+}
+
 /// MPS limits of a job on one of `replicas` shares, as NVIDIA's device plugin sets them:
 /// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = 100 / replicas and
 /// `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` = `<ordinal>=<memory / replicas>M` for each visible
@@ -110,6 +130,30 @@ pub fn mps(
             (100 / replicas).to_string(),
         ),
         ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), limits.join(",")),
+    ]
+}
+
+/// `CUDA_MPS_PIPE_DIRECTORY` and `CUDA_MPS_LOG_DIRECTORY` of the MPS daemon of the job's
+/// first granted GPU (`dirs` by UUID): a CUDA process talks to one control daemon, and
+/// berth runs one per GPU. Nothing when the job has no GPU with a daemon.
+pub fn mps_dirs(
+    job: &pb::Job,
+    node: &str,
+    dirs: &BTreeMap<String, crate::mps::MpsDirs>,
+) -> Vec<(String, String)> {
+    let here = job.allocations.iter().find(|a| a.node == node);
+    let Some(d) = here
+        .and_then(|a| a.gpu_uuids.first())
+        .and_then(|u| dirs.get(u))
+    else {
+        return Vec::new();
+    };
+    vec![
+        (
+            "CUDA_MPS_PIPE_DIRECTORY".into(),
+            d.pipe.display().to_string(),
+        ),
+        ("CUDA_MPS_LOG_DIRECTORY".into(), d.log.display().to_string()),
     ]
 }
 
@@ -175,6 +219,38 @@ mod tests {
     }
 
     #[test]
+    fn amd_jobs_select_gpus_through_rocr() {
+        let mut job = pb::Job {
+            id: 3,
+            allocations: vec![pb::Allocation {
+                node: "n1".into(),
+                gpu_uuids: vec!["GPU-4b2c1a7c91b2aa21".into(), "GPU-00000000000000ab".into()],
+                gpu_indices: vec![0, 3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut env = build(&job, "n1", &[]);
+        use_rocr(&mut env, &job, "n1");
+        assert_eq!(
+            env["ROCR_VISIBLE_DEVICES"],
+            "GPU-4b2c1a7c91b2aa21,GPU-00000000000000ab"
+        );
+        assert!(!env.contains_key("CUDA_VISIBLE_DEVICES"), "{env:?}");
+        assert!(!env.contains_key("NVIDIA_VISIBLE_DEVICES"), "{env:?}");
+        assert_eq!(env["SLURM_JOB_GPUS"], "0,3");
+        // A card without a unique id: ROCr cannot take its name, so indexes.
+        job.allocations[0].gpu_uuids[1] = "AMD-PCI-0000:c1:00.0".into();
+        use_rocr(&mut env, &job, "n1");
+        assert_eq!(env["ROCR_VISIBLE_DEVICES"], "0,3");
+        use_rocr(&mut env, &job, "elsewhere");
+        assert_eq!(
+            env["ROCR_VISIBLE_DEVICES"], "",
+            "no GPUs granted, none visible"
+        );
+    }
+
+    #[test]
     fn mps_limits_split_the_gpu_between_replicas() {
         let job = pb::Job {
             allocations: vec![pb::Allocation {
@@ -198,6 +274,32 @@ mod tests {
         assert!(
             mps(&job, "other", 3, &memory).is_empty(),
             "no GPUs here, no limits"
+        );
+        let dirs = BTreeMap::from([(
+            "GPU-a".to_string(),
+            crate::mps::MpsDirs {
+                pipe: "/m/GPU-a/pipe".into(),
+                log: "/m/GPU-a/log".into(),
+            },
+        )]);
+        let got = mps_dirs(&job, "n1", &dirs);
+        assert_eq!(
+            got,
+            [
+                (
+                    "CUDA_MPS_PIPE_DIRECTORY".to_string(),
+                    "/m/GPU-a/pipe".to_string()
+                ),
+                (
+                    "CUDA_MPS_LOG_DIRECTORY".to_string(),
+                    "/m/GPU-a/log".to_string()
+                )
+            ]
+        );
+        assert!(mps_dirs(&job, "other", &dirs).is_empty());
+        assert!(
+            mps_dirs(&job, "n1", &BTreeMap::new()).is_empty(),
+            "no daemons run"
         );
     }
 }

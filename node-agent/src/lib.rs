@@ -16,6 +16,9 @@
 //! - [`machine`]: CPU count and memory of this host.
 //! - [`health`]: NVML events (XID, ECC) turned into GPU health reports.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint (dcgm-exporter names).
+//! - [`mps`]: one MPS control daemon per GPU of an MPS-shared node.
+//! - [`mig_keep`]: MIG instances kept after their job for reuse (`--mig-keep-layout`).
+//! - [`usage`]: measured GPU use per job (for berthd and `/metrics`).
 //! - [`oci`]: the `oci` runtime: images, bundles, CDI, runc.
 //! - [`nvml_raw`]: the audited raw NVML calls nvml-wrapper does not wrap (MIG).
 
@@ -26,7 +29,10 @@ pub mod health;
 pub mod job_env;
 pub mod machine;
 pub mod metrics;
+pub mod mig_keep;
+pub mod mps;
 pub mod nvml_raw;
 pub mod oci;
 pub mod shim;
 pub mod supervisor;
+pub mod usage;

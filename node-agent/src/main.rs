@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use berth_agent::agent::{self, AgentConfig};
 use berth_agent::agent::{HealthReports, Sharing};
-use berth_agent::gpu::{GpuBackend, NoGpus, NvmlBackend};
+use berth_agent::gpu::{self, BackendKind, GpuBackend, NoGpus, NvmlBackend};
 use berth_agent::metrics::{self, MetricsSource};
 use berth_agent::oci::OciConfig;
 use berth_agent::{device_plugin, health, machine, shim};
@@ -40,6 +40,13 @@ struct Args {
     /// This node has no GPUs: do not load NVML.
     #[arg(long)]
     no_gpus: bool,
+    /// GPU backend: nvml (NVIDIA, default) or rocm (AMD; needs a berth-agent built with
+    /// `--features rocm`).
+    #[arg(long, default_value = "nvml")]
+    gpu_backend: String,
+    /// rocm_smi_lib to load with --gpu-backend rocm (a path or a name the loader searches).
+    #[arg(long, default_value = "librocm_smi64.so.1")]
+    rocm_lib: String,
     /// CPUs offered to jobs (default: all online CPUs).
     #[arg(long)]
     cpus: Option<u32>,
@@ -55,9 +62,20 @@ struct Args {
     /// Offer each GPU as this many shares (time-slicing or MPS; 1 = one job per GPU).
     #[arg(long, default_value_t = 1)]
     gpu_replicas: u32,
-    /// How shares are shared: time-slicing or mps (MPS limits per job).
+    /// How shares are shared: time-slicing or mps (MPS limits per job, and one MPS control
+    /// daemon per GPU started by the agent).
     #[arg(long, default_value = "time-slicing")]
     gpu_sharing: String,
+    /// MPS control daemon binary started per GPU with --gpu-sharing mps.
+    #[arg(long, default_value = "nvidia-cuda-mps-control")]
+    mps_control: PathBuf,
+    /// Parent of the MPS daemons' pipe and log directories (default: <state-dir>/mps).
+    #[arg(long)]
+    mps_dir: Option<PathBuf>,
+    /// Keep a job's MIG instances when it ends; a later job asking for the same slice
+    /// reuses them, one whose slice overlaps them has them destroyed first.
+    #[arg(long)]
+    mig_keep_layout: bool,
     /// Serve the kubelet device plugin (nvidia.com/gpu) in DIR, registering with
     /// DIR/kubelet.sock; pods then see exactly the GPUs berth granted them.
     #[arg(long, value_name = "DIR", num_args = 0..=1,
@@ -121,17 +139,23 @@ async fn main() -> anyhow::Result<()> {
         metrics_url: String::new(),
         sharing,
         oci,
+        mps: None,
+        mig_keep_layout: a.mig_keep_layout,
     };
-    let backend: Arc<dyn GpuBackend> = if a.no_gpus {
-        Arc::new(NoGpus)
-    } else {
-        let nvml = NvmlBackend::open(a.nvml_lib.clone())
-            .context("GPU discovery failed (use --no-gpus on a CPU node)")?;
-        Arc::new(nvml)
+    let kind: BackendKind = a.gpu_backend.parse().map_err(anyhow::Error::msg)?;
+    let backend: Arc<dyn GpuBackend> = match (a.no_gpus, kind) {
+        (true, _) => Arc::new(NoGpus),
+        (false, BackendKind::Nvml) => Arc::new(
+            NvmlBackend::open(a.nvml_lib.clone())
+                .context("GPU discovery failed (use --no-gpus on a CPU node)")?,
+        ),
+        (false, BackendKind::Rocm) => gpu::open_rocm(&a.rocm_lib)
+            .context("GPU discovery failed (use --no-gpus on a CPU node)")?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_health = Arc::new(AtomicBool::new(false));
-    let health_rx = if a.no_gpus {
+    // XID/ECC events are NVML's; ROCm SMI's event API is not used yet.
+    let health_rx = if a.no_gpus || kind == BackendKind::Rocm {
         None
     } else {
         health::watch(a.nvml_lib.clone(), stop_health.clone())
@@ -154,8 +178,32 @@ async fn main() -> anyhow::Result<()> {
     for g in &inv.gpus {
         tracing::info!("GPU {} {} {} {} MiB", g.index, g.uuid, g.model, g.memory_mb);
     }
+    if let Sharing::Mps { .. } = cfg.sharing {
+        let mps_cfg = berth_agent::mps::MpsConfig {
+            control: a.mps_control.clone(),
+            dir: a
+                .mps_dir
+                .clone()
+                .unwrap_or_else(|| cfg.state_dir.join("mps")),
+        };
+        let uuids: Vec<String> = inv.gpus.iter().map(|g| g.uuid.clone()).collect();
+        let daemons =
+            berth_agent::mps::MpsDaemons::start(&mps_cfg, &uuids).context("--gpu-sharing mps")?;
+        cfg.mps = Some(Arc::new(daemons));
+    }
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm => {}
+        }
         let _ = stop_tx.send(true);
     });
     let health_rx = match &a.device_plugin {
@@ -186,6 +234,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                 });
             }
+            tokio::spawn(device_plugin::health_sync::follow(
+                dp_cfg.servers.clone(),
+                dp_cfg.node_name.clone(),
+                senders.clone(),
+                stop_rx.clone(),
+            ));
             if any_mig {
                 tokio::spawn(device_plugin::clean_mig_loop(
                     dp_cfg,

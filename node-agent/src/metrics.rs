@@ -6,8 +6,16 @@
 //! berth job holding the GPU, empty when free; dcgm-exporter's label for HPC jobs).
 //! Every scrape reads NVML afresh into a new registry, so a GPU that disappears (lost)
 //! disappears from the output instead of showing its last value forever.
+//!
+//! Per running job, labelled `job`, `account` and `Hostname`, berth's own gauges from the
+//! job's measured usage (see [`crate::usage`], updated at each heartbeat):
+//! `berth_job_gpu_util_percent`, `berth_job_gpu_memory_used_mib`,
+//! `berth_job_gpu_memory_max_mib`, `berth_job_gpu_held_seconds` and
+//! `berth_job_gpu_busy_seconds` (GPU-seconds held, and held × utilization, since start).
 
 use crate::gpu::{GpuBackend, GpuSample};
+use crate::usage::Meter;
+use berth_proto::v1 as pb;
 use prometheus::{Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +31,31 @@ const GAUGES: [(&str, &str); 5] = [
 ];
 const LABELS: [&str; 5] = ["gpu", "UUID", "modelName", "Hostname", "hpc_job"];
 
+/// (name, help) of each per-job gauge, in output order.
+const JOB_GAUGES: [(&str, &str); 5] = [
+    (
+        "berth_job_gpu_util_percent",
+        "Mean utilization of the job's GPUs at the last measure (in %).",
+    ),
+    (
+        "berth_job_gpu_memory_used_mib",
+        "GPU memory used by the job at the last measure (in MiB).",
+    ),
+    (
+        "berth_job_gpu_memory_max_mib",
+        "Peak GPU memory used by the job (in MiB).",
+    ),
+    (
+        "berth_job_gpu_held_seconds",
+        "GPU-seconds held by the job since it started (shares and MIG slices count their part).",
+    ),
+    (
+        "berth_job_gpu_busy_seconds",
+        "GPU-seconds held by the job times utilization, since it started.",
+    ),
+];
+const JOB_LABELS: [&str; 3] = ["job", "account", "Hostname"];
+
 /// What the endpoint reads: the GPUs, and the job directories that say who holds them.
 #[derive(Clone)]
 pub struct MetricsSource {
@@ -34,8 +67,14 @@ pub struct MetricsSource {
     pub node: String,
 }
 
-/// The exposition text for `samples`, with `owners` mapping GPU UUID → job id.
-pub fn render(samples: &[GpuSample], owners: &BTreeMap<String, u64>, node: &str) -> String {
+/// The exposition text for `samples`, with `owners` mapping GPU UUID → job id, and the
+/// per-job gauges of `jobs` (each running job with its measured usage).
+pub fn render(
+    samples: &[GpuSample],
+    owners: &BTreeMap<String, u64>,
+    jobs: &[(pb::Job, Meter)],
+    node: &str,
+) -> String {
     let registry = Registry::new();
     let gauges: Vec<GaugeVec> = GAUGES
         .iter()
@@ -63,6 +102,7 @@ pub fn render(samples: &[GpuSample], owners: &BTreeMap<String, u64>, node: &str)
             gauge.with_label_values(&labels).set(value);
         }
     }
+    render_jobs(&registry, jobs, node);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&registry.gather(), &mut out)
@@ -70,11 +110,52 @@ pub fn render(samples: &[GpuSample], owners: &BTreeMap<String, u64>, node: &str)
     String::from_utf8(out).expect("the text encoder writes UTF-8")
 }
 
+fn render_jobs(registry: &Registry, jobs: &[(pb::Job, Meter)], node: &str) {
+    if jobs.is_empty() {
+        return;
+    }
+    let gauges: Vec<GaugeVec> = JOB_GAUGES
+        .iter()
+        .map(|(name, help)| {
+            let gauge = GaugeVec::new(Opts::new(*name, *help), &JOB_LABELS)
+                .expect("static metric names and labels are valid");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("each name is registered once");
+            gauge
+        })
+        .collect();
+    for (job, m) in jobs {
+        let id = job.id.to_string();
+        // The account charged (resolved at submit); the requested one for older jobs.
+        let account = match job.account.as_str() {
+            "" => job
+                .spec
+                .as_ref()
+                .map(|s| s.account.clone())
+                .unwrap_or_default(),
+            a => a.to_string(),
+        };
+        let labels = [id.as_str(), &account, node];
+        let values = [
+            m.gpu_util_percent,
+            m.gpu_memory_mb as f64,
+            m.gpu_memory_max_mb as f64,
+            m.gpu_seconds,
+            m.gpu_busy_seconds,
+        ];
+        for (gauge, value) in gauges.iter().zip(values) {
+            gauge.with_label_values(&labels).set(value);
+        }
+    }
+}
+
 async fn scrape(axum::extract::State(src): axum::extract::State<MetricsSource>) -> String {
     // NVML calls block; keep them off the async workers.
     tokio::task::spawn_blocking(move || {
         let owners = crate::supervisor::gpu_owners(&src.state_dir);
-        render(&src.gpus.samples(), &owners, &src.node)
+        let jobs = crate::supervisor::measured_jobs(&src.state_dir);
+        render(&src.gpus.samples(), &owners, &jobs, &src.node)
     })
     .await
     .unwrap_or_default()
@@ -136,7 +217,31 @@ mod tests {
             temperature_c: 71,
         };
         let owners = BTreeMap::from([("GPU-x".to_string(), 42)]);
-        let text = render(&[sample], &owners, "node1");
+        let job = pb::Job {
+            id: 42,
+            account: "physics".into(),
+            ..Default::default()
+        };
+        let meter = Meter {
+            gpu_seconds: 120.0,
+            gpu_busy_seconds: 90.5,
+            gpu_memory_max_mb: 2048,
+            gpu_util_percent: 87.0,
+            gpu_memory_mb: 1024,
+            measured_ms: 1,
+            done: false,
+        };
+        let text = render(&[sample], &owners, &[(job, meter)], "node1");
+        let job_labels = r#"{Hostname="node1",account="physics",job="42"}"#;
+        for want in [
+            format!("berth_job_gpu_util_percent{job_labels} 87"),
+            format!("berth_job_gpu_memory_used_mib{job_labels} 1024"),
+            format!("berth_job_gpu_memory_max_mib{job_labels} 2048"),
+            format!("berth_job_gpu_held_seconds{job_labels} 120"),
+            format!("berth_job_gpu_busy_seconds{job_labels} 90.5"),
+        ] {
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+        }
         let labels = r#"{Hostname="node1",UUID="GPU-x",gpu="3",hpc_job="42",modelName="NVIDIA H100 80GB HBM3"}"#;
         for want in [
             format!("DCGM_FI_DEV_GPU_UTIL{labels} 87"),

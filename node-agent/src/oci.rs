@@ -114,6 +114,10 @@ pub struct OciConfig {
     pub mount_deny: Vec<PathBuf>,
     /// Parent of every job's cgroup (`--cgroup-parent`, default `berth`).
     pub cgroup_parent: String,
+    /// Whose GPUs the node has (the GPU backend's): the CDI kind written and requested.
+    /// Absent in a `shim.json` of an older agent: NVIDIA then.
+    #[serde(default)]
+    pub gpu_vendor: crate::gpu::GpuVendor,
 }
 
 impl OciConfig {
@@ -127,6 +131,23 @@ impl OciConfig {
             dev_dir: PathBuf::from("/dev"),
             mount_deny: DEFAULT_MOUNT_DENY.iter().map(PathBuf::from).collect(),
             cgroup_parent: "berth".into(),
+            gpu_vendor: crate::gpu::GpuVendor::Nvidia,
+        }
+    }
+
+    /// The CDI kind of this node's GPUs: `nvidia.com/gpu` or `amd.com/gpu`.
+    pub fn cdi_kind(&self) -> &'static str {
+        match self.gpu_vendor {
+            crate::gpu::GpuVendor::Nvidia => cdi::NVIDIA_GPU_KIND,
+            crate::gpu::GpuVendor::Amd => cdi::AMD_GPU_KIND,
+        }
+    }
+
+    /// The file name of the agent's CDI spec for this node's GPUs.
+    pub fn cdi_spec_file(&self) -> &'static str {
+        match self.gpu_vendor {
+            crate::gpu::GpuVendor::Nvidia => cdi::SPEC_FILE,
+            crate::gpu::GpuVendor::Amd => cdi::AMD_SPEC_FILE,
         }
     }
 }
@@ -211,7 +232,7 @@ impl ContainerJob {
             .unwrap_or_default()
             .into_iter()
             .chain(mig.iter().cloned())
-            .map(|uuid| format!("{}={uuid}", cdi::NVIDIA_GPU_KIND))
+            .map(|uuid| format!("{}={uuid}", config.cdi_kind()))
             .collect();
         let as_root = nix::unistd::geteuid().is_root();
         Ok(Some(ContainerJob {
@@ -234,8 +255,9 @@ impl ContainerJob {
 impl ContainerJob {
     /// Adds the MIG devices carved for the job (their `MIG-…` UUIDs) to its CDI devices.
     pub fn add_mig_devices(&mut self, mig: &[String]) {
+        let kind = self.config.cdi_kind();
         self.devices
-            .extend(mig.iter().map(|u| format!("{}={u}", cdi::NVIDIA_GPU_KIND)));
+            .extend(mig.iter().map(|u| format!("{kind}={u}")));
     }
 }
 
@@ -248,7 +270,8 @@ pub fn signal_container(job: &ContainerJob, signal: &str) -> Result<(), OciError
 }
 
 /// Writes `config.cdi_dir/berth-nvidia-gpu.json` for the GPUs and MIG devices `gpus` has
-/// now; removes it when there are none (a spec without devices is invalid). With
+/// now (`berth-amd-gpu.json`, kind `amd.com/gpu`, on an AMD node); removes it when there
+/// are none (a spec without devices is invalid). With
 /// `only_if_present`, does nothing unless the file exists (keeps a written spec current).
 ///
 /// # Errors
@@ -259,7 +282,8 @@ pub fn write_node_cdi(
     gpus: &dyn crate::gpu::GpuBackend,
     only_if_present: bool,
 ) -> Result<(), OciError> {
-    let path = config.cdi_dir.join(cdi::SPEC_FILE);
+    let file = config.cdi_spec_file();
+    let path = config.cdi_dir.join(file);
     if only_if_present && !path.exists() {
         return Ok(());
     }
@@ -297,8 +321,11 @@ pub fn write_node_cdi(
             _ => Ok(()),
         };
     }
-    let spec = cdi::nvidia_spec(&nodes, &mig_nodes, &config.dev_dir);
-    cdi::write(&config.cdi_dir, cdi::SPEC_FILE, &spec)
+    let spec = match config.gpu_vendor {
+        crate::gpu::GpuVendor::Nvidia => cdi::nvidia_spec(&nodes, &mig_nodes, &config.dev_dir),
+        crate::gpu::GpuVendor::Amd => cdi::amd_spec(&nodes, &config.dev_dir),
+    };
+    cdi::write(&config.cdi_dir, file, &spec)
 }
 
 /// Gives a simulated machine its device nodes in `dev_dir`: `nvidia<minor>` per GPU and

@@ -92,8 +92,14 @@ pub struct Supervisor {
     gpus: std::sync::Arc<dyn GpuBackend>,
     /// MPS shares per GPU and each GPU's memory (MiB), when this node shares through MPS.
     mps: Option<(u32, BTreeMap<String, u64>)>,
+    /// Each GPU's MPS daemon directories, when the agent runs the daemons.
+    mps_dirs: BTreeMap<String, crate::mps::MpsDirs>,
     /// How container jobs run here.
     oci: crate::oci::OciConfig,
+    /// Keep MIG instances after their job (see [`crate::mig_keep`]); the state directory
+    /// holding the list.
+    mig_keep: Option<PathBuf>,
+    state_dir: PathBuf,
 }
 
 fn now_ms() -> u64 {
@@ -129,22 +135,39 @@ impl Supervisor {
             kill_grace,
             gpus,
             mps: None,
+            mps_dirs: BTreeMap::new(),
             oci: crate::oci::OciConfig::new(state_dir),
+            mig_keep: None,
+            state_dir: state_dir.to_path_buf(),
         };
         sup.reconcile_mig();
         Ok(sup)
     }
 
     /// Gives every job launched from now on the MPS limits of one of `replicas` shares
-    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB.
-    pub fn set_mps(&mut self, replicas: u32, memory_mb: BTreeMap<String, u64>) {
+    /// (see [`job_env::mps`]); `memory_mb` maps GPU UUID → framebuffer MiB; `dirs` are
+    /// the MPS daemons' directories by GPU UUID (empty when no daemon is run).
+    pub fn set_mps(
+        &mut self,
+        replicas: u32,
+        memory_mb: BTreeMap<String, u64>,
+        dirs: BTreeMap<String, crate::mps::MpsDirs>,
+    ) {
         self.mps = Some((replicas, memory_mb));
+        self.mps_dirs = dirs;
+    }
+
+    /// Keeps the MIG instances of jobs that end from now on, for reuse by a later job
+    /// asking for the same slice (`--mig-keep-layout`, see [`crate::mig_keep`]).
+    pub fn set_mig_keep(&mut self, keep: bool) {
+        self.mig_keep = keep.then(|| self.state_dir.clone());
     }
 
     /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
     /// an earlier run wrote one.
     pub fn set_oci(&mut self, oci: crate::oci::OciConfig) {
         self.oci = oci;
+        self.oci.gpu_vendor = self.gpus.vendor();
         self.update_cdi();
     }
 
@@ -268,8 +291,12 @@ impl Supervisor {
         }
         let as_root = nix::unistd::geteuid().is_root();
         let mut env = job_env::build(job, node, &mig);
+        if self.gpus.vendor() == crate::gpu::GpuVendor::Amd {
+            job_env::use_rocr(&mut env, job, node);
+        }
         if let Some((replicas, memory)) = &self.mps {
             env.extend(job_env::mps(job, node, *replicas, memory));
+            env.extend(job_env::mps_dirs(job, node, &self.mps_dirs));
         }
         let shim = ShimSpec {
             argv,
@@ -331,6 +358,11 @@ impl Supervisor {
         for (i, slice) in slices.iter().enumerate() {
             // Intent first: a crash after create still leaves the owner on disk.
             write_json(dir, mig_slices::FILE, &rec);
+            if let Some(kept) = self.reuse_kept(slice) {
+                tracing::info!(job = job.id, mig = kept.uuid, "kept MIG instance reused");
+                rec.entries[i].device = Some(kept);
+                continue;
+            }
             match self.gpus.create_mig(slice) {
                 Ok(device) => rec.entries[i].device = Some(device),
                 Err(e) => {
@@ -342,6 +374,53 @@ impl Supervisor {
         }
         write_json(dir, mig_slices::FILE, &rec);
         Ok(rec.devices().into_iter().map(|d| d.uuid).collect())
+    }
+
+    /// With `--mig-keep-layout`: the kept instance that is exactly `slice`, taken off the
+    /// kept list; else destroys the kept instances in its way (a failure is logged, and the
+    /// create that follows then says the placement is busy). `None` without the flag.
+    fn reuse_kept(&self, slice: &pb::MigSlice) -> Option<MigDevice> {
+        let dir = self.mig_keep.as_ref()?;
+        let mut kept = crate::mig_keep::KeptSlices::load(dir);
+        match self.gpus.mig_devices() {
+            Ok(existing) => kept.retain_existing(&existing),
+            Err(e) => tracing::warn!("cannot list MIG instances: {e}"),
+        }
+        let found = kept.take_exact(slice);
+        if found.is_none() {
+            for d in kept.take_overlapping(slice) {
+                match self.gpus.destroy_mig(&d.gpu_uuid, d.gi_id) {
+                    Ok(()) => {
+                        tracing::info!(mig = d.uuid, "kept MIG instance destroyed for a new layout")
+                    }
+                    Err(e) => tracing::warn!(mig = d.uuid, "kept MIG instance not destroyed: {e}"),
+                }
+            }
+        }
+        if let Err(e) = kept.save() {
+            tracing::warn!("{}: {e}", crate::mig_keep::FILE);
+        }
+        found
+    }
+
+    /// Hands a finished job's slices to the kept list instead of destroying them.
+    fn keep(&self, dir: &Path, rec: &mut mig_slices::MigRecord) -> bool {
+        let mut kept = crate::mig_keep::KeptSlices::load(dir);
+        for entry in rec.entries.iter_mut() {
+            if let Some(device) = entry.device.take() {
+                kept.add(&entry.profile, device);
+            }
+        }
+        match kept.save() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; MIG slices will be destroyed",
+                    crate::mig_keep::FILE
+                );
+                false
+            }
+        }
     }
 
     /// Destroys every recorded slice still alive; true when none is left.
@@ -365,6 +444,15 @@ impl Supervisor {
         };
         if rec.released {
             return true;
+        }
+        if let Some(dir) = &self.mig_keep {
+            let mut kept_rec = rec.clone();
+            if self.keep(dir, &mut kept_rec) {
+                kept_rec.released = true;
+                write_json(&self.job_dir(id), mig_slices::FILE, &kept_rec);
+                tracing::info!(job = id, "MIG slices kept for reuse");
+                return true;
+            }
         }
         rec.released = self.release(&mut rec);
         write_json(&self.job_dir(id), mig_slices::FILE, &rec);
@@ -514,6 +602,56 @@ impl Supervisor {
         }
     }
 
+    /// Brings job `id`'s usage meter (see [`crate::usage`]) up to `now_ms` with `samples`,
+    /// its GPUs shared `replicas` ways, and keeps it in the job directory. A finished job
+    /// has its last interval counted up to when its exit was recorded, once. `None` for an
+    /// unknown job or one without GPUs on `node`.
+    fn meter(
+        &self,
+        id: u64,
+        node: &str,
+        replicas: u32,
+        samples: &[crate::gpu::GpuSample],
+        now_ms: u64,
+    ) -> Option<pb::JobUsage> {
+        use crate::usage::{holdings, Meter, FILE};
+        let job = self.load(id)?;
+        let held = holdings(&job, node, replicas);
+        if held.is_empty() {
+            return None;
+        }
+        let mut m: Meter = self.read(id, FILE).unwrap_or_else(|| {
+            Meter::starting(self.read::<u64>(id, "started_ms").unwrap_or(now_ms))
+        });
+        if !m.done {
+            let ended_ms = fs::metadata(self.job_dir(id).join("exit.json"))
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64);
+            m.advance(ended_ms.unwrap_or(now_ms).min(now_ms), &held, samples);
+            m.done = ended_ms.is_some();
+            write_json(&self.job_dir(id), FILE, &m);
+        }
+        Some(m.report(id))
+    }
+
+    /// Measured GPU use of every running job with GPUs here, for the heartbeat.
+    pub fn running_usage(&self, node: &str, replicas: u32) -> Vec<pb::JobUsage> {
+        let samples = self.gpus.samples();
+        let now = now_ms();
+        self.job_ids()
+            .into_iter()
+            .filter(|id| !self.job_dir(*id).join("exit.json").exists())
+            .filter_map(|id| self.meter(id, node, replicas, &samples, now))
+            .collect()
+    }
+
+    /// The final measured GPU use of finished job `id`, sent just before its end.
+    pub fn final_usage(&self, id: u64, node: &str, replicas: u32) -> Option<pb::JobUsage> {
+        self.meter(id, node, replicas, &self.gpus.samples(), now_ms())
+    }
+
     /// Every job as a report for `Register`: running ones as started, finished ones with
     /// their end.
     pub fn report(&self) -> Vec<pb::JobEvent> {
@@ -550,6 +688,27 @@ pub fn gpu_owners(state_dir: &Path) -> BTreeMap<String, u64> {
         }
     }
     owners
+}
+
+/// Every running job under `state_dir` with its last measured usage (see
+/// [`crate::usage`]; updated at each heartbeat), for `/metrics`. Jobs not measured yet
+/// (no GPUs, or before their first heartbeat) are left out.
+pub fn measured_jobs(state_dir: &Path) -> Vec<(pb::Job, crate::usage::Meter)> {
+    let dir = state_dir.join("jobs");
+    let entries = fs::read_dir(&dir).into_iter().flatten().flatten();
+    let mut out: Vec<(pb::Job, crate::usage::Meter)> = entries
+        .filter_map(|e| {
+            let job_dir = e.path();
+            if job_dir.join("exit.json").exists() {
+                return None;
+            }
+            let job = pb::Job::decode(&fs::read(job_dir.join("job.pb")).ok()?[..]).ok()?;
+            let text = fs::read(job_dir.join(crate::usage::FILE)).ok()?;
+            Some((job, serde_json::from_slice(&text).ok()?))
+        })
+        .collect();
+    out.sort_by_key(|(j, _)| j.id);
+    out
 }
 
 /// The report for berthd of a job in `status`.

@@ -428,3 +428,83 @@ fn metrics_endpoint_serves_dcgm_names_with_job_labels() {
     sup.kill(7, pb::JobState::Cancelled, "test");
     wait_finished(&sup, 7);
 }
+
+#[test]
+fn a_kept_layout_is_reused_by_the_same_slice_and_recarved_for_another() {
+    use std::os::unix::fs::MetadataExt as _;
+    let node = SimNode::new("a100-mig");
+    let gpus = node.backend();
+    let gpu = gpus.inventory().expect("inventory").gpus[0].clone();
+    let mut sup = node.supervisor(gpus.clone());
+    sup.set_mig_keep(true);
+    let run = |id: u64, profile: &str, start: u32, size: u32| {
+        let out = node.dir.path().join(format!("job{id}.out"));
+        let job = mig_job(
+            id,
+            &gpu.uuid,
+            profile,
+            start,
+            size,
+            "echo \"$CUDA_VISIBLE_DEVICES\"",
+            &out,
+        );
+        assert!(sup.launch(&job, "n1").expect("launch"), "launched");
+        let f = wait_finished(&sup, id);
+        assert_eq!(f.state, pb::JobState::Completed as i32, "{f:?}");
+        sup.ack(id);
+        std::fs::read_to_string(&out)
+            .expect("output")
+            .trim()
+            .to_string()
+    };
+    // The simulator rewrites its state file (by rename) on every MIG create or destroy,
+    // and derives instance UUIDs from their ids, so the file's inode tells whether the
+    // layout changed, and its instances' profile ids tell which profile is where.
+    let state_file = node.nvml_dir().join(berth_simnvml::STATE_FILE_NAME);
+    let inode = || std::fs::metadata(&state_file).expect("sim state").ino();
+    let layout = || -> Vec<(u32, String)> {
+        let text = std::fs::read_to_string(&state_file).expect("sim state");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut l: Vec<(u32, String)> = v["gpus"][0]["mig"]["gpu_instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|gi| {
+                let id = gi["profile_id"].as_u64().expect("profile id") as u32;
+                let name = gpu
+                    .mig_profiles
+                    .iter()
+                    .find(|p| p.id == id)
+                    .expect("known id");
+                (
+                    gi["start"].as_u64().expect("start") as u32,
+                    name.name.clone(),
+                )
+            })
+            .collect();
+        l.sort();
+        l
+    };
+    let first = run(1, "3g.20gb", 4, 4);
+    assert_eq!(layout(), [(4, "3g.20gb".to_string())], "kept after its job");
+    // The same slice again: that very instance, the layout untouched.
+    let before = inode();
+    assert_eq!(run(2, "3g.20gb", 4, 4), first);
+    assert_eq!(inode(), before, "nothing destroyed or created");
+    // The other half, then another profile at exactly that placement (3g.20gb and
+    // 4g.20gb both span 4 memory slices): not reused; the kept 3g goes, a 4g is made.
+    run(3, "3g.20gb", 0, 4);
+    assert_eq!(
+        layout(),
+        [(0, "3g.20gb".to_string()), (4, "3g.20gb".to_string())]
+    );
+    run(4, "4g.20gb", 0, 4);
+    assert_eq!(
+        layout(),
+        [(0, "4g.20gb".to_string()), (4, "3g.20gb".to_string())]
+    );
+    // A whole-card slice: both kept halves destroyed first.
+    run(5, "7g.40gb", 0, 8);
+    assert_eq!(layout(), [(0, "7g.40gb".to_string())]);
+    assert_eq!(gpus.mig_devices().expect("list").len(), 1);
+}

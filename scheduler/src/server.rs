@@ -454,6 +454,23 @@ fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
     }
 }
 
+/// A usage report the state machine could never take: checked before it reaches the log.
+fn validate_usage(r: &pb::JobUsageReport) -> Result<(), String> {
+    for u in &r.jobs {
+        if u.job_id == 0 {
+            return Err("job usage for job 0".into());
+        }
+        let values = [u.gpu_seconds, u.gpu_busy_seconds, u.gpu_util_percent];
+        if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!(
+                "job usage of job {}: values must be finite and ≥ 0, got {values:?}",
+                u.job_id
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Api {
     async fn after_register(&self, node: &str, tx: &AgentSender, jobs: Vec<pb::JobEvent>) {
         let term = self.0.raft.term();
@@ -522,6 +539,25 @@ impl Api {
                     }
                 }
                 Some(agent_message::Msg::GpuHealth(h)) => self.gpu_unhealthy(node, h).await,
+                Some(agent_message::Msg::GpuHealthResent(h)) => {
+                    if self.cleared_by_admin(node, &h) {
+                        tracing::info!(
+                            node,
+                            gpu = h.uuid,
+                            "re-sent health report ignored: an admin cleared {:?}",
+                            h.reason
+                        );
+                    } else {
+                        self.gpu_unhealthy(node, h).await
+                    }
+                }
+                Some(agent_message::Msg::JobUsage(r)) => {
+                    if let Err(why) = validate_usage(&r) {
+                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        return;
+                    }
+                    self.job_usage(node, r).await
+                }
                 Some(agent_message::Msg::Register(_)) | None => {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
@@ -531,6 +567,33 @@ impl Api {
                     return;
                 }
             }
+        }
+    }
+
+    /// Whether an admin cleared exactly this report's reason on this GPU: then a report the
+    /// agent re-sends after reconnecting is old news, not a new failure.
+    fn cleared_by_admin(&self, node: &str, h: &pb::GpuHealth) -> bool {
+        let sm = self.0.raft.state();
+        sm.node(node)
+            .and_then(|n| n.inventory.as_ref())
+            .and_then(|i| i.gpus.iter().find(|g| g.uuid == h.uuid))
+            .is_some_and(|g| g.unhealthy_reason.is_empty() && g.healthy_cleared_reason == h.reason)
+    }
+
+    /// Records an agent's measured job usage through the log. A refusal (a job berthd
+    /// no longer allocates there, e.g. after a requeue) is logged, not fatal to the stream.
+    async fn job_usage(&self, node: &str, r: pb::JobUsageReport) {
+        if r.jobs.is_empty() {
+            return;
+        }
+        let cmd = Cmd::JobUsage(pb::JobUsageRecord {
+            node: node.to_string(),
+            jobs: r.jobs,
+        });
+        match self.propose(cmd).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!(node, "job usage refused: {other:?}"),
+            Err(e) => tracing::warn!(node, "job usage not recorded: {e}"),
         }
     }
 
@@ -758,6 +821,55 @@ impl pb::admin_service_server::AdminService for Api {
         }
     }
 
+    async fn resume_gpu(
+        &self,
+        req: Request<pb::GpuHealthyRequest>,
+    ) -> Result<Response<pb::GpuHealthyResponse>, Status> {
+        let r = req.into_inner();
+        if r.node.is_empty() || r.gpu.is_empty() {
+            return Err(Status::invalid_argument(
+                "resume needs node=NAME and gpu=UUID|INDEX",
+            ));
+        }
+        if let Some(mut leader) = self.admin_leader().await? {
+            return leader.resume_gpu(Request::new(r)).await;
+        }
+        let (uuid, reason) = {
+            let sm = self.0.raft.state();
+            let inv = sm
+                .node(&r.node)
+                .and_then(|n| n.inventory.as_ref())
+                .ok_or_else(|| Status::not_found(format!("Node {} not found", r.node)))?;
+            let gpu = inv
+                .gpus
+                .iter()
+                .find(|g| g.uuid == r.gpu || g.index.to_string() == r.gpu)
+                .ok_or_else(|| {
+                    Status::not_found(format!("node {} has no GPU {}", r.node, r.gpu))
+                })?;
+            (gpu.uuid.clone(), gpu.unhealthy_reason.clone())
+        };
+        let cmd = Cmd::GpuHealthy(pb::GpuHealthyMark {
+            node: r.node.clone(),
+            gpu_uuid: uuid.clone(),
+        });
+        match self.propose(cmd).await? {
+            Outcome::Done => {
+                tracing::info!(
+                    node = r.node,
+                    gpu = uuid,
+                    "GPU resumed by an admin (was: {reason})"
+                );
+                Ok(Response::new(pb::GpuHealthyResponse {
+                    gpu_uuid: uuid,
+                    cleared_reason: reason,
+                }))
+            }
+            Outcome::Rejected(why) => Err(Status::not_found(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn get_replica_status(
         &self,
         _req: Request<pb::ReplicaStatusRequest>,
@@ -826,5 +938,35 @@ impl pb::admin_service_server::AdminService for Api {
             .map(|(id, url)| pb::Member { id, url })
             .collect();
         Ok(Response::new(pb::Members { members }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_reports_berthd_could_never_record_are_refused() {
+        let usage = |job_id: u64, held: f64, util: f64| pb::JobUsage {
+            job_id,
+            gpu_seconds: held,
+            gpu_util_percent: util,
+            ..Default::default()
+        };
+        let report = |jobs| pb::JobUsageReport { jobs };
+        assert_eq!(validate_usage(&report(vec![usage(1, 2.5, 40.0)])), Ok(()));
+        assert_eq!(validate_usage(&report(vec![])), Ok(()));
+        let bad = [
+            (usage(0, 1.0, 0.0), "job 0"),
+            (usage(1, -1.0, 0.0), "finite and ≥ 0"),
+            (usage(1, f64::INFINITY, 0.0), "finite and ≥ 0"),
+            (usage(1, 1.0, f64::NAN), "finite and ≥ 0"),
+        ];
+        for (i, (u, want)) in bad.into_iter().enumerate() {
+            match validate_usage(&report(vec![usage(2, 1.0, 1.0), u])) {
+                Err(e) if e.contains(want) => {}
+                got => panic!("#{i}: want an error containing {want:?}, got {got:?}"),
+            }
+        }
     }
 }

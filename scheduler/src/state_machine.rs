@@ -238,6 +238,8 @@ impl StateMachine {
             Cmd::Allocate(c) => self.allocate(c, now),
             Cmd::JobEnded(c) => self.job_ended(c, now),
             Cmd::MarkGpuUnhealthy(c) => self.mark_gpu_unhealthy(&c, now),
+            Cmd::GpuHealthy(c) => self.mark_gpu_healthy(&c),
+            Cmd::JobUsage(c) => self.record_usage(c),
             Cmd::BindPod(c) => self.bind_pod(c, now),
             Cmd::SetAccounts(c) => self.set_accounts(c.toml),
             Cmd::SetTopology(c) => self.set_topology(c.conf),
@@ -384,14 +386,18 @@ impl StateMachine {
                 .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
                 .map(|g| g.mig_held.clone())
                 .unwrap_or_default();
+            let before = old
+                .as_ref()
+                .and_then(|n| n.inventory.as_ref())
+                .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid));
             if gpu.unhealthy_reason.is_empty() {
-                gpu.unhealthy_reason = old
-                    .as_ref()
-                    .and_then(|n| n.inventory.as_ref())
-                    .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
+                gpu.unhealthy_reason = before
                     .map(|g| g.unhealthy_reason.clone())
                     .unwrap_or_default();
             }
+            gpu.healthy_cleared_reason = before
+                .map(|g| g.healthy_cleared_reason.clone())
+                .unwrap_or_default();
         }
         let (cpus_alloc, memory_alloc_mb) = old
             .as_ref()
@@ -437,6 +443,71 @@ impl StateMachine {
             effects.push(changed(id));
         }
         (Outcome::Done, effects)
+    }
+
+    /// An admin's word that a repaired GPU is healthy: its unhealthy mark goes (kept as
+    /// `healthy_cleared_reason`, see [`pb::Gpu`]) and placement uses it again. Already
+    /// healthy: nothing changes.
+    fn mark_gpu_healthy(&mut self, c: &pb::GpuHealthyMark) -> Applied {
+        let gpu = self
+            .state
+            .nodes
+            .get_mut(&c.node)
+            .and_then(|n| n.inventory.as_mut())
+            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == c.gpu_uuid));
+        let Some(gpu) = gpu else {
+            let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
+            return (Outcome::Rejected(why), vec![]);
+        };
+        if gpu.unhealthy_reason.is_empty() {
+            return (Outcome::Done, vec![]);
+        }
+        gpu.healthy_cleared_reason = std::mem::take(&mut gpu.unhealthy_reason);
+        (Outcome::Done, vec![Effect::NodeChanged(c.node.clone())])
+    }
+
+    /// Records an agent's measured GPU use of its jobs (cumulative, one entry per job and
+    /// node, replacing that node's previous entry). All or nothing: an entry for an unknown
+    /// job, a job not allocated on that node, or a value that is negative, not finite, or
+    /// busy time above held time rejects the whole record. Fair share does not read it.
+    fn record_usage(&mut self, c: pb::JobUsageRecord) -> Applied {
+        for u in &c.jobs {
+            if let Err(why) = self.check_usage(&c.node, u) {
+                return (Outcome::Rejected(why), vec![]);
+            }
+        }
+        for mut u in c.jobs {
+            u.node = c.node.clone();
+            let job = self.state.jobs.get_mut(&u.job_id).expect("checked above");
+            job.usage.retain(|x| x.node != c.node);
+            job.usage.push(u);
+            job.usage.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        (Outcome::Done, vec![])
+    }
+
+    fn check_usage(&self, node: &str, u: &pb::JobUsage) -> Result<(), String> {
+        let Some(job) = self.state.jobs.get(&u.job_id) else {
+            return Err(format!("usage of unknown job {}", u.job_id));
+        };
+        if !job.allocations.iter().any(|a| a.node == node) {
+            return Err(format!("job {} has no allocation on {node}", u.job_id));
+        }
+        let values = [u.gpu_seconds, u.gpu_busy_seconds, u.gpu_util_percent];
+        if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(format!(
+                "job {}: usage values must be finite and ≥ 0, got {values:?}",
+                u.job_id
+            ));
+        }
+        // Rounding in the agent's sums may put busy a hair above held.
+        if u.gpu_busy_seconds > u.gpu_seconds * (1.0 + 1e-9) + 1e-9 {
+            return Err(format!(
+                "job {}: busy GPU-seconds {} above held GPU-seconds {}",
+                u.job_id, u.gpu_busy_seconds, u.gpu_seconds
+            ));
+        }
+        Ok(())
     }
 
     /// Records that a GPU went bad; placement skips it from now on. The first reason is

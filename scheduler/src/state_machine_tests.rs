@@ -870,3 +870,149 @@ fn topology_is_installed_through_the_log_and_bad_trees_change_nothing() {
     assert_eq!(restored.topology_conf(), good);
     assert_eq!(*restored.topology(), *sm.topology());
 }
+
+#[test]
+fn an_admin_resume_clears_the_mark_and_survives_reregistration() {
+    let gpu = |n: u32| format!("GPU-n1-{n}");
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
+                node: "n1".into(),
+                gpu_uuid: gpu(0),
+                reason: "XID 79".into(),
+            }),
+        ),
+    ];
+    let (mut sm, _) = run(&log);
+    let resume = |uuid: String| {
+        Cmd::GpuHealthy(pb::GpuHealthyMark {
+            node: "n1".into(),
+            gpu_uuid: uuid,
+        })
+    };
+    let bad = sm.apply(3, cmd(3, resume("GPU-nope".into())));
+    assert_eq!(
+        bad.0,
+        Outcome::Rejected("no GPU GPU-nope on node n1".into())
+    );
+    let before = sm.encode();
+    let (outcome, effects) = sm.apply(4, cmd(4, resume(gpu(0))));
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        effects,
+        vec![Effect::NodeChanged("n1".into())],
+        "a pass runs"
+    );
+    assert_ne!(sm.encode(), before);
+    let g = |sm: &StateMachine| sm.node("n1").unwrap().inventory.clone().unwrap().gpus[0].clone();
+    assert_eq!(g(&sm).unhealthy_reason, "");
+    assert_eq!(g(&sm).healthy_cleared_reason, "XID 79");
+    // Placement may use it again.
+    let mut sm2 = sm.clone();
+    sm2.apply(
+        5,
+        cmd(
+            5,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+    );
+    let (ok, _) = sm2.apply(6, cmd(6, alloc(1, "n1", &[&gpu(0)])));
+    assert_eq!(ok, Outcome::Done, "a resumed GPU can be allocated");
+    // Already healthy: nothing changes, nothing to schedule.
+    let same = sm.encode();
+    let (outcome, effects) = sm.apply(5, cmd(5, resume(gpu(0))));
+    assert_eq!((outcome, effects.len()), (Outcome::Done, 0));
+    assert_eq!(sm.encode(), same);
+    // The agent re-registers: the cleared reason is kept (berthd uses it to skip the
+    // agent's re-sent old report), the GPU stays healthy.
+    sm.apply(
+        6,
+        cmd(
+            6,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+    );
+    assert_eq!(g(&sm).unhealthy_reason, "");
+    assert_eq!(g(&sm).healthy_cleared_reason, "XID 79");
+}
+
+#[test]
+fn measured_usage_is_recorded_per_node_and_bad_records_change_nothing() {
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 2)),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(spec(1)),
+            }),
+        ),
+        cmd(3, alloc(1, "n1", &["GPU-n1-0"])),
+    ];
+    let (mut sm, _) = run(&log);
+    let usage = |job_id: u64, held: f64, busy: f64| pb::JobUsage {
+        job_id,
+        gpu_seconds: held,
+        gpu_busy_seconds: busy,
+        gpu_memory_max_mb: 1024,
+        gpu_util_percent: 50.0,
+        gpu_memory_mb: 512,
+        measured_ms: 4_000,
+        ..Default::default()
+    };
+    let record = |node: &str, jobs: Vec<pb::JobUsage>| {
+        Cmd::JobUsage(pb::JobUsageRecord {
+            node: node.into(),
+            jobs,
+        })
+    };
+    let (outcome, _) = sm.apply(4, cmd(4, record("n1", vec![usage(1, 10.0, 5.0)])));
+    assert_eq!(outcome, Outcome::Done);
+    let (outcome, _) = sm.apply(5, cmd(5, record("n1", vec![usage(1, 20.0, 8.0)])));
+    assert_eq!(outcome, Outcome::Done);
+    let got = sm.job(1).unwrap().usage.clone();
+    assert_eq!(got.len(), 1, "one entry per node, replaced: {got:?}");
+    assert_eq!((got[0].node.as_str(), got[0].gpu_seconds), ("n1", 20.0));
+    let before = sm.encode();
+    let bad = [
+        (record("n1", vec![usage(9, 1.0, 0.0)]), "unknown job 9"),
+        (
+            record("n2", vec![usage(1, 1.0, 0.0)]),
+            "no allocation on n2",
+        ),
+        (record("n1", vec![usage(1, -1.0, 0.0)]), "finite and ≥ 0"),
+        (
+            record("n1", vec![usage(1, f64::NAN, 0.0)]),
+            "finite and ≥ 0",
+        ),
+        (record("n1", vec![usage(1, 1.0, 2.0)]), "above held"),
+        // All or nothing: a good entry beside a bad one is not taken either.
+        (
+            record("n1", vec![usage(1, 30.0, 1.0), usage(9, 1.0, 0.0)]),
+            "unknown job 9",
+        ),
+    ];
+    for (i, (c, want)) in bad.into_iter().enumerate() {
+        let index = 6 + i as u64;
+        match sm.apply(index, cmd(index, c)) {
+            (Outcome::Rejected(why), _) if why.contains(want) => {}
+            other => panic!("#{i}: want a refusal containing {want:?}, got {other:?}"),
+        }
+        assert_eq!(sm.encode(), before, "#{i}: state changed");
+    }
+}

@@ -319,6 +319,26 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
         health(&list),
         ["Healthy", "Unhealthy", "Healthy", "Healthy"]
     );
+
+    // An admin declares GPU 1 repaired (`scontrol update ... State=RESUME`, through the
+    // log): the plugin follows berthd and advertises it Healthy again.
+    let mut admin = pb::admin_service_client::AdminServiceClient::connect(berthd.clone())
+        .await
+        .unwrap();
+    let resumed = admin
+        .resume_gpu(pb::GpuHealthyRequest {
+            node: "gpu01".into(),
+            gpu: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resumed.cleared_reason.contains("XID 79"), "{resumed:?}");
+    let list = next_list(&mut watch, "GPU 1 Healthy again", |d| {
+        d.len() == 4 && d.iter().all(|d| d.health == "Healthy")
+    })
+    .await;
+    assert_eq!(list[1].id, resumed.gpu_uuid);
 }
 
 /// A berthd and a berth-agent with `--device-plugin` on simulated `machine`, and kubelet's

@@ -160,6 +160,55 @@ fn inventory_metrics_and_an_xid_that_takes_a_gpu_out_of_placement() {
         job.contains("JobState=PENDING "),
         "8 GPUs can no longer fit:\n{job}"
     );
+
+    // An admin declares GPU 0 repaired (through the log): placement uses it again.
+    let bad = dev.berth(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=9",
+        "State=RESUME",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("no GPU 9"), "{err}");
+    let bad = dev.berth(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=DRAIN",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("only State=RESUME"),
+        "{err}"
+    );
+    dev.stdout(&["scancel", victim]);
+    let said = dev.stdout(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=RESUME",
+    ]);
+    assert!(
+        said.contains(&format!("GPU {gpu0} on node1 resumed (was: XID 79")),
+        "{said}"
+    );
+    poll("the 8-GPU job runs once GPU 0 is back", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", all.trim()]);
+        text.contains("JobState=COMPLETED ").then_some(())
+    });
+    let node = dev.stdout(&["scontrol", "show", "node", "node1"]);
+    assert!(!node.contains("Health=UNHEALTHY"), "{node}");
+    let again = dev.stdout(&[
+        "scontrol",
+        "update",
+        "NodeName=node1",
+        "Gpu=0",
+        "State=RESUME",
+    ]);
+    assert!(again.contains("already healthy"), "{again}");
 }
 
 #[test]
@@ -239,5 +288,69 @@ fn mps_shares_run_three_jobs_per_gpu_with_limits() {
     std::fs::write(&marker, "").expect("release the jobs");
     poll("the 13th job runs once a share frees", 60, || {
         (state(&ids[12]) != "PENDING").then_some(())
+    });
+}
+
+/// Measured use of a running job reaches berthd (`scontrol show job` → `GpuUsage=`) and the
+/// agent's `/metrics` (per-job gauges with `job` and `account` labels).
+#[test]
+fn measured_gpu_use_of_a_job_reaches_berthd_and_metrics() {
+    let dev = Dev::start(&["--machine", "pcie-l40s-4"]);
+    // Every GPU 60 % busy with 2000 MiB used: whichever two the job gets.
+    let gpus: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"index": {i}, "utilization_gpu": 60, "memory_used_mb": 2000}}"#))
+        .collect();
+    write(
+        &dev.nvml_dir().join(berth_simnvml::TELEMETRY_FILE_NAME),
+        &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
+    );
+    let marker = dev.dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.1; done", marker.display());
+    let id = dev.stdout(&["sbatch", "--parsable", "--gres=gpu:2", "--wrap", &script]);
+    let id = id.trim().to_string();
+    // Two heartbeats apart, so some time has been held.
+    let usage = poll("usage recorded with held time", 60, || {
+        let text = dev.stdout(&["scontrol", "show", "job", &id]);
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("GpuUsage=node1:"))?
+            .to_string();
+        let field = |k: &str| -> Option<f64> {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(k))?
+                .trim_end_matches(['s', '%', 'M'])
+                .parse()
+                .ok()
+        };
+        let held = field("held=")?;
+        let got = (held, field("busy=")?, field("util=")?, field("mem=")?);
+        (held >= 1.0).then_some(got)
+    });
+    let (held, busy, util, mem) = usage;
+    assert_eq!(util, 60.0, "mean utilization of its two GPUs");
+    assert_eq!(mem, 4000.0, "2 GPUs × 2000 MiB");
+    // Every interval was charged at 60 %: busy = 0.6 × held (one decimal printed).
+    assert!((busy - 0.6 * held).abs() <= 0.1, "held {held}, busy {busy}");
+    let shown = dev.stdout(&["scontrol", "show", "job", &id]);
+    let account = shown
+        .split("Account=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("Account= in scontrol show job");
+    let body = http_get(&dev.metrics_url);
+    let labels = format!(r#"{{Hostname="node1",account="{account}",job="{id}"}}"#);
+    for want in [
+        format!("berth_job_gpu_util_percent{labels} 60"),
+        format!("berth_job_gpu_memory_used_mib{labels} 4000"),
+        format!("berth_job_gpu_memory_max_mib{labels} 4000"),
+        format!("berth_job_gpu_held_seconds{labels} "),
+    ] {
+        assert!(body.contains(&want), "missing {want:?} in\n{body}");
+    }
+    std::fs::write(&marker, "").expect("release the job");
+    poll("the job ends with its final usage", 30, || {
+        let text = dev.stdout(&["scontrol", "show", "job", &id]);
+        (text.contains("JobState=COMPLETED ") && text.contains("GpuUsage=node1:held="))
+            .then_some(())
     });
 }

@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 
 /// The kind of whole GPUs and MIG devices.
 pub const NVIDIA_GPU_KIND: &str = "nvidia.com/gpu";
+/// The kind of AMD GPUs (ROCm's container toolkit, `amd-ctk cdi generate`).
+pub const AMD_GPU_KIND: &str = "amd.com/gpu";
+/// File name of the agent's spec on an AMD node.
+pub const AMD_SPEC_FILE: &str = "berth-amd-gpu.json";
+/// The DRM character-device major (Linux `DRM_MAJOR`): `/dev/dri/card*`, `renderD*`.
+const DRM_MAJOR: i64 = 226;
 /// The version berth writes: the newest, so every field is allowed.
 pub const CDI_VERSION: &str = "1.1.0";
 /// The versions a loaded spec may declare.
@@ -309,11 +315,11 @@ fn validate(spec: &Spec) -> Result<(), OciError> {
 /// A GPU as the CDI spec needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuNode {
-    /// NVML index.
+    /// NVML (or ROCm SMI) index.
     pub index: u32,
     /// `GPU-…`.
     pub uuid: String,
-    /// Minor number of `/dev/nvidia<minor>`.
+    /// Minor number of `/dev/nvidia<minor>`; on AMD, of `/dev/dri/renderD<minor>`.
     pub minor: u32,
 }
 
@@ -428,17 +434,90 @@ pub fn nvidia_spec(gpus: &[GpuNode], migs: &[MigNode], dev_dir: &Path) -> Spec {
     }
 }
 
+/// The agent's `amd.com/gpu` spec, laid out as ROCm's container toolkit writes it
+/// (`internal/cdi/cdi.go`): one device per GPU named by index, each with the GPU's DRM
+/// render node and `/dev/kfd` (the compute driver every ROCm process opens), and `all` with
+/// every GPU's nodes. berth also names each GPU by UUID, which is how grants request it.
+/// Card nodes (`/dev/dri/card*`) are left out: compute needs only the render node, and
+/// ROCm's own docs run containers with just `/dev/kfd` and `renderD*`.
+pub fn amd_spec(gpus: &[GpuNode], dev_dir: &Path) -> Spec {
+    let kfd = kfd_node(dev_dir);
+    let render = |g: &GpuNode| {
+        char_node(
+            &format!("/dev/dri/renderD{}", g.minor),
+            &dev_dir.join(format!("dri/renderD{}", g.minor)),
+            DRM_MAJOR,
+            i64::from(g.minor),
+        )
+    };
+    let mut devices = Vec::new();
+    for g in gpus {
+        let edits = ContainerEdits {
+            device_nodes: vec![render(g), kfd.clone()],
+            ..Default::default()
+        };
+        for name in [g.index.to_string(), g.uuid.clone()] {
+            devices.push(Device {
+                name,
+                annotations: BTreeMap::new(),
+                container_edits: edits.clone(),
+            });
+        }
+    }
+    let mut all: Vec<DeviceNode> = gpus.iter().map(render).collect();
+    all.push(kfd);
+    devices.push(Device {
+        name: "all".into(),
+        annotations: BTreeMap::new(),
+        container_edits: ContainerEdits {
+            device_nodes: all,
+            ..Default::default()
+        },
+    });
+    Spec {
+        cdi_version: CDI_VERSION.into(),
+        kind: AMD_GPU_KIND.into(),
+        annotations: BTreeMap::new(),
+        devices,
+        container_edits: ContainerEdits::default(),
+    }
+}
+
+/// `/dev/kfd`'s major is dynamic: from `/proc/devices` when amdgpu is loaded, else from the
+/// node itself, else left out (applying the spec then reads it from the host node, and
+/// fails naming it if there is none).
+fn kfd_node(dev_dir: &Path) -> DeviceNode {
+    use std::os::unix::fs::MetadataExt;
+    let host = dev_dir.join("kfd");
+    let major = proc_devices_major("kfd").or_else(|| {
+        let m = std::fs::metadata(&host).ok()?;
+        Some(nix::sys::stat::major(m.rdev()) as i64)
+    });
+    match major {
+        Some(major) => char_node("/dev/kfd", &host, major, 0),
+        None => DeviceNode {
+            path: "/dev/kfd".into(),
+            host_path: Some(host.display().to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+/// The major `/proc/devices` lists for the character driver `name`.
+fn proc_devices_major(name: &str) -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/devices").ok()?;
+    text.lines()
+        .take_while(|l| !l.starts_with("Block devices"))
+        .find_map(|l| {
+            let (n, driver) = l.trim().split_once(' ')?;
+            (driver == name).then(|| n.parse::<i64>().ok()).flatten()
+        })
+}
+
 /// The nvidia-caps major is dynamic: read it from `/proc/devices` when the driver is
 /// loaded; without a driver (simulated GPUs) see [`NVIDIA_CAPS_MAJOR_UNLOADED`].
 fn cap_node(caps: &Path, minor: u32) -> DeviceNode {
-    let major = std::fs::read_to_string("/proc/devices").ok().and_then(|t| {
-        t.lines().find_map(|l| {
-            let (n, name) = l.trim().split_once(' ')?;
-            (name == "nvidia-caps")
-                .then(|| n.parse::<i64>().ok())
-                .flatten()
-        })
-    });
+    let major = proc_devices_major("nvidia-caps");
     char_node(
         &format!("/dev/nvidia-caps/nvidia-cap{minor}"),
         &caps.join(format!("nvidia-cap{minor}")),

@@ -297,3 +297,158 @@ fn a_bad_file_in_the_spec_dir_is_named() {
         other => panic!("want a CDI error, got {other:?}"),
     }
 }
+
+/// A spec as ROCm's container toolkit writes it (`amd-ctk cdi generate`, version 0.6.0):
+/// per GPU its DRM nodes and `/dev/kfd`, and `all`. Numbers as a node with amdgpu shows
+/// them (kfd's major is dynamic).
+const AMD_REFERENCE: &str = r#"{
+  "cdiVersion": "0.6.0",
+  "kind": "amd.com/gpu",
+  "devices": [
+    { "name": "0", "containerEdits": { "deviceNodes": [
+        { "path": "/dev/dri/card1", "type": "c", "major": 226, "minor": 1, "fileMode": 432, "permissions": "rwm", "uid": 0, "gid": 44 },
+        { "path": "/dev/dri/renderD128", "type": "c", "major": 226, "minor": 128, "fileMode": 432, "permissions": "rwm", "uid": 0, "gid": 109 },
+        { "path": "/dev/kfd", "type": "c", "major": 236, "minor": 0, "fileMode": 438, "permissions": "rwm", "uid": 0, "gid": 109 } ] } },
+    { "name": "all", "containerEdits": { "deviceNodes": [
+        { "path": "/dev/dri/card1", "type": "c", "major": 226, "minor": 1 },
+        { "path": "/dev/dri/renderD128", "type": "c", "major": 226, "minor": 128 },
+        { "path": "/dev/kfd", "type": "c", "major": 236, "minor": 0 } ] } }
+  ]
+}"#;
+
+#[test]
+fn the_amd_toolkit_spec_parses_and_applies() {
+    let spec = parse(AMD_REFERENCE.as_bytes()).unwrap();
+    let mut oci = base_spec();
+    apply(&mut oci, &[spec], &["amd.com/gpu=0".into()]).unwrap();
+    let linux = oci.linux().as_ref().unwrap();
+    let paths: Vec<String> = linux
+        .devices()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
+    assert_eq!(paths, ["/dev/dri/card1", "/dev/dri/renderD128", "/dev/kfd"]);
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    let allowed: Vec<(Option<i64>, Option<i64>)> =
+        rules.iter().map(|r| (r.major(), r.minor())).collect();
+    assert_eq!(
+        allowed,
+        [
+            (Some(226), Some(1)),
+            (Some(226), Some(128)),
+            (Some(236), Some(0))
+        ]
+    );
+}
+
+#[test]
+fn the_agents_amd_spec_names_gpus_by_index_and_uuid_and_round_trips() {
+    let t = tempfile::tempdir().unwrap();
+    // A kfd node's major comes from /proc/devices or the node; a regular file has major 0,
+    // which is what a node without amdgpu can offer (the real driver's is dynamic).
+    std::fs::write(t.path().join("kfd"), "").unwrap();
+    let gpus = [
+        GpuNode {
+            index: 0,
+            uuid: "GPU-4b2c1a7c91b2aa21".into(),
+            minor: 128,
+        },
+        GpuNode {
+            index: 1,
+            uuid: "GPU-00000000000000ab".into(),
+            minor: 129,
+        },
+    ];
+    let spec = amd_spec(&gpus, t.path());
+    assert_eq!(spec.kind, "amd.com/gpu");
+    let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "0",
+            "GPU-4b2c1a7c91b2aa21",
+            "1",
+            "GPU-00000000000000ab",
+            "all"
+        ]
+    );
+    let text = serde_json::to_vec(&spec).unwrap();
+    assert_eq!(parse(&text).unwrap(), spec, "a CDI loader reads it back");
+    let json: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let nodes = &json["devices"][3]["containerEdits"]["deviceNodes"];
+    assert_eq!(nodes[0]["path"], "/dev/dri/renderD129");
+    assert_eq!(
+        nodes[0]["hostPath"],
+        t.path().join("dri/renderD129").display().to_string()
+    );
+    assert_eq!(nodes[0]["major"], 226);
+    assert_eq!(nodes[0]["minor"], 129);
+    assert_eq!(nodes[1]["path"], "/dev/kfd");
+    assert_eq!(nodes[1]["type"], "c");
+    assert_eq!(
+        json["devices"][4]["containerEdits"]["deviceNodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "all = both render nodes + kfd"
+    );
+    let dir = t.path().join("cdi");
+    write(&dir, AMD_SPEC_FILE, &spec).unwrap();
+    let loaded = load(&[dir]).unwrap();
+    let mut oci = base_spec();
+    apply(
+        &mut oci,
+        &loaded,
+        &["amd.com/gpu=GPU-00000000000000ab".into()],
+    )
+    .unwrap();
+    let paths: Vec<String> = oci
+        .linux()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
+    assert_eq!(paths, ["/dev/dri/renderD129", "/dev/kfd"]);
+    let mut oci = base_spec();
+    match apply(
+        &mut oci,
+        &loaded,
+        &["nvidia.com/gpu=GPU-00000000000000ab".into()],
+    ) {
+        Err(OciError::Cdi(m)) => assert!(m.contains("unresolvable"), "{m}"),
+        other => panic!("an AMD GPU requested as nvidia.com/gpu: {other:?}"),
+    }
+}
+
+#[test]
+fn an_amd_spec_without_a_kfd_node_fails_to_apply_naming_it() {
+    if proc_devices_major("kfd").is_some() {
+        println!("SKIPPED: amdgpu is loaded here, so /dev/kfd's major is known");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let gpus = [GpuNode {
+        index: 0,
+        uuid: "GPU-aa".into(),
+        minor: 128,
+    }];
+    let spec = amd_spec(&gpus, t.path());
+    let mut oci = base_spec();
+    match apply(&mut oci, &[spec], &["amd.com/gpu=0".into()]) {
+        Err(OciError::Cdi(m)) => assert!(m.contains("kfd"), "{m}"),
+        other => panic!("want an error naming kfd, got {other:?}"),
+    }
+}
