@@ -113,18 +113,24 @@ impl View {
     }
 
     /// False when no `job.nodes` nodes of its partition have `job.gpus_per_node` free GPUs
-    /// (a necessary condition only: type, CPUs and memory are the pipeline's business).
+    /// (a necessary condition only: type, CPUs and memory are the pipeline's business). A
+    /// fraction job may fit a GPU that offers no plain share, so only up nodes count for it.
     pub fn may_fit(&self, job: &PendingJob) -> bool {
-        self.fit.get(&job.partition).is_some_and(|c| {
-            c.get(job.gpus_per_node as usize)
-                .is_some_and(|&n| n >= job.nodes.max(1))
-        })
+        let g = if job.gpu_milli > 0 {
+            0
+        } else {
+            job.gpus_per_node as usize
+        };
+        self.fit
+            .get(&job.partition)
+            .is_some_and(|c| c.get(g).is_some_and(|&n| n >= job.nodes.max(1)))
     }
 
     /// Places `job` through `pipeline`, looking only at the up nodes of its partition with
     /// enough free GPUs, those with the fewest free first (the others would fail a filter,
-    /// and the best-fit scorer prefers the tightest): a placement costs the nodes it looks
-    /// at, not the cluster.
+    /// and best fit prefers the tightest) — or the most free first when the partition
+    /// spreads: a placement costs the nodes it looks at, not the cluster. A fraction job
+    /// looks at every up node (its share may be on a GPU with no plain share left).
     ///
     /// # Errors
     /// The pipeline's [`crate::Unplaceable`], computed over the candidate nodes only.
@@ -133,18 +139,25 @@ impl View {
         pipeline: &Pipeline,
         job: &PendingJob,
     ) -> Result<Decision, crate::Unplaceable> {
-        let g = job.gpus_per_node as usize;
+        let g = if job.gpu_milli > 0 {
+            0
+        } else {
+            job.gpus_per_node as usize
+        };
         let buckets = self
             .buckets
             .get(&job.partition)
             .map(|b| b.as_slice())
             .unwrap_or(&[]);
-        let nodes = buckets
-            .iter()
-            .skip(g)
-            .flatten()
-            .map(|&i| (&self.snap.nodes[i], self.places[i].as_deref()));
-        pipeline.select_among(&self.snap.topology, nodes, job)
+        let place = |&i: &usize| (&self.snap.nodes[i], self.places[i].as_deref());
+        let enough = buckets.iter().skip(g);
+        if pipeline.packing(&job.partition) == crate::packing::Packing::Spread {
+            let nodes = enough.rev().flat_map(|b| b.iter().rev()).map(place);
+            pipeline.select_among(&self.snap.topology, nodes, job)
+        } else {
+            let nodes = enough.flatten().map(place);
+            pipeline.select_among(&self.snap.topology, nodes, job)
+        }
     }
 
     /// Position of node `name`.

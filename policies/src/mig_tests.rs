@@ -32,6 +32,7 @@ fn mig_gpu(node: &str, index: u32, model: &str, held: &[(&str, u32)]) -> GpuView
         mig_enabled: true,
         mig_profiles: Arc::new(profiles),
         mig_held,
+        shares: None,
     }
 }
 

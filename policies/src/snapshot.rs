@@ -22,6 +22,41 @@ pub struct GpuView {
     pub mig_profiles: std::sync::Arc<Vec<crate::mig::MigProfile>>,
     /// MIG slices held now (never overlapping).
     pub mig_held: Vec<crate::mig::MigHeld>,
+    /// Time-slicing of a healthy GPU offered as several shares (`--gpu-replicas N`, N > 1);
+    /// `None`: one job at a time (or not offered at all: unhealthy, MIG mode).
+    pub shares: Option<GpuShares>,
+}
+
+/// What is left of a time-sliced GPU. A fraction job (`--gpus=0.5`) takes one share and
+/// its GPU milli; a whole-GPU request takes one plain share of `plain_milli`. Never more
+/// than 1000 milli nor `replicas` shares are held on one GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuShares {
+    /// Shares not held.
+    pub free: u32,
+    /// GPU milli not held, in `[0, 1000]`.
+    pub milli_free: u32,
+    /// Milli one plain share holds: `1000 / replicas`.
+    pub plain_milli: u32,
+}
+
+impl GpuView {
+    /// Free GPU milli as packing sees it: a time-sliced GPU's unheld milli while a share
+    /// is left, else 1000 for a free GPU and 0 for a held one.
+    pub fn milli_free(&self) -> u32 {
+        match self.shares {
+            Some(s) if s.free > 0 => s.milli_free,
+            Some(_) => 0,
+            None if self.free => crate::packing::GPU_MILLI,
+            None => 0,
+        }
+    }
+
+    /// Whether one share of `gpu_milli` (a fraction job's) fits here now.
+    pub fn fits_fraction(&self, gpu_milli: u32) -> bool {
+        self.shares
+            .is_some_and(|s| s.free > 0 && s.milli_free >= gpu_milli)
+    }
 }
 
 /// One node as placement sees it.
@@ -243,6 +278,10 @@ pub struct PendingJob {
     /// `--switches=N@WAIT`: how long after `submit_ms` the job waits for `switches_max`
     /// leaves before it takes any placement, ms.
     pub switches_wait_ms: u64,
+    /// A fraction of one time-sliced GPU, in GPU milli `(0, 1000)` (`--gpus=0.5` is 500),
+    /// with `gpus_per_node == 1`; 0: whole GPUs. It takes one share of a GPU with that much
+    /// milli unheld ([`GpuView::fits_fraction`]).
+    pub gpu_milli: u32,
 }
 
 impl PendingJob {
@@ -267,6 +306,9 @@ pub struct NodeGrant {
     pub mem_mb: u64,
     /// MIG slices held (GPU UUID + placement + profile), on GPUs not in `gpu_uuids`.
     pub mig_slices: Vec<crate::mig::MigGrant>,
+    /// GPU milli held on each GPU of `gpu_uuids` when it is a fraction grant (one share
+    /// of a time-sliced GPU); 0: a whole GPU, or one plain share of a time-sliced one.
+    pub gpu_milli: u32,
 }
 
 /// Start `job_id` on these nodes (the first one runs the batch script).

@@ -183,3 +183,127 @@ fn scorers_on_node_views() {
         -1.0
     );
 }
+
+/// An 8-GPU node of partition `p` with `free` idle GPUs (the lowest indexes held) and
+/// `cpus_free` of 64 CPUs free.
+fn gpu_node(name: &str, p: &str, free: u32, cpus_free: u32) -> NodeView {
+    NodeView {
+        name: name.into(),
+        partition: p.into(),
+        cpus_free,
+        ..view(
+            &(0..8).map(|i| i >= 8 - free).collect::<Vec<_>>(),
+            cpus_free,
+        )
+    }
+}
+
+fn chosen(
+    packing: Packing,
+    workload: Option<Workload>,
+    nodes: Vec<NodeView>,
+    job: &PendingJob,
+) -> String {
+    let cfg = crate::PolicyConfig {
+        packing: [("p".to_string(), packing)].into_iter().collect(),
+        ..crate::PolicyConfig::default()
+    };
+    let pipeline = crate::Pipeline::new(&cfg)
+        .with_workloads(workload.map(|w| ("p".to_string(), w)).into_iter().collect());
+    let snap = crate::ClusterSnapshot {
+        nodes,
+        ..crate::ClusterSnapshot::default()
+    };
+    let d = pipeline.select(&snap, job).expect("fits");
+    d.nodes[0].node.clone()
+}
+
+use crate::fragmentation::{TaskClass, Workload};
+
+fn only(shape: TaskShape) -> Workload {
+    Workload {
+        classes: vec![TaskClass {
+            shape,
+            popularity: 1.0,
+        }],
+    }
+}
+
+#[test]
+fn each_packing_choice_places_a_one_gpu_job_where_it_should() {
+    // n1: 2 GPUs free, n2: 8 free, n3: 1 free; the partition's workload is 8-GPU jobs.
+    let nodes = || {
+        vec![
+            gpu_node("n1", "p", 2, 64),
+            gpu_node("n2", "p", 8, 64),
+            gpu_node("n3", "p", 1, 64),
+        ]
+    };
+    let eight = only(TaskShape {
+        cpu_milli: 1000,
+        memory_mib: 0,
+        gpus: 8,
+        gpu_milli: 1000,
+        models: vec![],
+    });
+    let j = PendingJob {
+        partition: "p".into(),
+        gpus_per_node: 1,
+        cpus_per_node: 1,
+        ..PendingJob::default()
+    };
+    // Best fit: the tightest node (n3, 0 left). Spread: the emptiest (n2). FGD: 8-GPU
+    // jobs fit only n2, so taking one of its GPUs adds 7000 milli of fragments; on n1 or
+    // n3 it removes 1000 (tie, n1 by name). berth's measure is 2·FGD's for whole-GPU
+    // classes: the same choice. Without a workload FGD falls back to best fit.
+    let cases = [
+        (Packing::BestFit, Some(eight.clone()), "n3"),
+        (Packing::Spread, Some(eight.clone()), "n2"),
+        (Packing::Fgd, Some(eight.clone()), "n1"),
+        (Packing::Berth, Some(eight.clone()), "n1"),
+        (Packing::Fgd, None, "n3"),
+    ];
+    for (i, (k, w, want)) in cases.into_iter().enumerate() {
+        let got = chosen(k, w, nodes(), &j);
+        assert_eq!(got, want, "#{i} {}: want {want}, got {got}", k.as_str());
+    }
+}
+
+#[test]
+fn berth_packing_sees_gpus_stranded_by_cpu_where_fgd_does_not() {
+    // Both nodes have 2 idle GPUs; n2 has only 4 CPUs free. The workload is half-GPU
+    // tasks with 4 CPUs: on n2 one fits (CPU-bound) and 1500 of its 2000 free milli are
+    // stranded. FGD counts only GPUs too full for one share (none on either node): a
+    // CPU-less 1-GPU job changes nothing, so it ties and goes to n1 by name. berth's
+    // stream measure drops by 1000 on n2 (stranded 1500 → 500) and 0 on n1: n2.
+    let nodes = || vec![gpu_node("n1", "p", 2, 64), gpu_node("n2", "p", 2, 4)];
+    let half = only(TaskShape {
+        cpu_milli: 4000,
+        memory_mib: 0,
+        gpus: 1,
+        gpu_milli: 500,
+        models: vec![],
+    });
+    let j = PendingJob {
+        partition: "p".into(),
+        gpus_per_node: 1,
+        cpus_per_node: 0,
+        ..PendingJob::default()
+    };
+    assert_eq!(chosen(Packing::Fgd, Some(half.clone()), nodes(), &j), "n1");
+    assert_eq!(chosen(Packing::Berth, Some(half), nodes(), &j), "n2");
+}
+
+#[test]
+fn packing_names_parse_and_bad_ones_are_refused() {
+    for k in Packing::ALL {
+        assert_eq!(Packing::parse(k.as_str()), Ok(k));
+    }
+    for bad in ["", "FGD", "best-fit", "binpack", " fgd"] {
+        let e = Packing::parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{bad:?}")) && e.contains("bestfit, spread, fgd, berth"),
+            "{bad:?}: {e}"
+        );
+    }
+}
