@@ -209,13 +209,22 @@ fn set_gpus(n: &mut crate::NodeView, g: &NodeGrant, free: bool) {
             .and_then(|i| n.gpus.get_mut(i))
             .filter(|x| &x.uuid == uuid)
         {
-            Some(gpu) => gpu.free = free,
+            Some(gpu) => set_gpu(gpu, g.gpu_milli, free),
             None => {
                 if let Some(gpu) = n.gpus.iter_mut().find(|x| &x.uuid == uuid) {
-                    gpu.free = free;
+                    set_gpu(gpu, g.gpu_milli, free);
                 }
             }
         }
+    }
+}
+
+/// Holds or gives back one GPU of a grant: a whole GPU, or a share of a time-sliced one.
+fn set_gpu(gpu: &mut crate::GpuView, gpu_milli: u32, free: bool) {
+    if free {
+        gpu.unhold(gpu_milli);
+    } else {
+        gpu.hold(gpu_milli);
     }
 }
 
@@ -378,7 +387,10 @@ impl Guard {
         n.cpus_free = w.cpus_free.min(c);
         n.memory_free_mb = w.memory_free_mb.min(m);
         for (gv, gw) in n.gpus.iter_mut().zip(&w.gpus) {
-            gv.free = gw.free && !self.reserved.contains(&gw.uuid);
+            let reserved = self.reserved.contains(&gw.uuid);
+            gv.free = gw.free && !reserved;
+            // A reserved shared GPU offers no share at all (reservations hold whole GPUs).
+            gv.shares = if reserved { None } else { gw.shares };
             if gv.mig_held != gw.mig_held {
                 // MIG slices are not reserved (backfill plans whole GPUs only): the
                 // guarded view sees the working view's slices.

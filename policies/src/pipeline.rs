@@ -317,6 +317,12 @@ fn packer(k: Packing, workload: Option<Workload>) -> Box<dyn Scorer> {
 /// The free GPUs of the requested type `job` gets on `node`: the best-connected set when
 /// the node reported its links, else the lowest indexes.
 fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fit {
+    if job.gpu_milli > 0 {
+        return Fit {
+            gpus: tightest_share(job, node).into_iter().collect(),
+            quality: None,
+        };
+    }
     let k = job.gpus_per_node as usize;
     let matrix = place.and_then(|p| p.gpus.as_deref());
     match matrix {
@@ -337,6 +343,18 @@ fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fi
             quality: None,
         },
     }
+}
+
+/// The GPU a fraction job shares on `node`: among the time-sliced GPUs of its type with
+/// room for it, the one with the least milli unheld (lowest index on ties), so shares fill
+/// one GPU before the next and whole GPUs stay whole (the FGD artifact's best-fit GPU).
+fn tightest_share(job: &PendingJob, node: &NodeView) -> Option<u32> {
+    node.gpus
+        .iter()
+        .filter(|g| job.gpu_type.is_empty() || g.gres_type == job.gpu_type)
+        .filter(|g| g.fits_fraction(job.gpu_milli))
+        .min_by_key(|g| (g.milli_free(), g.index))
+        .map(|g| g.index)
 }
 
 fn grant(job: &PendingJob, node: &NodeView, fit: &Fit, mig_carve_cost: f64) -> NodeGrant {

@@ -36,8 +36,15 @@ pub struct GpuShares {
     pub free: u32,
     /// GPU milli not held, in `[0, 1000]`.
     pub milli_free: u32,
-    /// Milli one plain share holds: `1000 / replicas`.
-    pub plain_milli: u32,
+    /// Shares the GPU is offered as (`--gpu-replicas`, at least 2).
+    pub replicas: u32,
+}
+
+impl GpuShares {
+    /// Milli one plain share holds: `1000 / replicas` (rounded down).
+    pub fn plain_milli(&self) -> u32 {
+        crate::packing::GPU_MILLI / self.replicas.max(1)
+    }
 }
 
 impl GpuView {
@@ -56,6 +63,52 @@ impl GpuView {
     pub fn fits_fraction(&self, gpu_milli: u32) -> bool {
         self.shares
             .is_some_and(|s| s.free > 0 && s.milli_free >= gpu_milli)
+    }
+
+    /// Whether a grant of this GPU with `gpu_milli` ([`NodeGrant::gpu_milli`]; 0: whole
+    /// or a plain share) can be held now.
+    pub fn can_hold(&self, gpu_milli: u32) -> bool {
+        if gpu_milli > 0 {
+            self.fits_fraction(gpu_milli)
+        } else {
+            self.free
+        }
+    }
+
+    /// Holds a grant of this GPU with `gpu_milli` (as [`GpuView::can_hold`]): one share
+    /// and its milli of a time-sliced GPU (which stays free while a plain share is left),
+    /// else the whole GPU. Lenient (saturating): views may see a grant twice.
+    pub fn hold(&mut self, gpu_milli: u32) {
+        match &mut self.shares {
+            Some(s) => {
+                let m = if gpu_milli > 0 {
+                    gpu_milli
+                } else {
+                    s.plain_milli()
+                };
+                s.free = s.free.saturating_sub(1);
+                s.milli_free = s.milli_free.saturating_sub(m);
+                self.free = s.free > 0 && s.milli_free >= s.plain_milli();
+            }
+            None => self.free = false,
+        }
+    }
+
+    /// Gives back what [`GpuView::hold`] took.
+    pub fn unhold(&mut self, gpu_milli: u32) {
+        match &mut self.shares {
+            Some(s) => {
+                let m = if gpu_milli > 0 {
+                    gpu_milli
+                } else {
+                    s.plain_milli()
+                };
+                s.free = (s.free + 1).min(s.replicas);
+                s.milli_free = (s.milli_free + m).min(crate::packing::GPU_MILLI);
+                self.free = s.milli_free >= s.plain_milli();
+            }
+            None => self.free = true,
+        }
     }
 }
 
@@ -156,7 +209,7 @@ impl ClusterSnapshot {
             for uuid in &grant.gpu_uuids {
                 let gpu = node.gpus.iter_mut().find(|g| &g.uuid == uuid);
                 match gpu {
-                    Some(g) if g.free => g.free = false,
+                    Some(g) if g.can_hold(grant.gpu_milli) => g.hold(grant.gpu_milli),
                     Some(_) => panic!(
                         "job {} granted GPU {uuid} which is already held",
                         decision.job_id
@@ -182,7 +235,7 @@ impl ClusterSnapshot {
             node.memory_free_mb = (node.memory_free_mb + grant.mem_mb).min(node.memory_total_mb);
             for gpu in node.gpus.iter_mut() {
                 if grant.gpu_uuids.contains(&gpu.uuid) {
-                    gpu.free = true;
+                    gpu.unhold(grant.gpu_milli);
                 }
             }
             crate::mig::give(node, &grant.mig_slices);
@@ -221,6 +274,10 @@ impl ClusterSnapshot {
                 // A MIG-mode GPU stays MIG-only: the mode is the card's, not the load's.
                 gpu.free = !gpu.mig_enabled;
                 gpu.mig_held.clear();
+                if let Some(s) = &mut gpu.shares {
+                    s.free = s.replicas;
+                    s.milli_free = crate::packing::GPU_MILLI;
+                }
             }
         }
         idle
