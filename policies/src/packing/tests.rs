@@ -307,3 +307,95 @@ fn packing_names_parse_and_bad_ones_are_refused() {
         );
     }
 }
+
+/// A node with `shares` time-sliced GPUs (4 shares each; `(shares free, milli free)`).
+fn shared_node(name: &str, gpus: &[(u32, u32)]) -> NodeView {
+    NodeView {
+        name: name.into(),
+        partition: "p".into(),
+        up: true,
+        cpus_total: 64,
+        cpus_free: 64,
+        memory_total_mb: 1024,
+        memory_free_mb: 1024,
+        gpus: gpus
+            .iter()
+            .enumerate()
+            .map(|(i, &(free, milli_free))| {
+                let shares = crate::GpuShares {
+                    free,
+                    milli_free,
+                    replicas: 4,
+                };
+                GpuView {
+                    uuid: format!("{name}-{i}"),
+                    index: i as u32,
+                    gres_type: "l40s".into(),
+                    free: free > 0 && milli_free >= shares.plain_milli(),
+                    shares: Some(shares),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn fractions_fill_the_tightest_gpu_and_share_it_within_one_pass() {
+    // GPU 0 has 600 milli free (one 400 share held), GPU 1 is idle.
+    let snap = crate::ClusterSnapshot {
+        nodes: vec![shared_node("n1", &[(3, 600), (4, 1000)])],
+        ..crate::ClusterSnapshot::default()
+    };
+    let job = |id, milli| PendingJob {
+        id,
+        partition: "p".into(),
+        nodes: 1,
+        gpus_per_node: 1,
+        gpu_milli: milli,
+        cpus_per_node: 1,
+        ..PendingJob::default()
+    };
+    let cfg = crate::PolicyConfig {
+        kind: crate::PolicyKind::Fifo,
+        ..crate::PolicyConfig::default()
+    };
+    // 500 → GPU 0 (tightest with room, 100 left); 500 → GPU 1; 300 → GPU 1 (200 left);
+    // 300 fits nowhere now; a whole-GPU job (a plain 250 share) fits nowhere either.
+    let pending = [
+        job(1, 500),
+        job(2, 500),
+        job(3, 300),
+        job(4, 300),
+        job(5, 0),
+    ];
+    let s = crate::schedule(&snap, &pending, &cfg, 0);
+    let placed: Vec<(u64, String, u32)> = s
+        .decisions
+        .iter()
+        .map(|d| {
+            (
+                d.job_id,
+                d.nodes[0].gpu_uuids[0].clone(),
+                d.nodes[0].gpu_milli,
+            )
+        })
+        .collect();
+    let want = vec![
+        (1, "n1-0".to_string(), 500),
+        (2, "n1-1".to_string(), 500),
+        (3, "n1-1".to_string(), 300),
+    ];
+    assert_eq!(placed, want);
+    let waiting: Vec<u64> = s.pending.iter().map(|p| p.job_id).collect();
+    assert_eq!(waiting, vec![4, 5]);
+    let why = s.pending[0]
+        .why
+        .as_ref()
+        .expect("placed through the pipeline");
+    assert!(
+        why.to_string()
+            .contains("needs 300 GPU milli on a time-sliced GPU, has at most 200 free on one"),
+        "{why}"
+    );
+}
