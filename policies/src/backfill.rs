@@ -335,13 +335,16 @@ impl Timeline {
     }
 }
 
-/// The guarded view kept beside the working one: reserved GPUs hidden, reserved nodes'
-/// CPUs and memory capped by what the reservations leave spare.
+/// The guarded view kept beside the working one: reserved GPUs hidden, reserved MIG slices
+/// held, reserved nodes' CPUs and memory capped by what the reservations leave spare.
 #[derive(Debug, Clone)]
 pub struct Guard {
     /// The view long jobs are placed on.
     pub view: View,
     reserved: HashSet<String>,
+    /// Reserved MIG slices by GPU uuid: held on the guarded view, so a long job cannot
+    /// take a slice a waiting MIG job will get (nor one that overlaps it).
+    reserved_slices: HashMap<String, Vec<crate::mig::MigHeld>>,
     slack: HashMap<usize, (u32, u64)>,
     /// Earliest reservation start (jobs ending by then may use the working view).
     pub first_start_ms: u64,
@@ -353,6 +356,7 @@ impl Guard {
         Guard {
             view: working.clone(),
             reserved: HashSet::new(),
+            reserved_slices: HashMap::new(),
             slack: HashMap::new(),
             first_start_ms: u64::MAX,
         }
@@ -374,6 +378,16 @@ impl Guard {
             let e = self.slack.entry(i).or_insert(spare);
             *e = (e.0.min(spare.0), e.1.min(spare.1));
             self.reserved.extend(g.gpu_uuids.iter().cloned());
+            for m in &g.mig_slices {
+                self.reserved_slices
+                    .entry(m.gpu_uuid.clone())
+                    .or_default()
+                    .push(crate::mig::MigHeld {
+                        profile: m.profile.clone(),
+                        start: m.start,
+                        size: m.size,
+                    });
+            }
             self.refresh(i, working);
         }
     }
@@ -391,10 +405,15 @@ impl Guard {
             gv.free = gw.free && !reserved;
             // A reserved shared GPU offers no share at all (reservations hold whole GPUs).
             gv.shares = if reserved { None } else { gw.shares };
-            if gv.mig_held != gw.mig_held {
-                // MIG slices are not reserved (backfill plans whole GPUs only): the
-                // guarded view sees the working view's slices.
+            // The working view's slices plus the reserved ones. A reserved slice may
+            // overlap one still held now (it is free by the reservation's start); both
+            // stay listed, which only makes more placements look taken: the planner
+            // treats any overlap as taken and counts instances per entry.
+            let reserved = self.reserved_slices.get(&gw.uuid);
+            let want = gw.mig_held.len() + reserved.map_or(0, Vec::len);
+            if gv.mig_held.len() != want || gv.mig_held[..gw.mig_held.len()] != gw.mig_held[..] {
                 gv.mig_held.clone_from(&gw.mig_held);
+                gv.mig_held.extend(reserved.into_iter().flatten().cloned());
             }
         }
         self.view.count(i, 1);
