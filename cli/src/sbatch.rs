@@ -1232,7 +1232,7 @@ fn parse_fraction(given: &str, text: &str) -> Result<u32, SbatchError> {
     let milli = whole.saturating_mul(1000).saturating_add(frac);
     match milli {
         0 => Err(bad("a fraction must be above 0")),
-        1000.. if milli % 1000 == 0 => Err(bad(&format!(
+        1000.. if milli.is_multiple_of(1000) => Err(bad(&format!(
             "{} is whole GPUs: write it without a decimal point",
             milli / 1000
         ))),
@@ -2464,7 +2464,9 @@ mod tests {
     fn gpu_fractions() {
         let f = Fixture::new();
         f.script("job.sh", "#!/bin/sh\ntrue\n");
-        let ok: &[(&[&str], (u32, &str, u32))] = &[
+        // (args, (GPUs per node, type, milli))
+        type Want = (u32, &'static str, u32);
+        let ok: &[(&[&str], Want)] = &[
             (&["--gpus=0.5"], (1, "", 500)),
             (&["--gpus=.25"], (1, "", 250)),
             (&["--gpus=h100:0.125"], (1, "h100", 125)),

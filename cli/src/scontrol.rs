@@ -167,7 +167,7 @@ fn tres(cpus: u64, mem_mb: u64, nodes: u64, gpu_milli: u64, gpu_type: &str) -> S
     let _ = write!(out, ",node={nodes},billing={cpus}");
     if gpu_milli > 0 {
         let gpus = match u32::try_from(gpu_milli) {
-            Ok(m) if gpu_milli % 1000 != 0 => squeue::gpu_fraction(m),
+            Ok(m) if !gpu_milli.is_multiple_of(1000) => squeue::gpu_fraction(m),
             _ => (gpu_milli / 1000).to_string(),
         };
         let _ = write!(out, ",gres/gpu={gpus}");
