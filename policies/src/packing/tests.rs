@@ -399,3 +399,62 @@ fn fractions_fill_the_tightest_gpu_and_share_it_within_one_pass() {
         "{why}"
     );
 }
+
+proptest::proptest! {
+    /// Passes with fractions and plain shares on time-sliced GPUs, any packing: no GPU
+    /// ends up with more than its shares or more than 1000 milli, counting what was held
+    /// before the pass.
+    #[test]
+    fn passes_never_overfill_a_shared_gpu(
+        held in proptest::collection::vec((0u32..=2, 0u32..=1000), 4),
+        jobs in proptest::collection::vec((0u32..1000, 0usize..2), 1..40),
+        k in 0usize..4,
+    ) {
+        // Held before the pass: `used` shares holding `milli` in all (none when unused).
+        let gpus: Vec<(u32, u32)> = held
+            .iter()
+            .map(|&(used, milli)| (4 - used, if used == 0 { 1000 } else { 1000 - milli }))
+            .collect();
+        let n1 = shared_node("n1", &gpus[..2]);
+        let n2 = shared_node("n2", &gpus[2..]);
+        let snap = crate::ClusterSnapshot { nodes: vec![n1, n2], ..crate::ClusterSnapshot::default() };
+        let pending: Vec<PendingJob> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, &(milli, plain))| PendingJob {
+                id: i as u64 + 1,
+                partition: "p".into(),
+                nodes: 1,
+                gpus_per_node: 1,
+                gpu_milli: if plain == 1 { 0 } else { milli.max(1) },
+                cpus_per_node: 1,
+                time_limit_s: 60,
+                ..PendingJob::default()
+            })
+            .collect();
+        let cfg = crate::PolicyConfig {
+            packing_default: Packing::ALL[k],
+            ..crate::PolicyConfig::default()
+        };
+        let s = crate::schedule(&snap, &pending, &cfg, 0);
+        let mut used: std::collections::HashMap<String, (u32, u32)> = Default::default();
+        for n in &snap.nodes {
+            for g in &n.gpus {
+                let sh = g.shares.expect("shared");
+                used.insert(g.uuid.clone(), (4 - sh.free, 1000 - sh.milli_free));
+            }
+        }
+        for d in &s.decisions {
+            let grant = &d.nodes[0];
+            proptest::prop_assert_eq!(grant.gpu_uuids.len(), 1);
+            let job = &pending[d.job_id as usize - 1];
+            proptest::prop_assert_eq!(grant.gpu_milli, job.gpu_milli);
+            let e = used.get_mut(&grant.gpu_uuids[0]).expect("known GPU");
+            e.0 += 1;
+            e.1 += if grant.gpu_milli > 0 { grant.gpu_milli } else { 250 };
+        }
+        for (uuid, (shares, milli)) in used {
+            proptest::prop_assert!(shares <= 4 && milli <= 1000, "{uuid}: {shares} shares, {milli} milli");
+        }
+    }
+}
