@@ -20,7 +20,7 @@ commands:
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
-  scontrol   show job/node, hold, release, update NodeName=N Gpu=G State=RESUME
+  scontrol   show job/node/partition/topology, hold, release, update NodeName=N Gpu=G State=RESUME
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
@@ -404,6 +404,29 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             print!("{}", crate::scontrol::show_topology(&t));
             Ok(0)
         }
+        ["show", "partition" | "partitions", rest @ ..] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let toml = AdminServiceClient::new(channel.clone())
+                .get_accounts(pb::AccountsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner()
+                .toml;
+            let cfg = berth_scheduler::accounts::parse(&toml)
+                .map_err(|e| anyhow::anyhow!("the server's accounts configuration: {e}"))?;
+            let nodes = client::nodes(channel)
+                .list(pb::ListNodesRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner()
+                .nodes;
+            let text = crate::scontrol::show_partitions(&nodes, &cfg.policy, rest);
+            if text.is_empty() {
+                anyhow::bail!("Partition {} not found", rest.join(","));
+            }
+            print!("{text}");
+            Ok(0)
+        }
         ["show", "node" | "nodes", rest @ ..] => {
             let nodes = client::nodes(channel)
                 .list(pb::ListNodesRequest {})
@@ -470,7 +493,9 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             Ok(0)
         }
         [] => {
-            anyhow::bail!("no command given (show job|show node|show topology|hold|release|update)")
+            anyhow::bail!(
+                "no command given (show job|show node|show partition|show topology|hold|release|update)"
+            )
         }
         other => anyhow::bail!(
             "invalid or unsupported scontrol command: {}",

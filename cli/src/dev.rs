@@ -35,7 +35,9 @@ pub struct DevArgs {
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
-    /// Partition of the simulated nodes (also the default partition).
+    /// Partition of the simulated nodes (also the default partition); a comma-separated
+    /// list puts node i in the i-th partition, round robin (`a,b`: node1 in a, node2 in b,
+    /// node3 in a…), and the first is the default.
     #[arg(long, default_value = "gpu")]
     pub partition: String,
     /// HTTP address of the kube-scheduler extender and berthd's `/metrics` (`off`: none).
@@ -104,6 +106,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
+    let partitions: Vec<&str> = args.partition.split(',').collect();
+    if partitions
+        .iter()
+        .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        bail!(
+            "--partition {:?}: partition names must be non-empty, without spaces",
+            args.partition
+        );
+    }
     let accounts_toml = match &args.accounts {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -136,7 +148,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut cfg = DaemonConfig::new(state_dir.join("berthd"));
-    cfg.default_partition = args.partition.clone();
+    cfg.default_partition = partitions[0].to_string();
     cfg.schedule_interval = Duration::from_millis(500);
     cfg.accounts_toml = accounts_toml;
     cfg.topology_conf = topology_conf;
@@ -173,7 +185,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let cfg = AgentConfig {
             servers: vec![server.clone()],
             node_name: name.clone(),
-            partition: args.partition.clone(),
+            partition: partitions[(i as usize - 1) % partitions.len()].to_string(),
             oci: dev_oci(&node_dir, &args.container_runtime),
             state_dir: node_dir,
             shim_exe: std::env::current_exe()

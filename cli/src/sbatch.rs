@@ -144,6 +144,14 @@ pub enum SbatchError {
         /// What is wrong.
         reason: String,
     },
+    /// A fraction of a GPU (`--gpus=0.5`) that cannot be honoured as written.
+    #[error("invalid GPU fraction {given}: {reason}")]
+    Fraction {
+        /// The option as written (`--gpus=1.5`).
+        given: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `--gpus` (a total) that does not split evenly over the nodes.
     #[error("--gpus={gpus} cannot be split evenly over {nodes} nodes; use --gpus-per-node to ask for GPUs on each node")]
     GpusNotDivisible {
@@ -589,6 +597,8 @@ struct GpuRequest {
     /// GRES type (`h100`) or MIG profile (`3g.40gb`, see [`is_mig`]); empty for any.
     kind: String,
     count: u32,
+    /// A fraction of one GPU in milli (`0.25` is 250; then `count` is 1); 0: whole GPUs.
+    milli: u32,
     /// The option as written, for conflict messages (`--gres=gpu:2`).
     given: String,
 }
@@ -1170,6 +1180,16 @@ fn parse_gpu_count(option: &'static str, value: &str) -> Result<GpuRequest, Sbat
     if value.contains(':') && !valid_gpu_type(kind) {
         return Err(invalid("expected [type:]count, e.g. h100:2"));
     }
+    let given = format!("{option}={value}");
+    if count.contains('.') {
+        let milli = parse_fraction(&given, count)?;
+        return Ok(GpuRequest {
+            kind: kind.to_string(),
+            count: 1,
+            milli,
+            given,
+        });
+    }
     if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
         return Err(SbatchError::InvalidNumber {
             option,
@@ -1183,8 +1203,44 @@ fn parse_gpu_count(option: &'static str, value: &str) -> Result<GpuRequest, Sbat
     Ok(GpuRequest {
         kind: kind.to_string(),
         count,
-        given: format!("{option}={value}"),
+        milli: 0,
+        given,
     })
+}
+
+/// A decimal fraction of one GPU, `0.001` to `0.999` (at most 3 decimals: 1000 milli is
+/// one GPU, the unit of the Alibaba trace's `gpu_milli` and of berth's shares), in milli.
+fn parse_fraction(given: &str, text: &str) -> Result<u32, SbatchError> {
+    let bad = |reason: &str| SbatchError::Fraction {
+        given: given.to_string(),
+        reason: reason.to_string(),
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(frac) || (whole.is_empty() && frac.is_empty()) {
+        return Err(bad("expected a decimal number of GPUs such as 0.5"));
+    }
+    if frac.len() > 3 {
+        return Err(bad("at most 3 decimals (a GPU is 1000 milli)"));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad("number too large"))?
+    };
+    let frac: u64 = format!("{frac:0<3}").parse().unwrap_or(0);
+    let milli = whole.saturating_mul(1000).saturating_add(frac);
+    match milli {
+        0 => Err(bad("a fraction must be above 0")),
+        1000.. if milli.is_multiple_of(1000) => Err(bad(&format!(
+            "{} is whole GPUs: write it without a decimal point",
+            milli / 1000
+        ))),
+        1000.. => Err(bad(
+            "a fraction is of one GPU (below 1); ask for whole GPUs above that",
+        )),
+        m => Ok(m as u32),
+    }
 }
 
 /// `--gres=gpu[:type][:N]` (N defaults to 1) or `none`. Only GPUs are generic resources in
@@ -1195,6 +1251,7 @@ fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
         return Ok(GpuRequest {
             kind: String::new(),
             count: 0,
+            milli: 0,
             given,
         });
     }
@@ -1219,13 +1276,24 @@ fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
         Some(name) => return Err(unsupported(format!("GRES '{name}' (only gpu)"))),
     }
     let is_count = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let is_fraction =
+        |s: &str| s.contains('.') && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     let (kind, count) = match parts.collect::<Vec<_>>().as_slice() {
         [] => ("", "1"),
-        [count] if is_count(count) => ("", *count),
+        [count] if is_count(count) || is_fraction(count) => ("", *count),
         [kind] => (*kind, "1"),
         [kind, count] => (*kind, *count),
         _ => return Err(invalid("expected gpu[:type][:count]")),
     };
+    if (kind.is_empty() || valid_gpu_type(kind)) && count.contains('.') {
+        let milli = parse_fraction(&given, count)?;
+        return Ok(GpuRequest {
+            kind: kind.to_string(),
+            count: 1,
+            milli,
+            given,
+        });
+    }
     if (!kind.is_empty() && !valid_gpu_type(kind)) || !is_count(count) {
         return Err(invalid("expected gpu[:type][:count]"));
     }
@@ -1233,6 +1301,7 @@ fn parse_gres(value: &str) -> Result<GpuRequest, SbatchError> {
     Ok(GpuRequest {
         kind: kind.to_string(),
         count,
+        milli: 0,
         given,
     })
 }
@@ -1506,6 +1575,53 @@ fn resolve_gpus(opts: &Opts, nodes: u32) -> Result<(u32, String), SbatchError> {
     }
 }
 
+/// The GPU fraction asked for, in milli (0: none). A fraction is of one GPU on one node:
+/// every GPU option given must ask for the same fraction (and compatible types), and it
+/// cannot be combined with a MIG profile, `--gpus-per-task`, or more than one node.
+fn resolve_fraction(opts: &Opts, nodes: u32) -> Result<u32, SbatchError> {
+    let given: Vec<&GpuRequest> = [
+        &opts.gres,
+        &opts.gpus_per_node,
+        &opts.gpus,
+        &opts.gpus_per_task,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|r| !(r.count == 0 && r.kind.is_empty()))
+    .collect();
+    let Some(f) = given.iter().find(|r| r.milli > 0) else {
+        return Ok(0);
+    };
+    let bad = |reason: String| SbatchError::Fraction {
+        given: f.given.clone(),
+        reason,
+    };
+    if is_mig(&f.kind) || looks_like_mig(&f.kind) {
+        return Err(bad(format!(
+            "'{}' is a MIG profile: MIG slices are counted in whole slices, a fraction              shares a time-sliced GPU",
+            f.kind
+        )));
+    }
+    if opts.gpus_per_task.as_ref().is_some_and(|t| t.milli > 0) {
+        return Err(bad("--gpus-per-task takes whole GPUs".into()));
+    }
+    if nodes != 1 {
+        return Err(bad(format!(
+            "a fraction is of one GPU on one node, not on {nodes} nodes"
+        )));
+    }
+    for r in &given {
+        let same_type = r.kind.is_empty() || f.kind.is_empty() || r.kind == f.kind;
+        if r.milli != f.milli || !same_type {
+            return Err(SbatchError::GpuConflict(format!(
+                "{} and {} ask for different GPUs; give the fraction once",
+                f.given, r.given
+            )));
+        }
+    }
+    Ok(f.milli)
+}
+
 /// The job's environment and whether it is the whole submit environment.
 fn exported_env(
     export: &Export,
@@ -1550,6 +1666,7 @@ fn build_spec(
         Some(ntasks) => ntasks,
         None => nodes,
     };
+    let gpu_milli = resolve_fraction(&opts, nodes)?;
     let (gpus_per_node, gpu_type) = match &opts.gpus_per_task {
         None => resolve_gpus(&opts, nodes)?,
         Some(per_task) => gpus_from_tasks(&opts, per_task, nodes, ntasks)?,
@@ -1616,6 +1733,7 @@ fn build_spec(
         gpu_type,
         mig_profile,
         mig_per_node,
+        gpu_milli,
         partition: opts.partition.unwrap_or_default(),
         account: opts.account.unwrap_or_default(),
         qos: opts.qos.unwrap_or_default(),
@@ -2328,6 +2446,69 @@ mod tests {
             (&["--gpus=abc"], "Invalid numeric value \"abc\" for --gpus"),
             (&["--gpus=:2"], "invalid --gpus value ':2'"),
             (&["--gpus-per-node=h100:2,a100:1"], "more than one GPU type per job is not supported"),
+        ];
+        for (i, (args, want)) in bad.iter().enumerate() {
+            let mut all = args.to_vec();
+            all.push("job.sh");
+            let got = f
+                .run(&all)
+                .map(|s| summary(&s.spec))
+                .map_err(|e| e.to_string());
+            match &got {
+                Err(msg) if msg.contains(want) => {}
+                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_fractions() {
+        let f = Fixture::new();
+        f.script("job.sh", "#!/bin/sh\ntrue\n");
+        // (args, (GPUs per node, type, milli))
+        type Want = (u32, &'static str, u32);
+        let ok: &[(&[&str], Want)] = &[
+            (&["--gpus=0.5"], (1, "", 500)),
+            (&["--gpus=.25"], (1, "", 250)),
+            (&["--gpus=h100:0.125"], (1, "h100", 125)),
+            (&["--gpus-per-node=0.3"], (1, "", 300)),
+            (&["--gres=gpu:0.5"], (1, "", 500)),
+            (&["--gres=gpu:l40s:0.75"], (1, "l40s", 750)),
+            (&["--gres=gpu:0.5", "--gpus=0.5"], (1, "", 500)),
+            (&["--gres=gpu:h100:0.5", "--gpus=0.5"], (1, "h100", 500)),
+            (&["--gpus=0.001"], (1, "", 1)),
+            (&["--gpus=1"], (1, "", 0)),
+        ];
+        for (i, (args, want)) in ok.iter().enumerate() {
+            let mut all = args.to_vec();
+            all.push("job.sh");
+            let got = f
+                .run(&all)
+                .map(|s| (s.spec.gpus_per_node, s.spec.gpu_type, s.spec.gpu_milli))
+                .map_err(|e| e.to_string());
+            if got != Ok((want.0, want.1.to_string(), want.2)) {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+        let bad: &[(&[&str], &str)] = &[
+            (&["--gpus=0.0"], "invalid GPU fraction --gpus=0.0: a fraction must be above 0"),
+            (&["--gres=gpu:0.000"], "a fraction must be above 0"),
+            (&["--gpus=1.5"], "invalid GPU fraction --gpus=1.5: a fraction is of one GPU (below 1)"),
+            (&["--gpus=2.0"], "2 is whole GPUs: write it without a decimal point"),
+            (&["--gpus=0.0005"], "at most 3 decimals"),
+            (&["--gpus=0.5x"], "expected a decimal number of GPUs"),
+            (&["--gpus=."], "expected a decimal number of GPUs"),
+            (&["--gpus=0..5"], "expected a decimal number of GPUs"),
+            (&["--gres=gpu:h100:0.5.1"], "expected a decimal number of GPUs"),
+            (&["--gpus=half"], "Invalid numeric value \"half\" for --gpus"),
+            (&["--gpus=1g.10gb:0.5"], "'1g.10gb' is a MIG profile"),
+            (&["--gres=gpu:3g.40gb:0.5"], "'3g.40gb' is a MIG profile"),
+            (&["--gres=gpu:1g.10gb:1", "--gpus=0.5"], "conflicting GPU requests: --gpus=0.5 and --gres=gpu:1g.10gb:1 ask for different GPUs"),
+            (&["--gpus=0.5", "--gres=gpu:0.25"], "ask for different GPUs"),
+            (&["--gpus=h100:0.5", "--gres=gpu:a100:0.5"], "ask for different GPUs"),
+            (&["--gpus=0.5", "--gpus-per-node=1"], "ask for different GPUs"),
+            (&["--gpus=0.5", "-N", "2"], "a fraction is of one GPU on one node, not on 2 nodes"),
+            (&["--gpus-per-task=0.5"], "--gpus-per-task takes whole GPUs"),
         ];
         for (i, (args, want)) in bad.iter().enumerate() {
             let mut all = args.to_vec();

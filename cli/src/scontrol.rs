@@ -210,13 +210,18 @@ fn resource_lines(job: &Job) -> Vec<String> {
 }
 
 /// Slurm's TRES list from counts; GPUs appear untyped and, when typed, once more by type.
-fn tres(cpus: u64, mem_mb: u64, nodes: u64, gpus: u64, gpu_type: &str) -> String {
+/// GPUs given as milli (`gpu_milli`: 1000 per GPU) so that a fraction shows as `0.5`.
+fn tres(cpus: u64, mem_mb: u64, nodes: u64, gpu_milli: u64, gpu_type: &str) -> String {
     let mut out = format!("cpu={cpus}");
     if mem_mb > 0 {
         let _ = write!(out, ",mem={mem_mb}M");
     }
     let _ = write!(out, ",node={nodes},billing={cpus}");
-    if gpus > 0 {
+    if gpu_milli > 0 {
+        let gpus = match u32::try_from(gpu_milli) {
+            Ok(m) if !gpu_milli.is_multiple_of(1000) => squeue::gpu_fraction(m),
+            _ => (gpu_milli / 1000).to_string(),
+        };
         let _ = write!(out, ",gres/gpu={gpus}");
         if !gpu_type.is_empty() {
             let _ = write!(out, ",gres/gpu:{gpu_type}={gpus}");
@@ -230,12 +235,17 @@ fn requested_tres(job: &Job) -> String {
     let spec = spec(job);
     let nodes = u64::from(spec.nodes.max(1));
     let cpus = u64::from(spec.ntasks.max(1)) * u64::from(spec.cpus_per_task.max(1));
-    let gpus = u64::from(spec.gpus_per_node) * nodes;
+    let per_gpu = if spec.gpu_milli > 0 {
+        spec.gpu_milli
+    } else {
+        1000
+    };
+    let gpu_milli = u64::from(spec.gpus_per_node) * nodes * u64::from(per_gpu);
     let mut out = tres(
         cpus,
         spec.mem_mb.saturating_mul(nodes),
         nodes,
-        gpus,
+        gpu_milli,
         &spec.gpu_type,
     );
     if !spec.mig_profile.is_empty() {
@@ -252,16 +262,19 @@ fn allocated_tres(job: &Job) -> Option<String> {
     }
     let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
     let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
-    let gpus: u64 = job
+    let gpu_milli: u64 = job
         .allocations
         .iter()
-        .map(|a| a.gpu_uuids.len() as u64)
+        .map(|a| {
+            let per = if a.gpu_milli > 0 { a.gpu_milli } else { 1000 };
+            a.gpu_uuids.len() as u64 * u64::from(per)
+        })
         .sum();
     Some(tres(
         cpus,
         mem,
         job.allocations.len() as u64,
-        gpus,
+        gpu_milli,
         &spec(job).gpu_type,
     ))
 }
@@ -329,12 +342,16 @@ fn gpu_lines(job: &Job) -> Vec<String> {
         } else {
             format!("gpu:{kind}")
         };
+        let count = if alloc.gpu_milli > 0 {
+            squeue::gpu_fraction(alloc.gpu_milli)
+        } else {
+            alloc.gpu_uuids.len().to_string()
+        };
         lines.push(format!(
-            "  Nodes={} CPUs={} Mem={} GRES={gres}:{}(IDX:{})",
+            "  Nodes={} CPUs={} Mem={} GRES={gres}:{count}(IDX:{})",
             alloc.node,
             alloc.cpus,
             alloc.mem_mb,
-            alloc.gpu_uuids.len(),
             hostlist::compress_numbers(&alloc.gpu_indices)
         ));
         uuids.extend(
@@ -464,6 +481,55 @@ pub fn show_topology(t: &berth_proto::v1::TopologyResponse) -> String {
     out
 }
 
+/// `scontrol show partition`: one record per partition — every partition a node is in,
+/// and every one the accounts configuration names — with its nodes, totals, and berth's
+/// `Packing=` (how placement packs jobs there: bestfit, spread, fgd or berth). `only`
+/// limits the output to those names (empty: all).
+pub fn show_partitions(
+    nodes: &[Node],
+    policy: &berth_policies::PolicyConfig,
+    only: &[&str],
+) -> String {
+    let mut names: Vec<String> = policy.packing.keys().cloned().collect();
+    for n in nodes {
+        names.extend(sinfo::partitions(n));
+    }
+    names.sort();
+    names.dedup();
+    let mut records = Vec::new();
+    for name in names
+        .iter()
+        .filter(|n| only.is_empty() || only.contains(&n.as_str()))
+    {
+        let members: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| sinfo::partitions(n).contains(name))
+            .collect();
+        let hosts: Vec<String> = members
+            .iter()
+            .filter_map(|n| n.inventory.as_ref().map(|i| i.name.clone()))
+            .collect();
+        let inv = || members.iter().filter_map(|n| n.inventory.as_ref());
+        let cpus: u64 = inv().map(|i| u64::from(i.cpus)).sum();
+        let gpus: usize = inv().map(|i| i.gpus.len()).sum();
+        let up = members.iter().any(|n| n.state() == NodeState::Up);
+        let packing = policy.packing_for(name);
+        let configured = if policy.packing.contains_key(name) {
+            ""
+        } else {
+            " (default)"
+        };
+        records.push(format!(
+            "PartitionName={name}\n   Nodes={} TotalNodes={} TotalCPUs={cpus} TotalGPUs={gpus}\n   State={}\n   Packing={}{configured}\n",
+            or_null(&hostlist::compress(&hosts)),
+            hosts.len(),
+            if up { "UP" } else { "DOWN" },
+            packing.as_str(),
+        ));
+    }
+    records.join("\n")
+}
+
 /// One node as `scontrol show node` prints it, ending with `\n`.
 pub fn show_node(node: &Node) -> String {
     let inv = sinfo::inventory(node);
@@ -558,9 +624,18 @@ fn gpu_details(gpu: &berth_proto::v1::Gpu) -> Vec<String> {
         ));
     }
     if gpu.replicas > 1 {
-        let jobs: Vec<String> = gpu.share_job_ids.iter().map(u64::to_string).collect();
+        // Each share with its size in GPU milli (a plain share is 1000 / replicas).
+        let plain = 1000 / gpu.replicas;
+        let sizes = |k: usize| gpu.share_milli.get(k).copied().unwrap_or(plain);
+        let jobs: Vec<String> = gpu
+            .share_job_ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| format!("{id}:{}", sizes(k)))
+            .collect();
+        let held: u32 = (0..gpu.share_job_ids.len()).map(sizes).sum();
         lines.push(format!(
-            "Gpu={} Replicas={} ShareJobs={}",
+            "Gpu={} Replicas={} ShareJobs={} ShareMilli={held}/1000",
             gpu.index,
             gpu.replicas,
             or_null(&jobs.join(","))
@@ -985,6 +1060,37 @@ mod tests {
             }
         }
         assert!(parse_gpu_resume(&["resume"]).is_err());
+    }
+
+    #[test]
+    fn show_partition_names_each_partitions_packing() {
+        let node = |name: &str, partition: &str| {
+            let mut n = Node {
+                inventory: Some(NodeInventory {
+                    name: name.into(),
+                    partition: partition.into(),
+                    cpus: 8,
+                    gpus: vec![Gpu::default(), Gpu::default()],
+                    ..Default::default()
+                }),
+                ..Node::default()
+            };
+            n.set_state(NodeState::Up);
+            n
+        };
+        let nodes = vec![node("n1", "a"), node("n2", "b"), node("n3", "a")];
+        let cfg = berth_scheduler::accounts::parse(
+            "packing = \"spread\"\n[[partition]]\nname = \"a\"\npacking = \"fgd\"\n\
+             [[partition]]\nname = \"empty\"\npacking = \"berth\"\n[[account]]\nname = \"default\"\n",
+        )
+        .expect("config");
+        assert_eq!(
+            show_partitions(&nodes, &cfg.policy, &[]),
+            "PartitionName=a\n   Nodes=n[1,3] TotalNodes=2 TotalCPUs=16 TotalGPUs=4\n   State=UP\n   Packing=fgd\n\n\
+             PartitionName=b\n   Nodes=n2 TotalNodes=1 TotalCPUs=8 TotalGPUs=2\n   State=UP\n   Packing=spread (default)\n\n\
+             PartitionName=empty\n   Nodes=(null) TotalNodes=0 TotalCPUs=0 TotalGPUs=0\n   State=DOWN\n   Packing=berth\n"
+        );
+        assert_eq!(show_partitions(&nodes, &cfg.policy, &["zz"]), "");
     }
 
     #[test]

@@ -277,9 +277,15 @@ pub fn user(job: &Job) -> String {
 }
 
 /// GPUs per node as Slurm's TRES string (`gres/gpu:h100:2`; MIG slices as
-/// `gres/gpu:3g.40gb:1`), `None` without GPUs.
+/// `gres/gpu:3g.40gb:1`; a fraction as `gres/gpu:0.5`), `None` without GPUs.
 pub fn tres_per_node(job: &Job) -> Option<String> {
     let spec = spec(job);
+    if spec.gpu_milli > 0 {
+        return Some(match spec.gpu_type.as_str() {
+            "" => format!("gres/gpu:{}", gpu_fraction(spec.gpu_milli)),
+            kind => format!("gres/gpu:{kind}:{}", gpu_fraction(spec.gpu_milli)),
+        });
+    }
     if !spec.mig_profile.is_empty() {
         return Some(format!(
             "gres/gpu:{}:{}",
@@ -291,6 +297,12 @@ pub fn tres_per_node(job: &Job) -> Option<String> {
         (n, "") => Some(format!("gres/gpu:{n}")),
         (n, kind) => Some(format!("gres/gpu:{kind}:{n}")),
     }
+}
+
+/// GPU milli as the decimal fraction sbatch takes (`500` → `0.5`, `125` → `0.125`).
+pub fn gpu_fraction(milli: u32) -> String {
+    let text = format!("{}.{:03}", milli / 1000, milli % 1000);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// When the job ended, or will end at its limit while it runs; `None` when unknown.

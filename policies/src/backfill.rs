@@ -113,18 +113,24 @@ impl View {
     }
 
     /// False when no `job.nodes` nodes of its partition have `job.gpus_per_node` free GPUs
-    /// (a necessary condition only: type, CPUs and memory are the pipeline's business).
+    /// (a necessary condition only: type, CPUs and memory are the pipeline's business). A
+    /// fraction job may fit a GPU that offers no plain share, so only up nodes count for it.
     pub fn may_fit(&self, job: &PendingJob) -> bool {
-        self.fit.get(&job.partition).is_some_and(|c| {
-            c.get(job.gpus_per_node as usize)
-                .is_some_and(|&n| n >= job.nodes.max(1))
-        })
+        let g = if job.gpu_milli > 0 {
+            0
+        } else {
+            job.gpus_per_node as usize
+        };
+        self.fit
+            .get(&job.partition)
+            .is_some_and(|c| c.get(g).is_some_and(|&n| n >= job.nodes.max(1)))
     }
 
     /// Places `job` through `pipeline`, looking only at the up nodes of its partition with
     /// enough free GPUs, those with the fewest free first (the others would fail a filter,
-    /// and the best-fit scorer prefers the tightest): a placement costs the nodes it looks
-    /// at, not the cluster.
+    /// and best fit prefers the tightest) — or the most free first when the partition
+    /// spreads: a placement costs the nodes it looks at, not the cluster. A fraction job
+    /// looks at every up node (its share may be on a GPU with no plain share left).
     ///
     /// # Errors
     /// The pipeline's [`crate::Unplaceable`], computed over the candidate nodes only.
@@ -133,18 +139,25 @@ impl View {
         pipeline: &Pipeline,
         job: &PendingJob,
     ) -> Result<Decision, crate::Unplaceable> {
-        let g = job.gpus_per_node as usize;
+        let g = if job.gpu_milli > 0 {
+            0
+        } else {
+            job.gpus_per_node as usize
+        };
         let buckets = self
             .buckets
             .get(&job.partition)
             .map(|b| b.as_slice())
             .unwrap_or(&[]);
-        let nodes = buckets
-            .iter()
-            .skip(g)
-            .flatten()
-            .map(|&i| (&self.snap.nodes[i], self.places[i].as_deref()));
-        pipeline.select_among(&self.snap.topology, nodes, job)
+        let place = |&i: &usize| (&self.snap.nodes[i], self.places[i].as_deref());
+        let enough = buckets.iter().skip(g);
+        if pipeline.packing(&job.partition) == crate::packing::Packing::Spread {
+            let nodes = enough.rev().flat_map(|b| b.iter().rev()).map(place);
+            pipeline.select_among(&self.snap.topology, nodes, job)
+        } else {
+            let nodes = enough.flatten().map(place);
+            pipeline.select_among(&self.snap.topology, nodes, job)
+        }
     }
 
     /// Position of node `name`.
@@ -196,13 +209,22 @@ fn set_gpus(n: &mut crate::NodeView, g: &NodeGrant, free: bool) {
             .and_then(|i| n.gpus.get_mut(i))
             .filter(|x| &x.uuid == uuid)
         {
-            Some(gpu) => gpu.free = free,
+            Some(gpu) => set_gpu(gpu, g.gpu_milli, free),
             None => {
                 if let Some(gpu) = n.gpus.iter_mut().find(|x| &x.uuid == uuid) {
-                    gpu.free = free;
+                    set_gpu(gpu, g.gpu_milli, free);
                 }
             }
         }
+    }
+}
+
+/// Holds or gives back one GPU of a grant: a whole GPU, or a share of a time-sliced one.
+fn set_gpu(gpu: &mut crate::GpuView, gpu_milli: u32, free: bool) {
+    if free {
+        gpu.unhold(gpu_milli);
+    } else {
+        gpu.hold(gpu_milli);
     }
 }
 
@@ -313,13 +335,16 @@ impl Timeline {
     }
 }
 
-/// The guarded view kept beside the working one: reserved GPUs hidden, reserved nodes'
-/// CPUs and memory capped by what the reservations leave spare.
+/// The guarded view kept beside the working one: reserved GPUs hidden, reserved MIG slices
+/// held, reserved nodes' CPUs and memory capped by what the reservations leave spare.
 #[derive(Debug, Clone)]
 pub struct Guard {
     /// The view long jobs are placed on.
     pub view: View,
     reserved: HashSet<String>,
+    /// Reserved MIG slices by GPU uuid: held on the guarded view, so a long job cannot
+    /// take a slice a waiting MIG job will get (nor one that overlaps it).
+    reserved_slices: HashMap<String, Vec<crate::mig::MigHeld>>,
     slack: HashMap<usize, (u32, u64)>,
     /// Earliest reservation start (jobs ending by then may use the working view).
     pub first_start_ms: u64,
@@ -331,6 +356,7 @@ impl Guard {
         Guard {
             view: working.clone(),
             reserved: HashSet::new(),
+            reserved_slices: HashMap::new(),
             slack: HashMap::new(),
             first_start_ms: u64::MAX,
         }
@@ -352,6 +378,16 @@ impl Guard {
             let e = self.slack.entry(i).or_insert(spare);
             *e = (e.0.min(spare.0), e.1.min(spare.1));
             self.reserved.extend(g.gpu_uuids.iter().cloned());
+            for m in &g.mig_slices {
+                self.reserved_slices
+                    .entry(m.gpu_uuid.clone())
+                    .or_default()
+                    .push(crate::mig::MigHeld {
+                        profile: m.profile.clone(),
+                        start: m.start,
+                        size: m.size,
+                    });
+            }
             self.refresh(i, working);
         }
     }
@@ -365,11 +401,19 @@ impl Guard {
         n.cpus_free = w.cpus_free.min(c);
         n.memory_free_mb = w.memory_free_mb.min(m);
         for (gv, gw) in n.gpus.iter_mut().zip(&w.gpus) {
-            gv.free = gw.free && !self.reserved.contains(&gw.uuid);
-            if gv.mig_held != gw.mig_held {
-                // MIG slices are not reserved (backfill plans whole GPUs only): the
-                // guarded view sees the working view's slices.
+            let reserved = self.reserved.contains(&gw.uuid);
+            gv.free = gw.free && !reserved;
+            // A reserved shared GPU offers no share at all (reservations hold whole GPUs).
+            gv.shares = if reserved { None } else { gw.shares };
+            // The working view's slices plus the reserved ones. A reserved slice may
+            // overlap one still held now (it is free by the reservation's start); both
+            // stay listed, which only makes more placements look taken: the planner
+            // treats any overlap as taken and counts instances per entry.
+            let reserved = self.reserved_slices.get(&gw.uuid);
+            let want = gw.mig_held.len() + reserved.map_or(0, Vec::len);
+            if gv.mig_held.len() != want || gv.mig_held[..gw.mig_held.len()] != gw.mig_held[..] {
                 gv.mig_held.clone_from(&gw.mig_held);
+                gv.mig_held.extend(reserved.into_iter().flatten().cloned());
             }
         }
         self.view.count(i, 1);

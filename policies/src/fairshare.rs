@@ -279,6 +279,12 @@ impl Usage {
 /// Charge rate of a job in GPU-equivalents per second: `G * max(g/G, c/C, m/M)`.
 /// On a cluster without GPUs the unit is CPUs (`C * max(c/C, m/M)`).
 pub fn dominant_rate(gpus: u64, cpus: u64, mem_mb: u64, cap: &crate::Capacity) -> f64 {
+    dominant_rate_milli(gpus.saturating_mul(1000), cpus, mem_mb, cap)
+}
+
+/// [`dominant_rate`] with GPUs in milli, so a job holding a fraction of a time-sliced GPU
+/// (`--gpus=0.5`: 500) is charged that fraction.
+pub fn dominant_rate_milli(gpu_milli: u64, cpus: u64, mem_mb: u64, cap: &crate::Capacity) -> f64 {
     let share = |x: u64, total: u64| {
         if total == 0 {
             0.0
@@ -286,7 +292,7 @@ pub fn dominant_rate(gpus: u64, cpus: u64, mem_mb: u64, cap: &crate::Capacity) -
             x as f64 / total as f64
         }
     };
-    let dominant = share(gpus, cap.gpus)
+    let dominant = share(gpu_milli, cap.gpus.saturating_mul(1000))
         .max(share(cpus, cap.cpus))
         .max(share(mem_mb, cap.memory_mb));
     let unit = if cap.gpus > 0 {
@@ -295,6 +301,18 @@ pub fn dominant_rate(gpus: u64, cpus: u64, mem_mb: u64, cap: &crate::Capacity) -
         cap.cpus.max(1)
     };
     dominant * unit as f64
+}
+
+/// GPU milli held by `grants`: 1000 per whole GPU (or plain share), the fraction for a
+/// fraction grant.
+pub fn grants_gpu_milli(grants: &[crate::NodeGrant]) -> u64 {
+    grants
+        .iter()
+        .map(|g| {
+            let per = if g.gpu_milli > 0 { g.gpu_milli } else { 1000 };
+            g.gpu_uuids.len() as u64 * u64::from(per)
+        })
+        .sum()
 }
 
 /// One account in `berth sshare`'s table.

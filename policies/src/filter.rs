@@ -109,7 +109,8 @@ impl Filter for NodeUpFilter {
     }
 }
 
-/// Enough free GPUs of the requested type.
+/// Enough free GPUs of the requested type; for a fraction job, one time-sliced GPU of the
+/// type with a share and the job's milli unheld.
 pub struct GpuFilter;
 
 impl Filter for GpuFilter {
@@ -117,6 +118,9 @@ impl Filter for GpuFilter {
         "gpus"
     }
     fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        if job.gpu_milli > 0 {
+            return fraction_fits(job, node);
+        }
         let free = node.free_gpus(&job.gpu_type).count();
         if free >= job.gpus_per_node as usize {
             return Ok(());
@@ -131,6 +135,40 @@ impl Filter for GpuFilter {
             format!("needs {} {kind}GPUs, has {free} free", job.gpus_per_node),
         )
     }
+}
+
+fn fraction_fits(job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+    let typed = |g: &&crate::GpuView| job.gpu_type.is_empty() || g.gres_type == job.gpu_type;
+    if node
+        .gpus
+        .iter()
+        .filter(typed)
+        .any(|g| g.fits_fraction(job.gpu_milli))
+    {
+        return Ok(());
+    }
+    let shared: Vec<u32> = node
+        .gpus
+        .iter()
+        .filter(typed)
+        .filter_map(|g| g.shares.map(|s| if s.free > 0 { s.milli_free } else { 0 }))
+        .collect();
+    let detail = match shared.iter().max() {
+        None => format!(
+            "needs {} GPU milli on a time-sliced GPU, has no time-sliced {}GPU",
+            job.gpu_milli,
+            if job.gpu_type.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", job.gpu_type)
+            }
+        ),
+        Some(most) => format!(
+            "needs {} GPU milli on a time-sliced GPU, has at most {most} free on one",
+            job.gpu_milli
+        ),
+    };
+    reject(RejectReason::Gpus, detail)
 }
 
 /// Enough free CPUs.

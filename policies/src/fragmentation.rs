@@ -108,6 +108,61 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// The typical classes of weighted tasks, as [`Workload::typical`] does with counts:
+    /// classes (shapes without memory) by total weight descending, the same tie order,
+    /// kept until they cover `popularity_pct` percent of the weight, renormalized.
+    /// Weights that are not positive and finite are skipped.
+    ///
+    /// # Errors
+    /// [`PackingError::Workload`] when no weight is left or `popularity_pct` is not in
+    /// `1..=100`.
+    pub fn typical_weighted<'a>(
+        tasks: impl IntoIterator<Item = (&'a TaskShape, f64)>,
+        popularity_pct: u32,
+    ) -> Result<Workload, PackingError> {
+        if !(1..=100).contains(&popularity_pct) {
+            return Err(PackingError::Workload(format!(
+                "popularity threshold {popularity_pct}% is not in 1..=100"
+            )));
+        }
+        let mut weights: BTreeMap<TaskShape, f64> = BTreeMap::new();
+        for (t, w) in tasks {
+            if w.is_finite() && w > 0.0 {
+                *weights.entry(t.class_key()).or_default() += w;
+            }
+        }
+        let total: f64 = weights.values().sum();
+        if weights.is_empty() {
+            return Err(PackingError::Workload("no tasks".into()));
+        }
+        let mut sorted: Vec<(TaskShape, f64)> = weights.into_iter().collect();
+        sorted.sort_by(|(a, wa), (b, wb)| {
+            wb.total_cmp(wa)
+                .then(b.cpu_milli.cmp(&a.cpu_milli))
+                .then(b.gpu_milli.cmp(&a.gpu_milli))
+                .then(b.gpus.cmp(&a.gpus))
+                .then(b.models.join("|").cmp(&a.models.join("|")))
+        });
+        let wanted = f64::from(popularity_pct) * total / 100.0;
+        let mut covered = 0.0;
+        let mut kept = 0;
+        while kept < sorted.len() && covered < wanted {
+            covered += sorted[kept].1;
+            kept += 1;
+        }
+        sorted.truncate(kept);
+        let classes = sorted
+            .into_iter()
+            .map(|(shape, w)| TaskClass {
+                shape,
+                popularity: w / covered,
+            })
+            .collect();
+        Ok(Workload { classes })
+    }
+}
+
 /// Free GPU milli on `node` that a task of class `class` cannot use (see the module doc).
 pub fn class_fragmentation(node: &NodeFree, class: &TaskShape) -> u64 {
     let free = node.gpu_milli_free_total();
@@ -317,19 +372,44 @@ impl BerthPacking {
     }
 }
 
-/// berth's packing rule as a pipeline scorer: `score = tanh(−ΔB / 1000)` with `ΔB` the
-/// change of [`berth_fragmentation`], so a placement that lowers the node's fragmentation
-/// by one GPU scores `tanh(1) = 0.76`, one that adds a GPU of fragments `−0.76`; a node
-/// the job does not fit scores −1. Berth jobs take whole GPUs, so the node is seen as
-/// whole GPUs (free or held) of the job's type.
+/// A fragmentation gradient as a pipeline scorer: `score = tanh(−ΔM / 1000)` with `ΔM`
+/// the change of the measure `M` ([`node_fragmentation`] for FGD, [`berth_fragmentation`]
+/// for berth's rule) over the best placement option on the node, so a placement that
+/// lowers the node's fragmentation by one GPU scores `tanh(1) = 0.76`, one that adds a GPU
+/// of fragments `−0.76`; a node the job does not fit scores −1. The node is seen through
+/// [`NodeFree::from_view`] (whole GPUs, and the unheld milli of time-sliced ones).
 pub struct FragmentationGradient {
     /// The target workload.
     pub workload: Workload,
+    /// The measure descended.
+    pub measure: Measure,
+    /// Scorer name (`fgd` or `berth-packing`).
+    pub name: &'static str,
+}
+
+impl FragmentationGradient {
+    /// FGD's gradient ([`node_fragmentation`]).
+    pub fn fgd(workload: Workload) -> FragmentationGradient {
+        FragmentationGradient {
+            workload,
+            measure: node_fragmentation,
+            name: "fgd",
+        }
+    }
+
+    /// berth's gradient ([`berth_fragmentation`]).
+    pub fn berth(workload: Workload) -> FragmentationGradient {
+        FragmentationGradient {
+            workload,
+            measure: berth_fragmentation,
+            name: "berth-packing",
+        }
+    }
 }
 
 impl Scorer for FragmentationGradient {
     fn name(&self) -> &'static str {
-        "fragmentation-gradient"
+        self.name
     }
     fn score(&self, job: &PendingJob, node: &NodeView, _fit: &crate::score::Fit) -> f64 {
         let free = NodeFree::from_view(node, &job.gpu_type);
@@ -337,8 +417,8 @@ impl Scorer for FragmentationGradient {
         if !free.fits(&task) {
             return -1.0;
         }
-        let before = berth_fragmentation(&free, &self.workload);
-        placement_options(&free, &task, &self.workload, berth_fragmentation)
+        let before = (self.measure)(&free, &self.workload);
+        placement_options(&free, &task, &self.workload, self.measure)
             .iter()
             .map(|o| (-(o.frag_after - before) / 1000.0).tanh())
             .fold(-1.0, f64::max)

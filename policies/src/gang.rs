@@ -79,7 +79,11 @@ impl<'v> Tentative<'v> {
             })?;
         let n = &self.view.snap.nodes[i];
         for uuid in &grant.gpu_uuids {
-            if !n.gpus.iter().any(|g| &g.uuid == uuid && g.free) {
+            if !n
+                .gpus
+                .iter()
+                .any(|g| &g.uuid == uuid && g.can_hold(grant.gpu_milli))
+            {
                 return Err(GangError::Gpu {
                     job,
                     node: node(&grant.node),

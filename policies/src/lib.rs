@@ -26,6 +26,8 @@
 //!   GPU choice) with the best-fit and spread scorers.
 //! - [`fragmentation`]: fragmentation against a task-class distribution, FGD and berth's
 //!   packing rule built on it.
+//! - [`workload`]: the task-class distribution of a partition inside a pass (pending jobs
+//!   plus recently started ones), which FGD and berth's packing measure against.
 #![deny(missing_docs)]
 
 pub mod backfill;
@@ -43,6 +45,7 @@ pub mod quota;
 pub mod score;
 pub mod snapshot;
 pub mod topology;
+pub mod workload;
 
 pub use fairshare::{AccountSpec, AccountTree, Usage};
 pub use filter::{Reject, RejectReason};
@@ -52,7 +55,8 @@ pub use preempt::{PreemptCause, Preemption};
 pub use priority::{Factors, PriorityWeights, QosClass};
 pub use quota::Quota;
 pub use snapshot::{
-    Capacity, ClusterSnapshot, Decision, GpuView, NodeGrant, NodeView, PendingJob, RunningJob,
+    Capacity, ClusterSnapshot, Decision, GpuShares, GpuView, NodeGrant, NodeView, PendingJob,
+    RunningJob,
 };
 
 /// Errors of building policy configuration (the only fallible part of this crate).
@@ -126,6 +130,11 @@ pub struct PolicyConfig {
     /// score penalty in `[0, 2]` (see [`mig`]): 1 (the default) always prefers a card that
     /// is already carved when one has room; 0 only looks at the room left.
     pub mig_carve_cost: f64,
+    /// Packing per partition (the pipeline's packing scorer); partitions not named use
+    /// `packing_default`.
+    pub packing: std::collections::BTreeMap<String, packing::Packing>,
+    /// Packing of partitions not in `packing`.
+    pub packing_default: packing::Packing,
 }
 
 impl Default for PolicyConfig {
@@ -144,11 +153,21 @@ impl Default for PolicyConfig {
             preempt_searches_max: 8,
             preempt_candidates_max: 64,
             mig_carve_cost: 1.0,
+            packing: std::collections::BTreeMap::new(),
+            packing_default: packing::Packing::default(),
         }
     }
 }
 
 impl PolicyConfig {
+    /// The packing `partition` uses.
+    pub fn packing_for(&self, partition: &str) -> packing::Packing {
+        self.packing
+            .get(partition)
+            .copied()
+            .unwrap_or(self.packing_default)
+    }
+
     /// Checks the classes: unique non-empty names, and a default that exists.
     ///
     /// # Errors

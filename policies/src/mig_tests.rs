@@ -32,6 +32,7 @@ fn mig_gpu(node: &str, index: u32, model: &str, held: &[(&str, u32)]) -> GpuView
         mig_enabled: true,
         mig_profiles: Arc::new(profiles),
         mig_held,
+        shares: None,
     }
 }
 
@@ -68,6 +69,70 @@ fn mig_job(id: u64, profile: &str, count: u32) -> PendingJob {
         mig_per_node: count,
         ..PendingJob::default()
     }
+}
+
+/// A waiting MIG job gets a backfill reservation of its own slice: a later MIG job that
+/// would still run at the reservation's start cannot take any slice overlapping it, while
+/// one that ends before may.
+#[test]
+fn a_waiting_mig_job_reserves_its_slice_against_long_jobs() {
+    // One A100 40GB: a running job holds 3g.20gb at 4:4 until t = 100 s.
+    let a = node("a", vec![mig_gpu("a", 0, A100_40, &[("3g.20gb", 4)])]);
+    let held = crate::mig::MigGrant {
+        gpu_uuid: a.gpus[0].uuid.clone(),
+        gpu_index: 0,
+        profile: "3g.20gb".into(),
+        start: 4,
+        size: 4,
+    };
+    let c = ClusterSnapshot {
+        nodes: vec![NodeView { cpus_free: 63, ..a }],
+        running: vec![crate::RunningJob {
+            id: 100,
+            account: String::new(),
+            qos: "development".into(),
+            start_ms: 0,
+            end_ms: 100_000,
+            preempting: false,
+            pinned: false,
+            grants: vec![crate::NodeGrant {
+                node: "a".into(),
+                cpus: 1,
+                mig_slices: vec![held],
+                ..crate::NodeGrant::default()
+            }],
+        }],
+        ..ClusterSnapshot::default()
+    };
+    let timed = |mut j: PendingJob, secs| {
+        j.time_limit_s = secs;
+        j
+    };
+    // In FIFO order with EASY backfill: the whole card (7g) waits for job 100; a 1g job
+    // for an hour would hold part of it at t = 100 s; a 1g job for 10 s would not.
+    let jobs = vec![
+        timed(mig_job(1, "7g.40gb", 1), 600),
+        timed(mig_job(2, "1g.5gb", 1), 3600),
+        timed(mig_job(3, "1g.5gb", 1), 10),
+    ];
+    let cfg = PolicyConfig {
+        kind: crate::PolicyKind::Backfill,
+        ..PolicyConfig::default()
+    };
+    let s = schedule(&c, &jobs, &cfg, 0);
+    let started: Vec<u64> = s.decisions.iter().map(|d| d.job_id).collect();
+    assert_eq!(started, vec![3], "{s:?}");
+    let status = |id| s.pending.iter().find(|p| p.job_id == id).expect("pending");
+    assert_eq!(
+        status(1).expected_start_ms,
+        Some(100_000),
+        "reserved at job 100's end"
+    );
+    assert_eq!(
+        status(2).reason,
+        crate::PendingReason::Priority,
+        "held back by the reservation"
+    );
 }
 
 #[test]

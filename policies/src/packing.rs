@@ -27,6 +27,9 @@ pub enum PackingError {
     /// The workload (task-class distribution) is not valid.
     #[error("bad workload: {0}")]
     Workload(String),
+    /// A packing choice is not one of the known ones.
+    #[error("{0}")]
+    Choice(String),
 }
 
 /// What a node has left.
@@ -104,14 +107,19 @@ impl TaskShape {
         }
     }
 
-    /// A berth job's share of one node, as a packing shape: whole GPUs, whole CPUs.
+    /// A berth job's share of one node, as a packing shape: whole GPUs or a fraction of
+    /// one ([`PendingJob::gpu_milli`]), whole CPUs.
     pub fn from_job(job: &PendingJob) -> TaskShape {
         let gpus = job.gpus_per_node;
         TaskShape {
             cpu_milli: u64::from(job.cpus_per_node) * 1000,
             memory_mib: job.mem_per_node_mb,
             gpus,
-            gpu_milli: if gpus == 0 { 0 } else { GPU_MILLI },
+            gpu_milli: match (gpus, job.gpu_milli) {
+                (0, _) => 0,
+                (_, 0) => GPU_MILLI,
+                (_, m) => m,
+            },
             models: if job.gpu_type.is_empty() {
                 Vec::new()
             } else {
@@ -139,17 +147,17 @@ impl NodeFree {
         }
     }
 
-    /// What `node` has left for GPUs of `gres_type` (empty: any) as whole GPUs: a free
-    /// GPU is 1000 milli, a held one 0 (berth's agents grant whole GPUs today). GPUs of
-    /// other types count as held, so they never look free to this task.
+    /// What `node` has left for GPUs of `gres_type` (empty: any): a free GPU is 1000 milli,
+    /// a held one 0, a time-sliced one its unheld milli while a share is left
+    /// ([`crate::GpuView::milli_free`]). GPUs of other types count as held, so they never
+    /// look free to this task.
     pub fn from_view(node: &NodeView, gres_type: &str) -> NodeFree {
         let gpu_milli = node
             .gpus
             .iter()
             .map(|g| {
-                let usable = gres_type.is_empty() || g.gres_type == gres_type;
-                if g.free && usable {
-                    GPU_MILLI
+                if gres_type.is_empty() || g.gres_type == gres_type {
+                    g.milli_free()
                 } else {
                     0
                 }
@@ -326,6 +334,27 @@ pub fn best_fit_score_artifact(node: &NodeFree, task: &TaskShape) -> Option<i64>
     best_fit_leftover(node, task).map(|l| ((1.0 - l) * 100.0) as i64)
 }
 
+/// Best-fit leftover of one node's share of `job` on `node` as [`best_fit_leftover`] computes
+/// it, without building a [`NodeFree`] (scorers run on up to `nodes_scored_max` nodes per
+/// job): free GPU milli of the job's type, free CPUs. `None` when the job's GPUs or CPUs do
+/// not fit there.
+fn view_leftover(job: &PendingJob, node: &NodeView) -> Option<f64> {
+    let gpu_free: u64 = node
+        .gpus
+        .iter()
+        .filter(|g| job.gpu_type.is_empty() || g.gres_type == job.gpu_type)
+        .map(|g| u64::from(g.milli_free()))
+        .sum();
+    let cpu_free = u64::from(node.cpus_free) * 1000;
+    let task = TaskShape::from_job(job);
+    if cpu_free < task.cpu_milli || gpu_free < task.gpu_milli_total() {
+        return None;
+    }
+    let cpu = (cpu_free - task.cpu_milli) as f64 / MAX_SPEC_CPU_MILLI;
+    let gpu = (gpu_free - task.gpu_milli_total()) as f64 / MAX_SPEC_GPU_MILLI;
+    Some(0.5 * cpu + 0.5 * gpu)
+}
+
 /// Packs tasks onto the nodes they leave tightest (CPU and GPU milli, equal weights).
 ///
 /// `score = 1 − 2 · leftover`, with `leftover` of [`best_fit_leftover`] in `[0, 1]`: a
@@ -338,9 +367,7 @@ impl Scorer for BestFitPacking {
         "best-fit-packing"
     }
     fn score(&self, job: &PendingJob, node: &NodeView, _fit: &crate::score::Fit) -> f64 {
-        let free = NodeFree::from_view(node, &job.gpu_type);
-        best_fit_leftover(&free, &TaskShape::from_job(job))
-            .map_or(-1.0, |l| (1.0 - 2.0 * l).clamp(-1.0, 1.0))
+        view_leftover(job, node).map_or(-1.0, |l| (1.0 - 2.0 * l).clamp(-1.0, 1.0))
     }
 }
 
@@ -353,9 +380,68 @@ impl Scorer for Spread {
         "spread"
     }
     fn score(&self, job: &PendingJob, node: &NodeView, _fit: &crate::score::Fit) -> f64 {
-        let free = NodeFree::from_view(node, &job.gpu_type);
-        best_fit_leftover(&free, &TaskShape::from_job(job))
-            .map_or(-1.0, |l| (2.0 * l - 1.0).clamp(-1.0, 1.0))
+        view_leftover(job, node).map_or(-1.0, |l| (2.0 * l - 1.0).clamp(-1.0, 1.0))
+    }
+}
+
+/// How a partition packs jobs onto its nodes: the packing scorer of its placement
+/// pipeline (the accounts TOML's `[[partition]] packing = "…"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Packing {
+    /// [`BestFitPacking`]: the node left tightest in CPU and GPU milli (the default: it
+    /// keeps whole nodes free for large jobs, and needs no workload).
+    #[default]
+    BestFit,
+    /// [`Spread`]: the node left with the most (spreads load, e.g. for inference that
+    /// wants headroom per node).
+    Spread,
+    /// FGD: least growth of the expected fragmentation of the partition's workload
+    /// ([`crate::fragmentation::node_fragmentation`]).
+    Fgd,
+    /// berth's rule: least growth of [`crate::fragmentation::berth_fragmentation`].
+    Berth,
+}
+
+impl Packing {
+    /// Every choice, in the order the error message lists them.
+    pub const ALL: [Packing; 4] = [
+        Packing::BestFit,
+        Packing::Spread,
+        Packing::Fgd,
+        Packing::Berth,
+    ];
+
+    /// The name in config and output: `bestfit`, `spread`, `fgd`, `berth`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Packing::BestFit => "bestfit",
+            Packing::Spread => "spread",
+            Packing::Fgd => "fgd",
+            Packing::Berth => "berth",
+        }
+    }
+
+    /// Parses a configured name (exact, lower case).
+    ///
+    /// # Errors
+    /// [`PackingError::Choice`] naming the bad value and the valid ones.
+    pub fn parse(text: &str) -> Result<Packing, PackingError> {
+        Packing::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                let valid: Vec<&str> = Packing::ALL.iter().map(|p| p.as_str()).collect();
+                PackingError::Choice(format!(
+                    "unknown packing {text:?}; use one of {}",
+                    valid.join(", ")
+                ))
+            })
+    }
+
+    /// Whether the choice measures fragmentation against a workload (FGD and berth), so
+    /// a pass must derive the partition's task-class distribution for it.
+    pub fn needs_workload(self) -> bool {
+        matches!(self, Packing::Fgd | Packing::Berth)
     }
 }
 

@@ -81,9 +81,9 @@ pub struct Schedule {
     pub pending: Vec<PendingStatus>,
 }
 
-/// Partition, nodes, GPUs, GPU type, CPUs, memory, MIG profile and slices, and the
-/// leaf-switch limit in force.
-type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32, u32);
+/// Partition, nodes, GPUs, GPU type, CPUs, memory, MIG profile and slices, the
+/// leaf-switch limit in force, and the GPU fraction (milli).
+type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32, u32, u32);
 
 /// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
 /// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
@@ -150,6 +150,7 @@ fn shape<'a>(job: &'a PendingJob, pipeline: &Pipeline) -> Shape<'a> {
         job.mig_profile.as_str(),
         job.mig_per_node,
         pipeline.leaves_max(job).map_or(0, |m| m as u32),
+        job.gpu_milli,
     )
 }
 
@@ -217,7 +218,9 @@ pub fn run(
         cfg,
         snapshot,
         now_ms,
-        pipeline: Pipeline::at(cfg, now_ms),
+        pipeline: Pipeline::at(cfg, now_ms).with_workloads(crate::workload::partition_workloads(
+            snapshot, pending, cfg, now_ms,
+        )),
         prio,
         guard: (backfill_slots > 0 || berth).then(|| Guard::new(&working)),
         working,

@@ -1,7 +1,13 @@
 //! The placement pipeline for one job: feasibility filters (cheap first), then topology
 //! (the best-connected free GPU set on each node, and for multi-node jobs the lowest common
-//! switch), then scorers (GPU links, packing), ties broken on node name so a decision is
-//! reproducible.
+//! switch), then scorers (GPU links, the partition's packing, MIG carving), ties broken on
+//! node name so a decision is reproducible.
+//!
+//! The packing scorer is the one configured for the job's partition
+//! ([`PolicyConfig::packing_for`]): best fit, spread, FGD or berth's rule. FGD and berth's
+//! rule measure fragmentation against the partition's workload, which the pass derives
+//! ([`crate::workload`]) and hands over with [`Pipeline::with_workloads`]; without one
+//! (a submit-time check, or nothing pending or recent there) they fall back to best fit.
 //!
 //! Every reject and the number of nodes looked at go into [`PlacementMetrics`], so a job
 //! that stays pending can say exactly why.
@@ -9,8 +15,10 @@
 use crate::filter::{
     CpuFilter, Filter, GpuFilter, MemoryFilter, NodeUpFilter, PartitionFilter, RejectReason,
 };
+use crate::fragmentation::{FragmentationGradient, Workload};
 use crate::mig::{MigFilter, MigPacking};
-use crate::score::{BestFitGpus, Fit, GpuLinks, Scorer};
+use crate::packing::{BestFitPacking, Packing, Spread};
+use crate::score::{Fit, GpuLinks, Scorer};
 use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, NodeView, PendingJob};
 use crate::topology::{choose_nodes, NodePlace, Topology};
 use crate::PolicyConfig;
@@ -83,6 +91,13 @@ impl fmt::Display for Unplaceable {
 pub struct Pipeline {
     filters: Vec<Box<dyn Filter>>,
     scorers: Vec<Box<dyn Scorer>>,
+    /// Packing per partition as configured, and the choice of the others.
+    packing: BTreeMap<String, Packing>,
+    packing_default: Packing,
+    /// The packing scorer of each partition that has its own (configured, or given a
+    /// workload); the others use `default_packer`.
+    packers: BTreeMap<String, Box<dyn Scorer>>,
+    default_packer: Box<dyn Scorer>,
     nodes_scored_max: usize,
     mig_carve_cost: f64,
     /// The pass's clock, for `--switches` waits only.
@@ -115,20 +130,52 @@ impl Pipeline {
             Box::new(MemoryFilter),
             Box::new(MigFilter), // runs the carve planner: dearest, so last
         ];
+        // The partition's packing scorer joins these (see `score`): topology first (the
+        // job's GPUs on one NVLink/NUMA island), then packing, then MIG carving (carved
+        // cards first, most room left).
         let scorers: Vec<Box<dyn Scorer>> = vec![
-            Box::new(GpuLinks),    // topology first: the job's GPUs on one NVLink/NUMA island
-            Box::new(BestFitGpus), // then pack, so large jobs find whole nodes
+            Box::new(GpuLinks),
             Box::new(MigPacking {
                 carve_cost: cfg.mig_carve_cost,
-            }), // MIG jobs: carved cards first, most room left
+            }),
         ];
+        let packers = cfg
+            .packing
+            .iter()
+            .map(|(p, &k)| (p.clone(), packer(k, None)))
+            .collect();
         Pipeline {
             filters,
             scorers,
+            packing: cfg.packing.clone(),
+            packing_default: cfg.packing_default,
+            packers,
+            default_packer: packer(cfg.packing_default, None),
             nodes_scored_max: cfg.nodes_scored_max.max(1),
             mig_carve_cost: cfg.mig_carve_cost,
             now_ms,
         }
+    }
+
+    /// Gives the FGD and berth packing scorers of these partitions their workload (the
+    /// task-class distribution they measure fragmentation against); partitions packed
+    /// otherwise ignore theirs.
+    pub fn with_workloads(mut self, workloads: BTreeMap<String, Workload>) -> Pipeline {
+        for (partition, w) in workloads {
+            let k = self.packing(&partition);
+            if k.needs_workload() {
+                self.packers.insert(partition, packer(k, Some(w)));
+            }
+        }
+        self
+    }
+
+    /// The packing `partition` uses.
+    pub fn packing(&self, partition: &str) -> Packing {
+        self.packing
+            .get(partition)
+            .copied()
+            .unwrap_or(self.packing_default)
     }
 
     /// Chooses `job.nodes` nodes for `job` and the best-connected free GPUs on each.
@@ -170,6 +217,11 @@ impl Pipeline {
         };
         let mut metrics = PlacementMetrics::default();
         let mut ranked: Vec<Candidate> = Vec::new();
+        let packer = self
+            .packers
+            .get(&job.partition)
+            .unwrap_or(&self.default_packer)
+            .as_ref();
         for (node, place) in nodes {
             // Enough candidates: the rest of the order is not looked at (the metrics then
             // count only what was), which keeps a placement from costing the cluster.
@@ -187,7 +239,7 @@ impl Pipeline {
             }
             metrics.nodes_feasible += 1;
             let fit = best_gpus(job, node, place);
-            let score = self.score(job, node, &fit);
+            let score = self.score(packer, job, node, &fit);
             ranked.push(Candidate {
                 node,
                 place,
@@ -237,16 +289,40 @@ impl Pipeline {
         (job.switches_max > 0 && waiting).then_some(job.switches_max as usize)
     }
 
-    /// Mean of the scorers, in `[-1, 1]`.
-    fn score(&self, job: &PendingJob, node: &NodeView, fit: &Fit) -> f64 {
+    /// Mean of the scorers and the partition's `packer`, in `[-1, 1]`.
+    fn score(&self, packer: &dyn Scorer, job: &PendingJob, node: &NodeView, fit: &Fit) -> f64 {
         let sum: f64 = self.scorers.iter().map(|s| s.score(job, node, fit)).sum();
-        sum / self.scorers.len() as f64
+        // A MIG-only job's slices are packed by `MigPacking`; the GPU packers would rank
+        // nodes by whole GPUs it does not take.
+        let packing = if job.gpus_per_node == 0 && job.mig_per_node > 0 {
+            0.0
+        } else {
+            packer.score(job, node, fit)
+        };
+        (sum + packing) / (self.scorers.len() + 1) as f64
+    }
+}
+
+/// The packing scorer for `k`. FGD and berth's rule without a workload fall back to best
+/// fit, the tie-break berth's rule uses anyway.
+fn packer(k: Packing, workload: Option<Workload>) -> Box<dyn Scorer> {
+    match (k, workload) {
+        (Packing::Spread, _) => Box::new(Spread),
+        (Packing::Fgd, Some(w)) => Box::new(FragmentationGradient::fgd(w)),
+        (Packing::Berth, Some(w)) => Box::new(FragmentationGradient::berth(w)),
+        (Packing::BestFit | Packing::Fgd | Packing::Berth, _) => Box::new(BestFitPacking),
     }
 }
 
 /// The free GPUs of the requested type `job` gets on `node`: the best-connected set when
 /// the node reported its links, else the lowest indexes.
 fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fit {
+    if job.gpu_milli > 0 {
+        return Fit {
+            gpus: tightest_share(job, node).into_iter().collect(),
+            quality: None,
+        };
+    }
     let k = job.gpus_per_node as usize;
     let matrix = place.and_then(|p| p.gpus.as_deref());
     match matrix {
@@ -267,6 +343,18 @@ fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fi
             quality: None,
         },
     }
+}
+
+/// The GPU a fraction job shares on `node`: among the time-sliced GPUs of its type with
+/// room for it, the one with the least milli unheld (lowest index on ties), so shares fill
+/// one GPU before the next and whole GPUs stay whole (the FGD artifact's best-fit GPU).
+fn tightest_share(job: &PendingJob, node: &NodeView) -> Option<u32> {
+    node.gpus
+        .iter()
+        .filter(|g| job.gpu_type.is_empty() || g.gres_type == job.gpu_type)
+        .filter(|g| g.fits_fraction(job.gpu_milli))
+        .min_by_key(|g| (g.milli_free(), g.index))
+        .map(|g| g.index)
 }
 
 fn grant(job: &PendingJob, node: &NodeView, fit: &Fit, mig_carve_cost: f64) -> NodeGrant {
@@ -292,5 +380,6 @@ fn grant(job: &PendingJob, node: &NodeView, fit: &Fit, mig_carve_cost: f64) -> N
         cpus: job.cpus_per_node,
         mem_mb: job.mem_per_node_mb,
         mig_slices: crate::mig::grants(job, node, mig_carve_cost),
+        gpu_milli: job.gpu_milli,
     }
 }

@@ -12,7 +12,7 @@
 //!   without a time limit: favors short time limits (a berth extension, not a Slurm
 //!   factor; weight 0 by default), plus `w_short * short`.
 
-use crate::fairshare::{charge_between, dominant_rate, fair_tree, AccountTree};
+use crate::fairshare::{charge_between, dominant_rate_milli, fair_tree, AccountTree};
 use crate::snapshot::{ClusterSnapshot, PendingJob};
 use crate::PolicyConfig;
 use std::collections::HashMap;
@@ -145,13 +145,14 @@ pub fn usage_now(
         let Some(i) = tree.index(&r.account) else {
             continue;
         };
-        let gpus: u64 = r.grants.iter().map(|g| g.gpu_uuids.len() as u64).sum();
+        let gpu_milli = crate::fairshare::grants_gpu_milli(&r.grants);
         let cpus: u64 = r.grants.iter().map(|g| u64::from(g.cpus)).sum();
         let mem: u64 = r.grants.iter().map(|g| g.mem_mb).sum();
         let slices: Vec<_> = r.grants.iter().flat_map(|g| g.mig_slices.clone()).collect();
         let start = r.start_ms.min(now_ms);
+        let rate = dominant_rate_milli(gpu_milli, cpus, mem, &cap);
         usage[i] += charge_between(
-            crate::mig::charge_rate(dominant_rate(gpus, cpus, mem, &cap), &slices, &cap),
+            crate::mig::charge_rate(rate, &slices, &cap),
             start,
             now_ms,
             now_ms,

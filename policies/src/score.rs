@@ -1,11 +1,10 @@
 //! Node scorers: each maps (job, node, the GPUs the job would get there) to a score in
 //! `[-1, 1]`; the pipeline averages them (Nomad's rank stack).
 //!
-//! Topology comes first in the design (the best-connected GPU set), packing second (best
-//! fit). The fragmentation-aware scorers (`packing::BestFitPacking`, `packing::Spread`,
-//! `fragmentation::FragmentationGradient`) implement [`Scorer`] in their own modules but
-//! are not in berthd's pipeline yet: they need a task-class distribution and GPU-milli
-//! node states that berthd does not keep.
+//! Topology comes first in the design (the best-connected GPU set), packing second. The
+//! packing scorers (`packing::BestFitPacking`, `packing::Spread`,
+//! `fragmentation::FragmentationGradient` for FGD and berth's rule) live in their own
+//! modules; the pipeline takes the one configured for the job's partition.
 
 use crate::snapshot::{NodeView, PendingJob};
 use crate::topology::SetQuality;
@@ -26,35 +25,6 @@ pub trait Scorer {
     /// Score in `[-1, 1]` of placing one node's share of `job` on `node` (already feasible)
     /// with the GPUs of `fit`.
     fn score(&self, job: &PendingJob, node: &NodeView, fit: &Fit) -> f64;
-}
-
-/// Packs GPU jobs onto the nodes with the fewest free GPUs left, keeping whole nodes free
-/// for large jobs.
-///
-/// With `f` free matching GPUs after placement out of `t` on the node:
-/// `score = 1 - 2 * f / t`, so a node left full scores 1, one left empty scores -1. A node
-/// with no GPUs scores 0 for CPU-only jobs, and GPU nodes score -1 for CPU-only jobs so that
-/// they stay free for GPU work.
-pub struct BestFitGpus;
-
-impl Scorer for BestFitGpus {
-    fn name(&self) -> &'static str {
-        "best-fit-gpus"
-    }
-    fn score(&self, job: &PendingJob, node: &NodeView, _fit: &Fit) -> f64 {
-        let total = node.gpus.len();
-        if total == 0 {
-            return 0.0;
-        }
-        if job.gpus_per_node == 0 {
-            return -1.0;
-        }
-        let free_after = node
-            .free_gpus(&job.gpu_type)
-            .count()
-            .saturating_sub(job.gpus_per_node as usize);
-        1.0 - 2.0 * free_after as f64 / total as f64
-    }
 }
 
 /// Prefers nodes where the job's GPUs are best connected: [`SetQuality::score`] of the
@@ -118,10 +88,6 @@ mod tests {
         };
         // (scorer, gpus, quality, want)
         let cases: Vec<(&dyn Scorer, u32, Option<SetQuality>, f64)> = vec![
-            // 6 free, 4 taken: 2 left of 8: 1 - 2*2/8 = 0.5
-            (&BestFitGpus, 4, None, 0.5),
-            (&BestFitGpus, 6, None, 1.0),
-            (&BestFitGpus, 0, None, -1.0),
             // NVSwitch (cost 1), one NUMA: 1 - 1/30
             (&GpuLinks, 4, q(1, 1), 1.0 - 1.0 / 30.0),
             // NVSwitch over two NUMA nodes: 1 - 1/30 - 0.25

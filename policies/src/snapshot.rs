@@ -22,6 +22,94 @@ pub struct GpuView {
     pub mig_profiles: std::sync::Arc<Vec<crate::mig::MigProfile>>,
     /// MIG slices held now (never overlapping).
     pub mig_held: Vec<crate::mig::MigHeld>,
+    /// Time-slicing of a healthy GPU offered as several shares (`--gpu-replicas N`, N > 1);
+    /// `None`: one job at a time (or not offered at all: unhealthy, MIG mode).
+    pub shares: Option<GpuShares>,
+}
+
+/// What is left of a time-sliced GPU. A fraction job (`--gpus=0.5`) takes one share and
+/// its GPU milli; a whole-GPU request takes one plain share of `plain_milli`. Never more
+/// than 1000 milli nor `replicas` shares are held on one GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuShares {
+    /// Shares not held.
+    pub free: u32,
+    /// GPU milli not held, in `[0, 1000]`.
+    pub milli_free: u32,
+    /// Shares the GPU is offered as (`--gpu-replicas`, at least 2).
+    pub replicas: u32,
+}
+
+impl GpuShares {
+    /// Milli one plain share holds: `1000 / replicas` (rounded down).
+    pub fn plain_milli(&self) -> u32 {
+        crate::packing::GPU_MILLI / self.replicas.max(1)
+    }
+}
+
+impl GpuView {
+    /// Free GPU milli as packing sees it: a time-sliced GPU's unheld milli while a share
+    /// is left, else 1000 for a free GPU and 0 for a held one.
+    pub fn milli_free(&self) -> u32 {
+        match self.shares {
+            Some(s) if s.free > 0 => s.milli_free,
+            Some(_) => 0,
+            None if self.free => crate::packing::GPU_MILLI,
+            None => 0,
+        }
+    }
+
+    /// Whether one share of `gpu_milli` (a fraction job's) fits here now.
+    pub fn fits_fraction(&self, gpu_milli: u32) -> bool {
+        self.shares
+            .is_some_and(|s| s.free > 0 && s.milli_free >= gpu_milli)
+    }
+
+    /// Whether a grant of this GPU with `gpu_milli` ([`NodeGrant::gpu_milli`]; 0: whole
+    /// or a plain share) can be held now.
+    pub fn can_hold(&self, gpu_milli: u32) -> bool {
+        if gpu_milli > 0 {
+            self.fits_fraction(gpu_milli)
+        } else {
+            self.free
+        }
+    }
+
+    /// Holds a grant of this GPU with `gpu_milli` (as [`GpuView::can_hold`]): one share
+    /// and its milli of a time-sliced GPU (which stays free while a plain share is left),
+    /// else the whole GPU. Lenient (saturating): views may see a grant twice.
+    pub fn hold(&mut self, gpu_milli: u32) {
+        match &mut self.shares {
+            Some(s) => {
+                let m = if gpu_milli > 0 {
+                    gpu_milli
+                } else {
+                    s.plain_milli()
+                };
+                s.free = s.free.saturating_sub(1);
+                s.milli_free = s.milli_free.saturating_sub(m);
+                self.free = s.free > 0 && s.milli_free >= s.plain_milli();
+            }
+            None => self.free = false,
+        }
+    }
+
+    /// Gives back what [`GpuView::hold`] took.
+    pub fn unhold(&mut self, gpu_milli: u32) {
+        match &mut self.shares {
+            Some(s) => {
+                let m = if gpu_milli > 0 {
+                    gpu_milli
+                } else {
+                    s.plain_milli()
+                };
+                s.free = (s.free + 1).min(s.replicas);
+                s.milli_free = (s.milli_free + m).min(crate::packing::GPU_MILLI);
+                self.free = s.milli_free >= s.plain_milli();
+            }
+            None => self.free = true,
+        }
+    }
 }
 
 /// One node as placement sees it.
@@ -121,7 +209,7 @@ impl ClusterSnapshot {
             for uuid in &grant.gpu_uuids {
                 let gpu = node.gpus.iter_mut().find(|g| &g.uuid == uuid);
                 match gpu {
-                    Some(g) if g.free => g.free = false,
+                    Some(g) if g.can_hold(grant.gpu_milli) => g.hold(grant.gpu_milli),
                     Some(_) => panic!(
                         "job {} granted GPU {uuid} which is already held",
                         decision.job_id
@@ -147,7 +235,7 @@ impl ClusterSnapshot {
             node.memory_free_mb = (node.memory_free_mb + grant.mem_mb).min(node.memory_total_mb);
             for gpu in node.gpus.iter_mut() {
                 if grant.gpu_uuids.contains(&gpu.uuid) {
-                    gpu.free = true;
+                    gpu.unhold(grant.gpu_milli);
                 }
             }
             crate::mig::give(node, &grant.mig_slices);
@@ -186,6 +274,10 @@ impl ClusterSnapshot {
                 // A MIG-mode GPU stays MIG-only: the mode is the card's, not the load's.
                 gpu.free = !gpu.mig_enabled;
                 gpu.mig_held.clear();
+                if let Some(s) = &mut gpu.shares {
+                    s.free = s.replicas;
+                    s.milli_free = crate::packing::GPU_MILLI;
+                }
             }
         }
         idle
@@ -243,6 +335,10 @@ pub struct PendingJob {
     /// `--switches=N@WAIT`: how long after `submit_ms` the job waits for `switches_max`
     /// leaves before it takes any placement, ms.
     pub switches_wait_ms: u64,
+    /// A fraction of one time-sliced GPU, in GPU milli `(0, 1000)` (`--gpus=0.5` is 500),
+    /// with `gpus_per_node == 1`; 0: whole GPUs. It takes one share of a GPU with that much
+    /// milli unheld ([`GpuView::fits_fraction`]).
+    pub gpu_milli: u32,
 }
 
 impl PendingJob {
@@ -267,6 +363,9 @@ pub struct NodeGrant {
     pub mem_mb: u64,
     /// MIG slices held (GPU UUID + placement + profile), on GPUs not in `gpu_uuids`.
     pub mig_slices: Vec<crate::mig::MigGrant>,
+    /// GPU milli held on each GPU of `gpu_uuids` when it is a fraction grant (one share
+    /// of a time-sliced GPU); 0: a whole GPU, or one plain share of a time-sliced one.
+    pub gpu_milli: u32,
 }
 
 /// Start `job_id` on these nodes (the first one runs the batch script).

@@ -11,6 +11,11 @@
 //! default_qos = "research"       # class of jobs without --qos
 //! default_account = "default"    # account of jobs without --account (and no user account)
 //! mig_carve_cost = 1.0           # score penalty for carving a MIG GPU holding no slice, [0, 2]
+//! packing = "bestfit"            # packing of partitions not listed: bestfit|spread|fgd|berth
+//!
+//! [[partition]]                  # per-partition packing (the partition need not exist yet)
+//! name = "a100-timeslice"
+//! packing = "fgd"
 //!
 //! [weights]                      # Slurm PriorityWeight*
 //! fairshare = 10000
@@ -39,8 +44,8 @@
 //! ```
 
 use berth_policies::{
-    priority::default_classes, AccountSpec, AccountTree, PolicyConfig, PolicyError,
-    PriorityWeights, QosClass, Quota,
+    packing::Packing, priority::default_classes, AccountSpec, AccountTree, PolicyConfig,
+    PolicyError, PriorityWeights, QosClass, Quota,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -83,6 +88,10 @@ struct File {
     weights: Option<Weights>,
     #[serde(default)]
     mig_carve_cost: Option<f64>,
+    #[serde(default)]
+    packing: Option<String>,
+    #[serde(default)]
+    partition: Vec<PartitionEntry>,
     #[serde(default)]
     account: Vec<AccountEntry>,
     #[serde(default)]
@@ -142,6 +151,13 @@ struct QuotaEntry {
     borrow_limit: Option<u64>,
     #[serde(default)]
     lend_limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionEntry {
+    name: String,
+    packing: String,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +297,10 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
             "mig_carve_cost = {mig_carve_cost}: must be within [0, 2]"
         )));
     }
+    let (packing_default, packing) = packing(&file)?;
     let policy = PolicyConfig {
+        packing_default,
+        packing,
         mig_carve_cost,
         accounts,
         qos,
@@ -305,6 +324,34 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
     }
 }
 
+/// The default packing and the per-partition ones.
+fn packing(file: &File) -> Result<(Packing, BTreeMap<String, Packing>), AccountsError> {
+    let choice = |what: &str, text: &str| {
+        Packing::parse(text).map_err(|e| AccountsError::Rule(format!("{what}: {e}")))
+    };
+    let default = match &file.packing {
+        Some(text) => choice("packing", text)?,
+        None => Packing::default(),
+    };
+    let mut by_partition = BTreeMap::new();
+    for p in &file.partition {
+        if p.name.is_empty() || p.name.contains(|c: char| c.is_whitespace() || c == ',') {
+            return Err(AccountsError::Rule(format!(
+                "partition {:?}: name must be non-empty, without spaces or commas",
+                p.name
+            )));
+        }
+        let k = choice(&format!("partition {}", p.name), &p.packing)?;
+        if by_partition.insert(p.name.clone(), k).is_some() {
+            return Err(AccountsError::Rule(format!(
+                "partition {} is defined twice",
+                p.name
+            )));
+        }
+    }
+    Ok((default, by_partition))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +360,13 @@ mod tests {
 half_life_hours = 24
 mig_carve_cost = 0.25
 default_account = "alice"
+packing = "spread"
+[[partition]]
+name = "a100-timeslice"
+packing = "fgd"
+[[partition]]
+name = "train"
+packing = "berth"
 [weights]
 fairshare = 5000
 [[account]]
@@ -337,6 +391,13 @@ name = "bob"
         assert_eq!(c.policy.half_life_ms, 24 * 3_600_000);
         assert_eq!(c.policy.mig_carve_cost, 0.25);
         assert_eq!(parse("").unwrap().policy.mig_carve_cost, 1.0);
+        assert_eq!(c.policy.packing_for("a100-timeslice"), Packing::Fgd);
+        assert_eq!(c.policy.packing_for("train"), Packing::Berth);
+        assert_eq!(c.policy.packing_for("other"), Packing::Spread);
+        assert_eq!(
+            parse("").unwrap().policy.packing_for("gpu"),
+            Packing::BestFit
+        );
         assert_eq!(c.policy.weights.fairshare, 5000);
         assert_eq!(c.policy.qos.len(), 5);
         assert_eq!(c.resolve_account("", "zed").unwrap(), "alice");
@@ -371,6 +432,14 @@ name = "bob"
             ("mig_carve_cost = -0.5", "mig_carve_cost = -0.5: must be within [0, 2]"),
             ("mig_carve_cost = 3", "within [0, 2]"),
             ("mig_carve_cost = \"high\"", "invalid type"),
+            ("packing = \"binpack\"", "packing: unknown packing \"binpack\"; use one of bestfit, spread, fgd, berth"),
+            ("[[partition]]\nname = \"a\"\npacking = \"FGD\"", "partition a: unknown packing \"FGD\""),
+            ("[[partition]]\nname = \"a\"", "missing field `packing`"),
+            ("[[partition]]\nname = \"a\"\npacking = \"fgd\"\nweight = 2", "unknown field `weight`"),
+            ("[[partition]]\nname = \"a\"\npacking = \"fgd\"\n[[partition]]\nname = \"a\"\npacking = \"spread\"", "partition a is defined twice"),
+            ("[[partition]]\nname = \"a b\"\npacking = \"fgd\"", "without spaces"),
+            ("[[partition]]\nname = \"\"\npacking = \"fgd\"", "non-empty"),
+            ("packing = 3", "invalid type"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             match parse(text) {

@@ -213,7 +213,9 @@ pub fn without_jobs(node: &pb::Node, leaving: &[u64]) -> pb::Node {
         if leaving.contains(&g.job_id) {
             g.job_id = 0;
         }
-        g.share_job_ids.retain(|j| !leaving.contains(j));
+        for &id in leaving {
+            state_machine::release_shares(g, id);
+        }
         g.mig_held.retain(|s| !leaving.contains(&s.job_id));
     }
     n
@@ -261,6 +263,7 @@ pub fn allocation_on(
         gpu_indices: grant.gpu_indices,
         cpus: grant.cpus,
         mem_mb: grant.mem_mb,
+        gpu_milli: grant.gpu_milli,
         mig_slices: grant
             .mig_slices
             .into_iter()

@@ -214,6 +214,7 @@ pub fn placement(d: &policies::Decision) -> pb::Placement {
             gpu_indices: g.gpu_indices.clone(),
             cpus: g.cpus,
             mem_mb: g.mem_mb,
+            gpu_milli: g.gpu_milli,
             // The slices the planner chose: the agent creates each at exactly this
             // placement at launch.
             mig_slices: g

@@ -373,11 +373,11 @@ impl StateMachine {
                 .as_ref()
                 .and_then(|n| held_by(n, &gpu.uuid))
                 .unwrap_or(0);
-            gpu.share_job_ids = old
+            (gpu.share_job_ids, gpu.share_milli) = old
                 .as_ref()
                 .and_then(|n| n.inventory.as_ref())
                 .and_then(|i| i.gpus.iter().find(|g| g.uuid == gpu.uuid))
-                .map(|g| g.share_job_ids.clone())
+                .map(|g| (g.share_job_ids.clone(), g.share_milli.clone()))
                 .unwrap_or_default();
             // MIG slices too: the agent re-attached to the instances it created.
             gpu.mig_held = old
@@ -609,6 +609,15 @@ impl StateMachine {
             if node.cpus_alloc + a.cpus > inv.cpus {
                 return Err(format!("node {} lacks CPUs", a.node));
             }
+            let asked = job.spec.as_ref().map_or(0, |s| s.gpu_milli);
+            if a.gpu_milli != asked || (asked > 0 && a.gpu_uuids.len() != 1) {
+                return Err(format!(
+                    "the job asks for {asked} GPU milli; the grant on {} has {} on {} GPU(s)",
+                    a.node,
+                    a.gpu_milli,
+                    a.gpu_uuids.len()
+                ));
+            }
             for uuid in &a.gpu_uuids {
                 match inv.gpus.iter().find(|g| &g.uuid == uuid) {
                     Some(g) if !g.unhealthy_reason.is_empty() => {
@@ -619,9 +628,20 @@ impl StateMachine {
                             "GPU {uuid} is in MIG mode: only MIG slices are granted there"
                         ))
                     }
-                    Some(g) if has_room(g) => {}
+                    Some(g) if a.gpu_milli > 0 && g.replicas <= 1 => {
+                        return Err(format!(
+                            "GPU {uuid} is not time-sliced: a fraction needs a shared GPU"
+                        ))
+                    }
+                    Some(g) if has_room(g, a.gpu_milli) => {}
                     Some(g) if g.replicas > 1 => {
-                        return Err(format!("every share of GPU {uuid} is held"))
+                        return Err(format!(
+                            "GPU {uuid} has no share with {} milli left ({} of {} shares, {} milli held)",
+                            share_need(g, a.gpu_milli),
+                            g.share_job_ids.len(),
+                            g.replicas,
+                            milli_held(g)
+                        ))
                     }
                     Some(g) => return Err(format!("GPU {uuid} is held by job {}", g.job_id)),
                     None => return Err(format!("GPU {uuid} is not on node {}", a.node)),
@@ -644,16 +664,19 @@ impl StateMachine {
                 .filter(|g| a.gpu_uuids.contains(&g.uuid))
             {
                 assert!(
-                    has_room(gpu),
-                    "GPU {} granted to job {} while held by {} (shares {:?} of {})",
+                    has_room(gpu, a.gpu_milli),
+                    "GPU {} granted to job {} while held by {} (shares {:?} of {}, milli {:?})",
                     gpu.uuid,
                     p.job_id,
                     gpu.job_id,
                     gpu.share_job_ids,
-                    gpu.replicas
+                    gpu.replicas,
+                    gpu.share_milli
                 );
                 if gpu.replicas > 1 {
+                    let need = share_need(gpu, a.gpu_milli);
                     gpu.share_job_ids.push(p.job_id);
+                    gpu.share_milli.push(need);
                 } else {
                     gpu.job_id = p.job_id;
                 }
@@ -896,10 +919,17 @@ impl StateMachine {
         } else {
             now
         };
-        let gpus: u64 = job
+        let gpu_milli: u64 = job
             .allocations
             .iter()
-            .map(|a| a.gpu_uuids.len() as u64)
+            .map(|a| {
+                let per = if a.gpu_milli > 0 {
+                    a.gpu_milli
+                } else {
+                    GPU_MILLI
+                };
+                a.gpu_uuids.len() as u64 * u64::from(per)
+            })
             .sum();
         let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
         let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
@@ -913,7 +943,7 @@ impl StateMachine {
             })
             .collect();
         let rate = policies::mig::charge_rate(
-            policies::fairshare::dominant_rate(gpus, cpus, mem, &cap),
+            policies::fairshare::dominant_rate_milli(gpu_milli, cpus, mem, &cap),
             &slices,
             &cap,
         );
@@ -938,7 +968,7 @@ impl StateMachine {
                 if gpu.job_id == id {
                     gpu.job_id = 0;
                 }
-                gpu.share_job_ids.retain(|&j| j != id);
+                release_shares(gpu, id);
                 mig::release(gpu, id);
             }
             self.recount(&a.node);
@@ -1027,6 +1057,7 @@ impl StateMachine {
                             gpu_indices: a.gpu_indices.clone(),
                             cpus: a.cpus,
                             mem_mb: a.mem_mb,
+                            gpu_milli: a.gpu_milli,
                             mig_slices: a
                                 .mig_slices
                                 .iter()
@@ -1101,17 +1132,65 @@ fn changed(id: u64) -> Effect {
     }))
 }
 
-/// Whether one more job may hold `gpu`: it is free, or it is shared (time-slicing/MPS)
-/// with a share left.
-pub fn has_room(gpu: &pb::Gpu) -> bool {
+/// Whether one more job may hold `gpu` with `gpu_milli` (a fraction; 0: whole or a plain
+/// share): it is free, or it is shared (time-slicing/MPS) with a share left and room for
+/// the share's milli (never over 1000 in all).
+pub fn has_room(gpu: &pb::Gpu, gpu_milli: u32) -> bool {
     if !gpu.mig_held.is_empty() {
         return false; // carved: slices only
     }
     if gpu.replicas > 1 {
         gpu.share_job_ids.len() < gpu.replicas as usize
+            && milli_held(gpu) + share_need(gpu, gpu_milli) <= GPU_MILLI
     } else {
         gpu.job_id == 0
     }
+}
+
+/// GPU milli in one whole GPU.
+const GPU_MILLI: u32 = policies::packing::GPU_MILLI;
+
+/// The milli a share of `gpu` takes: the fraction asked, or `1000 / replicas` for a
+/// plain share.
+fn share_need(gpu: &pb::Gpu, gpu_milli: u32) -> u32 {
+    if gpu_milli > 0 {
+        gpu_milli
+    } else {
+        GPU_MILLI / gpu.replicas.max(1)
+    }
+}
+
+/// Milli held by the shares of `gpu`; a share without a recorded size (state written
+/// before shares were sized) counts as a plain share.
+fn milli_held(gpu: &pb::Gpu) -> u32 {
+    let plain = share_need(gpu, 0);
+    (0..gpu.share_job_ids.len())
+        .map(|k| gpu.share_milli.get(k).copied().unwrap_or(plain))
+        .sum()
+}
+
+/// Drops job `id`'s shares of `gpu` (and their sizes, kept parallel).
+pub(crate) fn release_shares(gpu: &mut pb::Gpu, id: u64) {
+    let plain = share_need(gpu, 0);
+    let kept: Vec<(u64, u32)> = gpu
+        .share_job_ids
+        .iter()
+        .enumerate()
+        .filter(|&(_, &j)| j != id)
+        .map(|(k, &j)| (j, gpu.share_milli.get(k).copied().unwrap_or(plain)))
+        .collect();
+    (gpu.share_job_ids, gpu.share_milli) = kept.into_iter().unzip();
+}
+
+/// What placement may take of a time-sliced GPU: `None` unless it is shared, healthy and
+/// not in MIG mode.
+fn offered_shares(g: &pb::Gpu) -> Option<policies::GpuShares> {
+    let offered = g.replicas > 1 && g.unhealthy_reason.is_empty() && !g.mig_enabled;
+    offered.then(|| policies::GpuShares {
+        free: g.replicas.saturating_sub(g.share_job_ids.len() as u32),
+        milli_free: GPU_MILLI.saturating_sub(milli_held(g)),
+        replicas: g.replicas,
+    })
 }
 
 /// NVML index of GPU `uuid` on `node` (0 when unknown: only a lookup hint for placement).
@@ -1167,7 +1246,8 @@ fn node_view_shared(
                     // An unhealthy GPU is never offered: that is how placement stops
                     // using it without a policy change. A MIG-mode GPU is offered as
                     // slices only.
-                    free: has_room(g) && g.unhealthy_reason.is_empty() && !g.mig_enabled,
+                    free: has_room(g, 0) && g.unhealthy_reason.is_empty() && !g.mig_enabled,
+                    shares: offered_shares(g),
                     mig_enabled,
                     mig_profiles,
                     mig_held,
@@ -1194,6 +1274,7 @@ pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
         mig_per_node: spec.mig_per_node,
         switches_max: spec.switches,
         switches_wait_ms: spec.switches_wait_secs.saturating_mul(1000),
+        gpu_milli: spec.gpu_milli,
         ..Default::default()
     }
 }
@@ -1242,7 +1323,32 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     if spec.nodes == 0 || spec.ntasks == 0 || spec.cpus_per_task == 0 {
         return Err("nodes, ntasks and cpus-per-task must be at least 1".into());
     }
+    validate_fraction(spec)?;
     mig::validate_spec(spec)
+}
+
+/// A fraction is of one GPU on one node, strictly between 0 and 1000 milli, and not mixed
+/// with MIG slices.
+fn validate_fraction(spec: &pb::JobSpec) -> Result<(), String> {
+    let m = spec.gpu_milli;
+    if m == 0 {
+        return Ok(());
+    }
+    if m >= GPU_MILLI {
+        return Err(format!(
+            "a GPU fraction is below 1000 milli (one GPU), not {m}: ask for whole GPUs instead"
+        ));
+    }
+    if spec.gpus_per_node != 1 || spec.nodes != 1 {
+        return Err(format!(
+            "a GPU fraction ({m} milli) is of one GPU on one node, not {} GPU(s) on {} node(s)",
+            spec.gpus_per_node, spec.nodes
+        ));
+    }
+    if !spec.mig_profile.is_empty() {
+        return Err("a GPU fraction cannot be combined with MIG slices".into());
+    }
+    Ok(())
 }
 
 /// Most time-slicing/MPS shares of one GPU (MPS itself allows 48 clients per GPU).
@@ -1282,7 +1388,11 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
         if g.uuid.is_empty() || !seen.insert(&g.uuid) {
             return Err(format!("GPU uuid {:?} is empty or repeated", g.uuid));
         }
-        if g.job_id != 0 || !g.share_job_ids.is_empty() || !g.mig_held.is_empty() {
+        if g.job_id != 0
+            || !g.share_job_ids.is_empty()
+            || !g.share_milli.is_empty()
+            || !g.mig_held.is_empty()
+        {
             return Err("agents may not assign GPUs to jobs".into());
         }
         if g.replicas > GPU_REPLICAS_MAX {

@@ -1016,3 +1016,199 @@ fn measured_usage_is_recorded_per_node_and_bad_records_change_nothing() {
         assert_eq!(sm.encode(), before, "#{i}: state changed");
     }
 }
+
+fn alloc_milli(job_id: u64, node: &str, uuid: &str, gpu_milli: u32) -> Cmd {
+    let a = pb::Allocation {
+        node: node.into(),
+        gpu_uuids: vec![uuid.into()],
+        cpus: 1,
+        gpu_milli,
+        ..Default::default()
+    };
+    Cmd::Allocate(pb::Allocate {
+        term: 1,
+        placements: vec![pb::Placement {
+            job_id,
+            allocations: vec![a],
+        }],
+    })
+}
+
+fn fraction(milli: u32) -> pb::JobSpec {
+    pb::JobSpec {
+        gpu_milli: milli,
+        ..spec(1)
+    }
+}
+
+#[test]
+fn gpu_fractions_are_sized_shares_never_over_1000_milli() {
+    let mut shared = inventory("n1", 2);
+    shared.gpus.iter_mut().for_each(|g| g.replicas = 4);
+    let submit = |t, s: pb::JobSpec| cmd(t, Cmd::Submit(pb::SubmitJob { spec: Some(s) }));
+    let register = |t, inv: &pb::NodeInventory| {
+        cmd(
+            t,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inv.clone()),
+            }),
+        )
+    };
+    let log = vec![
+        register(1, &shared),
+        register(2, &inventory("n2", 1)),
+        submit(3, fraction(600)), // 1
+        submit(4, fraction(500)), // 2
+        submit(5, fraction(400)), // 3
+        submit(6, spec(1)),       // 4: a plain share (250 of a 4-share GPU)
+        cmd(10, alloc_milli(1, "n1", "GPU-n1-0", 600)),
+        cmd(11, alloc_milli(2, "n1", "GPU-n1-0", 500)), // 600 + 500 > 1000: refused
+        cmd(12, alloc_milli(3, "n1", "GPU-n1-0", 400)), // exactly 1000
+        cmd(13, alloc(4, "n1", &["GPU-n1-0"])),         // a share left, but no milli
+        cmd(14, alloc_milli(2, "n2", "GPU-n2-0", 500)), // not time-sliced
+        cmd(15, alloc_milli(4, "n1", "GPU-n1-1", 300)), // not what job 4 asked
+        cmd(16, alloc_milli(2, "n1", "GPU-n1-1", 500)),
+        cmd(17, alloc(4, "n1", &["GPU-n1-1"])),
+        register(18, &shared), // shares and their sizes survive re-registration
+        cmd(19, ended(1, "n1", JobState::Completed, 0)),
+    ];
+    let (sm, outcomes) = run(&log);
+    let refused = |i: usize, want: &str| match &outcomes[i] {
+        Outcome::Rejected(w) if w.contains(want) => {}
+        other => panic!("#{i}: want a refusal containing {want:?}, got {other:?}"),
+    };
+    refused(
+        7,
+        "GPU GPU-n1-0 has no share with 500 milli left (1 of 4 shares, 600 milli held)",
+    );
+    refused(
+        9,
+        "has no share with 250 milli left (2 of 4 shares, 1000 milli held)",
+    );
+    refused(
+        10,
+        "GPU GPU-n2-0 is not time-sliced: a fraction needs a shared GPU",
+    );
+    refused(
+        11,
+        "the job asks for 0 GPU milli; the grant on n1 has 300 on 1 GPU(s)",
+    );
+    for i in [6, 8, 12, 13, 14, 15] {
+        assert_eq!(outcomes[i], Outcome::Done, "#{i}");
+    }
+    let gpus = &sm
+        .node("n1")
+        .and_then(|n| n.inventory.as_ref())
+        .expect("n1")
+        .gpus;
+    assert_eq!(
+        (gpus[0].share_job_ids.clone(), gpus[0].share_milli.clone()),
+        (vec![3], vec![400]),
+        "job 1's 600 milli came back"
+    );
+    assert_eq!(
+        (gpus[1].share_job_ids.clone(), gpus[1].share_milli.clone()),
+        (vec![2, 4], vec![500, 250])
+    );
+    let view = sm.cluster_view();
+    let shares: Vec<_> = view.nodes[0].gpus.iter().map(|g| g.shares).collect();
+    let s = |free, milli_free| {
+        Some(policies::GpuShares {
+            free,
+            milli_free,
+            replicas: 4,
+        })
+    };
+    assert_eq!(shares, vec![s(3, 600), s(2, 250)]);
+    assert_eq!(view.nodes[1].gpus[0].shares, None, "n2 is not shared");
+    let (again, _) = run(&log);
+    assert_eq!(again.encode(), sm.encode(), "replay is byte-identical");
+}
+
+#[test]
+fn bad_fraction_specs_are_refused_at_submit() {
+    let mut shared = inventory("n1", 1);
+    shared.gpus[0].replicas = 2;
+    let mut mig = fraction(500);
+    mig.mig_profile = "1g.10gb".into();
+    mig.mig_per_node = 1;
+    let cases = [
+        (fraction(1000), "below 1000 milli (one GPU), not 1000"),
+        (fraction(2500), "not 2500"),
+        (
+            pb::JobSpec {
+                gpus_per_node: 2,
+                ..fraction(500)
+            },
+            "of one GPU on one node, not 2 GPU(s) on 1 node(s)",
+        ),
+        (
+            pb::JobSpec {
+                nodes: 2,
+                ntasks: 2,
+                ..fraction(500)
+            },
+            "not 1 GPU(s) on 2 node(s)",
+        ),
+        (mig, "cannot be combined with MIG slices"),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let log = vec![
+            cmd(
+                1,
+                Cmd::RegisterNode(pb::RegisterNode {
+                    inventory: Some(shared.clone()),
+                }),
+            ),
+            cmd(2, Cmd::Submit(pb::SubmitJob { spec: Some(spec) })),
+        ];
+        let (sm, outcomes) = run(&log);
+        match &outcomes[1] {
+            Outcome::Rejected(w) if w.contains(want) => {}
+            other => panic!("#{i}: want {want:?}, got {other:?}"),
+        }
+        assert_eq!(sm.jobs().count(), 0, "#{i}: nothing changed");
+    }
+    // On a cluster without time-sliced GPUs a fraction can never run.
+    let log = vec![
+        cmd(
+            1,
+            Cmd::RegisterNode(pb::RegisterNode {
+                inventory: Some(inventory("n1", 1)),
+            }),
+        ),
+        cmd(
+            2,
+            Cmd::Submit(pb::SubmitJob {
+                spec: Some(fraction(500)),
+            }),
+        ),
+    ];
+    let (_, outcomes) = run(&log);
+    assert!(
+        matches!(&outcomes[1], Outcome::Rejected(w) if w.contains("Requested node configuration is not available") && w.contains("has no time-sliced GPU")),
+        "{:?}",
+        outcomes[1]
+    );
+}
+
+#[test]
+fn bad_packing_in_the_accounts_config_changes_nothing() {
+    let good =
+        "[[partition]]\nname = \"gpu\"\npacking = \"fgd\"\n[[account]]\nname = \"default\"\n";
+    let bad =
+        "[[partition]]\nname = \"gpu\"\npacking = \"tetris\"\n[[account]]\nname = \"default\"\n";
+    let set = |t, toml: &str| cmd(t, Cmd::SetAccounts(pb::SetAccounts { toml: toml.into() }));
+    let (sm, outcomes) = run(&[set(1, good), set(2, bad)]);
+    assert_eq!(outcomes[0], Outcome::Done);
+    assert!(
+        matches!(&outcomes[1], Outcome::Rejected(w) if w.contains("partition gpu: unknown packing \"tetris\"; use one of bestfit, spread, fgd, berth")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(sm.accounts_toml(), good, "the good config stays in force");
+    assert_eq!(
+        sm.accounts().policy.packing_for("gpu"),
+        policies::packing::Packing::Fgd
+    );
+}

@@ -219,7 +219,7 @@ fn gradient_scorer_on_node_views() {
             popularity: 1.0,
         }],
     };
-    let s = FragmentationGradient { workload: w };
+    let s = FragmentationGradient::berth(w);
     let v = NodeView {
         name: "n".into(),
         partition: "gpu".into(),

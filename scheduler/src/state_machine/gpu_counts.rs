@@ -30,7 +30,7 @@ pub fn whole_free(g: &pb::Gpu) -> bool {
 
 /// A GPU a shared pod may take a share of now.
 pub fn shared_free(g: &pb::Gpu) -> bool {
-    shared_usable(g) && super::has_room(g)
+    shared_usable(g) && super::has_room(g, 0)
 }
 
 /// One node's counts.
@@ -67,7 +67,12 @@ impl NodeGpus {
                 c.shared_usable += 1;
                 c.shared_free += u32::from(shared_free(g));
                 c.shares_total += g.replicas;
-                c.shares_free += g.replicas.saturating_sub(g.share_job_ids.len() as u32);
+                // Plain shares that still fit: fractions (sized shares) may hold more
+                // or less milli than a plain share does.
+                let by_count = g.replicas.saturating_sub(g.share_job_ids.len() as u32);
+                let by_milli =
+                    super::GPU_MILLI.saturating_sub(super::milli_held(g)) / super::share_need(g, 0);
+                c.shares_free += by_count.min(by_milli);
             }
         }
         c

@@ -252,7 +252,7 @@ impl StateMachine {
             if gpu.job_id == reservation {
                 gpu.job_id = 0;
             }
-            gpu.share_job_ids.retain(|j| *j != reservation);
+            super::release_shares(gpu, reservation);
         }
         self.recount(&slot.node);
         let job = self.state.jobs.get_mut(&reservation).expect("reservation");

@@ -1,7 +1,7 @@
 //! `berth-bench`: benchmarks of berth's own code, run on purpose (numbers in README).
 //!
-//! `berth-bench placement --nodes N --job gpu1|gpu8|gang64 [--json]`: placement decisions
-//! per second on a synthetic cluster of N nodes × 8 GPUs (each a DGX-H100 as its agent
+//! `berth-bench placement --nodes N --job gpu1|gpu8|gang64 [--packing P] [--json]`:
+//! placement decisions per second on a synthetic cluster of N nodes × 8 GPUs (each a DGX-H100 as its agent
 //! reports it: NVSwitch between all GPUs, two NUMA nodes), leaf switches of `--leaf-size`
 //! nodes under one spine, half full (each node has 0–8 random GPUs held, uniformly, seeded).
 //! Two measures:

@@ -2,6 +2,7 @@
 
 use berth_policies::backfill::View;
 use berth_policies::gang::take_whole;
+use berth_policies::packing::Packing;
 use berth_policies::topology::{GpuLink, NetworkConf, NodeLinks, Topology};
 use berth_policies::{
     ClusterSnapshot, Decision, GpuView, NodeView, PendingJob, Pipeline, PolicyConfig, PolicyKind,
@@ -45,9 +46,26 @@ pub struct Args {
     /// Seed of the cluster's occupancy.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Packing scorer of the cluster's partition: bestfit (berthd's default), spread, fgd
+    /// or berth. fgd and berth measure against a workload of 1-, 2-, 4- and 8-GPU jobs and
+    /// 64-GPU gangs in equal numbers (the steady measure) or of the pass's pending jobs.
+    #[arg(long, default_value = "bestfit", value_parser = parse_packing)]
+    packing: Packing,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_packing(text: &str) -> Result<Packing, String> {
+    Packing::parse(text).map_err(|e| e.to_string())
+}
+
+fn config(a: &Args, kind: PolicyKind) -> PolicyConfig {
+    PolicyConfig {
+        kind,
+        packing_default: a.packing,
+        ..PolicyConfig::default()
+    }
 }
 
 fn dgx_links(name: &str) -> NodeLinks {
@@ -128,8 +146,17 @@ fn job(id: u64, shape: Shape) -> PendingJob {
 
 /// Steady state: (placements per second, placements refused).
 fn steady(a: &Args, snap: &ClusterSnapshot) -> (f64, u32) {
-    let cfg = PolicyConfig::default();
-    let pipeline = Pipeline::at(&cfg, 0);
+    let cfg = config(a, PolicyConfig::default().kind);
+    let mixed: Vec<PendingJob> = [(1, 1), (1, 2), (1, 4), (1, 8), (8, 8)]
+        .iter()
+        .map(|&(nodes, gpus)| PendingJob {
+            nodes,
+            gpus_per_node: gpus,
+            ..job(0, Shape::Gpu1)
+        })
+        .collect();
+    let workloads = berth_policies::workload::partition_workloads(snap, &mixed, &cfg, 0);
+    let pipeline = Pipeline::at(&cfg, 0).with_workloads(workloads);
     let mut view = View::new(snap.clone());
     let per_job = job(0, a.job).gpus_total() as usize;
     // Released after a window of 1% of the cluster's GPUs, so occupancy stays near half.
@@ -158,10 +185,7 @@ fn steady(a: &Args, snap: &ClusterSnapshot) -> (f64, u32) {
 
 /// One pass over `pass_jobs` pending jobs: (decisions per second, decisions, pass ms).
 fn pass(a: &Args, snap: &ClusterSnapshot) -> (f64, usize, f64) {
-    let cfg = PolicyConfig {
-        kind: PolicyKind::Backfill,
-        ..PolicyConfig::default()
-    };
+    let cfg = config(a, PolicyKind::Backfill);
     let pending: Vec<PendingJob> = (0..a.pass_jobs)
         .map(|i| job(u64::from(i) + 1, a.job))
         .collect();
@@ -198,7 +222,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let occupancy = held as f64 / (f64::from(a.nodes) * 8.0);
     if a.json {
         let v = serde_json::json!({
-            "nodes": a.nodes, "job": shape, "leaf_size": a.leaf_size, "occupancy": occupancy,
+            "nodes": a.nodes, "job": shape, "packing": a.packing.as_str(), "leaf_size": a.leaf_size, "occupancy": occupancy,
             "decisions": a.decisions, "refused": refused, "placements_per_s": per_s,
             "pass_jobs": a.pass_jobs, "pass_decisions": pass_decisions, "pass_ms": pass_ms,
             "pass_placements_per_s": pass_per_s, "topology_build_ms": build_ms,
@@ -206,10 +230,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         println!("{v}");
     } else {
         println!(
-            "placement {shape} on {} nodes x 8 GPUs ({:.1}% held, leaves of {}): {per_s:.0} placements/s \
+            "placement {shape} ({}) on {} nodes x 8 GPUs ({:.1}% held, leaves of {}): {per_s:.0} placements/s \
              ({} decisions, {refused} refused); one pass over {} pending: {pass_decisions} placed in {pass_ms:.1} ms \
              = {pass_per_s:.0} placements/s; cluster + topology built in {build_ms:.0} ms",
-            a.nodes, occupancy * 100.0, a.leaf_size, a.decisions, a.pass_jobs
+            a.packing.as_str(), a.nodes, occupancy * 100.0, a.leaf_size, a.decisions, a.pass_jobs
         );
     }
     Ok(())
