@@ -430,6 +430,7 @@ proptest! {
                 take(&mut a, &g);
                 running.push(crate::RunningJob {
                     id: 1000 + k as u64,
+                    user: String::new(),
                     account: String::new(),
                     qos: "development".into(),
                     start_ms: 0,

@@ -31,6 +31,14 @@ pub enum PendingReason {
     /// A multi-node job whose nodes are free but span more leaf switches than its
     /// `--switches` allows; it waits until its max-wait, then takes what is free.
     Switches,
+    /// Its user's running jobs of its class already hold the class's per-user GPU limit
+    /// (or this job would pass it).
+    UserGpus {
+        /// The class (QOS) whose limit is reached.
+        qos: String,
+        /// The limit, GPUs per user.
+        limit: u64,
+    },
     /// A quota of an account on its path holds it back (`resource` is the quota key).
     Quota {
         /// Account whose limit is reached.
@@ -41,13 +49,14 @@ pub enum PendingReason {
 }
 
 impl PendingReason {
-    /// Slurm's reason name: `Priority`, `Resources`, `QOSGrpGRES`, `QOSGrpCpuLimit`,
-    /// `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
+    /// Slurm's reason name: `Priority`, `Resources`, `QOSMaxGRESPerUser`, `QOSGrpGRES`,
+    /// `QOSGrpCpuLimit`, `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
     pub fn slurm_name(&self) -> &'static str {
         match self {
             PendingReason::Priority => "Priority",
             PendingReason::Resources => "Resources",
             PendingReason::Switches => "Switches",
+            PendingReason::UserGpus { .. } => "QOSMaxGRESPerUser",
             PendingReason::Quota { resource, .. } => match resource.as_str() {
                 "cpu" => "QOSGrpCpuLimit",
                 "mem_mb" => "QOSGrpMemLimit",
@@ -219,6 +228,9 @@ struct Pass<'a> {
     searches: usize,
     /// Partitions whose first waiting job blocks the rest ([`PolicyKind::StrictFifo`]).
     blocked: HashSet<&'a str>,
+    /// GPUs held per (class, user) in classes with a per-user limit, running jobs and
+    /// this pass's starts; `None` when no class has one.
+    user_gpus: Option<HashMap<(&'a str, &'a str), u64>>,
     out: Schedule,
 }
 
@@ -238,6 +250,11 @@ pub fn run(
     let prio = Prioritizer::new(snapshot, cfg, now_ms);
     let pipeline = Pipeline::at(cfg, now_ms);
     let (order, shapes) = order(pending, &prio, &pipeline, berth);
+    let user_gpus = if berth {
+        user_gpus(snapshot, &prio)
+    } else {
+        None
+    };
     let quotas = berth && cfg.accounts.accounts().iter().any(|a| !a.quotas.is_empty());
     // Placement reads nodes and topology only: the running jobs and usage stay behind.
     let working = View::new(ClusterSnapshot {
@@ -275,12 +292,31 @@ pub fn run(
         no_victims_at_or_below: 0,
         searches: 0,
         blocked: HashSet::new(),
+        user_gpus,
         out: Schedule::default(),
     };
     for k in order {
         pass.consider(&pending[k.index as usize], k.shape as usize);
     }
     pass.out
+}
+
+/// GPUs held by running jobs per (class, user), over the classes with a per-user limit;
+/// `None` when no class has one (the pass then skips the check).
+fn user_gpus<'a>(
+    snapshot: &'a ClusterSnapshot,
+    prio: &Prioritizer<'a>,
+) -> Option<HashMap<(&'a str, &'a str), u64>> {
+    if !prio.any_user_limit() {
+        return None;
+    }
+    let mut held = HashMap::new();
+    for r in &snapshot.running {
+        if let Some(c) = prio.class(&r.qos).filter(|c| c.max_gpus_per_user.is_some()) {
+            *held.entry((c.name.as_str(), r.user.as_str())).or_default() += r.gres_gpus();
+        }
+    }
+    Some(held)
 }
 
 /// A pending job's place in the pass: sort key first (priority desc, submit time, id; the
@@ -341,6 +377,20 @@ impl<'a> Pass<'a> {
                 why: None,
             });
         }
+        let user_limit = self.user_limit(job);
+        if let Some((qos, limit, held)) = user_limit {
+            if held + job.gres_gpus() > limit {
+                return self.out.pending.push(PendingStatus {
+                    job_id: job.id,
+                    reason: PendingReason::UserGpus {
+                        qos: qos.to_string(),
+                        limit,
+                    },
+                    expected_start_ms: None,
+                    why: None,
+                });
+            }
+        }
         let leaf = self
             .ledger
             .as_ref()
@@ -375,6 +425,9 @@ impl<'a> Pass<'a> {
                 }
                 ledger.add(&self.cfg.accounts, leaf, &held);
             }
+            if let (Some((qos, _, _)), Some(m)) = (user_limit, &mut self.user_gpus) {
+                *m.entry((qos, job.user.as_str())).or_default() += job.gres_gpus();
+            }
             return self.start(d, end_ms, long);
         }
         if self.cfg.kind == PolicyKind::Berth && self.preempt_by_priority(job) {
@@ -389,6 +442,20 @@ impl<'a> Pass<'a> {
             self.blocked.insert(job.partition.as_str());
         }
         self.wait(job, long, why, sid);
+    }
+
+    /// The per-user GPU limit of `job`'s class, if any and if `job` asks for GPUs: the
+    /// class name, the limit, and what the job's user holds in that class now.
+    fn user_limit(&self, job: &'a PendingJob) -> Option<(&'a str, u64, u64)> {
+        let held = self.user_gpus.as_ref()?;
+        if job.gres_gpus() == 0 {
+            return None; // a GPU limit does not hold back a job without GPUs (as Slurm)
+        }
+        let class = self.prio.class(&job.qos)?;
+        let limit = class.max_gpus_per_user?;
+        let name = class.name.as_str();
+        let used = held.get(&(name, job.user.as_str())).copied().unwrap_or(0);
+        Some((name, limit, used))
     }
 
     /// Places `job` (shape `sid`) on the guarded view (`long`) or the working one.

@@ -957,6 +957,7 @@ impl StateMachine {
                 };
                 policies::RunningJob {
                     id: j.id,
+                    user: j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default(),
                     account: j.account.clone(),
                     qos: j.qos.clone(),
                     start_ms: j.start_time_ms,
@@ -1019,6 +1020,7 @@ impl StateMachine {
             .map(|j| {
                 let mut p = pending_view(j.id, j.spec.as_ref().expect("jobs have specs"));
                 p.account = j.account.clone();
+                p.user = j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default();
                 p.qos = j.qos.clone();
                 p.submit_ms = j.eligible_time_ms.max(j.submit_time_ms);
                 p.preempted_for = j.preempted_for.clone();
