@@ -362,7 +362,7 @@ name = "bob"
 
     #[test]
     fn a_class_carries_its_per_user_gpu_limit() {
-        let text = "default_qos = \"t\"\n[[qos]]\nname = \"t\"\npriority = 1\npreemptible = false\nmax_gpus_per_user = 4\n[[qos]]\nname = \"u\"\npriority = 2\npreemptible = false";
+        let text = "default_qos = \"t\"\n[[account]]\nname = \"default\"\n[[qos]]\nname = \"t\"\npriority = 1\npreemptible = false\nmax_gpus_per_user = 4\n[[qos]]\nname = \"u\"\npriority = 2\npreemptible = false";
         let c = parse(text).unwrap();
         let limits: Vec<_> = c.policy.qos.iter().map(|q| q.max_gpus_per_user).collect();
         assert_eq!(limits, [Some(4), None]);
