@@ -87,7 +87,7 @@ fn identity_lines(job: &Job) -> Vec<String> {
             "JobState={} Reason={} Dependency={}",
             squeue::state_name(job),
             squeue::reason(job),
-            dependency(job, &spec)
+            dependency(job, spec)
         ),
         format!(
             // Requeue: as asked, else unknown to the CLI (the class decides): shown as 1.
