@@ -1,6 +1,7 @@
-//! One scheduling pass: order the pending jobs, then for each one in order check quotas,
-//! place it now if that delays no reservation, else try preemption, else give it a
-//! reservation (while reservation slots last) or a pending reason.
+//! One scheduling pass: order the pending jobs, then for each one in order check its
+//! class's per-user GPU limit and the quotas, place it now if that delays no reservation,
+//! else try preemption, else give it a reservation (while reservation slots last) or a
+//! pending reason.
 //!
 //! The order is the caller's (by id) for [`PolicyKind::Fifo`] and
 //! [`PolicyKind::Backfill`], and multifactor priority (desc), then submit time, then id for
