@@ -39,12 +39,23 @@ pub fn render_shares(rows: &[pb::ShareRow]) -> String {
     out
 }
 
-/// Renders `sprio`'s table: weighted factors (what they add to the priority), or the
-/// factors themselves with `normalized` (`-n`).
+/// Renders `sprio`'s table: weighted factors (what they add to the priority; their sum
+/// is the priority, give or take rounding), or the factors themselves with `normalized`
+/// (`-n`). One column per term of the priority sum: Slurm's AGE, FAIRSHARE, JOBSIZE and
+/// QOS, and berth's SHORT (favor short time limits).
 pub fn render_priorities(p: &pb::PrioritiesResponse, normalized: bool) -> String {
     let mut out = format!(
-        "{:>10} {:<10} {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-        "JOBID", "USER", "ACCOUNT", "QOS", "PRIORITY", "AGE", "FAIRSHARE", "JOBSIZE", "QOS_F"
+        "{:>10} {:<10} {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "JOBID",
+        "USER",
+        "ACCOUNT",
+        "QOS",
+        "PRIORITY",
+        "AGE",
+        "FAIRSHARE",
+        "JOBSIZE",
+        "QOS_F",
+        "SHORT"
     );
     let w = |f: f64, weight: u32| {
         if normalized {
@@ -55,7 +66,7 @@ pub fn render_priorities(p: &pb::PrioritiesResponse, normalized: bool) -> String
     };
     for j in &p.jobs {
         out.push_str(&format!(
-            "{:>10} {:<10} {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "{:>10} {:<10} {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
             j.job_id,
             j.user,
             j.account,
@@ -65,9 +76,24 @@ pub fn render_priorities(p: &pb::PrioritiesResponse, normalized: bool) -> String
             w(j.fairshare, p.weight_fairshare),
             w(j.size, p.weight_size),
             w(j.qos_factor, p.weight_qos),
+            w(j.short, j.weight_short),
         ));
     }
     out
+}
+
+/// `sprio -w`'s line. The short factor's weight travels on each job row, so it is shown
+/// only when some job is listed.
+pub fn render_weights(p: &pb::PrioritiesResponse) -> String {
+    let short = p
+        .jobs
+        .first()
+        .map(|j| format!(" SHORT={}", j.weight_short))
+        .unwrap_or_default();
+    format!(
+        "Weights: AGE={} FAIRSHARE={} JOBSIZE={} QOS={}{short}\n",
+        p.weight_age, p.weight_fairshare, p.weight_size, p.weight_qos
+    )
 }
 
 async fn admin_client() -> anyhow::Result<AdminServiceClient<Channel>> {
@@ -147,10 +173,7 @@ pub async fn sprio(args: Vec<String>) -> anyhow::Result<i32> {
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
         .into_inner();
     if a.weights {
-        println!(
-            "Weights: AGE={} FAIRSHARE={} JOBSIZE={} QOS={}",
-            p.weight_age, p.weight_fairshare, p.weight_size, p.weight_qos
-        );
+        print!("{}", render_weights(&p));
         return Ok(0);
     }
     print!("{}", render_priorities(&p, a.norm));
@@ -225,42 +248,66 @@ mod tests {
     }
 
     #[test]
-    fn sprio_weights_factors_unless_normalized() {
+    fn sprio_shows_every_term_of_the_priority_sum() {
         let p = pb::PrioritiesResponse {
             jobs: vec![pb::JobPriority {
                 job_id: 7,
                 user: "u".into(),
                 account: "a".into(),
                 qos: "training".into(),
-                priority: 15500,
+                // 10000*1 + 1000*0.5 + 2000*0.25 + 10000*0.5 + 4000*0.125 = 16500
+                priority: 16500,
                 fairshare: 1.0,
                 age: 0.5,
                 qos_factor: 0.5,
-                size: 0.0,
+                size: 0.25,
+                short: 0.125,
+                weight_short: 4000,
             }],
             weight_fairshare: 10000,
             weight_age: 1000,
             weight_qos: 10000,
-            weight_size: 0,
+            weight_size: 2000,
         };
-        let line = render_priorities(&p, false)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .to_string();
-        let cols: Vec<&str> = line.split_whitespace().collect();
+        let out = render_priorities(&p, false);
+        let head: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            head,
+            [
+                "JOBID",
+                "USER",
+                "ACCOUNT",
+                "QOS",
+                "PRIORITY",
+                "AGE",
+                "FAIRSHARE",
+                "JOBSIZE",
+                "QOS_F",
+                "SHORT"
+            ]
+        );
+        let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             cols,
-            ["7", "u", "a", "training", "15500", "500", "10000", "0", "5000"]
+            ["7", "u", "a", "training", "16500", "500", "10000", "500", "5000", "500"]
         );
+        // The weighted columns add up to the priority.
+        let sum: u64 = cols[5..].iter().map(|c| c.parse::<u64>().unwrap()).sum();
+        assert_eq!(sum, 16500);
         let line = render_priorities(&p, true)
             .lines()
             .nth(1)
             .unwrap()
             .to_string();
         assert!(
-            line.contains("0.5000000") && line.contains("1.0000000"),
+            line.contains("0.5000000") && line.contains("1.0000000") && line.ends_with("0.1250000"),
             "{line}"
         );
+        assert_eq!(
+            render_weights(&p),
+            "Weights: AGE=1000 FAIRSHARE=10000 JOBSIZE=2000 QOS=10000 SHORT=4000\n"
+        );
+        let empty = pb::PrioritiesResponse { jobs: vec![], ..p };
+        assert!(!render_weights(&empty).contains("SHORT"));
     }
 }

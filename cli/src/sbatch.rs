@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use berth_proto::v1::JobSpec;
+use berth_proto::v1::{DependencyCondition, JobSpec};
 use thiserror::Error;
 
 use crate::duration::{parse_time_limit, DurationError};
@@ -88,6 +88,14 @@ pub enum SbatchError {
         value: String,
         /// What is wrong with it.
         reason: MemError,
+    },
+    /// A bad `--dependency`.
+    #[error("Invalid dependency specification '{value}': {reason}")]
+    InvalidDependency {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A bad `--signal`.
     #[error("Invalid --signal specification '{value}': {reason}")]
@@ -305,6 +313,7 @@ enum Key {
     Requeue,
     NoRequeue,
     Signal,
+    Dependency,
     Chdir,
     Export,
     ContainerImage,
@@ -365,6 +374,65 @@ pub fn parse_signal(value: &str) -> Result<SignalSpec, String> {
     })
 }
 
+/// Dependency types berth evaluates (Slurm's meanings): `after` (each job started or was
+/// cancelled), `afterany` (ended), `afterok` (completed, exit code 0), `afternotok` (ended
+/// any other way).
+pub const DEPENDENCY_KINDS: [&str; 4] = ["after", "afterany", "afterok", "afternotok"];
+
+/// Most conditions one `--dependency` may carry.
+pub const DEPENDENCIES_MAX: usize = 64;
+
+/// Parses `--dependency`'s value: `TYPE:ID[:ID...][,TYPE:ID...]`, every condition
+/// required (Slurm's `,`). Slurm's `?` (any of), `+TIME` delays, `singleton`,
+/// `aftercorr` and `afterburstbuffer` are refused by name rather than misread.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_dependency(value: &str) -> Result<Vec<DependencyCondition>, String> {
+    if value.is_empty() {
+        return Err("empty".into());
+    }
+    if value.contains('?') {
+        return Err("'?' (any of the conditions) is not supported; use ',' (all)".into());
+    }
+    let mut out = Vec::new();
+    for part in value.split(',') {
+        let Some((kind, ids)) = part.split_once(':') else {
+            return match part {
+                "singleton" => Err("singleton is not supported by berth yet".into()),
+                _ => Err(format!("{part:?} is not TYPE:JOBID[:JOBID...]")),
+            };
+        };
+        if !DEPENDENCY_KINDS.contains(&kind) {
+            return Err(format!(
+                "dependency type {kind:?} is not supported (use {})",
+                DEPENDENCY_KINDS.join(", ")
+            ));
+        }
+        for id in ids.split(':') {
+            if id.contains('+') {
+                return Err(format!("{id:?}: +TIME delays are not supported"));
+            }
+            let job_id = id
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{id:?} is not a job id"))?;
+            out.push(DependencyCondition {
+                kind: kind.to_string(),
+                job_id,
+            });
+        }
+    }
+    if out.len() > DEPENDENCIES_MAX {
+        return Err(format!(
+            "{} conditions, at most {DEPENDENCIES_MAX}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 fn signal_by_name(name: &str) -> Option<i32> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -413,6 +481,7 @@ const SUPPORTED: &[Supported] = &[
         Key::ContainerWorkdir,
     ),
     ("cpus-per-task", Some('c'), Arg::Required, Key::CpusPerTask),
+    ("dependency", Some('d'), Arg::Required, Key::Dependency),
     ("error", Some('e'), Arg::Required, Key::Error),
     ("export", None, Arg::Required, Key::Export),
     ("gpus", Some('G'), Arg::Required, Key::Gpus),
@@ -463,7 +532,6 @@ const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("cpus-per-gpu", None),
     ("deadline", None),
     ("delay-boot", None),
-    ("dependency", Some('d')),
     ("distribution", Some('m')),
     ("exclude", Some('x')),
     ("exclusive", None),
@@ -636,6 +704,7 @@ struct Opts {
     qos: Option<String>,
     requeue: Option<bool>,
     signal: Option<SignalSpec>,
+    dependencies: Option<Vec<DependencyCondition>>,
     chdir: Option<String>,
     export: Option<Export>,
     wrap: Option<String>,
@@ -670,6 +739,7 @@ impl Opts {
             qos: top.qos.or(self.qos),
             requeue: top.requeue.or(self.requeue),
             signal: top.signal.or(self.signal),
+            dependencies: top.dependencies.or(self.dependencies),
             chdir: top.chdir.or(self.chdir),
             export: top.export.or(self.export),
             wrap: top.wrap.or(self.wrap),
@@ -971,6 +1041,14 @@ fn apply(
                 reason,
             })?;
             opts.signal = Some(sig);
+        }
+        Key::Dependency => {
+            let deps =
+                parse_dependency(value).map_err(|reason| SbatchError::InvalidDependency {
+                    value: value.to_string(),
+                    reason,
+                })?;
+            opts.dependencies = Some(deps);
         }
         Key::Chdir => opts.chdir = Some(text()?),
         Key::Wrap => opts.wrap = Some(text()?),
@@ -1757,6 +1835,7 @@ fn build_spec(
         container_env: opts.container_env.unwrap_or_default(),
         switches,
         switches_wait_secs,
+        dependencies: opts.dependencies.unwrap_or_default(),
     })
 }
 
@@ -1798,6 +1877,46 @@ fn gpus_from_tasks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependency_specs_parse_and_bad_ones_fail() {
+        let c = |kind: &str, job_id| DependencyCondition {
+            kind: kind.into(),
+            job_id,
+        };
+        // (value, Ok(conditions) or Err(part of the message))
+        let cases: Vec<(&str, Result<Vec<DependencyCondition>, &str>)> = vec![
+            ("afterok:12", Ok(vec![c("afterok", 12)])),
+            (
+                "afterok:12:13,afterany:14",
+                Ok(vec![c("afterok", 12), c("afterok", 13), c("afterany", 14)]),
+            ),
+            (
+                "after:1,afternotok:2",
+                Ok(vec![c("after", 1), c("afternotok", 2)]),
+            ),
+            ("", Err("empty")),
+            ("afterok", Err("is not TYPE:JOBID")),
+            ("afterok:", Err("\"\" is not a job id")),
+            ("afterok:0", Err("\"0\" is not a job id")),
+            ("afterok:x", Err("\"x\" is not a job id")),
+            ("afterok:-3", Err("is not a job id")),
+            ("afterok:1+10", Err("+TIME")),
+            ("afterok:1?afterany:2", Err("'?'")),
+            ("singleton", Err("singleton is not supported")),
+            ("afterwards:1", Err("type \"afterwards\" is not supported")),
+            ("afterok:1,", Err("is not TYPE:JOBID")),
+        ];
+        for (i, (v, want)) in cases.into_iter().enumerate() {
+            match (parse_dependency(v), want) {
+                (Ok(got), Ok(w)) if got == w => {}
+                (Err(got), Err(w)) if got.contains(w) => {}
+                (got, w) => panic!("#{i} {v:?}: want {w:?}, got {got:?}"),
+            }
+        }
+        let many = format!("afterok:{}", vec!["1"; 65].join(":"));
+        assert!(parse_dependency(&many).unwrap_err().contains("at most 64"));
+    }
 
     #[test]
     fn signal_specs_parse_and_bad_ones_fail() {
@@ -2028,12 +2147,12 @@ mod tests {
             "option -a/--array is not supported by berth yet",
         ),
         (
-            &["--dependency=afterok:1", "job.sh"],
-            "option --dependency is not supported by berth yet",
+            &["--dependency=afterok:1?afterany:2", "job.sh"],
+            "Invalid dependency specification 'afterok:1?afterany:2': '?'",
         ),
         (
-            &["-d", "afterok:1", "job.sh"],
-            "--dependency is not supported",
+            &["-d", "aftercorr:1", "job.sh"],
+            "dependency type \"aftercorr\" is not supported",
         ),
         (
             &["--mail-type=END", "job.sh"],

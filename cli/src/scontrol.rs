@@ -73,6 +73,26 @@ pub fn parse_gpu_resume(words: &[&str]) -> Result<GpuResume, String> {
 /// Indentation of every line after the first, as Slurm prints it.
 const INDENT: &str = "   ";
 
+/// `Dependency=`: the job's conditions while it waits on them, marked `(unfulfilled)` or
+/// `(failed)` (never satisfiable) as Slurm marks them; `(null)` otherwise (Slurm drops
+/// conditions once they are met).
+fn dependency(job: &Job, spec: &berth_proto::v1::JobSpec) -> String {
+    let mark = match (job.state(), job.reason.as_str()) {
+        (JobState::Pending, "Dependency") => "(unfulfilled)",
+        (JobState::Pending, "DependencyNeverSatisfied") => "(failed)",
+        _ => return "(null)".into(),
+    };
+    if spec.dependencies.is_empty() {
+        return "(null)".into();
+    }
+    let conds: Vec<String> = spec
+        .dependencies
+        .iter()
+        .map(|d| format!("{}:{}", d.kind, d.job_id))
+        .collect();
+    format!("{}{mark}", conds.join(","))
+}
+
 /// One job as `scontrol show job` prints it, ending with `\n` (callers separate records
 /// with a blank line, as scontrol does). `now_ms` is used for the run time of a running job.
 pub fn show_job(job: &Job, now_ms: u64) -> String {
@@ -116,9 +136,10 @@ fn identity_lines(job: &Job) -> Vec<String> {
             })
         ),
         format!(
-            "JobState={} Reason={} Dependency=(null)",
+            "JobState={} Reason={} Dependency={}",
             squeue::state_name(job),
-            squeue::reason(job)
+            squeue::reason(job),
+            dependency(job, spec)
         ),
         format!(
             // Requeue: as asked, else unknown to the CLI (the class decides): shown as 1.
@@ -792,6 +813,47 @@ mod tests {
         };
         job.set_state(JobState::Completed);
         job
+    }
+
+    #[test]
+    fn dependency_shows_while_the_job_waits_on_it() {
+        let mut job = finished_job();
+        let spec = JobSpec {
+            dependencies: vec![
+                berth_proto::v1::DependencyCondition {
+                    kind: "afterok".into(),
+                    job_id: 12,
+                },
+                berth_proto::v1::DependencyCondition {
+                    kind: "afterany".into(),
+                    job_id: 13,
+                },
+            ],
+            ..Default::default()
+        };
+        // (state, reason, want)
+        let cases = [
+            (
+                JobState::Pending,
+                "Dependency",
+                "afterok:12,afterany:13(unfulfilled)",
+            ),
+            (
+                JobState::Pending,
+                "DependencyNeverSatisfied",
+                "afterok:12,afterany:13(failed)",
+            ),
+            (JobState::Running, "None", "(null)"),
+        ];
+        for (i, (state, reason, want)) in cases.into_iter().enumerate() {
+            job.set_state(state);
+            job.reason = reason.into();
+            let got = dependency(&job, &spec);
+            if got != want {
+                panic!("#{i}: want {want:?}, got {got:?}");
+            }
+        }
+        assert_eq!(dependency(&job, &JobSpec::default()), "(null)");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 use crate::pipeline::Pipeline;
 use crate::snapshot::{ClusterSnapshot, Decision, NodeGrant, PendingJob};
 use crate::topology::NodePlace;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -228,19 +229,21 @@ fn set_gpu(gpu: &mut crate::GpuView, gpu_milli: u32, free: bool) {
     }
 }
 
-/// The running (and just started) jobs' grants in order of expected end.
+/// The running (and just started) jobs' grants in order of expected end. Running jobs'
+/// grants are borrowed from the snapshot (a pass over a busy cluster would otherwise copy
+/// thousands of grants it mostly never reads); jobs started in the pass own theirs.
 #[derive(Debug, Clone, Default)]
-pub struct Timeline {
-    ends: Vec<(u64, Vec<NodeGrant>)>,
+pub struct Timeline<'a> {
+    ends: Vec<(u64, Cow<'a, [NodeGrant]>)>,
     /// Entries pushed since the last sort (sorted lazily: a pass pushes every start but
     /// reserves only a few times).
     unsorted: bool,
 }
 
-impl Timeline {
+impl<'a> Timeline<'a> {
     /// Adds a job ending at `end_ms` (`u64::MAX`: never) holding `grants`.
     pub fn push(&mut self, end_ms: u64, grants: Vec<NodeGrant>) {
-        self.ends.push((end_ms, grants));
+        self.ends.push((end_ms, Cow::Owned(grants)));
         self.unsorted = true;
     }
 
@@ -252,8 +255,12 @@ impl Timeline {
         }
     }
 
-    /// Builds from `(end, grants)` pairs in any order.
-    pub fn from_ends(mut ends: Vec<(u64, Vec<NodeGrant>)>) -> Timeline {
+    /// Builds from `(end, grants)` pairs in any order, borrowing the grants.
+    pub fn from_ends(ends: impl IntoIterator<Item = (u64, &'a [NodeGrant])>) -> Timeline<'a> {
+        let mut ends: Vec<_> = ends
+            .into_iter()
+            .map(|(e, g)| (e, Cow::Borrowed(g)))
+            .collect();
         ends.sort_by_key(|(e, _)| *e);
         Timeline {
             ends,

@@ -101,6 +101,7 @@ fn a_waiting_mig_job_reserves_its_slice_against_long_jobs() {
                 mig_slices: vec![held],
                 ..crate::NodeGrant::default()
             }],
+            ..Default::default()
         }],
         ..ClusterSnapshot::default()
     };
@@ -495,6 +496,7 @@ proptest! {
                 take(&mut a, &g);
                 running.push(crate::RunningJob {
                     id: 1000 + k as u64,
+                    user: String::new(),
                     account: String::new(),
                     qos: "development".into(),
                     start_ms: 0,

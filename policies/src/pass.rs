@@ -1,6 +1,7 @@
-//! One scheduling pass: order the pending jobs, then for each one in order check quotas,
-//! place it now if that delays no reservation, else try preemption, else give it a
-//! reservation (while reservation slots last) or a pending reason.
+//! One scheduling pass: order the pending jobs, then for each one in order check its
+//! class's per-user GPU limit and the quotas, place it now if that delays no reservation,
+//! else try preemption, else give it a reservation (while reservation slots last) or a
+//! pending reason.
 //!
 //! The order is the caller's (by id) for [`PolicyKind::Fifo`] and
 //! [`PolicyKind::Backfill`], and multifactor priority (desc), then submit time, then id for
@@ -18,6 +19,7 @@ use crate::priority::Prioritizer;
 use crate::quota::{gpu_types, grants_demand, job_demand, Ledger, QuotaBlock};
 use crate::snapshot::{ClusterSnapshot, Decision, PendingJob};
 use crate::{PolicyConfig, PolicyKind};
+use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
 /// Why a job still waits (Slurm's pending reasons).
@@ -30,6 +32,14 @@ pub enum PendingReason {
     /// A multi-node job whose nodes are free but span more leaf switches than its
     /// `--switches` allows; it waits until its max-wait, then takes what is free.
     Switches,
+    /// Its user's running jobs of its class already hold the class's per-user GPU limit
+    /// (or this job would pass it).
+    UserGpus {
+        /// The class (QOS) whose limit is reached.
+        qos: String,
+        /// The limit, GPUs per user.
+        limit: u64,
+    },
     /// A quota of an account on its path holds it back (`resource` is the quota key).
     Quota {
         /// Account whose limit is reached.
@@ -40,13 +50,14 @@ pub enum PendingReason {
 }
 
 impl PendingReason {
-    /// Slurm's reason name: `Priority`, `Resources`, `QOSGrpGRES`, `QOSGrpCpuLimit`,
-    /// `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
+    /// Slurm's reason name: `Priority`, `Resources`, `QOSMaxGRESPerUser`, `QOSGrpGRES`,
+    /// `QOSGrpCpuLimit`, `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
     pub fn slurm_name(&self) -> &'static str {
         match self {
             PendingReason::Priority => "Priority",
             PendingReason::Resources => "Resources",
             PendingReason::Switches => "Switches",
+            PendingReason::UserGpus { .. } => "QOSMaxGRESPerUser",
             PendingReason::Quota { resource, .. } => match resource.as_str() {
                 "cpu" => "QOSGrpCpuLimit",
                 "mem_mb" => "QOSGrpMemLimit",
@@ -66,8 +77,9 @@ pub struct PendingStatus {
     /// When it is expected to start (reserved jobs only), ms.
     pub expected_start_ms: Option<u64>,
     /// The pipeline's account, when the pipeline ran for this very job (not for shapes
-    /// answered from the failure cache).
-    pub why: Option<Unplaceable>,
+    /// answered from the failure cache). Boxed: most of a large pass's statuses have none,
+    /// and the pass writes one status per pending job.
+    pub why: Option<Box<Unplaceable>>,
 }
 
 /// The result of one scheduling pass.
@@ -82,8 +94,9 @@ pub struct Schedule {
 }
 
 /// Partition, nodes, GPUs, GPU type, CPUs, memory, MIG profile and slices, the
-/// leaf-switch limit in force, and the GPU fraction (milli).
-type Shape<'a> = (&'a str, u32, u32, &'a str, u32, u64, &'a str, u32, u32, u32);
+/// leaf-switch limit in force, and the GPU fraction (milli); the strings as per-pass ids
+/// ([`Interner`]), so a shape is hashed as ten words without reading any string twice.
+type Shape = (u32, u32, u32, u32, u32, u64, u32, u32, u32, u32);
 
 /// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
 /// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
@@ -124,7 +137,35 @@ impl std::hash::Hasher for Fx {
     }
 }
 
-type ShapeIds<'a> = HashMap<Shape<'a>, usize, std::hash::BuildHasherDefault<Fx>>;
+type FxBuild = std::hash::BuildHasherDefault<Fx>;
+
+/// Per-pass ids of the few distinct strings jobs name (partitions, GPU types, MIG
+/// profiles). Most jobs repeat the previous job's string, so the last one is checked
+/// before the map: profiles showed hashing and comparing these strings inside the shape
+/// map's key as a quarter of a 100k-job pass.
+#[derive(Default)]
+struct Interner<'a> {
+    last: Option<(&'a str, u32)>,
+    ids: HashMap<&'a str, u32, FxBuild>,
+}
+
+impl<'a> Interner<'a> {
+    fn id(&mut self, s: &'a str) -> u32 {
+        if let Some((l, id)) = self.last {
+            // Equal pointers first: every empty string shares one, so the usual empty GPU
+            // type and MIG profile never reach a byte compare.
+            if l.len() == s.len() && (l.as_ptr() == s.as_ptr() || l == s) {
+                return id;
+            }
+        }
+        let next = self.ids.len() as u32;
+        let id = *self.ids.entry(s).or_insert(next);
+        self.last = Some((s, id));
+        id
+    }
+}
+
+type ShapeIds = HashMap<Shape, usize, FxBuild>;
 
 /// What the pass learned about one job shape: resources only shrink during a pass, so a
 /// failure stays a failure; "fits the working view" holds until the next start.
@@ -139,19 +180,28 @@ struct ShapeMemo {
     short_of_switches: bool,
 }
 
-fn shape<'a>(job: &'a PendingJob, pipeline: &Pipeline) -> Shape<'a> {
-    (
-        job.partition.as_str(),
-        job.nodes,
-        job.gpus_per_node,
-        job.gpu_type.as_str(),
-        job.cpus_per_node,
-        job.mem_per_node_mb,
-        job.mig_profile.as_str(),
-        job.mig_per_node,
-        pipeline.leaves_max(job).map_or(0, |m| m as u32),
-        job.gpu_milli,
-    )
+/// The shape of `job`: what placement depends on, so equal shapes place alike.
+struct ShapeKeys<'a> {
+    partitions: Interner<'a>,
+    gpu_types: Interner<'a>,
+    mig_profiles: Interner<'a>,
+}
+
+impl<'a> ShapeKeys<'a> {
+    fn shape(&mut self, job: &'a PendingJob, pipeline: &Pipeline) -> Shape {
+        (
+            self.partitions.id(&job.partition),
+            job.nodes,
+            job.gpus_per_node,
+            self.gpu_types.id(&job.gpu_type),
+            job.cpus_per_node,
+            job.mem_per_node_mb,
+            self.mig_profiles.id(&job.mig_profile),
+            job.mig_per_node,
+            pipeline.leaves_max(job).map_or(0, |m| m as u32),
+            job.gpu_milli,
+        )
+    }
 }
 
 struct Pass<'a> {
@@ -162,12 +212,11 @@ struct Pass<'a> {
     prio: Prioritizer<'a>,
     working: View,
     guard: Option<Guard>,
-    timeline: Timeline,
+    timeline: Timeline<'a>,
     reservations: Vec<Reservation>,
     backfill_slots: usize,
     ledger: Option<Ledger>,
     types: HashMap<&'a str, &'a str>,
-    shape_ids: ShapeIds<'a>,
     memo: Vec<ShapeMemo>,
     starts: u64,
     victims_taken: HashSet<usize>,
@@ -181,6 +230,9 @@ struct Pass<'a> {
     searches: usize,
     /// Partitions whose first waiting job blocks the rest ([`PolicyKind::StrictFifo`]).
     blocked: HashSet<&'a str>,
+    /// GPUs held per (class, user) in classes with a per-user limit, running jobs and
+    /// this pass's starts; `None` when no class has one.
+    user_gpus: Option<HashMap<(&'a str, &'a str), u64>>,
     out: Schedule,
 }
 
@@ -198,29 +250,27 @@ pub fn run(
         PolicyKind::Berth => cfg.backfill_reservations,
     };
     let prio = Prioritizer::new(snapshot, cfg, now_ms);
-    let order: Vec<&PendingJob> = if berth {
-        let mut keyed: Vec<(u64, &PendingJob)> = pending
-            .iter()
-            .map(|j| (prio.factors(j).priority, j))
-            .collect();
-        keyed.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then(a.1.submit_ms.cmp(&b.1.submit_ms))
-                .then(a.1.id.cmp(&b.1.id))
-        });
-        keyed.into_iter().map(|(_, j)| j).collect()
+    let pipeline = Pipeline::at(cfg, now_ms).with_workloads(crate::workload::partition_workloads(
+        snapshot, pending, cfg, now_ms,
+    ));
+    let (order, shapes) = order(pending, &prio, &pipeline, berth);
+    let user_gpus = if berth {
+        user_gpus(snapshot, &prio)
     } else {
-        pending.iter().collect()
+        None
     };
     let quotas = berth && cfg.accounts.accounts().iter().any(|a| !a.quotas.is_empty());
-    let working = View::new(snapshot.clone());
+    // Placement reads nodes and topology only: the running jobs and usage stay behind.
+    let working = View::new(ClusterSnapshot {
+        nodes: snapshot.nodes.clone(),
+        topology: snapshot.topology.clone(),
+        ..ClusterSnapshot::default()
+    });
     let mut pass = Pass {
         cfg,
         snapshot,
         now_ms,
-        pipeline: Pipeline::at(cfg, now_ms).with_workloads(crate::workload::partition_workloads(
-            snapshot, pending, cfg, now_ms,
-        )),
+        pipeline,
         prio,
         guard: (backfill_slots > 0 || berth).then(|| Guard::new(&working)),
         working,
@@ -228,8 +278,7 @@ pub fn run(
             snapshot
                 .running
                 .iter()
-                .map(|r| (r.end_ms, r.grants.clone()))
-                .collect(),
+                .map(|r| (r.end_ms, r.grants.as_slice())),
         ),
         reservations: Vec::new(),
         backfill_slots,
@@ -239,8 +288,7 @@ pub fn run(
         } else {
             HashMap::new()
         },
-        shape_ids: ShapeIds::default(),
-        memo: Vec::new(),
+        memo: vec![ShapeMemo::default(); shapes],
         starts: 0,
         victims_taken: HashSet::new(),
         extra_anc: HashMap::new(),
@@ -248,16 +296,83 @@ pub fn run(
         no_victims_at_or_below: 0,
         searches: 0,
         blocked: HashSet::new(),
+        user_gpus,
         out: Schedule::default(),
     };
-    for job in order {
-        pass.consider(job);
+    for k in order {
+        pass.consider(&pending[k.index as usize], k.shape as usize);
     }
     pass.out
 }
 
+/// GPUs held by running jobs per (class, user), over the classes with a per-user limit;
+/// `None` when no class has one (the pass then skips the check).
+fn user_gpus<'a>(
+    snapshot: &'a ClusterSnapshot,
+    prio: &Prioritizer<'a>,
+) -> Option<HashMap<(&'a str, &'a str), u64>> {
+    if !prio.any_user_limit() {
+        return None;
+    }
+    let mut held = HashMap::new();
+    for r in &snapshot.running {
+        if let Some(c) = prio.class(&r.qos).filter(|c| c.max_gpus_per_user.is_some()) {
+            *held.entry((c.name.as_str(), r.user.as_str())).or_default() += r.gres_gpus();
+        }
+    }
+    Some(held)
+}
+
+/// A pending job's place in the pass: sort key first (priority desc, submit time, id; the
+/// position last keeps equal keys in input order, as a stable sort would), then its shape.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct OrderKey {
+    priority: Reverse<u64>,
+    submit_ms: u64,
+    id: u64,
+    index: u32,
+    shape: u32,
+}
+
+/// The pass order (multifactor priority for Berth, the caller's otherwise) and each job's
+/// shape id, with the number of shapes. One sequential walk reads every job's strings
+/// (the shape) and factors; the pass itself then reads a job only to place it, and the
+/// sort compares plain keys, never the jobs.
+fn order(
+    pending: &[PendingJob],
+    prio: &Prioritizer,
+    pipeline: &Pipeline,
+    berth: bool,
+) -> (Vec<OrderKey>, usize) {
+    let mut keys = ShapeKeys {
+        partitions: Interner::default(),
+        gpu_types: Interner::default(),
+        mig_profiles: Interner::default(),
+    };
+    let mut ids = ShapeIds::default();
+    let mut order: Vec<OrderKey> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let next = ids.len();
+            let shape = *ids.entry(keys.shape(j, pipeline)).or_insert(next);
+            OrderKey {
+                priority: Reverse(if berth { prio.factors(j).priority } else { 0 }),
+                submit_ms: j.submit_ms,
+                id: j.id,
+                index: u32::try_from(i).expect("fewer than 2^32 pending jobs"),
+                shape: shape as u32,
+            }
+        })
+        .collect();
+    if berth {
+        order.sort_unstable();
+    }
+    (order, ids.len())
+}
+
 impl<'a> Pass<'a> {
-    fn consider(&mut self, job: &'a PendingJob) {
+    fn consider(&mut self, job: &'a PendingJob, sid: usize) {
         if self.blocked.contains(job.partition.as_str()) {
             return self.out.pending.push(PendingStatus {
                 job_id: job.id,
@@ -265,6 +380,20 @@ impl<'a> Pass<'a> {
                 expected_start_ms: None,
                 why: None,
             });
+        }
+        let user_limit = self.user_limit(job);
+        if let Some((qos, limit, held)) = user_limit {
+            if held + job.gres_gpus() > limit {
+                return self.out.pending.push(PendingStatus {
+                    job_id: job.id,
+                    reason: PendingReason::UserGpus {
+                        qos: qos.to_string(),
+                        limit,
+                    },
+                    expected_start_ms: None,
+                    why: None,
+                });
+            }
         }
         let leaf = self
             .ledger
@@ -284,7 +413,6 @@ impl<'a> Pass<'a> {
             .as_ref()
             .is_some_and(|g| g.active() && end_ms > g.first_start_ms);
         let mut why = None;
-        let sid = self.shape_id(job);
         let placed = match self.try_place(job, long, sid) {
             Ok(d) => Some(d),
             Err(w) => {
@@ -300,6 +428,9 @@ impl<'a> Pass<'a> {
                     return self.quota_blocked(job, leaf, block);
                 }
                 ledger.add(&self.cfg.accounts, leaf, &held);
+            }
+            if let (Some((qos, _, _)), Some(m)) = (user_limit, &mut self.user_gpus) {
+                *m.entry((qos, job.user.as_str())).or_default() += job.gres_gpus();
             }
             return self.start(d, end_ms, long);
         }
@@ -317,17 +448,18 @@ impl<'a> Pass<'a> {
         self.wait(job, long, why, sid);
     }
 
-    /// The per-pass id of `job`'s shape (one hash lookup per job).
-    fn shape_id(&mut self, job: &'a PendingJob) -> usize {
-        let next = self.memo.len();
-        let id = *self
-            .shape_ids
-            .entry(shape(job, &self.pipeline))
-            .or_insert(next);
-        if id == next {
-            self.memo.push(ShapeMemo::default());
+    /// The per-user GPU limit of `job`'s class, if any and if `job` asks for GPUs: the
+    /// class name, the limit, and what the job's user holds in that class now.
+    fn user_limit(&self, job: &'a PendingJob) -> Option<(&'a str, u64, u64)> {
+        let held = self.user_gpus.as_ref()?;
+        if job.gres_gpus() == 0 {
+            return None; // a GPU limit does not hold back a job without GPUs (as Slurm)
         }
-        id
+        let class = self.prio.class(&job.qos)?;
+        let limit = class.max_gpus_per_user?;
+        let name = class.name.as_str();
+        let used = held.get(&(name, job.user.as_str())).copied().unwrap_or(0);
+        Some((name, limit, used))
     }
 
     /// Places `job` (shape `sid`) on the guarded view (`long`) or the working one.
@@ -336,7 +468,7 @@ impl<'a> Pass<'a> {
         job: &'a PendingJob,
         long: bool,
         sid: usize,
-    ) -> Result<Decision, Option<Unplaceable>> {
+    ) -> Result<Decision, Option<Box<Unplaceable>>> {
         let memo = &mut self.memo[sid];
         let failed = if long {
             &mut memo.failed_guarded
@@ -357,7 +489,7 @@ impl<'a> Pass<'a> {
         view.select(&self.pipeline, job).map_err(|why| {
             *failed = true;
             memo.short_of_switches |= why.metrics.switches_short.is_some();
-            Some(why)
+            Some(Box::new(why))
         })
     }
 
@@ -384,7 +516,7 @@ impl<'a> Pass<'a> {
 
     /// No start now: a reservation if a slot is left, else Priority (it would fit but for
     /// reservations) or Resources.
-    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Unplaceable>, sid: usize) {
+    fn wait(&mut self, job: &'a PendingJob, long: bool, why: Option<Box<Unplaceable>>, sid: usize) {
         let switches = match &why {
             Some(w) => w.metrics.switches_short.is_some(),
             None => self.memo[sid].short_of_switches,

@@ -51,6 +51,7 @@ fn run_decisions(snap: &mut ClusterSnapshot, sched: &Schedule, jobs: &[PendingJo
         let j = jobs.iter().find(|j| j.id == d.job_id).unwrap();
         snap.running.push(RunningJob {
             id: j.id,
+            user: j.user.clone(),
             account: j.account.clone(),
             qos: j.qos.clone(),
             start_ms: now,
@@ -523,4 +524,54 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn per_user_gpu_limit_of_a_class_holds_back_that_users_jobs_only() {
+    let mut cfg = cfg(PolicyKind::Berth);
+    for q in cfg.qos.iter_mut().filter(|q| q.name == "training") {
+        q.max_gpus_per_user = Some(4);
+    }
+    let mut snap = cluster(&[("n1", 8), ("n2", 8)]);
+    let user = |mut j: PendingJob, u: &str| {
+        j.user = u.into();
+        j
+    };
+    // u1 already runs 2 GPUs of training.
+    let held = user(job(100, 2, 1000, "a", "training"), "u1");
+    let s = schedule(&snap, std::slice::from_ref(&held), &cfg, 0);
+    run_decisions(&mut snap, &s, &[held], 0);
+    // In pass order (same priority, by submit time = id): (job, user, gpus, class).
+    let jobs = vec![
+        user(job(1, 2, 100, "a", "training"), "u1"), // 2 + 2 = 4: at the limit, starts
+        user(job(2, 1, 100, "a", "training"), "u1"), // 5 > 4: held back
+        user(job(3, 4, 100, "a", "training"), "u2"), // another user: starts
+        user(job(4, 1, 100, "a", "research"), "u1"), // another class: starts
+        user(job(5, 0, 100, "a", "training"), "u1"), // no GPUs: a GPU limit does not apply
+        user(job(6, 5, 100, "a", "training"), "u3"), // alone above the limit: never starts
+    ];
+    let s = schedule(&snap, &jobs, &cfg, 1);
+    let started: BTreeSet<u64> = s.decisions.iter().map(|d| d.job_id).collect();
+    assert_eq!(started, BTreeSet::from([1, 3, 4, 5]), "{s:?}");
+    let reasons: Vec<(u64, &str)> = s
+        .pending
+        .iter()
+        .map(|p| (p.job_id, p.reason.slurm_name()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [(2, "QOSMaxGRESPerUser"), (6, "QOSMaxGRESPerUser")]
+    );
+    assert_eq!(
+        s.pending[0].reason,
+        PendingReason::UserGpus {
+            qos: "training".into(),
+            limit: 4
+        }
+    );
+    // Without the limit job 2 starts too; job 6 then waits for GPUs, not for the limit.
+    let s = schedule(&snap, &jobs, &PolicyConfig::default(), 1);
+    let started: BTreeSet<u64> = s.decisions.iter().map(|d| d.job_id).collect();
+    assert_eq!(started, BTreeSet::from([1, 2, 3, 4, 5]), "{s:?}");
+    assert_eq!(s.pending[0].reason, PendingReason::Resources);
 }

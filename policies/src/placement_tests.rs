@@ -74,6 +74,7 @@ fn hold(snap: &mut ClusterSnapshot, id: u64, name: &str, held: &[u32], end_ms: u
     });
     snap.running.push(RunningJob {
         id,
+        user: String::new(),
         account: "a".into(),
         qos: "training".into(),
         start_ms: 0,
@@ -258,6 +259,7 @@ fn replay(
             snap.consume(d);
             snap.running.push(RunningJob {
                 id: j.id,
+                user: j.user.clone(),
                 account: j.account.clone(),
                 qos: "training".into(),
                 start_ms: now,
@@ -385,7 +387,7 @@ proptest! {
                 }
                 snap.consume(d);
                 snap.running.push(RunningJob {
-                    id: j.id, account: "a".into(), qos: "training".into(), start_ms: now,
+                    id: j.id, user: String::new(), account: "a".into(), qos: "training".into(), start_ms: now,
                     end_ms: now + j.time_limit_s * 1000, preempting: false, pinned: false,
                     grants: d.nodes.clone(),
                 });

@@ -30,6 +30,9 @@ pub struct QosClass {
     pub min_runtime_s: u64,
     /// Whether a preempted job is requeued by default (`--requeue`/`--no-requeue` win).
     pub requeue: bool,
+    /// Most GPUs (whole GPUs plus MIG slices) one user's running jobs of this class may
+    /// hold together (Slurm's `MaxTRESPerUser=gres/gpu=N`); `None`: no limit.
+    pub max_gpus_per_user: Option<u64>,
 }
 
 impl QosClass {
@@ -41,6 +44,7 @@ impl QosClass {
             preemptible,
             min_runtime_s,
             requeue: preemptible,
+            max_gpus_per_user: None,
         }
     }
 }
@@ -200,6 +204,11 @@ impl<'a> Prioritizer<'a> {
             return self.cfg.qos.iter().find(|c| c.name == name);
         }
         self.classes.get(name).copied()
+    }
+
+    /// Whether any class has a per-user GPU limit.
+    pub fn any_user_limit(&self) -> bool {
+        self.cfg.qos.iter().any(|c| c.max_gpus_per_user.is_some())
     }
 
     /// The job's factors and priority.

@@ -158,10 +158,12 @@ pub struct ClusterSnapshot {
 }
 
 /// A job that holds resources.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunningJob {
     /// Job id.
     pub id: u64,
+    /// User who submitted it (per-user limits of its class count it).
+    pub user: String,
     /// Leaf account charged (see [`crate::fairshare::AccountTree`]).
     pub account: String,
     /// Priority class (QOS) name.
@@ -316,6 +318,8 @@ pub struct PendingJob {
     pub mem_per_node_mb: u64,
     /// Leaf account charged; empty or unknown accounts get the lowest fair-share factor.
     pub account: String,
+    /// User who submitted it (for per-user limits of its class).
+    pub user: String,
     /// Priority class (QOS); empty means the config's default class.
     pub qos: String,
     /// Submit (or requeue) time, ms since the epoch: the age factor counts from here.
@@ -345,6 +349,22 @@ impl PendingJob {
     /// GPUs over all nodes.
     pub fn gpus_total(&self) -> u64 {
         u64::from(self.nodes.max(1)) * u64::from(self.gpus_per_node)
+    }
+
+    /// GPUs and MIG slices over all nodes: what a per-user GPU limit counts (Slurm
+    /// counts a MIG slice as one `gres/gpu`).
+    pub fn gres_gpus(&self) -> u64 {
+        self.gpus_total() + u64::from(self.nodes.max(1)) * u64::from(self.mig_per_node)
+    }
+}
+
+impl RunningJob {
+    /// GPUs and MIG slices held, as [`PendingJob::gres_gpus`] counts them.
+    pub fn gres_gpus(&self) -> u64 {
+        self.grants
+            .iter()
+            .map(|g| (g.gpu_uuids.len() + g.mig_slices.len()) as u64)
+            .sum()
     }
 }
 

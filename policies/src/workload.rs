@@ -155,6 +155,7 @@ mod tests {
                 cpus: 4,
                 ..NodeGrant::default()
             }],
+            ..Default::default()
         }
     }
 

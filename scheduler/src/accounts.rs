@@ -41,6 +41,7 @@
 //! preemptible = true
 //! min_runtime_secs = 600
 //! requeue = true
+//! max_gpus_per_user = 16         # Slurm MaxTRESPerUser=gres/gpu=16 (GPUs + MIG slices)
 //! ```
 
 use berth_policies::{
@@ -170,6 +171,9 @@ struct QosEntry {
     min_runtime_secs: u64,
     #[serde(default)]
     requeue: Option<bool>,
+    /// Slurm's `MaxTRESPerUser=gres/gpu=N`.
+    #[serde(default)]
+    max_gpus_per_user: Option<u64>,
 }
 
 /// A parsed configuration.
@@ -274,6 +278,7 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
                 preemptible: q.preemptible,
                 min_runtime_s: q.min_runtime_secs,
                 requeue: q.requeue.unwrap_or(q.preemptible),
+                max_gpus_per_user: q.max_gpus_per_user,
             })
             .collect()
     };
@@ -417,6 +422,14 @@ name = "bob"
     }
 
     #[test]
+    fn a_class_carries_its_per_user_gpu_limit() {
+        let text = "default_qos = \"t\"\n[[account]]\nname = \"default\"\n[[qos]]\nname = \"t\"\npriority = 1\npreemptible = false\nmax_gpus_per_user = 4\n[[qos]]\nname = \"u\"\npriority = 2\npreemptible = false";
+        let c = parse(text).unwrap();
+        let limits: Vec<_> = c.policy.qos.iter().map(|q| q.max_gpus_per_user).collect();
+        assert_eq!(limits, [Some(4), None]);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_reason() {
         let cases = [
             ("half_life_hours = \"x\"", "invalid type"),
@@ -440,6 +453,9 @@ name = "bob"
             ("[[partition]]\nname = \"a b\"\npacking = \"fgd\"", "without spaces"),
             ("[[partition]]\nname = \"\"\npacking = \"fgd\"", "non-empty"),
             ("packing = 3", "invalid type"),
+            ("[[qos]]\nname = \"a\"\npriority = 1\npreemptible = true\nmax_gpus_per_user = -1", "invalid value"),
+            ("[[qos]]\nname = \"a\"\npriority = 1\npreemptible = true\nmax_gpus_per_user = \"8\"", "invalid type"),
+            ("[[qos]]\nname = \"a\"\npriority = 1\npreemptible = true\nmax_gpu_per_user = 8", "unknown field"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             match parse(text) {

@@ -133,25 +133,30 @@ pub struct Plan {
 }
 
 /// One pass over the applied state `sm` at `now_ms`, deciding as leader of `term`; `None`
-/// when nothing is pending. Pure: the leader's loop and the deterministic simulator call
+/// when nothing is pending (or only held jobs are). Pure: the leader's loop and the deterministic simulator call
 /// it alike.
 pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     let pending = sm.pending_jobs();
+    // Jobs waiting on dependencies never reach the policies; their reason is the state's.
+    let mut reasons: HashMap<u64, (String, Option<u64>)> = sm
+        .dependency_waits()
+        .into_iter()
+        .map(|(id, reason)| (id, (reason.to_string(), None)))
+        .collect();
     if pending.is_empty() {
         // Most passes (every job change wakes one) find nothing to place: skip the cluster
         // view, which costs a walk over every node and GPU.
-        return None;
+        return (!reasons.is_empty()).then(|| Plan {
+            reasons,
+            ..Plan::default()
+        });
     }
     let cluster = sm.policy_view();
     let schedule = policies::schedule(&cluster, &pending, &sm.accounts().policy, now_ms);
-    let reasons = schedule
-        .pending
-        .iter()
-        .map(|p| {
-            let reason = p.reason.slurm_name().to_string();
-            (p.job_id, (reason, p.expected_start_ms))
-        })
-        .collect();
+    reasons.extend(schedule.pending.iter().map(|p| {
+        let reason = p.reason.slurm_name().to_string();
+        (p.job_id, (reason, p.expected_start_ms))
+    }));
     let preempt = (!schedule.preemptions.is_empty()).then(|| pb::Preempt {
         term,
         preemptions: schedule

@@ -739,6 +739,8 @@ impl pb::admin_service_server::AdminService for Api {
                     age: f.age,
                     qos_factor: f.qos,
                     size: f.size,
+                    short: f.short,
+                    weight_short: cfg.weights.short,
                 }
             })
             .collect();

@@ -269,6 +269,12 @@ impl StateMachine {
             Ok(q) => q.name.clone(),
             Err(why) => return (Outcome::Rejected(why), vec![]),
         };
+        let next_id = self.state.next_job_id.max(1);
+        if let Err(why) = dependency::validate(&spec.dependencies, |id| {
+            id < next_id && self.state.jobs.contains_key(&id)
+        }) {
+            return (Outcome::Rejected(why), vec![]);
+        }
         let wanted = pending_view(0, &spec);
         if let Err(why) = policies::feasible_when_idle(&self.cluster_view(), &wanted) {
             let msg = format!("Requested node configuration is not available ({why})");
@@ -1042,6 +1048,7 @@ impl StateMachine {
                 };
                 policies::RunningJob {
                     id: j.id,
+                    user: j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default(),
                     account: j.account.clone(),
                     qos: j.qos.clone(),
                     start_ms: j.start_time_ms,
@@ -1096,15 +1103,35 @@ impl StateMachine {
         &self.state.accounts_toml
     }
 
-    /// Jobs ready to be placed, FIFO by id (held jobs wait for release).
+    /// Where the dependencies of `job` stand (satisfied when it has none).
+    pub fn dependency_status(&self, job: &pb::Job) -> dependency::DependencyStatus {
+        let deps = job.spec.as_ref().map_or(&[][..], |s| &s.dependencies[..]);
+        dependency::status(deps, |id| self.state.jobs.get(&id))
+    }
+
+    /// Pending jobs (not held) that wait on their dependencies, with Slurm's reason
+    /// (`Dependency` or `DependencyNeverSatisfied`).
+    pub fn dependency_waits(&self) -> Vec<(u64, &'static str)> {
+        self.state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Pending && !j.held)
+            .filter_map(|j| Some((j.id, self.dependency_status(j).reason()?)))
+            .collect()
+    }
+
+    /// Jobs ready to be placed, FIFO by id (held jobs wait for release, dependent jobs
+    /// for their dependencies).
     pub fn pending_jobs(&self) -> Vec<policies::PendingJob> {
         self.state
             .jobs
             .values()
             .filter(|j| j.state() == JobState::Pending && !j.held)
+            .filter(|j| self.dependency_status(j) == dependency::DependencyStatus::Satisfied)
             .map(|j| {
                 let mut p = pending_view(j.id, j.spec.as_ref().expect("jobs have specs"));
                 p.account = j.account.clone();
+                p.user = j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default();
                 p.qos = j.qos.clone();
                 p.submit_ms = j.eligible_time_ms.max(j.submit_time_ms);
                 p.preempted_for = j.preempted_for.clone();
@@ -1409,6 +1436,7 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod dependency;
 pub mod gpu_counts;
 pub mod mig;
 pub mod pods;

@@ -354,3 +354,109 @@ parent = "bio"
         let _ = dev.berth(&["scancel", &id.to_string()]);
     }
 }
+
+#[test]
+fn a_users_gpu_limit_in_a_class_holds_back_only_their_next_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limited = r#"
+default_account = "alice"
+default_qos = "research"
+[weights]
+short = 1000
+[[account]]
+name = "alice"
+[[qos]]
+name = "research"
+priority = 100
+preemptible = true
+max_gpus_per_user = 4
+[[qos]]
+name = "training"
+priority = 500
+preemptible = false
+"#;
+    let dev = Dev::start(tmp.path());
+    let file = tmp.path().join("limited.toml");
+    std::fs::write(&file, limited).unwrap();
+    let o = dev.berth(&["admin", "accounts", "set", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = dev.submit(&["--gres=gpu:4", "--wrap", "sleep 600"]);
+    dev.wait(first, "JobState=RUNNING ", 30);
+    // 4 of 8 GPUs are free, but this user already holds the class's 4.
+    let second = dev.submit(&["--gres=gpu:1", "-t", "1:00", "--wrap", "true"]);
+    dev.wait(second, "Reason=QOSMaxGRESPerUser ", 30);
+    let squeue = dev.berth(&["squeue", "-h", "-o", "%i %r"]);
+    let text = String::from_utf8_lossy(&squeue.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l == format!("{second} QOSMaxGRESPerUser")),
+        "{text}"
+    );
+    // The limit is per class: the same user's training job starts.
+    let other = dev.submit(&["--qos", "training", "--gres=gpu:4", "--wrap", "true"]);
+    dev.wait(other, "JobState=COMPLETED ", 30);
+    // sprio shows every term of the priority sum, the short-limit factor included
+    // (weight 1000; a 1-minute limit against the 7-day age_max:
+    // 1000 * (1 - ln(61) / ln(604801)) = 691).
+    let prio = String::from_utf8_lossy(&dev.berth(&["sprio"]).stdout).into_owned();
+    assert!(prio.lines().next().unwrap().ends_with("SHORT"), "{prio}");
+    let line = prio
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&second.to_string()))
+        .unwrap_or_else(|| panic!("{second} not in sprio:\n{prio}"));
+    let short: u64 = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(short, 691, "{prio}");
+    // Once the first job ends, the user is under the limit again.
+    assert!(dev.berth(&["scancel", &first.to_string()]).status.success());
+    dev.wait(second, "JobState=COMPLETED ", 30);
+}
+
+#[test]
+fn dependent_jobs_wait_for_their_conditions_and_impossible_ones_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Dev::start(tmp.path());
+    let first = dev.submit(&["--wrap", "sleep 600"]);
+    dev.wait(first, "JobState=RUNNING ", 30);
+    let dep = |spec: String| dev.submit(&["-d", &spec, "--wrap", "true"]);
+    let on_ok = dep(format!("afterok:{first}"));
+    let on_fail = dep(format!("afternotok:{first}"));
+    let on_any = dep(format!("afterany:{first}"));
+    let on_start = dep(format!("after:{first}"));
+    // `after` holds once the job started; the others wait, with Slurm's reason.
+    dev.wait(on_start, "JobState=COMPLETED ", 30);
+    for id in [on_ok, on_fail, on_any] {
+        let s = dev.wait(id, "Reason=Dependency ", 30);
+        assert!(s.contains("(unfulfilled)"), "{s}");
+    }
+    // Cancelled is not OK: afterok can never hold, afternotok and afterany now do.
+    assert!(dev.berth(&["scancel", &first.to_string()]).status.success());
+    dev.wait(on_fail, "JobState=COMPLETED ", 30);
+    dev.wait(on_any, "JobState=COMPLETED ", 30);
+    let s = dev.wait(on_ok, "Reason=DependencyNeverSatisfied ", 30);
+    assert!(
+        s.contains(&format!("Dependency=afterok:{first}(failed)")),
+        "{s}"
+    );
+    // A chain on a completed job runs.
+    let chained = dep(format!("afterok:{on_fail}:{on_any}"));
+    dev.wait(chained, "JobState=COMPLETED ", 30);
+    // Bad specifications and unknown jobs are refused and submit nothing.
+    let before = dev.berth(&["squeue", "-h", "-t", "all", "-o", "%i"]);
+    for (spec, want) in [
+        (
+            "afterok:999999",
+            "Job dependency problem: job 999999 does not exist",
+        ),
+        ("afterok:x", "Invalid dependency specification 'afterok:x'"),
+        ("aftercorr:1", "not supported"),
+    ] {
+        let o = dev.berth(&["sbatch", "-d", spec, "--wrap", "true"]);
+        assert!(
+            !o.status.success() && stderr(&o).contains(want),
+            "{spec}: {}",
+            stderr(&o)
+        );
+    }
+    let after = dev.berth(&["squeue", "-h", "-t", "all", "-o", "%i"]);
+    assert_eq!(before.stdout, after.stdout);
+}

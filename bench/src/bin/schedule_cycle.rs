@@ -73,6 +73,7 @@ fn main() {
             id += 1;
             snap.running.push(RunningJob {
                 id,
+                user: String::new(),
                 account: accounts[rng.below(50) as usize].clone(),
                 // Running jobs are non-preemptible classes so the pass measures ordering,
                 // backfill and placement, not a victim search on every blocked job.

@@ -142,6 +142,7 @@ pub fn replay(
                 Live {
                     running: RunningJob {
                         id: j.id,
+                        user: String::new(),
                         account: j.account.clone(),
                         qos: String::new(),
                         start_ms: now,
