@@ -1997,6 +1997,23 @@ mod tests {
             parse_submission(&args, &self.ctx, &mut read)
         }
 
+        /// Each `(args, want)` of `bad`, with `job.sh` appended, is refused with an error
+        /// containing `want`.
+        fn assert_refused_with_job_sh(&self, bad: &[(&[&str], &str)]) {
+            for (i, (args, want)) in bad.iter().enumerate() {
+                let mut all = args.to_vec();
+                all.push("job.sh");
+                let got = self
+                    .run(&all)
+                    .map(|s| summary(&s.spec))
+                    .map_err(|e| e.to_string());
+                match &got {
+                    Err(msg) if msg.contains(want) => {}
+                    _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+                }
+            }
+        }
+
         fn path(&self, name: &str) -> String {
             self.dir.path().join(name).to_string_lossy().into_owned()
         }
@@ -2566,18 +2583,7 @@ mod tests {
             (&["--gpus=:2"], "invalid --gpus value ':2'"),
             (&["--gpus-per-node=h100:2,a100:1"], "more than one GPU type per job is not supported"),
         ];
-        for (i, (args, want)) in bad.iter().enumerate() {
-            let mut all = args.to_vec();
-            all.push("job.sh");
-            let got = f
-                .run(&all)
-                .map(|s| summary(&s.spec))
-                .map_err(|e| e.to_string());
-            match &got {
-                Err(msg) if msg.contains(want) => {}
-                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
-            }
-        }
+        f.assert_refused_with_job_sh(bad);
     }
 
     #[test]
@@ -2629,18 +2635,7 @@ mod tests {
             (&["--gpus=0.5", "-N", "2"], "a fraction is of one GPU on one node, not on 2 nodes"),
             (&["--gpus-per-task=0.5"], "--gpus-per-task takes whole GPUs"),
         ];
-        for (i, (args, want)) in bad.iter().enumerate() {
-            let mut all = args.to_vec();
-            all.push("job.sh");
-            let got = f
-                .run(&all)
-                .map(|s| summary(&s.spec))
-                .map_err(|e| e.to_string());
-            match &got {
-                Err(msg) if msg.contains(want) => {}
-                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
-            }
-        }
+        f.assert_refused_with_job_sh(bad);
     }
 
     #[test]
@@ -2703,18 +2698,7 @@ mod tests {
             (&["--gres=gpu:1g.10gb:1", "--gpus-per-node=3g.40gb:1"], "ask for different GPU types"),
             (&["--gpus=3g.40gb:3", "-N2"], "--gpus=3 cannot be split evenly over 2 nodes"),
         ];
-        for (i, (args, want)) in bad.iter().enumerate() {
-            let mut all = args.to_vec();
-            all.push("job.sh");
-            let got = f
-                .run(&all)
-                .map(|s| summary(&s.spec))
-                .map_err(|e| e.to_string());
-            match &got {
-                Err(msg) if msg.contains(want) => {}
-                _ => panic!("#{i}: want error containing {want:?}, got {got:?}"),
-            }
-        }
+        f.assert_refused_with_job_sh(bad);
     }
 
     #[test]

@@ -186,44 +186,11 @@ fn other_than(all: &[String], taken: &[String], n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let plugins = dir.join("dp");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let nvml = dir.join("nvml");
-    std::fs::create_dir_all(&nvml).unwrap();
-    std::fs::copy(simnvml(), nvml.join("libnvidia-ml.so.1")).unwrap();
-    let machine = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../node-agent/simnvml/machines/a100-pcie-4.json");
-    std::fs::copy(machine, nvml.join("machine.json")).unwrap();
-    let (mut registered, kubelet_stop) = serve_kubelet(&plugins);
-
-    let port = free_port();
-    let berthd = format!("http://127.0.0.1:{port}");
-    let _daemon = Proc(
-        Command::new(bin("berthd"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-            .arg(dir.join("berthd"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _agent = Proc(
-        Command::new(bin("berth-agent"))
-            .args(["--server", &berthd, "--node-name", "gpu01", "--state-dir"])
-            .arg(dir.join("agent"))
-            .arg("--nvml-lib")
-            .arg(nvml.join("libnvidia-ml.so.1"))
-            .arg("--device-plugin")
-            .arg(&plugins)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    let mut node = start_node("a100-pcie-4", &[]);
+    let (plugins, nvml, berthd) = (node.plugins.clone(), node.nvml.clone(), node.berthd.clone());
 
     // Register, then the devices: one per GPU, by UUID, healthy.
-    expect_register(&mut registered).await;
+    expect_register(&mut node.registered).await;
     let mut plugin = DevicePluginClient::new(uds(plugins.join("berth-gpu.sock")).await);
     let opts = plugin
         .get_device_plugin_options(dp::Empty {})
@@ -302,12 +269,12 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
     // kubelet restarts: it removes the plugin sockets and makes a new kubelet.sock; the
     // plugin serves again and registers again, with the health it knew.
     drop(watch);
-    drop(kubelet_stop);
-    drop(registered);
+    drop(node.kubelet.take());
     std::fs::remove_file(plugins.join("berth-gpu.sock")).unwrap();
     std::fs::remove_file(plugins.join("kubelet.sock")).unwrap();
-    let (mut registered, _kubelet_stop) = serve_kubelet(&plugins);
-    expect_register(&mut registered).await;
+    let (registered, kubelet) = serve_kubelet(&plugins);
+    (node.registered, node.kubelet) = (registered, Some(kubelet));
+    expect_register(&mut node.registered).await;
     let mut plugin = DevicePluginClient::new(uds(plugins.join("berth-gpu.sock")).await);
     let mut watch = plugin
         .list_and_watch(dp::Empty {})
@@ -349,7 +316,8 @@ struct Node {
     nvml: PathBuf,
     berthd: String,
     registered: mpsc::UnboundedReceiver<dp::RegisterRequest>,
-    _kubelet: tokio::sync::oneshot::Sender<()>,
+    /// Dropping it stops the kubelet registration server (a kubelet restart).
+    kubelet: Option<tokio::sync::oneshot::Sender<()>>,
     _procs: (Proc, Proc),
 }
 
@@ -395,7 +363,7 @@ fn start_node(machine: &str, agent_args: &[&str]) -> Node {
         nvml,
         berthd,
         registered,
-        _kubelet: kubelet,
+        kubelet: Some(kubelet),
         _procs: (daemon, agent),
     }
 }
