@@ -554,10 +554,18 @@ pub fn filter(
             return failed(e);
         }
     }
+    // CPUs and memory as the pod's job will ask for them (whole cores, MiB).
+    let (cpus, mem_mb) = match (pod_sum(pod, "cpu", true), pod_sum(pod, "memory", false)) {
+        (Ok(m), Ok(b)) => (m.div_ceil(1000).max(1) as u32, b.div_ceil(1 << 20)),
+        (Err(e), _) | (_, Err(e)) => return failed(e.to_string()),
+    };
     let gang = group.map(|g| gang_filter(sm, g, want.count(), &candidate_names(args)));
     let mut out = ExtenderFilterResult::default();
     let mut check = |name: &str| match gang.as_ref().map_or_else(
-        || pod_fit::check(sm, name, &want).map(|_| ()),
+        || {
+            pod_fit::check(sm, name, &want)?;
+            pod_fit::check_room(sm, name, cpus, mem_mb)
+        },
         |rule| rule(name),
     ) {
         Ok(()) => true,
@@ -676,11 +684,18 @@ mod tests {
     use super::*;
 
     fn state_with_node(gpus: u32, busy: u32) -> StateMachine {
+        state_with_node_cpus(gpus, busy, 1)
+    }
+
+    /// Node gpu1 (64 CPUs, 256 GiB) with `gpus` GPUs; a batch job holds `busy` of them and
+    /// `cpus_held` CPUs when `busy > 0`.
+    fn state_with_node_cpus(gpus: u32, busy: u32, cpus_held: u32) -> StateMachine {
         let mut sm = StateMachine::default();
         let inv = pb::NodeInventory {
             name: "gpu1".into(),
             partition: "gpu".into(),
-            cpus: 8,
+            cpus: 64,
+            memory_mb: 256 << 10,
             gpus: (0..gpus)
                 .map(|i| pb::Gpu {
                     uuid: format!("GPU-{i}"),
@@ -721,7 +736,7 @@ mod tests {
                     allocations: vec![pb::Allocation {
                         node: "gpu1".into(),
                         gpu_uuids: (0..busy).map(|i| format!("GPU-{i}")).collect(),
-                        cpus: 1,
+                        cpus: cpus_held,
                         ..Default::default()
                     }],
                 }],
@@ -766,6 +781,34 @@ mod tests {
             wire,
             r#"{"Nodes":null,"NodeNames":[],"FailedNodes":{"gpu1":"Insufficient nvidia.com/gpu: 2 free, pod needs 3"},"FailedAndUnresolvableNodes":{},"Error":""}"#
         );
+    }
+
+    #[test]
+    fn filter_judges_cpus_and_memory_by_berths_own_accounting() {
+        // A batch job kube-scheduler never sees holds 63 of the node's 64 CPUs.
+        let sm = state_with_node_cpus(8, 1, 63);
+        let pod = |cpu: &str, mem: &str| {
+            format!(
+                r#"{{"Pod":{{"metadata":{{"name":"p","namespace":"ml"}},"spec":{{"containers":[{{"name":"c","resources":{{"requests":{{"cpu":"{cpu}","memory":"{mem}"}},"limits":{{"nvidia.com/gpu":"1"}}}}}}]}}}},"NodeNames":["gpu1"]}}"#
+            )
+        };
+        let run = |body: String| filter(&sm, &parse_args(body.as_bytes()).unwrap(), None);
+        let ok = run(pod("500m", "1Gi"));
+        assert_eq!(ok.node_names, Some(vec!["gpu1".to_string()]), "{ok:?}");
+        let busy = run(pod("2", "1Gi"));
+        assert_eq!(
+            busy.failed_nodes["gpu1"],
+            "Insufficient cpu: 1 of 64 free in berth, pod needs 2"
+        );
+        let never = run(pod("65", "1Gi"));
+        assert!(never.failed_and_unresolvable_nodes["gpu1"].contains("pod needs 65"));
+        let mem = run(pod("1", "257Gi"));
+        assert_eq!(
+            mem.failed_and_unresolvable_nodes["gpu1"],
+            "Insufficient memory: 262144 MiB of 262144 free in berth, pod needs 263168"
+        );
+        let bad = run(pod("lots", "1Gi"));
+        assert!(bad.error.contains("lots"), "{bad:?}");
     }
 
     #[test]
@@ -996,7 +1039,8 @@ mod tests {
         let inv = pb::NodeInventory {
             name: "gpu2".into(),
             partition: "gpu".into(),
-            cpus: 8,
+            cpus: 64,
+            memory_mb: 256 << 10,
             gpus: (0..8)
                 .map(|i| pb::Gpu {
                     uuid: format!("GPU-B{i}"),

@@ -63,6 +63,44 @@ pub fn check(sm: &StateMachine, node: &str, want: &PodGpus) -> Result<u32, Misfi
     })
 }
 
+/// Whether `node` has `cpus` and `mem_mb` free in berth's own accounting, which counts
+/// the batch jobs kube-scheduler does not see. (Kubernetes' own fit check knows only pods.)
+///
+/// # Errors
+/// The [`Misfit`]: unresolvable when the node could not hold it even idle, else
+/// "Insufficient cpu/memory" as kube-scheduler words it.
+pub fn check_room(sm: &StateMachine, node: &str, cpus: u32, mem_mb: u64) -> Result<(), Misfit> {
+    let Some(c) = sm.node_gpus(node) else {
+        return Ok(()); // not berth's node: the GPU check already answered
+    };
+    if cpus <= c.cpus_free && mem_mb <= c.memory_free_mb {
+        return Ok(()); // the common case reads the counts table only
+    }
+    let total = sm.node(node).and_then(|n| n.inventory.as_ref());
+    let (cpus_total, mem_total) = total.map_or((0, 0), |i| (i.cpus, i.memory_mb));
+    if cpus > c.cpus_free {
+        let never = cpus > cpus_total;
+        return Err((
+            format!(
+                "Insufficient cpu: {} of {cpus_total} free in berth, pod needs {cpus}",
+                c.cpus_free
+            ),
+            never,
+        ));
+    }
+    if mem_mb > c.memory_free_mb {
+        let never = mem_mb > mem_total;
+        return Err((
+            format!(
+                "Insufficient memory: {} MiB of {mem_total} free in berth, pod needs {mem_mb}",
+                c.memory_free_mb
+            ),
+            never,
+        ));
+    }
+    Ok(())
+}
+
 /// [`check`] on a node record (the state's, or a "what if" copy).
 ///
 /// # Errors

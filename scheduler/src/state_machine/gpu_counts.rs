@@ -50,6 +50,10 @@ pub struct NodeGpus {
     pub shares_total: u32,
     /// Of those, free now.
     pub shares_free: u32,
+    /// CPUs not allocated to jobs (batch jobs and pods alike).
+    pub cpus_free: u32,
+    /// Memory (MiB) not allocated to jobs.
+    pub memory_free_mb: u64,
 }
 
 impl NodeGpus {
@@ -57,6 +61,14 @@ impl NodeGpus {
     pub fn of(node: &pb::Node) -> NodeGpus {
         let mut c = NodeGpus {
             up: node.state() == pb::NodeState::Up,
+            cpus_free: node
+                .inventory
+                .as_ref()
+                .map_or(0, |i| i.cpus.saturating_sub(node.cpus_alloc)),
+            memory_free_mb: node
+                .inventory
+                .as_ref()
+                .map_or(0, |i| i.memory_mb.saturating_sub(node.memory_alloc_mb)),
             ..Default::default()
         };
         for g in node.inventory.iter().flat_map(|i| &i.gpus) {
