@@ -104,7 +104,8 @@ fn gpu_counts<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<(String, u32
         };
         let entry = &mut counts[pos];
         entry.1 += 1;
-        if gpu.job_id != 0 {
+        // In use: held whole, or some job holds a share or a MIG slice of it.
+        if gpu.job_id != 0 || !gpu.share_job_ids.is_empty() || !gpu.mig_held.is_empty() {
             entry.2 += 1;
             entry.3.push(gpu.index);
         }
@@ -134,7 +135,8 @@ pub fn gres<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> String {
     }
 }
 
-/// GPUs in use on `nodes` (`gpu:h100:3`), with Slurm's `(IDX:0-2)` suffix when
+/// GPUs in use on `nodes` (`gpu:h100:3`; a GPU counts once whether a job holds it whole or
+/// jobs hold shares or MIG slices of it), with Slurm's `(IDX:0-2)` suffix when
 /// `with_indexes` (meaningful for one node only); `(null)` without GPUs.
 pub fn gres_used<'a>(nodes: impl IntoIterator<Item = &'a Node>, with_indexes: bool) -> String {
     let parts: Vec<String> = gpu_counts(nodes)
@@ -666,5 +668,17 @@ dgx03|allocated|gpu:h100:8\ndgx04|idle|gpu:h100:8\ndgx10|mixed|gpu:h100:8\n",
         if got != want {
             panic!("want {want:?}, got {got:?}");
         }
+        // A share of GPU 5 and a MIG slice of GPU 7 make them in use, once each.
+        let mut carved = nodes[0].clone();
+        let gpus = &mut carved.inventory.as_mut().unwrap().gpus;
+        gpus[5].share_job_ids = vec![43, 44];
+        gpus[7].mig_held = vec![berth_proto::v1::MigSlice {
+            gpu_uuid: gpus[7].uuid.clone(),
+            profile: "1g.10gb".into(),
+            placement_start: 0,
+            placement_size: 1,
+            job_id: 45,
+        }];
+        assert_eq!(gres_used([&carved], true), "gpu:h100:5(IDX:0-2,5,7)");
     }
 }
