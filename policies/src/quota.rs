@@ -63,26 +63,29 @@ pub fn check_resource_key(key: &str) -> Result<(), String> {
 pub type Demand = BTreeMap<String, u64>;
 
 /// What `job` will hold, before placement: `gpu`, `gpu:<type>` when it names a type,
-/// `cpu`, `mem_mb`.
+/// `cpu`, `mem_mb`. A MIG slice counts as one GPU, as Slurm counts it as one `gres/gpu`
+/// (and a fraction as one GPU): conservative, so carving never lets a subtree past its
+/// GPU quota.
 pub fn job_demand(job: &PendingJob) -> Demand {
     let n = u64::from(job.nodes.max(1));
     let mut d = Demand::new();
-    d.insert("gpu".into(), job.gpus_total());
+    d.insert("gpu".into(), job.gres_gpus());
     if !job.gpu_type.is_empty() {
-        d.insert(format!("gpu:{}", job.gpu_type), job.gpus_total());
+        d.insert(format!("gpu:{}", job.gpu_type), job.gres_gpus());
     }
     d.insert("cpu".into(), n * u64::from(job.cpus_per_node));
     d.insert("mem_mb".into(), n * job.mem_per_node_mb);
     d
 }
 
-/// What `grants` hold, with `gpu:<type>` from the granted GPUs' types (looked up in
-/// `types`: GPU uuid → GRES type).
+/// What `grants` hold (a MIG slice as one GPU, as in [`job_demand`]), with `gpu:<type>`
+/// from the granted GPUs' types (looked up in `types`: GPU uuid → GRES type).
 pub fn grants_demand(grants: &[NodeGrant], types: &HashMap<&str, &str>) -> Demand {
     let mut d = Demand::new();
     for g in grants {
-        *d.entry("gpu".into()).or_default() += g.gpu_uuids.len() as u64;
-        for u in &g.gpu_uuids {
+        *d.entry("gpu".into()).or_default() += (g.gpu_uuids.len() + g.mig_slices.len()) as u64;
+        let slices = g.mig_slices.iter().map(|s| &s.gpu_uuid);
+        for u in g.gpu_uuids.iter().chain(slices) {
             if let Some(t) = types.get(u.as_str()) {
                 *d.entry(format!("gpu:{t}")).or_default() += 1;
             }
@@ -387,5 +390,33 @@ mod tests {
             assert!(check_resource_key(good).is_ok(), "{good}");
         }
         assert!(q(2, None, Some(3)).validate().is_err());
+    }
+
+    #[test]
+    fn a_mig_slice_counts_as_one_gpu_waiting_and_held() {
+        let job = PendingJob {
+            nodes: 2,
+            mig_profile: "1g.10gb".into(),
+            mig_per_node: 3,
+            cpus_per_node: 1,
+            ..PendingJob::default()
+        };
+        assert_eq!(job_demand(&job)["gpu"], 6, "3 slices on each of 2 nodes");
+        let slice = |uuid: &str, start: u32| crate::mig::MigGrant {
+            gpu_uuid: uuid.into(),
+            profile: "1g.10gb".into(),
+            start,
+            size: 1,
+            ..crate::mig::MigGrant::default()
+        };
+        let grants = [NodeGrant {
+            node: "a".into(),
+            gpu_uuids: vec!["G0".into()],
+            mig_slices: vec![slice("G1", 0), slice("G1", 1)],
+            ..NodeGrant::default()
+        }];
+        let types = HashMap::from([("G0", "a100"), ("G1", "a100")]);
+        let held = grants_demand(&grants, &types);
+        assert_eq!((held["gpu"], held["gpu:a100"]), (3, 3));
     }
 }
