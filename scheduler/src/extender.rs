@@ -562,10 +562,7 @@ pub fn filter(
     let gang = group.map(|g| gang_filter(sm, g, want.count(), &candidate_names(args)));
     let mut out = ExtenderFilterResult::default();
     let mut check = |name: &str| match gang.as_ref().map_or_else(
-        || {
-            pod_fit::check(sm, name, &want)?;
-            pod_fit::check_room(sm, name, cpus, mem_mb)
-        },
+        || pod_fit::check_fit(sm, name, &want, cpus, mem_mb),
         |rule| rule(name),
     ) {
         Ok(()) => true,

@@ -63,18 +63,44 @@ pub fn check(sm: &StateMachine, node: &str, want: &PodGpus) -> Result<u32, Misfi
     })
 }
 
-/// Whether `node` has `cpus` and `mem_mb` free in berth's own accounting, which counts
-/// the batch jobs kube-scheduler does not see. (Kubernetes' own fit check knows only pods.)
+/// [`check`], then whether `node` also has `cpus` and `mem_mb` free in berth's own
+/// accounting, which counts the batch jobs kube-scheduler does not see (Kubernetes' own
+/// fit check knows only pods). Whole GPUs, shares, CPUs and memory are read from one
+/// lookup of the per-node counts.
 ///
 /// # Errors
-/// The [`Misfit`]: unresolvable when the node could not hold it even idle, else
-/// "Insufficient cpu/memory" as kube-scheduler words it.
-pub fn check_room(sm: &StateMachine, node: &str, cpus: u32, mem_mb: u64) -> Result<(), Misfit> {
-    let Some(c) = sm.node_gpus(node) else {
-        return Ok(()); // not berth's node: the GPU check already answered
+/// The [`Misfit`] of [`check`]; else "Insufficient cpu/memory" as kube-scheduler words
+/// it, unresolvable when the node could not hold the pod even idle.
+pub fn check_fit(
+    sm: &StateMachine,
+    node: &str,
+    want: &PodGpus,
+    cpus: u32,
+    mem_mb: u64,
+) -> Result<(), Misfit> {
+    let counts = if matches!(want, PodGpus::Mig { .. }) {
+        check(sm, node, want)?;
+        sm.node_gpus(node)
+    } else {
+        let counts = sm.node_gpus(node);
+        match counts {
+            Some(c) => {
+                judge(&c, want).map_err(|e| match e {
+                    Judged::Down => down(sm.node(node).map_or("", |n| n.reason.as_str())),
+                    Judged::Misfit(m) => m,
+                })?;
+            }
+            None => {
+                check(sm, node, want)?; // the unmanaged-node answer
+            }
+        }
+        counts
+    };
+    let Some(c) = counts else {
+        return Ok(()); // not berth's node and no GPUs asked: nothing of berth's to judge
     };
     if cpus <= c.cpus_free && mem_mb <= c.memory_free_mb {
-        return Ok(()); // the common case reads the counts table only
+        return Ok(()); // the common case reads the counts only
     }
     let total = sm.node(node).and_then(|n| n.inventory.as_ref());
     let (cpus_total, mem_total) = total.map_or((0, 0), |i| (i.cpus, i.memory_mb));
@@ -88,17 +114,14 @@ pub fn check_room(sm: &StateMachine, node: &str, cpus: u32, mem_mb: u64) -> Resu
             never,
         ));
     }
-    if mem_mb > c.memory_free_mb {
-        let never = mem_mb > mem_total;
-        return Err((
-            format!(
-                "Insufficient memory: {} MiB of {mem_total} free in berth, pod needs {mem_mb}",
-                c.memory_free_mb
-            ),
-            never,
-        ));
-    }
-    Ok(())
+    let never = mem_mb > mem_total;
+    Err((
+        format!(
+            "Insufficient memory: {} MiB of {mem_total} free in berth, pod needs {mem_mb}",
+            c.memory_free_mb
+        ),
+        never,
+    ))
 }
 
 /// [`check`] on a node record (the state's, or a "what if" copy).

@@ -11,7 +11,7 @@
 
 use super::StateMachine;
 use berth_proto::v1 as pb;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// A GPU a pod could ever get whole: healthy, not in MIG mode, not time-sliced.
 pub fn whole_usable(g: &pb::Gpu) -> bool {
@@ -94,7 +94,10 @@ impl NodeGpus {
 /// The table, built on first use. Derived data, so two state machines are equal whatever
 /// it holds.
 #[derive(Debug, Clone, Default)]
-pub(super) struct GpuCountsCache(std::sync::OnceLock<HashMap<String, NodeGpus>>);
+// Keyed by node name with FxHash: the extender looks up every candidate of every request
+// (5,000 per verb at worst), where SipHash's cost shows; names come from berth's own
+// registered nodes and kube-scheduler's node list, not from an adversary choosing keys.
+pub(super) struct GpuCountsCache(std::sync::OnceLock<FxHashMap<String, NodeGpus>>);
 
 impl PartialEq for GpuCountsCache {
     fn eq(&self, _: &GpuCountsCache) -> bool {
