@@ -102,7 +102,9 @@ pub fn use_rocr(env: &mut BTreeMap<String, String>, job: &pb::Job, node: &str) {
 /// MPS limits of a job on one of `replicas` shares, as NVIDIA's device plugin sets them:
 /// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = 100 / replicas and
 /// `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` = `<ordinal>=<memory / replicas>M` for each visible
-/// GPU, ordinals in `CUDA_VISIBLE_DEVICES` order. `memory_mb` maps GPU UUID → MiB.
+/// GPU, ordinals in `CUDA_VISIBLE_DEVICES` order. `memory_mb` maps GPU UUID → MiB. A
+/// fraction (`--gpus=0.25`: the allocation's `gpu_milli`) gets its own size instead:
+/// milli / 10 percent of the SMs and milli / 1000 of the memory.
 pub fn mps(
     job: &pb::Job,
     node: &str,
@@ -111,6 +113,11 @@ pub fn mps(
 ) -> Vec<(String, String)> {
     let replicas = replicas.max(1);
     let here = job.allocations.iter().find(|a| a.node == node);
+    // (numerator, denominator) of the GPU this job may use.
+    let (part, whole) = match here.map_or(0, |a| a.gpu_milli) {
+        0 => (1, u64::from(replicas)),
+        milli => (u64::from(milli), 1000),
+    };
     let limits: Vec<String> = here
         .map(|a| a.gpu_uuids.as_slice())
         .unwrap_or_default()
@@ -118,7 +125,7 @@ pub fn mps(
         .enumerate()
         .filter_map(|(ordinal, uuid)| {
             let mb = memory_mb.get(uuid)?;
-            Some(format!("{ordinal}={}M", mb / u64::from(replicas)))
+            Some(format!("{ordinal}={}M", mb * part / whole))
         })
         .collect();
     if limits.is_empty() {
@@ -127,7 +134,7 @@ pub fn mps(
     vec![
         (
             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(),
-            (100 / replicas).to_string(),
+            (100 * part / whole).max(1).to_string(),
         ),
         ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), limits.join(",")),
     ]
@@ -275,6 +282,15 @@ mod tests {
             mps(&job, "other", 3, &memory).is_empty(),
             "no GPUs here, no limits"
         );
+        // A quarter-GPU fraction on a 3-replica GPU: its own size, not a third.
+        let mut quarter = job.clone();
+        quarter.allocations[0].gpu_uuids.truncate(1);
+        quarter.allocations[0].gpu_milli = 250;
+        let got = mps(&quarter, "n1", 3, &memory);
+        assert_eq!(got[0].1, "25");
+        assert_eq!(got[1].1, "0=10240M");
+        quarter.allocations[0].gpu_milli = 1;
+        assert_eq!(mps(&quarter, "n1", 3, &memory)[0].1, "1", "never 0 %");
         let dirs = BTreeMap::from([(
             "GPU-a".to_string(),
             crate::mps::MpsDirs {
