@@ -11,6 +11,18 @@ fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
     }
 }
 
+/// The command registering node `inventory`.
+fn register(inventory: pb::NodeInventory) -> Cmd {
+    Cmd::RegisterNode(pb::RegisterNode {
+        inventory: Some(inventory),
+    })
+}
+
+/// The command submitting `spec`.
+fn submit(spec: pb::JobSpec) -> Cmd {
+    Cmd::Submit(pb::SubmitJob { spec: Some(spec) })
+}
+
 fn spec(gpus: u32) -> pb::JobSpec {
     pb::JobSpec {
         name: "j".into(),
@@ -86,24 +98,9 @@ fn ended(job_id: u64, node: &str, state: JobState, code: i32) -> Cmd {
 
 fn log() -> Vec<pb::Command> {
     vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
-        cmd(
-            2,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(2)),
-            }),
-        ),
-        cmd(
-            3,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 2))),
+        cmd(2, submit(spec(2))),
+        cmd(3, submit(spec(1))),
         cmd(4, alloc(1, "n1", &["GPU-n1-0", "GPU-n1-1"])),
         cmd(5, alloc(2, "n1", &["GPU-n1-0"])), // refused: held by job 1
         cmd(6, ended(1, "n1", JobState::Completed, 0)),
@@ -115,12 +112,7 @@ fn log() -> Vec<pb::Command> {
                 reason: String::new(),
             }),
         ),
-        cmd(
-            9,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(3)),
-            }),
-        ), // refused: 3 > 2 GPUs
+        cmd(9, submit(spec(3))), // refused: 3 > 2 GPUs
         cmd(
             10,
             Cmd::NodeDown(pb::NodeDown {
@@ -305,15 +297,7 @@ fn bad_inventories_are_refused() {
     ];
     for (i, (inv, want)) in cases.into_iter().enumerate() {
         let mut sm = StateMachine::default();
-        let (out, _) = sm.apply(
-            1,
-            cmd(
-                1,
-                Cmd::RegisterNode(pb::RegisterNode {
-                    inventory: Some(inv),
-                }),
-            ),
-        );
+        let (out, _) = sm.apply(1, cmd(1, register(inv)));
         match out {
             Outcome::Rejected(w) if w.contains(want) => {}
             other => panic!("#{i}: want rejection with {want:?}, got {other:?}"),
@@ -357,28 +341,13 @@ fn unhealthy_gpu_is_never_placed_and_survives_reregistration() {
         })
     };
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 2))),
         cmd(2, mark("GPU-n1-0", "XID 79")),
         cmd(3, mark("GPU-n1-9", "XID 79")),
         cmd(4, mark("GPU-n1-1", " ")),
-        cmd(
-            5,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
+        cmd(5, submit(spec(1))),
         cmd(6, alloc(1, "n1", &["GPU-n1-0"])),
-        cmd(
-            7,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
+        cmd(7, register(inventory("n1", 2))),
         cmd(8, mark("GPU-n1-0", "a later XID")),
     ];
     let (sm, outcomes) = run(&log);
@@ -426,45 +395,15 @@ fn shared_gpus_take_one_job_per_replica_and_free_shares_at_the_end() {
     let mut too_many = inventory("n2", 1);
     too_many.gpus[0].replicas = GPU_REPLICAS_MAX + 1;
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inv.clone()),
-            }),
-        ),
-        cmd(
-            2,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(too_many),
-            }),
-        ),
-        cmd(
-            3,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
-        cmd(
-            4,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
-        cmd(
-            5,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
+        cmd(1, register(inv.clone())),
+        cmd(2, register(too_many)),
+        cmd(3, submit(spec(1))),
+        cmd(4, submit(spec(1))),
+        cmd(5, submit(spec(1))),
         cmd(6, alloc(1, "n1", &["GPU-n1-0"])),
         cmd(7, alloc(2, "n1", &["GPU-n1-0"])),
         cmd(8, alloc(3, "n1", &["GPU-n1-0"])),
-        cmd(
-            9,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inv),
-            }),
-        ),
+        cmd(9, register(inv)),
         cmd(10, ended(1, "n1", JobState::Completed, 0)),
         cmd(11, alloc(3, "n1", &["GPU-n1-0"])),
     ];
@@ -534,12 +473,7 @@ fn preemption_log(requeue: Option<bool>) -> Vec<pb::Command> {
                 toml: ACCOUNTS.into(),
             }),
         ),
-        cmd(
-            2,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
+        cmd(2, register(inventory("n1", 2))),
         cmd(3, Cmd::Submit(pb::SubmitJob { spec: Some(victim) })),
         cmd(10_000, alloc(1, "n1", &["GPU-n1-0", "GPU-n1-1"])),
         cmd(20_000, Cmd::Submit(pb::SubmitJob { spec: Some(boss) })),
@@ -696,15 +630,7 @@ fn accounts_and_qos_are_checked_at_submit_and_bad_configs_change_nothing() {
     assert_eq!(sm.encode(), before, "a refused config changed state");
     assert_eq!(sm.accounts_toml(), ACCOUNTS);
     // Defaults: no account → default_account (alice), no qos → research.
-    let (out, _) = sm.apply(
-        21,
-        cmd(
-            7,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
-    );
+    let (out, _) = sm.apply(21, cmd(7, submit(spec(1))));
     let Outcome::Submitted(id) = out else {
         panic!("{out:?}")
     };
@@ -747,24 +673,9 @@ fn jobs_on_a_gpu_that_goes_bad_are_killed_then_requeued_or_failed_per_policy() {
         ..spec(1)
     };
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 4)),
-            }),
-        ),
-        cmd(
-            2,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(with_requeue(true)),
-            }),
-        ),
-        cmd(
-            3,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(with_requeue(false)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 4))),
+        cmd(2, submit(with_requeue(true))),
+        cmd(3, submit(with_requeue(false))),
         cmd(4, alloc(1, "n1", &["GPU-n1-0"])),
         cmd(5, alloc(2, "n1", &["GPU-n1-1"])),
     ];
@@ -840,12 +751,7 @@ fn topology_is_installed_through_the_log_and_bad_trees_change_nothing() {
     }];
     let good = "SwitchName=leaf0 Nodes=n[1-2]\nSwitchName=spine Switches=leaf0";
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(n1),
-            }),
-        ),
+        cmd(1, register(n1)),
         cmd(2, set(good)),
         cmd(3, set("SwitchName=spine Switches=leaf9")),
     ];
@@ -875,12 +781,7 @@ fn topology_is_installed_through_the_log_and_bad_trees_change_nothing() {
 fn an_admin_resume_clears_the_mark_and_survives_reregistration() {
     let gpu = |n: u32| format!("GPU-n1-{n}");
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 2))),
         cmd(
             2,
             Cmd::MarkGpuUnhealthy(pb::MarkGpuUnhealthy {
@@ -916,15 +817,7 @@ fn an_admin_resume_clears_the_mark_and_survives_reregistration() {
     assert_eq!(g(&sm).healthy_cleared_reason, "XID 79");
     // Placement may use it again.
     let mut sm2 = sm.clone();
-    sm2.apply(
-        5,
-        cmd(
-            5,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
-    );
+    sm2.apply(5, cmd(5, submit(spec(1))));
     let (ok, _) = sm2.apply(6, cmd(6, alloc(1, "n1", &[&gpu(0)])));
     assert_eq!(ok, Outcome::Done, "a resumed GPU can be allocated");
     // Already healthy: nothing changes, nothing to schedule.
@@ -934,15 +827,7 @@ fn an_admin_resume_clears_the_mark_and_survives_reregistration() {
     assert_eq!(sm.encode(), same);
     // The agent re-registers: the cleared reason is kept (berthd uses it to skip the
     // agent's re-sent old report), the GPU stays healthy.
-    sm.apply(
-        6,
-        cmd(
-            6,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
-    );
+    sm.apply(6, cmd(6, register(inventory("n1", 2))));
     assert_eq!(g(&sm).unhealthy_reason, "");
     assert_eq!(g(&sm).healthy_cleared_reason, "XID 79");
 }
@@ -950,18 +835,8 @@ fn an_admin_resume_clears_the_mark_and_survives_reregistration() {
 #[test]
 fn measured_usage_is_recorded_per_node_and_bad_records_change_nothing() {
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 2)),
-            }),
-        ),
-        cmd(
-            2,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(spec(1)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 2))),
+        cmd(2, submit(spec(1))),
         cmd(3, alloc(1, "n1", &["GPU-n1-0"])),
     ];
     let (mut sm, _) = run(&log);
@@ -1046,14 +921,7 @@ fn gpu_fractions_are_sized_shares_never_over_1000_milli() {
     let mut shared = inventory("n1", 2);
     shared.gpus.iter_mut().for_each(|g| g.replicas = 4);
     let submit = |t, s: pb::JobSpec| cmd(t, Cmd::Submit(pb::SubmitJob { spec: Some(s) }));
-    let register = |t, inv: &pb::NodeInventory| {
-        cmd(
-            t,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inv.clone()),
-            }),
-        )
-    };
+    let register = |t, inv: &pb::NodeInventory| cmd(t, register(inv.clone()));
     let log = vec![
         register(1, &shared),
         register(2, &inventory("n2", 1)),
@@ -1154,12 +1022,7 @@ fn bad_fraction_specs_are_refused_at_submit() {
     ];
     for (i, (spec, want)) in cases.into_iter().enumerate() {
         let log = vec![
-            cmd(
-                1,
-                Cmd::RegisterNode(pb::RegisterNode {
-                    inventory: Some(shared.clone()),
-                }),
-            ),
+            cmd(1, register(shared.clone())),
             cmd(2, Cmd::Submit(pb::SubmitJob { spec: Some(spec) })),
         ];
         let (sm, outcomes) = run(&log);
@@ -1171,18 +1034,8 @@ fn bad_fraction_specs_are_refused_at_submit() {
     }
     // On a cluster without time-sliced GPUs a fraction can never run.
     let log = vec![
-        cmd(
-            1,
-            Cmd::RegisterNode(pb::RegisterNode {
-                inventory: Some(inventory("n1", 1)),
-            }),
-        ),
-        cmd(
-            2,
-            Cmd::Submit(pb::SubmitJob {
-                spec: Some(fraction(500)),
-            }),
-        ),
+        cmd(1, register(inventory("n1", 1))),
+        cmd(2, submit(fraction(500))),
     ];
     let (_, outcomes) = run(&log);
     assert!(
