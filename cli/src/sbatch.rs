@@ -1907,13 +1907,7 @@ mod tests {
             ("afterwards:1", Err("type \"afterwards\" is not supported")),
             ("afterok:1,", Err("is not TYPE:JOBID")),
         ];
-        for (i, (v, want)) in cases.into_iter().enumerate() {
-            match (parse_dependency(v), want) {
-                (Ok(got), Ok(w)) if got == w => {}
-                (Err(got), Err(w)) if got.contains(w) => {}
-                (got, w) => panic!("#{i} {v:?}: want {w:?}, got {got:?}"),
-            }
-        }
+        assert_cases(cases, parse_dependency);
         let many = format!("afterok:{}", vec!["1"; 65].join(":"));
         assert!(parse_dependency(&many).unwrap_err().contains("at most 64"));
     }
@@ -1940,13 +1934,7 @@ mod tests {
             ("USR1@70000", Err("not a number")),
             ("", Err("unknown signal")),
         ];
-        for (i, (v, want)) in cases.into_iter().enumerate() {
-            match (parse_signal(v), want) {
-                (Ok(g), Ok(w)) if g == w => {}
-                (Err(g), Err(w)) if g.contains(w) => {}
-                (g, w) => panic!("#{i} {v:?}: want {w:?}, got {g:?}"),
-            }
-        }
+        assert_cases(cases, parse_signal);
     }
     use std::fs;
 
@@ -2016,6 +2004,21 @@ mod tests {
 
         fn path(&self, name: &str) -> String {
             self.dir.path().join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    /// Each `(input, want)`: `parse(input)` gives the `Ok` value, or an error containing
+    /// the `Err` text.
+    fn assert_cases<T: PartialEq + std::fmt::Debug>(
+        cases: Vec<(&str, Result<T, &str>)>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) {
+        for (i, (v, want)) in cases.into_iter().enumerate() {
+            match (parse(v), want) {
+                (Ok(got), Ok(w)) if got == w => {}
+                (Err(got), Err(w)) if got.contains(w) => {}
+                (got, w) => panic!("#{i} {v:?}: want {w:?}, got {got:?}"),
+            }
         }
     }
 
