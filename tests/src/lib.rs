@@ -191,6 +191,25 @@ pub fn sbatch(dir: &std::path::Path, servers: &str, args: &[&str]) -> u64 {
         .expect("sbatch --parsable prints the job id")
 }
 
+/// MIG device UUIDs a simulated driver holds now, read in this process through NVML
+/// (nvml-wrapper) from the state the node's copy of the library `lib` persisted.
+pub fn mig_uuids(lib: &std::path::Path) -> Vec<String> {
+    let nvml = nvml_wrapper::Nvml::builder()
+        .lib_path(lib.as_os_str())
+        .init()
+        .expect("init");
+    let mut out = Vec::new();
+    for i in 0..nvml.device_count().expect("count") {
+        let d = nvml.device_by_index(i).expect("device");
+        for m in 0..d.mig_device_count().expect("max") {
+            if let Ok(mig) = d.mig_device_by_index(m) {
+                out.push(mig.uuid().expect("uuid"));
+            }
+        }
+    }
+    out
+}
+
 /// Lets crun run on a hybrid cgroup host (v1 controllers plus a v2 mount at
 /// `/sys/fs/cgroup/unified`). crun refuses such a host while the v2 hierarchy still owns a
 /// controller ("drop all controllers from cgroupv2", its own advice); on Debian 12 VMs that

@@ -424,20 +424,7 @@ impl Node {
 
     /// MIG device UUIDs the simulated driver holds now.
     fn mig_uuids(&self) -> Vec<String> {
-        let nvml = nvml_wrapper::Nvml::builder()
-            .lib_path(self.nvml.join("libnvidia-ml.so.1").as_os_str())
-            .init()
-            .expect("init");
-        let mut out = Vec::new();
-        for i in 0..nvml.device_count().expect("count") {
-            let d = nvml.device_by_index(i).expect("device");
-            for m in 0..d.mig_device_count().expect("max") {
-                if let Ok(mig) = d.mig_device_by_index(m) {
-                    out.push(mig.uuid().expect("uuid"));
-                }
-            }
-        }
-        out
+        berth_tests::mig_uuids(&self.nvml.join("libnvidia-ml.so.1"))
     }
 }
 

@@ -7,7 +7,7 @@
 //! the job ends.
 
 use berth_proto::v1::{self as pb, agent_message::Msg as Up, server_message::Msg as Down};
-use berth_tests::{bin, free_port, poll, Proc};
+use berth_tests::{bin, free_port, mig_uuids, poll, Proc};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
@@ -129,25 +129,6 @@ fn finished(id: u64) -> impl Fn(pb::AgentMessage) -> Option<pb::JobFinished> {
         })) if job_id == id => Some(f),
         _ => None,
     }
-}
-
-/// MIG device UUIDs the simulated driver holds now (read in this process through NVML,
-/// from the state the agent's library copy persisted).
-fn mig_uuids(lib: &Path) -> Vec<String> {
-    let nvml = nvml_wrapper::Nvml::builder()
-        .lib_path(lib.as_os_str())
-        .init()
-        .expect("init");
-    let mut out = Vec::new();
-    for i in 0..nvml.device_count().expect("count") {
-        let d = nvml.device_by_index(i).expect("device");
-        for m in 0..d.mig_device_count().expect("max") {
-            if let Ok(mig) = d.mig_device_by_index(m) {
-                out.push(mig.uuid().expect("uuid"));
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,28 +5,9 @@
 //! reason Resources and starts once slices free, one that could never fit is refused at
 //! submit, and the simulated driver holds no MIG instance after the jobs end.
 
-use berth_tests::{berth, berth_dev, free_port, poll, sbatch};
+use berth_tests::{berth, berth_dev, free_port, mig_uuids, poll, sbatch};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// MIG device UUIDs the simulated driver holds now (read through NVML from the state the
-/// node's library copy persisted).
-fn mig_uuids(lib: &Path) -> Vec<String> {
-    let nvml = nvml_wrapper::Nvml::builder()
-        .lib_path(lib.as_os_str())
-        .init()
-        .expect("init");
-    let mut out = Vec::new();
-    for i in 0..nvml.device_count().expect("count") {
-        let d = nvml.device_by_index(i).expect("device");
-        for m in 0..d.mig_device_count().expect("max") {
-            if let Ok(mig) = d.mig_device_by_index(m) {
-                out.push(mig.uuid().expect("uuid"));
-            }
-        }
-    }
-    out
-}
 
 fn show_job(dir: &Path, server: &str, id: u64) -> String {
     let out = berth(dir, server, &["scontrol", "show", "job", &id.to_string()]);
