@@ -96,6 +96,17 @@ async fn expect_register(rx: &mut mpsc::UnboundedReceiver<dp::RegisterRequest>) 
     assert!(opts.get_preferred_allocation_available && !opts.pre_start_required);
 }
 
+/// Opens the plugin's ListAndWatch stream, as kubelet does once per registration.
+async fn watch_devices(
+    plugin: &mut DevicePluginClient<Channel>,
+) -> Streaming<dp::ListAndWatchResponse> {
+    plugin
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The next ListAndWatch list for which `pick` holds.
 async fn next_list(
     stream: &mut Streaming<dp::ListAndWatchResponse>,
@@ -197,11 +208,7 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
         .await
         .unwrap();
     assert!(opts.into_inner().get_preferred_allocation_available);
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_devices(&mut plugin).await;
     let devices = next_list(&mut watch, "4 devices", |d| d.len() == 4).await;
     assert!(devices
         .iter()
@@ -276,11 +283,7 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
     (node.registered, node.kubelet) = (registered, Some(kubelet));
     expect_register(&mut node.registered).await;
     let mut plugin = DevicePluginClient::new(uds(plugins.join("berth-gpu.sock")).await);
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_devices(&mut plugin).await;
     let list = next_list(&mut watch, "devices after restart", |d| d.len() == 4).await;
     assert_eq!(
         health(&list),
@@ -444,11 +447,7 @@ async fn mig_pods_get_the_slice_berth_chose_created_and_removed_with_the_job() {
     );
     assert_eq!(regs["nvidia.com/gpu"].endpoint, "berth-gpu.sock");
     let mut plugin = node.plugin("berth-mig-3g.20gb.sock").await;
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_devices(&mut plugin).await;
     // 4 cards x the 2 legal 3g.20gb starts (0 and 4).
     let slots = next_list(&mut watch, "8 MIG slots", |d| d.len() == 8).await;
     let all: Vec<String> = slots.iter().map(|d| d.id.clone()).collect();
@@ -459,11 +458,7 @@ async fn mig_pods_get_the_slice_berth_chose_created_and_removed_with_the_job() {
     );
     // No whole GPU on a MIG node.
     let mut whole = node.plugin("berth-gpu.sock").await;
-    let mut wwatch = whole
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut wwatch = watch_devices(&mut whole).await;
     next_list(&mut wwatch, "no whole GPU", |d| d.is_empty()).await;
 
     let job = node
@@ -539,11 +534,7 @@ async fn shared_pods_get_the_gpu_berth_gave_them_a_share_of() {
         "berth-gpu-shared.sock"
     );
     let mut plugin = node.plugin("berth-gpu-shared.sock").await;
-    let mut watch = plugin
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_devices(&mut plugin).await;
     let replicas = next_list(&mut watch, "8 replicas", |d| d.len() == 8).await;
     let all: Vec<String> = replicas.iter().map(|d| d.id.clone()).collect();
     assert!(
