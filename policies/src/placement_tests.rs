@@ -55,6 +55,15 @@ fn job(id: u64, nodes: u32, gpus: u32, limit_s: u64) -> PendingJob {
 }
 
 /// Marks GPUs `held` of node `name` as taken by a running job ending at `end_ms`.
+/// The nodes of a pass's first decision, in grant order.
+fn first_decision_nodes(s: &Schedule) -> Vec<&str> {
+    s.decisions[0]
+        .nodes
+        .iter()
+        .map(|g| g.node.as_str())
+        .collect()
+}
+
 fn hold(snap: &mut ClusterSnapshot, id: u64, name: &str, held: &[u32], end_ms: u64) {
     let n = snap.nodes.iter().find(|n| n.name == name).unwrap();
     let grant = NodeGrant {
@@ -123,11 +132,7 @@ fn a_two_node_gang_lands_under_one_leaf_when_it_can() {
     hold(&mut snap, 100, "n1", &[0, 1, 2, 3], u64::MAX);
     hold(&mut snap, 101, "n3", &[0, 1, 2, 3], u64::MAX);
     let s = schedule(&snap, &[job(1, 2, 4, 60)], &PolicyConfig::default(), 0);
-    let nodes: Vec<&str> = s.decisions[0]
-        .nodes
-        .iter()
-        .map(|g| g.node.as_str())
-        .collect();
+    let nodes = first_decision_nodes(&s);
     assert_eq!(
         nodes,
         vec!["n1", "n2"],
@@ -138,11 +143,7 @@ fn a_two_node_gang_lands_under_one_leaf_when_it_can() {
         ..snap.clone()
     };
     let s = schedule(&flat, &[job(1, 2, 4, 60)], &PolicyConfig::default(), 0);
-    let nodes: Vec<&str> = s.decisions[0]
-        .nodes
-        .iter()
-        .map(|g| g.node.as_str())
-        .collect();
+    let nodes = first_decision_nodes(&s);
     assert_eq!(
         nodes,
         vec!["n1", "n3"],
@@ -210,11 +211,7 @@ fn switches_wait_then_relax() {
     snap.release(&snap.running[0].grants.clone());
     snap.running.remove(0);
     let s = schedule(&snap, std::slice::from_ref(&gang), &cfg, 2_000);
-    let nodes: Vec<&str> = s.decisions[0]
-        .nodes
-        .iter()
-        .map(|g| g.node.as_str())
-        .collect();
+    let nodes = first_decision_nodes(&s);
     assert_eq!(nodes, vec!["n1", "n2"]);
 }
 
