@@ -149,9 +149,11 @@ fn broken_links(root: &Path, page: &Path) -> Vec<String> {
             }
             let Some(anchor) = anchor else { continue };
             let is_md = file.extension().is_some_and(|x| x == "md");
-            let offered = is_md
-                .then(|| anchors(&std::fs::read_to_string(&file).unwrap_or_default()))
-                .unwrap_or_default();
+            let offered = if is_md {
+                anchors(&std::fs::read_to_string(&file).unwrap_or_default())
+            } else {
+                BTreeSet::new()
+            };
             if !offered.contains(anchor) {
                 out.push(format!(
                     "{shown}:{n}: {target} (no heading with that anchor)"
