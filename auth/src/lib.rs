@@ -14,6 +14,7 @@
 //! - [`credential`]: the local credential: sign, parse, verify, replay cache.
 //! - [`credd`]: the credential daemon on a unix socket, and fetching a credential from it.
 //! - [`seal`]: launch seals: the identity and what runs, sealed at submit, verified at launch.
+//! - [`env_policy`]: variables `--export` may not set.
 //! - [`jwt`]: issuing and verifying JWTs; claims mapped to a user and groups.
 //! - [`ca`]: the cluster CA (`berth admin ca init`, `ca issue`).
 //! - [`tls`]: rustls configuration, certificate reload, peer roles from certificates.
@@ -24,6 +25,7 @@ pub mod ca;
 pub mod channel;
 pub mod credd;
 pub mod credential;
+pub mod env_policy;
 pub mod jwt;
 pub mod key;
 pub mod profile;

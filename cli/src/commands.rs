@@ -119,9 +119,19 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| uid.to_string());
+    let mut env = std::env::vars().collect::<BTreeMap<_, _>>();
+    // An inherited variable berthd would refuse is left out (naming it with --export is
+    // still refused, with berthd's reason).
+    env.retain(|k, _| match berth_auth::env_policy::denied(k) {
+        Some(why) => {
+            eprintln!("sbatch: warning: {k} not exported: {why}");
+            false
+        }
+        None => true,
+    });
     Ok(SubmitContext {
         cwd: std::env::current_dir()?,
-        env: std::env::vars().collect::<BTreeMap<_, _>>(),
+        env,
         user,
         uid: uid.as_raw(),
         gid: gid.as_raw(),
@@ -147,11 +157,20 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     for w in &submission.warnings {
         eprintln!("sbatch: warning: {w}");
     }
-    let channel = client::connect(&client::servers(None)).await?;
+    let servers = client::servers(None);
+    let mut spec = submission.spec;
+    if let Some(first) = servers.first() {
+        let profile = berth_auth::profile::discover(berth_auth::channel::host_port(first));
+        if profile.cred_socket.is_none() && profile.token.is_some() {
+            // A token names the user; this host's user and ids mean nothing to berthd.
+            spec.user.clear();
+            spec.uid = 0;
+            spec.gid = 0;
+        }
+    }
+    let channel = client::connect(&servers).await?;
     let resp = client::jobs(channel)
-        .submit(pb::SubmitRequest {
-            spec: Some(submission.spec),
-        })
+        .submit(pb::SubmitRequest { spec: Some(spec) })
         .await
         .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
     let id = resp.into_inner().job_id;

@@ -13,11 +13,13 @@
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
+//! - [`dev_security`]: `berth dev`'s CA, certificates, credential daemon, client profile.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
 
 pub mod client;
 pub mod commands;
 pub mod dev;
+pub mod dev_security;
 pub mod duration;
 pub mod fairshare;
 pub mod format;
