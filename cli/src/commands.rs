@@ -25,6 +25,10 @@ commands:
   sprio      priority factors of pending jobs
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
              accounts show | accounts set FILE  (accounts and priority classes)
+             ca init DIR | ca issue --ca DIR --node N|--replica ID|--user U --out DIR
+             audit [--since T] [--user U]  (the audit log)
+  token      a JWT for BERTH_TOKEN: token [--user U] [--lifespan SECS]
+  credd      the credential daemon of a login host (proves local users' uids)
 
 The server comes from --server, else BERTH_SERVER, else http://127.0.0.1:7700.";
 
@@ -57,6 +61,8 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "sinfo" => sinfo(args).await,
         "scontrol" => scontrol(args).await,
         "admin" => admin(args).await,
+        "token" => crate::security_cmds::token(args).await,
+        "credd" => crate::security_cmds::credd(args).await,
         "sshare" => crate::fairshare::sshare(args).await,
         "sprio" => crate::fairshare::sprio(args).await,
         "help" | "--help" | "-h" => {
@@ -526,10 +532,14 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
 async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     use berth_proto::v1::admin_service_client::AdminServiceClient;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["ca", rest @ ..] = words.as_slice() {
+        return crate::security_cmds::ca_cmd(rest);
+    }
     let channel = client::connect(&client::servers(None)).await?;
     let mut c = AdminServiceClient::new(channel);
     let err = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
     let change = match words.as_slice() {
+        ["audit", rest @ ..] => return crate::security_cmds::audit(rest, &mut c).await,
         ["accounts", rest @ ..] => return crate::fairshare::accounts(&mut c, rest).await,
         ["status"] => {
             let s = c
@@ -572,7 +582,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             }
         }
         _ => anyhow::bail!(
-            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE"
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE | ca init|issue | audit"
         ),
     };
     let members = c

@@ -14,6 +14,7 @@
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
 //! - [`dev_security`]: `berth dev`'s CA, certificates, credential daemon, client profile.
+//! - [`security_cmds`]: `admin ca`, `token`, `admin audit`, `credd`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
 
 pub mod client;
@@ -27,6 +28,7 @@ pub mod hostlist;
 pub mod memory;
 pub mod sbatch;
 pub mod scontrol;
+pub mod security_cmds;
 pub mod sinfo;
 pub mod squeue;
 

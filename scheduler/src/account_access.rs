@@ -82,7 +82,6 @@ impl Access {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn rights_come_from_the_nearest_listing_account() {
