@@ -235,6 +235,11 @@ async fn main() -> anyhow::Result<()> {
                 node_name: cfg.node_name.clone(),
                 servers: cfg.servers.clone(),
                 state_dir: cfg.state_dir.clone(),
+                profile: cfg
+                    .security
+                    .as_ref()
+                    .map(|s| s.profile.clone())
+                    .unwrap_or_default(),
             });
             let shared = device_plugin::PluginShared::new(&dp_cfg, Some(backend.clone()));
             let mut senders = Vec::new();
@@ -257,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::spawn(device_plugin::health_sync::follow(
                 dp_cfg.servers.clone(),
+                dp_cfg.profile.clone(),
                 dp_cfg.node_name.clone(),
                 senders.clone(),
                 stop_rx.clone(),

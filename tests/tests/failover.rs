@@ -32,6 +32,7 @@ fn gpu_agent(dir: &Path, name: &str, servers: &str) -> Proc {
             .arg(dir.join(format!("agent-{name}")))
             .arg("--nvml-lib")
             .arg(nvml.join("libnvidia-ml.so.1"))
+            .args(berth_tests::TestCa::of(dir).agent_args(name))
             .env("RUST_LOG", "error")
             .spawn()
             .unwrap(),
@@ -48,8 +49,9 @@ fn rt() -> tokio::runtime::Runtime {
 fn leader_of(port: u16) -> Option<u64> {
     rt().block_on(async {
         let url = format!("http://127.0.0.1:{port}");
-        let mut c = pb::admin_service_client::AdminServiceClient::connect(url)
+        let mut c = berth_tests::connect(&url)
             .await
+            .map(pb::admin_service_client::AdminServiceClient::new)
             .ok()?;
         let s = c
             .get_replica_status(pb::ReplicaStatusRequest {})
@@ -63,8 +65,9 @@ fn leader_of(port: u16) -> Option<u64> {
 fn jobs(port: u16) -> Option<Vec<pb::Job>> {
     rt().block_on(async {
         let url = format!("http://127.0.0.1:{port}");
-        let mut c = pb::job_service_client::JobServiceClient::connect(url)
+        let mut c = berth_tests::connect(&url)
             .await
+            .map(pb::job_service_client::JobServiceClient::new)
             .ok()?;
         let req = pb::ListJobsRequest {
             include_finished: true,
@@ -93,14 +96,10 @@ fn client(dir: PathBuf, servers: String, stop: Arc<AtomicBool>) -> BTreeMap<u64,
         } else {
             &["--gpus=1"]
         };
-        let out = Command::new(bin("berth"))
-            .args(["sbatch", "--parsable", "-J", &name, "-o", "/dev/null"])
-            .args(shape)
-            .args(["--wrap", &wrap])
-            .current_dir(&dir)
-            .env("BERTH_SERVER", &servers)
-            .output()
-            .unwrap();
+        let mut args = vec!["sbatch", "--parsable", "-J", &name, "-o", "/dev/null"];
+        args.extend_from_slice(shape);
+        args.extend_from_slice(&["--wrap", &wrap]);
+        let out = berth_tests::berth(&dir, &servers, &args);
         if out.status.success() {
             let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             acked.insert(id, name);
@@ -126,11 +125,11 @@ fn leader_kill_9_under_continuous_submits_loses_and_doubles_nothing() {
     ];
     let leader = poll("a leader", 30, || leader_of(ports[0]));
     poll("both agents registered", 30, || {
-        let out = Command::new(bin("berth"))
-            .args(["sinfo", "-h", "-N", "-o", "%N %t"])
-            .env("BERTH_SERVER", servers.join(","))
-            .output()
-            .ok()?;
+        let out = berth_tests::berth(
+            &dir,
+            &servers.join(","),
+            &["sinfo", "-h", "-N", "-o", "%N %t"],
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (text.contains("gpu01 idle") && text.contains("gpu02 idle")).then_some(())
     });

@@ -84,8 +84,15 @@ fn method_check(path: &str, c: &Caller) -> Result<(), Status> {
                 "Access/permission denied: Raft needs a replica certificate",
             )),
         },
+        // An agent's device plugin reads the node's pod jobs and GPU health; nothing else.
+        "/berth.v1.JobService/List" | "/berth.v1.JobService/Get" | "/berth.v1.NodeService/List"
+            if matches!(c.peer, Peer::Node(_)) =>
+        {
+            Ok(())
+        }
         _ if matches!(c.peer, Peer::Node(_)) => Err(Status::permission_denied(
-            "Access/permission denied: a node certificate only attaches its agent",
+            "Access/permission denied: a node certificate only attaches its agent and reads \
+             jobs and nodes",
         )),
         _ => {
             let need = match method {
