@@ -81,11 +81,21 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, AuthError> {
     Ok(Arc::new(roots))
 }
 
-/// A server configuration from `files`: ALPN h2 (gRPC) and http/1.1 (the extender).
+/// Which protocol a listener speaks, offered to clients by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// The HTTP endpoint (extender, metrics): HTTP/1.1 only. Offering h2 there would make
+    /// Go clients (kube-scheduler, Prometheus) pick a protocol the endpoint does not speak.
+    Http1,
+}
+
+/// A server configuration from `files`, offering the protocol of `alpn`.
 ///
 /// # Errors
 /// [`AuthError::File`] / [`AuthError::Tls`].
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, AuthError> {
+pub fn server_config(files: &TlsFiles, alpn: Alpn) -> Result<Arc<ServerConfig>, AuthError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
         .allow_unauthenticated()
         .build()
@@ -96,7 +106,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, AuthError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
         .map_err(|e| AuthError::Tls(format!("{}: {e}", files.cert.display())))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = match alpn {
+        Alpn::Grpc => vec![b"h2".to_vec()],
+        Alpn::Http1 => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(cfg))
 }
 
@@ -143,10 +156,26 @@ pub fn tonic_client(
     Ok(cfg)
 }
 
+/// The configurations of both listeners, loaded together from the same files.
+#[derive(Clone)]
+struct Loaded {
+    grpc: Arc<ServerConfig>,
+    http1: Arc<ServerConfig>,
+}
+
+impl Loaded {
+    fn from(files: &TlsFiles) -> Result<Loaded, AuthError> {
+        Ok(Loaded {
+            grpc: server_config(files, Alpn::Grpc)?,
+            http1: server_config(files, Alpn::Http1)?,
+        })
+    }
+}
+
 /// Server TLS that follows its files.
 pub struct ReloadingTls {
     files: TlsFiles,
-    current: RwLock<(Arc<ServerConfig>, [Option<SystemTime>; 3])>,
+    current: RwLock<(Loaded, [Option<SystemTime>; 3])>,
 }
 
 impl ReloadingTls {
@@ -155,7 +184,7 @@ impl ReloadingTls {
     /// # Errors
     /// As [`server_config`].
     pub fn new(files: TlsFiles) -> Result<Arc<ReloadingTls>, AuthError> {
-        let cfg = server_config(&files)?;
+        let cfg = Loaded::from(&files)?;
         let stamps = files.stamps();
         Ok(Arc::new(ReloadingTls {
             files,
@@ -163,13 +192,13 @@ impl ReloadingTls {
         }))
     }
 
-    /// The configuration for the next connection.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+    /// The configuration for the next connection speaking `alpn`.
+    pub fn config(&self, alpn: Alpn) -> Arc<ServerConfig> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        match alpn {
+            Alpn::Grpc => current.0.grpc.clone(),
+            Alpn::Http1 => current.0.http1.clone(),
+        }
     }
 
     /// Reloads when a file changed; true when a new configuration was taken. A file that
@@ -179,7 +208,7 @@ impl ReloadingTls {
         if stamps == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
             return false;
         }
-        match server_config(&self.files) {
+        match Loaded::from(&self.files) {
             Ok(cfg) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = (cfg, stamps);
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
@@ -211,12 +240,13 @@ impl ReloadingTls {
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepted connections of `listener`, TLS-handshaken with the current configuration.
-/// Handshakes run in their own tasks, so a slow or hostile client never holds up others;
-/// failed ones are logged at debug level and dropped.
+/// Accepted connections of `listener`, TLS-handshaken with the current configuration for
+/// `alpn`. Handshakes run in their own tasks, so a slow or hostile client never holds up
+/// others; failed ones are logged at debug level and dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    alpn: Alpn,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
@@ -230,7 +260,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config(alpn));
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 let tx = conn_tx;

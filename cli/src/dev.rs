@@ -172,7 +172,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {:?}", args.http_listen))?;
     let http_url = match http {
         Some(l) => {
-            let url = format!("http://{}", l.local_addr()?);
+            let scheme = if security.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{}", l.local_addr()?);
             let kube = berth_scheduler::kube_api::start(
                 args.kube_api.as_deref(),
                 daemon.raft().clone(),
@@ -256,6 +257,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "berth dev: berthd metrics at {url}/metrics, kube-scheduler extender at {url} \
              (filter, prioritize, bind, preempt)"
         );
+        if let Some(s) = &security {
+            println!(
+                "berth dev: the extender needs a client certificate: berth admin ca issue --ca {} \
+                 --service kube-scheduler --out DIR",
+                s.ca_dir().display()
+            );
+        }
     }
     println!(
         "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",

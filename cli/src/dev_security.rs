@@ -53,6 +53,11 @@ pub fn prepare(state_dir: &Path, listen: &std::net::SocketAddr) -> anyhow::Resul
 }
 
 impl DevSecurity {
+    /// The CA directory (to issue more certificates from).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
     /// The security of simulated node `name` (its certificate issued now).
     ///
     /// # Errors

@@ -187,7 +187,11 @@ impl Daemon {
         let server = match &cfg.security {
             Some(sec) => {
                 sec.tls.watch(shutdown);
-                let incoming = berth_auth::tls::incoming(listener, sec.tls.clone());
+                let incoming = berth_auth::tls::incoming(
+                    listener,
+                    sec.tls.clone(),
+                    berth_auth::tls::Alpn::Grpc,
+                );
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
             None => tokio::spawn(router.serve_with_incoming_shutdown(

@@ -463,6 +463,17 @@ impl TestCa {
             .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")))
     }
 
+    /// Issues kube-scheduler's service certificate and makes [`extender_call`] to
+    /// `port` present it; returns its directory.
+    pub fn extender_client(&self, port: u16) -> PathBuf {
+        let dir = self.issue(&["--service", "kube-scheduler"], "kube-scheduler");
+        http_clients()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, dir.clone());
+        dir
+    }
+
     /// How a client reaches this CA's servers: TLS trusting the CA, proof from the
     /// credential daemon.
     pub fn profile(&self) -> Profile {
@@ -528,4 +539,64 @@ pub async fn connect_with_cert(
         ..Default::default()
     };
     berth_auth::channel::connect(url, Some(&profile)).await
+}
+
+/// Client certificates registered for HTTPS ports (see [`TestCa::extender_client`]).
+fn http_clients() -> &'static Mutex<HashMap<u16, PathBuf>> {
+    static C: OnceLock<Mutex<HashMap<u16, PathBuf>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// [`https`] to `port` with the certificate [`TestCa::extender_client`] registered for it.
+///
+/// # Panics
+/// When none was registered, or the exchange fails.
+pub fn extender_call(port: u16, request: &str) -> String {
+    let dir = http_clients()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no client certificate registered for HTTPS port {port}"));
+    https(port, &dir, request).unwrap_or_else(|e| panic!("HTTPS to {port}: {e}"))
+}
+
+/// One raw HTTP/1.1 exchange with berthd's HTTPS endpoint on loopback `port`: TLS trusting
+/// `dir/ca.pem`, presenting `dir/tls.pem` + `tls.key` when `dir` has them. Returns the raw
+/// response (status line, headers, body), or the TLS error.
+///
+/// # Errors
+/// The connection or handshake error as text (a refused client certificate lands here).
+pub fn https(port: u16, dir: &Path, request: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    let identity = cert.exists().then_some((cert.as_path(), key.as_path()));
+    let cfg = berth_auth::tls::client_config(&dir.join("ca.pem"), identity, &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("IP name");
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // A server refusing an oversized body may answer and close before reading it all, so a
+    // failed write is not the error: the answer is.
+    let _ = tls.write_all(request.as_bytes());
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer closing without close_notify after a full answer is fine here.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// A `POST path` of a JSON `body` (or a `GET` when `method` says so), `Connection: close`.
+pub fn http_request(method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -267,7 +267,8 @@ pub fn authenticate(
     }
 }
 
-fn cert_caller(sec: &SecurityConfig, s: &Subject, from: &str) -> Caller {
+/// The caller a CA-verified certificate naming `s` makes (connecting from `from`).
+pub fn cert_caller(sec: &SecurityConfig, s: &Subject, from: &str) -> Caller {
     let ident = |user: String| pb::Identity {
         user,
         method: "cert".into(),
