@@ -70,6 +70,15 @@ impl Access {
             .any(|(_, a)| a.coordinators.iter().any(|c| c == user))
     }
 
+    /// Accounts that list `user` as a coordinator, for error messages.
+    pub fn coordinated(&self, user: &str) -> Vec<&str> {
+        self.accounts
+            .iter()
+            .filter(|(_, a)| a.coordinators.iter().any(|c| c == user))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
     /// Accounts `user` may submit to that restrict submission, for error messages.
     pub fn memberships(&self, user: &str) -> Vec<&str> {
         self.accounts

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`accounts`]: the accounts/QOS TOML configuration.
 //! - [`account_access`]: per-account submit rights and coordinators.
+//! - [`account_change`]: which accounts changes a coordinator may make.
 //! - [`security`]: proving callers (certificates, local credentials, JWTs), roles, limits.
 //! - [`audit`]: the durable, queryable audit log of state-changing calls.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
@@ -33,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod account_access;
+pub mod account_change;
 pub mod accounts;
 pub mod agents;
 pub mod audit;

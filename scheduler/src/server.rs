@@ -910,6 +910,20 @@ impl pb::admin_service_server::AdminService for Api {
         if let Some(mut leader) = self.admin_leader().await? {
             return leader.set_accounts(forward(&caller, r)).await;
         }
+        if caller.role < crate::security::Role::Admin {
+            let sm = self.0.raft.state();
+            let current = match sm.accounts_toml() {
+                "" => crate::accounts::DEFAULT_TOML,
+                text => text,
+            };
+            crate::account_change::coordinator_may_set(
+                current,
+                &r.toml,
+                &caller.identity.user,
+                &sm.accounts().access,
+            )
+            .map_err(Status::permission_denied)?;
+        }
         let outcome = self
             .propose(Cmd::SetAccounts(pb::SetAccounts {
                 toml: r.toml.clone(),

@@ -96,7 +96,9 @@ fn method_check(path: &str, c: &Caller) -> Result<(), Status> {
         )),
         _ => {
             let need = match method {
-                "ChangeMembership" | "SetAccounts" => Role::Admin,
+                // SetAccounts: admins, or coordinators within their accounts (the handler
+                // judges the change).
+                "ChangeMembership" => Role::Admin,
                 "ResumeGpu" | "QueryAudit" | "BindPod" => Role::Operator,
                 _ => Role::User,
             };
@@ -143,14 +145,24 @@ where
                 Ok(c)
             }),
         };
-        let checked = checked.and_then(|c| method_check(&path, &c).map(|_| c));
+        // A proven caller refused for its role is audited by name; an unproven one by
+        // how it tried.
+        let checked: Result<Caller, (Option<Box<Caller>>, Status)> = match checked {
+            Err(s) => Err((None, s)),
+            Ok(c) => match method_check(&path, &c) {
+                Ok(()) => Ok(c),
+                Err(s) => Err((Some(Box::new(c)), s)),
+            },
+        };
         Box::pin(async move {
             let caller = match checked {
                 Ok(c) => c,
-                Err(status) => {
-                    layer
-                        .audit
-                        .record(refusal(&path, &from, req.headers(), &status));
+                Err((who, status)) => {
+                    let line = match &who {
+                        Some(c) => record(&path, c, String::new(), Some(&status)),
+                        None => refusal(&path, &from, req.headers(), &status),
+                    };
+                    layer.audit.record(line);
                     tracing::info!(method = path, from, "refused: {}", status.message());
                     return Ok(status.into_http());
                 }
