@@ -1,10 +1,12 @@
 //! Finding and connecting to berthd: `--server`, else `BERTH_SERVER` (a comma-separated
-//! list, tried in order), else `http://127.0.0.1:7700`.
+//! list, tried in order), else `http://127.0.0.1:7700`. TLS and the caller's proof come
+//! from the server's profile (see `berth_auth::profile`): with a CA the connection is TLS
+//! whatever the URL's scheme, and every call carries a fresh credential or a token.
 
+pub use berth_auth::channel::AuthChannel as Channel;
 use berth_proto::v1::{
     job_service_client::JobServiceClient, node_service_client::NodeServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
 
 /// Default berthd address (the one `berth dev` listens on by default).
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
@@ -43,16 +45,9 @@ pub fn servers(flag: Option<&str>) -> Vec<String> {
 pub async fn connect(servers: &[String]) -> Result<Channel, ConnectError> {
     let mut errors = Vec::new();
     for s in servers {
-        let endpoint = match Endpoint::from_shared(s.clone()) {
-            Ok(e) => e.connect_timeout(std::time::Duration::from_secs(3)),
-            Err(e) => {
-                errors.push(format!("{s}: {e}"));
-                continue;
-            }
-        };
-        match endpoint.connect().await {
+        match berth_auth::channel::connect(s, None).await {
             Ok(ch) => return Ok(ch),
-            Err(e) => errors.push(format!("{s}: {e}")),
+            Err(e) => errors.push(e),
         }
     }
     Err(ConnectError::Unreachable(errors.join("; ")))

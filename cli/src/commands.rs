@@ -25,6 +25,10 @@ commands:
   sprio      priority factors of pending jobs
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
              accounts show | accounts set FILE  (accounts and priority classes)
+             ca init DIR | ca issue --ca DIR --node N|--replica ID|--user U --out DIR
+             audit [--since T] [--user U]  (the audit log)
+  token      a JWT for BERTH_TOKEN: token [--user U] [--lifespan SECS]
+  credd      the credential daemon of a login host (proves local users' uids)
 
 The server comes from --server, else BERTH_SERVER, else http://127.0.0.1:7700.";
 
@@ -57,6 +61,8 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "sinfo" => sinfo(args).await,
         "scontrol" => scontrol(args).await,
         "admin" => admin(args).await,
+        "token" => crate::security_cmds::token(args).await,
+        "credd" => crate::security_cmds::credd(args).await,
         "sshare" => crate::fairshare::sshare(args).await,
         "sprio" => crate::fairshare::sprio(args).await,
         "help" | "--help" | "-h" => {
@@ -119,9 +125,19 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| uid.to_string());
+    let mut env = std::env::vars().collect::<BTreeMap<_, _>>();
+    // An inherited variable berthd would refuse is left out (naming it with --export is
+    // still refused, with berthd's reason).
+    env.retain(|k, _| match berth_auth::env_policy::denied(k) {
+        Some(why) => {
+            eprintln!("sbatch: warning: {k} not exported: {why}");
+            false
+        }
+        None => true,
+    });
     Ok(SubmitContext {
         cwd: std::env::current_dir()?,
-        env: std::env::vars().collect::<BTreeMap<_, _>>(),
+        env,
         user,
         uid: uid.as_raw(),
         gid: gid.as_raw(),
@@ -147,11 +163,20 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     for w in &submission.warnings {
         eprintln!("sbatch: warning: {w}");
     }
-    let channel = client::connect(&client::servers(None)).await?;
+    let servers = client::servers(None);
+    let mut spec = submission.spec;
+    if let Some(first) = servers.first() {
+        let profile = berth_auth::profile::discover(berth_auth::channel::host_port(first));
+        if profile.cred_socket.is_none() && profile.token.is_some() {
+            // A token names the user; this host's user and ids mean nothing to berthd.
+            spec.user.clear();
+            spec.uid = 0;
+            spec.gid = 0;
+        }
+    }
+    let channel = client::connect(&servers).await?;
     let resp = client::jobs(channel)
-        .submit(pb::SubmitRequest {
-            spec: Some(submission.spec),
-        })
+        .submit(pb::SubmitRequest { spec: Some(spec) })
         .await
         .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
     let id = resp.into_inner().job_id;
@@ -507,10 +532,14 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
 async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     use berth_proto::v1::admin_service_client::AdminServiceClient;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["ca", rest @ ..] = words.as_slice() {
+        return crate::security_cmds::ca_cmd(rest);
+    }
     let channel = client::connect(&client::servers(None)).await?;
     let mut c = AdminServiceClient::new(channel);
     let err = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
     let change = match words.as_slice() {
+        ["audit", rest @ ..] => return crate::security_cmds::audit(rest, &mut c).await,
         ["accounts", rest @ ..] => return crate::fairshare::accounts(&mut c, rest).await,
         ["status"] => {
             let s = c
@@ -553,7 +582,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             }
         }
         _ => anyhow::bail!(
-            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE"
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE | ca init|issue | audit"
         ),
     };
     let members = c

@@ -75,6 +75,11 @@ pub struct DevArgs {
     /// (`node1`…); installed through the Raft log.
     #[arg(long)]
     pub topology: Option<PathBuf>,
+    /// Turn security off: plain TCP and unproven callers (anyone who reaches the port runs
+    /// jobs as any user). Default: TLS with its own CA, callers proven by a credential
+    /// daemon, launches sealed.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -152,6 +157,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     cfg.schedule_interval = Duration::from_millis(500);
     cfg.accounts_toml = accounts_toml;
     cfg.topology_conf = topology_conf;
+    let security = match args.insecure {
+        true => None,
+        false => Some(crate::dev_security::prepare(&state_dir, &addr)?),
+    };
+    cfg.security = security.as_ref().map(|s| s.replica.clone());
     let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start berthd on {}", state_dir.display()))?;
     if !daemon.wait_leader(Duration::from_secs(10)).await {
@@ -162,7 +172,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {:?}", args.http_listen))?;
     let http_url = match http {
         Some(l) => {
-            let url = format!("http://{}", l.local_addr()?);
+            let scheme = if security.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{}", l.local_addr()?);
             let kube = berth_scheduler::kube_api::start(
                 args.kube_api.as_deref(),
                 daemon.raft().clone(),
@@ -174,7 +185,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let server = format!("http://{addr}");
+    let server = match &security {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    };
+    let profile = match &security {
+        Some(s) => Some(s.serve_clients(&addr, stop_rx.clone())?),
+        None => None,
+    };
     let mut names = Vec::new();
     let mut metrics_urls = Vec::new();
     let mut agents = Vec::new();
@@ -198,6 +216,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             sharing,
             mps: None,
             mig_keep_layout: args.mig_keep_layout,
+            security: security.as_ref().map(|s| s.node(&name)).transpose()?,
         };
         let mps = match (&args.mps_control, sharing) {
             (Some(control), Sharing::Mps { .. }) => Some(berth_agent::mps::MpsConfig {
@@ -223,11 +242,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "berth dev: berthd listening on {server} (state in {})",
         state_dir.display()
     );
+    match (&security, &profile) {
+        (Some(s), Some(p)) => println!(
+            "berth dev: security on: TLS (CA {}), callers proven by the credential daemon at {}; \
+             client profile {}",
+            s.ca_cert.display(),
+            s.cred_socket.display(),
+            p.display()
+        ),
+        _ => println!("berth dev: INSECURE (--insecure): no TLS, callers are whoever they claim"),
+    }
     if let Some(url) = &http_url {
         println!(
             "berth dev: berthd metrics at {url}/metrics, kube-scheduler extender at {url} \
              (filter, prioritize, bind, preempt)"
         );
+        if let Some(s) = &security {
+            println!(
+                "berth dev: the extender needs a client certificate: berth admin ca issue --ca {} \
+                 --service kube-scheduler --out DIR",
+                s.ca_dir().display()
+            );
+        }
     }
     println!(
         "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",

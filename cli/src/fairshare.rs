@@ -5,10 +5,10 @@
 //! user associations, so sshare lists accounts only (leaves are users or projects).
 
 use crate::client;
+use crate::client::Channel;
 use crate::commands::status_text;
 use berth_proto::v1::{self as pb, admin_service_client::AdminServiceClient};
 use clap::Parser;
-use tonic::transport::Channel;
 
 /// Renders `sshare`'s table (one line per account, indented by depth as Slurm does).
 pub fn render_shares(rows: &[pb::ShareRow]) -> String {

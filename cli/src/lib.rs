@@ -15,11 +15,14 @@
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
+//! - [`dev_security`]: `berth dev`'s CA, certificates, credential daemon, client profile.
+//! - [`security_cmds`]: `admin ca`, `token`, `admin audit`, `credd`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
 
 pub mod client;
 pub mod commands;
 pub mod dev;
+pub mod dev_security;
 pub mod duration;
 pub mod fairshare;
 pub mod format;
@@ -28,6 +31,7 @@ pub mod memory;
 pub mod opt;
 pub mod sbatch;
 pub mod scontrol;
+pub mod security_cmds;
 pub mod sinfo;
 pub mod squeue;
 

@@ -46,6 +46,41 @@ pub struct AgentConfig {
     pub mps: Option<std::sync::Arc<crate::mps::MpsDaemons>>,
     /// Keep MIG instances after their job for reuse (`--mig-keep-layout`).
     pub mig_keep_layout: bool,
+    /// The node's certificate and the cluster key; `None`: an insecure agent (plain TCP,
+    /// launches run as the uid they claim).
+    pub security: Option<AgentSecurity>,
+}
+
+/// What a secure agent holds.
+#[derive(Debug, Clone)]
+pub struct AgentSecurity {
+    /// The CA and this node's certificate (`berth admin ca issue --node NAME`).
+    pub profile: berth_auth::profile::Profile,
+    /// Verifies launch seals (and signs local credentials for the credential daemon).
+    pub key: std::sync::Arc<berth_auth::key::ClusterKey>,
+}
+
+impl AgentSecurity {
+    /// Loads a node's directory as `berth admin ca issue --node` writes it.
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] naming the bad file.
+    pub fn load(dir: &std::path::Path) -> Result<AgentSecurity, AgentError> {
+        let files = berth_auth::tls::TlsFiles::in_dir(dir);
+        // Read once now, so a bad directory stops the agent at start, not at connect.
+        berth_auth::tls::load_certs(&files.cert).map_err(|e| AgentError::Config(e.to_string()))?;
+        let key = berth_auth::key::ClusterKey::load(&dir.join(berth_auth::ca::CLUSTER_KEY))
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        Ok(AgentSecurity {
+            profile: berth_auth::profile::Profile {
+                ca: Some(files.ca),
+                cert: Some(files.cert),
+                key: Some(files.key),
+                ..Default::default()
+            },
+            key: std::sync::Arc::new(key),
+        })
+    }
 }
 
 /// GPU sharing of a node pool, after NVIDIA's device plugin: each GPU is offered as
@@ -246,6 +281,7 @@ async fn serve(
         sup.set_mps(replicas, memory.collect(), dirs);
     }
     sup.set_oci(cfg.oci.clone());
+    sup.set_launch_key(cfg.security.as_ref().map(|s| s.key.clone()));
     sup.set_mig_keep(cfg.mig_keep_layout);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
@@ -313,9 +349,20 @@ async fn session(
         redirect,
         health,
     } = conn;
-    let mut client = AgentServiceClient::connect(server.to_string())
+    // TLS files are read at each connect: a renewed certificate is used from the next one.
+    let profile = cfg
+        .security
+        .as_ref()
+        .map(|s| s.profile.clone())
+        .unwrap_or_default();
+    let channel = berth_auth::channel::endpoint(server, &profile)?
+        .connect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        })?;
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(256);
     let register = pb::Register {
         inventory: Some(inv.clone()),

@@ -124,6 +124,8 @@ pub struct DevicePluginConfig {
     pub servers: Vec<String>,
     /// The agent's state directory (for [`HANDED_OUT_FILE`]).
     pub state_dir: PathBuf,
+    /// TLS and certificate to reach berthd with (the agent's own; default: plain TCP).
+    pub profile: berth_auth::profile::Profile,
 }
 
 /// Passes the agent's health reports through, marking every device of each reported GPU
@@ -388,9 +390,11 @@ async fn running_jobs(cfg: &DevicePluginConfig) -> Result<Vec<pb::Job>, PluginEr
     let mut last = String::from("no berthd server configured");
     for server in &cfg.servers {
         let ask = async {
-            let mut client = JobServiceClient::connect(server.clone())
+            let channel = berth_auth::channel::endpoint(server, &cfg.profile)?
+                .connect()
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut client = JobServiceClient::new(channel);
             let req = pb::ListJobsRequest {
                 states: vec![pb::JobState::Running as i32],
                 ..Default::default()

@@ -27,6 +27,7 @@ pub mod device_plugin;
 pub mod gpu;
 pub mod health;
 pub mod job_env;
+pub mod launch_identity;
 pub mod machine;
 pub mod metrics;
 pub mod mig_keep;

@@ -102,6 +102,16 @@ struct Args {
     /// Parent cgroup of container jobs (cgroupsPath /<parent>/<container id>).
     #[arg(long, default_value = "berth")]
     cgroup_parent: String,
+    /// This node's certificate and the cluster key, as `berth admin ca issue --node NAME`
+    /// writes them (ca.pem, tls.pem, tls.key, cluster.key).
+    #[arg(long, default_value = "/etc/berth")]
+    security_dir: PathBuf,
+    /// Run without security: plain TCP, and jobs run as whatever uid their launch claims.
+    #[arg(long)]
+    insecure: bool,
+    /// Serve the local credential daemon here (users' proof of identity; `off`: none).
+    #[arg(long, default_value = berth_auth::credd::SOCKET_DEFAULT)]
+    cred_socket: String,
 }
 
 #[tokio::main]
@@ -141,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         oci,
         mps: None,
         mig_keep_layout: a.mig_keep_layout,
+        security: security(&a.security_dir, a.insecure)?,
     };
     let kind: BackendKind = a.gpu_backend.parse().map_err(anyhow::Error::msg)?;
     let backend: Arc<dyn GpuBackend> = match (a.no_gpus, kind) {
@@ -153,6 +164,16 @@ async fn main() -> anyhow::Result<()> {
             .context("GPU discovery failed (use --no-gpus on a CPU node)")?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let (Some(sec), false) = (&cfg.security, a.cred_socket == "off") {
+        let path = PathBuf::from(&a.cred_socket);
+        let sock = berth_auth::credd::bind(&path)?;
+        tokio::spawn(berth_auth::credd::serve(
+            sock,
+            sec.key.clone(),
+            stop_rx.clone(),
+        ));
+        tracing::info!("credential daemon on {}", path.display());
+    }
     let stop_health = Arc::new(AtomicBool::new(false));
     // XID/ECC events are NVML's; ROCm SMI's event API is not used yet.
     let health_rx = if a.no_gpus || kind == BackendKind::Rocm {
@@ -214,6 +235,11 @@ async fn main() -> anyhow::Result<()> {
                 node_name: cfg.node_name.clone(),
                 servers: cfg.servers.clone(),
                 state_dir: cfg.state_dir.clone(),
+                profile: cfg
+                    .security
+                    .as_ref()
+                    .map(|s| s.profile.clone())
+                    .unwrap_or_default(),
             });
             let shared = device_plugin::PluginShared::new(&dp_cfg, Some(backend.clone()));
             let mut senders = Vec::new();
@@ -236,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::spawn(device_plugin::health_sync::follow(
                 dp_cfg.servers.clone(),
+                dp_cfg.profile.clone(),
                 dp_cfg.node_name.clone(),
                 senders.clone(),
                 stop_rx.clone(),
@@ -255,4 +282,26 @@ async fn main() -> anyhow::Result<()> {
     agent::run(cfg, inv, backend, health, stop_rx).await?;
     stop_health.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// The agent's security: the node directory's, or none with `--insecure` (warned about
+/// loudly). Neither is an error: insecure is never the default.
+fn security(dir: &std::path::Path, insecure: bool) -> anyhow::Result<Option<agent::AgentSecurity>> {
+    if insecure {
+        tracing::warn!(
+            "INSECURE: --insecure given: plain TCP, and jobs run as whatever uid their launch \
+             claims (root included)"
+        );
+        return Ok(None);
+    }
+    if !dir.join(berth_auth::ca::CERT).exists() {
+        anyhow::bail!(
+            "no security configuration in {}: issue this node's with `berth admin ca issue \
+             --ca CA_DIR --node NAME --out {}` (or pass --security-dir DIR), or run with \
+             --insecure for a throwaway test",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(Some(agent::AgentSecurity::load(dir)?))
 }

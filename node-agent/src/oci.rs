@@ -21,6 +21,7 @@ pub mod bundle;
 pub mod cdi;
 pub mod image;
 pub mod lifecycle;
+pub mod mount_access;
 pub mod mounts;
 pub mod runtime;
 
@@ -207,6 +208,19 @@ impl ContainerJob {
             binds.push(mounts::parse(m)?);
         }
         mounts::check_denied(&binds, &config.mount_deny)?;
+        if nix::unistd::geteuid().is_root() {
+            let gids = spec
+                .identity
+                .as_ref()
+                .map(|i| i.gids.clone())
+                .unwrap_or_default();
+            let who = mount_access::Who {
+                uid: spec.uid,
+                gid: spec.gid,
+                gids: &gids,
+            };
+            mount_access::check(&binds, who)?;
+        }
         for key in &spec.container_env {
             if !valid_env_name(key) {
                 return Err(OciError::Mount(format!(

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{chown, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +33,9 @@ pub struct ShimSpec {
     pub stderr: PathBuf,
     /// Run as this user and group (when the agent runs as root).
     pub uid_gid: Option<(u32, u32)>,
+    /// Supplementary groups of that user (from the proven identity).
+    #[serde(default)]
+    pub groups: Vec<u32>,
     /// Set for the `oci` runtime: run `argv` in this container instead of as a process.
     #[serde(default)]
     pub container: Option<crate::oci::ContainerJob>,
@@ -82,7 +85,8 @@ fn run(dir: &Path) -> i32 {
     if let Some(container) = &spec.container {
         let record = crate::oci::lifecycle::run(dir, &spec, container);
         if let Some(e) = &record.error {
-            tell_user(&spec.stderr, e);
+            let owner = (container.uid != 0).then_some((container.uid, container.gid));
+            tell_user(&spec.stderr, e, owner, &spec.groups);
         }
         write_json(dir, "exit.json", &record);
         return 0;
@@ -103,7 +107,7 @@ fn run(dir: &Path) -> i32 {
             }
         }
         Err(e) => {
-            tell_user(&spec.stderr, &e);
+            tell_user(&spec.stderr, &e, spec.uid_gid, &spec.groups);
             ExitRecord {
                 error: Some(e),
                 ..Default::default()
@@ -114,54 +118,127 @@ fn run(dir: &Path) -> i32 {
     0
 }
 
-/// Tells the user why the job could not run, in their own error file, as slurmstepd does.
-fn tell_user(stderr: &Path, error: &str) {
-    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(stderr) {
+/// Tells the user why the job could not run, in their own error file, as slurmstepd does
+/// (opened with the user's permissions, like the output files).
+fn tell_user(stderr: &Path, error: &str, owner: Option<(u32, u32)>, groups: &[u32]) {
+    let open = || OpenOptions::new().create(true).append(true).open(stderr);
+    if let Ok(Ok(mut f)) = as_user(owner, groups, open) {
         use std::io::Write as _;
         let _ = writeln!(f, "berth: error: {error}");
     }
 }
 
-/// Opens (truncates) an output file, owned by `owner` when given.
+/// Runs `f` with the effective ids of `owner` (and its `groups`) when given, then switches
+/// back to root. The shim is the only thing running in its process, so nothing else sees
+/// the switch; glibc applies each call to every thread of the process.
+///
+/// # Errors
+/// When the ids cannot be switched (nothing is opened then).
+pub(crate) fn as_user<T>(
+    owner: Option<(u32, u32)>,
+    groups: &[u32],
+    f: impl FnOnce() -> T,
+) -> Result<T, String> {
+    use nix::unistd::{getegid, getgroups, setegid, seteuid, setgroups, Gid, Uid};
+    let Some((uid, gid)) = owner else {
+        return Ok(f());
+    };
+    let saved_groups = getgroups().map_err(|e| format!("getgroups: {e}"))?;
+    let saved_gid = getegid();
+    let mut user_groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    user_groups.push(Gid::from_raw(gid));
+    setgroups(&user_groups).map_err(|e| format!("setgroups: {e}"))?;
+    let switched = setegid(Gid::from_raw(gid)).and_then(|_| seteuid(Uid::from_raw(uid)));
+    let out = switched.is_ok().then(f);
+    // Back to root in the reverse order; failing here would leave the shim half-dropped.
+    seteuid(Uid::from_raw(0)).expect("seteuid(0) after opening as the user");
+    setegid(saved_gid).expect("setegid back after opening as the user");
+    setgroups(&saved_groups).expect("setgroups back after opening as the user");
+    switched.map_err(|e| format!("cannot switch to uid {uid} gid {gid}: {e}"))?;
+    Ok(out.expect("f ran"))
+}
+
+/// Opens (truncates) an output file with the permissions of `owner` when given: the
+/// file is created by that user, where that user may create it, never by root on the
+/// user's behalf (an `--output=/etc/shadow` fails as it would for the user).
 ///
 /// # Errors
 /// The message to report when it cannot be opened.
-pub(crate) fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File, String> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(|e| format!("cannot open output file {}: {e}", path.display()))?;
-    if let Some((uid, gid)) = owner {
-        let _ = chown(path, Some(uid), Some(gid));
-    }
-    Ok(f)
+pub(crate) fn open_output(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+    groups: &[u32],
+) -> Result<File, String> {
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+    };
+    as_user(owner, groups, open)?
+        .map_err(|e| format!("cannot open output file {}: {e}", path.display()))
 }
 
 fn spawn(spec: &ShimSpec) -> Result<std::process::Child, String> {
-    let stdout = open_output(&spec.stdout, spec.uid_gid)?;
+    let stdout = open_output(&spec.stdout, spec.uid_gid, &spec.groups)?;
     let stderr = if spec.stderr == spec.stdout {
         stdout.try_clone().map_err(|e| e.to_string())?
     } else {
-        open_output(&spec.stderr, spec.uid_gid)?
+        open_output(&spec.stderr, spec.uid_gid, &spec.groups)?
     };
     let (prog, args) = spec.argv.split_first().ok_or("empty argv")?;
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .env_clear()
         .envs(spec.env.iter().cloned())
-        .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    if let Some((uid, gid)) = spec.uid_gid {
-        cmd.uid(uid).gid(gid);
+    match spec.uid_gid {
+        Some((uid, gid)) => drop_to_user(&mut cmd, uid, gid, &spec.groups, &spec.cwd)?,
+        None => {
+            cmd.current_dir(&spec.cwd);
+        }
     }
     cmd.spawn()
         .map_err(|e| format!("cannot start {prog} in {}: {e}", spec.cwd.display()))
+}
+
+/// Makes `cmd`'s child become the user before it does anything: supplementary groups,
+/// group, user, and only then the working directory (entered with the user's rights).
+/// std's `uid()` would drop the supplementary groups; this keeps the user's own.
+fn drop_to_user(
+    cmd: &mut Command,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    cwd: &Path,
+) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_bytes())
+        .map_err(|_| format!("working directory {} contains NUL", cwd.display()))?;
+    let mut gids: Vec<libc::gid_t> = groups.to_vec();
+    gids.push(gid);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+    // on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::chdir(cwd_c.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Writes `value` as JSON to `dir/name` atomically (temp file + rename), so a reader never

@@ -40,6 +40,9 @@ pub enum LaunchError {
     /// A MIG slice the allocation names could not be carved; nothing was left behind.
     #[error("job {0}: {1}")]
     Mig(u64, crate::gpu::GpuError),
+    /// The launch's identity is missing or does not verify; nothing was started.
+    #[error("job {0}: {1}")]
+    Refused(u64, String),
     /// The container request is refused (forbidden mount, no runtime); nothing was left
     /// behind.
     #[error("job {0}: {1}")]
@@ -100,6 +103,8 @@ pub struct Supervisor {
     /// holding the list.
     mig_keep: Option<PathBuf>,
     state_dir: PathBuf,
+    /// The cluster key launches are verified with; `None`: an insecure agent.
+    launch_key: Option<std::sync::Arc<berth_auth::key::ClusterKey>>,
 }
 
 fn now_ms() -> u64 {
@@ -139,6 +144,7 @@ impl Supervisor {
             oci: crate::oci::OciConfig::new(state_dir),
             mig_keep: None,
             state_dir: state_dir.to_path_buf(),
+            launch_key: None,
         };
         sup.reconcile_mig();
         Ok(sup)
@@ -161,6 +167,12 @@ impl Supervisor {
     /// asking for the same slice (`--mig-keep-layout`, see [`crate::mig_keep`]).
     pub fn set_mig_keep(&mut self, keep: bool) {
         self.mig_keep = keep.then(|| self.state_dir.clone());
+    }
+
+    /// Verifies every launch from now on with the cluster `key` (see
+    /// [`crate::launch_identity`]).
+    pub fn set_launch_key(&mut self, key: Option<std::sync::Arc<berth_auth::key::ClusterKey>>) {
+        self.launch_key = key;
     }
 
     /// Runs container jobs with `oci` from now on; brings the node's CDI spec up to date if
@@ -266,6 +278,9 @@ impl Supervisor {
                 "launch without output path".into(),
             ));
         }
+        // Before anything is written: a forged launch leaves no trace but the refusal.
+        let run_as = crate::launch_identity::check(self.launch_key.as_deref(), spec)
+            .map_err(|e| LaunchError::Refused(job.id, e))?;
         let io = |e| LaunchError::Io(job.id, e);
         fs::create_dir_all(&dir).map_err(io)?;
         let script = dir.join("script");
@@ -291,6 +306,7 @@ impl Supervisor {
         }
         let as_root = nix::unistd::geteuid().is_root();
         let mut env = job_env::build(job, node, &mig);
+        crate::launch_identity::scrub(&mut env);
         if self.gpus.vendor() == crate::gpu::GpuVendor::Amd {
             job_env::use_rocr(&mut env, job, node);
         }
@@ -304,8 +320,9 @@ impl Supervisor {
             cwd: PathBuf::from(&spec.work_dir),
             stdout: PathBuf::from(&job.stdout_path),
             stderr: PathBuf::from(&job.stderr_path),
-            uid_gid: (as_root && spec.uid != 0 && container.is_none())
-                .then_some((spec.uid, spec.gid)),
+            uid_gid: (as_root && run_as.uid != 0 && container.is_none())
+                .then_some((run_as.uid, run_as.gid)),
+            groups: run_as.gids.clone(),
             container,
         };
         write_json(&dir, "shim.json", &shim);

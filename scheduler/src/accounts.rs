@@ -35,6 +35,11 @@
 //! name = "alice"
 //! parent = "ml"
 //!
+//! [[account]]                    # who may submit here (and below), who coordinates it
+//! name = "physics"
+//! users = ["bob", "carol"]       # omitted everywhere up the tree: anyone may submit
+//! coordinators = ["dana"]        # may act on the account's jobs (Slurm's coordinators)
+//!
 //! [[qos]]                        # omit every [[qos]] to keep the five defaults
 //! name = "training"
 //! priority = 500
@@ -138,6 +143,10 @@ struct AccountEntry {
     shares: u32,
     #[serde(default)]
     quota: BTreeMap<String, QuotaEntry>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    coordinators: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -183,6 +192,8 @@ pub struct AccountsConfig {
     pub policy: PolicyConfig,
     /// Account of jobs that name none (and whose user is not an account).
     pub default_account: String,
+    /// Who may submit to and coordinate each account.
+    pub access: crate::account_access::Access,
 }
 
 impl AccountsConfig {
@@ -315,9 +326,18 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         ..PolicyConfig::default()
     };
     policy.validate()?;
+    let access = crate::account_access::Access::new(file.account.iter().map(|a| {
+        let entry = crate::account_access::AccountAccess {
+            parent: a.parent.clone(),
+            users: a.users.clone(),
+            coordinators: a.coordinators.clone(),
+        };
+        (a.name.clone(), entry)
+    }));
     let cfg = AccountsConfig {
         policy,
         default_account: file.default_account,
+        access,
     };
     let tree = &cfg.policy.accounts;
     match tree.index(&cfg.default_account) {

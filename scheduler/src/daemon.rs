@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     /// Network tree (topology.conf text, already validated) to install through the log the
     /// same way; `None` keeps the replicated one.
     pub topology_conf: Option<String>,
+    /// Keys, certificates and roles (TLS on the listener, proven callers, sealed
+    /// launches); `None` runs insecure: callers are whoever they claim.
+    pub security: Option<Arc<crate::security::SecurityConfig>>,
 }
 
 impl DaemonConfig {
@@ -52,6 +55,7 @@ impl DaemonConfig {
             agent_silence_max: Duration::from_secs(30),
             accounts_toml: None,
             topology_conf: None,
+            security: None,
         }
     }
 }
@@ -65,6 +69,9 @@ pub enum DaemonError {
     /// The durable store failed while running.
     #[error("raft storage failed: {0}")]
     Store(#[from] StoreError),
+    /// The audit log cannot be opened.
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -97,7 +104,12 @@ impl Daemon {
                 detail: format!("cannot create state directory: {e}"),
             })
         })?;
-        let (raft, raft_thread) = RaftHandle::start(cfg.raft.clone())?;
+        let audit = Arc::new(
+            crate::audit::AuditLog::open(&cfg.raft.state_dir).map_err(DaemonError::Audit)?,
+        );
+        let mut raft_cfg = cfg.raft.clone();
+        raft_cfg.peer_profile = cfg.security.as_ref().map(|s| s.peer_profile.clone());
+        let (raft, raft_thread) = RaftHandle::start(raft_cfg)?;
         let agents = Arc::new(AgentRegistry::default());
         let reasons = Arc::new(PendingReasons::default());
         tokio::spawn(dispatch_loop(
@@ -139,10 +151,16 @@ impl Daemon {
             agent_silence_max: cfg.agent_silence_max,
             leader_channel: Default::default(),
             bind_lock: Default::default(),
+            security: cfg.security.clone(),
+            audit: audit.clone(),
         }));
         let api_for_http = api.clone();
-        let mut stop = shutdown;
-        let server = tonic::transport::Server::builder()
+        let mut stop = shutdown.clone();
+        let router = tonic::transport::Server::builder()
+            .layer(crate::security::layer::SecurityLayer::new(
+                cfg.security.clone(),
+                audit,
+            ))
             .add_service(
                 JobServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
             )
@@ -157,18 +175,31 @@ impl Daemon {
                 RaftServiceServer::new(api)
                     .max_decoding_message_size(crate::transport::RAFT_BYTES_MAX)
                     .max_encoding_message_size(crate::transport::RAFT_BYTES_MAX),
-            )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
             );
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        // TLS when secure (certificates reloaded as their files change), plain otherwise.
+        let server = match &cfg.security {
+            Some(sec) => {
+                sec.tls.watch(shutdown);
+                let incoming = berth_auth::tls::incoming(
+                    listener,
+                    sec.tls.clone(),
+                    berth_auth::tls::Alpn::Grpc,
+                );
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stopped,
+            )),
+        };
         Ok(Daemon {
             raft,
             api: api_for_http,
             raft_thread,
-            server: tokio::spawn(server),
+            server,
         })
     }
 

@@ -6,6 +6,13 @@
 //! state. Filter answers request errors with HTTP 200 and `Error` set (its only error
 //! channel that reaches pod events); prioritize and preempt have no error field, so a bad request gets
 //! HTTP 400 with the reason as text. Bodies over [`BODY_BYTES_MAX`] get 413.
+//!
+//! On a secure replica the endpoint is HTTPS (the replica's certificate, reloaded with
+//! it, HTTP/1.1 by ALPN) and the extender verbs need a client certificate from the
+//! cluster CA naming a service (`berth admin ca issue --service kube-scheduler`), a
+//! replica, or a user with the operator role; anyone else gets 403 naming that, and an
+//! audit line. `/metrics` (counts only, no names) is served to any TLS client, so a
+//! Prometheus without a client certificate can scrape it. Every `/bind` is audited.
 
 use crate::extender;
 use crate::kube_api::Kube;
@@ -149,8 +156,13 @@ async fn preempt(State(http): State<Arc<Http>>, body: Bytes) -> Response {
     }
 }
 
-async fn bind_verb(State(http): State<Arc<Http>>, body: Bytes) -> Response {
-    let error = match bind_pod(&http, &body).await {
+async fn bind_verb(
+    State(http): State<Arc<Http>>,
+    caller: Option<axum::Extension<crate::security::Caller>>,
+    body: Bytes,
+) -> Response {
+    let caller = caller.map(|c| c.0);
+    let error = match bind_pod(&http, &body, caller.as_ref()).await {
         Ok(job_id) => {
             tracing::info!(job_id, "pod bound");
             String::new()
@@ -161,6 +173,25 @@ async fn bind_verb(State(http): State<Arc<Http>>, body: Bytes) -> Response {
     http.extender_requests
         .with_label_values(&["bind", outcome])
         .inc();
+    if let Some(c) = &caller {
+        let what = extender::parse_binding_args(&body)
+            .map(|a| format!("pod {}/{} node {}", a.pod_namespace, a.pod_name, a.node))
+            .unwrap_or_default();
+        http.api.0.audit.record(pb::AuditRecord {
+            time_ms: berth_auth::now_ms(),
+            user: c.identity.user.clone(),
+            auth: c.identity.method.clone(),
+            from: c.identity.from.clone(),
+            method: "/extender/bind".into(),
+            what,
+            result: if error.is_empty() {
+                "ok".into()
+            } else {
+                error.clone()
+            },
+            ok: error.is_empty(),
+        });
+    }
     json(&extender::ExtenderBindingResult { error })
 }
 
@@ -184,7 +215,11 @@ async fn pod_group(
 
 /// Commits the pod's job (the grant), then binds the pod; undoes the grant when
 /// Kubernetes refuses.
-async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
+async fn bind_pod(
+    http: &Http,
+    body: &[u8],
+    caller: Option<&crate::security::Caller>,
+) -> Result<u64, String> {
     use berth_proto::v1::job_service_server::JobService as _;
     let args = extender::parse_binding_args(body).map_err(|e| e.to_string())?;
     let kube = http.kube.as_ref().map_err(Clone::clone)?;
@@ -213,7 +248,7 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
     };
     let job = http
         .api
-        .bind_pod(tonic::Request::new(req))
+        .bind_pod(with_caller(req, caller))
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
@@ -222,7 +257,7 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
             job_id: job.id,
             reason: format!("binding refused: {e}"),
         };
-        if let Err(s) = http.api.cancel(tonic::Request::new(cancel)).await {
+        if let Err(s) = http.api.cancel(with_caller(cancel, caller)).await {
             tracing::error!(
                 job = job.id,
                 "bind failed and its grant stays: {}",
@@ -232,6 +267,16 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
         return Err(format!("binding pod to {}: {e}", args.node));
     }
     Ok(job.id)
+}
+
+/// `msg` as an in-process request made by the HTTP `caller` (an insecure replica has
+/// none: the call is unproven, as every call there is).
+fn with_caller<T>(msg: T, caller: Option<&crate::security::Caller>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(c) = caller {
+        r.extensions_mut().insert(c.clone());
+    }
+    r
 }
 
 async fn metrics(State(http): State<Arc<Http>>) -> Response {
@@ -309,18 +354,165 @@ pub async fn bind(flag: Option<&str>) -> std::io::Result<Option<tokio::net::TcpL
     }
 }
 
-/// Serves [`router`] on `listener` until `shutdown` turns true.
+/// Serves [`router`] on `listener` until `shutdown` turns true: HTTPS with the extender
+/// verbs behind client certificates when `api`'s replica is secure, plain HTTP otherwise.
 pub fn spawn(
     listener: tokio::net::TcpListener,
     api: Api,
     kube: Result<Kube, String>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router(api, kube))
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    match api.0.security.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(listener, router(api, kube))
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Some(sec) => {
+            let guard = Guard {
+                sec: sec.clone(),
+                audit: api.0.audit.clone(),
+            };
+            let app = router(api, kube)
+                .layer(axum::middleware::from_fn_with_state(guard, guard_extender));
+            let local = listener.local_addr();
+            let conns =
+                berth_auth::tls::incoming(listener, sec.tls.clone(), berth_auth::tls::Alpn::Http1)
+                    .into_inner();
+            let listener = TlsListener { conns, local };
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<HttpPeer>(),
+                )
+                .with_graceful_shutdown(stopped)
+                .await
             })
-            .await
-    })
+        }
+    }
+}
+
+/// TLS connections, handshaken by [`berth_auth::tls::incoming`], as axum's listener.
+struct TlsListener {
+    conns: tokio::sync::mpsc::Receiver<std::io::Result<TlsStream>>,
+    local: std::io::Result<std::net::SocketAddr>,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, std::net::SocketAddr) {
+        loop {
+            match self.conns.recv().await {
+                Some(Ok(stream)) => match stream.get_ref().0.peer_addr() {
+                    Ok(addr) => return (stream, addr),
+                    Err(e) => tracing::debug!("HTTPS peer gone: {e}"),
+                },
+                Some(Err(e)) => tracing::debug!("HTTPS accept: {e}"),
+                // The accept task ended (shutdown): nothing more will come.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.local
+            .as_ref()
+            .map(|a| *a)
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
+/// Who is at the other end of an HTTPS connection: its address and what its CA-verified
+/// certificate, if it presented one, names.
+#[derive(Clone, Debug)]
+pub struct HttpPeer {
+    /// Remote address.
+    pub addr: std::net::SocketAddr,
+    /// The `berth://` name of its certificate.
+    pub subject: Option<berth_auth::ca::Subject>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for HttpPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> HttpPeer {
+        let subject = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|c| berth_auth::tls::peer_subject(c));
+        HttpPeer {
+            addr: *stream.remote_addr(),
+            subject,
+        }
+    }
+}
+
+/// What the extender guard needs.
+#[derive(Clone)]
+struct Guard {
+    sec: Arc<crate::security::SecurityConfig>,
+    audit: Arc<crate::audit::AuditLog>,
+}
+
+/// Lets `/metrics` through; the extender verbs only for a service, a replica or an
+/// operator's certificate (the caller is handed to the verb for its audit line).
+async fn guard_extender(
+    State(g): State<Guard>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::security::{Peer, Role};
+    let path = req.uri().path().to_string();
+    if path == "/metrics" {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<HttpPeer>>()
+        .map(|c| c.0.clone());
+    let from = peer
+        .as_ref()
+        .map(|p| p.addr.to_string())
+        .unwrap_or_default();
+    let caller = peer
+        .and_then(|p| p.subject)
+        .map(|s| crate::security::layer::cert_caller(&g.sec, &s, &from));
+    let allowed = caller.as_ref().is_some_and(|c| match c.peer {
+        Peer::Service(_) | Peer::Replica(_) => true,
+        Peer::User => c.role >= Role::Operator,
+        Peer::Node(_) | Peer::Unproven => false,
+    });
+    match caller {
+        Some(c) if allowed => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        c => {
+            let why = format!(
+                "Access/permission denied: extender calls need a client certificate from the \
+                 cluster CA naming a service (berth admin ca issue --service NAME), a replica, \
+                 or a user with role operator (presented: {})",
+                c.map_or("none".to_string(), |c| c.identity.user)
+            );
+            g.audit.record(pb::AuditRecord {
+                time_ms: berth_auth::now_ms(),
+                auth: "cert".into(),
+                from,
+                method: format!("/extender{path}"),
+                result: format!("PermissionDenied: {why}"),
+                ..Default::default()
+            });
+            (StatusCode::FORBIDDEN, why).into_response()
+        }
+    }
 }

@@ -8,6 +8,10 @@
 //!
 //! # Layout
 //! - [`accounts`]: the accounts/QOS TOML configuration.
+//! - [`account_access`]: per-account submit rights and coordinators.
+//! - [`account_change`]: which accounts changes a coordinator may make.
+//! - [`security`]: proving callers (certificates, local credentials, JWTs), roles, limits.
+//! - [`audit`]: the durable, queryable audit log of state-changing calls.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -23,14 +27,18 @@
 //! - [`pod_gpus`]: what GPUs a pod asks for (whole, MIG slices of one profile, shares).
 //! - [`pod_fit`]: how a pod's GPUs fit one berth node: filter, score, and the allocation
 //!   at bind through the placement pipeline.
+//! - [`rate_limit`]: per-client request rate limits.
 //! - [`http`]: the HTTP endpoint (`--http-listen`): extender verbs and `/metrics`.
 //! - [`kube_api`]: the Kubernetes API: read, annotate and bind pods; end finished pods' jobs.
 //! - [`daemon`]: wiring it all together with one shutdown signal (used by `berthd` and
 //!   `berth dev`).
 #![deny(missing_docs)]
 
+pub mod account_access;
+pub mod account_change;
 pub mod accounts;
 pub mod agents;
+pub mod audit;
 pub mod command;
 pub mod daemon;
 pub mod extender;
@@ -42,7 +50,9 @@ pub mod pod_fit;
 pub mod pod_gpus;
 pub mod raft_log;
 pub mod raft_loop;
+pub mod rate_limit;
 pub mod scheduling;
+pub mod security;
 pub mod server;
 pub mod state_machine;
 pub mod storage;

@@ -55,6 +55,18 @@ struct Args {
     /// like --accounts.
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Keys and certificates of this replica, as `berth admin ca issue --replica ID`
+    /// writes them (ca.pem, tls.pem, tls.key, cluster.key, jwt.key, optional auth.toml).
+    #[arg(long, default_value = "/etc/berth")]
+    security_dir: PathBuf,
+    /// Run without security: no TLS, and every caller is whoever it claims (anyone who
+    /// can reach the port can run jobs as any user, root included). For throwaway tests.
+    #[arg(long)]
+    insecure: bool,
+    /// Also serve the local credential daemon on this unix socket (a login host that
+    /// runs berthd; compute nodes get one from berth-agent).
+    #[arg(long)]
+    cred_socket: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -93,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("bad topology file {}", path.display()))?;
         cfg.topology_conf = Some(text);
     }
+    cfg.security = berth_scheduler::security::startup(&args.security_dir, args.insecure)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -100,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {:?}", args.http_listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let (Some(path), Some(sec)) = (&args.cred_socket, &cfg.security) {
+        let sock = berth_auth::credd::bind(path)?;
+        tokio::spawn(berth_auth::credd::serve(
+            sock,
+            sec.key.clone(),
+            stop_rx.clone(),
+        ));
+        tracing::info!("credential daemon on {}", path.display());
+    }
     let daemon = Daemon::start(cfg, listener, stop_rx.clone())
         .with_context(|| format!("cannot start on state dir {}", args.state_dir.display()))?;
     if let Some(http) = http {

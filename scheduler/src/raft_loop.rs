@@ -49,6 +49,8 @@ pub struct RaftConfig {
     /// the thread RNG, which a seeded simulator cannot replay; the simulator randomizes
     /// tick timing per replica instead, which spreads elections the same way.
     pub fixed_election_timeout: bool,
+    /// TLS to peers (the CA and this replica's certificate); `None`: plain TCP.
+    pub peer_profile: Option<berth_auth::profile::Profile>,
 }
 
 impl RaftConfig {
@@ -62,6 +64,7 @@ impl RaftConfig {
             peers: Default::default(),
             join: false,
             fixed_election_timeout: false,
+            peer_profile: None,
         }
     }
 
@@ -213,7 +216,7 @@ impl RaftHandle {
             cfg.peers.entry(id).or_insert(url);
         }
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
-        let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone());
+        let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone(), cfg.peer_profile.clone());
         let replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
         let handle = RaftHandle {
             id: cfg.id,

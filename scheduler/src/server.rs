@@ -11,6 +11,7 @@ use crate::agents::{reconcile, AgentRegistry, AgentSender};
 use crate::command::{command, now_ms};
 use crate::raft_loop::{ProposeError, RaftHandle};
 use crate::scheduling::PendingReasons;
+use crate::security::Caller;
 use crate::state_machine::{validate_inventory, Effect, Outcome};
 use berth_proto::v1::{
     self as pb, agent_message, command::Cmd, job_event, server_message::Msg, JobState,
@@ -50,6 +51,24 @@ pub struct Shared {
     /// Binds pick GPUs from the applied state and then propose: one at a time, so two
     /// concurrent binds never pick the same GPUs (the log would refuse the second).
     pub bind_lock: tokio::sync::Mutex<()>,
+    /// Keys, certificates and roles; `None`: an insecure replica (nobody is proven).
+    pub security: Option<Arc<crate::security::SecurityConfig>>,
+    /// This replica's audit log.
+    pub audit: Arc<crate::audit::AuditLog>,
+}
+
+/// `msg` as a request to the leader, carrying the caller this replica proved.
+fn forward<T>(caller: &Caller, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    if !caller.is_unproven() {
+        if let Some(v) = crate::security::layer::encode_forwarded(&caller.identity) {
+            if let Ok(value) = v.to_str().unwrap_or_default().parse() {
+                req.metadata_mut()
+                    .insert(berth_auth::FORWARDED_IDENTITY, value);
+            }
+        }
+    }
+    req
 }
 
 /// One lazily connected channel to the current leader, shared by every forwarded request:
@@ -63,15 +82,20 @@ impl LeaderChannel {
     ///
     /// # Errors
     /// `UNAVAILABLE` when `url` is not a valid endpoint.
-    fn get(&self, url: &str) -> Result<tonic::transport::Channel, Status> {
+    fn get(
+        &self,
+        url: &str,
+        sec: Option<&crate::security::SecurityConfig>,
+    ) -> Result<tonic::transport::Channel, Status> {
         let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((known, channel)) = &*cached {
             if known == url {
                 return Ok(channel.clone());
             }
         }
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| Status::unavailable(format!("leader address {url}: {e}")))?
+        let profile = sec.map(|s| s.peer_profile.clone()).unwrap_or_default();
+        let channel = berth_auth::channel::endpoint(url, &profile)
+            .map_err(|e| Status::unavailable(format!("leader address {e}")))?
             .connect_lazy();
         *cached = Some((url.to_string(), channel.clone()));
         Ok(channel)
@@ -93,6 +117,26 @@ impl Api {
             .propose(command(cmd))
             .await
             .map_err(propose_status)
+    }
+
+    /// [`Api::view`] for `caller`: without the script and environment unless the caller
+    /// may act on the job.
+    fn view_for(&self, caller: &Caller, job: &pb::Job) -> pb::Job {
+        let mut v = self.view(job);
+        if !caller.may_act_on(job, self.0.raft.state().accounts()) {
+            crate::security::redact(&mut v);
+        }
+        v
+    }
+
+    /// Refuses unless `caller` may act on job `id` (an unknown job passes: the command
+    /// answers "Invalid job id").
+    fn authorize_job(&self, caller: &Caller, id: u64, verb: &str) -> Result<(), Status> {
+        let sm = self.0.raft.state();
+        match sm.job(id) {
+            Some(job) => caller.require_job(job, sm.accounts(), verb),
+            None => Ok(()),
+        }
     }
 
     /// A job as users see it: with the scheduler's current pending reason.
@@ -121,8 +165,11 @@ impl Api {
         let Some(url) = self.leader_url()? else {
             return Ok(None);
         };
-        let client =
-            pb::job_service_client::JobServiceClient::new(self.0.leader_channel.get(&url)?);
+        let client = pb::job_service_client::JobServiceClient::new(
+            self.0
+                .leader_channel
+                .get(&url, self.0.security.as_deref())?,
+        );
         Ok(Some(client.max_encoding_message_size(MESSAGE_BYTES_MAX)))
     }
 
@@ -160,9 +207,14 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.submit(Request::new(req.into_inner())).await;
+            return leader.submit(forward(&caller, req.into_inner())).await;
         }
+        let note = req
+            .extensions()
+            .get::<crate::security::layer::AuditNote>()
+            .cloned();
         let mut spec = req
             .into_inner()
             .spec
@@ -170,11 +222,21 @@ impl pb::job_service_server::JobService for Api {
         if spec.partition.is_empty() {
             spec.partition = self.0.default_partition.clone();
         }
+        crate::security::check_env(&spec)?;
+        if let Some(sec) = &self.0.security {
+            let sm = self.0.raft.state();
+            crate::security::stamp_submit(sec, &caller, sm.accounts(), &mut spec)?;
+        }
         match self
             .propose(Cmd::Submit(pb::SubmitJob { spec: Some(spec) }))
             .await?
         {
-            Outcome::Submitted(job_id) => Ok(Response::new(pb::SubmitResponse { job_id })),
+            Outcome::Submitted(job_id) => {
+                if let Some(n) = note {
+                    *n.0.lock().unwrap_or_else(|e| e.into_inner()) = format!("job {job_id}");
+                }
+                Ok(Response::new(pb::SubmitResponse { job_id }))
+            }
             Outcome::Rejected(why) => Err(Status::invalid_argument(why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -184,8 +246,9 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::BindPodRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.bind_pod(Request::new(req.into_inner())).await;
+            return leader.bind_pod(forward(&caller, req.into_inner())).await;
         }
         let r = req.into_inner();
         let spec = r
@@ -234,9 +297,12 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.cancel(Request::new(req.into_inner())).await;
+            return leader.cancel(forward(&caller, req.into_inner())).await;
         }
+        crate::security::note(&req, format!("job {}", req.get_ref().job_id));
+        self.authorize_job(&caller, req.get_ref().job_id, "cancel")?;
         let pb::CancelRequest { job_id, reason } = req.into_inner();
         outcome_status(
             self.propose(Cmd::Cancel(pb::CancelJob { job_id, reason }))
@@ -249,9 +315,20 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::HoldRequest>,
     ) -> Result<Response<pb::HoldResponse>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.hold(Request::new(req.into_inner())).await;
+            return leader.hold(forward(&caller, req.into_inner())).await;
         }
+        crate::security::note(
+            &req,
+            format!("job {} hold={}", req.get_ref().job_id, req.get_ref().hold),
+        );
+        let verb = if req.get_ref().hold {
+            "hold"
+        } else {
+            "release"
+        };
+        self.authorize_job(&caller, req.get_ref().job_id, verb)?;
         let r = req.into_inner();
         outcome_status(
             self.propose(Cmd::Hold(pb::HoldJob {
@@ -264,6 +341,7 @@ impl pb::job_service_server::JobService for Api {
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&req);
         let id = req.into_inner().job_id;
         // `scontrol show job` right after a submit must see it, on any replica.
         self.0.raft.read_index().await.map_err(propose_status)?;
@@ -271,13 +349,14 @@ impl pb::job_service_server::JobService for Api {
         let job = sm
             .job(id)
             .ok_or_else(|| Status::not_found("Invalid job id specified"))?;
-        Ok(Response::new(self.view(job)))
+        Ok(Response::new(self.view_for(&caller, job)))
     }
 
     async fn list(
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let sm = self.0.raft.state();
         let jobs = sm
@@ -290,7 +369,7 @@ impl pb::job_service_server::JobService for Api {
             .filter(|j| {
                 r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
             })
-            .map(|j| self.view(j))
+            .map(|j| self.view_for(&caller, j))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -301,6 +380,7 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&req);
         let ids = req.into_inner().job_ids;
         let wanted = move |id: u64| ids.is_empty() || ids.contains(&id);
         // Subscribe before reading the current state, so no change falls between the two.
@@ -311,7 +391,7 @@ impl pb::job_service_server::JobService for Api {
             .state()
             .jobs()
             .filter(|j| wanted(j.id))
-            .map(|j| self.view(j))
+            .map(|j| self.view_for(&caller, j))
             .collect();
         let (tx, rx) = mpsc::channel(256);
         let api = self.clone();
@@ -327,7 +407,7 @@ impl pb::job_service_server::JobService for Api {
                     if !wanted(job.id) {
                         continue;
                     }
-                    if tx.send(Ok(api.view(job))).await.is_err() {
+                    if tx.send(Ok(api.view_for(&caller, job))).await.is_err() {
                         return;
                     }
                 }
@@ -362,6 +442,7 @@ impl pb::agent_service_server::AgentService for Api {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let caller = Caller::of(&req);
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_WAIT, inbound.message())
             .await
@@ -379,6 +460,20 @@ impl pb::agent_service_server::AgentService for Api {
             .clone()
             .ok_or_else(|| Status::invalid_argument("Register without inventory"))?;
         validate_inventory(&inv).map_err(Status::invalid_argument)?;
+        if let crate::security::Peer::Node(cert_node) = &caller.peer {
+            if *cert_node != inv.name {
+                tracing::warn!(
+                    cert = cert_node,
+                    claimed = inv.name,
+                    "agent claimed another node"
+                );
+                return Err(Status::permission_denied(format!(
+                    "Access/permission denied: this agent's certificate is for node {cert_node:?}, \
+                     it may not register as {:?}",
+                    inv.name
+                )));
+            }
+        }
         for ev in &reg.jobs {
             validate_event(ev).map_err(Status::invalid_argument)?;
         }
@@ -659,10 +754,13 @@ impl Api {
         let Some(url) = self.leader_url()? else {
             return Ok(None);
         };
-        let client = pb::admin_service_client::AdminServiceClient::connect(url.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("leader at {url} unreachable: {e}")))?;
-        Ok(Some(client))
+        let channel = self
+            .0
+            .leader_channel
+            .get(&url, self.0.security.as_deref())?;
+        Ok(Some(pb::admin_service_client::AdminServiceClient::new(
+            channel,
+        )))
     }
 }
 
@@ -792,11 +890,26 @@ impl pb::admin_service_server::AdminService for Api {
         &self,
         req: Request<pb::AccountsConfig>,
     ) -> Result<Response<pb::AccountsConfig>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         // Refuse bad text before it reaches the log (apply would refuse it too).
         crate::accounts::parse(&r.toml).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(mut leader) = self.admin_leader().await? {
-            return leader.set_accounts(Request::new(r)).await;
+            return leader.set_accounts(forward(&caller, r)).await;
+        }
+        if caller.role < crate::security::Role::Admin {
+            let sm = self.0.raft.state();
+            let current = match sm.accounts_toml() {
+                "" => crate::accounts::DEFAULT_TOML,
+                text => text,
+            };
+            crate::account_change::coordinator_may_set(
+                current,
+                &r.toml,
+                &caller.identity.user,
+                &sm.accounts().access,
+            )
+            .map_err(Status::permission_denied)?;
         }
         let outcome = self
             .propose(Cmd::SetAccounts(pb::SetAccounts {
@@ -814,6 +927,11 @@ impl pb::admin_service_server::AdminService for Api {
         &self,
         req: Request<pb::GpuHealthyRequest>,
     ) -> Result<Response<pb::GpuHealthyResponse>, Status> {
+        let caller = Caller::of(&req);
+        crate::security::note(
+            &req,
+            format!("node {} gpu {}", req.get_ref().node, req.get_ref().gpu),
+        );
         let r = req.into_inner();
         if r.node.is_empty() || r.gpu.is_empty() {
             return Err(Status::invalid_argument(
@@ -821,7 +939,7 @@ impl pb::admin_service_server::AdminService for Api {
             ));
         }
         if let Some(mut leader) = self.admin_leader().await? {
-            return leader.resume_gpu(Request::new(r)).await;
+            return leader.resume_gpu(forward(&caller, r)).await;
         }
         let (uuid, reason) = {
             let sm = self.0.raft.state();
@@ -859,6 +977,31 @@ impl pb::admin_service_server::AdminService for Api {
         }
     }
 
+    async fn issue_token(
+        &self,
+        req: Request<pb::TokenRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let sec = self.0.security.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this berthd runs without security: there are no tokens")
+        })?;
+        crate::security::tokens::issue(sec, &caller, &r).map(Response::new)
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<pb::AuditQuery>,
+    ) -> Result<Response<pb::AuditRecords>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let audit = self.0.audit.clone();
+        let records = tokio::task::spawn_blocking(move || audit.query(r.since_ms, &r.user, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::AuditRecords { records }))
+    }
+
     async fn get_replica_status(
         &self,
         _req: Request<pb::ReplicaStatusRequest>,
@@ -875,6 +1018,15 @@ impl pb::admin_service_server::AdminService for Api {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::Members>, Status> {
+        let caller = Caller::of(&req);
+        crate::security::note(
+            &req,
+            format!(
+                "replica {} remove={}",
+                req.get_ref().id,
+                req.get_ref().remove
+            ),
+        );
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("replica id 0 is reserved by raft"));
@@ -885,9 +1037,12 @@ impl pb::admin_service_server::AdminService for Api {
             ));
         }
         if let Some(url) = self.leader_url()? {
-            let mut leader =
-                pb::admin_service_client::AdminServiceClient::new(self.0.leader_channel.get(&url)?);
-            return leader.change_membership(Request::new(r)).await;
+            let mut leader = pb::admin_service_client::AdminServiceClient::new(
+                self.0
+                    .leader_channel
+                    .get(&url, self.0.security.as_deref())?,
+            );
+            return leader.change_membership(forward(&caller, r)).await;
         }
         let voters = self.0.raft.voters();
         if r.remove && !voters.contains(&r.id) {

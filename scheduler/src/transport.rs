@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest Raft batch on the wire (snapshots travel whole inside one message).
 pub const RAFT_BYTES_MAX: usize = 256 << 20;
@@ -29,6 +29,8 @@ pub struct Outbox {
     /// The runtime that runs the sender tasks: members added later are started from the
     /// Raft thread, which is not a tokio thread.
     rt: tokio::runtime::Handle,
+    /// TLS to peers; `None`: plain TCP.
+    profile: Option<berth_auth::profile::Profile>,
 }
 
 impl Outbox {
@@ -38,12 +40,14 @@ impl Outbox {
         self_id: u64,
         peers: &BTreeMap<u64, String>,
         inputs: SyncSender<Input>,
+        profile: Option<berth_auth::profile::Profile>,
     ) -> Outbox {
         let mut out = Outbox {
             self_id,
             peers: HashMap::new(),
             inputs,
             rt: tokio::runtime::Handle::current(),
+            profile,
         };
         for (&id, url) in peers {
             out.add(id, url);
@@ -58,8 +62,13 @@ impl Outbox {
             return;
         }
         let (tx, rx) = mpsc::channel(QUEUED_MAX);
-        self.rt
-            .spawn(peer_loop(id, url.to_string(), rx, self.inputs.clone()));
+        self.rt.spawn(peer_loop(
+            id,
+            url.to_string(),
+            rx,
+            self.inputs.clone(),
+            self.profile.clone().unwrap_or_default(),
+        ));
         self.peers.insert(id, tx);
     }
 
@@ -86,8 +95,13 @@ impl Outbox {
     }
 }
 
-async fn connect(url: &str) -> Option<RaftServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+async fn connect(
+    url: &str,
+    profile: &berth_auth::profile::Profile,
+) -> Option<RaftServiceClient<Channel>> {
+    // Files are read at each connect, so a reloaded certificate is used from the next one.
+    let endpoint = berth_auth::channel::endpoint(url, profile)
+        .map_err(|e| tracing::warn!("raft peer {e}"))
         .ok()?
         .connect_timeout(Duration::from_secs(1));
     let channel = endpoint.connect().await.ok()?;
@@ -103,6 +117,7 @@ async fn peer_loop(
     url: String,
     mut rx: mpsc::Receiver<Message>,
     inputs: SyncSender<Input>,
+    profile: berth_auth::profile::Profile,
 ) {
     let mut client = None;
     while let Some(first) = rx.recv().await {
@@ -121,7 +136,7 @@ async fn peer_loop(
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
         if client.is_none() {
-            client = connect(&url).await;
+            client = connect(&url, &profile).await;
         }
         let ok = match client.as_mut() {
             Some(c) => c.step(RaftBatch { messages }).await.is_ok(),

@@ -1,8 +1,13 @@
 //! Shared harness of the end-to-end tests in `tests/tests/`: where the workspace's built
-//! binaries are, and free loopback ports. The tests run the real binaries, so they need
-//! `cargo build --workspace` first (README's test command does it).
+//! binaries are, free loopback ports, and the cluster CA and credential daemon the
+//! daemons run with (security is on in every test, as it is by default). The tests run
+//! the real binaries, so they need `cargo build --workspace` first (README's test command
+//! does it).
 
-use std::path::PathBuf;
+use berth_auth::profile::Profile;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 /// `target/<profile>`: test binaries live in its `deps/`.
 pub fn target_dir() -> PathBuf {
@@ -80,8 +85,13 @@ pub fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// berthd replica `id` of a group on loopback `ports` (replica `i + 1` listens on
-/// `ports[i]`), state in `dir/r<id>`, with `extra` flags.
+/// `ports[i]`), state in `dir/r<id>`, with `extra` flags; secure, with a certificate from
+/// [`TestCa::of`]`(dir)` (the CLI and [`connect`] are set up to reach it).
 pub fn replica(dir: &std::path::Path, id: u64, ports: &[u16], extra: &[&str]) -> Proc {
+    let ca = TestCa::of(dir);
+    let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    ca.trust(&servers.join(","));
+    let security = ca.replica_dir(id);
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -96,6 +106,8 @@ pub fn replica(dir: &std::path::Path, id: u64, ports: &[u16], extra: &[&str]) ->
                 "--state-dir",
             ])
             .arg(dir.join(format!("r{id}")))
+            .arg("--security-dir")
+            .arg(security)
             .args(extra)
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
@@ -159,12 +171,19 @@ pub fn cli(
     servers: &str,
     args: &[&str],
 ) -> std::process::Output {
-    std::process::Command::new(exe)
-        .args(args)
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
         .current_dir(dir)
         .env("BERTH_SERVER", servers)
-        .output()
-        .expect("run the berth CLI")
+        .env_remove("BERTH_TOKEN");
+    if let Some(p) = registered(servers) {
+        for (k, v) in [("BERTH_CA", &p.ca), ("BERTH_CRED_SOCKET", &p.cred_socket)] {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd.output().expect("run the berth CLI")
 }
 
 /// Runs `berth args` in `dir` against `servers`.
@@ -296,4 +315,288 @@ pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Profiles of the secure servers this test process started, by `host:port`.
+fn profiles() -> &'static Mutex<HashMap<String, Profile>> {
+    static P: OnceLock<Mutex<HashMap<String, Profile>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+/// The profile registered for the first of `servers` (comma-separated) that has one.
+fn registered(servers: &str) -> Option<Profile> {
+    let map = profiles().lock().unwrap_or_else(|e| e.into_inner());
+    servers
+        .split(',')
+        .find_map(|s| map.get(berth_auth::channel::host_port(s.trim())).cloned())
+}
+
+/// A cluster CA of one test directory (`dir/security/ca`), made with the real `berth admin
+/// ca init`, plus a credential daemon served from this test process on
+/// `dir/security/cred.sock` (what `berth credd` does on a login host): the CLI run by
+/// [`cli`] proves its uid through it.
+pub struct TestCa {
+    /// The CA directory (ca.pem, ca.key, cluster.key, jwt.key).
+    pub ca: PathBuf,
+    /// The credential daemon's socket.
+    pub cred_socket: PathBuf,
+    root: PathBuf,
+}
+
+impl TestCa {
+    /// The CA of `dir`, made on first use (and its credential daemon started).
+    ///
+    /// # Panics
+    /// When `berth admin ca init` fails.
+    pub fn of(dir: &Path) -> TestCa {
+        static MADE: OnceLock<Mutex<()>> = OnceLock::new();
+        let _one = MADE.get_or_init(Default::default).lock();
+        let root = dir.join("security");
+        let ca = root.join("ca");
+        let cred_socket = root.join("cred.sock");
+        if !ca.join("ca.key").exists() {
+            let out = std::process::Command::new(bin("berth"))
+                .args(["admin", "ca", "init"])
+                .arg(&ca)
+                .args(["--name", "test"])
+                .output()
+                .expect("run berth admin ca init");
+            assert!(
+                out.status.success(),
+                "berth admin ca init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serve_credentials(&ca.join("cluster.key"), &cred_socket);
+        }
+        TestCa {
+            ca,
+            cred_socket,
+            root,
+        }
+    }
+
+    /// The CA `berth dev` made for its state directory `state` (certificates issued from
+    /// it go to `state/security/test`).
+    pub fn of_dev(state: &Path) -> TestCa {
+        let security = state.join("security");
+        TestCa {
+            ca: security.join("ca"),
+            cred_socket: security.join("cred.sock"),
+            root: security.join("test"),
+        }
+    }
+
+    /// `berth admin ca issue --ca CA ARGS --out dir/security/OUT` (once per `out`).
+    ///
+    /// # Panics
+    /// When it fails.
+    pub fn issue(&self, args: &[&str], out: &str) -> PathBuf {
+        let dir = self.root.join(out);
+        if dir.join("tls.pem").exists() {
+            return dir;
+        }
+        let o = std::process::Command::new(bin("berth"))
+            .args(["admin", "ca", "issue", "--ca"])
+            .arg(&self.ca)
+            .args(args)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .expect("run berth admin ca issue");
+        assert!(
+            o.status.success(),
+            "berth admin ca issue {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        dir
+    }
+
+    /// The security directory of replica `id` (serving on 127.0.0.1 and localhost).
+    pub fn replica_dir(&self, id: u64) -> PathBuf {
+        self.issue(&["--replica", &id.to_string()], &format!("replica{id}"))
+    }
+
+    /// The security directory of node `name`'s agent.
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.issue(&["--node", name], &format!("node-{name}"))
+    }
+
+    /// What a berth-agent of node `name` needs on its command line: its node's directory,
+    /// and no credential daemon of its own (the test's serves the CLI).
+    pub fn agent_args(&self, name: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "--security-dir".into(),
+            self.node_dir(name).into(),
+            "--cred-socket".into(),
+            "off".into(),
+        ]
+    }
+
+    /// Seals `spec` for root, as a secure berthd seals a job root submitted: a test
+    /// playing berthd (or an attacker holding the cluster key) sends launches an agent
+    /// accepts.
+    pub fn seal_as_root(&self, spec: &mut berth_proto::v1::JobSpec) {
+        let key = berth_auth::key::ClusterKey::load(&self.ca.join("cluster.key")).expect("key");
+        let id = berth_proto::v1::Identity {
+            user: "root".into(),
+            method: "local".into(),
+            ..Default::default()
+        };
+        spec.user = "root".into();
+        spec.uid = 0;
+        spec.gid = 0;
+        spec.launch_seal =
+            berth_auth::seal::seal(&key, &id, berth_auth::seal::LaunchParts::batch(spec));
+        spec.identity = Some(id);
+    }
+
+    /// Server TLS with replica `id`'s certificate, asking clients for one from this CA:
+    /// what a test playing berthd serves agents with.
+    pub fn server_tls(&self, id: u64) -> tonic::transport::ServerTlsConfig {
+        let dir = self.replica_dir(id);
+        let read = |f: &str| std::fs::read(dir.join(f)).expect("certificate files");
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read("tls.pem"),
+                read("tls.key"),
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")))
+    }
+
+    /// Issues kube-scheduler's service certificate and makes [`extender_call`] to
+    /// `port` present it; returns its directory.
+    pub fn extender_client(&self, port: u16) -> PathBuf {
+        let dir = self.issue(&["--service", "kube-scheduler"], "kube-scheduler");
+        http_clients()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, dir.clone());
+        dir
+    }
+
+    /// How a client reaches this CA's servers: TLS trusting the CA, proof from the
+    /// credential daemon.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            ca: Some(self.ca.join("ca.pem")),
+            cred_socket: Some(self.cred_socket.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Makes [`cli`] and [`connect`] reach `servers` (comma-separated) with [`TestCa::profile`].
+    pub fn trust(&self, servers: &str) {
+        let mut map = profiles().lock().unwrap_or_else(|e| e.into_inner());
+        for s in servers.split(',') {
+            let hp = berth_auth::channel::host_port(s.trim()).to_string();
+            map.insert(hp, self.profile());
+        }
+    }
+}
+
+/// Serves local credentials signed with `key` on `socket` from a thread of this process
+/// (it ends with the test process, so no daemon outlives a test).
+fn serve_credentials(key: &Path, socket: &Path) {
+    let key = std::sync::Arc::new(berth_auth::key::ClusterKey::load(key).expect("cluster key"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = {
+        let _guard = rt.enter();
+        berth_auth::credd::bind(socket).expect("bind the credential socket")
+    };
+    std::thread::spawn(move || {
+        let (_keep, stop) = tokio::sync::watch::channel(false);
+        rt.block_on(berth_auth::credd::serve(listener, key, stop));
+    });
+}
+
+/// A channel to berthd at `url` as the CLI would open it: with the profile a [`TestCa`]
+/// registered for its address, else the one `berth dev` wrote for it.
+///
+/// # Errors
+/// Why it cannot connect.
+pub async fn connect(url: &str) -> Result<berth_auth::channel::AuthChannel, String> {
+    let profile = registered(url)
+        .unwrap_or_else(|| berth_auth::profile::discover(berth_auth::channel::host_port(url)));
+    berth_auth::channel::connect(url, Some(&profile)).await
+}
+
+/// A channel presenting the certificate in `dir` (`tls.pem`, `tls.key`, trusting its
+/// `ca.pem`) and no other proof: how an agent or a replica connects.
+///
+/// # Errors
+/// Why it cannot connect.
+pub async fn connect_with_cert(
+    url: &str,
+    dir: &Path,
+) -> Result<berth_auth::channel::AuthChannel, String> {
+    let profile = Profile {
+        ca: Some(dir.join("ca.pem")),
+        cert: Some(dir.join("tls.pem")),
+        key: Some(dir.join("tls.key")),
+        ..Default::default()
+    };
+    berth_auth::channel::connect(url, Some(&profile)).await
+}
+
+/// Client certificates registered for HTTPS ports (see [`TestCa::extender_client`]).
+fn http_clients() -> &'static Mutex<HashMap<u16, PathBuf>> {
+    static C: OnceLock<Mutex<HashMap<u16, PathBuf>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// [`https`] to `port` with the certificate [`TestCa::extender_client`] registered for it.
+///
+/// # Panics
+/// When none was registered, or the exchange fails.
+pub fn extender_call(port: u16, request: &str) -> String {
+    let dir = http_clients()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no client certificate registered for HTTPS port {port}"));
+    https(port, &dir, request).unwrap_or_else(|e| panic!("HTTPS to {port}: {e}"))
+}
+
+/// One raw HTTP/1.1 exchange with berthd's HTTPS endpoint on loopback `port`: TLS trusting
+/// `dir/ca.pem`, presenting `dir/tls.pem` + `tls.key` when `dir` has them. Returns the raw
+/// response (status line, headers, body), or the TLS error.
+///
+/// # Errors
+/// The connection or handshake error as text (a refused client certificate lands here).
+pub fn https(port: u16, dir: &Path, request: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    let identity = cert.exists().then_some((cert.as_path(), key.as_path()));
+    let cfg = berth_auth::tls::client_config(&dir.join("ca.pem"), identity, &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("IP name");
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // A server refusing an oversized body may answer and close before reading it all, so a
+    // failed write is not the error: the answer is.
+    let _ = tls.write_all(request.as_bytes());
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer closing without close_notify after a full answer is fine here.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// A `POST path` of a JSON `body` (or a `GET` when `method` says so), `Connection: close`.
+pub fn http_request(method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -3,16 +3,21 @@
 //! stream, oversized requests, and kill -9 of berthd while the agent keeps its job running.
 
 use berth_proto::v1 as pb;
-use berth_tests::{bin, free_port, poll, simnvml, Proc};
+use berth_tests::{bin, free_port, poll, simnvml, Proc, TestCa};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// A secure berthd with replica 1's certificate from the CA of `state`'s parent.
 fn berthd(state: &Path, port: u16) -> Proc {
+    let ca = TestCa::of(state.parent().unwrap());
+    ca.trust(&format!("127.0.0.1:{port}"));
     Proc(
         Command::new(bin("berthd"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(state)
+            .arg("--security-dir")
+            .arg(ca.replica_dir(1))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -59,6 +64,7 @@ fn berthd_and_agent_as_separate_processes_survive_berthd_kill_9() {
             .arg("--nvml-lib")
             .arg(nvml.join("libnvidia-ml.so.1"))
             .args(["--kill-wait-secs", "2"])
+            .args(TestCa::of(dir).agent_args("gpu01"))
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap(),
@@ -144,13 +150,14 @@ async fn watch_streams_changes_and_oversized_requests_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let _daemon = berthd(&tmp.path().join("berthd"), port);
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let mut client = poll("berthd up", 30, || {
         let url = url.clone();
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current()
-                .block_on(pb::job_service_client::JobServiceClient::connect(url))
+                .block_on(berth_tests::connect(&url))
                 .ok()
+                .map(pb::job_service_client::JobServiceClient::new)
         })
     });
     let spec = |script: String| pb::JobSpec {
@@ -214,10 +221,12 @@ async fn watch_streams_changes_and_oversized_requests_are_refused() {
         "refused submits left no job"
     );
 
-    // A hand-driven agent (the real protocol, no berth-agent) registers one GPU.
-    let mut agents = pb::agent_service_client::AgentServiceClient::connect(url.clone())
-        .await
-        .unwrap();
+    // A hand-driven agent (the real protocol, no berth-agent) registers one GPU, with the
+    // certificate of its node.
+    let node = TestCa::of(tmp.path()).node_dir("fake1");
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(
+        berth_tests::connect_with_cert(&url, &node).await.unwrap(),
+    );
     let (up, up_rx) = tokio::sync::mpsc::channel(8);
     let inv = pb::NodeInventory {
         name: "fake1".into(),

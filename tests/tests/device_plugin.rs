@@ -150,7 +150,10 @@ async fn bind_pod(berthd: &str, name: &str, gpus: u32) -> Vec<String> {
     };
     within("BindPod", async {
         loop {
-            if let Ok(mut c) = JobServiceClient::connect(berthd.to_string()).await {
+            if let Ok(mut c) = berth_tests::connect(berthd)
+                .await
+                .map(JobServiceClient::new)
+            {
                 match c.bind_pod(req.clone()).await {
                     Ok(job) => return job.into_inner().allocations[0].gpu_uuids.clone(),
                     Err(s) if s.message().contains("not managed by berth") => {}
@@ -292,8 +295,9 @@ async fn allocate_hands_a_pod_the_gpus_berth_bound_it_to() {
 
     // An admin declares GPU 1 repaired (`scontrol update ... State=RESUME`, through the
     // log): the plugin follows berthd and advertises it Healthy again.
-    let mut admin = pb::admin_service_client::AdminServiceClient::connect(berthd.clone())
+    let mut admin = berth_tests::connect(&berthd)
         .await
+        .map(pb::admin_service_client::AdminServiceClient::new)
         .unwrap();
     let resumed = admin
         .resume_gpu(pb::GpuHealthyRequest {
@@ -337,11 +341,15 @@ fn start_node(machine: &str, agent_args: &[&str]) -> Node {
     std::fs::copy(json, nvml.join("machine.json")).unwrap();
     let (registered, kubelet) = serve_kubelet(&plugins);
     let port = free_port();
-    let berthd = format!("http://127.0.0.1:{port}");
+    let berthd = format!("https://127.0.0.1:{port}");
+    let ca = berth_tests::TestCa::of(&dir);
+    ca.trust(&berthd);
     let daemon = Proc(
         Command::new(bin("berthd"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(dir.join("berthd"))
+            .arg("--security-dir")
+            .arg(ca.replica_dir(1))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -355,6 +363,7 @@ fn start_node(machine: &str, agent_args: &[&str]) -> Node {
             .arg(nvml.join("libnvidia-ml.so.1"))
             .arg("--device-plugin")
             .arg(&plugins)
+            .args(ca.agent_args("gpu01"))
             .args(agent_args)
             .env("RUST_LOG", "warn")
             .spawn()
@@ -412,7 +421,10 @@ impl Node {
         };
         within("BindPod", async {
             loop {
-                if let Ok(mut c) = JobServiceClient::connect(self.berthd.clone()).await {
+                if let Ok(mut c) = berth_tests::connect(&self.berthd)
+                    .await
+                    .map(JobServiceClient::new)
+                {
                     match c.bind_pod(req.clone()).await {
                         Ok(job) => return job.into_inner(),
                         Err(s) if s.message().contains("not managed by berth") => {}
@@ -506,8 +518,9 @@ async fn mig_pods_get_the_slice_berth_chose_created_and_removed_with_the_job() {
     assert!(err.message().contains("scheduled through berth"), "{err:?}");
     assert_eq!(node.mig_uuids().len(), 1);
     // The pod's job ends: the plugin destroys its instance.
-    let mut c = JobServiceClient::connect(node.berthd.clone())
+    let mut c = berth_tests::connect(&node.berthd)
         .await
+        .map(JobServiceClient::new)
         .unwrap();
     c.cancel(pb::CancelRequest {
         job_id: job.id,

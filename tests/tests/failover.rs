@@ -32,6 +32,7 @@ fn gpu_agent(dir: &Path, name: &str, servers: &str) -> Proc {
             .arg(dir.join(format!("agent-{name}")))
             .arg("--nvml-lib")
             .arg(nvml.join("libnvidia-ml.so.1"))
+            .args(berth_tests::TestCa::of(dir).agent_args(name))
             .env("RUST_LOG", "error")
             .spawn()
             .unwrap(),
@@ -45,11 +46,26 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn leader_of(port: u16) -> Option<u64> {
+/// One RPC round to replica `port`, given up after a while: a replica that accepts and
+/// never answers must fail the poll that waits on it, not hang the test.
+fn ask<T>(port: u16, what: &str, f: impl std::future::Future<Output = Option<T>>) -> Option<T> {
     rt().block_on(async {
+        match tokio::time::timeout(Duration::from_secs(10), f).await {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("replica on port {port} did not answer {what} within 10 s");
+                None
+            }
+        }
+    })
+}
+
+fn leader_of(port: u16) -> Option<u64> {
+    ask(port, "GetReplicaStatus", async {
         let url = format!("http://127.0.0.1:{port}");
-        let mut c = pb::admin_service_client::AdminServiceClient::connect(url)
+        let mut c = berth_tests::connect(&url)
             .await
+            .map(pb::admin_service_client::AdminServiceClient::new)
             .ok()?;
         let s = c
             .get_replica_status(pb::ReplicaStatusRequest {})
@@ -61,10 +77,11 @@ fn leader_of(port: u16) -> Option<u64> {
 
 /// Every job, finished ones included, as replica `port` has them applied.
 fn jobs(port: u16) -> Option<Vec<pb::Job>> {
-    rt().block_on(async {
+    ask(port, "List", async {
         let url = format!("http://127.0.0.1:{port}");
-        let mut c = pb::job_service_client::JobServiceClient::connect(url)
+        let mut c = berth_tests::connect(&url)
             .await
+            .map(pb::job_service_client::JobServiceClient::new)
             .ok()?;
         let req = pb::ListJobsRequest {
             include_finished: true,
@@ -93,14 +110,10 @@ fn client(dir: PathBuf, servers: String, stop: Arc<AtomicBool>) -> BTreeMap<u64,
         } else {
             &["--gpus=1"]
         };
-        let out = Command::new(bin("berth"))
-            .args(["sbatch", "--parsable", "-J", &name, "-o", "/dev/null"])
-            .args(shape)
-            .args(["--wrap", &wrap])
-            .current_dir(&dir)
-            .env("BERTH_SERVER", &servers)
-            .output()
-            .unwrap();
+        let mut args = vec!["sbatch", "--parsable", "-J", &name, "-o", "/dev/null"];
+        args.extend_from_slice(shape);
+        args.extend_from_slice(&["--wrap", &wrap]);
+        let out = berth_tests::berth(&dir, &servers, &args);
         if out.status.success() {
             let id = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             acked.insert(id, name);
@@ -126,11 +139,11 @@ fn leader_kill_9_under_continuous_submits_loses_and_doubles_nothing() {
     ];
     let leader = poll("a leader", 30, || leader_of(ports[0]));
     poll("both agents registered", 30, || {
-        let out = Command::new(bin("berth"))
-            .args(["sinfo", "-h", "-N", "-o", "%N %t"])
-            .env("BERTH_SERVER", servers.join(","))
-            .output()
-            .ok()?;
+        let out = berth_tests::berth(
+            &dir,
+            &servers.join(","),
+            &["sinfo", "-h", "-N", "-o", "%N %t"],
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (text.contains("gpu01 idle") && text.contains("gpu02 idle")).then_some(())
     });

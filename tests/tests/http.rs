@@ -3,23 +3,14 @@
 //! refused, and `/metrics` in Prometheus text format.
 
 use berth_tests::{berth_dev, bin, free_port, poll};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 
-/// One HTTP/1.1 request; returns (status, body).
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    // A server refusing an oversized body may answer and close before reading it all, so
-    // a failed write is not the test's failure: the answer is.
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+/// One HTTPS request as kube-scheduler makes it (with the service certificate in `cert`);
+/// returns (status, body).
+fn http(cert: &Path, port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let raw = berth_tests::https(port, cert, &berth_tests::http_request(method, path, body))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let status = raw[9..12].parse().unwrap();
     let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     (status, body.to_string())
@@ -50,16 +41,19 @@ fn extender_filter_prioritize_and_metrics_over_http() {
     );
     let banner = printed.join("\n");
     assert!(
-        banner.contains(&format!("http://127.0.0.1:{web}/metrics")),
+        banner.contains(&format!("https://127.0.0.1:{web}/metrics")),
         "{banner}"
     );
+    // kube-scheduler's certificate, from berth dev's CA.
+    let svc = berth_tests::TestCa::of_dev(&tmp.path().join("state"))
+        .issue(&["--service", "kube-scheduler"], "kube-scheduler");
 
     // 8 GPUs free on each node: both fit 4; a node berth does not know is unresolvable.
     let args = format!(
         r#"{{"Pod":{},"Nodes":null,"NodeNames":["node1","node2","cpu-only"]}}"#,
         pod(4)
     );
-    let (status, body) = http(web, "POST", "/filter", &args);
+    let (status, body) = http(&svc, web, "POST", "/filter", &args);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -87,14 +81,14 @@ fn extender_filter_prioritize_and_metrics_over_http() {
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let busy = poll("the 6-GPU job runs", 30, || {
-        let (_, body) = http(web, "GET", "/metrics", "");
+        let (_, body) = http(&svc, web, "GET", "/metrics", "");
         body.contains("berth_gpus{state=\"allocated\"} 6")
             .then_some(body)
     });
     assert!(busy.contains("berth_jobs{state=\"running\"} 1"), "{busy}");
     assert!(busy.contains("berth_raft{field=\"leader\"} 1"), "{busy}");
     let args = format!(r#"{{"Pod":{},"NodeNames":["node1","node2"]}}"#, pod(2));
-    let (status, body) = http(web, "POST", "/prioritize", &args);
+    let (status, body) = http(&svc, web, "POST", "/prioritize", &args);
     assert_eq!(status, 200, "{body}");
     let scores: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let score = |host: &str| {
@@ -113,6 +107,7 @@ fn extender_filter_prioritize_and_metrics_over_http() {
     assert_eq!((score(full), score(empty)), (10, 3), "{body} (job {id})");
     // 3 GPUs: only the idle node fits; the busy one could after preemption.
     let (_, body) = http(
+        &svc,
         web,
         "POST",
         "/filter",
@@ -132,7 +127,7 @@ fn extender_filter_prioritize_and_metrics_over_http() {
         r#"{{"Pod":{},"NodeNameToMetaVictims":{{"{full}":{victims},"{empty}":{victims}}}}}"#,
         pod(3)
     );
-    let (status, body) = http(web, "POST", "/preempt", &args);
+    let (status, body) = http(&svc, web, "POST", "/preempt", &args);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let kept: Vec<&String> = v["NodeNameToMetaVictims"]
@@ -143,15 +138,22 @@ fn extender_filter_prioritize_and_metrics_over_http() {
     assert_eq!(kept, vec![empty], "{body}");
 
     // Bad payloads: a clear error, never a crash, nothing changed.
-    let (status, body) = http(web, "POST", "/filter", "{not json");
+    let (status, body) = http(&svc, web, "POST", "/filter", "{not json");
     assert_eq!(status, 200);
     assert!(body.contains("invalid extender request"), "{body}");
-    let (status, body) = http(web, "POST", "/prioritize", r#"{"NodeNames":["node1"]}"#);
+    let (status, body) = http(
+        &svc,
+        web,
+        "POST",
+        "/prioritize",
+        r#"{"NodeNames":["node1"]}"#,
+    );
     assert_eq!(
         (status, body.as_str()),
         (400, "extender request has no Pod")
     );
     let (status, body) = http(
+        &svc,
         web,
         "POST",
         "/bind",
@@ -160,9 +162,9 @@ fn extender_filter_prioritize_and_metrics_over_http() {
     assert_eq!(status, 200);
     assert!(body.contains("no Kubernetes API configured"), "{body}");
     let big = "x".repeat(17 << 20);
-    let (status, _) = http(web, "POST", "/filter", &big);
+    let (status, _) = http(&svc, web, "POST", "/filter", &big);
     assert_eq!(status, 413);
-    let (_, after) = http(web, "GET", "/metrics", "");
+    let (_, after) = http(&svc, web, "GET", "/metrics", "");
     assert!(
         after.contains("berth_gpus{state=\"allocated\"} 6"),
         "{after}"

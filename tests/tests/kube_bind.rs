@@ -15,7 +15,7 @@
 use berth_tests::{berth, berth_dev, bin, free_port, poll};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -156,16 +156,9 @@ fn serve(listener: TcpListener, api: Arc<Mutex<ApiServer>>) {
     }
 }
 
+/// A POST to the extender over HTTPS, with kube-scheduler's certificate.
 fn http(port: u16, path: &str, body: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    let raw = berth_tests::extender_call(port, &berth_tests::http_request("POST", path, body));
     raw.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
@@ -228,6 +221,7 @@ fn dev_with_api(
     ];
     args.extend_from_slice(machine_args);
     let (dev, _) = berth_dev(dir, grpc, &args);
+    berth_tests::TestCa::of_dev(dir).extender_client(web);
     (dev, grpc, web)
 }
 
@@ -390,6 +384,7 @@ fn bind_commits_the_pod_job_then_binds_and_ends_it_with_the_pod() {
         &kube_api,
     ];
     let (_dev, _) = berth_dev(&tmp.path().join("state"), grpc, &args);
+    berth_tests::TestCa::of_dev(&tmp.path().join("state")).extender_client(web);
 
     assert_eq!(bind(web, "train"), serde_json::json!({"Error": ""}));
     let queue = squeue(grpc);

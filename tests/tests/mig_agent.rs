@@ -7,7 +7,7 @@
 //! the job ends.
 
 use berth_proto::v1::{self as pb, agent_message::Msg as Up, server_message::Msg as Down};
-use berth_tests::{bin, free_port, mig_uuids, poll, Proc};
+use berth_tests::{bin, free_port, mig_uuids, poll, Proc, TestCa};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
@@ -63,21 +63,26 @@ fn agent(port: u16, state: &Path, lib: &Path) -> Proc {
             .arg("--nvml-lib")
             .arg(lib)
             .args(["--kill-wait-secs", "1"])
+            .args(TestCa::of(state.parent().expect("dir")).agent_args("n1"))
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("spawn berth-agent"),
     )
 }
 
+/// A launch sealed with the cluster key, as berthd sends it.
 fn launch(id: u64, gpu: &str, start: u32, script: &str, out: &Path) -> Down {
+    let dir = out.parent().expect("dir");
+    let mut spec = pb::JobSpec {
+        name: "mig".into(),
+        script: format!("#!/bin/sh\n{script}\n"),
+        work_dir: dir.display().to_string(),
+        ..Default::default()
+    };
+    TestCa::of(dir).seal_as_root(&mut spec);
     let job = pb::Job {
         id,
-        spec: Some(pb::JobSpec {
-            name: "mig".into(),
-            script: format!("#!/bin/sh\n{script}\n"),
-            work_dir: out.parent().expect("dir").display().to_string(),
-            ..Default::default()
-        }),
+        spec: Some(spec),
         stdout_path: out.display().to_string(),
         stderr_path: out.display().to_string(),
         state: pb::JobState::Running as i32,
@@ -152,6 +157,8 @@ async fn mig_slices_are_carved_refused_and_survive_an_agent_kill_9() {
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(TestCa::of(dir).server_tls(1))
+            .expect("TLS")
             .add_service(service)
             .serve(addr),
     );

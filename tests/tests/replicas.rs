@@ -20,6 +20,7 @@ fn cpu_agent(dir: &Path, servers: &str) -> Proc {
                 "--state-dir",
             ])
             .arg(dir.join("agent"))
+            .args(berth_tests::TestCa::of(dir).agent_args("cpu1"))
             .env("RUST_LOG", "error")
             .spawn()
             .unwrap(),
@@ -32,11 +33,10 @@ fn status(port: u16) -> Option<pb::ReplicaStatus> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = pb::admin_service_client::AdminServiceClient::connect(format!(
-            "http://127.0.0.1:{port}"
-        ))
-        .await
-        .ok()?;
+        let mut c = berth_tests::connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .map(pb::admin_service_client::AdminServiceClient::new)
+            .ok()?;
         Some(
             c.get_replica_status(pb::ReplicaStatusRequest {})
                 .await

@@ -124,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             stdout: dir.join("out"),
             stderr: dir.join("out"),
             uid_gid: None,
+            groups: Vec::new(),
             container: Some(job.clone()),
         };
         let t = Instant::now();

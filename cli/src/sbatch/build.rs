@@ -298,6 +298,9 @@ pub fn build_spec(
         switches,
         switches_wait_secs,
         dependencies: opts.dependencies.unwrap_or_default(),
+        // berthd sets both from the identity it proves.
+        identity: None,
+        launch_seal: Vec::new(),
     })
 }
 

@@ -48,12 +48,13 @@ pub fn sync(devices: &mut [dp::Device], gpus: &[pb::Gpu]) -> bool {
 /// changes nothing.
 pub async fn follow(
     servers: Vec<String>,
+    profile: berth_auth::profile::Profile,
     node: String,
     devices: Vec<watch::Sender<Vec<dp::Device>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        if let Some(gpus) = node_gpus(&servers, &node).await {
+        if let Some(gpus) = node_gpus(&servers, &profile, &node).await {
             for list in &devices {
                 list.send_if_modified(|list| sync(list, &gpus));
             }
@@ -65,10 +66,19 @@ pub async fn follow(
     }
 }
 
-async fn node_gpus(servers: &[String], node: &str) -> Option<Vec<pb::Gpu>> {
+async fn node_gpus(
+    servers: &[String],
+    profile: &berth_auth::profile::Profile,
+    node: &str,
+) -> Option<Vec<pb::Gpu>> {
     for server in servers {
         let ask = async {
-            let mut c = NodeServiceClient::connect(server.clone()).await.ok()?;
+            let channel = berth_auth::channel::endpoint(server, profile)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut c = NodeServiceClient::new(channel);
             let nodes = c
                 .list(pb::ListNodesRequest {})
                 .await
