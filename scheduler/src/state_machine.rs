@@ -1281,6 +1281,8 @@ fn node_view_shared(
                 }
             })
             .collect(),
+        // Node features and weights arrive with the cluster description.
+        ..Default::default()
     })
 }
 
