@@ -6,11 +6,15 @@
 //! Claims map to a user and groups: the user from the first present of the configured
 //! user claims (default `preferred_username`, then `sun` — Slurm's —, then `sub`), groups
 //! from the groups claim (default `groups`: an array of strings, or one space-separated
-//! string). `exp` is required; `iss` and `aud` are checked when configured.
+//! string; a dotted name such as `realm_access.roles` reaches into objects). `exp` is required; `iss` and `aud` are checked when configured.
 
 use crate::AuthError;
-use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    jwk::{Jwk, JwkSet},
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde_json::Value;
+use std::sync::{Arc, RwLock};
 
 /// Longest token text accepted.
 pub const TEXT_BYTES_MAX: usize = 16 << 10;
@@ -25,7 +29,7 @@ pub struct JwtConfig {
     /// HS256 key (berth's own tokens); `None`: HS256 tokens are refused.
     pub hs256: Option<Vec<u8>>,
     /// Public keys for RS256/ES256 (from a JWKS file or an OIDC issuer).
-    pub jwks: Option<JwkSet>,
+    pub jwks: Option<SharedJwks>,
     /// Required `iss` of RS256/ES256 tokens (the OIDC issuer URL).
     pub issuer: Option<String>,
     /// Required `aud`, if any.
@@ -40,10 +44,53 @@ impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
             .field("hs256", &self.hs256.as_ref().map(|_| "<secret>"))
-            .field("jwks_keys", &self.jwks.as_ref().map(|s| s.keys.len()))
+            .field("jwks_keys", &self.jwks.as_ref().map(|s| s.len()))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
+    }
+}
+
+/// A JWKS that an OIDC refresher replaces while requests read it. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedJwks(Arc<RwLock<JwkSet>>);
+
+impl Default for SharedJwks {
+    /// Holding no key yet (an OIDC issuer before its first fetch).
+    fn default() -> SharedJwks {
+        SharedJwks::new(JwkSet { keys: Vec::new() })
+    }
+}
+
+impl SharedJwks {
+    /// Holding `set`.
+    pub fn new(set: JwkSet) -> SharedJwks {
+        SharedJwks(Arc::new(RwLock::new(set)))
+    }
+
+    /// Takes `set` for the next verification (key rotation at the issuer).
+    pub fn replace(&self, set: JwkSet) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
+    /// Whether it holds none (an OIDC issuer not fetched yet).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key named `kid`, or the only key when the token names none.
+    fn find(&self, kid: Option<&str>) -> Option<Jwk> {
+        let set = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match kid {
+            Some(kid) => set.find(kid).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        }
     }
 }
 
@@ -141,13 +188,17 @@ impl JwtConfig {
         let set = self.jwks.as_ref().ok_or_else(|| {
             AuthError::Token("no JWKS/OIDC keys configured for RS256/ES256".into())
         })?;
-        let jwk = match kid {
-            Some(kid) => set.find(kid),
-            None if set.keys.len() == 1 => set.keys.first(),
-            None => None,
+        if set.is_empty() {
+            return Err(AuthError::Token(
+                "the OIDC issuer's keys are not fetched yet (berthd retries; see its log)".into(),
+            ));
         }
-        .ok_or_else(|| AuthError::Token(format!("no key with kid {kid:?} in the JWKS")))?;
-        DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Token(format!("JWKS key: {e}")))
+        let jwk = set.find(kid).ok_or_else(|| {
+            AuthError::Token(format!(
+                "no key with kid {kid:?} in the JWKS (signed with a key the issuer no longer publishes?)"
+            ))
+        })?;
+        DecodingKey::from_jwk(&jwk).map_err(|e| AuthError::Token(format!("JWKS key: {e}")))
     }
 
     fn identity(
@@ -172,15 +223,20 @@ impl JwtConfig {
         } else {
             &self.groups_claim
         };
-        let groups = match claims.get(gclaim) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-            Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
+        // A dotted name walks into objects (Keycloak's `realm_access.roles`); Keycloak's
+        // full-path groups (`/gpu-users`) lose their leading slash so `@gpu-users` matches.
+        let mut at = gclaim.split('.');
+        let first = at.next().and_then(|k| claims.get(k));
+        let found = at.fold(first, |v, k| v.and_then(|v| v.get(k)));
+        let groups = match found {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(s)) => s.split_whitespace().collect(),
             _ => Vec::new(),
-        };
+        }
+        .into_iter()
+        .map(|g| g.trim_start_matches('/').to_string())
+        .filter(|g| !g.is_empty())
+        .collect();
         Ok(TokenIdentity {
             user,
             groups,
@@ -231,7 +287,7 @@ pub fn load_jwks(path: &std::path::Path) -> Result<JwkSet, AuthError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn cfg() -> JwtConfig {
@@ -301,6 +357,185 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not accepted"));
+    }
+
+    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+
+    /// A token signed with the PEM key `file` under `kid` (None: no kid header).
+    pub(crate) fn signed(alg: Algorithm, file: &str, kid: Option<&str>, claims: Value) -> String {
+        let pem = std::fs::read(format!("{TESTDATA}/{file}")).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let mut h = Header::new(alg);
+        h.kid = kid.map(String::from);
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    }
+
+    pub(crate) fn test_jwks() -> JwkSet {
+        load_jwks(std::path::Path::new(&format!("{TESTDATA}/test-jwks.json"))).unwrap()
+    }
+
+    fn idp() -> JwtConfig {
+        JwtConfig {
+            jwks: Some(SharedJwks::new(test_jwks())),
+            issuer: Some("https://sso.example/realms/hpc".into()),
+            audience: Some("berth".into()),
+            groups_claim: "groups".into(),
+            ..Default::default()
+        }
+    }
+
+    /// What a Keycloak access token carries (with a group-membership mapper).
+    fn keycloak(exp: u64) -> Value {
+        serde_json::json!({
+            "iss": "https://sso.example/realms/hpc",
+            "aud": ["berth", "account"],
+            "sub": "f3a1c2d4-0000-4000-8000-000000000001",
+            "preferred_username": "alice",
+            "groups": ["/gpu-users", "/org/ml"],
+            "realm_access": {"roles": ["offline_access", "hpc-operator"]},
+            "exp": exp,
+        })
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_map_keycloak_claims_to_a_user_and_groups() {
+        let now = crate::now_ms() / 1000;
+        for (alg, file, kid) in [
+            (Algorithm::RS256, "test-rsa.pem", "rsa-1"),
+            (Algorithm::ES256, "test-ec.pem", "ec-1"),
+        ] {
+            let t = signed(alg, file, Some(kid), keycloak(now + 300));
+            let id = idp().verify(&t).unwrap();
+            assert_eq!(id.user, "alice", "{alg:?}");
+            assert_eq!(id.groups, vec!["gpu-users", "org/ml"], "{alg:?}");
+            assert_eq!(id.alg, format!("{alg:?}"));
+        }
+        // Roles from a nested claim, and the user from `sub` when told so.
+        let cfg = JwtConfig {
+            groups_claim: "realm_access.roles".into(),
+            user_claims: vec!["email".into(), "sub".into()],
+            ..idp()
+        };
+        let t = signed(
+            Algorithm::ES256,
+            "test-ec.pem",
+            Some("ec-1"),
+            keycloak(now + 300),
+        );
+        let id = cfg.verify(&t).unwrap();
+        assert_eq!(id.groups, vec!["offline_access", "hpc-operator"]);
+        assert_eq!(id.user, "f3a1c2d4-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn bad_identity_provider_tokens_are_refused_with_the_reason() {
+        let now = crate::now_ms() / 1000;
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = keycloak(now + 300);
+            f(&mut c);
+            c
+        };
+        let rs = |c: Value| signed(Algorithm::RS256, "test-rsa.pem", Some("rsa-1"), c);
+        let cases = [
+            (rs(keycloak(now - 3600)), "expired"),
+            (
+                rs(with(&|c| c["aud"] = "other-client".into())),
+                "wrong audience",
+            ),
+            (
+                rs(with(&|c| c["iss"] = "https://evil.example".into())),
+                "wrong issuer",
+            ),
+            (
+                rs(with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                })),
+                "missing claim exp",
+            ),
+            // A key the issuer retired (rotated out of its JWKS): its kid is gone…
+            (
+                signed(
+                    Algorithm::RS256,
+                    "test-rsa-retired.pem",
+                    Some("rsa-old"),
+                    keycloak(now + 300),
+                ),
+                "no key with kid",
+            ),
+            // …and reusing a published kid does not make its signature verify.
+            (
+                signed(
+                    Algorithm::RS256,
+                    "test-rsa-retired.pem",
+                    Some("rsa-1"),
+                    keycloak(now + 300),
+                ),
+                "does not verify",
+            ),
+            // An EC signature presented under the RSA key's kid (algorithm confusion).
+            (
+                signed(
+                    Algorithm::ES256,
+                    "test-ec.pem",
+                    Some("rsa-1"),
+                    keycloak(now + 300),
+                ),
+                "",
+            ),
+            // Two keys and no kid: which one is not guessed.
+            (
+                signed(Algorithm::RS256, "test-rsa.pem", None, keycloak(now + 300)),
+                "no key with kid None",
+            ),
+        ];
+        for (i, (t, want)) in cases.into_iter().enumerate() {
+            match idp().verify(&t) {
+                Err(e) if e.to_string().contains(want) => {}
+                got => panic!("#{i}: want an error containing {want:?}, got {got:?}"),
+            }
+        }
+        // No keys configured, and keys not fetched yet.
+        let t = rs(keycloak(now + 300));
+        let none = JwtConfig::default().verify(&t).unwrap_err().to_string();
+        assert!(none.contains("no JWKS/OIDC keys configured"), "{none}");
+        let empty = JwtConfig {
+            jwks: Some(SharedJwks::default()),
+            ..idp()
+        };
+        let e = empty.verify(&t).unwrap_err().to_string();
+        assert!(e.contains("not fetched yet"), "{e}");
+        // After a refresh that brings the key, the same token verifies.
+        empty.jwks.as_ref().unwrap().replace(test_jwks());
+        assert_eq!(empty.verify(&t).unwrap().user, "alice");
+    }
+
+    #[test]
+    fn malformed_jwks_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (text, want)) in [
+            ("", "not a JWKS"),
+            ("{\"keys\": 3}", "not a JWKS"),
+            ("{\"keys\": [{\"kty\": \"RSA\"}]}", "not a JWKS"),
+            ("{\"keys\": []}", "no RSA or EC key"),
+            (
+                "{\"keys\": [{\"kty\": \"oct\", \"k\": \"AAAA\"}]}",
+                "no RSA or EC key",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = dir.path().join(format!("{i}.json"));
+            std::fs::write(&p, text).unwrap();
+            match crate::oidc::load_jwks_file(&p) {
+                Err(e) if e.to_string().contains(want) => {}
+                got => panic!("#{i}: want an error containing {want:?}, got {got:?}"),
+            }
+        }
+        assert!(crate::oidc::load_jwks_file(&dir.path().join("missing")).is_err());
     }
 
     proptest::proptest! {

@@ -16,6 +16,7 @@
 //! - [`seal`]: launch seals: the identity and what runs, sealed at submit, verified at launch.
 //! - [`env_policy`]: variables `--export` may not set.
 //! - [`jwt`]: issuing and verifying JWTs; claims mapped to a user and groups.
+//! - [`oidc`]: an OIDC issuer's discovery document and JWKS, fetched.
 //! - [`ca`]: the cluster CA (`berth admin ca init`, `ca issue`).
 //! - [`tls`]: rustls configuration, certificate reload, peer roles from certificates.
 //! - [`channel`]: the client side: TLS channel plus the proof attached to every call.
@@ -28,6 +29,7 @@ pub mod credential;
 pub mod env_policy;
 pub mod jwt;
 pub mod key;
+pub mod oidc;
 pub mod profile;
 pub mod seal;
 pub mod tls;
@@ -86,6 +88,14 @@ pub enum AuthError {
     Credd {
         /// Its socket.
         path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// An OIDC issuer's discovery document or JWKS could not be fetched or used.
+    #[error("OIDC {url}: {detail}")]
+    Oidc {
+        /// What was fetched.
+        url: String,
         /// What went wrong.
         detail: String,
     },

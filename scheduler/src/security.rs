@@ -274,7 +274,9 @@ impl SecurityConfig {
             ..Default::default()
         };
         if let Some(p) = &file.jwt.jwks {
-            jwt.jwks = Some(berth_auth::jwt::load_jwks(p)?);
+            jwt.jwks = Some(berth_auth::jwt::SharedJwks::new(
+                berth_auth::oidc::load_jwks_file(p)?,
+            ));
         }
         let rate = file.requests_per_sec.unwrap_or(RATE_PER_SEC_DEFAULT);
         Ok(SecurityConfig {
