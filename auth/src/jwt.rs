@@ -84,7 +84,7 @@ impl SharedJwks {
     }
 
     /// The key named `kid`, or the only key when the token names none.
-    fn find(&self, kid: Option<&str>) -> Option<Jwk> {
+    pub(crate) fn find(&self, kid: Option<&str>) -> Option<Jwk> {
         let set = self.0.read().unwrap_or_else(|e| e.into_inner());
         match kid {
             Some(kid) => set.find(kid).cloned(),
@@ -359,28 +359,15 @@ pub(crate) mod tests {
             .contains("not accepted"));
     }
 
-    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+    use crate::test_idp::{unsigned, TestKey};
 
-    /// A token signed with the PEM key `file` under `kid` (None: no kid header).
-    pub(crate) fn signed(alg: Algorithm, file: &str, kid: Option<&str>, claims: Value) -> String {
-        let pem = std::fs::read(format!("{TESTDATA}/{file}")).unwrap();
-        let key = match alg {
-            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-        };
-        let mut h = Header::new(alg);
-        h.kid = kid.map(String::from);
-        jsonwebtoken::encode(&h, &claims, &key).unwrap()
-    }
+    const ISS: &str = "https://sso.example/realms/hpc";
 
-    pub(crate) fn test_jwks() -> JwkSet {
-        load_jwks(std::path::Path::new(&format!("{TESTDATA}/test-jwks.json"))).unwrap()
-    }
-
-    fn idp() -> JwtConfig {
+    fn idp(keys: &[&TestKey]) -> JwtConfig {
+        let set: JwkSet = serde_json::from_str(&crate::test_idp::jwks(keys)).unwrap();
         JwtConfig {
-            jwks: Some(SharedJwks::new(test_jwks())),
-            issuer: Some("https://sso.example/realms/hpc".into()),
+            jwks: Some(SharedJwks::new(set)),
+            issuer: Some(ISS.into()),
             audience: Some("berth".into()),
             groups_claim: "groups".into(),
             ..Default::default()
@@ -388,127 +375,136 @@ pub(crate) mod tests {
     }
 
     /// What a Keycloak access token carries (with a group-membership mapper).
-    fn keycloak(exp: u64) -> Value {
+    fn keycloak(secs: i64) -> Value {
+        let now = (crate::now_ms() / 1000) as i64;
         serde_json::json!({
-            "iss": "https://sso.example/realms/hpc",
+            "iss": ISS,
             "aud": ["berth", "account"],
             "sub": "f3a1c2d4-0000-4000-8000-000000000001",
             "preferred_username": "alice",
             "groups": ["/gpu-users", "/org/ml"],
             "realm_access": {"roles": ["offline_access", "hpc-operator"]},
-            "exp": exp,
+            "exp": now + secs,
         })
     }
 
     #[test]
     fn rs256_and_es256_tokens_map_keycloak_claims_to_a_user_and_groups() {
-        let now = crate::now_ms() / 1000;
-        for (alg, file, kid) in [
-            (Algorithm::RS256, "test-rsa.pem", "rsa-1"),
-            (Algorithm::ES256, "test-ec.pem", "ec-1"),
-        ] {
-            let t = signed(alg, file, Some(kid), keycloak(now + 300));
-            let id = idp().verify(&t).unwrap();
-            assert_eq!(id.user, "alice", "{alg:?}");
-            assert_eq!(id.groups, vec!["gpu-users", "org/ml"], "{alg:?}");
-            assert_eq!(id.alg, format!("{alg:?}"));
+        let (rsa, ec) = (TestKey::rsa("rsa-1"), TestKey::ec("ec-1"));
+        let cfg = idp(&[&rsa, &ec]);
+        for k in [&rsa, &ec] {
+            let id = cfg.verify(&k.sign(&keycloak(300))).unwrap();
+            assert_eq!(id.user, "alice", "{:?}", k.alg);
+            assert_eq!(id.groups, vec!["gpu-users", "org/ml"], "{:?}", k.alg);
+            assert_eq!(id.alg, format!("{:?}", k.alg));
         }
-        // Roles from a nested claim, and the user from `sub` when told so.
+        // Roles from a nested claim, the user from the first present configured claim.
         let cfg = JwtConfig {
             groups_claim: "realm_access.roles".into(),
             user_claims: vec!["email".into(), "sub".into()],
-            ..idp()
+            ..cfg
         };
-        let t = signed(
-            Algorithm::ES256,
-            "test-ec.pem",
-            Some("ec-1"),
-            keycloak(now + 300),
-        );
-        let id = cfg.verify(&t).unwrap();
+        let id = cfg.verify(&ec.sign(&keycloak(300))).unwrap();
         assert_eq!(id.groups, vec!["offline_access", "hpc-operator"]);
         assert_eq!(id.user, "f3a1c2d4-0000-4000-8000-000000000001");
+        // Groups as one space-separated string; none when the claim is absent.
+        let mut c = keycloak(300);
+        c["groups"] = "a b".into();
+        assert_eq!(
+            idp(&[&rsa]).verify(&rsa.sign(&c)).unwrap().groups,
+            vec!["a", "b"]
+        );
+        c.as_object_mut().unwrap().remove("groups");
+        assert!(idp(&[&rsa])
+            .verify(&rsa.sign(&c))
+            .unwrap()
+            .groups
+            .is_empty());
     }
 
     #[test]
     fn bad_identity_provider_tokens_are_refused_with_the_reason() {
-        let now = crate::now_ms() / 1000;
+        let (rsa, ec) = (TestKey::rsa("rsa-1"), TestKey::ec("ec-1"));
+        // A key the issuer no longer publishes (rotated out), signing under its own kid and
+        // under a published one.
+        let retired = TestKey::rsa("rsa-old");
+        let cfg = idp(&[&rsa, &ec]);
         let with = |f: &dyn Fn(&mut Value)| {
-            let mut c = keycloak(now + 300);
+            let mut c = keycloak(300);
             f(&mut c);
             c
         };
-        let rs = |c: Value| signed(Algorithm::RS256, "test-rsa.pem", Some("rsa-1"), c);
+        let good = keycloak(300);
+        let mut parts: Vec<String> = rsa.sign(&good).split('.').map(String::from).collect();
+        parts[1] = parts[1].chars().rev().collect(); // tampered payload, signature kept
+        let tampered = parts.join(".");
         let cases = [
-            (rs(keycloak(now - 3600)), "expired"),
+            (rsa.sign(&keycloak(-3600)), "expired"),
             (
-                rs(with(&|c| c["aud"] = "other-client".into())),
+                rsa.sign(&with(&|c| c["aud"] = "other-client".into())),
                 "wrong audience",
             ),
             (
-                rs(with(&|c| c["iss"] = "https://evil.example".into())),
+                rsa.sign(&with(&|c| c["iss"] = "https://evil.example".into())),
                 "wrong issuer",
             ),
             (
-                rs(with(&|c| {
+                rsa.sign(&with(&|c| {
                     c.as_object_mut().unwrap().remove("exp");
                 })),
                 "missing claim exp",
             ),
-            // A key the issuer retired (rotated out of its JWKS): its kid is gone…
+            (retired.sign(&good), "no key with kid Some(\"rsa-old\")"),
             (
-                signed(
-                    Algorithm::RS256,
-                    "test-rsa-retired.pem",
-                    Some("rsa-old"),
-                    keycloak(now + 300),
-                ),
-                "no key with kid",
-            ),
-            // …and reusing a published kid does not make its signature verify.
-            (
-                signed(
-                    Algorithm::RS256,
-                    "test-rsa-retired.pem",
-                    Some("rsa-1"),
-                    keycloak(now + 300),
-                ),
+                retired.sign_as(Some("rsa-1"), Algorithm::RS256, &good),
                 "does not verify",
             ),
             // An EC signature presented under the RSA key's kid (algorithm confusion).
+            (ec.sign_as(Some("rsa-1"), Algorithm::ES256, &good), "token"),
+            // An algorithm berth does not accept (only HS256, RS256, ES256 are).
             (
-                signed(
-                    Algorithm::ES256,
-                    "test-ec.pem",
-                    Some("rsa-1"),
-                    keycloak(now + 300),
-                ),
-                "",
+                rsa.sign_as(Some("rsa-1"), Algorithm::RS384, &good),
+                "not accepted",
             ),
             // Two keys and no kid: which one is not guessed.
             (
-                signed(Algorithm::RS256, "test-rsa.pem", None, keycloak(now + 300)),
+                rsa.sign_as(None, Algorithm::RS256, &good),
                 "no key with kid None",
             ),
+            (unsigned(&good), "malformed"),
+            (tampered, "token"),
+            ("not.a.token".to_string(), "malformed"),
+            (String::new(), "malformed"),
         ];
         for (i, (t, want)) in cases.into_iter().enumerate() {
-            match idp().verify(&t) {
+            match cfg.verify(&t) {
                 Err(e) if e.to_string().contains(want) => {}
                 got => panic!("#{i}: want an error containing {want:?}, got {got:?}"),
             }
         }
+        // The same tokens without an issuer or audience configured: only those checks go.
+        let lax = JwtConfig {
+            issuer: None,
+            audience: None,
+            ..idp(&[&rsa])
+        };
+        assert!(lax
+            .verify(&rsa.sign(&with(&|c| c["iss"] = "https://evil.example".into())))
+            .is_ok());
+        assert!(lax.verify(&rsa.sign(&keycloak(-3600))).is_err());
         // No keys configured, and keys not fetched yet.
-        let t = rs(keycloak(now + 300));
+        let t = rsa.sign(&good);
         let none = JwtConfig::default().verify(&t).unwrap_err().to_string();
         assert!(none.contains("no JWKS/OIDC keys configured"), "{none}");
         let empty = JwtConfig {
             jwks: Some(SharedJwks::default()),
-            ..idp()
+            ..idp(&[])
         };
         let e = empty.verify(&t).unwrap_err().to_string();
         assert!(e.contains("not fetched yet"), "{e}");
         // After a refresh that brings the key, the same token verifies.
-        empty.jwks.as_ref().unwrap().replace(test_jwks());
+        let set: JwkSet = serde_json::from_str(&crate::test_idp::jwks(&[&rsa])).unwrap();
+        empty.jwks.as_ref().unwrap().replace(set);
         assert_eq!(empty.verify(&t).unwrap().user, "alice");
     }
 
@@ -536,6 +532,15 @@ pub(crate) mod tests {
             }
         }
         assert!(crate::oidc::load_jwks_file(&dir.path().join("missing")).is_err());
+        // A good file loads, and verifies what its key signed.
+        let k = TestKey::ec("ec-1");
+        let p = dir.path().join("good.json");
+        std::fs::write(&p, crate::test_idp::jwks(&[&k])).unwrap();
+        let cfg = JwtConfig {
+            jwks: Some(SharedJwks::new(crate::oidc::load_jwks_file(&p).unwrap())),
+            ..Default::default()
+        };
+        assert_eq!(cfg.verify(&k.sign(&keycloak(60))).unwrap().user, "alice");
     }
 
     proptest::proptest! {

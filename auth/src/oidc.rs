@@ -138,6 +138,122 @@ impl OidcIssuer {
     }
 }
 
+/// Shortest time between two JWKS fetches: tokens naming unknown kids, however many,
+/// cost the issuer at most one request per interval.
+pub const REFETCH_MIN: Duration = Duration::from_secs(10);
+/// Keys older than this are fetched again before the next token is judged (a key the
+/// issuer withdrew stops verifying within this long).
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// An issuer's keys, cached: fetched when a token first needs them, again when a token
+/// names a kid they lack (the issuer rotated its keys) or they are older than
+/// [`KEYS_MAX_AGE`], never more often than [`REFETCH_MIN`].
+pub struct OidcKeys {
+    issuer: OidcIssuer,
+    jwks: crate::jwt::SharedJwks,
+    /// Shortest time between fetches ([`REFETCH_MIN`] unless a test says otherwise).
+    pub refetch_min: Duration,
+    times: std::sync::Mutex<FetchTimes>,
+    /// One fetch at a time; callers arriving meanwhile find its result.
+    gate: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct FetchTimes {
+    tried: Option<std::time::Instant>,
+    fetched: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for OidcKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcKeys")
+            .field("issuer", &self.issuer.issuer)
+            .field("keys", &self.jwks.len())
+            .finish()
+    }
+}
+
+impl OidcKeys {
+    /// Keys of `issuer`, none fetched yet.
+    pub fn new(issuer: OidcIssuer) -> OidcKeys {
+        OidcKeys {
+            issuer,
+            jwks: crate::jwt::SharedJwks::default(),
+            refetch_min: REFETCH_MIN,
+            times: std::sync::Mutex::new(FetchTimes::default()),
+            gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The key set a [`crate::jwt::JwtConfig`] verifies with (replaced by each fetch).
+    pub fn jwks(&self) -> crate::jwt::SharedJwks {
+        self.jwks.clone()
+    }
+
+    fn times(&self) -> std::sync::MutexGuard<'_, FetchTimes> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the cached keys can judge `token` without a fetch.
+    fn fresh_for(&self, kid: Option<&str>) -> bool {
+        let young = self
+            .times()
+            .fetched
+            .is_some_and(|t| t.elapsed() < KEYS_MAX_AGE);
+        young && self.jwks.find(kid).is_some()
+    }
+
+    /// Makes sure the cache holds what `token` needs, fetching if it may (see the type
+    /// doc). A token that is not RS256/ES256, or does not parse, needs nothing: its
+    /// verification says what is wrong with it.
+    ///
+    /// # Errors
+    /// The fetch's [`AuthError::Oidc`]; the keys held before stay.
+    pub async fn keys_for(&self, token: &str) -> Result<(), AuthError> {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return Ok(());
+        };
+        if !matches!(
+            header.alg,
+            jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::ES256
+        ) {
+            return Ok(());
+        }
+        let kid = header.kid.as_deref();
+        if self.fresh_for(kid) {
+            return Ok(());
+        }
+        let _one = self.gate.lock().await;
+        if self.fresh_for(kid) {
+            return Ok(()); // fetched while this caller waited
+        }
+        if self
+            .times()
+            .tried
+            .is_some_and(|t| t.elapsed() < self.refetch_min)
+        {
+            return Ok(()); // the kid stays unknown until the next allowed fetch
+        }
+        self.times().tried = Some(std::time::Instant::now());
+        match self.issuer.fetch_keys().await {
+            Ok(set) => {
+                tracing::info!(
+                    issuer = self.issuer.issuer,
+                    keys = set.keys.len(),
+                    "OIDC keys fetched"
+                );
+                self.jwks.replace(set);
+                self.times().fetched = Some(std::time::Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                Err(e)
+            }
+        }
+    }
+}
+
 fn bytes_empty() -> hyper::body::Bytes {
     hyper::body::Bytes::new()
 }
@@ -227,103 +343,30 @@ pub fn load_jwks_file(path: &Path) -> Result<JwkSet, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use crate::test_idp::{TestIdp, TestKey};
 
-    /// Serves `routes` (path → status, body) over plain HTTP on loopback, as a local IdP
-    /// would; returns its base URL.
-    async fn idp(routes: Vec<(String, u16, String)>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 4096];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let (code, body) = routes
-                        .iter()
-                        .find(|(p, _, _)| *p == path)
-                        .map(|(_, c, b)| (*c, b.clone()))
-                        .unwrap_or((404, "not found".into()));
-                    let resp = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        base
-    }
-
-    fn jwks_text() -> String {
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/test-jwks.json"
-        ))
-        .unwrap()
-    }
-
-    /// An IdP at a realm path whose discovery document names `issuer` (None: its own URL)
-    /// and whose JWKS answers `jwks`.
-    async fn realm(issuer: Option<&str>, jwks: (u16, String)) -> String {
-        // The document names the listener's own URL, known only once it is bound.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/realms/hpc", listener.local_addr().unwrap());
-        let doc = serde_json::json!({
-            "issuer": issuer.unwrap_or(&base),
-            "jwks_uri": format!("{base}/protocol/openid-connect/certs"),
+    fn keys_of(issuer: &str) -> OidcKeys {
+        OidcKeys::new(OidcIssuer {
+            issuer: issuer.into(),
+            ca: None,
         })
-        .to_string();
-        let routes = vec![
-            (
-                "/realms/hpc/.well-known/openid-configuration".to_string(),
-                200,
-                doc,
-            ),
-            (
-                "/realms/hpc/protocol/openid-connect/certs".to_string(),
-                jwks.0,
-                jwks.1,
-            ),
-        ];
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 4096];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let (code, body) = routes
-                        .iter()
-                        .find(|(p, _, _)| *p == path)
-                        .map(|(_, c, b)| (*c, b.clone()))
-                        .unwrap_or((404, "not found".into()));
-                    let resp = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        base
+    }
+
+    fn config(keys: &OidcKeys, issuer: &str) -> crate::jwt::JwtConfig {
+        crate::jwt::JwtConfig {
+            jwks: Some(keys.jwks()),
+            issuer: Some(issuer.into()),
+            audience: Some("berth".into()),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
     async fn keys_come_from_the_issuers_discovery_document() {
-        let base = realm(None, (200, jwks_text())).await;
+        let (rsa, ec) = (TestKey::rsa("rsa-1"), TestKey::ec("ec-1"));
+        let idp = TestIdp::start(&[&rsa, &ec]).await;
         let set = OidcIssuer {
-            issuer: base.clone(),
+            issuer: idp.issuer.clone(),
             ca: None,
         }
         .fetch_keys()
@@ -335,48 +378,88 @@ mod tests {
             .filter_map(|k| k.common.key_id.clone())
             .collect();
         assert_eq!(kids, vec!["rsa-1", "ec-1"]);
-        // A token the IdP signed verifies against what was fetched.
-        let cfg = crate::jwt::JwtConfig {
-            jwks: Some(crate::jwt::SharedJwks::new(set)),
-            issuer: Some(base.clone()),
-            ..Default::default()
-        };
-        let t = crate::jwt::tests::signed(
-            jsonwebtoken::Algorithm::RS256,
-            "test-rsa.pem",
-            Some("rsa-1"),
-            serde_json::json!({"iss": base, "preferred_username": "alice",
-                "exp": crate::now_ms() / 1000 + 60}),
-        );
-        assert_eq!(cfg.verify(&t).unwrap().user, "alice");
+    }
+
+    #[tokio::test]
+    async fn keys_are_cached_and_fetched_again_for_an_unknown_kid() {
+        let (k1, k2, stranger) = (TestKey::rsa("k1"), TestKey::ec("k2"), TestKey::ec("x"));
+        let idp = TestIdp::start(&[&k1]).await;
+        let mut keys = keys_of(&idp.issuer);
+        keys.refetch_min = Duration::from_millis(300);
+        let cfg = config(&keys, &idp.issuer);
+        let t1 = k1.sign(&idp.claims("alice", 300));
+        // Nothing is fetched until a token needs it; then once for many tokens.
+        assert_eq!(idp.jwks_fetches(), 0);
+        for _ in 0..5 {
+            keys.keys_for(&t1).await.unwrap();
+            assert_eq!(cfg.verify(&t1).unwrap().user, "alice");
+        }
+        assert_eq!(idp.jwks_fetches(), 1);
+        // The issuer rotates to k2: a k2 token makes the cache fetch again, and verifies.
+        idp.publish(&[&k2]);
+        tokio::time::sleep(keys.refetch_min).await;
+        let t2 = k2.sign(&idp.claims("bob", 300));
+        keys.keys_for(&t2).await.unwrap();
+        assert_eq!(cfg.verify(&t2).unwrap().user, "bob");
+        assert_eq!(idp.jwks_fetches(), 2);
+        // k1 is gone with the rotation.
+        keys.keys_for(&t1).await.unwrap();
+        let e = cfg.verify(&t1).unwrap_err().to_string();
+        assert!(e.contains("no key with kid Some(\"k1\")"), "{e}");
+        // A flood of tokens with a kid nobody publishes costs the issuer nothing more
+        // within the interval, and each is refused.
+        let fetched = idp.jwks_fetches();
+        let forged = stranger.sign(&idp.claims("mallory", 300));
+        for _ in 0..20 {
+            keys.keys_for(&forged).await.unwrap();
+            assert!(cfg.verify(&forged).is_err());
+        }
+        assert_eq!(idp.jwks_fetches(), fetched);
+        // An issuer failing keeps the keys held before.
+        tokio::time::sleep(keys.refetch_min).await;
+        idp.serve_jwks(503, "down");
+        let e = keys.keys_for(&forged).await.unwrap_err().to_string();
+        assert!(e.contains("answered 503"), "{e}");
+        assert_eq!(cfg.verify(&t2).unwrap().user, "bob");
+        // Tokens that are not RS256/ES256, or no JWT at all, fetch nothing.
+        let before = idp.jwks_fetches();
+        tokio::time::sleep(keys.refetch_min).await;
+        keys.keys_for("garbage").await.unwrap();
+        keys.keys_for(&crate::test_idp::unsigned(&idp.claims("eve", 300)))
+            .await
+            .unwrap();
+        assert_eq!(idp.jwks_fetches(), before);
     }
 
     #[tokio::test]
     async fn bad_issuers_are_refused_with_the_reason() {
+        let k = TestKey::rsa("rsa-1");
         let big = format!(
             "{{\"keys\": [], \"pad\": \"{}\"}}",
             "x".repeat(DOCUMENT_BYTES_MAX)
         );
-        let cases = [
-            (
-                realm(Some("https://evil.example/realms/hpc"), (200, jwks_text())).await,
-                "names issuer",
-            ),
-            (realm(None, (500, "oops".into())).await, "answered 500"),
-            (realm(None, (200, "<html>".into())).await, "not a JWKS"),
-            (
-                realm(None, (200, "{\"keys\": []}".into())).await,
-                "no RSA or EC key",
-            ),
-            (realm(None, (200, big)).await, "at most"),
-            (idp(vec![]).await, "answered 404"),
-            (
-                "http://sso.example/realms/hpc".to_string(),
-                "only accepted on loopback",
-            ),
-            ("ftp://127.0.0.1/x".to_string(), "not an http(s) URL"),
-            ("http://127.0.0.1:1".to_string(), "connect"),
-        ];
+        let mut cases: Vec<(String, &str)> = Vec::new();
+        let other = TestIdp::start(&[&k]).await;
+        other.claim_issuer("https://evil.example/realms/hpc");
+        cases.push((other.issuer.clone(), "names issuer"));
+        for (status, body, want) in [
+            (500, "oops".to_string(), "answered 500"),
+            (200, "<html>".into(), "not a JWKS"),
+            (200, "{\"keys\": []}".into(), "no RSA or EC key"),
+            (200, big, "at most"),
+        ] {
+            let idp = TestIdp::start(&[&k]).await;
+            idp.serve_jwks(status, &body);
+            cases.push((idp.issuer.clone(), want));
+        }
+        let idp = TestIdp::start(&[&k]).await;
+        cases.push((format!("{}/elsewhere", idp.issuer), "answered 404"));
+        cases.push((
+            "http://sso.example/realms/hpc".into(),
+            "only accepted on loopback",
+        ));
+        cases.push(("ftp://127.0.0.1/x".into(), "not an http(s) URL"));
+        cases.push(("http://127.0.0.1:1".into(), "connect"));
         for (i, (issuer, want)) in cases.into_iter().enumerate() {
             match (OidcIssuer { issuer, ca: None }).fetch_keys().await {
                 Err(e) if e.to_string().contains(want) => {}
