@@ -14,6 +14,9 @@ use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
 use serde_json::Value;
+
+/// The algorithms of [`TokenIdentity::alg`] and of forged headers in tests.
+pub use jsonwebtoken::Algorithm as TokenAlgorithm;
 use std::sync::{Arc, RwLock};
 
 /// Longest token text accepted.

@@ -188,6 +188,13 @@ struct JwtFile {
     jwks: Option<std::path::PathBuf>,
     /// Required `iss` of RS256/ES256 tokens.
     issuer: Option<String>,
+    /// An OIDC issuer whose keys are fetched (its discovery document's `jwks_uri`);
+    /// also the required `iss`. Not with `jwks`.
+    oidc_issuer: Option<String>,
+    /// CA certificate(s) to trust for the OIDC issuer's HTTPS (default: the system's).
+    oidc_ca: Option<std::path::PathBuf>,
+    /// Shortest time between two fetches of the issuer's keys (default 10).
+    oidc_refetch_secs: Option<u64>,
     audience: Option<String>,
     #[serde(default)]
     user_claims: Vec<String>,
@@ -224,6 +231,8 @@ pub struct SecurityConfig {
     pub peer_profile: Profile,
     /// How tokens are checked (and the HS256 key `berth token` signs with).
     pub jwt: JwtConfig,
+    /// The OIDC issuer's cached keys (`jwt.oidc_issuer`), fetched as tokens need them.
+    pub oidc: Option<Arc<berth_auth::oidc::OidcKeys>>,
     admins: Vec<String>,
     operators: Vec<String>,
     /// Single-use local credentials seen.
@@ -273,10 +282,51 @@ impl SecurityConfig {
             groups_claim: file.jwt.groups_claim,
             ..Default::default()
         };
-        if let Some(p) = &file.jwt.jwks {
-            jwt.jwks = Some(berth_auth::jwt::SharedJwks::new(
-                berth_auth::oidc::load_jwks_file(p)?,
-            ));
+        let config_err = |detail: String| SecurityError::Config {
+            path: path.display().to_string(),
+            detail,
+        };
+        let mut oidc = None;
+        if file.jwt.oidc_ca.is_some() && file.jwt.oidc_issuer.is_none() {
+            return Err(config_err("jwt.oidc_ca without jwt.oidc_issuer".into()));
+        }
+        match (&file.jwt.jwks, file.jwt.oidc_issuer) {
+            (Some(_), Some(_)) => {
+                return Err(config_err(
+                    "jwt.jwks and jwt.oidc_issuer both set: keys come from one of them".into(),
+                ))
+            }
+            (Some(p), None) => {
+                jwt.jwks = Some(berth_auth::jwt::SharedJwks::new(
+                    berth_auth::oidc::load_jwks_file(p)?,
+                ));
+            }
+            (None, Some(issuer)) => {
+                if !issuer.starts_with("https://") && !issuer.starts_with("http://") {
+                    return Err(config_err(format!(
+                        "jwt.oidc_issuer {issuer:?} is not an https:// URL"
+                    )));
+                }
+                match &jwt.issuer {
+                    Some(iss) if *iss != issuer => {
+                        return Err(config_err(format!(
+                            "jwt.issuer {iss:?} differs from jwt.oidc_issuer {issuer:?} \
+                             (tokens carry the OIDC issuer in iss; leave jwt.issuer out)"
+                        )))
+                    }
+                    _ => jwt.issuer = Some(issuer.clone()),
+                }
+                let mut keys = berth_auth::oidc::OidcKeys::new(berth_auth::oidc::OidcIssuer {
+                    issuer,
+                    ca: file.jwt.oidc_ca,
+                });
+                if let Some(s) = file.jwt.oidc_refetch_secs {
+                    keys.refetch_min = std::time::Duration::from_secs(s);
+                }
+                jwt.jwks = Some(keys.jwks());
+                oidc = Some(Arc::new(keys));
+            }
+            (None, None) => {}
         }
         let rate = file.requests_per_sec.unwrap_or(RATE_PER_SEC_DEFAULT);
         Ok(SecurityConfig {
@@ -289,6 +339,7 @@ impl SecurityConfig {
                 ..Default::default()
             },
             jwt,
+            oidc,
             admins: file.admins,
             operators: file.operators,
             replay: ReplayCache::new(1 << 20),
@@ -362,7 +413,8 @@ pub fn stamp_submit(
         let mine = accounts.access.memberships(&id.user);
         return Err(Status::permission_denied(format!(
             "Invalid account or account/partition combination specified: user {:?} may not \
-             submit to account {account:?} (member of: {mine:?}; coordinators and admins add members)",
+             submit to account {account:?}: it needs membership of it or role admin (member of: \
+             {mine:?}; coordinators and admins add members)",
             id.user
         )));
     }

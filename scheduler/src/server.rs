@@ -899,6 +899,21 @@ impl pb::admin_service_server::AdminService for Api {
         }
         if caller.role < crate::security::Role::Admin {
             let sm = self.0.raft.state();
+            // Only coordinators change anything short of admin: a user coordinating no
+            // account is refused even a no-op, so no one else writes to the log here.
+            if sm
+                .accounts()
+                .access
+                .coordinated(&caller.identity.user)
+                .is_empty()
+            {
+                return Err(Status::permission_denied(format!(
+                    "Access/permission denied: SetAccounts needs role admin or an account \
+                     coordinator (you are {:?}, role {})",
+                    caller.identity.user,
+                    caller.role.name()
+                )));
+            }
             let current = match sm.accounts_toml() {
                 "" => crate::accounts::DEFAULT_TOML,
                 text => text,
