@@ -1008,13 +1008,64 @@ impl pb::admin_service_server::AdminService for Api {
         &self,
         req: Request<pb::AuditQuery>,
     ) -> Result<Response<pb::AuditRecords>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let audit = self.0.audit.clone();
-        let records = tokio::task::spawn_blocking(move || audit.query(r.since_ms, &r.user, limit))
+        let filter = crate::audit::AuditFilter::of(&r);
+        let mut records = tokio::task::spawn_blocking(move || audit.query(&filter, limit))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::AuditRecords { records }))
+        let mut unreachable = Vec::new();
+        if !r.local_only {
+            // Each replica keeps the records of the calls it handled: gather the others'
+            // (as the caller, whose role each peer checks again), so one query sees the
+            // whole group's history across leader changes.
+            let me = self.0.raft.id();
+            let ask = pb::AuditQuery {
+                local_only: true,
+                ..r.clone()
+            };
+            let peers: Vec<(u64, String)> = self
+                .0
+                .raft
+                .peers()
+                .into_iter()
+                .filter(|(id, _)| *id != me)
+                .collect();
+            let calls = peers.into_iter().map(|(id, url)| {
+                let (caller, ask, sec) = (caller.clone(), ask.clone(), self.0.security.clone());
+                async move {
+                    let got = async {
+                        let profile = sec.map(|s| s.peer_profile.clone()).unwrap_or_default();
+                        let channel = berth_auth::channel::endpoint(&url, &profile)?
+                            .connect_timeout(std::time::Duration::from_secs(2))
+                            .timeout(std::time::Duration::from_secs(5))
+                            .connect()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        pb::admin_service_client::AdminServiceClient::new(channel)
+                            .query_audit(forward(&caller, ask))
+                            .await
+                            .map(|r| r.into_inner().records)
+                            .map_err(|s| s.message().to_string())
+                    }
+                    .await;
+                    (id, url, got)
+                }
+            });
+            for (id, url, got) in futures::future::join_all(calls).await {
+                match got {
+                    Ok(mut more) => records.append(&mut more),
+                    Err(e) => unreachable.push(format!("replica {id} ({url}): {e}")),
+                }
+            }
+            records = crate::audit::merge(records, limit);
+        }
+        Ok(Response::new(pb::AuditRecords {
+            records,
+            unreachable,
+        }))
     }
 
     async fn get_replica_status(

@@ -887,3 +887,198 @@ async fn certificates_replaced_on_disk_are_served_without_a_restart() {
         "berthd still runs"
     );
 }
+
+/// The audit records replica at `url` returns to admin `man` for `q`.
+async fn audit_at(url: &str, ca: &TestCa, q: pb::AuditQuery) -> pb::AuditRecords {
+    pb::admin_service_client::AdminServiceClient::new(token_channel(url, ca, "man").await)
+        .query_audit(q)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `bin` asks replica `url` for the audit log, which needs role operator: refused, and
+/// audited there. The time it was made.
+async fn refused_call(url: &str, ca: &TestCa) -> u64 {
+    let t = berth_auth::now_ms();
+    let e = pb::admin_service_client::AdminServiceClient::new(token_channel(url, ca, "bin").await)
+        .query_audit(pb::AuditQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    t
+}
+
+async fn leader_of(urls: &[String], ca: &TestCa, skip: Option<u64>) -> u64 {
+    for _ in 0..300 {
+        for (i, url) in urls.iter().enumerate() {
+            if Some(i as u64 + 1) == skip {
+                continue;
+            }
+            let Ok(ch) = berth_auth::channel::connect(
+                url,
+                Some(&Profile {
+                    ca: Some(ca.ca.join("ca.pem")),
+                    token: Some(token(ca, "man")),
+                    ..Default::default()
+                }),
+            )
+            .await
+            else {
+                continue;
+            };
+            if let Ok(s) = pb::admin_service_client::AdminServiceClient::new(ch)
+                .get_replica_status(pb::ReplicaStatusRequest {})
+                .await
+            {
+                let l = s.get_ref().leader_id;
+                if l != 0 && Some(l) != skip {
+                    return l;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader elected");
+}
+
+/// Waits until `url`'s merged audit has `n` refusals of bin's; returns them.
+async fn bins_refusals(url: &str, ca: &TestCa, n: usize) -> pb::AuditRecords {
+    let q = pb::AuditQuery {
+        user: "bin".into(),
+        failed_only: true,
+        ..Default::default()
+    };
+    let mut got = audit_at(url, ca, q.clone()).await;
+    for _ in 0..50 {
+        if got.records.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = audit_at(url, ca, q.clone()).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_survive_a_restart_and_a_change_of_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TestCa::of(dir);
+    for id in 1..=3 {
+        write_auth_toml(&ca.replica_dir(id), "");
+    }
+    let ports = [free_port(), free_port(), free_port()];
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .collect();
+    let start = |id: u64| replica(dir, id, &ports, &["--http-listen", "off"]);
+    let mut procs: Vec<Option<berth_tests::Proc>> = (1..=3).map(|id| Some(start(id))).collect();
+    let old = leader_of(&urls, &ca, None).await;
+    let old_url = &urls[old as usize - 1];
+    let follower = (1..=3).find(|i| *i != old).unwrap();
+    // Calls handled by the leader; a follower's query gathers them from it.
+    let t1 = refused_call(old_url, &ca).await;
+    let t2 = refused_call(old_url, &ca).await;
+    let got = bins_refusals(&urls[follower as usize - 1], &ca, 2).await;
+    assert!(got.unreachable.is_empty(), "{:?}", got.unreachable);
+    let times: Vec<u64> = got.records.iter().map(|r| r.time_ms).collect();
+    assert_eq!(got.records.len(), 2, "{:?}", got.records);
+    assert!(got
+        .records
+        .iter()
+        .all(|r| r.replica == old && r.method.ends_with("QueryAudit")));
+    assert!(times[0] >= t1 && times[1] >= t2, "{times:?} vs {t1} {t2}");
+    // The leader dies (kill -9, after its writer synced): another leads. Its records
+    // are out of reach while it is down, and the query says so.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut dead = procs[old as usize - 1].take().unwrap();
+    dead.0.kill().unwrap();
+    dead.0.wait().unwrap();
+    let new = leader_of(&urls, &ca, Some(old)).await;
+    let new_url = &urls[new as usize - 1];
+    let t3 = refused_call(new_url, &ca).await;
+    let got = bins_refusals(new_url, &ca, 1).await;
+    assert_eq!(got.unreachable.len(), 1, "{:?}", got.unreachable);
+    assert!(
+        got.unreachable[0].contains(&format!("replica {old}")),
+        "{:?}",
+        got.unreachable
+    );
+    assert_eq!(got.records.len(), 1);
+    assert!(got.records[0].time_ms >= t3 && got.records[0].replica == new);
+    // Restarted from its state directory, the old leader still has its records: the new
+    // leader's query returns the whole history, in time order.
+    procs[old as usize - 1] = Some(start(old));
+    let got = bins_refusals(new_url, &ca, 3).await;
+    let origin: Vec<u64> = got.records.iter().map(|r| r.replica).collect();
+    assert_eq!(
+        origin,
+        vec![old, old, new],
+        "{:?} {:?}",
+        got.records,
+        got.unreachable
+    );
+    // The CLI's filters: only bin's refusals since t1, from every replica.
+    let servers = urls
+        .iter()
+        .map(|u| u.trim_start_matches("https://"))
+        .collect::<Vec<_>>()
+        .join(",");
+    ca.trust(&servers);
+    let out = tokio::task::block_in_place(|| {
+        berth_tests::berth(
+            dir,
+            &servers,
+            &[
+                "admin",
+                "audit",
+                "--user",
+                "bin",
+                "--failed",
+                "--method",
+                "QueryAudit",
+                "--since",
+                "now-600",
+            ],
+        )
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains("user=bin") && l.contains("PermissionDenied")),
+        "{text}"
+    );
+    // --until before anything happened, and a bad time, are answered plainly.
+    let out = tokio::task::block_in_place(|| {
+        berth_tests::berth(
+            dir,
+            &servers,
+            &[
+                "admin",
+                "audit",
+                "--since",
+                "2020-01-01T00:00:00",
+                "--until",
+                "2020-01-02T00:00:00",
+            ],
+        )
+    });
+    assert!(out.status.success() && out.stdout.is_empty());
+    let out = tokio::task::block_in_place(|| {
+        berth_tests::berth(dir, &servers, &["admin", "audit", "--until", "yesterday"])
+    });
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--until"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

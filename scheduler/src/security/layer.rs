@@ -365,6 +365,7 @@ fn record(path: &str, c: &Caller, what: String, failed: Option<&Status>) -> pb::
             Some(s) => format!("{:?}: {}", s.code(), s.message()),
         },
         ok: failed.is_none(),
+        replica: 0, // the log writes its own
     }
 }
 
@@ -387,5 +388,6 @@ fn refusal(path: &str, from: &str, headers: &http::HeaderMap, s: &Status) -> pb:
         what: String::new(),
         result: format!("{:?}: {}", s.code(), s.message()),
         ok: false,
+        replica: 0, // the log writes its own
     }
 }
