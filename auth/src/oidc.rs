@@ -223,7 +223,16 @@ impl OidcKeys {
         if self.fresh_for(kid) {
             return Ok(());
         }
-        let _one = self.gate.lock().await;
+        // Keys that are only old still judge the token: while another caller refreshes
+        // them (the issuer may be slow or down), do not wait for it. A kid the cache
+        // lacks waits for the fetch in flight, which may bring it.
+        let _one = match self.jwks.find(kid).is_some() {
+            true => match self.gate.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(()),
+            },
+            false => self.gate.lock().await,
+        };
         if self.fresh_for(kid) {
             return Ok(()); // fetched while this caller waited
         }

@@ -120,10 +120,17 @@ impl Api {
     }
 
     /// [`Api::view`] for `caller`: without the script and environment unless the caller
-    /// may act on the job.
-    fn view_for(&self, caller: &Caller, job: &pb::Job) -> pb::Job {
+    /// may act on the job. `accounts` come from the state guard the caller already holds:
+    /// taking the state's read lock again here would deadlock against the Raft thread
+    /// waiting to write (std's RwLock queues new readers behind a waiting writer).
+    fn view_for(
+        &self,
+        caller: &Caller,
+        job: &pb::Job,
+        accounts: &crate::accounts::AccountsConfig,
+    ) -> pb::Job {
         let mut v = self.view(job);
-        if !caller.may_act_on(job, self.0.raft.state().accounts()) {
+        if !caller.may_act_on(job, accounts) {
             crate::security::redact(&mut v);
         }
         v
@@ -349,7 +356,7 @@ impl pb::job_service_server::JobService for Api {
         let job = sm
             .job(id)
             .ok_or_else(|| Status::not_found("Invalid job id specified"))?;
-        Ok(Response::new(self.view_for(&caller, job)))
+        Ok(Response::new(self.view_for(&caller, job, sm.accounts())))
     }
 
     async fn list(
@@ -369,7 +376,7 @@ impl pb::job_service_server::JobService for Api {
             .filter(|j| {
                 r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
             })
-            .map(|j| self.view_for(&caller, j))
+            .map(|j| self.view_for(&caller, j, sm.accounts()))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -385,14 +392,13 @@ impl pb::job_service_server::JobService for Api {
         let wanted = move |id: u64| ids.is_empty() || ids.contains(&id);
         // Subscribe before reading the current state, so no change falls between the two.
         let mut effects = self.0.raft.subscribe();
-        let current: Vec<pb::Job> = self
-            .0
-            .raft
-            .state()
-            .jobs()
-            .filter(|j| wanted(j.id))
-            .map(|j| self.view_for(&caller, j))
-            .collect();
+        let current: Vec<pb::Job> = {
+            let sm = self.0.raft.state();
+            sm.jobs()
+                .filter(|j| wanted(j.id))
+                .map(|j| self.view_for(&caller, j, sm.accounts()))
+                .collect()
+        };
         let (tx, rx) = mpsc::channel(256);
         let api = self.clone();
         tokio::spawn(async move {
@@ -407,7 +413,12 @@ impl pb::job_service_server::JobService for Api {
                     if !wanted(job.id) {
                         continue;
                     }
-                    if tx.send(Ok(api.view_for(&caller, job))).await.is_err() {
+                    // The guard is dropped before the send waits.
+                    let view = {
+                        let sm = api.0.raft.state();
+                        api.view_for(&caller, job, sm.accounts())
+                    };
+                    if tx.send(Ok(view)).await.is_err() {
                         return;
                     }
                 }
