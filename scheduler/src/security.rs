@@ -11,6 +11,7 @@
 //! Without a [`SecurityConfig`] (`berthd --insecure`) nobody is proven: callers are
 //! whoever their requests claim, with every right. Binaries only run that way when told.
 
+pub mod host_users;
 pub mod layer;
 pub mod tokens;
 
@@ -372,12 +373,7 @@ impl SecurityConfig {
 pub fn group_names(gid: u32, gids: &[u32]) -> Vec<String> {
     std::iter::once(gid)
         .chain(gids.iter().copied())
-        .filter_map(|g| {
-            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
-                .ok()
-                .flatten()
-        })
-        .map(|g| g.name)
+        .filter_map(host_users::group_name)
         .collect()
 }
 
@@ -446,31 +442,18 @@ pub fn check_env(spec: &pb::JobSpec) -> Result<(), Status> {
 /// # Errors
 /// `INVALID_ARGUMENT` when there is no such user.
 pub fn resolve_user(name: &str, method: &str, from: &str) -> Result<pb::Identity, Status> {
-    let u = nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "user {name:?} has no account on this berthd host (getpwnam); \
-                 jobs run under a uid, so the user must exist"
-            ))
-        })?;
-    let gids: Vec<u32> = std::ffi::CString::new(name)
-        .ok()
-        .and_then(|c| nix::unistd::getgrouplist(&c, u.gid).ok())
-        .map(|g| {
-            g.into_iter()
-                .map(|g| g.as_raw())
-                .filter(|g| *g != u.gid.as_raw())
-                .collect()
-        })
-        .unwrap_or_default();
+    let u = host_users::user(name).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "user {name:?} has no account on this berthd host (getpwnam); \
+             jobs run under a uid, so the user must exist"
+        ))
+    })?;
     Ok(pb::Identity {
         user: name.into(),
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        groups: group_names(u.gid.as_raw(), &gids),
-        gids,
+        uid: u.uid,
+        gid: u.gid,
+        groups: group_names(u.gid, &u.gids),
+        gids: u.gids,
         method: method.into(),
         from: from.into(),
     })
