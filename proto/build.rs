@@ -7,8 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the env.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
+    // The descriptor set lets tests enumerate every RPC of every service (the RBAC table
+    // test fails for an RPC it has no row for).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .btree_map(".")
+        .file_descriptor_set_path(out.join("berth_descriptor.bin"))
         .compile_protos(
             &[
                 "proto/berth/v1/berth.proto",

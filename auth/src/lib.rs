@@ -16,6 +16,8 @@
 //! - [`seal`]: launch seals: the identity and what runs, sealed at submit, verified at launch.
 //! - [`env_policy`]: variables `--export` may not set.
 //! - [`jwt`]: issuing and verifying JWTs; claims mapped to a user and groups.
+//! - [`oidc`]: an OIDC issuer's discovery document and JWKS, fetched and cached.
+//! - `test_idp` (tests, feature `test-idp`): generated keys, tokens and an OIDC issuer.
 //! - [`ca`]: the cluster CA (`berth admin ca init`, `ca issue`).
 //! - [`tls`]: rustls configuration, certificate reload, peer roles from certificates.
 //! - [`channel`]: the client side: TLS channel plus the proof attached to every call.
@@ -28,8 +30,11 @@ pub mod credential;
 pub mod env_policy;
 pub mod jwt;
 pub mod key;
+pub mod oidc;
 pub mod profile;
 pub mod seal;
+#[cfg(any(test, feature = "test-idp"))]
+pub mod test_idp;
 pub mod tls;
 
 /// Metadata key carrying the proof of a call (`Berth <credential>` or `Bearer <jwt>`).
@@ -86,6 +91,14 @@ pub enum AuthError {
     Credd {
         /// Its socket.
         path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// An OIDC issuer's discovery document or JWKS could not be fetched or used.
+    #[error("OIDC {url}: {detail}")]
+    Oidc {
+        /// What was fetched.
+        url: String,
         /// What went wrong.
         detail: String,
     },

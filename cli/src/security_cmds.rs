@@ -134,7 +134,8 @@ pub async fn token(args: Vec<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `berth admin audit [--since TIME] [--user U] [--limit N]`.
+/// `berth admin audit [--since TIME] [--until TIME] [--user U] [--method M] [--failed]
+/// [--local] [--limit N]`.
 ///
 /// # Errors
 /// Bad arguments, or berthd's refusal.
@@ -145,14 +146,27 @@ pub async fn audit(
     #[derive(Parser)]
     #[command(
         name = "berth admin audit",
-        about = "the audit log of the replica reached"
+        about = "the audit log: every replica's records, merged by time"
     )]
     struct Audit {
         /// Start: YYYY-MM-DDTHH:MM:SS (UTC), or now-SECONDS (e.g. now-3600).
         #[arg(long)]
         since: Option<String>,
+        /// End (exclusive), in the same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this user's calls.
         #[arg(long)]
         user: Option<String>,
+        /// Only methods whose name contains this (e.g. Cancel, SetAccounts, /bind).
+        #[arg(long)]
+        method: Option<String>,
+        /// Only refused or failed calls.
+        #[arg(long)]
+        failed: bool,
+        /// Only the replica reached (not its peers).
+        #[arg(long)]
+        local: bool,
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     }
@@ -169,20 +183,35 @@ pub async fn audit(
         None => 0,
         Some(s) => parse_since(s, crate::now_ms()).map_err(anyhow::Error::msg)?,
     };
-    let records = c
+    let until_ms = match &a.until {
+        None => 0,
+        Some(s) => parse_since(s, crate::now_ms())
+            .map_err(|e| anyhow::anyhow!("{}", e.replace("--since", "--until")))?,
+    };
+    if until_ms != 0 && until_ms <= since_ms {
+        anyhow::bail!("--until must be after --since");
+    }
+    let got = c
         .query_audit(pb::AuditQuery {
             since_ms,
+            until_ms,
             user: a.user.unwrap_or_default(),
+            method: a.method.unwrap_or_default(),
+            failed_only: a.failed,
+            local_only: a.local,
             limit: a.limit,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner()
-        .records;
-    for r in records {
-        println!("{}", audit_line(&r));
+        .into_inner();
+    for r in &got.records {
+        println!("{}", audit_line(r));
     }
-    Ok(0)
+    // Records of a replica that is down are not lost, only out of reach until it is back.
+    for u in &got.unreachable {
+        eprintln!("berth admin audit: records not read from {u}");
+    }
+    Ok(if got.unreachable.is_empty() { 0 } else { 1 })
 }
 
 /// One audit record as printed: time, user, how proven, from, method, what, result.
@@ -194,8 +223,8 @@ pub fn audit_line(r: &pb::AuditRecord) -> String {
     let method = r.method.strip_prefix("/berth.v1.").unwrap_or(&r.method);
     let what = if r.what.is_empty() { "-" } else { &r.what };
     format!(
-        "{t} user={user} auth={} from={} {method} {what} => {}",
-        r.auth, r.from, r.result
+        "{t} replica={} user={user} auth={} from={} {method} {what} => {}",
+        r.replica, r.auth, r.from, r.result
     )
 }
 

@@ -16,6 +16,12 @@ pub mod v1 {
     tonic::include_proto!("berth.v1");
 }
 
+/// The encoded `FileDescriptorSet` of everything compiled here (prost-types'
+/// `FileDescriptorSet` decodes it): which services and RPCs exist, for tests that must
+/// cover each one.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/berth_descriptor.bin"));
+
 /// Generated from `proto/k8s/deviceplugin/v1beta1/api.proto`, the kubelet device plugin API
 /// (`k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1`), vendored verbatim from upstream.
 #[allow(missing_docs, clippy::all)]

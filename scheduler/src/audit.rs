@@ -31,6 +31,9 @@ struct Line {
     what: String,
     result: String,
     ok: bool,
+    /// The replica that wrote it (absent in lines written before it was recorded).
+    #[serde(default)]
+    replica: u64,
 }
 
 impl From<&pb::AuditRecord> for Line {
@@ -44,6 +47,7 @@ impl From<&pb::AuditRecord> for Line {
             what: r.what.clone(),
             result: r.result.clone(),
             ok: r.ok,
+            replica: r.replica,
         }
     }
 }
@@ -59,23 +63,68 @@ impl From<Line> for pb::AuditRecord {
             what: l.what,
             result: l.result,
             ok: l.ok,
+            replica: l.replica,
         }
     }
 }
 
+/// Which records a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// At or after this time.
+    pub since_ms: u64,
+    /// Before this time (0: no end).
+    pub until_ms: u64,
+    /// This user's (empty: anyone's).
+    pub user: String,
+    /// Methods whose name contains this (empty: any).
+    pub method: String,
+    /// Only refused or failed calls.
+    pub failed_only: bool,
+}
+
+impl AuditFilter {
+    /// The filter an [`pb::AuditQuery`] asks for.
+    pub fn of(q: &pb::AuditQuery) -> AuditFilter {
+        AuditFilter {
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+            user: q.user.clone(),
+            method: q.method.clone(),
+            failed_only: q.failed_only,
+        }
+    }
+
+    fn matches(&self, l: &Line) -> bool {
+        l.t >= self.since_ms
+            && (self.until_ms == 0 || l.t < self.until_ms)
+            && (self.user.is_empty() || l.user == self.user)
+            && (self.method.is_empty() || l.method.contains(&self.method))
+            && !(self.failed_only && l.ok)
+    }
+}
+
+/// The newest `limit` of `records` (gathered from several replicas), oldest first.
+pub fn merge(mut records: Vec<pb::AuditRecord>, limit: usize) -> Vec<pb::AuditRecord> {
+    records.sort_by_key(|r| (r.time_ms, r.replica));
+    let skip = records.len().saturating_sub(limit.clamp(1, QUERY_MAX));
+    records.split_off(skip)
+}
+
 /// The log of one replica.
 pub struct AuditLog {
+    replica: u64,
     path: PathBuf,
     tx: mpsc::SyncSender<pb::AuditRecord>,
     dropped: std::sync::atomic::AtomicU64,
 }
 
 impl AuditLog {
-    /// Opens (creating) `dir/audit.log` and starts its writer thread.
+    /// Opens (creating) `dir/audit.log` of replica `replica` and starts its writer thread.
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub fn open(dir: &Path) -> std::io::Result<AuditLog> {
+    pub fn open(dir: &Path, replica: u64) -> std::io::Result<AuditLog> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("audit.log");
         let mut file = open_append(&path)?;
@@ -91,6 +140,7 @@ impl AuditLog {
             .name("berth-audit".into())
             .spawn(move || write_loop(writer_path, file, rx))?;
         Ok(AuditLog {
+            replica,
             path,
             tx,
             dropped: Default::default(),
@@ -98,7 +148,8 @@ impl AuditLog {
     }
 
     /// Queues `record`. Never blocks a request: a full queue drops it and says so.
-    pub fn record(&self, record: pb::AuditRecord) {
+    pub fn record(&self, mut record: pb::AuditRecord) {
+        record.replica = self.replica;
         if self.tx.try_send(record).is_err() {
             let n = self
                 .dropped
@@ -109,9 +160,8 @@ impl AuditLog {
         }
     }
 
-    /// Records at or after `since_ms`, of `user` when not empty, oldest first, the newest
-    /// `limit` of them.
-    pub fn query(&self, since_ms: u64, user: &str, limit: usize) -> Vec<pb::AuditRecord> {
+    /// Records `filter` matches, oldest first, the newest `limit` of them.
+    pub fn query(&self, filter: &AuditFilter, limit: usize) -> Vec<pb::AuditRecord> {
         let limit = limit.clamp(1, QUERY_MAX);
         let mut out = std::collections::VecDeque::with_capacity(limit);
         let rotated = self.path.with_extension("log.1");
@@ -123,7 +173,7 @@ impl AuditLog {
                 let Ok(l) = serde_json::from_str::<Line>(&line) else {
                     continue; // a torn last line after a crash
                 };
-                if l.t < since_ms || (!user.is_empty() && l.user != user) {
+                if !filter.matches(&l) {
                     continue;
                 }
                 if out.len() == limit {
@@ -198,17 +248,25 @@ mod tests {
         }
     }
 
+    fn q(since_ms: u64, user: &str) -> AuditFilter {
+        AuditFilter {
+            since_ms,
+            user: user.into(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn records_survive_a_reopen_and_filter_by_time_and_user() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = AuditLog::open(dir.path()).unwrap();
+            let log = AuditLog::open(dir.path(), 2).unwrap();
             for (t, u) in [(1, "a"), (2, "b"), (3, "a")] {
                 log.record(rec(t, u));
             }
             // The writer syncs within 100 ms.
             for _ in 0..50 {
-                if log.query(0, "", 10).len() == 3 {
+                if log.query(&q(0, ""), 10).len() == 3 {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -220,11 +278,93 @@ mod tests {
             .unwrap()
             .write_all(b"{\"t\":9,\"user\":\"tor")
             .unwrap();
-        let log = AuditLog::open(dir.path()).unwrap();
+        let log = AuditLog::open(dir.path(), 2).unwrap();
         let times = |v: Vec<pb::AuditRecord>| v.iter().map(|r| r.time_ms).collect::<Vec<_>>();
-        assert_eq!(times(log.query(0, "", 10)), vec![1, 2, 3]);
-        assert_eq!(times(log.query(2, "", 10)), vec![2, 3]);
-        assert_eq!(times(log.query(0, "a", 10)), vec![1, 3]);
-        assert_eq!(times(log.query(0, "", 1)), vec![3]);
+        assert_eq!(times(log.query(&q(0, ""), 10)), vec![1, 2, 3]);
+        assert_eq!(times(log.query(&q(2, ""), 10)), vec![2, 3]);
+        assert_eq!(times(log.query(&q(0, "a"), 10)), vec![1, 3]);
+        assert_eq!(times(log.query(&q(0, ""), 1)), vec![3]);
+        assert!(log.query(&q(0, ""), 10).iter().all(|r| r.replica == 2));
+        // A line appended after the torn one is read (the torn one is skipped).
+        log.record(rec(10, "c"));
+        for _ in 0..50 {
+            if log.query(&q(0, "c"), 10).len() == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(times(log.query(&q(0, ""), 10)), vec![1, 2, 3, 10]);
+    }
+
+    #[test]
+    fn filters_combine_and_merging_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), 1).unwrap();
+        let mut r = rec(5, "a");
+        r.method = "/berth.v1.JobService/Hold".into();
+        r.ok = false;
+        log.record(r);
+        log.record(rec(6, "a"));
+        log.record(rec(7, "b"));
+        for _ in 0..50 {
+            if log.query(&q(0, ""), 10).len() == 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let times = |f: AuditFilter| {
+            log.query(&f, 10)
+                .iter()
+                .map(|r| r.time_ms)
+                .collect::<Vec<_>>()
+        };
+        let all = AuditFilter::default();
+        assert_eq!(times(all.clone()), vec![5, 6, 7]);
+        assert_eq!(
+            times(AuditFilter {
+                until_ms: 7,
+                ..all.clone()
+            }),
+            vec![5, 6]
+        );
+        assert_eq!(
+            times(AuditFilter {
+                method: "Hold".into(),
+                ..all.clone()
+            }),
+            vec![5]
+        );
+        assert_eq!(
+            times(AuditFilter {
+                failed_only: true,
+                ..all.clone()
+            }),
+            vec![5]
+        );
+        assert_eq!(
+            times(AuditFilter {
+                user: "a".into(),
+                method: "Cancel".into(),
+                ..all.clone()
+            }),
+            vec![6]
+        );
+        assert!(times(AuditFilter {
+            since_ms: 6,
+            until_ms: 6,
+            ..all
+        })
+        .is_empty());
+        let mut from2 = rec(6, "x");
+        from2.replica = 2;
+        let merged = merge(
+            log.query(&AuditFilter::default(), 10)
+                .into_iter()
+                .chain([from2])
+                .collect(),
+            3,
+        );
+        let got: Vec<_> = merged.iter().map(|r| (r.time_ms, r.replica)).collect();
+        assert_eq!(got, vec![(6, 1), (6, 2), (7, 1)]);
     }
 }

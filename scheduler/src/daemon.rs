@@ -105,7 +105,8 @@ impl Daemon {
             })
         })?;
         let audit = Arc::new(
-            crate::audit::AuditLog::open(&cfg.raft.state_dir).map_err(DaemonError::Audit)?,
+            crate::audit::AuditLog::open(&cfg.raft.state_dir, cfg.raft.id)
+                .map_err(DaemonError::Audit)?,
         );
         let mut raft_cfg = cfg.raft.clone();
         raft_cfg.peer_profile = cfg.security.as_ref().map(|s| s.peer_profile.clone());

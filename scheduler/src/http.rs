@@ -190,6 +190,7 @@ async fn bind_verb(
                 error.clone()
             },
             ok: error.is_empty(),
+            replica: 0, // the log writes its own
         });
     }
     json(&extender::ExtenderBindingResult { error })

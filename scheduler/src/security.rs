@@ -11,6 +11,7 @@
 //! Without a [`SecurityConfig`] (`berthd --insecure`) nobody is proven: callers are
 //! whoever their requests claim, with every right. Binaries only run that way when told.
 
+pub mod host_users;
 pub mod layer;
 pub mod tokens;
 
@@ -188,6 +189,13 @@ struct JwtFile {
     jwks: Option<std::path::PathBuf>,
     /// Required `iss` of RS256/ES256 tokens.
     issuer: Option<String>,
+    /// An OIDC issuer whose keys are fetched (its discovery document's `jwks_uri`);
+    /// also the required `iss`. Not with `jwks`.
+    oidc_issuer: Option<String>,
+    /// CA certificate(s) to trust for the OIDC issuer's HTTPS (default: the system's).
+    oidc_ca: Option<std::path::PathBuf>,
+    /// Shortest time between two fetches of the issuer's keys (default 10).
+    oidc_refetch_secs: Option<u64>,
     audience: Option<String>,
     #[serde(default)]
     user_claims: Vec<String>,
@@ -224,6 +232,8 @@ pub struct SecurityConfig {
     pub peer_profile: Profile,
     /// How tokens are checked (and the HS256 key `berth token` signs with).
     pub jwt: JwtConfig,
+    /// The OIDC issuer's cached keys (`jwt.oidc_issuer`), fetched as tokens need them.
+    pub oidc: Option<Arc<berth_auth::oidc::OidcKeys>>,
     admins: Vec<String>,
     operators: Vec<String>,
     /// Single-use local credentials seen.
@@ -273,8 +283,51 @@ impl SecurityConfig {
             groups_claim: file.jwt.groups_claim,
             ..Default::default()
         };
-        if let Some(p) = &file.jwt.jwks {
-            jwt.jwks = Some(berth_auth::jwt::load_jwks(p)?);
+        let config_err = |detail: String| SecurityError::Config {
+            path: path.display().to_string(),
+            detail,
+        };
+        let mut oidc = None;
+        if file.jwt.oidc_ca.is_some() && file.jwt.oidc_issuer.is_none() {
+            return Err(config_err("jwt.oidc_ca without jwt.oidc_issuer".into()));
+        }
+        match (&file.jwt.jwks, file.jwt.oidc_issuer) {
+            (Some(_), Some(_)) => {
+                return Err(config_err(
+                    "jwt.jwks and jwt.oidc_issuer both set: keys come from one of them".into(),
+                ))
+            }
+            (Some(p), None) => {
+                jwt.jwks = Some(berth_auth::jwt::SharedJwks::new(
+                    berth_auth::oidc::load_jwks_file(p)?,
+                ));
+            }
+            (None, Some(issuer)) => {
+                if !issuer.starts_with("https://") && !issuer.starts_with("http://") {
+                    return Err(config_err(format!(
+                        "jwt.oidc_issuer {issuer:?} is not an https:// URL"
+                    )));
+                }
+                match &jwt.issuer {
+                    Some(iss) if *iss != issuer => {
+                        return Err(config_err(format!(
+                            "jwt.issuer {iss:?} differs from jwt.oidc_issuer {issuer:?} \
+                             (tokens carry the OIDC issuer in iss; leave jwt.issuer out)"
+                        )))
+                    }
+                    _ => jwt.issuer = Some(issuer.clone()),
+                }
+                let mut keys = berth_auth::oidc::OidcKeys::new(berth_auth::oidc::OidcIssuer {
+                    issuer,
+                    ca: file.jwt.oidc_ca,
+                });
+                if let Some(s) = file.jwt.oidc_refetch_secs {
+                    keys.refetch_min = std::time::Duration::from_secs(s);
+                }
+                jwt.jwks = Some(keys.jwks());
+                oidc = Some(Arc::new(keys));
+            }
+            (None, None) => {}
         }
         let rate = file.requests_per_sec.unwrap_or(RATE_PER_SEC_DEFAULT);
         Ok(SecurityConfig {
@@ -287,6 +340,7 @@ impl SecurityConfig {
                 ..Default::default()
             },
             jwt,
+            oidc,
             admins: file.admins,
             operators: file.operators,
             replay: ReplayCache::new(1 << 20),
@@ -319,12 +373,7 @@ impl SecurityConfig {
 pub fn group_names(gid: u32, gids: &[u32]) -> Vec<String> {
     std::iter::once(gid)
         .chain(gids.iter().copied())
-        .filter_map(|g| {
-            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
-                .ok()
-                .flatten()
-        })
-        .map(|g| g.name)
+        .filter_map(host_users::group_name)
         .collect()
 }
 
@@ -360,7 +409,8 @@ pub fn stamp_submit(
         let mine = accounts.access.memberships(&id.user);
         return Err(Status::permission_denied(format!(
             "Invalid account or account/partition combination specified: user {:?} may not \
-             submit to account {account:?} (member of: {mine:?}; coordinators and admins add members)",
+             submit to account {account:?}: it needs membership of it or role admin (member of: \
+             {mine:?}; coordinators and admins add members)",
             id.user
         )));
     }
@@ -392,31 +442,18 @@ pub fn check_env(spec: &pb::JobSpec) -> Result<(), Status> {
 /// # Errors
 /// `INVALID_ARGUMENT` when there is no such user.
 pub fn resolve_user(name: &str, method: &str, from: &str) -> Result<pb::Identity, Status> {
-    let u = nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "user {name:?} has no account on this berthd host (getpwnam); \
-                 jobs run under a uid, so the user must exist"
-            ))
-        })?;
-    let gids: Vec<u32> = std::ffi::CString::new(name)
-        .ok()
-        .and_then(|c| nix::unistd::getgrouplist(&c, u.gid).ok())
-        .map(|g| {
-            g.into_iter()
-                .map(|g| g.as_raw())
-                .filter(|g| *g != u.gid.as_raw())
-                .collect()
-        })
-        .unwrap_or_default();
+    let u = host_users::user(name).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "user {name:?} has no account on this berthd host (getpwnam); \
+             jobs run under a uid, so the user must exist"
+        ))
+    })?;
     Ok(pb::Identity {
         user: name.into(),
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        groups: group_names(u.gid.as_raw(), &gids),
-        gids,
+        uid: u.uid,
+        gid: u.gid,
+        groups: group_names(u.gid, &u.gids),
+        gids: u.gids,
         method: method.into(),
         from: from.into(),
     })

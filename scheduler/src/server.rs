@@ -120,10 +120,17 @@ impl Api {
     }
 
     /// [`Api::view`] for `caller`: without the script and environment unless the caller
-    /// may act on the job.
-    fn view_for(&self, caller: &Caller, job: &pb::Job) -> pb::Job {
+    /// may act on the job. `accounts` come from the state guard the caller already holds:
+    /// taking the state's read lock again here would deadlock against the Raft thread
+    /// waiting to write (std's RwLock queues new readers behind a waiting writer).
+    fn view_for(
+        &self,
+        caller: &Caller,
+        job: &pb::Job,
+        accounts: &crate::accounts::AccountsConfig,
+    ) -> pb::Job {
         let mut v = self.view(job);
-        if !caller.may_act_on(job, self.0.raft.state().accounts()) {
+        if !caller.may_act_on(job, accounts) {
             crate::security::redact(&mut v);
         }
         v
@@ -349,7 +356,7 @@ impl pb::job_service_server::JobService for Api {
         let job = sm
             .job(id)
             .ok_or_else(|| Status::not_found("Invalid job id specified"))?;
-        Ok(Response::new(self.view_for(&caller, job)))
+        Ok(Response::new(self.view_for(&caller, job, sm.accounts())))
     }
 
     async fn list(
@@ -369,7 +376,7 @@ impl pb::job_service_server::JobService for Api {
             .filter(|j| {
                 r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
             })
-            .map(|j| self.view_for(&caller, j))
+            .map(|j| self.view_for(&caller, j, sm.accounts()))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -385,14 +392,13 @@ impl pb::job_service_server::JobService for Api {
         let wanted = move |id: u64| ids.is_empty() || ids.contains(&id);
         // Subscribe before reading the current state, so no change falls between the two.
         let mut effects = self.0.raft.subscribe();
-        let current: Vec<pb::Job> = self
-            .0
-            .raft
-            .state()
-            .jobs()
-            .filter(|j| wanted(j.id))
-            .map(|j| self.view_for(&caller, j))
-            .collect();
+        let current: Vec<pb::Job> = {
+            let sm = self.0.raft.state();
+            sm.jobs()
+                .filter(|j| wanted(j.id))
+                .map(|j| self.view_for(&caller, j, sm.accounts()))
+                .collect()
+        };
         let (tx, rx) = mpsc::channel(256);
         let api = self.clone();
         tokio::spawn(async move {
@@ -407,7 +413,12 @@ impl pb::job_service_server::JobService for Api {
                     if !wanted(job.id) {
                         continue;
                     }
-                    if tx.send(Ok(api.view_for(&caller, job))).await.is_err() {
+                    // The guard is dropped before the send waits.
+                    let view = {
+                        let sm = api.0.raft.state();
+                        api.view_for(&caller, job, sm.accounts())
+                    };
+                    if tx.send(Ok(view)).await.is_err() {
                         return;
                     }
                 }
@@ -899,6 +910,21 @@ impl pb::admin_service_server::AdminService for Api {
         }
         if caller.role < crate::security::Role::Admin {
             let sm = self.0.raft.state();
+            // Only coordinators change anything short of admin: a user coordinating no
+            // account is refused even a no-op, so no one else writes to the log here.
+            if sm
+                .accounts()
+                .access
+                .coordinated(&caller.identity.user)
+                .is_empty()
+            {
+                return Err(Status::permission_denied(format!(
+                    "Access/permission denied: SetAccounts needs role admin or an account \
+                     coordinator (you are {:?}, role {})",
+                    caller.identity.user,
+                    caller.role.name()
+                )));
+            }
             let current = match sm.accounts_toml() {
                 "" => crate::accounts::DEFAULT_TOML,
                 text => text,
@@ -993,13 +1019,64 @@ impl pb::admin_service_server::AdminService for Api {
         &self,
         req: Request<pb::AuditQuery>,
     ) -> Result<Response<pb::AuditRecords>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let audit = self.0.audit.clone();
-        let records = tokio::task::spawn_blocking(move || audit.query(r.since_ms, &r.user, limit))
+        let filter = crate::audit::AuditFilter::of(&r);
+        let mut records = tokio::task::spawn_blocking(move || audit.query(&filter, limit))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::AuditRecords { records }))
+        let mut unreachable = Vec::new();
+        if !r.local_only {
+            // Each replica keeps the records of the calls it handled: gather the others'
+            // (as the caller, whose role each peer checks again), so one query sees the
+            // whole group's history across leader changes.
+            let me = self.0.raft.id();
+            let ask = pb::AuditQuery {
+                local_only: true,
+                ..r.clone()
+            };
+            let peers: Vec<(u64, String)> = self
+                .0
+                .raft
+                .peers()
+                .into_iter()
+                .filter(|(id, _)| *id != me)
+                .collect();
+            let calls = peers.into_iter().map(|(id, url)| {
+                let (caller, ask, sec) = (caller.clone(), ask.clone(), self.0.security.clone());
+                async move {
+                    let got = async {
+                        let profile = sec.map(|s| s.peer_profile.clone()).unwrap_or_default();
+                        let channel = berth_auth::channel::endpoint(&url, &profile)?
+                            .connect_timeout(std::time::Duration::from_secs(2))
+                            .timeout(std::time::Duration::from_secs(5))
+                            .connect()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        pb::admin_service_client::AdminServiceClient::new(channel)
+                            .query_audit(forward(&caller, ask))
+                            .await
+                            .map(|r| r.into_inner().records)
+                            .map_err(|s| s.message().to_string())
+                    }
+                    .await;
+                    (id, url, got)
+                }
+            });
+            for (id, url, got) in futures::future::join_all(calls).await {
+                match got {
+                    Ok(mut more) => records.append(&mut more),
+                    Err(e) => unreachable.push(format!("replica {id} ({url}): {e}")),
+                }
+            }
+            records = crate::audit::merge(records, limit);
+        }
+        Ok(Response::new(pb::AuditRecords {
+            records,
+            unreachable,
+        }))
     }
 
     async fn get_replica_status(

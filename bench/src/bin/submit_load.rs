@@ -9,11 +9,22 @@
 //! that arrive while one flush is in progress share the next flush, which is why throughput
 //! should grow with concurrency.
 //!
+//! With `--compare-auth`, the same levels run three times in one process: against an
+//! insecure replica (plain TCP, nobody proven), a secure one with local credentials (TLS,
+//! a fresh single-use credential from an in-process credential daemon per call, as the
+//! CLI on a cluster host), and a secure one with a `berth token` JWT (TLS, HS256 per
+//! call). The secure replicas' per-client rate limit is off (`requests_per_sec = 0`): all
+//! clients are one user, and the limit is a policy, not the cost measured.
+//!
 //! `cargo run --release -p berth-bench --bin submit_load -- [JOBS_PER_LEVEL] [C1,C2,...]
-//! [--replicas N] [--via-follower]`
+//! [--replicas N] [--via-follower] [--compare-auth]`
 
+use berth_auth::channel::AuthChannel;
+use berth_auth::profile::Profile;
 use berth_proto::v1 as pb;
 use berth_scheduler::daemon::{Daemon, DaemonConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn spec(i: usize) -> pb::JobSpec {
@@ -29,8 +40,12 @@ fn spec(i: usize) -> pb::JobSpec {
     }
 }
 
-async fn register_node(url: String) -> anyhow::Result<tokio::sync::mpsc::Sender<pb::AgentMessage>> {
-    let mut client = pb::agent_service_client::AgentServiceClient::connect(url).await?;
+async fn register_node(
+    url: &str,
+    profile: &Profile,
+) -> anyhow::Result<tokio::sync::mpsc::Sender<pb::AgentMessage>> {
+    let mut client =
+        pb::agent_service_client::AgentServiceClient::new(connect(url, profile).await?);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let inv = pb::NodeInventory {
         name: "big".into(),
@@ -55,8 +70,15 @@ async fn register_node(url: String) -> anyhow::Result<tokio::sync::mpsc::Sender<
     Ok(tx)
 }
 
+async fn connect(url: &str, profile: &Profile) -> anyhow::Result<AuthChannel> {
+    berth_auth::channel::connect(url, Some(profile))
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
 async fn level(
     url: &str,
+    profile: &Profile,
     clients: usize,
     jobs: usize,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
@@ -64,9 +86,10 @@ async fn level(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let url = url.to_string();
+        let (url, profile) = (url.to_string(), profile.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = pb::job_service_client::JobServiceClient::connect(url).await?;
+            let mut client =
+                pb::job_service_client::JobServiceClient::new(connect(&url, &profile).await?);
             let mut lat = Vec::with_capacity(per);
             for i in 0..per {
                 let t = Instant::now();
@@ -98,6 +121,7 @@ async fn level(
 async fn cluster(
     root: &std::path::Path,
     replicas: u64,
+    ca: Option<&Path>,
 ) -> anyhow::Result<(Vec<Daemon>, Vec<String>, tokio::sync::watch::Sender<bool>)> {
     let mut listeners = Vec::new();
     for _ in 0..replicas {
@@ -105,7 +129,10 @@ async fn cluster(
     }
     let urls: Vec<String> = listeners
         .iter()
-        .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+        .map(|l| {
+            let scheme = if ca.is_some() { "https" } else { "http" };
+            Ok(format!("{scheme}://{}", l.local_addr()?))
+        })
         .collect::<anyhow::Result<_>>()?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut daemons = Vec::new();
@@ -113,6 +140,9 @@ async fn cluster(
         let id = i as u64 + 1;
         let mut cfg = DaemonConfig::new(root.join(format!("r{id}")));
         cfg.raft.id = id;
+        if let Some(ca) = ca {
+            cfg.security = Some(Arc::new(secure_replica(ca, root, id)?));
+        }
         if replicas > 1 {
             cfg.raft.peers = (1..).zip(urls.iter().cloned()).collect();
         }
@@ -124,6 +154,86 @@ async fn cluster(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok((daemons, urls, stop))
+}
+
+/// Replica `id`'s security directory, issued from `ca`, with the rate limit off.
+fn secure_replica(
+    ca: &Path,
+    root: &Path,
+    id: u64,
+) -> anyhow::Result<berth_scheduler::security::SecurityConfig> {
+    use berth_auth::ca::{issue, Subject};
+    let dir = root.join(format!("security-r{id}"));
+    issue(ca, &Subject::Replica(id), &["127.0.0.1".into()], &dir, 1)?;
+    std::fs::write(dir.join("auth.toml"), "requests_per_sec = 0\n")?;
+    Ok(berth_scheduler::security::SecurityConfig::load(&dir)?)
+}
+
+/// How the clients and the node of one run connect.
+struct Mode {
+    name: &'static str,
+    ca: Option<PathBuf>,
+    clients: Profile,
+    node: Profile,
+}
+
+/// The three modes of `--compare-auth` (or just the insecure one): a CA, a credential
+/// daemon and a token made under `root`.
+async fn modes(root: &Path, compare: bool) -> anyhow::Result<Vec<Mode>> {
+    let insecure = Mode {
+        name: "insecure (plain TCP, nobody proven)",
+        ca: None,
+        clients: Profile::default(),
+        node: Profile::default(),
+    };
+    if !compare {
+        return Ok(vec![insecure]);
+    }
+    use berth_auth::ca::{self, Subject};
+    let ca_dir = root.join("ca");
+    ca::init(&ca_dir, "bench", 1)?;
+    let node_dir = root.join("node-big");
+    ca::issue(&ca_dir, &Subject::Node("big".into()), &[], &node_dir, 1)?;
+    let node = Profile {
+        ca: Some(ca_dir.join(ca::CA_CERT)),
+        cert: Some(node_dir.join(ca::CERT)),
+        key: Some(node_dir.join(ca::KEY)),
+        ..Default::default()
+    };
+    let socket = root.join("cred.sock");
+    let key = Arc::new(berth_auth::key::ClusterKey::load(
+        &ca_dir.join(ca::CLUSTER_KEY),
+    )?);
+    let listener = berth_auth::credd::bind(&socket)?;
+    let (keep, stop) = tokio::sync::watch::channel(false);
+    std::mem::forget(keep); // the daemon serves until the process ends
+    tokio::spawn(berth_auth::credd::serve(listener, key, stop));
+    let jwt = berth_auth::key::read_secret(&ca_dir.join(ca::JWT_KEY))?;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())?
+        .map(|u| u.name)
+        .unwrap_or_else(|| "root".into());
+    let token = berth_auth::jwt::issue_hs256(&jwt, &user, 3600, berth_auth::now_ms() / 1000)?;
+    let tls = |cred: Option<PathBuf>, token: Option<String>| Profile {
+        ca: Some(ca_dir.join(ca::CA_CERT)),
+        cred_socket: cred,
+        token,
+        ..Default::default()
+    };
+    Ok(vec![
+        insecure,
+        Mode {
+            name: "secure, local credential per call (TLS, SO_PEERCRED daemon, HMAC, replay cache)",
+            ca: Some(ca_dir.clone()),
+            clients: tls(Some(socket), None),
+            node: node.clone(),
+        },
+        Mode {
+            name: "secure, berth token per call (TLS, HS256 JWT)",
+            ca: Some(ca_dir.clone()),
+            clients: tls(None, Some(token)),
+            node,
+        },
+    ])
 }
 
 #[tokio::main]
@@ -141,6 +251,11 @@ async fn main() -> anyhow::Result<()> {
         via_follower = true;
         args.remove(i);
     }
+    let mut compare_auth = false;
+    if let Some(i) = args.iter().position(|a| a == "--compare-auth") {
+        compare_auth = true;
+        args.remove(i);
+    }
     let jobs: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let levels: Vec<usize> = args
         .get(1)
@@ -152,34 +267,55 @@ async fn main() -> anyhow::Result<()> {
         "--via-follower needs --replicas > 1"
     );
     let dir = tempfile::tempdir()?;
-    let (daemons, urls, _stop) = cluster(dir.path(), replicas).await?;
-    let leader = daemons
-        .iter()
-        .position(|d| d.raft().is_leader())
-        .expect("a leader");
-    let target = if via_follower {
-        (leader + 1) % urls.len()
-    } else {
-        leader
-    };
-    let _agent = register_node(urls[leader].clone()).await?;
-    println!(
-        "{replicas} replica(s), clients talk to the {}",
-        if via_follower {
-            "a follower (forwarded)"
+    let mut baseline: Vec<f64> = Vec::new();
+    for (m, mode) in modes(dir.path(), compare_auth)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        let root = dir.path().join(format!("run{m}"));
+        let (daemons, urls, _stop) = cluster(&root, replicas, mode.ca.as_deref()).await?;
+        let leader = daemons
+            .iter()
+            .position(|d| d.raft().is_leader())
+            .expect("a leader");
+        let target = if via_follower {
+            (leader + 1) % urls.len()
         } else {
-            "leader"
-        }
-    );
-    println!("| clients | submits/s | p50 latency | p99 latency |");
-    println!("|---:|---:|---:|---:|");
-    for c in levels {
-        let (rate, p50, p99) = level(&urls[target], c.max(1), jobs.max(c)).await?;
+            leader
+        };
+        let _agent = register_node(&urls[leader], &mode.node).await?;
         println!(
-            "| {c} | {rate:.0} | {:.2} ms | {:.2} ms |",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "\n{replicas} replica(s), clients talk to the {}; {}",
+            if via_follower {
+                "a follower (forwarded)"
+            } else {
+                "leader"
+            },
+            mode.name
         );
+        let cost = if m > 0 {
+            " | vs insecure |\n|---:|---:|---:|---:|---:|"
+        } else {
+            " |\n|---:|---:|---:|---:|"
+        };
+        println!("| clients | submits/s | p50 latency | p99 latency{cost}");
+        for (i, c) in levels.iter().enumerate() {
+            let (rate, p50, p99) =
+                level(&urls[target], &mode.clients, (*c).max(1), jobs.max(*c)).await?;
+            let vs = match baseline.get(i) {
+                Some(b) if m > 0 => format!(" {:+.1} % |", (rate / b - 1.0) * 100.0),
+                _ => String::new(),
+            };
+            if m == 0 {
+                baseline.push(rate);
+            }
+            println!(
+                "| {c} | {rate:.0} | {:.2} ms | {:.2} ms |{vs}",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
     }
     Ok(())
 }

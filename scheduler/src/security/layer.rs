@@ -132,29 +132,39 @@ where
         let layer = self.layer.clone();
         let path = req.uri().path().to_string();
         let (from, subject) = peer_of(&req);
-        let checked = match &layer.sec {
-            None => Ok(Caller::unproven(&from)),
-            Some(sec) => authenticate(sec, req.headers(), &from, subject.as_ref()).and_then(|c| {
-                let key = match c.peer {
-                    Peer::User => c.identity.user.clone(),
-                    _ => format!("{:?}", c.peer),
-                };
-                sec.limits
-                    .check(&key, std::time::Instant::now())
-                    .map_err(Status::resource_exhausted)?;
-                Ok(c)
-            }),
-        };
-        // A proven caller refused for its role is audited by name; an unproven one by
-        // how it tried.
-        let checked: Result<Caller, (Option<Box<Caller>>, Status)> = match checked {
-            Err(s) => Err((None, s)),
-            Ok(c) => match method_check(&path, &c) {
-                Ok(()) => Ok(c),
-                Err(s) => Err((Some(Box::new(c)), s)),
-            },
-        };
         Box::pin(async move {
+            // An OIDC token may name a key the cache does not hold yet: fetch it first
+            // (bounded by the cache's own rate), so verification below judges it.
+            if let (Some(keys), Some(token)) = (
+                layer.sec.as_ref().and_then(|s| s.oidc.as_ref()),
+                bearer(req.headers()).map(String::from),
+            ) {
+                let _ = keys.keys_for(&token).await; // a failed fetch is logged; verify says why
+            }
+            let checked = match &layer.sec {
+                None => Ok(Caller::unproven(&from)),
+                Some(sec) => {
+                    authenticate(sec, req.headers(), &from, subject.as_ref()).and_then(|c| {
+                        let key = match c.peer {
+                            Peer::User => c.identity.user.clone(),
+                            _ => format!("{:?}", c.peer),
+                        };
+                        sec.limits
+                            .check(&key, std::time::Instant::now())
+                            .map_err(Status::resource_exhausted)?;
+                        Ok(c)
+                    })
+                }
+            };
+            // A proven caller refused for its role is audited by name; an unproven one by
+            // how it tried.
+            let checked: Result<Caller, (Option<Box<Caller>>, Status)> = match checked {
+                Err(s) => Err((None, s)),
+                Ok(c) => match method_check(&path, &c) {
+                    Ok(()) => Ok(c),
+                    Err(s) => Err((Some(Box::new(c)), s)),
+                },
+            };
             let caller = match checked {
                 Ok(c) => c,
                 Err((who, status)) => {
@@ -182,6 +192,15 @@ where
             Ok(resp)
         })
     }
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(berth_auth::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// The peer's address and, for a TLS peer with a CA-verified certificate, what it names.
@@ -346,6 +365,7 @@ fn record(path: &str, c: &Caller, what: String, failed: Option<&Status>) -> pb::
             Some(s) => format!("{:?}: {}", s.code(), s.message()),
         },
         ok: failed.is_none(),
+        replica: 0, // the log writes its own
     }
 }
 
@@ -368,5 +388,6 @@ fn refusal(path: &str, from: &str, headers: &http::HeaderMap, s: &Status) -> pb:
         what: String::new(),
         result: format!("{:?}: {}", s.code(), s.message()),
         ok: false,
+        replica: 0, // the log writes its own
     }
 }
