@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
-    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio",
+    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio", "sacct",
 ];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
@@ -23,6 +23,7 @@ commands:
   scontrol   show job/node/partition/topology, hold, release, update NodeName=N Gpu=G State=RESUME
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
+  sacct      accounting records of jobs (berthd's job history)
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
              accounts show | accounts set FILE  (accounts and priority classes)
 
@@ -59,6 +60,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "admin" => admin(args).await,
         "sshare" => crate::fairshare::sshare(args).await,
         "sprio" => crate::fairshare::sprio(args).await,
+        "sacct" => crate::sacct::run(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;

@@ -14,6 +14,8 @@
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
+//! - [`sacct`], [`sacct_fields`], [`sacct_json`]: `sacct` from berthd's accounting records.
+//! - [`slurm_time`]: Slurm's date-time formats (`-S/-E`, `start=`).
 
 pub mod client;
 pub mod commands;
@@ -23,9 +25,13 @@ pub mod fairshare;
 pub mod format;
 pub mod hostlist;
 pub mod memory;
+pub mod sacct;
+pub mod sacct_fields;
+pub mod sacct_json;
 pub mod sbatch;
 pub mod scontrol;
 pub mod sinfo;
+pub mod slurm_time;
 pub mod squeue;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
