@@ -263,18 +263,28 @@ pub fn parse_jobs(list: &[String]) -> Result<Vec<JobSel>, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
+        // sacct's three messages: the whole item when the job id is bad, else the job
+        // part before the bad step or array index.
         let bad = || format!("Bad job/step specified: {item}");
         let (job, step) = match item.split_once('.') {
-            Some((j, s))
-                if !s.is_empty() && (s == "batch" || s == "extern" || s.parse::<u32>().is_ok()) =>
-            {
+            Some((j, s)) if s == "batch" || s == "extern" || s.parse::<u32>().is_ok() => {
                 (j, Some(s.to_string()))
             }
-            Some(_) => return Err(bad()),
+            Some((j, _)) => {
+                let id = j.split('_').next().unwrap_or(j);
+                id.parse::<u64>().ok().filter(|i| *i > 0).ok_or_else(bad)?;
+                return Err(format!("Bad step specified: {id}"));
+            }
             None => (item, None),
         };
         let (id, task) = match job.split_once('_') {
-            Some((i, t)) => (i, Some(t.parse::<u32>().map_err(|_| bad())?)),
+            Some((i, t)) => {
+                i.parse::<u64>().ok().filter(|i| *i > 0).ok_or_else(bad)?;
+                let task = t
+                    .parse::<u32>()
+                    .map_err(|_| format!("Bad job array element specified: {i}"))?;
+                (i, Some(task))
+            }
             None => (job, None),
         };
         let id = id.parse::<u64>().ok().filter(|i| *i > 0).ok_or_else(bad)?;
@@ -353,7 +363,18 @@ fn helpformat() -> String {
 /// only the array tasks and steps `-j` named.
 pub fn lines<'a>(records: &'a [pb::JobRecord], req: &Request) -> Vec<Line<'a>> {
     let mut out = Vec::new();
-    for rec in records {
+    // Slurm lists an array's tasks together, by task index, where its job ids (given as
+    // tasks start) would scatter them.
+    let mut ordered: Vec<&pb::JobRecord> = records.iter().collect();
+    ordered.sort_by_key(|r| {
+        let id = if r.has_array_task {
+            r.array_job_id
+        } else {
+            r.job_id
+        };
+        (id, r.has_array_task, r.array_task_id, r.run)
+    });
+    for rec in ordered {
         let sels: Vec<&JobSel> = req
             .jobs
             .iter()
@@ -413,11 +434,16 @@ pub fn render(records: &[pb::JobRecord], req: &Request, now_ms: u64) -> String {
         line
     };
     if req.header {
-        out.push_str(&row(req
-            .fields
-            .iter()
-            .map(|f| f.name.to_string())
-            .collect()));
+        // Names are cut to the width without the `+` values get.
+        let names = req.fields.iter().map(|f| match &req.parsable {
+            Some(_) => f.name.to_string(),
+            None => f
+                .name
+                .chars()
+                .take(f.width.unsigned_abs() as usize)
+                .collect(),
+        });
+        out.push_str(&row(names.collect()));
         if req.parsable.is_none() {
             out.push_str(&row(req
                 .fields
@@ -503,7 +529,7 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
             eprintln!("{e}");
             return Ok(1);
         }
-        Err(e) if e.starts_with("Bad job") || e.starts_with("unrecognized job state") => {
+        Err(e) if e.starts_with("Bad ") || e.starts_with("unrecognized job state") => {
             eprintln!("sacct: fatal: {e}");
             return Ok(1);
         }
@@ -554,3 +580,7 @@ pub fn current_user() -> (String, u32) {
         .unwrap_or_else(|| uid.to_string());
     (name, uid.as_raw())
 }
+
+#[cfg(test)]
+#[path = "sacct_tests.rs"]
+mod tests;

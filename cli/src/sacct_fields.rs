@@ -241,7 +241,7 @@ pub fn job_id(rec: &pb::JobRecord, step: Option<&pb::StepRecord>, raw: bool) -> 
 pub fn mem_text(mb: u64) -> String {
     let mut v = mb;
     for unit in ["M", "G", "T", "P"] {
-        if v < 1024 || v % 1024 != 0 || unit == "P" {
+        if v < 1024 || !v.is_multiple_of(1024) || unit == "P" {
             return format!("{v}{unit}");
         }
         v /= 1024;
@@ -250,12 +250,16 @@ pub fn mem_text(mb: u64) -> String {
 }
 
 /// A TRES string (`billing=2,cpu=2,gres/gpu:h100=1,gres/gpu=1,mem=8G,node=1`), sorted by
-/// name as sacct prints it; empty for a pending job's allocation.
-pub fn tres_text(t: &pb::Tres) -> String {
+/// name as sacct prints it; empty for a pending job's allocation. Jobs carry `billing`
+/// (berth bills a CPU as one unit, Slurm's default weights); steps do not, as in Slurm.
+pub fn tres_text(t: &pb::Tres, billing: bool) -> String {
     if t.cpus == 0 && t.nodes == 0 {
         return String::new();
     }
-    let mut parts = vec![format!("billing={}", t.cpus), format!("cpu={}", t.cpus)];
+    let mut parts = vec![format!("cpu={}", t.cpus)];
+    if billing {
+        parts.push(format!("billing={}", t.cpus));
+    }
     if t.mig_slices > 0 {
         parts.push(format!("gres/gpu:{}={}", t.mig_profile, t.mig_slices));
         parts.push(format!("gres/gpu={}", t.mig_slices));
@@ -335,7 +339,7 @@ pub fn value(field: &str, line: &Line, now_ms: u64) -> String {
                 alloc.nodes.to_string()
             }
         }
-        "AllocTRES" => tres_text(&alloc),
+        "AllocTRES" => tres_text(&alloc, step.is_none()),
         "Cluster" => "berth".into(),
         "Container" => String::new(),
         "CPUTime" => format_hms(elapsed * u64::from(alloc.cpus)),
@@ -344,15 +348,7 @@ pub fn value(field: &str, line: &Line, now_ms: u64) -> String {
         "Elapsed" => format_hms(elapsed),
         "ElapsedRaw" => elapsed.to_string(),
         "Eligible" => ts(r.eligible_time_ms),
-        "End" => {
-            if start == 0 && end > 0 {
-                ts(end)
-            } else if end == 0 {
-                "Unknown".into()
-            } else {
-                ts(end)
-            }
-        }
+        "End" => ts(end),
         "ExitCode" => match step {
             Some(s) => format!("{}:{}", s.exit_code, s.exit_signal),
             None => format!("{}:{}", r.exit_code, r.exit_signal),
@@ -386,11 +382,20 @@ pub fn value(field: &str, line: &Line, now_ms: u64) -> String {
             .as_ref()
             .map_or_else(String::new, |t| mem_text(t.mem_mb)),
         "ReqNodes" => r.req.as_ref().map_or(1, |t| t.nodes).to_string(),
-        "ReqTRES" if step.is_none() => r.req.as_ref().map(tres_text).unwrap_or_default(),
+        "ReqTRES" if step.is_none() => r
+            .req
+            .as_ref()
+            .map(|t| tres_text(t, true))
+            .unwrap_or_default(),
         "Reserved" if step.is_none() => format_hms(reserved_s(r, now_ms)),
+        // Slurm records a job cancelled while pending as starting when it ended.
+        "Start" if start == 0 && step.is_none() && end > 0 => ts(end),
         "Start" => ts(start),
         "State" => match step {
             Some(s) => state_text(s.state(), false).to_string(),
+            None if r.state() == JobState::Cancelled && !r.requeued => {
+                format!("CANCELLED by {}", cancelled_by(r))
+            }
             None => state_text(r.state(), r.requeued).to_string(),
         },
         "Submit" => ts(r.submit_time_ms),
@@ -411,6 +416,16 @@ pub fn value(field: &str, line: &Line, now_ms: u64) -> String {
         "User" if step.is_none() => r.user.clone(),
         "WorkDir" if step.is_none() => r.work_dir.clone(),
         _ => String::new(),
+    }
+}
+
+/// Who cancelled a job, as Slurm's `CANCELLED by UID`: berth's own cancellations (a
+/// reason other than the user's) are root's; a user's scancel is charged to the job's
+/// owner, since the log does not record the caller's uid.
+fn cancelled_by(r: &pb::JobRecord) -> u32 {
+    match r.reason.as_str() {
+        "" | "None" | "cancelled" => r.uid,
+        _ => 0,
     }
 }
 

@@ -90,7 +90,8 @@ fn relative(rest: &str, now: NaiveDateTime, text: &str) -> Result<NaiveDateTime,
         "h" | "hour" | "hours" => 3600,
         "d" | "day" | "days" => 86_400,
         "w" | "week" | "weeks" => 604_800,
-        _ => return Err(err(4 + digits.len(), text)),
+        // Slurm points at the count when the unit is not one it knows.
+        _ => return Err(err(4, text)),
     };
     Ok(now + Duration::seconds(sign * count * secs))
 }
