@@ -16,6 +16,8 @@
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
 //! - [`sacct`], [`sacct_fields`], [`sacct_json`]: `sacct` from berthd's accounting records.
 //! - [`slurm_time`]: Slurm's date-time formats (`-S/-E`, `start=`).
+//! - [`sreport`]: `sreport` cluster/user usage reports.
+//! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
 
 pub mod client;
 pub mod commands;
@@ -25,6 +27,7 @@ pub mod fairshare;
 pub mod format;
 pub mod hostlist;
 pub mod memory;
+pub mod report;
 pub mod sacct;
 pub mod sacct_fields;
 pub mod sacct_json;
@@ -33,6 +36,7 @@ pub mod scontrol;
 pub mod sinfo;
 pub mod slurm_time;
 pub mod squeue;
+pub mod sreport;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

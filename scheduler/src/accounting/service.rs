@@ -145,15 +145,17 @@ impl pb::accounting_service_server::AccountingService for AccountingApi {
             store_error = e.to_string();
             vec![]
         });
-        let (prices, charge, nodes) = {
+        let (prices, charge, nodes, accounts) = {
             let sm = self.raft.state();
             let a = sm.accounts();
             (
                 a.prices.clone(),
                 a.charge,
                 sm.nodes().cloned().collect::<Vec<_>>(),
+                usage::account_list(&a.policy.accounts, &records),
             )
         };
+        let (cpu_planned, gpu_planned) = usage::planned(&records, u.start_ms, end, now);
         let rows = usage::summarize(&records, &u, &prices, charge, now)
             .map_err(Status::invalid_argument)?;
         let (cpu, gpu, cpu_down, gpu_down) = usage::capacity(&nodes, &events, u.start_ms, end, now);
@@ -166,6 +168,9 @@ impl pb::accounting_service_server::AccountingService for AccountingApi {
             currency: prices.currency,
             cluster: "berth".into(),
             store_error,
+            cpu_planned_seconds: cpu_planned,
+            gpu_planned_seconds: gpu_planned,
+            accounts,
         }))
     }
 }

@@ -124,6 +124,68 @@ pub fn summarize(
     Ok(rows.into_values().collect())
 }
 
+/// CPU- and GPU-seconds that eligible jobs waited for inside `[from_ms, to_ms)`, at their
+/// requested size (Slurm's Planned): each run's wait runs from eligible to its start,
+/// or to its end when it never started, or to `now_ms` while it still waits.
+pub fn planned(records: &[pb::JobRecord], from_ms: u64, to_ms: u64, now_ms: u64) -> (f64, f64) {
+    let (mut cpu, mut gpu) = (0.0, 0.0);
+    for r in records {
+        if r.eligible_time_ms == 0 || r.held && r.start_time_ms == 0 {
+            continue;
+        }
+        let until = match (r.start_time_ms, r.end_time_ms) {
+            (0, 0) => now_ms,
+            (0, end) => end,
+            (start, _) => start,
+        };
+        let lo = r.eligible_time_ms.max(from_ms);
+        let hi = until.min(to_ms);
+        let s = hi.saturating_sub(lo) as f64 / 1000.0;
+        let req = r.req.clone().unwrap_or_default();
+        cpu += f64::from(req.cpus) * s;
+        let gpus = if req.gpu_milli > 0 {
+            f64::from(req.gpus) * f64::from(req.gpu_milli) / 1000.0
+        } else {
+            f64::from(req.gpus) + f64::from(req.mig_slices)
+        };
+        gpu += gpus * s;
+    }
+    (cpu, gpu)
+}
+
+/// The account tree for reports, parents first: `tree`'s accounts, then any account a
+/// record names that the tree lacks (an account since removed), under root.
+pub fn account_list(
+    tree: &berth_policies::AccountTree,
+    records: &[pb::JobRecord],
+) -> Vec<pb::UsageAccount> {
+    let all = tree.accounts();
+    let mut out: Vec<pb::UsageAccount> = Vec::with_capacity(all.len());
+    // Depth-first from root, children in name order (the tree keeps them so).
+    let mut stack = vec![0usize];
+    while let Some(i) = stack.pop() {
+        let a = &all[i];
+        out.push(pb::UsageAccount {
+            name: a.name.clone(),
+            parent: a.parent.map(|p| all[p].name.clone()).unwrap_or_default(),
+        });
+        stack.extend(a.children.iter().rev());
+    }
+    let known: std::collections::HashSet<String> = out.iter().map(|a| a.name.clone()).collect();
+    let mut extra: Vec<String> = records
+        .iter()
+        .map(|r| r.account.clone())
+        .filter(|a| !a.is_empty() && !known.contains(a))
+        .collect();
+    extra.sort();
+    extra.dedup();
+    out.extend(extra.into_iter().map(|name| pb::UsageAccount {
+        name,
+        parent: berth_policies::fairshare::ROOT.into(),
+    }));
+    out
+}
+
 /// Seconds of node capacity and of it down over `[from_ms, to_ms)`: every node berthd
 /// knows counts for the whole window, minus nothing; its down events add to the down
 /// part. Returns `(cpu_capacity, gpu_capacity, cpu_down, gpu_down)` in unit-seconds.
