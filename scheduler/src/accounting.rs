@@ -118,3 +118,6 @@ impl Accounting {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
