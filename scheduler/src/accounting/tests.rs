@@ -168,11 +168,12 @@ fn log() -> Vec<pb::Command> {
 }
 
 fn entry(index: u64, c: &pb::Command) -> raft::eraftpb::Entry {
-    let mut e = raft::eraftpb::Entry::default();
-    e.index = index;
-    e.term = 1;
-    e.data = c.encode_to_vec().into();
-    e
+    raft::eraftpb::Entry {
+        index,
+        term: 1,
+        data: c.encode_to_vec().into(),
+        ..Default::default()
+    }
 }
 
 /// A recorder over a fresh sled store in `dir`.
