@@ -140,11 +140,11 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     let mut read_stdin = || std::io::read_to_string(std::io::stdin());
     let submission = match sbatch::parse_submission(&args, &ctx, &mut read_stdin) {
         Ok(s) => s,
-        Err(sbatch::SbatchError::HelpRequested) => {
+        Err(e) if e.is_help() => {
             println!("{}", sbatch::USAGE);
             return Ok(0);
         }
-        Err(sbatch::SbatchError::VersionRequested) => {
+        Err(e) if e.is_version() => {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
             return Ok(0);
         }

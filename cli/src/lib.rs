@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`sbatch`]: sbatch options and `#SBATCH` directives → a `JobSpec`.
+//! - [`opt`]: Slurm option tables, getopt, and the value parsers sbatch (and srun, salloc,
+//!   `scontrol update`) share.
 //! - [`duration`], [`memory`]: Slurm's time-limit and memory formats.
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
@@ -27,6 +29,7 @@ pub mod fairshare;
 pub mod format;
 pub mod hostlist;
 pub mod memory;
+pub mod opt;
 pub mod report;
 pub mod sacct;
 pub mod sacct_fields;

@@ -90,21 +90,34 @@ impl View {
             return;
         }
         let free = n.gpus.iter().filter(|g| g.free).count();
+        let gpus = n.gpus.len();
         self.free[i] = if sign > 0 { free as u32 } else { 0 };
-        if !self.fit.contains_key(&n.partition) {
-            self.fit.insert(n.partition.clone(), Vec::new());
-            self.buckets.insert(n.partition.clone(), Vec::new());
+        // A node in several partitions (overlapping partitions) counts in each.
+        let partitions = n.partition.clone();
+        for partition in partitions
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            self.count_in(partition, i, free, gpus, sign);
         }
-        let counts = self.fit.get_mut(&n.partition).expect("inserted above");
-        if counts.len() < n.gpus.len() + 1 {
-            counts.resize(n.gpus.len() + 1, 0);
+    }
+
+    fn count_in(&mut self, partition: &str, i: usize, free: usize, gpus: usize, sign: i32) {
+        if !self.fit.contains_key(partition) {
+            self.fit.insert(partition.to_string(), Vec::new());
+            self.buckets.insert(partition.to_string(), Vec::new());
+        }
+        let counts = self.fit.get_mut(partition).expect("inserted above");
+        if counts.len() < gpus + 1 {
+            counts.resize(gpus + 1, 0);
         }
         for c in counts.iter_mut().take(free + 1) {
             *c = c.wrapping_add_signed(sign);
         }
-        let buckets = self.buckets.get_mut(&n.partition).expect("inserted above");
-        if buckets.len() < n.gpus.len() + 1 {
-            buckets.resize(n.gpus.len() + 1, BTreeSet::new());
+        let buckets = self.buckets.get_mut(partition).expect("inserted above");
+        if buckets.len() < gpus + 1 {
+            buckets.resize(gpus + 1, BTreeSet::new());
         }
         if sign > 0 {
             buckets[free].insert(i);

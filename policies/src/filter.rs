@@ -26,6 +26,21 @@ pub enum RejectReason {
     /// A multi-node job's nodes fit, but not under the `--switches` leaf count (a whole-job
     /// reason, never a single node's).
     Switches,
+    /// The node lacks a feature `--constraint` asks for (or, for counts and matching OR,
+    /// too few nodes have them: a whole-job reason then).
+    Features,
+    /// `-x/--exclude` names the node, or a `-w/--nodelist` node cannot take the job.
+    NodeList,
+    /// The node is in a reservation the job is not part of, or outside the job's.
+    Reserved,
+    /// `--exclusive` or `--mem=0` needs an idle node, and something runs there.
+    Exclusive,
+    /// Not enough free CPUs for the node's tasks (`--ntasks-per-node`, `--mincpus`).
+    Tasks,
+    /// Not enough free memory for `--mem-per-cpu` times the node's CPUs.
+    MemPerCpu,
+    /// Not enough free memory for `--mem-per-gpu` times the node's GPUs.
+    MemPerGpu,
 }
 
 impl RejectReason {
@@ -39,6 +54,13 @@ impl RejectReason {
             RejectReason::Memory => "memory",
             RejectReason::Mig => "mig",
             RejectReason::Switches => "switches",
+            RejectReason::Features => "features",
+            RejectReason::NodeList => "nodelist",
+            RejectReason::Reserved => "reserved",
+            RejectReason::Exclusive => "exclusive",
+            RejectReason::Tasks => "tasks",
+            RejectReason::MemPerCpu => "mem-per-cpu",
+            RejectReason::MemPerGpu => "mem-per-gpu",
         }
     }
 }
@@ -73,7 +95,7 @@ fn reject(reason: RejectReason, detail: String) -> Result<(), Reject> {
     Err(Reject { reason, detail })
 }
 
-/// The node belongs to the job's partition.
+/// The node belongs to the job's partition (a node may be in several).
 pub struct PartitionFilter;
 
 impl Filter for PartitionFilter {
@@ -81,7 +103,7 @@ impl Filter for PartitionFilter {
         "partition"
     }
     fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
-        if node.partition == job.partition {
+        if node.in_partition(&job.partition) {
             return Ok(());
         }
         reject(
@@ -192,7 +214,8 @@ impl Filter for CpuFilter {
     }
 }
 
-/// Enough free memory (when the job asked for memory).
+/// Enough free memory (when the job asked for memory per node; per CPU and per GPU are
+/// [`MemPerCpuFilter`] and [`MemPerGpuFilter`]).
 pub struct MemoryFilter;
 
 impl Filter for MemoryFilter {
@@ -200,7 +223,8 @@ impl Filter for MemoryFilter {
         "memory"
     }
     fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
-        if node.memory_free_mb >= job.mem_per_node_mb {
+        let per_unit = job.tasks.mem_per_cpu_mb > 0 || job.tasks.mem_per_gpu_mb > 0;
+        if per_unit || node.memory_free_mb >= job.mem_per_node_mb {
             return Ok(());
         }
         reject(
@@ -208,6 +232,175 @@ impl Filter for MemoryFilter {
             format!(
                 "needs {} MiB, has {} MiB free",
                 job.mem_per_node_mb, node.memory_free_mb
+            ),
+        )
+    }
+}
+
+/// `--constraint`: the node has the features the job's per-node test asks for.
+pub struct FeatureFilter;
+
+impl Filter for FeatureFilter {
+    fn name(&self) -> &'static str {
+        "features"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        match &job.constraint {
+            Some(c) if !c.node_passes(&node.features) => reject(
+                RejectReason::Features,
+                format!(
+                    "has features {}, job needs {}",
+                    if node.features.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        node.features.join(",")
+                    },
+                    c.text
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `-x/--exclude`: the node is not excluded.
+pub struct NodeListFilter;
+
+impl Filter for NodeListFilter {
+    fn name(&self) -> &'static str {
+        "nodelist"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        if job.exc_nodes.contains(&node.name) {
+            return reject(RejectReason::NodeList, "excluded by --exclude".into());
+        }
+        Ok(())
+    }
+}
+
+/// Reservations: a job outside a reservation stays off its nodes while it would run; a job
+/// inside one uses only its nodes.
+pub struct ReservationFilter;
+
+impl Filter for ReservationFilter {
+    fn name(&self) -> &'static str {
+        "reservation"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        if let Some(only) = &job.nodes_only {
+            if !only.contains(&node.name) {
+                return reject(
+                    RejectReason::Reserved,
+                    "not in the job's reservation".into(),
+                );
+            }
+            return Ok(());
+        }
+        match &job.nodes_reserved {
+            Some(taken) if taken.contains(&node.name) => reject(
+                RejectReason::Reserved,
+                "reserved for others while the job would run".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `--exclusive` and `--mem=0`: the node is idle (nothing held on it).
+pub struct ExclusiveFilter;
+
+impl Filter for ExclusiveFilter {
+    fn name(&self) -> &'static str {
+        "exclusive"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        if !(job.exclusive || job.mem_whole_node) || node.is_idle() {
+            return Ok(());
+        }
+        let why = if job.exclusive {
+            "--exclusive needs an idle node"
+        } else {
+            "--mem=0 needs all of the node's memory"
+        };
+        reject(
+            RejectReason::Exclusive,
+            format!(
+                "{why}; {} of {} CPUs and {} of {} MiB are free",
+                node.cpus_free, node.cpus_total, node.memory_free_mb, node.memory_total_mb
+            ),
+        )
+    }
+}
+
+/// `--ntasks-per-node` and `--mincpus`: the node has CPUs for its tasks.
+pub struct TasksFilter;
+
+impl Filter for TasksFilter {
+    fn name(&self) -> &'static str {
+        "tasks"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        let t = &job.tasks;
+        if (t.per_node == 0 && t.min_cpus == 0) || node.cpus_free >= job.cpus_per_node {
+            return Ok(());
+        }
+        let detail = if t.per_node > 0 {
+            format!(
+                "needs {} tasks x {} CPUs = {} CPUs, has {} free",
+                t.per_node,
+                t.cpus_per_task.max(1),
+                job.cpus_per_node,
+                node.cpus_free
+            )
+        } else {
+            format!(
+                "needs at least {} CPUs (--mincpus), has {} free",
+                job.cpus_per_node, node.cpus_free
+            )
+        };
+        reject(RejectReason::Tasks, detail)
+    }
+}
+
+/// `--mem-per-cpu`: free memory for every CPU the job takes on the node.
+pub struct MemPerCpuFilter;
+
+impl Filter for MemPerCpuFilter {
+    fn name(&self) -> &'static str {
+        "mem-per-cpu"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        let per = job.tasks.mem_per_cpu_mb;
+        if per == 0 || node.memory_free_mb >= job.mem_per_node_mb {
+            return Ok(());
+        }
+        reject(
+            RejectReason::MemPerCpu,
+            format!(
+                "needs {} CPUs x {per} MiB = {} MiB, has {} MiB free",
+                job.cpus_per_node, job.mem_per_node_mb, node.memory_free_mb
+            ),
+        )
+    }
+}
+
+/// `--mem-per-gpu`: free memory for every GPU the job takes on the node.
+pub struct MemPerGpuFilter;
+
+impl Filter for MemPerGpuFilter {
+    fn name(&self) -> &'static str {
+        "mem-per-gpu"
+    }
+    fn check(&self, job: &PendingJob, node: &NodeView) -> Result<(), Reject> {
+        let per = job.tasks.mem_per_gpu_mb;
+        if per == 0 || node.memory_free_mb >= job.mem_per_node_mb {
+            return Ok(());
+        }
+        reject(
+            RejectReason::MemPerGpu,
+            format!(
+                "needs {} GPUs x {per} MiB = {} MiB, has {} MiB free",
+                job.gpus_per_node, job.mem_per_node_mb, node.memory_free_mb
             ),
         )
     }

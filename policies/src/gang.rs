@@ -160,6 +160,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         };
         View::new(ClusterSnapshot {
             nodes: vec![node("a"), node("b")],

@@ -11,6 +11,7 @@
 //! - [`snapshot`]: the input types ([`ClusterSnapshot`], [`NodeView`], [`PendingJob`],
 //!   [`RunningJob`]).
 //! - [`filter`]: one small struct per feasibility rule ([`filter::Filter`]).
+//! - [`constraint`]: `--constraint` feature expressions, counts and matching OR.
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
 //! - [`mig`]: MIG profiles and placements, the carve planner, its filter and scorer.
@@ -31,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod backfill;
+pub mod constraint;
 pub mod fairshare;
 pub mod filter;
 pub mod fragmentation;
@@ -56,7 +58,7 @@ pub use priority::{Factors, PriorityWeights, QosClass};
 pub use quota::Quota;
 pub use snapshot::{
     Capacity, ClusterSnapshot, Decision, GpuShares, GpuView, NodeGrant, NodeView, PendingJob,
-    RunningJob,
+    RunningJob, TaskSpread,
 };
 
 /// Errors of building policy configuration (the only fallible part of this crate).
@@ -220,5 +222,7 @@ pub fn feasible_when_idle(capacity: &ClusterSnapshot, job: &PendingJob) -> Resul
 mod pass_tests;
 #[cfg(test)]
 mod placement_tests;
+#[cfg(test)]
+mod selection_tests;
 #[cfg(test)]
 mod tests;

@@ -46,6 +46,7 @@ fn node(name: &str, gpus: Vec<GpuView>) -> NodeView {
         memory_total_mb: 1 << 20,
         memory_free_mb: 1 << 20,
         gpus,
+        ..Default::default()
     }
 }
 

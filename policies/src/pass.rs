@@ -40,6 +40,8 @@ pub enum PendingReason {
         /// The limit, GPUs per user.
         limit: u64,
     },
+    /// The cluster's licenses it asks for (`-L`) are held by running jobs.
+    Licenses,
     /// A quota of an account on its path holds it back (`resource` is the quota key).
     Quota {
         /// Account whose limit is reached.
@@ -51,13 +53,15 @@ pub enum PendingReason {
 
 impl PendingReason {
     /// Slurm's reason name: `Priority`, `Resources`, `QOSMaxGRESPerUser`, `QOSGrpGRES`,
-    /// `QOSGrpCpuLimit`, `QOSGrpMemLimit`; and berth's `Switches` for a `--switches` wait.
+    /// `QOSGrpCpuLimit`, `QOSGrpMemLimit`, `Licenses`; and berth's `Switches` for a
+    /// `--switches` wait.
     pub fn slurm_name(&self) -> &'static str {
         match self {
             PendingReason::Priority => "Priority",
             PendingReason::Resources => "Resources",
             PendingReason::Switches => "Switches",
             PendingReason::UserGpus { .. } => "QOSMaxGRESPerUser",
+            PendingReason::Licenses => "Licenses",
             PendingReason::Quota { resource, .. } => match resource.as_str() {
                 "cpu" => "QOSGrpCpuLimit",
                 "mem_mb" => "QOSGrpMemLimit",
@@ -96,7 +100,7 @@ pub struct Schedule {
 /// Partition, nodes, GPUs, GPU type, CPUs, memory, MIG profile and slices, the
 /// leaf-switch limit in force, and the GPU fraction (milli); the strings as per-pass ids
 /// ([`Interner`]), so a shape is hashed as ten words without reading any string twice.
-type Shape = (u32, u32, u32, u32, u32, u64, u32, u32, u32, u32);
+type Shape = (u32, u32, u32, u32, u32, u64, u32, u32, u32, u32, u64);
 
 /// A word-at-a-time hasher (FxHash's mixing) for the per-pass shape caches: keys are
 /// short and not attacker-chosen, and SipHash dominated profiles of 100k-job passes.
@@ -200,6 +204,9 @@ impl<'a> ShapeKeys<'a> {
             job.mig_per_node,
             pipeline.leaves_max(job).map_or(0, |m| m as u32),
             job.gpu_milli,
+            // A job placed by more than its counts (features, node lists…) is its own
+            // shape: its failures say nothing about other jobs'.
+            if job.is_selective() { job.id } else { 0 },
         )
     }
 }
@@ -233,6 +240,8 @@ struct Pass<'a> {
     /// GPUs held per (class, user) in classes with a per-user limit, running jobs and
     /// this pass's starts; `None` when no class has one.
     user_gpus: Option<HashMap<(&'a str, &'a str), u64>>,
+    /// Licenses not held, as this pass's starts leave them.
+    licenses_free: std::collections::BTreeMap<String, u32>,
     out: Schedule,
 }
 
@@ -297,6 +306,7 @@ pub fn run(
         searches: 0,
         blocked: HashSet::new(),
         user_gpus,
+        licenses_free: snapshot.licenses_free.clone(),
         out: Schedule::default(),
     };
     for k in order {
@@ -327,6 +337,8 @@ fn user_gpus<'a>(
 /// position last keeps equal keys in input order, as a stable sort would), then its shape.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct OrderKey {
+    /// Higher partition priority tiers first (Slurm's `PriorityTier`).
+    tier: Reverse<u32>,
     priority: Reverse<u64>,
     submit_ms: u64,
     id: u64,
@@ -356,8 +368,14 @@ fn order(
         .map(|(i, j)| {
             let next = ids.len();
             let shape = *ids.entry(keys.shape(j, pipeline)).or_insert(next);
+            let priority = if berth {
+                nice(prio.factors(j).priority, j.nice)
+            } else {
+                0
+            };
             OrderKey {
-                priority: Reverse(if berth { prio.factors(j).priority } else { 0 }),
+                tier: Reverse(j.priority_tier),
+                priority: Reverse(priority),
                 submit_ms: j.submit_ms,
                 id: j.id,
                 index: u32::try_from(i).expect("fewer than 2^32 pending jobs"),
@@ -371,12 +389,29 @@ fn order(
     (order, ids.len())
 }
 
+/// `priority` lowered by `--nice` (raised by a negative nice), never below 0.
+fn nice(priority: u64, nice: i32) -> u64 {
+    if nice >= 0 {
+        priority.saturating_sub(nice.unsigned_abs().into())
+    } else {
+        priority.saturating_add(nice.unsigned_abs().into())
+    }
+}
+
 impl<'a> Pass<'a> {
     fn consider(&mut self, job: &'a PendingJob, sid: usize) {
         if self.blocked.contains(job.partition.as_str()) {
             return self.out.pending.push(PendingStatus {
                 job_id: job.id,
                 reason: PendingReason::Priority,
+                expected_start_ms: None,
+                why: None,
+            });
+        }
+        if !self.licenses_left(job) {
+            return self.out.pending.push(PendingStatus {
+                job_id: job.id,
+                reason: PendingReason::Licenses,
                 expected_start_ms: None,
                 why: None,
             });
@@ -432,6 +467,11 @@ impl<'a> Pass<'a> {
             if let (Some((qos, _, _)), Some(m)) = (user_limit, &mut self.user_gpus) {
                 *m.entry((qos, job.user.as_str())).or_default() += job.gres_gpus();
             }
+            for (name, count) in &job.licenses {
+                if let Some(free) = self.licenses_free.get_mut(name) {
+                    *free = free.saturating_sub(*count);
+                }
+            }
             return self.start(d, end_ms, long);
         }
         if self.cfg.kind == PolicyKind::Berth && self.preempt_by_priority(job) {
@@ -446,6 +486,14 @@ impl<'a> Pass<'a> {
             self.blocked.insert(job.partition.as_str());
         }
         self.wait(job, long, why, sid);
+    }
+
+    /// Whether every license `job` asks for has enough left (a license the cluster does
+    /// not have never does: the submit check refuses such jobs).
+    fn licenses_left(&self, job: &PendingJob) -> bool {
+        job.licenses
+            .iter()
+            .all(|(name, count)| self.licenses_free.get(name).is_some_and(|f| f >= count))
     }
 
     /// The per-user GPU limit of `job`'s class, if any and if `job` asks for GPUs: the

@@ -26,6 +26,7 @@ pub(crate) fn node(name: &str, gpus: u32) -> NodeView {
                 ..GpuView::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -13,7 +13,9 @@
 //! that stays pending can say exactly why.
 
 use crate::filter::{
-    CpuFilter, Filter, GpuFilter, MemoryFilter, NodeUpFilter, PartitionFilter, RejectReason,
+    CpuFilter, ExclusiveFilter, FeatureFilter, Filter, GpuFilter, MemPerCpuFilter, MemPerGpuFilter,
+    MemoryFilter, NodeListFilter, NodeUpFilter, PartitionFilter, RejectReason, ReservationFilter,
+    TasksFilter,
 };
 use crate::fragmentation::{FragmentationGradient, Workload};
 use crate::mig::{MigFilter, MigPacking};
@@ -39,6 +41,9 @@ pub struct PlacementMetrics {
     /// `(fewest leaf switches any choice needs, --switches allowed)` when the nodes fit but
     /// not under the allowed leaf count.
     pub switches_short: Option<(u32, u32)>,
+    /// A whole-job reason the nodes that fit could not meet: a `--nodelist` node that
+    /// cannot take the job, or `--constraint` counts or matching OR no choice satisfies.
+    pub unmet: Option<String>,
 }
 
 /// A job that cannot be placed now, and why.
@@ -68,6 +73,9 @@ impl fmt::Display for Unplaceable {
                 "; {count} node(s) short of {} (e.g. {node}: {detail})",
                 reason.as_str()
             )?;
+        }
+        if let Some(unmet) = &m.unmet {
+            write!(f, "; {unmet}")?;
         }
         if let Some((need, allowed)) = m.switches_short {
             write!(
@@ -125,8 +133,15 @@ impl Pipeline {
         let filters: Vec<Box<dyn Filter>> = vec![
             Box::new(PartitionFilter), // a string compare, and rules out most nodes first
             Box::new(NodeUpFilter),    // a down node is never worth counting GPUs on
+            Box::new(NodeListFilter),  // -x: the user said no, whatever the node has
+            Box::new(ReservationFilter), // kept for others, or outside the job's own
+            Box::new(FeatureFilter),   // --constraint: a fixed property of the node
+            Box::new(ExclusiveFilter), // --exclusive/--mem=0: idle nodes only
             Box::new(GpuFilter),       // the scarce resource: the reason users care about
+            Box::new(TasksFilter),     // --ntasks-per-node/--mincpus, before plain CPUs
             Box::new(CpuFilter),
+            Box::new(MemPerCpuFilter), // per-unit memory first: its message says why
+            Box::new(MemPerGpuFilter),
             Box::new(MemoryFilter),
             Box::new(MigFilter), // runs the carve planner: dearest, so last
         ];
@@ -206,11 +221,42 @@ impl Pipeline {
         nodes: impl Iterator<Item = (&'a NodeView, Option<&'a NodePlace>)>,
         job: &PendingJob,
     ) -> Result<Decision, Unplaceable> {
+        if !job.is_ranged() {
+            return self.select_fixed(topo, nodes, job);
+        }
+        // A node range: try the counts in the order the job prefers, each as a fixed job
+        // with its own per-node need; the first that places wins.
+        let nodes: Vec<_> = nodes.collect();
+        let mut first_err = None;
+        for k in range_counts(job, nodes.iter().map(|(n, _)| *n)) {
+            match self.select_fixed(topo, nodes.iter().copied(), &job.with_nodes(k)) {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| Unplaceable {
+            nodes_wanted: job.nodes.max(1),
+            metrics: PlacementMetrics::default(),
+        }))
+    }
+
+    /// [`Pipeline::select_among`] for a job of exactly `job.nodes` nodes.
+    fn select_fixed<'a>(
+        &self,
+        topo: &Topology,
+        nodes: impl Iterator<Item = (&'a NodeView, Option<&'a NodePlace>)>,
+        job: &PendingJob,
+    ) -> Result<Decision, Unplaceable> {
         let wanted = job.nodes.max(1) as usize;
         // A gang on a configured network looks at every feasible node: the lowest common
-        // switch may be anywhere. Everything else stops at the cap.
+        // switch may be anywhere. So does a job that must include named nodes or choose
+        // by feature counts. Everything else stops at the cap.
         let network = wanted > 1 && topo.has_network();
-        let cap = if network {
+        let whole_job_choice =
+            !job.req_nodes.is_empty() || job.constraint.as_ref().is_some_and(|c| c.needs_choice());
+        let cap = if network || whole_job_choice {
             usize::MAX
         } else {
             self.nodes_scored_max.max(wanted)
@@ -254,13 +300,24 @@ impl Pipeline {
         if ranked.len() < wanted {
             return Err(unplaceable(metrics));
         }
-        // Best score first; equal scores go to the lower node name (deterministic).
+        // The lowest node weight first (Slurm's Weight), then the best score; equal
+        // scores go to the lower node name (deterministic).
         ranked.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
+            a.node
+                .weight
+                .cmp(&b.node.weight)
+                .then_with(|| b.score.total_cmp(&a.score))
                 .then_with(|| a.node.name.cmp(&b.node.name))
         });
-        let chosen: Vec<usize> = if network {
+        let chosen: Vec<usize> = if whole_job_choice {
+            match choose_whole_job(job, &ranked, wanted) {
+                Ok(pick) => pick,
+                Err(why) => {
+                    metrics.unmet = Some(why);
+                    return Err(unplaceable(metrics));
+                }
+            }
+        } else if network {
             let places: Vec<Option<&NodePlace>> = ranked.iter().map(|c| c.place).collect();
             match choose_nodes(topo, &places, wanted, self.leaves_max(job)) {
                 Ok(pick) => pick,
@@ -317,6 +374,18 @@ fn packer(k: Packing, workload: Option<Workload>) -> Box<dyn Scorer> {
 /// The free GPUs of the requested type `job` gets on `node`: the best-connected set when
 /// the node reported its links, else the lowest indexes.
 fn best_gpus(job: &PendingJob, node: &NodeView, place: Option<&NodePlace>) -> Fit {
+    if job.exclusive {
+        // Slurm's --exclusive: the job gets every CPU and GPU of its nodes.
+        return Fit {
+            gpus: node
+                .gpus
+                .iter()
+                .filter(|g| g.free)
+                .map(|g| g.index)
+                .collect(),
+            quality: None,
+        };
+    }
     if job.gpu_milli > 0 {
         return Fit {
             gpus: tightest_share(job, node).into_iter().collect(),
@@ -377,9 +446,97 @@ fn grant(job: &PendingJob, node: &NodeView, fit: &Fit, mig_carve_cost: f64) -> N
         node: node.name.clone(),
         gpu_uuids: gpus.iter().map(|g| g.uuid.clone()).collect(),
         gpu_indices: gpus.iter().map(|g| g.index).collect(),
-        cpus: job.cpus_per_node,
-        mem_mb: job.mem_per_node_mb,
+        cpus: if job.exclusive {
+            node.cpus_total
+        } else {
+            job.cpus_per_node
+        },
+        mem_mb: if job.mem_whole_node {
+            node.memory_total_mb
+        } else {
+            job.mem_per_node_mb
+        },
         mig_slices: crate::mig::grants(job, node, mig_carve_cost),
         gpu_milli: job.gpu_milli,
+    }
+}
+
+/// Most node counts a ranged job tries in one placement (each try walks its candidates).
+const RANGE_TRIES_MAX: usize = 32;
+
+/// The node counts a ranged job tries, in its preferred order: from the least count that
+/// could hold its tasks on the biggest candidate up (fewest first), or from the most the
+/// candidates allow down. At most [`RANGE_TRIES_MAX`].
+fn range_counts<'a>(job: &PendingJob, nodes: impl Iterator<Item = &'a NodeView>) -> Vec<u32> {
+    let (mut count, mut cpus_max) = (0u32, 0u32);
+    for n in nodes {
+        count += 1;
+        cpus_max = cpus_max.max(n.cpus_free);
+    }
+    let lo = job.nodes.max(1);
+    let hi = job.tasks.nodes_max.min(count.max(lo)).max(lo);
+    let t = &job.tasks;
+    // Fewer nodes than this cannot hold the tasks even on the biggest candidate.
+    let per_task = t.cpus_per_task.max(1);
+    let tasks_fit = (cpus_max / per_task).max(1);
+    let least = if t.per_node > 0 || t.ntasks == 0 {
+        lo
+    } else {
+        t.ntasks.div_ceil(tasks_fit).clamp(lo, hi)
+    };
+    let counts: Vec<u32> = if t.fewest_first {
+        (least..=hi).collect()
+    } else {
+        (least..=hi).rev().collect()
+    };
+    counts.into_iter().take(RANGE_TRIES_MAX).collect()
+}
+
+/// The chosen positions among `ranked` for a job that must include `--nodelist` nodes
+/// and/or choose by `--constraint` counts or matching OR.
+///
+/// # Errors
+/// The whole-job reason when no choice holds.
+fn choose_whole_job(
+    job: &PendingJob,
+    ranked: &[Candidate],
+    wanted: usize,
+) -> Result<Vec<usize>, String> {
+    let mut required = Vec::new();
+    for name in &job.req_nodes {
+        match ranked.iter().position(|c| c.node.name == *name) {
+            Some(i) => required.push(i),
+            None => {
+                return Err(format!(
+                    "--nodelist names {name}, which cannot take the job now"
+                ))
+            }
+        }
+    }
+    if required.len() > wanted {
+        return Err(format!(
+            "--nodelist names {} nodes, the job has {wanted}",
+            required.len()
+        ));
+    }
+    let constraint = job.constraint.as_ref().filter(|c| c.needs_choice());
+    let Some(c) = constraint else {
+        // Required nodes first, then the best of the rest.
+        let mut pick = required.clone();
+        pick.extend((0..ranked.len()).filter(|i| !required.contains(i)));
+        pick.truncate(wanted);
+        return Ok(pick);
+    };
+    let features: Vec<&[String]> = ranked.iter().map(|r| &r.node.features[..]).collect();
+    match c.choose(&features, wanted) {
+        Some(pick) if required.iter().all(|r| pick.contains(r)) => Ok(pick),
+        Some(_) => Err(format!(
+            "no choice of nodes meeting --constraint={} includes every --nodelist node",
+            c.text
+        )),
+        None => Err(format!(
+            "no {wanted} of the nodes that fit meet --constraint={}",
+            c.text
+        )),
     }
 }

@@ -69,6 +69,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         };
         let job = |g| PendingJob {
             gpus_per_node: g,

@@ -113,11 +113,13 @@ impl GpuView {
 }
 
 /// One node as placement sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeView {
     /// Unique node name.
     pub name: String,
-    /// Partition (node pool) the node belongs to.
+    /// Partitions (node pools) the node belongs to, comma-separated: a node may be in
+    /// several (overlapping partitions), as in its inventory. See
+    /// [`NodeView::in_partition`].
     pub partition: String,
     /// Accepting work (registered and its agent alive).
     pub up: bool,
@@ -131,9 +133,39 @@ pub struct NodeView {
     pub memory_free_mb: u64,
     /// Every GPU of the node, free or not, in index order.
     pub gpus: Vec<GpuView>,
+    /// Features (`--constraint` names), sorted; shared, since a node group's nodes have the
+    /// same.
+    pub features: std::sync::Arc<[String]>,
+    /// Slurm's node `Weight`: of the nodes that fit, the lowest weight is taken first.
+    pub weight: u32,
 }
 
 impl NodeView {
+    /// The partitions the node is in.
+    pub fn partitions(&self) -> impl Iterator<Item = &str> {
+        self.partition
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Whether the node is in `partition`.
+    pub fn in_partition(&self, partition: &str) -> bool {
+        self.partitions().any(|p| p == partition)
+    }
+
+    /// Nothing is held on it: every CPU, every byte of memory and every GPU (whole, share
+    /// or MIG slice) is free. `--exclusive` and `--mem=0` jobs need such a node.
+    pub fn is_idle(&self) -> bool {
+        self.cpus_free == self.cpus_total
+            && self.memory_free_mb == self.memory_total_mb
+            && self.gpus.iter().all(|g| {
+                g.mig_held.is_empty()
+                    && (g.free || g.mig_enabled)
+                    && g.shares.is_none_or(|s| s.free == s.replicas)
+            })
+    }
+
     /// Free GPUs matching `gres_type` (empty matches any), lowest index first.
     pub fn free_gpus<'a>(&'a self, gres_type: &'a str) -> impl Iterator<Item = &'a GpuView> + 'a {
         self.gpus
@@ -155,6 +187,8 @@ pub struct ClusterSnapshot {
     /// GPU links inside nodes and the network tree across them (empty: placement ignores
     /// topology and takes the lowest free GPU indexes).
     pub topology: std::sync::Arc<crate::topology::Topology>,
+    /// The cluster's licenses not held by running jobs (`-L`), by name.
+    pub licenses_free: std::collections::BTreeMap<String, u32>,
 }
 
 /// A job that holds resources.
@@ -343,9 +377,127 @@ pub struct PendingJob {
     /// with `gpus_per_node == 1`; 0: whole GPUs. It takes one share of a GPU with that much
     /// milli unheld ([`GpuView::fits_fraction`]).
     pub gpu_milli: u32,
+    /// `--constraint`, parsed: features its nodes must have.
+    pub constraint: Option<std::sync::Arc<crate::constraint::Constraint>>,
+    /// `-w/--nodelist`: nodes the job must include (the rest of its count is chosen).
+    pub req_nodes: Vec<String>,
+    /// `-x/--exclude`: nodes it must not use.
+    pub exc_nodes: Vec<String>,
+    /// `--exclusive`: idle nodes only, and it gets all their CPUs and whole GPUs.
+    pub exclusive: bool,
+    /// `--mem=0`: all of each node's memory (so, idle nodes only).
+    pub mem_whole_node: bool,
+    /// How its tasks spread over nodes: node ranges, per-node task counts, per-CPU and
+    /// per-GPU memory. The default (no range) leaves `cpus_per_node` and
+    /// `mem_per_node_mb` as given.
+    pub tasks: TaskSpread,
+    /// Licenses it holds while it runs (`-L name:count`).
+    pub licenses: Vec<(String, u32)>,
+    /// Nodes reserved for others while it would run (it may not use them).
+    pub nodes_reserved: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
+    /// Inside a reservation: the only nodes it may use.
+    pub nodes_only: Option<std::sync::Arc<std::collections::BTreeSet<String>>>,
+    /// Its partition's priority tier: higher tiers are ordered first (Slurm's
+    /// `PriorityTier`).
+    pub priority_tier: u32,
+    /// `--nice`: subtracted from its multifactor priority.
+    pub nice: i32,
+}
+
+/// How a job's tasks spread over its nodes (`--ntasks`, `--ntasks-per-node`, `--nodes`
+/// ranges, `--mincpus`, `--cpus-per-gpu`, `--mem-per-cpu`, `--mem-per-gpu`), so the
+/// per-node need can be recomputed for each node count placement tries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskSpread {
+    /// The most nodes (`--nodes=MIN-MAX`); 0: exactly `PendingJob::nodes`.
+    pub nodes_max: u32,
+    /// Of a range, try the fewest nodes first (`--use-min-nodes`, or `--ntasks` without
+    /// `--nodes`); otherwise the most first, as Slurm allocates.
+    pub fewest_first: bool,
+    /// Tasks in all (0: one per node).
+    pub ntasks: u32,
+    /// `--ntasks-per-node` (0: the tasks spread evenly).
+    pub per_node: u32,
+    /// CPUs per task (at least 1).
+    pub cpus_per_task: u32,
+    /// `--cpus-per-gpu`: CPUs per GPU on the node instead of per task (0: none).
+    pub cpus_per_gpu: u32,
+    /// `--mincpus`: the least CPUs on each node.
+    pub min_cpus: u32,
+    /// `--mem-per-cpu`, MiB (0: none).
+    pub mem_per_cpu_mb: u64,
+    /// `--mem-per-gpu`, MiB (0: none).
+    pub mem_per_gpu_mb: u64,
+}
+
+impl TaskSpread {
+    /// Tasks on each of `nodes` nodes: the per-node count, else the tasks spread evenly
+    /// (rounded up: the busiest node).
+    pub fn tasks_per_node(&self, nodes: u32) -> u32 {
+        if self.per_node > 0 {
+            self.per_node
+        } else {
+            self.ntasks.max(1).div_ceil(nodes.max(1))
+        }
+    }
+
+    /// CPUs each node needs with `nodes` nodes and `gpus` GPUs per node.
+    pub fn cpus_per_node(&self, nodes: u32, gpus: u32) -> u32 {
+        let by_tasks = if self.cpus_per_gpu > 0 {
+            gpus.saturating_mul(self.cpus_per_gpu)
+        } else {
+            self.tasks_per_node(nodes)
+                .saturating_mul(self.cpus_per_task.max(1))
+        };
+        by_tasks.max(self.min_cpus).max(1)
+    }
+
+    /// Memory each node needs, MiB: per CPU or per GPU when asked that way, else `fixed`
+    /// (`--mem`, 0: none).
+    pub fn mem_per_node_mb(&self, cpus: u32, gpus: u32, fixed: u64) -> u64 {
+        if self.mem_per_cpu_mb > 0 {
+            self.mem_per_cpu_mb.saturating_mul(u64::from(cpus))
+        } else if self.mem_per_gpu_mb > 0 {
+            self.mem_per_gpu_mb.saturating_mul(u64::from(gpus))
+        } else {
+            fixed
+        }
+    }
 }
 
 impl PendingJob {
+    /// The same job on exactly `nodes` nodes, with its per-node CPUs and memory for that
+    /// count (a node range tries several).
+    pub fn with_nodes(&self, nodes: u32) -> PendingJob {
+        let mut j = self.clone();
+        j.nodes = nodes;
+        j.cpus_per_node = self.tasks.cpus_per_node(nodes, self.gpus_per_node);
+        j.mem_per_node_mb =
+            self.tasks
+                .mem_per_node_mb(j.cpus_per_node, self.gpus_per_node, self.mem_per_node_mb);
+        j.tasks.nodes_max = 0;
+        j
+    }
+
+    /// Whether its node count is a range placement chooses in.
+    pub fn is_ranged(&self) -> bool {
+        self.tasks.nodes_max > self.nodes
+    }
+
+    /// Whether placement depends on more than its counts: features, node lists,
+    /// exclusivity, reservations or a node range. Jobs like that never share the pass's
+    /// failure cache with other jobs of the same counts.
+    pub fn is_selective(&self) -> bool {
+        self.constraint.is_some()
+            || !self.req_nodes.is_empty()
+            || !self.exc_nodes.is_empty()
+            || self.exclusive
+            || self.mem_whole_node
+            || self.nodes_reserved.is_some()
+            || self.nodes_only.is_some()
+            || self.is_ranged()
+    }
+
     /// GPUs over all nodes.
     pub fn gpus_total(&self) -> u64 {
         u64::from(self.nodes.max(1)) * u64::from(self.gpus_per_node)

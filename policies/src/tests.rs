@@ -22,6 +22,7 @@ fn node(name: &str, partition: &str, gpus: u32, gres: &str) -> NodeView {
                 ..GpuView::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -70,12 +70,14 @@ pub fn partition_workloads(
             let Ok(i) = snapshot.nodes.binary_search_by(|n| n.name.cmp(&g.node)) else {
                 continue;
             };
-            let partition = snapshot.nodes[i].partition.as_str();
-            if !g.mig_slices.is_empty() || !wanted(partition) {
+            if !g.mig_slices.is_empty() {
                 continue;
             }
-            let key = (partition, g.cpus, g.gpu_uuids.len() as u32, g.gpu_milli, "");
-            *weights.entry(key).or_default() += w;
+            // A node in several partitions counts toward each one's workload.
+            for partition in snapshot.nodes[i].partitions().filter(|p| wanted(p)) {
+                let key = (partition, g.cpus, g.gpu_uuids.len() as u32, g.gpu_milli, "");
+                *weights.entry(key).or_default() += w;
+            }
         }
     }
     let mut by_partition: BTreeMap<&str, Vec<(TaskShape, f64)>> = BTreeMap::new();
@@ -125,6 +127,7 @@ mod tests {
             memory_total_mb: 0,
             memory_free_mb: 0,
             gpus: vec![],
+            ..Default::default()
         }
     }
 

@@ -237,6 +237,7 @@ fn gradient_scorer_on_node_views() {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     };
     let one = PendingJob {
         gpus_per_node: 1,

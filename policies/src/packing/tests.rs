@@ -146,6 +146,7 @@ fn view(gpus_free: &[bool], cpus_free: u32) -> NodeView {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -337,6 +338,7 @@ fn shared_node(name: &str, gpus: &[(u32, u32)]) -> NodeView {
                 }
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,47 @@
+//! `SBATCH_*` input variables (sbatch(1), INPUT ENVIRONMENT VARIABLES): each stands for a
+//! long option; they override the script and yield to the command line.
+
+use super::options::{ENV_OPTIONS, SBATCH};
+use super::opts::Opts;
+use super::SbatchError;
+use crate::duration::parse_time_limit;
+use crate::opt::getopt::lookup_long;
+use crate::opt::OptError;
+use std::collections::BTreeMap;
+
+/// Reads `SBATCH_*` variables as the options they stand for. Empty values of supported
+/// options request nothing and are skipped; an unsupported one is an error even when empty,
+/// since for flags merely setting the variable turns the option on.
+///
+/// # Errors
+/// [`SbatchError::Environment`] naming the variable.
+pub fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError> {
+    let mut opts = Opts::default();
+    for (var, long) in ENV_OPTIONS {
+        let Some(value) = env.get(*var) else { continue };
+        let wrap = |error: OptError| SbatchError::Environment {
+            var: var.to_string(),
+            error: Box::new(error.into()),
+        };
+        let spec = lookup_long(&SBATCH, long).map_err(wrap)?;
+        if !value.is_empty() {
+            (spec.set)(&mut opts, spec.long, Some(value)).map_err(wrap)?;
+        }
+    }
+    // Slurm's SBATCH_WAIT4SWITCH is the @max-wait half of --switches on its own.
+    if let Some(value) = env.get("SBATCH_WAIT4SWITCH").filter(|v| !v.is_empty()) {
+        let secs = parse_time_limit(value).map_err(|reason| SbatchError::Environment {
+            var: "SBATCH_WAIT4SWITCH".into(),
+            error: Box::new(
+                OptError::InvalidTime {
+                    value: value.clone(),
+                    reason,
+                }
+                .into(),
+            ),
+        })?;
+        let count = opts.switches.map_or(0, |(n, _)| n);
+        opts.switches = Some((count, Some(secs)));
+    }
+    Ok(opts)
+}

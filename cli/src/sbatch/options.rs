@@ -1,0 +1,354 @@
+//! sbatch's option table: one entry per option (names, short letter, value, where it
+//! lands in [`Opts`], its `scontrol show job` field), the real sbatch options berth refuses
+//! by name, and the `SBATCH_*` input variables.
+
+use super::opts::Opts;
+use crate::duration::parse_time_limit;
+use crate::memory::parse_mem;
+use crate::opt::container::{
+    parse_container_env, parse_container_image, parse_container_mounts, parse_container_workdir,
+};
+use crate::opt::count::{parse_count, parse_nodes};
+use crate::opt::dependency::parse_dependency;
+use crate::opt::export::parse_export;
+use crate::opt::gres::{parse_gpu_count, parse_gres};
+use crate::opt::name::{non_empty, parse_partition};
+use crate::opt::signal::parse_signal;
+use crate::opt::switches::parse_switches;
+use crate::opt::table::{opt, Arg, OptionSpec, Table};
+use crate::opt::OptError;
+
+/// sbatch's options.
+pub const SBATCH: Table<Opts> = Table {
+    options: SUPPORTED,
+    unsupported: UNSUPPORTED,
+};
+
+/// A value is required.
+const REQ: Arg = Arg::Required;
+/// A flag.
+const FLAG: Arg = Arg::None;
+
+/// The value of an option that takes one (`""` for a flag).
+fn text(value: Option<&str>) -> &str {
+    value.unwrap_or_default()
+}
+
+/// Result of a setter.
+type Set = Result<(), OptError>;
+
+fn time(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let secs = parse_time_limit(v).map_err(|reason| OptError::InvalidTime {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.time_secs = Some(secs);
+    Ok(())
+}
+
+fn mem(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let mib = parse_mem(v).map_err(|reason| OptError::InvalidMem {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.mem_mb = Some(mib);
+    Ok(())
+}
+
+fn signal(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let sig = parse_signal(v).map_err(|reason| OptError::InvalidSignal {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.signal = Some(sig);
+    Ok(())
+}
+
+fn dependency(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let deps = parse_dependency(v).map_err(|reason| OptError::InvalidDependency {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.dependencies = Some(deps);
+    Ok(())
+}
+
+/// The options berth implements.
+pub const SUPPORTED: &[OptionSpec<Opts>] = &[
+    opt("account", Some('A'), REQ, "Account", |o, l, v| {
+        o.account = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("chdir", Some('D'), REQ, "WorkDir", |o, l, v| {
+        o.chdir = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("container-env", None, REQ, "", |o, _, v| {
+        o.container_env = Some(parse_container_env(text(v))?);
+        Ok(())
+    }),
+    opt("container-image", None, REQ, "Container", |o, _, v| {
+        o.container_image = Some(parse_container_image(text(v))?);
+        Ok(())
+    }),
+    opt(
+        "container-mounts",
+        None,
+        REQ,
+        "ContainerMounts",
+        |o, _, v| {
+            o.container_mounts = Some(parse_container_mounts(text(v))?);
+            Ok(())
+        },
+    ),
+    opt("container-workdir", None, REQ, "", |o, _, v| {
+        o.container_workdir = Some(parse_container_workdir(text(v))?);
+        Ok(())
+    }),
+    opt("cpus-per-task", Some('c'), REQ, "CPUs/Task", |o, _, v| {
+        o.cpus_per_task = Some(parse_count("--cpus-per-task", text(v))?);
+        Ok(())
+    }),
+    opt("dependency", Some('d'), REQ, "Dependency", dependency),
+    opt("error", Some('e'), REQ, "StdErr", |o, l, v| {
+        o.error = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("export", None, REQ, "", |o, _, v| {
+        o.export = Some(parse_export(text(v))?);
+        Ok(())
+    }),
+    opt("gpus", Some('G'), REQ, "TresPerJob", |o, _, v| {
+        o.gpus = Some(parse_gpu_count("--gpus", text(v))?);
+        Ok(())
+    }),
+    opt("gpus-per-node", None, REQ, "TresPerNode", |o, _, v| {
+        o.gpus_per_node = Some(parse_gpu_count("--gpus-per-node", text(v))?);
+        Ok(())
+    }),
+    opt("gpus-per-task", None, REQ, "TresPerTask", |o, _, v| {
+        o.gpus_per_task = Some(parse_gpu_count("--gpus-per-task", text(v))?);
+        Ok(())
+    }),
+    opt("gres", None, REQ, "TresPerNode", |o, _, v| {
+        o.gres = Some(parse_gres(text(v))?);
+        Ok(())
+    }),
+    opt("help", Some('h'), FLAG, "", |_, _, _| {
+        Err(OptError::HelpRequested)
+    }),
+    opt("hold", Some('H'), FLAG, "Reason", |o, _, _| {
+        o.hold = true;
+        Ok(())
+    }),
+    opt("job-name", Some('J'), REQ, "JobName", |o, l, v| {
+        o.job_name = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("mem", None, REQ, "MinMemoryNode", mem),
+    opt("nodes", Some('N'), REQ, "NumNodes", |o, _, v| {
+        o.nodes = Some(parse_nodes(text(v))?);
+        Ok(())
+    }),
+    opt("ntasks", Some('n'), REQ, "NumTasks", |o, _, v| {
+        o.ntasks = Some(parse_count("--ntasks", text(v))?);
+        Ok(())
+    }),
+    opt("output", Some('o'), REQ, "StdOut", |o, l, v| {
+        o.output = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("parsable", None, FLAG, "", |o, _, _| {
+        o.parsable = true;
+        Ok(())
+    }),
+    opt("partition", Some('p'), REQ, "Partition", |o, _, v| {
+        o.partition = Some(parse_partition(text(v))?);
+        Ok(())
+    }),
+    opt("qos", Some('q'), REQ, "QOS", |o, l, v| {
+        o.qos = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("requeue", None, FLAG, "Requeue", |o, _, _| {
+        o.requeue = Some(true);
+        Ok(())
+    }),
+    opt("no-requeue", None, FLAG, "Requeue", |o, _, _| {
+        o.requeue = Some(false);
+        Ok(())
+    }),
+    opt("signal", None, REQ, "", signal),
+    opt("switches", None, REQ, "", |o, _, v| {
+        o.switches = Some(parse_switches(text(v))?);
+        Ok(())
+    }),
+    opt("time", Some('t'), REQ, "TimeLimit", time),
+    opt("usage", None, FLAG, "", |_, _, _| {
+        Err(OptError::HelpRequested)
+    }),
+    opt("version", Some('V'), FLAG, "", |_, _, _| {
+        Err(OptError::VersionRequested)
+    }),
+    // Slurm's name for --chdir before 17.11; old scripts still carry it.
+    opt("workdir", None, REQ, "WorkDir", |o, l, v| {
+        o.chdir = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("wrap", None, REQ, "Command", |o, l, v| {
+        o.wrap = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+];
+
+pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
+    ("acctg-freq", None),
+    ("array", Some('a')),
+    ("batch", None),
+    ("bb", None),
+    ("bbf", None),
+    ("begin", Some('b')),
+    ("checkpoint", None),
+    ("cluster-constraint", None),
+    ("clusters", Some('M')),
+    ("comment", None),
+    ("constraint", Some('C')),
+    ("container", None),
+    ("container-id", None),
+    ("contiguous", None),
+    ("core-spec", Some('S')),
+    ("cores-per-socket", None),
+    ("cpu-freq", None),
+    ("cpus-per-gpu", None),
+    ("deadline", None),
+    ("delay-boot", None),
+    ("distribution", Some('m')),
+    ("exclude", Some('x')),
+    ("exclusive", None),
+    ("export-file", None),
+    ("extra", None),
+    ("extra-node-info", Some('B')),
+    ("get-user-env", None),
+    ("gid", None),
+    ("gpu-bind", None),
+    ("gpu-freq", None),
+    ("gpus-per-socket", None),
+    ("gres-flags", None),
+    ("hint", None),
+    ("ignore-pbs", None),
+    ("immediate", Some('I')),
+    ("input", Some('i')),
+    ("kill-on-invalid-dep", None),
+    ("licenses", Some('L')),
+    ("mail-type", None),
+    ("mail-user", None),
+    ("mcs-label", None),
+    ("mem-bind", None),
+    ("mem-per-cpu", None),
+    ("mem-per-gpu", None),
+    ("mincpus", None),
+    ("mpi", None),
+    ("network", None),
+    ("nice", None),
+    ("no-kill", Some('k')),
+    ("nodefile", Some('F')),
+    ("nodelist", Some('w')),
+    ("ntasks-per-core", None),
+    ("ntasks-per-gpu", None),
+    ("ntasks-per-node", None),
+    ("ntasks-per-socket", None),
+    ("oom-kill-step", None),
+    ("open-mode", None),
+    ("overcommit", Some('O')),
+    ("oversubscribe", Some('s')),
+    ("power", None),
+    ("prefer", None),
+    ("priority", None),
+    ("profile", None),
+    ("propagate", None),
+    ("quiet", Some('Q')),
+    ("reboot", None),
+    ("reservation", None),
+    ("segment", None),
+    ("share", None),
+    ("sockets-per-node", None),
+    ("spread-job", None),
+    ("stepmgr", None),
+    ("tasks-per-node", None),
+    ("test-only", None),
+    ("thread-spec", None),
+    ("threads-per-core", None),
+    ("time-min", None),
+    ("tmp", None),
+    ("tres-bind", None),
+    ("tres-per-task", None),
+    ("uid", None),
+    ("use-min-nodes", None),
+    ("verbose", Some('v')),
+    ("wait", Some('W')),
+    ("wait-all-nodes", None),
+    ("wckey", None),
+];
+
+/// sbatch's input environment variables (sbatch(1), INPUT ENVIRONMENT VARIABLES) and the
+/// long option each stands for. They override the script and yield to the command line.
+pub const ENV_OPTIONS: &[(&str, &str)] = &[
+    ("SBATCH_ACCOUNT", "account"),
+    ("SBATCH_ACCTG_FREQ", "acctg-freq"),
+    ("SBATCH_ARRAY_INX", "array"),
+    ("SBATCH_BATCH", "batch"),
+    ("SBATCH_CLUSTER_CONSTRAINT", "cluster-constraint"),
+    ("SBATCH_CLUSTERS", "clusters"),
+    ("SBATCH_CONSTRAINT", "constraint"),
+    ("SBATCH_CONTAINER", "container"),
+    ("SBATCH_CONTAINER_ID", "container-id"),
+    ("SBATCH_CORE_SPEC", "core-spec"),
+    ("SBATCH_CPUS_PER_GPU", "cpus-per-gpu"),
+    ("SBATCH_DEBUG", "verbose"),
+    ("SBATCH_DELAY_BOOT", "delay-boot"),
+    ("SBATCH_DISTRIBUTION", "distribution"),
+    ("SBATCH_ERROR", "error"),
+    ("SBATCH_EXCLUSIVE", "exclusive"),
+    ("SBATCH_EXPORT", "export"),
+    ("SBATCH_GET_USER_ENV", "get-user-env"),
+    ("SBATCH_GPU_BIND", "gpu-bind"),
+    ("SBATCH_GPU_FREQ", "gpu-freq"),
+    ("SBATCH_GPUS", "gpus"),
+    ("SBATCH_GPUS_PER_NODE", "gpus-per-node"),
+    ("SBATCH_GPUS_PER_TASK", "gpus-per-task"),
+    ("SBATCH_GRES", "gres"),
+    ("SBATCH_GRES_FLAGS", "gres-flags"),
+    ("SBATCH_HINT", "hint"),
+    ("SBATCH_IGNORE_PBS", "ignore-pbs"),
+    ("SBATCH_JOB_NAME", "job-name"),
+    ("SBATCH_MEM_BIND", "mem-bind"),
+    ("SBATCH_MEM_PER_CPU", "mem-per-cpu"),
+    ("SBATCH_MEM_PER_GPU", "mem-per-gpu"),
+    ("SBATCH_MEM_PER_NODE", "mem"),
+    ("SBATCH_NETWORK", "network"),
+    ("SBATCH_NO_KILL", "no-kill"),
+    ("SBATCH_NO_REQUEUE", "no-requeue"),
+    ("SBATCH_OPEN_MODE", "open-mode"),
+    ("SBATCH_OUTPUT", "output"),
+    ("SBATCH_OVERCOMMIT", "overcommit"),
+    ("SBATCH_PARTITION", "partition"),
+    ("SBATCH_PROFILE", "profile"),
+    ("SBATCH_QOS", "qos"),
+    ("SBATCH_REQ_SWITCH", "switches"),
+    ("SBATCH_REQUEUE", "requeue"),
+    ("SBATCH_RESERVATION", "reservation"),
+    ("SBATCH_SIGNAL", "signal"),
+    ("SBATCH_SPREAD_JOB", "spread-job"),
+    ("SBATCH_THREAD_SPEC", "thread-spec"),
+    ("SBATCH_THREADS_PER_CORE", "threads-per-core"),
+    ("SBATCH_TIMELIMIT", "time"),
+    ("SBATCH_TRES_PER_TASK", "tres-per-task"),
+    ("SBATCH_USE_MIN_NODES", "use-min-nodes"),
+    ("SBATCH_WAIT", "wait"),
+    ("SBATCH_WAIT_ALL_NODES", "wait-all-nodes"),
+    ("SBATCH_WCKEY", "wckey"),
+];
