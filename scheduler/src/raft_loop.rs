@@ -809,13 +809,15 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             return Ok(());
         };
         let state = self.shared.state.clone();
+        let mut conf_changed = false;
         {
             let mut sm = state.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
+                conf_changed |= entry.get_entry_type() == EntryType::EntryConfChange;
                 self.apply_one(&mut sm, entry);
             }
         }
-        self.maybe_compact(last)
+        self.maybe_compact(last, conf_changed)
     }
 
     fn apply_one(&mut self, sm: &mut StateMachine, entry: Entry) {
@@ -845,10 +847,15 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
         }
     }
 
-    fn maybe_compact(&mut self, applied: u64) -> Result<(), StoreError> {
+    /// Takes a snapshot every `snapshot_entries` applied entries, and after a membership
+    /// change once a snapshot exists: raft-rs on a replica refuses a snapshot whose
+    /// membership does not name it, so a replica added after the last snapshot could
+    /// never catch up from one taken before it was added.
+    fn maybe_compact(&mut self, applied: u64, conf_changed: bool) -> Result<(), StoreError> {
         let store = self.node.store();
         let snap_index = store.snapshot_meta()?.index;
-        if applied < snap_index + self.cfg.snapshot_entries {
+        let stale_members = conf_changed && snap_index > 0;
+        if applied < snap_index + self.cfg.snapshot_entries && !stale_members {
             return Ok(());
         }
         let data = self.state().encode();
