@@ -160,6 +160,114 @@ fn sacct_sreport_and_report_usage_show_the_jobs_berth_dev_ran() {
     assert!(row(failed).starts_with(&format!("{failed}|3:0|")), "{out}");
     assert!(row(held).contains("|None assigned|CANCELLED by"), "{out}");
 
+    // Selection: -u, -A, -s, -S/-E windows; output: -p, %N widths.
+    let ids = |extra: &[&str]| -> Vec<u64> {
+        let mut args = vec!["sacct", "-X", "-n", "-P", "-o", "JobID"];
+        args.extend_from_slice(extra);
+        ok(berth(dir, &server, &args), "sacct selection")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let me = text(&Command::new("id").arg("-un").output().unwrap())
+        .trim()
+        .to_string();
+    let day = ["-S", "now-1days"];
+    // With -s, -E defaults to -S (Slurm's rule), so state queries name both.
+    let day_states = ["-S", "now-1days", "-E", "now"];
+    let mine = ids(&[&["-u", &me][..], &day[..]].concat());
+    assert!(
+        mine.contains(&gpu) && mine.contains(&failed),
+        "-u {me}: {mine:?}"
+    );
+    assert!(!mine.contains(&held), "never eligible, not named: {mine:?}");
+    assert!(ids(&[&["-u", "nosuchuser"][..], &day[..]].concat()).is_empty());
+    let account = ok(
+        berth(
+            dir,
+            &server,
+            &[
+                "sacct",
+                "-X",
+                "-n",
+                "-P",
+                "-o",
+                "Account",
+                "-j",
+                &gpu.to_string(),
+            ],
+        ),
+        "sacct Account",
+    )
+    .trim()
+    .to_string();
+    assert!(!account.is_empty());
+    assert!(ids(&[&["-A", &account][..], &day[..]].concat()).contains(&gpu));
+    assert!(ids(&[&["-A", "nosuchaccount"][..], &day[..]].concat()).is_empty());
+    assert_eq!(
+        ids(&[&["-s", "FAILED"][..], &day_states[..]].concat()),
+        vec![failed]
+    );
+    let completed = ids(&[&["-s", "CD"][..], &day_states[..]].concat());
+    assert!(
+        completed.contains(&gpu) && !completed.contains(&failed),
+        "{completed:?}"
+    );
+    // A window after the jobs ended, and one before they were submitted: nothing.
+    assert!(ids(&["-a", "-S", "now+1hours", "-E", "now+2hours"]).is_empty());
+    assert!(ids(&["-a", "-S", "now-3days", "-E", "now-2days"]).is_empty());
+    // -p ends every line with the delimiter; -P does not.
+    let out = ok(
+        berth(
+            dir,
+            &server,
+            &[
+                "sacct",
+                "-X",
+                "-p",
+                "-o",
+                "JobID,State",
+                "-j",
+                &gpu.to_string(),
+            ],
+        ),
+        "sacct -p",
+    );
+    assert_eq!(out.lines().next(), Some("JobID|State|"), "{out}");
+    assert!(out.lines().nth(1).unwrap().ends_with("COMPLETED|"), "{out}");
+    // %N: a column N wide, right-aligned; %-N left-aligned; header and its dashes as wide.
+    let out = ok(
+        berth(
+            dir,
+            &server,
+            &[
+                "sacct",
+                "-X",
+                "-o",
+                "JobID%12,State%-14",
+                "-j",
+                &gpu.to_string(),
+            ],
+        ),
+        "sacct %N",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{:>12} {:<14} ", "JobID", "State"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("{} {} ", "-".repeat(12), "-".repeat(14)),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("{:>12} {:<14} ", gpu, "COMPLETED"),
+        "{out}"
+    );
+
     // Bad input: Slurm's messages, exit 1.
     for (args, want) in [
         (
@@ -174,6 +282,11 @@ fn sacct_sreport_and_report_usage_show_the_jobs_berth_dev_ran() {
             vec!["sacct", "-j", "x1"],
             "sacct: fatal: Bad job/step specified: x1",
         ),
+        (
+            vec!["sacct", "-S", "now", "-E", "now-1days"],
+            "requested is after end time",
+        ),
+        (vec!["sacct", "-s", "BOGUS"], "BOGUS"),
         (
             vec!["sreport", "cluster", "Bogus"],
             "Not valid report Bogus",
