@@ -18,6 +18,10 @@
 //! - [`dev_security`]: `berth dev`'s CA, certificates, credential daemon, client profile.
 //! - [`security_cmds`]: `admin ca`, `token`, `admin audit`, `credd`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
+//! - [`sacct`], [`sacct_fields`], [`sacct_json`]: `sacct` from berthd's accounting records.
+//! - [`slurm_time`]: Slurm's date-time formats (`-S/-E`, `start=`).
+//! - [`sreport`]: `sreport` cluster/user usage reports.
+//! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
 
 pub mod client;
 pub mod commands;
@@ -29,11 +33,17 @@ pub mod format;
 pub mod hostlist;
 pub mod memory;
 pub mod opt;
+pub mod report;
+pub mod sacct;
+pub mod sacct_fields;
+pub mod sacct_json;
 pub mod sbatch;
 pub mod scontrol;
 pub mod security_cmds;
 pub mod sinfo;
+pub mod slurm_time;
 pub mod squeue;
+pub mod sreport;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

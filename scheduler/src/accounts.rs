@@ -48,7 +48,11 @@
 //! requeue = true
 //! max_gpus_per_user = 16         # Slurm MaxTRESPerUser=gres/gpu=16 (GPUs + MIG slices)
 //! ```
+//!
+//! `charge = "allocated" | "measured" | "max(measured, F)"` and a `[prices]` table are
+//! described in [`crate::accounting::charge`].
 
+use crate::accounting::charge;
 use berth_policies::{
     packing::Packing, priority::default_classes, AccountSpec, AccountTree, PolicyConfig,
     PolicyError, PriorityWeights, QosClass, Quota,
@@ -102,6 +106,12 @@ struct File {
     account: Vec<AccountEntry>,
     #[serde(default)]
     qos: Vec<QosEntry>,
+    /// How fair share charges GPUs (see [`crate::accounting::charge`]).
+    #[serde(default)]
+    charge: Option<String>,
+    /// Prices for cost reports (see [`crate::accounting::charge`]).
+    #[serde(default)]
+    prices: Option<charge::PricesEntry>,
 }
 
 fn half_life_default() -> u64 {
@@ -194,6 +204,10 @@ pub struct AccountsConfig {
     pub default_account: String,
     /// Who may submit to and coordinate each account.
     pub access: crate::account_access::Access,
+    /// How fair share charges GPU use (`charge = …`; default: as allocated).
+    pub charge: charge::ChargeMode,
+    /// Prices for cost reports (`[prices]`).
+    pub prices: charge::PriceTable,
 }
 
 impl AccountsConfig {
@@ -334,10 +348,17 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         };
         (a.name.clone(), entry)
     }));
+    let charge = match &file.charge {
+        Some(c) => charge::parse_charge(c).map_err(AccountsError::Rule)?,
+        None => charge::ChargeMode::Allocated,
+    };
+    let prices = charge::prices(file.prices).map_err(AccountsError::Rule)?;
     let cfg = AccountsConfig {
         policy,
         default_account: file.default_account,
         access,
+        charge,
+        prices,
     };
     let tree = &cfg.policy.accounts;
     match tree.index(&cfg.default_account) {

@@ -42,6 +42,9 @@ pub struct DaemonConfig {
     /// Keys, certificates and roles (TLS on the listener, proven callers, sealed
     /// launches); `None` runs insecure: callers are whoever they claim.
     pub security: Option<Arc<crate::security::SecurityConfig>>,
+    /// Where accounting records go (sled in the state directory, or PostgreSQL) and how
+    /// long they are kept.
+    pub accounting: crate::accounting::AccountingConfig,
 }
 
 impl DaemonConfig {
@@ -56,6 +59,7 @@ impl DaemonConfig {
             accounts_toml: None,
             topology_conf: None,
             security: None,
+            accounting: Default::default(),
         }
     }
 }
@@ -66,6 +70,9 @@ pub enum DaemonError {
     /// The replica could not start (state directory unusable or corrupt).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The accounting store could not be opened.
+    #[error(transparent)]
+    Accounting(#[from] crate::accounting::store::StoreError),
     /// The durable store failed while running.
     #[error("raft storage failed: {0}")]
     Store(#[from] StoreError),
@@ -108,9 +115,15 @@ impl Daemon {
             crate::audit::AuditLog::open(&cfg.raft.state_dir, cfg.raft.id)
                 .map_err(DaemonError::Audit)?,
         );
+        let accounting = Arc::new(crate::accounting::Accounting::open(
+            &cfg.raft.state_dir.join("accounting"),
+            &cfg.accounting,
+        )?);
+        let hook: Arc<dyn crate::raft_loop::ApplyHook> = accounting.recorder.clone();
         let mut raft_cfg = cfg.raft.clone();
         raft_cfg.peer_profile = cfg.security.as_ref().map(|s| s.peer_profile.clone());
-        let (raft, raft_thread) = RaftHandle::start(raft_cfg)?;
+        let (raft, raft_thread) = RaftHandle::start_with(raft_cfg, Some(hook))?;
+        tokio::spawn(accounting.recorder.clone().run(shutdown.clone()));
         let agents = Arc::new(AgentRegistry::default());
         let reasons = Arc::new(PendingReasons::default());
         tokio::spawn(dispatch_loop(
@@ -154,7 +167,10 @@ impl Daemon {
             bind_lock: Default::default(),
             security: cfg.security.clone(),
             audit: audit.clone(),
+            accounting: accounting.clone(),
         }));
+        let accounting_api =
+            crate::accounting::service::AccountingApi::new(raft.clone(), accounting);
         let api_for_http = api.clone();
         let mut stop = shutdown.clone();
         let router = tonic::transport::Server::builder()
@@ -172,6 +188,12 @@ impl Daemon {
                 AgentServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
             )
             .add_service(AdminServiceServer::new(api.clone()))
+            .add_service(
+                berth_proto::v1::accounting_service_server::AccountingServiceServer::new(
+                    accounting_api,
+                )
+                .max_encoding_message_size(256 << 20),
+            )
             .add_service(
                 RaftServiceServer::new(api)
                     .max_decoding_message_size(crate::transport::RAFT_BYTES_MAX)

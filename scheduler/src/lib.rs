@@ -12,6 +12,8 @@
 //! - [`account_change`]: which accounts changes a coordinator may make.
 //! - [`security`]: proving callers (certificates, local credentials, JWTs), roles, limits.
 //! - [`audit`]: the durable, queryable audit log of state-changing calls.
+//! - [`accounting`]: job history (records from the log, sled or PostgreSQL store), sacct
+//!   and report queries, prices and measured charging, per-account metrics.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -36,6 +38,7 @@
 
 pub mod account_access;
 pub mod account_change;
+pub mod accounting;
 pub mod accounts;
 pub mod agents;
 pub mod audit;

@@ -55,6 +55,8 @@ pub struct Shared {
     pub security: Option<Arc<crate::security::SecurityConfig>>,
     /// This replica's audit log.
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Job history and its metrics.
+    pub accounting: Arc<crate::accounting::Accounting>,
 }
 
 /// `msg` as a request to the leader, carrying the caller this replica proved.

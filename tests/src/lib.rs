@@ -4,6 +4,8 @@
 //! the real binaries, so they need `cargo build --workspace` first (README's test command
 //! does it).
 
+pub mod postgres;
+
 use berth_auth::profile::Profile;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
