@@ -210,18 +210,7 @@ pub fn state_text(state: JobState, requeued: bool) -> &'static str {
     if requeued {
         return "REQUEUED";
     }
-    match state {
-        JobState::Unspecified => "UNKNOWN",
-        JobState::Pending => "PENDING",
-        JobState::Running => "RUNNING",
-        JobState::Completed => "COMPLETED",
-        JobState::Failed => "FAILED",
-        JobState::Cancelled => "CANCELLED",
-        JobState::Timeout => "TIMEOUT",
-        JobState::NodeFail => "NODE_FAIL",
-        JobState::OutOfMemory => "OUT_OF_MEMORY",
-        JobState::Preempted => "PREEMPTED",
-    }
+    state.slurm_name()
 }
 
 /// The job id as sacct prints it: `12`, `12_3` for an array task, `12.batch` for a step.

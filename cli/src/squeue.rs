@@ -181,16 +181,7 @@ pub fn spec(job: &Job) -> &JobSpec {
 pub fn state_name(job: &Job) -> &'static str {
     match job.state() {
         JobState::Running if job.kill_requested => "COMPLETING",
-        JobState::Pending => "PENDING",
-        JobState::Running => "RUNNING",
-        JobState::Completed => "COMPLETED",
-        JobState::Failed => "FAILED",
-        JobState::Cancelled => "CANCELLED",
-        JobState::Timeout => "TIMEOUT",
-        JobState::NodeFail => "NODE_FAIL",
-        JobState::OutOfMemory => "OUT_OF_MEMORY",
-        JobState::Preempted => "PREEMPTED",
-        JobState::Unspecified => "UNKNOWN",
+        s => s.slurm_name(),
     }
 }
 

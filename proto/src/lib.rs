@@ -14,6 +14,25 @@
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("berth.v1");
+
+    impl JobState {
+        /// Slurm's long name of the state (`COMPLETED`, `NODE_FAIL`…), as squeue `%T`,
+        /// `scontrol show job` and sacct print it. One table for every tool.
+        pub fn slurm_name(self) -> &'static str {
+            match self {
+                JobState::Unspecified => "UNKNOWN",
+                JobState::Pending => "PENDING",
+                JobState::Running => "RUNNING",
+                JobState::Completed => "COMPLETED",
+                JobState::Failed => "FAILED",
+                JobState::Cancelled => "CANCELLED",
+                JobState::Timeout => "TIMEOUT",
+                JobState::NodeFail => "NODE_FAIL",
+                JobState::OutOfMemory => "OUT_OF_MEMORY",
+                JobState::Preempted => "PREEMPTED",
+            }
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of everything compiled here (prost-types'

@@ -228,16 +228,5 @@ impl AccountingMetrics {
 
 /// Slurm's name of a state (`COMPLETED`, `NODE_FAIL`…).
 pub fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Unspecified => "UNKNOWN",
-        JobState::Pending => "PENDING",
-        JobState::Running => "RUNNING",
-        JobState::Completed => "COMPLETED",
-        JobState::Failed => "FAILED",
-        JobState::Cancelled => "CANCELLED",
-        JobState::Timeout => "TIMEOUT",
-        JobState::NodeFail => "NODE_FAIL",
-        JobState::OutOfMemory => "OUT_OF_MEMORY",
-        JobState::Preempted => "PREEMPTED",
-    }
+    s.slurm_name()
 }
