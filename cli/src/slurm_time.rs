@@ -51,7 +51,8 @@ pub fn parse(text: &str, now: NaiveDateTime) -> Result<i64, TimeError> {
     if let Some(rest) = lower.strip_prefix("now") {
         return relative(rest, now, t).map(local_secs);
     }
-    if t.len() >= 10 && t.as_bytes()[4] == b'-' {
+    // `YYYY-MM-DD…`; `MMDD-HH:MM` also has a dash at byte 4, but not at byte 7.
+    if t.len() >= 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
         return iso(t).map(local_secs);
     }
     if t.contains(':') && !t.contains(['-', '/', '.']) {
