@@ -186,6 +186,7 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
         "NF" | "NODE_FAIL" => JobState::NodeFail,
         "OOM" | "OUT_OF_MEMORY" => JobState::OutOfMemory,
         "PR" | "PREEMPTED" => JobState::Preempted,
+        "DL" | "DEADLINE" => JobState::Deadline,
         "ALL" => return Ok(vec![]),
         other => anyhow::bail!("Invalid job state specified: {other}"),
     };

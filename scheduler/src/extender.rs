@@ -1322,6 +1322,7 @@ mod tests {
             cmd: Some(pb::command::Cmd::Cancel(pb::CancelJob {
                 job_id: expired[0],
                 reason: "pod group reservation timed out".into(),
+                end_state: 0,
             })),
         };
         sm.apply(11, cancel);

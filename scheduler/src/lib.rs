@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`accounts`]: the accounts/QOS TOML configuration.
+//! - [`cluster`]: the cluster description (node groups, overlapping partitions, licenses).
+//! - [`cluster_api`]: AdminService calls that read and change it, reservations, drains.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -30,6 +32,8 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod cluster;
+pub mod cluster_api;
 pub mod daemon;
 pub mod extender;
 pub mod http;

@@ -98,7 +98,7 @@ fn propose_status(e: ProposeError) -> Status {
 }
 
 impl Api {
-    async fn propose(&self, cmd: Cmd) -> Result<Outcome, Status> {
+    pub(crate) async fn propose(&self, cmd: Cmd) -> Result<Outcome, Status> {
         self.0
             .raft
             .propose(command(cmd))
@@ -181,7 +181,9 @@ impl pb::job_service_server::JobService for Api {
             .spec
             .ok_or_else(|| Status::invalid_argument("submit without a job spec"))?;
         if spec.partition.is_empty() {
-            spec.partition = self.0.default_partition.clone();
+            // The description's default partition, else berthd's.
+            let described = self.0.raft.state().default_partition().map(str::to_string);
+            spec.partition = described.unwrap_or_else(|| self.0.default_partition.clone());
         }
         match self
             .propose(Cmd::Submit(pb::SubmitJob { spec: Some(spec) }))
@@ -252,8 +254,12 @@ impl pb::job_service_server::JobService for Api {
         }
         let pb::CancelRequest { job_id, reason } = req.into_inner();
         outcome_status(
-            self.propose(Cmd::Cancel(pb::CancelJob { job_id, reason }))
-                .await?,
+            self.propose(Cmd::Cancel(pb::CancelJob {
+                job_id,
+                reason,
+                end_state: 0,
+            }))
+            .await?,
         )?;
         Ok(Response::new(pb::CancelResponse {}))
     }
@@ -663,7 +669,7 @@ impl Api {
     ///
     /// # Errors
     /// `UNAVAILABLE` when no leader is known or it cannot be reached.
-    async fn admin_leader(
+    pub(crate) async fn admin_leader(
         &self,
     ) -> Result<
         Option<pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>>,
@@ -870,6 +876,34 @@ impl pb::admin_service_server::AdminService for Api {
             Outcome::Rejected(why) => Err(Status::not_found(why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn get_cluster(
+        &self,
+        _req: Request<pb::ClusterRequest>,
+    ) -> Result<Response<pb::ClusterInfo>, Status> {
+        Ok(Response::new(self.cluster_info()))
+    }
+
+    async fn set_cluster(
+        &self,
+        req: Request<pb::ClusterConfig>,
+    ) -> Result<Response<pb::ClusterConfig>, Status> {
+        self.set_cluster_text(req.into_inner()).await
+    }
+
+    async fn change_reservation(
+        &self,
+        req: Request<pb::ReservationChange>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        self.reservation_change(req.into_inner()).await
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<pb::NodeDrain>,
+    ) -> Result<Response<pb::NodeDrainReply>, Status> {
+        self.node_drain(req.into_inner()).await
     }
 
     async fn get_replica_status(

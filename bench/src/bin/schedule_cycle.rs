@@ -66,6 +66,7 @@ fn main() {
                     ..GpuView::default()
                 })
                 .collect(),
+            ..NodeView::default()
         };
         for g in 0..7 {
             node.gpus[g].free = false;

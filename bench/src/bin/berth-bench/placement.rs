@@ -108,6 +108,7 @@ fn cluster(a: &Args) -> ClusterSnapshot {
             cpus_free: 224,
             memory_total_mb: 2 << 20,
             memory_free_mb: 2 << 20,
+            ..NodeView::default()
         });
     }
     let leaves = a.nodes.div_ceil(a.leaf_size.max(1));

@@ -58,6 +58,7 @@ pub fn cluster(nodes: u32, gpus: u32) -> ClusterSnapshot {
                     cpus_free: 64,
                     memory_total_mb: 1 << 20,
                     memory_free_mb: 1 << 20,
+                    ..NodeView::default()
                 }
             })
             .collect(),
