@@ -1394,6 +1394,8 @@ fn node_view_shared(
                 }
             })
             .collect(),
+        // Node features and weights arrive with the cluster description.
+        ..Default::default()
     })
 }
 
