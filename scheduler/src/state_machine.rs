@@ -1394,8 +1394,6 @@ fn node_view_shared(
                 }
             })
             .collect(),
-        // Node features and weights arrive with the cluster description.
-        ..Default::default()
     })
 }
 
