@@ -472,6 +472,14 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+        // Slurm rereads slurm.conf; berth reads the description file named by
+        // BERTH_CLUSTER_CONFIG (default /etc/berth/berth.toml) and installs it through the log.
+        ["reconfigure"] | ["reconfig"] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let file = std::env::var("BERTH_CLUSTER_CONFIG")
+                .unwrap_or_else(|_| "/etc/berth/berth.toml".to_string());
+            cluster_config_set(&mut AdminServiceClient::new(channel), &file).await
+        }
         ["update", rest @ ..] => {
             use berth_proto::v1::admin_service_client::AdminServiceClient;
             let r = crate::scontrol::parse_gpu_resume(rest).map_err(anyhow::Error::msg)?;
@@ -505,6 +513,21 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
     }
 }
 
+/// Reads the cluster description `file` and installs it through the Raft log; berthd
+/// checks it first and answers a bad one with its line and reason (nothing changes).
+async fn cluster_config_set(
+    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    file: &str,
+) -> anyhow::Result<i32> {
+    let toml = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read the cluster description {file}: {e}"))?;
+    c.set_cluster(pb::ClusterConfig { toml })
+        .await
+        .map_err(|s| anyhow::anyhow!("{file}: {}", status_text(&s)))?;
+    println!("cluster description installed from {file}");
+    Ok(0)
+}
+
 async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     use berth_proto::v1::admin_service_client::AdminServiceClient;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -513,6 +536,16 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     let err = |s: tonic::Status| anyhow::anyhow!("{}", status_text(&s));
     let change = match words.as_slice() {
         ["accounts", rest @ ..] => return crate::fairshare::accounts(&mut c, rest).await,
+        ["config", "show"] => {
+            let info = c
+                .get_cluster(pb::ClusterRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            print!("{}", info.toml);
+            return Ok(0);
+        }
+        ["config", "set", file] => return cluster_config_set(&mut c, file).await,
         ["status"] => {
             let s = c
                 .get_replica_status(pb::ReplicaStatusRequest {})
@@ -554,7 +587,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             }
         }
         _ => anyhow::bail!(
-            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE"
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE | config show | config set FILE"
         ),
     };
     let members = c
