@@ -472,6 +472,52 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+        [op @ ("create" | "update" | "delete"), "reservation" | "reservationname", rest @ ..]
+        | [op @ ("create" | "update" | "delete"), rest @ ..]
+            if *op != "update"
+                || rest
+                    .first()
+                    .is_some_and(|w| w.to_ascii_lowercase().starts_with("reservation")) =>
+        {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let c = crate::reservation::parse_change(op, rest, chrono::Local::now().naive_local())
+                .map_err(anyhow::Error::msg)?;
+            let done = AdminServiceClient::new(channel)
+                .change_reservation(c)
+                .await
+                .map_err(|s| {
+                    let verb = match *op {
+                        "create" => "creating",
+                        "update" => "updating",
+                        _ => "deleting",
+                    };
+                    anyhow::anyhow!("Error {verb} the reservation: {}", status_text(&s))
+                })?
+                .into_inner();
+            if *op == "create" {
+                println!("Reservation created: {}", done.name);
+            }
+            Ok(0)
+        }
+        ["show", "reservation" | "reservations" | "res"]
+        | ["show", "licenses" | "license" | "lic"] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let info = AdminServiceClient::new(channel)
+                .get_cluster(pb::ClusterRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner();
+            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            if words[1].starts_with("res") {
+                print!(
+                    "{}",
+                    crate::reservation::show_reservations(&info.reservations, now_ms)
+                );
+            } else {
+                print!("{}", crate::reservation::show_licenses(&info.licenses));
+            }
+            Ok(0)
+        }
         // Slurm rereads slurm.conf; berth reads the description file named by
         // BERTH_CLUSTER_CONFIG (default /etc/berth/berth.toml) and installs it through the log.
         ["reconfigure"] | ["reconfig"] => {

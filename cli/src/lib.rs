@@ -12,6 +12,7 @@
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
+//! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
@@ -26,6 +27,7 @@ pub mod format;
 pub mod hostlist;
 pub mod memory;
 pub mod opt;
+pub mod reservation;
 pub mod sbatch;
 pub mod scontrol;
 pub mod sinfo;
