@@ -329,6 +329,9 @@ struct SinfoArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Nodes that are down or drained, with the reason.
+    #[arg(short = 'R', long = "list-reasons")]
+    reasons: bool,
     /// Print help (-h means --noheader, as in Slurm).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -345,6 +348,11 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
         .list(pb::ListNodesRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?;
+    if a.reasons {
+        let nodes = nodes.into_inner().nodes;
+        print!("{}", crate::sinfo::render_reasons(&nodes, !a.noheader));
+        return Ok(0);
+    }
     print!(
         "{}",
         crate::sinfo::render(
