@@ -217,6 +217,7 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
         "NF" | "NODE_FAIL" => JobState::NodeFail,
         "OOM" | "OUT_OF_MEMORY" => JobState::OutOfMemory,
         "PR" | "PREEMPTED" => JobState::Preempted,
+        "DL" | "DEADLINE" => JobState::Deadline,
         "ALL" => return Ok(vec![]),
         other => anyhow::bail!("Invalid job state specified: {other}"),
     };
@@ -359,6 +360,9 @@ struct SinfoArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Nodes that are down or drained, with the reason.
+    #[arg(short = 'R', long = "list-reasons")]
+    reasons: bool,
     /// Print help (-h means --noheader, as in Slurm).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -375,6 +379,11 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
         .list(pb::ListNodesRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?;
+    if a.reasons {
+        let nodes = nodes.into_inner().nodes;
+        print!("{}", crate::sinfo::render_reasons(&nodes, !a.noheader));
+        return Ok(0);
+    }
     print!(
         "{}",
         crate::sinfo::render(
@@ -502,6 +511,60 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+        [op @ ("create" | "update" | "delete"), "reservation" | "reservationname", rest @ ..]
+        | [op @ ("create" | "update" | "delete"), rest @ ..]
+            if *op != "update"
+                || rest
+                    .first()
+                    .is_some_and(|w| w.to_ascii_lowercase().starts_with("reservation")) =>
+        {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let c = crate::reservation::parse_change(op, rest, chrono::Local::now().naive_local())
+                .map_err(anyhow::Error::msg)?;
+            let done = AdminServiceClient::new(channel)
+                .change_reservation(c)
+                .await
+                .map_err(|s| {
+                    let verb = match *op {
+                        "create" => "creating",
+                        "update" => "updating",
+                        _ => "deleting",
+                    };
+                    anyhow::anyhow!("Error {verb} the reservation: {}", status_text(&s))
+                })?
+                .into_inner();
+            if *op == "create" {
+                println!("Reservation created: {}", done.name);
+            }
+            Ok(0)
+        }
+        ["show", "reservation" | "reservations" | "res"]
+        | ["show", "licenses" | "license" | "lic"] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let info = AdminServiceClient::new(channel)
+                .get_cluster(pb::ClusterRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                .into_inner();
+            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            if words[1].starts_with("res") {
+                print!(
+                    "{}",
+                    crate::reservation::show_reservations(&info.reservations, now_ms)
+                );
+            } else {
+                print!("{}", crate::reservation::show_licenses(&info.licenses));
+            }
+            Ok(0)
+        }
+        // Slurm rereads slurm.conf; berth reads the description file named by
+        // BERTH_CLUSTER_CONFIG (default /etc/berth/berth.toml) and installs it through the log.
+        ["reconfigure"] | ["reconfig"] => {
+            use berth_proto::v1::admin_service_client::AdminServiceClient;
+            let file = std::env::var("BERTH_CLUSTER_CONFIG")
+                .unwrap_or_else(|_| "/etc/berth/berth.toml".to_string());
+            cluster_config_set(&mut AdminServiceClient::new(channel), &file).await
+        }
         ["update", rest @ ..] => {
             use berth_proto::v1::admin_service_client::AdminServiceClient;
             let r = crate::scontrol::parse_gpu_resume(rest).map_err(anyhow::Error::msg)?;
@@ -535,6 +598,21 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
     }
 }
 
+/// Reads the cluster description `file` and installs it through the Raft log; berthd
+/// checks it first and answers a bad one with its line and reason (nothing changes).
+async fn cluster_config_set(
+    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<berth_auth::channel::AuthChannel>,
+    file: &str,
+) -> anyhow::Result<i32> {
+    let toml = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read the cluster description {file}: {e}"))?;
+    c.set_cluster(pb::ClusterConfig { toml })
+        .await
+        .map_err(|s| anyhow::anyhow!("{file}: {}", status_text(&s)))?;
+    println!("cluster description installed from {file}");
+    Ok(0)
+}
+
 async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     use berth_proto::v1::admin_service_client::AdminServiceClient;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -547,6 +625,16 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     let change = match words.as_slice() {
         ["audit", rest @ ..] => return crate::security_cmds::audit(rest, &mut c).await,
         ["accounts", rest @ ..] => return crate::fairshare::accounts(&mut c, rest).await,
+        ["config", "show"] => {
+            let info = c
+                .get_cluster(pb::ClusterRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            print!("{}", info.toml);
+            return Ok(0);
+        }
+        ["config", "set", file] => return cluster_config_set(&mut c, file).await,
         ["status"] => {
             let s = c
                 .get_replica_status(pb::ReplicaStatusRequest {})
@@ -588,7 +676,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             }
         }
         _ => anyhow::bail!(
-            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE | ca init|issue | audit"
+            "usage: berth admin status | members add ID=HOST:PORT | members remove ID | accounts show | accounts set FILE | ca init|issue | audit | config show | config set FILE"
         ),
     };
     let members = c

@@ -12,6 +12,7 @@
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
+//! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
@@ -37,6 +38,7 @@ pub mod report;
 pub mod sacct;
 pub mod sacct_fields;
 pub mod sacct_json;
+pub mod reservation;
 pub mod sbatch;
 pub mod scontrol;
 pub mod security_cmds;

@@ -1,7 +1,7 @@
 //! Slurm memory sizes (`--mem=16G`): parsing them into MiB.
 //!
-//! Slurm reads a whole number with an optional one-letter unit (K, M, G or T, any case,
-//! default M) and counts in MiB; berth's `JobSpec.mem_mb` uses the same unit so that a
+//! Slurm reads a whole number with an optional unit (K, M, G or T, any case, optionally
+//! followed by B: `16GB`, `16gb`, `16Gb`; default M) and counts in MiB; berth's `JobSpec.mem_mb` uses the same unit so that a
 //! script's `--mem` asks for exactly what it asked for under Slurm.
 
 use thiserror::Error;
@@ -12,11 +12,6 @@ pub enum MemError {
     /// The value was empty.
     #[error("empty memory size")]
     Empty,
-    /// Slurm reads `--mem=0` as "all the memory of each node"; berth cannot grant that yet.
-    #[error(
-        "--mem=0 (all of a node's memory) is not supported by berth yet; give a size such as 16G"
-    )]
-    Zero,
     /// A leading `-`.
     #[error("memory size must not be negative")]
     Negative,
@@ -36,7 +31,10 @@ pub enum MemError {
 /// at least what it asked for.
 ///
 /// # Errors
-/// [`MemError`] for empty input, `0` (Slurm's "whole node", unsupported), a sign, a fraction,
+/// `0` is returned as 0: `--mem=0` is Slurm's "all the memory of each node", and the caller
+/// decides what 0 means for its option.
+///
+/// [`MemError`] for empty input, a sign, a fraction,
 /// an unknown unit or trailing text, and sizes beyond `u64` MiB.
 pub fn parse_mem(value: &str) -> Result<u64, MemError> {
     if value.is_empty() {
@@ -57,16 +55,20 @@ pub fn parse_mem(value: &str) -> Result<u64, MemError> {
         return Err(MemError::Fraction);
     }
     let number: u64 = digits.parse().map_err(|_| MemError::Overflow)?;
-    let mib = match unit.to_ascii_uppercase().as_str() {
+    // Slurm also takes the unit followed by `B` in any case (`16GB`, `16gb`, `16Gb`), but
+    // not `B` alone nor `GiB`.
+    let unit = unit.to_ascii_uppercase();
+    let unit = match unit.strip_suffix('B') {
+        Some(u) if !u.is_empty() => u,
+        _ => unit.as_str(),
+    };
+    let mib = match unit {
         "K" => number.div_ceil(1024),
         "" | "M" => number,
         "G" => number.checked_mul(1024).ok_or(MemError::Overflow)?,
         "T" => number.checked_mul(1024 * 1024).ok_or(MemError::Overflow)?,
         _ => return Err(MemError::Malformed),
     };
-    if mib == 0 {
-        return Err(MemError::Zero);
-    }
     Ok(mib)
 }
 
@@ -89,6 +91,13 @@ mod tests {
             ("1025k", 2),
             ("1K", 1),
             ("007", 7),
+            ("16GB", 16 * 1024),
+            ("16gb", 16 * 1024),
+            ("16Gb", 16 * 1024),
+            ("16MB", 16),
+            ("16Kb", 1),
+            ("0", 0),
+            ("0G", 0),
         ];
         for (i, (input, want)) in cases.iter().enumerate() {
             let got = parse_mem(input);
@@ -103,16 +112,16 @@ mod tests {
         use MemError::*;
         let cases: &[(&str, MemError)] = &[
             ("", Empty),
-            ("0", Zero),
-            ("0G", Zero),
-            ("0K", Zero),
+            ("16B", Malformed),
+            ("16GiB", Malformed),
+            ("16GBB", Malformed),
+            ("16P", Malformed),
             ("-1", Negative),
             ("-1G", Negative),
             ("1.5G", Fraction),
             ("1.", Fraction),
             ("G", Malformed),
             ("12X", Malformed),
-            ("12GB", Malformed),
             ("12 G", Malformed),
             (" 12", Malformed),
             ("12G ", Malformed),

@@ -123,7 +123,8 @@ fn identity_lines(job: &Job) -> Vec<String> {
             spec.gid
         ),
         format!(
-            "Priority={priority} Nice=0 Account={} QOS={}",
+            "Priority={priority} Nice={} Account={} QOS={}",
+            spec.nice,
             or_null(if job.account.is_empty() {
                 &spec.account
             } else {
@@ -160,7 +161,11 @@ fn time_lines(job: &Job, now_ms: u64) -> Vec<String> {
         secs => format_hms(secs),
     };
     let time = |ms: u64| squeue::format_timestamp(ms).unwrap_or_else(|| "Unknown".to_string());
-    let eligible = if job.held { 0 } else { job.submit_time_ms };
+    let eligible = if job.held {
+        0
+    } else {
+        job.submit_time_ms.max(spec.begin_time_ms)
+    };
     let end = squeue::end_time_ms(job).unwrap_or(0);
     vec![
         format!(
@@ -173,9 +178,13 @@ fn time_lines(job: &Job, now_ms: u64) -> Vec<String> {
             time(eligible)
         ),
         format!(
-            "StartTime={} EndTime={} Deadline=N/A",
+            "StartTime={} EndTime={} Deadline={}",
             time(job.start_time_ms),
-            time(end)
+            time(end),
+            match spec.deadline_ms {
+                0 => "N/A".to_string(),
+                ms => time(ms),
+            }
         ),
     ]
 }
@@ -190,7 +199,11 @@ fn resource_lines(job: &Job) -> Vec<String> {
             squeue::partition(job),
             or_null(&spec.submit_host)
         ),
-        "ReqNodeList=(null) ExcNodeList=(null)".to_string(),
+        format!(
+            "ReqNodeList={} ExcNodeList={}",
+            or_null(&hostlist::compress(&spec.req_nodes)),
+            or_null(&hostlist::compress(&spec.exc_nodes))
+        ),
         format!(
             "NodeList={}",
             if nodes.is_empty() {
@@ -203,9 +216,15 @@ fn resource_lines(job: &Job) -> Vec<String> {
     if let Some(first) = nodes.first() {
         lines.push(format!("BatchHost={first}"));
     }
+    // Slurm shows a pending job's node range as MIN-MAX.
+    let node_count = match (job.state(), spec.nodes_max) {
+        (JobState::Pending, most) if most > spec.nodes.max(1) => {
+            format!("{}-{most}", spec.nodes.max(1))
+        }
+        _ => squeue::node_count(job).to_string(),
+    };
     lines.push(format!(
-        "NumNodes={} NumCPUs={} NumTasks={} CPUs/Task={} ReqB:S:C:T=0:0:*:*",
-        squeue::node_count(job),
+        "NumNodes={node_count} NumCPUs={} NumTasks={} CPUs/Task={} ReqB:S:C:T=0:0:*:*",
         squeue::cpu_count(job),
         spec.ntasks.max(1),
         spec.cpus_per_task.max(1)
@@ -215,18 +234,59 @@ fn resource_lines(job: &Job) -> Vec<String> {
         "AllocTRES={}",
         allocated_tres(job).unwrap_or_else(|| "(null)".to_string())
     ));
-    lines.push("Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=*".to_string());
-    let mem = if spec.mem_mb == 0 {
-        "0".to_string()
+    lines.push(format!(
+        "Socks/Node=* NtasksPerN:B:S:C={}:0:*:* CoreSpec=*",
+        spec.ntasks_per_node
+    ));
+    let mem = if spec.mem_per_cpu_mb > 0 {
+        format!("MinMemoryCPU={}M", spec.mem_per_cpu_mb)
+    } else if spec.mem_mb == 0 {
+        "MinMemoryNode=0".to_string()
     } else {
-        format!("{}M", spec.mem_mb)
+        format!("MinMemoryNode={}M", spec.mem_mb)
     };
     lines.push(format!(
-        "MinCPUsNode={} MinMemoryNode={mem} MinTmpDiskNode=0",
-        spec.cpus_per_task.max(1)
+        "MinCPUsNode={} {mem} MinTmpDiskNode=0",
+        spec.min_cpus_node.max(spec.cpus_per_task.max(1))
     ));
-    lines.push("Features=(null) DelayBoot=00:00:00".to_string());
-    lines.push("OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)".to_string());
+    lines.push(format!(
+        "Features={} DelayBoot=00:00:00",
+        or_null(&spec.constraint)
+    ));
+    let licenses: Vec<String> = spec
+        .licenses
+        .iter()
+        .map(|l| format!("{}:{}", l.name, l.count))
+        .collect();
+    lines.push(format!(
+        "OverSubscribe={} Contiguous=0 Licenses={} Network=(null)",
+        if spec.oversubscribe.is_empty() {
+            "OK"
+        } else {
+            &spec.oversubscribe
+        },
+        or_null(&licenses.join(","))
+    ));
+    if !spec.reservation.is_empty() {
+        lines.push(format!("Reservation={}", spec.reservation));
+    }
+    if !spec.comment.is_empty() {
+        lines.push(format!("Comment={}", spec.comment));
+    }
+    if !spec.mail_type.is_empty() {
+        let user = if spec.mail_user.is_empty() {
+            &spec.user
+        } else {
+            &spec.mail_user
+        };
+        lines.push(format!("MailUser={user} MailType={}", spec.mail_type));
+    }
+    if spec.cpus_per_gpu > 0 {
+        lines.push(format!("CpusPerTres=gres:gpu:{}", spec.cpus_per_gpu));
+    }
+    if spec.mem_per_gpu_mb > 0 {
+        lines.push(format!("MemPerTres=gres:gpu:{}", spec.mem_per_gpu_mb));
+    }
     lines
 }
 

@@ -682,3 +682,74 @@ dgx03|allocated|gpu:h100:8\ndgx04|idle|gpu:h100:8\ndgx10|mixed|gpu:h100:8\n",
         assert_eq!(gres_used([&carved], true), "gpu:h100:5(IDX:0-2,5,7)");
     }
 }
+
+/// `sinfo -R`: nodes that are down or drained with a reason, grouped by (reason, user,
+/// time), in Slurm's default `%20E %9u %19H %N` layout.
+pub fn render_reasons(nodes: &[Node], header: bool) -> String {
+    let mut groups: Vec<((String, String, u64), Vec<String>)> = Vec::new();
+    for n in nodes {
+        if n.reason.is_empty() || !(n.drain || n.state() == NodeState::Down) {
+            continue;
+        }
+        let name = n
+            .inventory
+            .as_ref()
+            .map_or_else(String::new, |i| i.name.clone());
+        let key = (n.reason.clone(), n.reason_user.clone(), n.reason_time_ms);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((key, vec![name])),
+        }
+    }
+    let mut out = String::new();
+    if header {
+        out.push_str("REASON               USER      TIMESTAMP           NODELIST\n");
+    }
+    for ((reason, user, ms), names) in groups {
+        let user = if user.is_empty() {
+            "root".to_string()
+        } else {
+            user
+        };
+        let time = crate::squeue::format_timestamp(ms).unwrap_or_else(|| "Unknown".to_string());
+        out.push_str(&format!(
+            "{reason:<20.20} {user:<9.9} {time:<19} {}\n",
+            hostlist::compress(&names)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn lists_drained_nodes_with_their_reason() {
+        let node = |name: &str, drain: bool, reason: &str| Node {
+            inventory: Some(berth_proto::v1::NodeInventory {
+                name: name.into(),
+                ..Default::default()
+            }),
+            drain,
+            reason: reason.into(),
+            reason_user: "slurm".into(),
+            ..Default::default()
+        };
+        let nodes = [
+            node("n1", true, "gres/gpu count reported lower"),
+            node("n2", true, "gres/gpu count reported lower"),
+            node("n3", false, ""),
+            node("n4", true, "maint"),
+        ];
+        let got = render_reasons(&nodes, true);
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 3, "{got}");
+        assert!(lines[0].starts_with("REASON "), "{got}");
+        assert!(lines[1].starts_with("gres/gpu count repor slurm "), "{got}");
+        assert!(lines[1].ends_with(" n[1-2]"), "{got}");
+        assert!(lines[2].starts_with("maint "), "{got}");
+        assert!(lines[2].ends_with(" n4"), "{got}");
+        assert_eq!(render_reasons(&nodes[2..3], false), "");
+    }
+}

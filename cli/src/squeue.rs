@@ -185,7 +185,7 @@ pub fn state_name(job: &Job) -> &'static str {
     }
 }
 
-/// Slurm's compact state code (`%t`): `PD R CG CD F CA TO NF OOM PR`.
+/// Slurm's compact state code (`%t`): `PD R CG CD F CA TO NF OOM PR DL`.
 pub fn state_code(job: &Job) -> &'static str {
     match job.state() {
         JobState::Running if job.kill_requested => "CG",
@@ -198,6 +198,7 @@ pub fn state_code(job: &Job) -> &'static str {
         JobState::NodeFail => "NF",
         JobState::OutOfMemory => "OOM",
         JobState::Preempted => "PR",
+        JobState::Deadline => "DL",
         JobState::Unspecified => "?",
     }
 }

@@ -30,6 +30,7 @@ pub mod v1 {
                 JobState::NodeFail => "NODE_FAIL",
                 JobState::OutOfMemory => "OUT_OF_MEMORY",
                 JobState::Preempted => "PREEMPTED",
+                JobState::Deadline => "DEADLINE",
             }
         }
     }

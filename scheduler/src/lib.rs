@@ -14,6 +14,8 @@
 //! - [`audit`]: the durable, queryable audit log of state-changing calls.
 //! - [`accounting`]: job history (records from the log, sled or PostgreSQL store), sacct
 //!   and report queries, prices and measured charging, per-account metrics.
+//! - [`cluster`]: the cluster description (node groups, overlapping partitions, licenses).
+//! - [`cluster_api`]: AdminService calls that read and change it, reservations, drains.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -42,6 +44,8 @@ pub mod accounting;
 pub mod accounts;
 pub mod agents;
 pub mod audit;
+pub mod cluster;
+pub mod cluster_api;
 pub mod command;
 pub mod daemon;
 pub mod extender;

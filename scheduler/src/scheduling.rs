@@ -130,29 +130,37 @@ pub struct Plan {
     pub preempt: Option<pb::Preempt>,
     /// Jobs to start.
     pub allocate: Option<pb::Allocate>,
+    /// Pending jobs that can no longer end before their `--deadline`: ended DEADLINE.
+    pub expired: Vec<u64>,
 }
 
 /// One pass over the applied state `sm` at `now_ms`, deciding as leader of `term`; `None`
 /// when nothing is pending (or only held jobs are). Pure: the leader's loop and the deterministic simulator call
 /// it alike.
 pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
-    let pending = sm.pending_jobs();
-    // Jobs waiting on dependencies never reach the policies; their reason is the state's.
+    let input = sm.pending_at(now_ms);
+    let pending = input.pending;
+    // Jobs waiting on dependencies, a begin time, a reservation or a partition limit never
+    // reach the policies; their reason is the state's.
     let mut reasons: HashMap<u64, (String, Option<u64>)> = sm
         .dependency_waits()
         .into_iter()
+        .chain(input.waits)
         .map(|(id, reason)| (id, (reason.to_string(), None)))
         .collect();
     if pending.is_empty() {
         // Most passes (every job change wakes one) find nothing to place: skip the cluster
         // view, which costs a walk over every node and GPU.
-        return (!reasons.is_empty()).then(|| Plan {
+        let idle = reasons.is_empty() && input.expired.is_empty();
+        return (!idle).then(|| Plan {
             reasons,
+            expired: input.expired,
             ..Plan::default()
         });
     }
     let cluster = sm.policy_view();
-    let schedule = policies::schedule(&cluster, &pending, &sm.accounts().policy, now_ms);
+    let policy = sm.policy_config();
+    let schedule = policies::schedule(&cluster, &pending, &policy, now_ms);
     reasons.extend(schedule.pending.iter().map(|p| {
         let reason = p.reason.slurm_name().to_string();
         (p.job_id, (reason, p.expected_start_ms))
@@ -181,6 +189,7 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
         reasons,
         preempt,
         allocate,
+        expired: input.expired,
     })
 }
 
@@ -190,6 +199,18 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
         return;
     };
     reasons.replace(plan.reasons);
+    for job_id in plan.expired {
+        let cmd = pb::command::Cmd::Cancel(pb::CancelJob {
+            job_id,
+            reason: "DeadLine".into(),
+            end_state: pb::JobState::Deadline as i32,
+        });
+        match raft.propose(crate::command::command(cmd)).await {
+            Ok(Outcome::Done) => tracing::info!(job_id, "job cannot end before its deadline"),
+            Ok(other) => tracing::warn!(job_id, "deadline end refused: {other:?}"),
+            Err(e) => tracing::warn!(job_id, "deadline end not proposed: {e}"),
+        }
+    }
     if let Some(preempt) = plan.preempt {
         let cmd = pb::command::Cmd::Preempt(preempt);
         match raft.propose(crate::command::command(cmd)).await {

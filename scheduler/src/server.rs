@@ -60,7 +60,7 @@ pub struct Shared {
 }
 
 /// `msg` as a request to the leader, carrying the caller this replica proved.
-fn forward<T>(caller: &Caller, msg: T) -> Request<T> {
+pub(crate) fn forward<T>(caller: &Caller, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     if !caller.is_unproven() {
         if let Some(v) = crate::security::layer::encode_forwarded(&caller.identity) {
@@ -113,7 +113,7 @@ fn propose_status(e: ProposeError) -> Status {
 }
 
 impl Api {
-    async fn propose(&self, cmd: Cmd) -> Result<Outcome, Status> {
+    pub(crate) async fn propose(&self, cmd: Cmd) -> Result<Outcome, Status> {
         self.0
             .raft
             .propose(command(cmd))
@@ -229,7 +229,9 @@ impl pb::job_service_server::JobService for Api {
             .spec
             .ok_or_else(|| Status::invalid_argument("submit without a job spec"))?;
         if spec.partition.is_empty() {
-            spec.partition = self.0.default_partition.clone();
+            // The description's default partition, else berthd's.
+            let described = self.0.raft.state().default_partition().map(str::to_string);
+            spec.partition = described.unwrap_or_else(|| self.0.default_partition.clone());
         }
         crate::security::check_env(&spec)?;
         if let Some(sec) = &self.0.security {
@@ -314,8 +316,12 @@ impl pb::job_service_server::JobService for Api {
         self.authorize_job(&caller, req.get_ref().job_id, "cancel")?;
         let pb::CancelRequest { job_id, reason } = req.into_inner();
         outcome_status(
-            self.propose(Cmd::Cancel(pb::CancelJob { job_id, reason }))
-                .await?,
+            self.propose(Cmd::Cancel(pb::CancelJob {
+                job_id,
+                reason,
+                end_state: 0,
+            }))
+            .await?,
         )?;
         Ok(Response::new(pb::CancelResponse {}))
     }
@@ -758,7 +764,7 @@ impl Api {
     ///
     /// # Errors
     /// `UNAVAILABLE` when no leader is known or it cannot be reached.
-    async fn admin_leader(
+    pub(crate) async fn admin_leader(
         &self,
     ) -> Result<
         Option<pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>>,
@@ -1079,6 +1085,37 @@ impl pb::admin_service_server::AdminService for Api {
             records,
             unreachable,
         }))
+    }
+
+    async fn get_cluster(
+        &self,
+        _req: Request<pb::ClusterRequest>,
+    ) -> Result<Response<pb::ClusterInfo>, Status> {
+        Ok(Response::new(self.cluster_info()))
+    }
+
+    async fn set_cluster(
+        &self,
+        req: Request<pb::ClusterConfig>,
+    ) -> Result<Response<pb::ClusterConfig>, Status> {
+        let caller = Caller::of(&req);
+        self.set_cluster_text(&caller, req.into_inner()).await
+    }
+
+    async fn change_reservation(
+        &self,
+        req: Request<pb::ReservationChange>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        let caller = Caller::of(&req);
+        self.reservation_change(&caller, req.into_inner()).await
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<pb::NodeDrain>,
+    ) -> Result<Response<pb::NodeDrainReply>, Status> {
+        let caller = Caller::of(&req);
+        self.node_drain(&caller, req.into_inner()).await
     }
 
     async fn get_replica_status(

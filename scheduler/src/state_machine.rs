@@ -88,6 +88,8 @@ pub struct StateMachine {
     topology: TopologyCache,
     /// Per-node GPU counts for the extender (derived; see [`gpu_counts`]).
     gpu_counts: gpu_counts::GpuCountsCache,
+    /// `state.cluster_toml` parsed (derived, not encoded); `None` without a description.
+    cluster: Option<std::sync::Arc<crate::cluster::ClusterDescription>>,
 }
 
 /// A lazily built [`policies::topology::Topology`]: registrations and the network tree
@@ -111,6 +113,7 @@ impl Default for StateMachine {
             network: Default::default(),
             topology: TopologyCache::default(),
             gpu_counts: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -146,6 +149,17 @@ impl StateMachine {
                 tracing::error!("topology in snapshot no longer parses ({e}); using none");
                 Default::default()
             });
+        let cluster = match state.cluster_toml.as_str() {
+            "" => None,
+            text => crate::cluster::ClusterDescription::parse(text)
+                .map(std::sync::Arc::new)
+                .map_err(|e| {
+                    tracing::error!(
+                        "cluster description in snapshot no longer parses ({e}); using none"
+                    )
+                })
+                .ok(),
+        };
         Ok(StateMachine {
             applied_index: index,
             state,
@@ -153,6 +167,7 @@ impl StateMachine {
             network,
             topology: TopologyCache::default(),
             gpu_counts: Default::default(),
+            cluster,
         })
     }
 
@@ -232,7 +247,7 @@ impl StateMachine {
         };
         let (outcome, mut effects) = match cmd {
             Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
-            Cmd::Cancel(c) => self.cancel(c.job_id, &c.reason, now),
+            Cmd::Cancel(c) => self.cancel(c.job_id, &c.reason, c.end_state(), now),
             Cmd::Hold(c) => self.hold(c.job_id, c.hold),
             Cmd::RegisterNode(c) => self.register_node(c.inventory.unwrap_or_default(), now),
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
@@ -245,6 +260,9 @@ impl StateMachine {
             Cmd::SetAccounts(c) => self.set_accounts(c.toml),
             Cmd::SetTopology(c) => self.set_topology(c.conf),
             Cmd::Preempt(c) => self.preempt(c, now),
+            Cmd::SetCluster(c) => self.set_cluster(c.toml, now),
+            Cmd::Reservation(c) => self.change_reservation(c, now),
+            Cmd::NodeDrain(c) => self.drain_node(&c, now),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -258,28 +276,25 @@ impl StateMachine {
         (outcome, effects)
     }
 
-    fn submit(&mut self, spec: pb::JobSpec, now: u64) -> Applied {
+    fn submit(&mut self, mut spec: pb::JobSpec, now: u64) -> Applied {
         if let Err(why) = validate_spec(&spec) {
             return (Outcome::Rejected(why), vec![]);
         }
-        let account = match self.accounts.resolve_account(&spec.account, &spec.user) {
-            Ok(a) => a,
+        let (account, qos) = match self.resolve_account_qos(&spec) {
+            Ok(found) => found,
             Err(why) => return (Outcome::Rejected(why), vec![]),
         };
-        let qos = match self.accounts.resolve_qos(&spec.qos) {
-            Ok(q) => q.name.clone(),
-            Err(why) => return (Outcome::Rejected(why), vec![]),
-        };
+        if let Err(why) = self.check_submit(&mut spec, &account, &qos) {
+            return (Outcome::Rejected(why), vec![]);
+        }
         let next_id = self.state.next_job_id.max(1);
         if let Err(why) = dependency::validate(&spec.dependencies, |id| {
             id < next_id && self.state.jobs.contains_key(&id)
         }) {
             return (Outcome::Rejected(why), vec![]);
         }
-        let wanted = pending_view(0, &spec);
-        if let Err(why) = policies::feasible_when_idle(&self.cluster_view(), &wanted) {
-            let msg = format!("Requested node configuration is not available ({why})");
-            return (Outcome::Rejected(msg), vec![]);
+        if let Err(why) = self.feasible(&spec) {
+            return (Outcome::Rejected(why), vec![]);
         }
         let id = self.state.next_job_id.max(1);
         self.state.next_job_id = id + 1;
@@ -301,8 +316,72 @@ impl StateMachine {
         (Outcome::Submitted(id), vec![changed(id)])
     }
 
-    /// Cancels job `id`; `reason` is empty when the user asked (shown as "cancelled").
-    fn cancel(&mut self, id: u64, reason: &str, now: u64) -> Applied {
+    /// The account and QOS a job is charged and classed as. With no accounts file
+    /// installed, an account or QOS the built-in configuration lacks is taken as named
+    /// (charged like an unknown account, classed as the default), as Slurm takes any
+    /// without accounting enforcement; with one installed it is refused.
+    fn resolve_account_qos(&self, spec: &pb::JobSpec) -> Result<(String, String), String> {
+        let enforced = !self.state.accounts_toml.is_empty();
+        let account = match self.accounts.resolve_account(&spec.account, &spec.user) {
+            Ok(a) => a,
+            Err(_) if !enforced && !spec.account.is_empty() => spec.account.clone(),
+            Err(why) => return Err(why),
+        };
+        let qos = match self.accounts.resolve_qos(&spec.qos) {
+            Ok(q) => q.name.clone(),
+            Err(_) if !enforced && !spec.qos.is_empty() => spec.qos.clone(),
+            Err(why) => return Err(why),
+        };
+        Ok((account, qos))
+    }
+
+    /// Whether `spec` could ever run here: on the described cluster when there is a
+    /// description (nodes known before their agents), else on the registered nodes, all
+    /// idle. A job asking for more nodes than its partition has waits instead
+    /// (`PartitionNodeLimit`, as Slurm), so its shape is checked on as many as there are.
+    ///
+    /// # Errors
+    /// Slurm's "Requested node configuration is not available" (or its memory and CPU
+    /// variants) with the reason.
+    fn feasible(&self, spec: &pb::JobSpec) -> Result<(), String> {
+        let capacity = self.capacity_view();
+        let mut wanted = pending_view(0, spec);
+        if let Some(r) = self.state.reservations.get(&spec.reservation) {
+            wanted.nodes_only = Some(std::sync::Arc::new(r.nodes.iter().cloned().collect()));
+        }
+        let members = capacity
+            .nodes
+            .iter()
+            .filter(|n| n.in_partition(&spec.partition))
+            .count() as u32;
+        if wanted.nodes > members && members > 0 {
+            wanted = wanted.with_nodes(members);
+            wanted.req_nodes.clear();
+        }
+        policies::feasible_when_idle(&capacity, &wanted).map_err(|why| {
+            let only = |r: &[policies::RejectReason]| {
+                let m = &why.metrics.rejects;
+                !m.is_empty()
+                    && m.keys()
+                        .all(|k| r.contains(k) || *k == policies::RejectReason::Partition)
+                    && m.keys().any(|k| r.contains(k))
+            };
+            use policies::RejectReason as R;
+            let head = if only(&[R::Memory, R::MemPerCpu, R::MemPerGpu]) {
+                "Memory specification can not be satisfied"
+            } else if only(&[R::Cpus, R::Tasks]) {
+                "CPU count per node can not be satisfied"
+            } else {
+                "Requested node configuration is not available"
+            };
+            format!("{head} ({why})")
+        })
+    }
+
+    /// Cancels job `id`; `reason` is empty when the user asked (shown as "cancelled"). A
+    /// pending job ends in `end_state` (CANCELLED, or DEADLINE from berth's deadline
+    /// check).
+    fn cancel(&mut self, id: u64, reason: &str, end_state: JobState, now: u64) -> Applied {
         let reason = if reason.is_empty() {
             CANCELLED_BY_USER
         } else {
@@ -313,9 +392,14 @@ impl StateMachine {
         };
         match job.state() {
             JobState::Pending => {
-                job.state = JobState::Cancelled as i32;
+                let deadline = end_state == JobState::Deadline;
+                job.state = if deadline {
+                    end_state
+                } else {
+                    JobState::Cancelled
+                } as i32;
                 job.end_time_ms = now;
-                job.reason = "None".into();
+                job.reason = if deadline { "DeadLine" } else { "None" }.into();
                 (Outcome::Done, vec![changed(id)])
             }
             // kubelet, not an agent, runs a pod (and a pod group's reservation runs
@@ -370,6 +454,10 @@ impl StateMachine {
         if let Err(why) = validate_inventory(&inv) {
             return (Outcome::Rejected(why), vec![]);
         }
+        let drain = match self.describe_registration(&mut inv) {
+            Ok(drain) => drain,
+            Err(why) => return (Outcome::Rejected(why), vec![]),
+        };
         let name = inv.name.clone();
         self.topology = TopologyCache::default();
         let old = self.state.nodes.remove(&name);
@@ -410,16 +498,33 @@ impl StateMachine {
             .as_ref()
             .map(|n| (n.cpus_alloc, n.memory_alloc_mb))
             .unwrap_or((0, 0));
+        // An admin's drain outlives the agent's restart; berth's own is judged again below.
+        let (drain_flag, reason, reason_user, reason_time_ms) = old
+            .as_ref()
+            .filter(|n| n.drain)
+            .map(|n| {
+                (
+                    true,
+                    n.reason.clone(),
+                    n.reason_user.clone(),
+                    n.reason_time_ms,
+                )
+            })
+            .unwrap_or_default();
         let node = pb::Node {
             inventory: Some(inv),
             state: NodeState::Up as i32,
-            reason: String::new(),
+            reason,
             registered_time_ms: now,
             cpus_alloc,
             memory_alloc_mb,
+            described: None,
+            drain: drain_flag,
+            reason_time_ms,
+            reason_user,
         };
         self.state.nodes.insert(name.clone(), node);
-        self.recount(&name);
+        self.after_registration(&name, drain, now);
         (Outcome::Done, vec![Effect::NodeChanged(name)])
     }
 
@@ -1046,6 +1151,7 @@ impl StateMachine {
     /// running jobs (expected ends, preemption marks) and decayed usage.
     pub fn policy_view(&self) -> policies::ClusterSnapshot {
         let mut snap = self.cluster_view();
+        snap.licenses_free = self.licenses_free();
         let grace_ms = self.accounts.policy.preempt_grace_ms;
         snap.running = self
             .state
@@ -1272,7 +1378,14 @@ fn node_view_shared(
     Some(policies::NodeView {
         name: inv.name.clone(),
         partition: inv.partition.clone(),
-        up: n.state() == NodeState::Up,
+        // A drained node takes no new jobs.
+        up: n.state() == NodeState::Up && !n.drain,
+        features: n
+            .described
+            .as_ref()
+            .map(|d| d.features.clone().into())
+            .unwrap_or_default(),
+        weight: n.described.as_ref().map_or(0, |d| d.weight),
         cpus_total: inv.cpus,
         cpus_free: inv.cpus.saturating_sub(n.cpus_alloc),
         memory_total_mb: inv.memory_mb,
@@ -1297,29 +1410,61 @@ fn node_view_shared(
                 }
             })
             .collect(),
-        // Node features and weights arrive with the cluster description.
-        ..Default::default()
     })
 }
 
-/// One node's share of a job, as placement needs it.
+/// One node's share of a job, as placement needs it, with the options that select
+/// nodes (features, node lists, exclusivity, per-node tasks and memory, licenses).
 pub fn pending_view(id: u64, spec: &pb::JobSpec) -> policies::PendingJob {
     let nodes = spec.nodes.max(1);
-    let tasks_per_node = spec.ntasks.max(1).div_ceil(nodes);
+    let tasks = policies::TaskSpread {
+        nodes_max: spec.nodes_max,
+        fewest_first: spec.use_min_nodes,
+        ntasks: spec.ntasks.max(1),
+        per_node: spec.ntasks_per_node,
+        cpus_per_task: spec.cpus_per_task.max(1),
+        cpus_per_gpu: spec.cpus_per_gpu,
+        min_cpus: spec.min_cpus_node,
+        mem_per_cpu_mb: spec.mem_per_cpu_mb,
+        mem_per_gpu_mb: spec.mem_per_gpu_mb,
+    };
+    let cpus_per_node = tasks.cpus_per_node(nodes, spec.gpus_per_node);
+    let mem_per_node_mb = tasks.mem_per_node_mb(cpus_per_node, spec.gpus_per_node, spec.mem_mb);
     policies::PendingJob {
         id,
         partition: spec.partition.clone(),
         nodes,
         gpus_per_node: spec.gpus_per_node,
         gpu_type: spec.gpu_type.clone(),
-        cpus_per_node: tasks_per_node * spec.cpus_per_task.max(1),
-        mem_per_node_mb: spec.mem_mb,
+        cpus_per_node,
+        mem_per_node_mb,
         time_limit_s: spec.time_limit_secs,
         mig_profile: spec.mig_profile.clone(),
         mig_per_node: spec.mig_per_node,
         switches_max: spec.switches,
         switches_wait_ms: spec.switches_wait_secs.saturating_mul(1000),
         gpu_milli: spec.gpu_milli,
+        // Checked at submit; a text that no longer parses places as if unconstrained
+        // would be wrong, so it places nowhere (an impossible feature).
+        constraint: (!spec.constraint.is_empty()).then(|| {
+            std::sync::Arc::new(
+                policies::constraint::Constraint::parse(&spec.constraint).unwrap_or_else(|_| {
+                    policies::constraint::Constraint::parse("(unparsable)")
+                        .expect("a plain name parses")
+                }),
+            )
+        }),
+        req_nodes: spec.req_nodes.clone(),
+        exc_nodes: spec.exc_nodes.clone(),
+        exclusive: matches!(spec.oversubscribe.as_str(), "NO" | "USER" | "MCS"),
+        mem_whole_node: spec.mem_whole_node,
+        tasks,
+        licenses: spec
+            .licenses
+            .iter()
+            .map(|l| (l.name.clone(), l.count))
+            .collect(),
+        nice: spec.nice,
         ..Default::default()
     }
 }
@@ -1351,15 +1496,21 @@ fn node_links(inv: &pb::NodeInventory) -> policies::topology::NodeLinks {
 const SCRIPT_BYTES_MAX: usize = 4 << 20;
 
 fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
-    if !spec.script.starts_with("#!") {
+    // A script that is not UTF-8 travels as bytes (`script` is then a copy for display).
+    let script: &[u8] = if spec.script_bytes.is_empty() {
+        spec.script.as_bytes()
+    } else {
+        &spec.script_bytes
+    };
+    if !script.starts_with(b"#!") {
         return Err(
             "batch script must start with #! followed by the path to an interpreter".into(),
         );
     }
-    if spec.script.len() > SCRIPT_BYTES_MAX {
+    if script.len() > SCRIPT_BYTES_MAX {
         return Err(format!(
             "batch script is {} bytes, the limit is {SCRIPT_BYTES_MAX}",
-            spec.script.len()
+            script.len()
         ));
     }
     if spec.name.is_empty() || spec.partition.is_empty() || spec.work_dir.is_empty() {
@@ -1454,6 +1605,7 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod cluster;
 pub mod dependency;
 pub mod gpu_counts;
 pub mod mig;

@@ -110,6 +110,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 2,
                 reason: String::new(),
+                end_state: 0,
             }),
         ),
         cmd(9, submit(spec(3))), // refused: 3 > 2 GPUs
@@ -125,6 +126,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 99,
                 reason: String::new(),
+                end_state: 0,
             }),
         ),
     ]
@@ -187,6 +189,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Cancel(pb::CancelJob {
             job_id: 1,
             reason: String::new(),
+            end_state: 0,
         }),
     ));
     l.push(cmd(
@@ -194,6 +197,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Cancel(pb::CancelJob {
             job_id: 1,
             reason: String::new(),
+            end_state: 0,
         }),
     ));
     l.push(cmd(7, alloc(2, "n1", &["GPU-n1-0"])));
@@ -235,6 +239,7 @@ fn running_cancel_emits_kill_and_end_report_emits_ack() {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 1,
                 reason: String::new(),
+                end_state: 0,
             }),
         ),
     );

@@ -485,6 +485,37 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
             [Allow, Deny, Deny, Deny, Allow, Deny],
         ),
         (
+            "/berth.v1.AdminService/GetCluster",
+            enc(pb::ClusterRequest::default()),
+            [Allow, Allow, Allow, Allow, Allow, Deny],
+        ),
+        // A description that does not parse: let through, it changes nothing.
+        (
+            "/berth.v1.AdminService/SetCluster",
+            enc(pb::ClusterConfig {
+                toml: "[[nodes]\n".into(),
+            }),
+            [Deny, Deny, Deny, Deny, Allow, Deny],
+        ),
+        (
+            "/berth.v1.AdminService/ChangeReservation",
+            enc(pb::ReservationChange {
+                op: "delete".into(),
+                ..Default::default()
+            }),
+            [Deny, Deny, Deny, Allow, Allow, Deny],
+        ),
+        (
+            "/berth.v1.AdminService/DrainNode",
+            enc(pb::NodeDrain {
+                node: "no-such-node".into(),
+                drain: true,
+                reason: "rbac".into(),
+                ..Default::default()
+            }),
+            [Deny, Deny, Deny, Allow, Allow, Deny],
+        ),
+        (
             "/berth.v1.AdminService/QueryAudit",
             enc(pb::AuditQuery::default()),
             [Deny, Deny, Deny, Allow, Allow, Deny],

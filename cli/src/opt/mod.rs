@@ -8,7 +8,7 @@
 //! - [`getopt`]: getopt_long over a table.
 //! - [`error`]: [`OptError`], Slurm's wording.
 //! - value parsers: [`count`], [`gres`], [`signal`], [`dependency`], [`switches`],
-//!   [`export`], [`container`], [`name`]; time limits and memory sizes are
+//!   [`export`], [`container`], [`name`], [`select`]; time limits and memory sizes are
 //!   [`crate::duration`] and [`crate::memory`].
 
 pub mod container;
@@ -19,6 +19,7 @@ pub mod export;
 pub mod getopt;
 pub mod gres;
 pub mod name;
+pub mod select;
 pub mod signal;
 pub mod switches;
 pub mod table;

@@ -198,14 +198,8 @@ pub fn build_spec(
     args: Vec<String>,
     ctx: &SubmitContext,
 ) -> Result<JobSpec, SbatchError> {
-    let nodes = opts.nodes.unwrap_or(1);
-    let ntasks = match opts.ntasks {
-        Some(ntasks) if ntasks < nodes => {
-            return Err(SbatchError::TasksBelowNodes { ntasks, nodes })
-        }
-        Some(ntasks) => ntasks,
-        None => nodes,
-    };
+    let shape = node_shape(&opts)?;
+    let (nodes, ntasks) = (shape.nodes, shape.ntasks);
     let gpu_milli = resolve_fraction(&opts, nodes)?;
     let (gpus_per_node, gpu_type) = match &opts.gpus_per_task {
         None => resolve_gpus(&opts, nodes)?,
@@ -217,6 +211,10 @@ pub fn build_spec(
     } else {
         (gpus_per_node, gpu_type, 0, String::new())
     };
+    let mem = memory(
+        &opts,
+        gpus_per_node + mig_per_node + u32::from(gpu_milli > 0),
+    )?;
     let (switches, switches_wait_secs) = match opts.switches {
         None | Some((0, _)) => (0, 0),
         Some((n, wait)) => (n, wait.unwrap_or(SWITCH_WAIT_DEFAULT_SECS)),
@@ -254,6 +252,33 @@ pub fn build_spec(
         .into());
     }
     Ok(JobSpec {
+        constraint: opts.constraint.unwrap_or_default(),
+        req_nodes: opts.req_nodes.unwrap_or_default(),
+        exc_nodes: opts.exc_nodes.unwrap_or_default(),
+        nodes_max: shape.nodes_max,
+        use_min_nodes: shape.fewest_first,
+        ntasks_per_node: opts.ntasks_per_node.unwrap_or(0),
+        min_cpus_node: opts.min_cpus.unwrap_or(0),
+        mem_per_cpu_mb: mem.per_cpu_mb,
+        mem_per_gpu_mb: mem.per_gpu_mb,
+        mem_whole_node: mem.whole_node,
+        cpus_per_gpu: opts.cpus_per_gpu.unwrap_or(0),
+        oversubscribe: opts.oversubscribe.unwrap_or_default(),
+        licenses: opts.licenses.unwrap_or_default(),
+        reservation: opts.reservation.unwrap_or_default(),
+        mail_type: opts.mail_type.unwrap_or_default(),
+        mail_user: opts.mail_user.unwrap_or_default(),
+        begin_time_ms: opts.begin_ms.unwrap_or(0),
+        deadline_ms: opts.deadline_ms.unwrap_or(0),
+        nice: opts.nice.unwrap_or(0),
+        comment: opts.comment.unwrap_or_default(),
+        gpu_bind: opts.gpu_bind.unwrap_or_default(),
+        gres_flags: opts.gres_flags.unwrap_or_default(),
+        hint: opts.hint.unwrap_or_default(),
+        distribution: opts.distribution.unwrap_or_default(),
+        spread_job: opts.spread_job,
+        no_kill: opts.no_kill.unwrap_or(false),
+        time_limit_set: opts.time_secs.is_some(),
         name: opts.job_name.unwrap_or(default_name),
         script: text,
         args,
@@ -268,7 +293,7 @@ pub fn build_spec(
         nodes,
         ntasks,
         cpus_per_task: opts.cpus_per_task.unwrap_or(1),
-        mem_mb: opts.mem_mb.unwrap_or(0),
+        mem_mb: mem.per_node_mb,
         gpus_per_node,
         gpu_type,
         mig_profile,
@@ -298,9 +323,7 @@ pub fn build_spec(
         switches,
         switches_wait_secs,
         dependencies: opts.dependencies.unwrap_or_default(),
-        // berthd sets both from the identity it proves.
-        identity: None,
-        launch_seal: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -337,4 +360,116 @@ fn gpus_from_tasks(
         ))
     })?;
     Ok((per_node, per_task.kind.clone()))
+}
+
+/// How many nodes and tasks: Slurm's rules for `-N` (a count or a range), `-n`,
+/// `--ntasks-per-node` and `-w`.
+struct NodeShape {
+    nodes: u32,
+    nodes_max: u32,
+    ntasks: u32,
+    fewest_first: bool,
+}
+
+/// Settles nodes and tasks. Without `-N`, `-w` sets the node count to the nodes it names,
+/// `--ntasks-per-node` with `-n` to as many nodes as the tasks need, and `-n` alone lets
+/// the tasks spread over 1 to `ntasks` nodes, fewest first (whole jobs of CPUs; GPU jobs
+/// stay on the nodes they name, as their GPU counts are per node).
+fn node_shape(opts: &Opts) -> Result<NodeShape, SbatchError> {
+    let listed = opts.req_nodes.as_ref().map_or(0, |l| l.len() as u32);
+    let per_node = opts.ntasks_per_node.unwrap_or(0);
+    let gpus = [
+        &opts.gpus,
+        &opts.gres,
+        &opts.gpus_per_node,
+        &opts.gpus_per_task,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|g| g.count > 0 || g.milli > 0);
+    let (mut nodes, mut nodes_max, mut fewest_first) = (
+        opts.nodes.unwrap_or(1),
+        opts.nodes_max.unwrap_or(0),
+        opts.use_min_nodes,
+    );
+    if let Some(n) = opts.nodes {
+        let most = if nodes_max > 0 { nodes_max } else { n };
+        if listed > most {
+            return Err(OptError::invalid(
+                "--nodes",
+                &n.to_string(),
+                format!("invalid number of nodes (-N {listed}-{most})"),
+            )
+            .into());
+        }
+        nodes = nodes.max(listed);
+    } else if listed > 0 {
+        nodes = listed;
+    } else if let (Some(ntasks), true) = (opts.ntasks, per_node > 0) {
+        nodes = ntasks.div_ceil(per_node);
+    } else if let (Some(ntasks), false) = (opts.ntasks, gpus) {
+        if ntasks > 1 {
+            nodes_max = ntasks;
+            fewest_first = true;
+        }
+    }
+    let ntasks = match opts.ntasks {
+        Some(ntasks) if ntasks < nodes => {
+            return Err(SbatchError::TasksBelowNodes { ntasks, nodes })
+        }
+        Some(ntasks) => ntasks,
+        None if per_node > 0 => nodes.saturating_mul(per_node),
+        None => nodes,
+    };
+    if nodes_max > 0 && nodes_max < nodes {
+        nodes_max = nodes;
+    }
+    Ok(NodeShape {
+        nodes,
+        nodes_max,
+        ntasks,
+        fewest_first,
+    })
+}
+
+/// Memory as asked: per node (`--mem`), per CPU or per GPU, or all of each node
+/// (`--mem=0`, `--mem-per-cpu=0`).
+struct Memory {
+    per_node_mb: u64,
+    per_cpu_mb: u64,
+    per_gpu_mb: u64,
+    whole_node: bool,
+}
+
+/// Settles memory. Slurm refuses more than one of the three options, even from different
+/// sources (a script's `--mem-per-cpu` and a command line's `--mem`), and `--mem-per-gpu`
+/// without GPUs.
+fn memory(opts: &Opts, gpus_per_node: u32) -> Result<Memory, SbatchError> {
+    let given = [
+        opts.mem_mb.is_some(),
+        opts.mem_per_cpu_mb.is_some(),
+        opts.mem_per_gpu_mb.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(OptError::invalid(
+            "--mem",
+            "",
+            "--mem, --mem-per-cpu, and --mem-per-gpu are mutually exclusive.",
+        )
+        .into());
+    }
+    if let (Some(mib), 0) = (opts.mem_per_gpu_mb, gpus_per_node) {
+        return Err(OptError::invalid(
+            "--mem-per-gpu",
+            &format!("{mib}M"),
+            format!("Requested mem_per_tres=gres:gpu:{mib} but did not request any GPU."),
+        )
+        .into());
+    }
+    Ok(Memory {
+        per_node_mb: opts.mem_mb.unwrap_or(0),
+        per_cpu_mb: opts.mem_per_cpu_mb.unwrap_or(0),
+        per_gpu_mb: opts.mem_per_gpu_mb.unwrap_or(0),
+        whole_node: opts.mem_mb == Some(0) || opts.mem_per_cpu_mb == Some(0),
+    })
 }

@@ -8,11 +8,15 @@ use crate::memory::parse_mem;
 use crate::opt::container::{
     parse_container_env, parse_container_image, parse_container_mounts, parse_container_workdir,
 };
-use crate::opt::count::{parse_count, parse_nodes};
+use crate::opt::count::parse_count;
 use crate::opt::dependency::parse_dependency;
 use crate::opt::export::parse_export;
 use crate::opt::gres::{parse_gpu_count, parse_gres};
 use crate::opt::name::{non_empty, parse_partition};
+use crate::opt::select::{
+    parse_choice, parse_constraint, parse_exclusive, parse_licenses, parse_mail_type,
+    parse_node_list, parse_node_range, parse_when, DISTRIBUTIONS, GRES_FLAGS, HINTS,
+};
 use crate::opt::signal::parse_signal;
 use crate::opt::switches::parse_switches;
 use crate::opt::table::{opt, Arg, OptionSpec, Table};
@@ -77,8 +81,168 @@ fn dependency(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
     Ok(())
 }
 
+/// An optional value.
+const OPT: Arg = Arg::Optional;
+
+fn mem_per(o: &mut Opts, long: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let mib = parse_mem(v).map_err(|reason| {
+        OptError::invalid(
+            &format!("--{long}"),
+            v,
+            format!("Invalid --{long} specification ({reason})"),
+        )
+    })?;
+    if long == "mem-per-cpu" {
+        o.mem_per_cpu_mb = Some(mib);
+    } else {
+        o.mem_per_gpu_mb = Some(mib);
+    }
+    Ok(())
+}
+
+fn when(long: &str, v: Option<&str>) -> Result<u64, OptError> {
+    use chrono::TimeZone;
+    let option = format!("--{long}");
+    let t = parse_when(&option, text(v), chrono::Local::now().naive_local())?;
+    let local = chrono::Local
+        .from_local_datetime(&t)
+        .earliest()
+        .ok_or_else(|| OptError::invalid(&option, text(v), "no such local time"))?;
+    Ok(u64::try_from(local.timestamp_millis()).unwrap_or(0))
+}
+
+/// A free-text option kept as given.
+fn free(long: &str, v: Option<&str>) -> Result<String, OptError> {
+    non_empty(long, text(v))
+}
+
 /// The options berth implements.
 pub const SUPPORTED: &[OptionSpec<Opts>] = &[
+    opt("begin", Some('b'), REQ, "EligibleTime", |o, l, v| {
+        o.begin_ms = Some(when(l, v)?);
+        Ok(())
+    }),
+    opt("comment", None, REQ, "Comment", |o, l, v| {
+        o.comment = Some(free(l, v)?);
+        Ok(())
+    }),
+    opt("constraint", Some('C'), REQ, "Features", |o, _, v| {
+        o.constraint = Some(parse_constraint(text(v))?);
+        Ok(())
+    }),
+    opt("cpus-per-gpu", None, REQ, "CpusPerTres", |o, _, v| {
+        o.cpus_per_gpu = Some(parse_count("--cpus-per-gpu", text(v))?);
+        Ok(())
+    }),
+    opt("deadline", None, REQ, "Deadline", |o, l, v| {
+        o.deadline_ms = Some(when(l, v)?);
+        Ok(())
+    }),
+    opt("distribution", Some('m'), REQ, "", |o, _, v| {
+        o.distribution = Some(parse_choice("--distribution", text(v), DISTRIBUTIONS)?);
+        Ok(())
+    }),
+    opt("exclude", Some('x'), REQ, "ExcNodeList", |o, _, v| {
+        o.exc_nodes = Some(parse_node_list("--exclude", text(v))?);
+        Ok(())
+    }),
+    opt("exclusive", None, OPT, "OverSubscribe", |o, _, v| {
+        o.oversubscribe = Some(parse_exclusive(v)?);
+        Ok(())
+    }),
+    opt("gpu-bind", None, REQ, "", |o, l, v| {
+        o.gpu_bind = Some(free(l, v)?);
+        Ok(())
+    }),
+    opt("gres-flags", None, REQ, "", |o, _, v| {
+        o.gres_flags = Some(parse_choice("--gres-flags", text(v), GRES_FLAGS)?);
+        Ok(())
+    }),
+    opt("hint", None, REQ, "", |o, _, v| {
+        o.hint = Some(parse_choice("--hint", text(v), HINTS)?);
+        Ok(())
+    }),
+    opt("licenses", Some('L'), REQ, "Licenses", |o, _, v| {
+        o.licenses = Some(parse_licenses(text(v))?);
+        Ok(())
+    }),
+    opt("mail-type", None, REQ, "MailType", |o, _, v| {
+        o.mail_type = Some(parse_mail_type(text(v))?);
+        Ok(())
+    }),
+    opt("mail-user", None, REQ, "MailUser", |o, l, v| {
+        o.mail_user = Some(free(l, v)?);
+        Ok(())
+    }),
+    opt("mem-per-cpu", None, REQ, "MinMemoryCPU", mem_per),
+    opt("mem-per-gpu", None, REQ, "MemPerTres", mem_per),
+    opt("mincpus", None, REQ, "MinCPUsNode", |o, _, v| {
+        o.min_cpus = Some(parse_count("--mincpus", text(v))?);
+        Ok(())
+    }),
+    opt("nice", None, OPT, "Nice", |o, _, v| {
+        // Slurm's default adjustment when --nice has no value.
+        let v = v.unwrap_or("100");
+        let n = v
+            .parse::<i32>()
+            .ok()
+            .filter(|n| n.unsigned_abs() <= 2_147_483_645)
+            .ok_or_else(|| OptError::invalid("--nice", v, "expected a whole number"))?;
+        o.nice = Some(n);
+        Ok(())
+    }),
+    opt("no-kill", Some('k'), OPT, "", |o, _, v| {
+        o.no_kill = Some(!matches!(v, Some(s) if s.eq_ignore_ascii_case("off")));
+        Ok(())
+    }),
+    opt("nodelist", Some('w'), REQ, "ReqNodeList", |o, _, v| {
+        o.req_nodes = Some(parse_node_list("--nodelist", text(v))?);
+        Ok(())
+    }),
+    opt(
+        "ntasks-per-node",
+        None,
+        REQ,
+        "NtasksPerN:B:S:C",
+        |o, l, v| {
+            o.ntasks_per_node = Some(parse_count(&format!("--{l}"), text(v))?);
+            Ok(())
+        },
+    ),
+    opt(
+        "oversubscribe",
+        Some('s'),
+        FLAG,
+        "OverSubscribe",
+        |o, _, _| {
+            o.oversubscribe = Some("YES".into());
+            Ok(())
+        },
+    ),
+    opt("reservation", None, REQ, "Reservation", |o, l, v| {
+        o.reservation = Some(free(l, v)?);
+        Ok(())
+    }),
+    opt("spread-job", None, FLAG, "", |o, _, _| {
+        o.spread_job = true;
+        Ok(())
+    }),
+    // Slurm's older name for --ntasks-per-node.
+    opt(
+        "tasks-per-node",
+        None,
+        REQ,
+        "NtasksPerN:B:S:C",
+        |o, l, v| {
+            o.ntasks_per_node = Some(parse_count(&format!("--{l}"), text(v))?);
+            Ok(())
+        },
+    ),
+    opt("use-min-nodes", None, FLAG, "", |o, _, _| {
+        o.use_min_nodes = true;
+        Ok(())
+    }),
     opt("account", Some('A'), REQ, "Account", |o, l, v| {
         o.account = Some(non_empty(l, text(v))?);
         Ok(())
@@ -151,7 +315,9 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
     }),
     opt("mem", None, REQ, "MinMemoryNode", mem),
     opt("nodes", Some('N'), REQ, "NumNodes", |o, _, v| {
-        o.nodes = Some(parse_nodes(text(v))?);
+        let (least, most) = parse_node_range(text(v))?;
+        o.nodes = Some(least);
+        o.nodes_max = Some(most);
         Ok(())
     }),
     opt("ntasks", Some('n'), REQ, "NumTasks", |o, _, v| {
@@ -211,60 +377,38 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("batch", None),
     ("bb", None),
     ("bbf", None),
-    ("begin", Some('b')),
     ("checkpoint", None),
     ("cluster-constraint", None),
     ("clusters", Some('M')),
-    ("comment", None),
-    ("constraint", Some('C')),
     ("container", None),
     ("container-id", None),
     ("contiguous", None),
     ("core-spec", Some('S')),
     ("cores-per-socket", None),
     ("cpu-freq", None),
-    ("cpus-per-gpu", None),
-    ("deadline", None),
     ("delay-boot", None),
-    ("distribution", Some('m')),
-    ("exclude", Some('x')),
-    ("exclusive", None),
     ("export-file", None),
     ("extra", None),
     ("extra-node-info", Some('B')),
     ("get-user-env", None),
     ("gid", None),
-    ("gpu-bind", None),
     ("gpu-freq", None),
     ("gpus-per-socket", None),
-    ("gres-flags", None),
-    ("hint", None),
     ("ignore-pbs", None),
     ("immediate", Some('I')),
     ("input", Some('i')),
     ("kill-on-invalid-dep", None),
-    ("licenses", Some('L')),
-    ("mail-type", None),
-    ("mail-user", None),
     ("mcs-label", None),
     ("mem-bind", None),
-    ("mem-per-cpu", None),
-    ("mem-per-gpu", None),
-    ("mincpus", None),
     ("mpi", None),
     ("network", None),
-    ("nice", None),
-    ("no-kill", Some('k')),
     ("nodefile", Some('F')),
-    ("nodelist", Some('w')),
     ("ntasks-per-core", None),
     ("ntasks-per-gpu", None),
-    ("ntasks-per-node", None),
     ("ntasks-per-socket", None),
     ("oom-kill-step", None),
     ("open-mode", None),
     ("overcommit", Some('O')),
-    ("oversubscribe", Some('s')),
     ("power", None),
     ("prefer", None),
     ("priority", None),
@@ -272,13 +416,10 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("propagate", None),
     ("quiet", Some('Q')),
     ("reboot", None),
-    ("reservation", None),
     ("segment", None),
     ("share", None),
     ("sockets-per-node", None),
-    ("spread-job", None),
     ("stepmgr", None),
-    ("tasks-per-node", None),
     ("test-only", None),
     ("thread-spec", None),
     ("threads-per-core", None),
@@ -287,7 +428,6 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("tres-bind", None),
     ("tres-per-task", None),
     ("uid", None),
-    ("use-min-nodes", None),
     ("verbose", Some('v')),
     ("wait", Some('W')),
     ("wait-all-nodes", None),

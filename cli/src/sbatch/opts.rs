@@ -92,11 +92,61 @@ opts! {
         container_workdir: String,
         /// `--container-env`.
         container_env: Vec<String>,
+        /// `--nodes=MIN-MAX`: the most (0: no range; set with `nodes`).
+        nodes_max: u32,
+        /// `-C/--constraint`, as given.
+        constraint: String,
+        /// `-w/--nodelist`, expanded.
+        req_nodes: Vec<String>,
+        /// `-x/--exclude`, expanded.
+        exc_nodes: Vec<String>,
+        /// `--ntasks-per-node` / `--tasks-per-node`.
+        ntasks_per_node: u32,
+        /// `--mincpus`.
+        min_cpus: u32,
+        /// `--mem-per-cpu`, MiB (0: all of each node's memory).
+        mem_per_cpu_mb: u64,
+        /// `--mem-per-gpu`, MiB.
+        mem_per_gpu_mb: u64,
+        /// `--cpus-per-gpu`.
+        cpus_per_gpu: u32,
+        /// `--exclusive[=user|mcs]` (`NO`, `USER`, `MCS`) or `--oversubscribe` (`YES`).
+        oversubscribe: String,
+        /// `-L/--licenses`.
+        licenses: Vec<berth_proto::v1::LicenseRequest>,
+        /// `--reservation`.
+        reservation: String,
+        /// `--mail-type`, canonical.
+        mail_type: String,
+        /// `--mail-user`.
+        mail_user: String,
+        /// `--begin`, ms since the epoch.
+        begin_ms: u64,
+        /// `--deadline`, ms since the epoch.
+        deadline_ms: u64,
+        /// `--nice`.
+        nice: i32,
+        /// `--comment`.
+        comment: String,
+        /// `--gpu-bind`.
+        gpu_bind: String,
+        /// `--gres-flags`.
+        gres_flags: String,
+        /// `--hint`.
+        hint: String,
+        /// `-m/--distribution`.
+        distribution: String,
+        /// `-k/--no-kill`.
+        no_kill: bool,
     }
     flags {
         /// `--parsable`.
         parsable,
         /// `-H`.
         hold,
+        /// `--use-min-nodes`.
+        use_min_nodes,
+        /// `--spread-job`.
+        spread_job,
     }
 }

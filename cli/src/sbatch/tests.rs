@@ -313,26 +313,87 @@ const OPTION_ERRORS: &[(&[&str], &str)] = &[
         &["-d", "aftercorr:1", "job.sh"],
         "dependency type \"aftercorr\" is not supported",
     ),
+    // Bad values of the node-selection options, with Slurm 22.05's words.
     (
-        &["--mail-type=END", "job.sh"],
-        "option --mail-type is not supported",
+        &["--mail-type=bogus", "job.sh"],
+        "Invalid --mail-type specification",
     ),
     (
-        &["--exclusive", "job.sh"],
-        "option --exclusive is not supported",
+        &["--exclusive=bogus", "job.sh"],
+        "Invalid --exclusive specification",
     ),
-    (&["-w", "n1", "job.sh"], "-w/--nodelist is not supported"),
     (
-        &["--mem-per-cpu=1G", "job.sh"],
-        "option --mem-per-cpu is not supported",
+        &["--constraint=a&", "job.sh"],
+        "Invalid feature specification",
+    ),
+    (&["-C", "[a|b", "job.sh"], "Invalid feature specification"),
+    (
+        &["--nodes=8-2", "job.sh"],
+        "Maximum node count 2 is less than minimum node count 8",
+    ),
+    (
+        &["--nodes=1,2", "job.sh"],
+        "\"1,2\" is not a valid node count",
+    ),
+    (
+        &["--mem-per-cpu=-1", "job.sh"],
+        "Invalid --mem-per-cpu specification",
+    ),
+    (&["--mem=16GiB", "job.sh"], "invalid --mem value '16GiB'"),
+    (
+        &["--exclude=node[3-1]", "job.sh"],
+        "Invalid node name specified",
+    ),
+    (&["-w", "n[1-", "job.sh"], "Invalid node name specified"),
+    (
+        &["-w", "n[1-2]", "-N", "1", "job.sh"],
+        "invalid number of nodes (-N 2-1)",
+    ),
+    (&["--mincpus=0", "job.sh"], "Invalid --mincpus value \"0\""),
+    (
+        &["--ntasks-per-node=x", "job.sh"],
+        "Invalid numeric value \"x\" for --ntasks-per-node",
+    ),
+    (
+        &["--tasks-per-node=0", "job.sh"],
+        "Invalid --tasks-per-node value \"0\"",
+    ),
+    (
+        &["--cpus-per-gpu=0", "-G", "1", "job.sh"],
+        "Invalid --cpus-per-gpu value \"0\"",
+    ),
+    (
+        &["-L", "matlab:x", "job.sh"],
+        "Invalid license specification",
+    ),
+    (
+        &["--begin=bogus", "job.sh"],
+        "Invalid time specification (pos=0): bogus",
+    ),
+    (&["--deadline=now+", "job.sh"], "Invalid time specification"),
+    (
+        &["--hint=bogus", "job.sh"],
+        "unrecognized --hint argument \"bogus\", see --hint=help",
+    ),
+    (
+        &["--distribution=bogus", "job.sh"],
+        "Invalid --distribution specification",
+    ),
+    (
+        &["--gres-flags=bogus", "job.sh"],
+        "Invalid --gres-flags specification",
+    ),
+    (
+        &["--mem-per-gpu=10G", "job.sh"],
+        "Requested mem_per_tres=gres:gpu:10240 but did not request any GPU.",
+    ),
+    (
+        &["--mem-per-cpu=4G", "--mem=8G", "job.sh"],
+        "--mem, --mem-per-cpu, and --mem-per-gpu are mutually exclusive.",
     ),
     (
         &["--gpus-per-socket=1", "job.sh"],
         "option --gpus-per-socket is not supported",
-    ),
-    (
-        &["--ntasks-per-node=2", "job.sh"],
-        "option --ntasks-per-node is not supported",
     ),
     (&["--reboot", "job.sh"], "option --reboot is not supported"),
     (&["--wait", "job.sh"], "option --wait is not supported"),
@@ -356,7 +417,6 @@ const OPTION_ERRORS: &[(&[&str], &str)] = &[
         "Invalid --time specification: abc",
     ),
     (&["--mem=12X", "job.sh"], "invalid --mem value '12X'"),
-    (&["--mem=0", "job.sh"], "not supported by berth yet"),
     (
         &["--nodes=abc", "job.sh"],
         "Invalid numeric value \"abc\" for --nodes",
@@ -365,11 +425,7 @@ const OPTION_ERRORS: &[(&[&str], &str)] = &[
         &["-N", "0", "job.sh"],
         "Invalid --nodes value \"0\": must be at least 1",
     ),
-    (
-        &["-N", "2-4", "job.sh"],
-        "--nodes=2-4: a node count range (give one number) is not supported by berth yet",
-    ),
-    (&["-N", "-2", "job.sh"], "Invalid numeric value"),
+    (&["-N", "-2", "job.sh"], "\"-2\" is not a valid node count"),
     (&["-n", "0", "job.sh"], "Invalid --ntasks value \"0\""),
     (
         &["-c", "0", "job.sh"],
@@ -978,15 +1034,14 @@ fn environment_variables() {
         .map(|s| summary(&s.spec))
         .expect("parses");
     assert!(got.contains("p=cli "), "command line overrides env: {got}");
-    f.ctx.env.insert("SBATCH_EXCLUSIVE".into(), "".into());
+    f.ctx.env.insert("SBATCH_WCKEY".into(), "x".into());
     let err = f
         .run(&["job.sh"])
         .map(|s| summary(&s.spec))
         .map_err(|e| e.to_string());
-    let want =
-        "environment variable SBATCH_EXCLUSIVE: option --exclusive is not supported by berth yet";
+    let want = "environment variable SBATCH_WCKEY: option --wckey is not supported by berth yet";
     assert_eq!(err, Err(want.to_string()));
-    f.ctx.env.remove("SBATCH_EXCLUSIVE");
+    f.ctx.env.remove("SBATCH_WCKEY");
     f.ctx.env.insert("SBATCH_TIMELIMIT".into(), "soon".into());
     let err = f
         .run(&["job.sh"])
@@ -1147,4 +1202,100 @@ fn container_options_as_pyxis_names_them() {
             ),
         ],
     );
+}
+
+/// The options scripts in the wild use most (each refused by berth before it read them),
+/// as Slurm 22.05 takes them: the spec fields they land in.
+#[test]
+fn node_selection_options_land_in_the_spec() {
+    let f = Fixture::new();
+    f.script("job.sh", "#!/bin/sh\ntrue\n");
+    let run = |args: &[&str]| f.run(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).spec;
+    let s = run(&["--ntasks-per-node=4", "-N", "2", "job.sh"]);
+    assert_eq!((s.nodes, s.ntasks, s.ntasks_per_node), (2, 8, 4));
+    let s = run(&["--tasks-per-node=2", "-n", "6", "job.sh"]);
+    assert_eq!((s.nodes, s.ntasks, s.ntasks_per_node), (3, 6, 2));
+    let s = run(&["-n", "8", "job.sh"]);
+    assert_eq!((s.nodes, s.nodes_max, s.use_min_nodes), (1, 8, true));
+    let s = run(&["--nodes=2-8", "--use-min-nodes", "job.sh"]);
+    assert_eq!((s.nodes, s.nodes_max, s.use_min_nodes), (2, 8, true));
+    let s = run(&["--mem-per-cpu=4G", "--mincpus=8", "job.sh"]);
+    assert_eq!((s.mem_per_cpu_mb, s.min_cpus_node, s.mem_mb), (4096, 8, 0));
+    for m in ["16GB", "16gb", "16Gb", "16G"] {
+        assert_eq!(run(&[&format!("--mem={m}"), "job.sh"]).mem_mb, 16384, "{m}");
+    }
+    let s = run(&["--mem=0", "job.sh"]);
+    assert!(s.mem_whole_node && s.mem_mb == 0);
+    let s = run(&[
+        "--mem-per-gpu=10G",
+        "--cpus-per-gpu=3",
+        "--gpus-per-node=2",
+        "job.sh",
+    ]);
+    assert_eq!(
+        (s.mem_per_gpu_mb, s.cpus_per_gpu, s.gpus_per_node),
+        (10240, 3, 2)
+    );
+    let s = run(&[
+        "-C",
+        "h100&ib",
+        "-w",
+        "gpu[001-002]",
+        "-x",
+        "gpu003",
+        "job.sh",
+    ]);
+    assert_eq!(s.constraint, "h100&ib");
+    assert_eq!(s.req_nodes, ["gpu001", "gpu002"]);
+    assert_eq!(s.exc_nodes, ["gpu003"]);
+    assert_eq!(s.nodes, 2, "-w without -N takes as many nodes as it names");
+    assert_eq!(run(&["--exclusive", "job.sh"]).oversubscribe, "NO");
+    assert_eq!(run(&["--exclusive=user", "job.sh"]).oversubscribe, "USER");
+    assert_eq!(run(&["-s", "job.sh"]).oversubscribe, "YES");
+    let s = run(&["-L", "matlab:2,comsol", "--reservation=maint", "job.sh"]);
+    let l: Vec<(String, u32)> = s
+        .licenses
+        .iter()
+        .map(|l| (l.name.clone(), l.count))
+        .collect();
+    assert_eq!(l, [("matlab".to_string(), 2), ("comsol".to_string(), 1)]);
+    assert_eq!(s.reservation, "maint");
+    let s = run(&["--mail-type=fail,end", "--mail-user=a@b.org", "job.sh"]);
+    assert_eq!(
+        (s.mail_type.as_str(), s.mail_user.as_str()),
+        ("END,FAIL", "a@b.org")
+    );
+    let s = run(&[
+        "--nice=5",
+        "--comment=hi",
+        "--gpu-bind=closest",
+        "--gres-flags=enforce-binding",
+        "--hint=nomultithread",
+        "-m",
+        "block:cyclic",
+        "--spread-job",
+        "-k",
+        "--no-requeue",
+        "--begin=2030-01-01T10:00:00",
+        "--deadline=2030-01-02",
+        "job.sh",
+    ]);
+    assert_eq!(s.nice, 5);
+    assert_eq!(s.comment, "hi");
+    assert_eq!(s.gpu_bind, "closest");
+    assert_eq!(s.gres_flags, "enforce-binding");
+    assert_eq!(s.hint, "nomultithread");
+    assert_eq!(s.distribution, "block:cyclic");
+    assert!(s.spread_job && s.no_kill);
+    assert_eq!(s.requeue, Some(false));
+    assert!(s.begin_time_ms > 1_893_000_000_000 && s.deadline_ms > s.begin_time_ms);
+    assert!(!run(&["job.sh"]).time_limit_set);
+    assert!(run(&["-t", "10", "job.sh"]).time_limit_set);
+    // A directive sets what the command line does not.
+    f.script(
+        "d.sh",
+        "#!/bin/sh\n#SBATCH --ntasks-per-node=2\n#SBATCH -C \"h100|a100\"\ntrue\n",
+    );
+    let s = run(&["-N", "3", "d.sh"]);
+    assert_eq!((s.ntasks, s.constraint.as_str()), (6, "h100|a100"));
 }

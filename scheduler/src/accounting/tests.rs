@@ -143,6 +143,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 2,
                 reason: String::new(),
+                ..Default::default()
             }),
         ),
         cmd(90_000, Cmd::Submit(pb::SubmitJob { spec: Some(victim) })),

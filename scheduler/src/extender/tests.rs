@@ -643,6 +643,7 @@ fn an_expired_reservation_is_released_by_cancel() {
         cmd: Some(pb::command::Cmd::Cancel(pb::CancelJob {
             job_id: expired[0],
             reason: "pod group reservation timed out".into(),
+            end_state: 0,
         })),
     };
     sm.apply(11, cancel);

@@ -64,6 +64,9 @@ fn state_changing(path: &str) -> bool {
             | "ResumeGpu"
             | "IssueToken"
             | "Attach"
+            | "SetCluster"
+            | "ChangeReservation"
+            | "DrainNode"
     )
 }
 
@@ -98,7 +101,9 @@ fn method_check(path: &str, c: &Caller) -> Result<(), Status> {
             let need = match method {
                 // SetAccounts: admins, or coordinators within their accounts (the handler
                 // judges the change).
-                "ChangeMembership" => Role::Admin,
+                "ChangeMembership" | "SetCluster" => Role::Admin,
+                // Slurm: reservations and node states are operators' (and admins').
+                "ChangeReservation" | "DrainNode" => Role::Operator,
                 "ResumeGpu" | "QueryAudit" | "BindPod" => Role::Operator,
                 _ => Role::User,
             };

@@ -60,7 +60,7 @@ impl NodeGpus {
     /// Counts `node`'s GPUs.
     pub fn of(node: &pb::Node) -> NodeGpus {
         let mut c = NodeGpus {
-            up: node.state() == pb::NodeState::Up,
+            up: node.state() == pb::NodeState::Up && !node.drain,
             cpus_free: node
                 .inventory
                 .as_ref()
