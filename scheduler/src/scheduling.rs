@@ -107,7 +107,7 @@ async fn install_once(
         if current(&raft.state()) == wanted {
             return;
         }
-        match raft.propose(crate::server::command(cmd.clone())).await {
+        match raft.propose(crate::command::command(cmd.clone())).await {
             Ok(Outcome::Done) => {
                 tracing::info!("{what} installed");
                 return;
@@ -201,14 +201,14 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
 }
 
 async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
-    let now = crate::server::now_ms();
+    let now = crate::command::now_ms();
     let Some(plan) = plan(&raft.state(), raft.term(), now) else {
         return;
     };
     reasons.replace(plan.reasons);
     if let Some(preempt) = plan.preempt {
         let cmd = pb::command::Cmd::Preempt(preempt);
-        match raft.propose(crate::server::command(cmd)).await {
+        match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => {}
             Ok(other) => tracing::warn!("preemption partly refused: {other:?}"),
             Err(e) => tracing::warn!("preemption not proposed: {e}"),
@@ -216,7 +216,7 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
     }
     if let Some(alloc) = plan.allocate {
         let cmd = pb::command::Cmd::Allocate(alloc);
-        match raft.propose(crate::server::command(cmd)).await {
+        match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => {}
             Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
             Err(e) => tracing::warn!("allocation not proposed: {e}"),

@@ -8,6 +8,7 @@
 //! job events, and any protocol violation closes it.
 
 use crate::agents::{reconcile, AgentRegistry, AgentSender};
+use crate::command::{command, now_ms};
 use crate::raft_loop::{ProposeError, RaftHandle};
 use crate::scheduling::PendingReasons;
 use crate::state_machine::{validate_inventory, Effect, Outcome};
@@ -21,14 +22,6 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Milliseconds since the Unix epoch: the leader's clock, stamped into commands.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Tries of a bind whose GPUs the scheduling loop took between choice and commit.
 const BIND_ATTEMPTS: u32 = 3;
 
@@ -36,13 +29,9 @@ const BIND_ATTEMPTS: u32 = 3;
 /// to a follower.
 pub const LEADER_HEADER: &str = "berth-leader";
 
-/// A command stamped with the leader's clock.
-pub fn command(cmd: Cmd) -> pb::Command {
-    pb::Command {
-        time_ms: now_ms(),
-        cmd: Some(cmd),
-    }
-}
+/// Largest gRPC message accepted (a job spec carries its script; Slurm's default limit on a
+/// batch script is 4 MiB, plus room for the environment).
+pub const MESSAGE_BYTES_MAX: usize = 8 << 20;
 
 /// What the services share.
 pub struct Shared {
@@ -134,9 +123,7 @@ impl Api {
         };
         let client =
             pb::job_service_client::JobServiceClient::new(self.0.leader_channel.get(&url)?);
-        Ok(Some(client.max_encoding_message_size(
-            crate::daemon::MESSAGE_BYTES_MAX,
-        )))
+        Ok(Some(client.max_encoding_message_size(MESSAGE_BYTES_MAX)))
     }
 
     /// The leader's URL when this replica is a follower of a group; `None` when it leads
