@@ -11,12 +11,15 @@
 //! - [`duration`], [`memory`]: Slurm's time-limit and memory formats.
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
+//! - [`array_view`]: job arrays as the tools show and select them (`12_[4-15%4]`, `12_3`).
+//! - [`job_update`]: `scontrol update JobId=…` on arrays and tasks.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
 
+pub mod array_view;
 pub mod client;
 pub mod commands;
 pub mod dev;
@@ -24,6 +27,7 @@ pub mod duration;
 pub mod fairshare;
 pub mod format;
 pub mod hostlist;
+pub mod job_update;
 pub mod memory;
 pub mod opt;
 pub mod sbatch;

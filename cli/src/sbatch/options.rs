@@ -5,6 +5,7 @@
 use super::opts::Opts;
 use crate::duration::parse_time_limit;
 use crate::memory::parse_mem;
+use crate::opt::array::parse_array;
 use crate::opt::container::{
     parse_container_env, parse_container_image, parse_container_mounts, parse_container_workdir,
 };
@@ -77,12 +78,23 @@ fn dependency(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
     Ok(())
 }
 
+fn array(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let spec = parse_array(v).map_err(|reason| OptError::InvalidArray {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.array = Some(spec);
+    Ok(())
+}
+
 /// The options berth implements.
 pub const SUPPORTED: &[OptionSpec<Opts>] = &[
     opt("account", Some('A'), REQ, "Account", |o, l, v| {
         o.account = Some(non_empty(l, text(v))?);
         Ok(())
     }),
+    opt("array", Some('a'), REQ, "ArrayTaskId", array),
     opt("chdir", Some('D'), REQ, "WorkDir", |o, l, v| {
         o.chdir = Some(non_empty(l, text(v))?);
         Ok(())
@@ -207,7 +219,6 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
 
 pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("acctg-freq", None),
-    ("array", Some('a')),
     ("batch", None),
     ("bb", None),
     ("bbf", None),

@@ -9,7 +9,7 @@
 use crate::opt::export::Export;
 use crate::opt::gres::GpuRequest;
 use crate::opt::signal::SignalSpec;
-use berth_proto::v1::DependencyCondition;
+use berth_proto::v1::{ArraySpec, DependencyCondition};
 
 /// Declares `Opts` with its valued fields (`Option<T>`, `None` = not given) and its flags
 /// (`bool`, set by any source), and `overlaid_by`.
@@ -78,6 +78,8 @@ opts! {
         signal: SignalSpec,
         /// `-d`.
         dependencies: Vec<DependencyCondition>,
+        /// `-a/--array`.
+        array: ArraySpec,
         /// `-D`.
         chdir: String,
         /// `--export`.

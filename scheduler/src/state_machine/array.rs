@@ -487,11 +487,17 @@ impl StateMachine {
         }
         let mut effects = vec![];
         if let Some(n) = c.max_running {
-            let meta = self.state.jobs.get_mut(&c.job_id).expect("checked");
-            if let Some(a) = meta.spec.as_mut().and_then(|s| s.array.as_mut()) {
-                a.max_running = n;
+            // Every record of the array carries the spec: task records show the new
+            // throttle too (ArrayTaskThrottle=), though only the array's own one counts.
+            for job in self.state.jobs.values_mut() {
+                if job.array_job_id != c.job_id {
+                    continue;
+                }
+                if let Some(a) = job.spec.as_mut().and_then(|s| s.array.as_mut()) {
+                    a.max_running = n;
+                }
+                effects.push(changed(job.id));
             }
-            effects.push(changed(c.job_id));
         }
         if let Some(secs) = c.time_limit_secs {
             let mut ids = match &wanted {
