@@ -145,6 +145,12 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
         .into_iter()
         .map(|(id, reason)| (id, (reason.to_string(), None)))
         .collect();
+    // Array tasks held back by their throttle never reach the policies either.
+    for id in sm.throttle_waits() {
+        reasons
+            .entry(id)
+            .or_insert(("JobArrayTaskLimit".to_string(), None));
+    }
     if pending.is_empty() {
         // Most passes (every job change wakes one) find nothing to place: skip the cluster
         // view, which costs a walk over every node and GPU.

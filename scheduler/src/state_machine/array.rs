@@ -545,6 +545,10 @@ impl StateMachine {
 }
 
 #[cfg(test)]
+#[path = "array_tests.rs"]
+mod array_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

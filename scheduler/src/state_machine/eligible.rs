@@ -196,6 +196,24 @@ impl StateMachine {
             .collect()
     }
 
+    /// Records of arrays (pending, not held, their dependencies met) that wait only
+    /// because their array already runs as many tasks as its `%N` throttle allows:
+    /// Slurm's reason `JobArrayTaskLimit`. The pass never sees them.
+    pub fn throttle_waits(&self) -> Vec<u64> {
+        let census = Census::of(self);
+        self.state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Pending && !j.held && j.array_job_id != 0)
+            .filter(|j| census.room(self, j.array_job_id) == Some(0))
+            .filter(|j| {
+                let task = j.array_task_id.or_else(|| array::tasks_of(j).first());
+                census.status(self, j, task) == DependencyStatus::Satisfied
+            })
+            .map(|j| j.id)
+            .collect()
+    }
+
     /// Jobs ready to be placed, FIFO by id (held jobs wait for release, dependent jobs
     /// for their dependencies).
     pub fn pending_jobs(&self) -> Vec<policies::PendingJob> {
