@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "proto/berth/v1/berth.proto",
+                "proto/berth/v1/accounting.proto",
                 "proto/k8s/deviceplugin/v1beta1/api.proto",
             ],
             &["proto"],

@@ -2,7 +2,8 @@
 //! list, tried in order), else `http://127.0.0.1:7700`.
 
 use berth_proto::v1::{
-    job_service_client::JobServiceClient, node_service_client::NodeServiceClient,
+    accounting_service_client::AccountingServiceClient, job_service_client::JobServiceClient,
+    node_service_client::NodeServiceClient,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -68,4 +69,9 @@ pub fn jobs(channel: Channel) -> JobServiceClient<Channel> {
 /// A node client on `channel`.
 pub fn nodes(channel: Channel) -> NodeServiceClient<Channel> {
     NodeServiceClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// An accounting client on `channel` (sacct answers may be large).
+pub fn accounting(channel: Channel) -> AccountingServiceClient<Channel> {
+    AccountingServiceClient::new(channel).max_decoding_message_size(256 << 20)
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
-    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio",
+    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio", "sacct", "sreport",
 ];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
@@ -25,6 +25,9 @@ commands:
              update JobId=ID[_TASKS] ArrayTaskThrottle=N TimeLimit=T
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
+  sacct      accounting records of jobs (berthd's job history)
+  sreport    cluster Utilization | cluster AccountUtilizationByUser | user TopUsage
+  report     usage --by account|user|partition|gpu-type --since TIME [--csv|--json]
   admin      status | members add ID=HOST:PORT | members remove ID  (berthd replicas)
              accounts show | accounts set FILE  (accounts and priority classes)
 
@@ -61,6 +64,9 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "admin" => admin(args).await,
         "sshare" => crate::fairshare::sshare(args).await,
         "sprio" => crate::fairshare::sprio(args).await,
+        "sacct" => crate::sacct::run(args).await,
+        "sreport" => crate::sreport::run(args).await,
+        "report" => crate::report::run(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;

@@ -18,6 +18,10 @@
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
+//! - [`sacct`], [`sacct_fields`], [`sacct_json`]: `sacct` from berthd's accounting records.
+//! - [`slurm_time`]: Slurm's date-time formats (`-S/-E`, `start=`).
+//! - [`sreport`]: `sreport` cluster/user usage reports.
+//! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
 
 pub mod array_view;
 pub mod client;
@@ -30,10 +34,16 @@ pub mod hostlist;
 pub mod job_update;
 pub mod memory;
 pub mod opt;
+pub mod report;
+pub mod sacct;
+pub mod sacct_fields;
+pub mod sacct_json;
 pub mod sbatch;
 pub mod scontrol;
 pub mod sinfo;
+pub mod slurm_time;
 pub mod squeue;
+pub mod sreport;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

@@ -44,7 +44,11 @@
 //! requeue = true
 //! max_gpus_per_user = 16         # Slurm MaxTRESPerUser=gres/gpu=16 (GPUs + MIG slices)
 //! ```
+//!
+//! `charge = "allocated" | "measured" | "max(measured, F)"` and a `[prices]` table are
+//! described in [`crate::accounting::charge`].
 
+use crate::accounting::charge;
 use berth_policies::{
     packing::Packing, priority::default_classes, AccountSpec, AccountTree, PolicyConfig,
     PolicyError, PriorityWeights, QosClass, Quota,
@@ -100,6 +104,12 @@ struct File {
     account: Vec<AccountEntry>,
     #[serde(default)]
     qos: Vec<QosEntry>,
+    /// How fair share charges GPUs (see [`crate::accounting::charge`]).
+    #[serde(default)]
+    charge: Option<String>,
+    /// Prices for cost reports (see [`crate::accounting::charge`]).
+    #[serde(default)]
+    prices: Option<charge::PricesEntry>,
 }
 
 fn half_life_default() -> u64 {
@@ -188,6 +198,10 @@ pub struct AccountsConfig {
     pub default_account: String,
     /// Job array task indexes are below this (Slurm's MaxArraySize).
     pub max_array_size: u32,
+    /// How fair share charges GPU use (`charge = …`; default: as allocated).
+    pub charge: charge::ChargeMode,
+    /// Prices for cost reports (`[prices]`).
+    pub prices: charge::PriceTable,
 }
 
 impl AccountsConfig {
@@ -329,10 +343,17 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
             "max_array_size = {max_array_size}: must be within [1, {most}]"
         )));
     }
+    let charge = match &file.charge {
+        Some(c) => charge::parse_charge(c).map_err(AccountsError::Rule)?,
+        None => charge::ChargeMode::Allocated,
+    };
+    let prices = charge::prices(file.prices).map_err(AccountsError::Rule)?;
     let cfg = AccountsConfig {
         policy,
         default_account: file.default_account,
         max_array_size,
+        charge,
+        prices,
     };
     let tree = &cfg.policy.accounts;
     match tree.index(&cfg.default_account) {

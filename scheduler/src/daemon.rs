@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     /// Network tree (topology.conf text, already validated) to install through the log the
     /// same way; `None` keeps the replicated one.
     pub topology_conf: Option<String>,
+    /// Where accounting records go (sled in the state directory, or PostgreSQL) and how
+    /// long they are kept.
+    pub accounting: crate::accounting::AccountingConfig,
 }
 
 impl DaemonConfig {
@@ -52,6 +55,7 @@ impl DaemonConfig {
             agent_silence_max: Duration::from_secs(30),
             accounts_toml: None,
             topology_conf: None,
+            accounting: Default::default(),
         }
     }
 }
@@ -62,6 +66,9 @@ pub enum DaemonError {
     /// The replica could not start (state directory unusable or corrupt).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The accounting store could not be opened.
+    #[error(transparent)]
+    Accounting(#[from] crate::accounting::store::StoreError),
     /// The durable store failed while running.
     #[error("raft storage failed: {0}")]
     Store(#[from] StoreError),
@@ -97,7 +104,13 @@ impl Daemon {
                 detail: format!("cannot create state directory: {e}"),
             })
         })?;
-        let (raft, raft_thread) = RaftHandle::start(cfg.raft.clone())?;
+        let accounting = Arc::new(crate::accounting::Accounting::open(
+            &cfg.raft.state_dir.join("accounting"),
+            &cfg.accounting,
+        )?);
+        let hook: Arc<dyn crate::raft_loop::ApplyHook> = accounting.recorder.clone();
+        let (raft, raft_thread) = RaftHandle::start_with(cfg.raft.clone(), Some(hook))?;
+        tokio::spawn(accounting.recorder.clone().run(shutdown.clone()));
         let agents = Arc::new(AgentRegistry::default());
         let reasons = Arc::new(PendingReasons::default());
         tokio::spawn(dispatch_loop(
@@ -139,7 +152,10 @@ impl Daemon {
             agent_silence_max: cfg.agent_silence_max,
             leader_channel: Default::default(),
             bind_lock: Default::default(),
+            accounting: accounting.clone(),
         }));
+        let accounting_api =
+            crate::accounting::service::AccountingApi::new(raft.clone(), accounting);
         let api_for_http = api.clone();
         let mut stop = shutdown;
         let server = tonic::transport::Server::builder()
@@ -153,6 +169,12 @@ impl Daemon {
                 AgentServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
             )
             .add_service(AdminServiceServer::new(api.clone()))
+            .add_service(
+                berth_proto::v1::accounting_service_server::AccountingServiceServer::new(
+                    accounting_api,
+                )
+                .max_encoding_message_size(256 << 20),
+            )
             .add_service(
                 RaftServiceServer::new(api)
                     .max_decoding_message_size(crate::transport::RAFT_BYTES_MAX)

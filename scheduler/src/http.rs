@@ -62,6 +62,11 @@ pub fn router(api: Api, kube: Result<Kube, String>) -> Router {
     registry
         .register(Box::new(extender_requests.clone()))
         .expect("registered once");
+    api.0
+        .accounting
+        .metrics
+        .register(&registry)
+        .expect("accounting metric names are unique");
     let http = Http {
         jobs: gauge(&registry, "berth_jobs", "Jobs by state", &["state"]),
         nodes: gauge(&registry, "berth_nodes", "Nodes by state", &["state"]),
@@ -249,6 +254,7 @@ impl Http {
     /// they can never drift from it).
     fn refresh(&self) {
         let sm = self.raft.state();
+        self.api.0.accounting.metrics.refresh(&sm);
         self.jobs.reset();
         for job in sm.jobs() {
             let name = job.state().as_str_name().trim_start_matches("JOB_STATE_");

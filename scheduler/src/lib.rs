@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`accounts`]: the accounts/QOS TOML configuration.
+//! - [`accounting`]: job history (records from the log, sled or PostgreSQL store), sacct
+//!   and report queries, prices and measured charging, per-account metrics.
 //! - [`storage`]: `raft::Storage` over sled (log, hard state, snapshots).
 //! - [`mem_storage`]: the same contract in memory, with crash semantics, for the simulator.
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
@@ -29,6 +31,7 @@
 //!   `berth dev`).
 #![deny(missing_docs)]
 
+pub mod accounting;
 pub mod accounts;
 pub mod agents;
 pub mod command;

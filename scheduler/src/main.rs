@@ -55,6 +55,14 @@ struct Args {
     /// like --accounts.
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Accounting store: `sled` (embedded in the state directory, the default) or a
+    /// PostgreSQL URL (`postgres://user@host/db`). Also BERTH_ACCOUNTING_STORE.
+    #[arg(long, env = "BERTH_ACCOUNTING_STORE", default_value = "sled")]
+    accounting_store: String,
+    /// How long job records are kept after the job ends, as slurmdbd's PurgeJobAfter
+    /// (`12months`, `365days`, `720hours`).
+    #[arg(long, default_value = "12months")]
+    accounting_retention: String,
 }
 
 #[tokio::main]
@@ -79,6 +87,13 @@ async fn main() -> anyhow::Result<()> {
     cfg.raft.snapshot_entries = args.snapshot_entries.max(1);
     cfg.default_partition = args.default_partition;
     cfg.node_timeout = Duration::from_secs(args.node_timeout_secs.max(1));
+    cfg.accounting.retention_ms =
+        berth_scheduler::accounting::parse_retention(&args.accounting_retention)
+            .map_err(anyhow::Error::msg)?;
+    cfg.accounting.postgres_url = match args.accounting_store.as_str() {
+        "sled" => None,
+        url => Some(url.to_string()),
+    };
     if let Some(path) = &args.accounts {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read accounts file {}", path.display()))?;

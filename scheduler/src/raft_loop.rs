@@ -162,6 +162,16 @@ struct Status {
     stopped: AtomicBool,
 }
 
+/// Called by the Raft thread for every applied entry and every restored state (start-up,
+/// a snapshot from the leader), before the effects are published. Accounting uses it to
+/// record ended runs from the log; it must be quick and must not fail the replica.
+pub trait ApplyHook: Send + Sync {
+    /// `entry` was applied to `sm` and produced `effects`.
+    fn applied(&self, sm: &StateMachine, entry: &Entry, effects: &[Effect]);
+    /// `sm` was restored from a snapshot; entries after it follow through `applied`.
+    fn restored(&self, sm: &StateMachine);
+}
+
 /// Applied commands' effects, in log order.
 #[derive(Debug, Clone)]
 pub struct AppliedEffects {
@@ -205,6 +215,17 @@ impl RaftHandle {
     pub fn start(
         cfg: RaftConfig,
     ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
+        Self::start_with(cfg, None)
+    }
+
+    /// [`RaftHandle::start`] with an [`ApplyHook`] told of every applied entry.
+    ///
+    /// # Errors
+    /// As [`RaftHandle::start`].
+    pub fn start_with(
+        cfg: RaftConfig,
+        hook: Option<Arc<dyn ApplyHook>>,
+    ) -> Result<(RaftHandle, std::thread::JoinHandle<Result<(), StoreError>>), StartError> {
         let store = SledStorage::open(&cfg.state_dir, &cfg.initial_voters())?;
         // Members added at runtime are remembered by the store; the command line may name
         // more (or newer addresses).
@@ -214,7 +235,10 @@ impl RaftHandle {
         }
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
         let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone());
-        let replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
+        let mut replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
+        if let Some(hook) = hook {
+            replica.set_hook(hook);
+        }
         let handle = RaftHandle {
             id: cfg.id,
             inputs: tx,
@@ -458,6 +482,8 @@ pub struct Replica<S: LogStore, M: Mailbox> {
     reads_ready: Vec<(u64, oneshot::Sender<()>)>,
     /// Entries applied since the last [`Replica::take_applied`], when recording.
     applied_log: Option<Vec<Entry>>,
+    /// Told of every applied entry and restored state (accounting).
+    hook: Option<Arc<dyn ApplyHook>>,
 }
 
 impl<S: LogStore, M: Mailbox> Replica<S, M> {
@@ -514,7 +540,14 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             reads: HashMap::new(),
             reads_ready: Vec::new(),
             applied_log: None,
+            hook: None,
         })
+    }
+
+    /// Installs `hook` and tells it of the state restored so far.
+    pub fn set_hook(&mut self, hook: Arc<dyn ApplyHook>) {
+        hook.restored(&self.state());
+        self.hook = Some(hook);
     }
 
     /// Proposes `cmd`; the receiver gets its outcome once it is applied here.
@@ -696,6 +729,9 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             path: self.node.store().location().to_string(),
             detail: format!("snapshot from leader: {e}"),
         })?;
+        if let Some(hook) = &self.hook {
+            hook.restored(&sm);
+        }
         *self.shared.state.write().unwrap_or_else(|e| e.into_inner()) = sm;
         tracing::info!(index, "installed a snapshot from the leader");
         Ok(())
@@ -790,6 +826,9 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
         } else {
             apply_entry(sm, &entry)
         };
+        if let Some(hook) = &self.hook {
+            hook.applied(sm, &entry, &effects);
+        }
         if !effects.is_empty() {
             let _ = self.shared.effects.send(Arc::new(AppliedEffects {
                 index: entry.index,

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Binds pick GPUs from the applied state and then propose: one at a time, so two
     /// concurrent binds never pick the same GPUs (the log would refuse the second).
     pub bind_lock: tokio::sync::Mutex<()>,
+    /// Job history and its metrics.
+    pub accounting: Arc<crate::accounting::Accounting>,
 }
 
 /// One lazily connected channel to the current leader, shared by every forwarded request:

@@ -13,6 +13,7 @@
 //!
 //! [`apply`]: StateMachine::apply
 
+use crate::accounting::record;
 use crate::accounts::AccountsConfig;
 use berth_policies as policies;
 use berth_proto::v1::{self as pb, command::Cmd, JobState, NodeState};
@@ -496,14 +497,21 @@ impl StateMachine {
                 return (Outcome::Rejected(why), vec![]);
             }
         }
+        let mut effects = Vec::new();
         for mut u in c.jobs {
             u.node = c.node.clone();
             let job = self.state.jobs.get_mut(&u.job_id).expect("checked above");
             job.usage.retain(|x| x.node != c.node);
+            let id = u.job_id;
             job.usage.push(u);
             job.usage.sort_by(|a, b| a.node.cmp(&b.node));
+            // A late report changes an ended job's accounting record: say so (running
+            // jobs change at every heartbeat and would only wake the scheduler).
+            if is_final(job.state()) {
+                effects.push(changed(id));
+            }
         }
-        (Outcome::Done, vec![])
+        (Outcome::Done, effects)
     }
 
     fn check_usage(&self, node: &str, u: &pb::JobUsage) -> Result<(), String> {
@@ -787,8 +795,12 @@ impl StateMachine {
     /// A preempted (or GPU-failed) job ends its run (resources freed, usage charged) and waits again with
     /// the same id, one more restart, and a fresh eligible time.
     fn requeue(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
+        // Accounting keeps the ended run (one record per run) before the job is reset.
+        let run = record::run_of(&self.state.jobs[&id], f.state(), f, self.applied_index, now);
         self.release(id, f, now);
         let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        record::push_run(job, run);
+        job.usage.clear();
         job.state = JobState::Pending as i32;
         job.reason = "None".into();
         job.restart_count += 1;
@@ -965,6 +977,10 @@ impl StateMachine {
                 a.gpu_uuids.len() as u64 * u64::from(per)
             })
             .sum();
+        // charge = measured | max(measured, F): GPUs count by their measured busy part.
+        let has_mig = job.allocations.iter().any(|a| !a.mig_slices.is_empty());
+        let factor = self.accounts.charge.gpu_factor(&job.usage, has_mig);
+        let gpu_milli = (gpu_milli as f64 * factor).round() as u64;
         let cpus: u64 = job.allocations.iter().map(|a| u64::from(a.cpus)).sum();
         let mem: u64 = job.allocations.iter().map(|a| a.mem_mb).sum();
         let slices: Vec<policies::mig::MigGrant> = job

@@ -2,6 +2,8 @@
 //! binaries are, and free loopback ports. The tests run the real binaries, so they need
 //! `cargo build --workspace` first (README's test command does it).
 
+pub mod postgres;
+
 use std::path::PathBuf;
 
 /// `target/<profile>`: test binaries live in its `deps/`.
