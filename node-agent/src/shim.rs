@@ -36,6 +36,9 @@ pub struct ShimSpec {
     /// Set for the `oci` runtime: run `argv` in this container instead of as a process.
     #[serde(default)]
     pub container: Option<crate::oci::ContainerJob>,
+    /// `--open-mode=append`: open the output files for appending instead of truncating.
+    #[serde(default)]
+    pub append: bool,
 }
 
 /// How the job ended, as the shim saw it.
@@ -122,15 +125,21 @@ fn tell_user(stderr: &Path, error: &str) {
     }
 }
 
-/// Opens (truncates) an output file, owned by `owner` when given.
+/// Opens an output file, truncated or (`append`, sbatch `--open-mode=append`) appended
+/// to, owned by `owner` when given.
 ///
 /// # Errors
 /// The message to report when it cannot be opened.
-pub(crate) fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File, String> {
+pub(crate) fn open_output(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+    append: bool,
+) -> Result<File, String> {
     let f = OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(true)
+        .append(append)
+        .truncate(!append)
         .mode(0o644)
         .open(path)
         .map_err(|e| format!("cannot open output file {}: {e}", path.display()))?;
@@ -141,11 +150,11 @@ pub(crate) fn open_output(path: &Path, owner: Option<(u32, u32)>) -> Result<File
 }
 
 fn spawn(spec: &ShimSpec) -> Result<std::process::Child, String> {
-    let stdout = open_output(&spec.stdout, spec.uid_gid)?;
+    let stdout = open_output(&spec.stdout, spec.uid_gid, spec.append)?;
     let stderr = if spec.stderr == spec.stdout {
         stdout.try_clone().map_err(|e| e.to_string())?
     } else {
-        open_output(&spec.stderr, spec.uid_gid)?
+        open_output(&spec.stderr, spec.uid_gid, spec.append)?
     };
     let (prog, args) = spec.argv.split_first().ok_or("empty argv")?;
     let mut cmd = Command::new(prog);

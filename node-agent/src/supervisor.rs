@@ -307,6 +307,7 @@ impl Supervisor {
             uid_gid: (as_root && spec.uid != 0 && container.is_none())
                 .then_some((spec.uid, spec.gid)),
             container,
+            append: spec.open_append,
         };
         write_json(&dir, "shim.json", &shim);
         write_json(&dir, "started_ms", &now_ms());

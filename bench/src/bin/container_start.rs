@@ -125,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             stderr: dir.join("out"),
             uid_gid: None,
             container: Some(job.clone()),
+            append: false,
         };
         let t = Instant::now();
         let rec = oci::lifecycle::run(&dir, &spec, &job);

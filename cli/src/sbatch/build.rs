@@ -299,6 +299,8 @@ pub fn build_spec(
         switches_wait_secs,
         dependencies: opts.dependencies.unwrap_or_default(),
         array: opts.array,
+        open_append: opts.open_append.unwrap_or(false),
+        wckey: opts.wckey.unwrap_or_default(),
     })
 }
 

@@ -35,6 +35,21 @@ fn text(value: Option<&str>) -> &str {
     value.unwrap_or_default()
 }
 
+/// `--open-mode=append|truncate` (Slurm takes any prefix of either, `a` or `t` at least):
+/// whether output files are appended to.
+fn parse_open_mode(option: &str, value: &str) -> Result<bool, OptError> {
+    let v = value.to_ascii_lowercase();
+    match v.chars().next() {
+        Some('a') if "append".starts_with(&v) => Ok(true),
+        Some('t') if "truncate".starts_with(&v) => Ok(false),
+        _ => Err(OptError::InvalidValue {
+            option: option.to_string(),
+            value: value.to_string(),
+            reason: "Invalid --open-mode specification (append or truncate)".into(),
+        }),
+    }
+}
+
 /// Result of a setter.
 type Set = Result<(), OptError>;
 
@@ -170,6 +185,14 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.ntasks = Some(parse_count("--ntasks", text(v))?);
         Ok(())
     }),
+    opt("wckey", None, REQ, "", |o, l, v| {
+        o.wckey = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("open-mode", None, REQ, "", |o, l, v| {
+        o.open_append = Some(parse_open_mode(l, text(v))?);
+        Ok(())
+    }),
     opt("output", Some('o'), REQ, "StdOut", |o, l, v| {
         o.output = Some(non_empty(l, text(v))?);
         Ok(())
@@ -273,7 +296,6 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("ntasks-per-node", None),
     ("ntasks-per-socket", None),
     ("oom-kill-step", None),
-    ("open-mode", None),
     ("overcommit", Some('O')),
     ("oversubscribe", Some('s')),
     ("power", None),
@@ -302,7 +324,6 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("verbose", Some('v')),
     ("wait", Some('W')),
     ("wait-all-nodes", None),
-    ("wckey", None),
 ];
 
 /// sbatch's input environment variables (sbatch(1), INPUT ENVIRONMENT VARIABLES) and the

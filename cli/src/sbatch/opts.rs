@@ -46,6 +46,10 @@ opts! {
         output: String,
         /// `-e`.
         error: String,
+        /// `--open-mode`: true for append, false for truncate.
+        open_append: bool,
+        /// `--wckey`.
+        wckey: String,
         /// `-t`, seconds (0: unlimited).
         time_secs: u64,
         /// `-G/--gpus`.

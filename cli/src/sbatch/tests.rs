@@ -1168,3 +1168,41 @@ fn container_options_as_pyxis_names_them() {
         ],
     );
 }
+
+#[test]
+fn open_mode_appends_or_truncates() {
+    let f = Fixture::new();
+    f.script("job.sh", "#!/bin/sh\n#SBATCH --open-mode=append\ntrue\n");
+    let cases: &[(&[&str], bool)] = &[
+        (&["job.sh"], true),
+        (&["--open-mode=truncate", "job.sh"], false),
+        (&["--open-mode=t", "job.sh"], false),
+        (&["--open-mode=APP", "job.sh"], true),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let got = f.run(args).expect("parses").spec.open_append;
+        assert_eq!(got, *want, "#{i} {args:?}");
+    }
+    f.script("plain.sh", "#!/bin/sh\ntrue\n");
+    assert!(!f.run(&["plain.sh"]).expect("parses").spec.open_append);
+    let keyed = f.run(&["--wckey=submitit", "plain.sh"]).expect("parses");
+    assert_eq!(keyed.spec.wckey, "submitit");
+    expect_errors(
+        &f,
+        &[
+            (
+                &["--open-mode=x", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (
+                &["--open-mode=appendx", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (
+                &["--open-mode=", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (&["--wckey=", "plain.sh"], "--wckey"),
+        ],
+    );
+}
