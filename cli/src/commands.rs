@@ -2,6 +2,7 @@
 //! (`sbatch: error: …` on stderr, exit status 1).
 
 use crate::client;
+use crate::opt::job_id::{parse_job_list, JobRef};
 use crate::sbatch::{self, SubmitContext};
 use berth_proto::v1::{self as pb, JobState};
 use clap::Parser;
@@ -20,7 +21,8 @@ commands:
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
-  scontrol   show job/node/partition/topology, hold, release, update NodeName=N Gpu=G State=RESUME
+  scontrol   show job/node/partition/topology, hold, release, update NodeName=N Gpu=G State=RESUME,
+             update JobId=ID[_TASKS] ArrayTaskThrottle=N TimeLimit=T
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
   sacct      accounting records of jobs (berthd's job history)
@@ -194,16 +196,52 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn parse_ids(list: &[String]) -> anyhow::Result<Vec<u64>> {
-    list.iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| anyhow::anyhow!("Invalid job id {s}"))
-        })
-        .collect()
+/// The records `scontrol show job` prints for `refs` (every job when empty): a job or a
+/// task record alone; an array's id, its own record and every task record; tasks,
+/// the ones named (a pending task shown as its array's record with its own index).
+async fn show_jobs(
+    mut c: pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    refs: &[JobRef],
+) -> anyhow::Result<Vec<pb::Job>> {
+    let list = |c: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+                job_ids: Vec<u64>| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::ListJobsRequest {
+                job_ids,
+                include_finished: true,
+                ..Default::default()
+            };
+            c.list(req)
+                .await
+                .map(|r| r.into_inner().jobs)
+                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))
+        }
+    };
+    if refs.is_empty() {
+        return list(&mut c, vec![]).await;
+    }
+    let mut out = Vec::new();
+    for r in refs {
+        // Get first: it reads the leader's committed state, so a job submitted just now
+        // is found on any replica.
+        let job = c
+            .get(pb::GetJobRequest { job_id: r.job_id })
+            .await
+            .map_err(|s| anyhow::anyhow!("slurm_load_jobs error: {}", status_text(&s)))?
+            .into_inner();
+        if job.array_job_id != job.id && r.tasks.is_none() {
+            out.push(job);
+            continue;
+        }
+        let all = list(&mut c, vec![r.job_id]).await?;
+        let shown = crate::array_view::select(&all, std::slice::from_ref(r), false);
+        if shown.is_empty() {
+            anyhow::bail!("Job {r} not found");
+        }
+        out.extend(shown);
+    }
+    Ok(out)
 }
 
 fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
@@ -231,9 +269,12 @@ fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
     about = "view jobs in the berth queue"
 )]
 struct SqueueArgs {
-    /// Job ids (comma-separated).
-    #[arg(short = 'j', long = "jobs", value_delimiter = ',')]
+    /// Job ids (comma-separated; `12_3` and `12_[1-4]` name array tasks).
+    #[arg(short = 'j', long = "jobs")]
     jobs: Vec<String>,
+    /// One line per array task, pending ones included (they are folded by default).
+    #[arg(short = 'r', long = "array")]
+    array: bool,
     /// Users (comma-separated).
     #[arg(short = 'u', long = "user", value_delimiter = ',')]
     users: Vec<String>,
@@ -271,7 +312,9 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
-    let job_ids = parse_ids(&a.jobs)?;
+    let refs = parse_job_list(&a.jobs).map_err(anyhow::Error::msg)?;
+    let mut job_ids: Vec<u64> = refs.iter().map(|r| r.job_id).collect();
+    job_ids.dedup();
     let mut states = Vec::new();
     let mut all_states = false;
     for s in &a.states {
@@ -308,6 +351,8 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
     if jobs.is_empty() && !job_ids.is_empty() {
         anyhow::bail!("Invalid job id specified");
     }
+    // An id naming tasks that are not there prints no line, as Slurm does.
+    let jobs = crate::array_view::select(&jobs, &refs, a.array);
     print!(
         "{}",
         crate::squeue::render(&jobs, &format, crate::now_ms(), !a.noheader)?
@@ -322,20 +367,21 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
     if let Some(opt) = args.iter().find(|a| a.starts_with('-')) {
         anyhow::bail!("option {opt} is not supported by berth yet (give job ids)");
     }
-    let ids = parse_ids(&args)?;
+    let refs = parse_job_list(&args).map_err(anyhow::Error::msg)?;
     let channel = client::connect(&client::servers(None)).await?;
     let mut client = client::jobs(channel);
     let mut code = 0;
-    for id in ids {
+    for r in refs {
         if let Err(s) = client
             .cancel(pb::CancelRequest {
-                job_id: id,
+                job_id: r.job_id,
                 reason: String::new(),
+                array_tasks: r.task_ranges(),
             })
             .await
         {
             eprintln!(
-                "scancel: error: Kill job error on job id {id}: {}",
+                "scancel: error: Kill job error on job id {r}: {}",
                 status_text(&s)
             );
             code = 1;
@@ -401,28 +447,8 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
     let channel = client::connect(&client::servers(None)).await?;
     match words.as_slice() {
         ["show", "job" | "jobs", rest @ ..] => {
-            let ids = parse_ids(&rest.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-            let mut c = client::jobs(channel);
-            let jobs = if ids.is_empty() {
-                let req = pb::ListJobsRequest {
-                    include_finished: true,
-                    ..Default::default()
-                };
-                c.list(req)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                    .into_inner()
-                    .jobs
-            } else {
-                let mut out = Vec::new();
-                for id in ids {
-                    let job = c.get(pb::GetJobRequest { job_id: id }).await.map_err(|s| {
-                        anyhow::anyhow!("slurm_load_jobs error: {}", status_text(&s))
-                    })?;
-                    out.push(job.into_inner());
-                }
-                out
-            };
+            let refs = parse_job_list(rest).map_err(anyhow::Error::msg)?;
+            let jobs = show_jobs(client::jobs(channel), &refs).await?;
             if jobs.is_empty() {
                 println!("No jobs in the system");
             }
@@ -494,18 +520,19 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             Ok(0)
         }
         [verb @ ("hold" | "release" | "uhold"), ids @ ..] if !ids.is_empty() => {
-            let ids = parse_ids(&ids.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+            let refs = parse_job_list(ids).map_err(anyhow::Error::msg)?;
             let mut c = client::jobs(channel);
             let mut code = 0;
-            for id in ids {
+            for r in refs {
                 if let Err(s) = c
                     .hold(pb::HoldRequest {
-                        job_id: id,
+                        job_id: r.job_id,
                         hold: *verb != "release",
+                        array_tasks: r.task_ranges(),
                     })
                     .await
                 {
-                    eprintln!("scontrol: error: {verb} job {id}: {}", status_text(&s));
+                    eprintln!("scontrol: error: {verb} job {r}: {}", status_text(&s));
                     code = 1;
                 }
             }
@@ -564,6 +591,19 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             let file = std::env::var("BERTH_CLUSTER_CONFIG")
                 .unwrap_or_else(|_| "/etc/berth/berth.toml".to_string());
             cluster_config_set(&mut AdminServiceClient::new(channel), &file).await
+        }
+        ["update", rest @ ..] if crate::job_update::is_job_update(rest) => {
+            let u = crate::job_update::parse_job_update(rest).map_err(anyhow::Error::msg)?;
+            client::jobs(channel)
+                .update_array(pb::UpdateArrayRequest {
+                    job_id: u.job.job_id,
+                    array_tasks: u.job.task_ranges(),
+                    max_running: u.max_running,
+                    time_limit_secs: u.time_limit_secs,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("Job {}: {}", u.job, status_text(&s)))?;
+            Ok(0)
         }
         ["update", rest @ ..] => {
             use berth_proto::v1::admin_service_client::AdminServiceClient;

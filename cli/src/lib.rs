@@ -11,6 +11,8 @@
 //! - [`duration`], [`memory`]: Slurm's time-limit and memory formats.
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
+//! - [`array_view`]: job arrays as the tools show and select them (`12_[4-15%4]`, `12_3`).
+//! - [`job_update`]: `scontrol update JobId=…` on arrays and tasks.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
 //! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`client`]: finding and connecting to berthd.
@@ -24,6 +26,7 @@
 //! - [`sreport`]: `sreport` cluster/user usage reports.
 //! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
 
+pub mod array_view;
 pub mod client;
 pub mod commands;
 pub mod dev;
@@ -32,6 +35,7 @@ pub mod duration;
 pub mod fairshare;
 pub mod format;
 pub mod hostlist;
+pub mod job_update;
 pub mod memory;
 pub mod opt;
 pub mod report;

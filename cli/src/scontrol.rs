@@ -88,7 +88,11 @@ fn dependency(job: &Job, spec: &berth_proto::v1::JobSpec) -> String {
     let conds: Vec<String> = spec
         .dependencies
         .iter()
-        .map(|d| format!("{}:{}", d.kind, d.job_id))
+        .map(|d| match (d.kind.as_str(), d.array_task_id) {
+            ("singleton", _) => "singleton".to_string(),
+            (kind, Some(i)) => format!("{kind}:{}_{i}", d.job_id),
+            (kind, None) => format!("{kind}:{}", d.job_id),
+        })
         .collect();
     format!("{}{mark}", conds.join(","))
 }
@@ -96,7 +100,12 @@ fn dependency(job: &Job, spec: &berth_proto::v1::JobSpec) -> String {
 /// One job as `scontrol show job` prints it, ending with `\n` (callers separate records
 /// with a blank line, as scontrol does). `now_ms` is used for the run time of a running job.
 pub fn show_job(job: &Job, now_ms: u64) -> String {
-    let mut lines = vec![format!("JobId={} JobName={}", job.id, spec(job).name)];
+    let mut lines = vec![format!(
+        "JobId={}{} JobName={}",
+        job.id,
+        array_fields(job),
+        spec(job).name
+    )];
     lines.extend(identity_lines(job));
     lines.extend(time_lines(job, now_ms));
     lines.extend(resource_lines(job));
@@ -104,6 +113,23 @@ pub fn show_job(job: &Job, now_ms: u64) -> String {
     lines.extend(gpu_lines(job));
     let mut out = lines.join(&format!("\n{INDENT}"));
     out.push('\n');
+    out
+}
+
+/// ` ArrayJobId=12 ArrayTaskId=4-15%4 ArrayTaskThrottle=4` for a record of an array
+/// (the throttle only when there is one), as Slurm puts them after `JobId=`; empty for a
+/// job that is not part of an array.
+fn array_fields(job: &Job) -> String {
+    let Some(tasks) = crate::array_view::task_text(job) else {
+        return String::new();
+    };
+    let mut out = format!(" ArrayJobId={} ArrayTaskId={tasks}", job.array_job_id);
+    match crate::array_view::throttle(job) {
+        0 => {}
+        n => {
+            let _ = write!(out, " ArrayTaskThrottle={n}");
+        }
+    }
     out
 }
 
@@ -499,9 +525,11 @@ fn output_paths(job: &Job) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Expands Slurm's filename pattern letters that are known from the job record: `%j`/`%A`
-/// (job id, zero-padded to an optional width as in `%5j`), `%x` (name), `%u` (user), `%N`
-/// (first node, once placed) and `%%`. Others stay as written, as scontrol shows them.
+/// Expands Slurm's filename pattern letters that are known from the job record: `%j`
+/// (job id, zero-padded to an optional width as in `%5j`), `%A`/`%a` (array id and task
+/// index; for a job not in an array, its id and 4294967294 as Slurm writes them), `%x`
+/// (name), `%u` (user), `%N` (first node, once placed) and `%%`. Others stay as written,
+/// as scontrol shows them; so does `%a` of an array's record of pending tasks.
 pub fn expand_pattern(pattern: &str, job: &Job) -> String {
     let mut out = String::new();
     let mut rest = pattern;
@@ -513,7 +541,21 @@ pub fn expand_pattern(pattern: &str, job: &Job) -> String {
         let letter = after[digits..].chars().next();
         let value = match letter {
             Some('%') if digits == 0 => Some("%".to_string()),
-            Some('j' | 'A') => Some(format!("{:0width$}", job.id)),
+            Some('j') => Some(format!("{:0width$}", job.id)),
+            Some('A') => Some(format!(
+                "{:0width$}",
+                if job.array_job_id == 0 {
+                    job.id
+                } else {
+                    job.array_job_id
+                }
+            )),
+            Some('a') if job.array_job_id == 0 => {
+                Some(format!("{:0width$}", berth_scheduler::output_path::NO_TASK))
+            }
+            Some('a') if job.array_pending.is_empty() => {
+                job.array_task_id.map(|i| format!("{i:0width$}"))
+            }
             Some('x') => Some(spec(job).name.clone()),
             Some('u') => Some(squeue::user(job)),
             Some('N') => job.allocations.first().map(|a| a.node.clone()),
@@ -883,10 +925,12 @@ mod tests {
                 berth_proto::v1::DependencyCondition {
                     kind: "afterok".into(),
                     job_id: 12,
+                    ..Default::default()
                 },
                 berth_proto::v1::DependencyCondition {
                     kind: "afterany".into(),
                     job_id: 13,
+                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -1008,12 +1052,30 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("slurm-%j.out", "slurm-42.out"),
             ("%x_%u_%5j", "train_alice_00042"),
-            ("%A-%N-%%-%a", "42-dgx01-%-%a"),
+            ("%A-%N-%%-%a", "42-dgx01-%-4294967294"),
             ("100%", "100%"),
             ("%", "%"),
         ];
-        for (i, (pattern, want)) in cases.iter().enumerate() {
-            let got = expand_pattern(pattern, &job);
+        let mut task = finished_job();
+        task.id = 50;
+        task.array_job_id = 42;
+        task.array_task_id = Some(7);
+        let mut pending = task.clone();
+        pending.id = 42;
+        pending.array_task_id = None;
+        pending.array_pending = vec![berth_proto::v1::IndexRange {
+            start: 8,
+            end: 9,
+            step: 1,
+        }];
+        let array_cases: &[(&str, &str)] = &[("%A_%a-%j.out", "42_7-50.out"), ("%A_%3a", "42_007")];
+        let all = cases
+            .iter()
+            .map(|c| (&job, c))
+            .chain(array_cases.iter().map(|c| (&task, c)))
+            .chain([(&pending, &("%A_%a", "42_%a"))]);
+        for (i, (job, (pattern, want))) in all.enumerate() {
+            let got = expand_pattern(pattern, job);
             if got != *want {
                 panic!("#{i}: want {want:?}, got {got:?}");
             }

@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use berth_proto::v1::{Job, JobSpec, JobState};
 
+use crate::array_view;
 use crate::duration::{format_elapsed, format_limit};
 use crate::format::{self, FormatError};
 use crate::hostlist;
@@ -51,7 +52,7 @@ pub fn render(
 }
 
 /// Letters that are squeue fields in Slurm but have no berth data yet.
-const UNSUPPORTED: &str = "BEfFhHIJkKnOpQsvwWxyYz";
+const UNSUPPORTED: &str = "BEfhHIJknOpQsvwWxyYz";
 
 /// The column title Slurm prints for `letter`.
 fn header_of(letter: char) -> Result<&'static str, FormatError> {
@@ -63,6 +64,8 @@ fn header_of(letter: char) -> Result<&'static str, FormatError> {
         'C' => "CPUS",
         'D' => "NODES",
         'e' => "END_TIME",
+        'F' => "ARRAY_JOB_ID",
+        'K' => "ARRAY_TASK_ID",
         'g' => "GROUP",
         'G' => "GID",
         'j' => "NAME",
@@ -98,7 +101,14 @@ fn field(job: &Job, letter: char, now_ms: u64) -> Result<String, FormatError> {
         } else {
             &job.account
         }),
-        'A' | 'i' => job.id.to_string(),
+        // %i is the id users write (`12_3`, `12_[4-15%4]`), %A the record's own.
+        'A' => job.id.to_string(),
+        'i' => array_view::display_id(job),
+        'F' => match job.array_job_id {
+            0 => job.id.to_string(),
+            a => a.to_string(),
+        },
+        'K' => array_view::task_text(job).unwrap_or_else(|| "N/A".to_string()),
         'b' => tres_per_node(job).unwrap_or_else(|| "N/A".to_string()),
         'c' => spec.cpus_per_task.max(1).to_string(),
         'C' => cpu_count(job).to_string(),

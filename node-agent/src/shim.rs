@@ -39,6 +39,9 @@ pub struct ShimSpec {
     /// Set for the `oci` runtime: run `argv` in this container instead of as a process.
     #[serde(default)]
     pub container: Option<crate::oci::ContainerJob>,
+    /// `--open-mode=append`: open the output files for appending instead of truncating.
+    #[serde(default)]
+    pub append: bool,
 }
 
 /// How the job ended, as the shim saw it.
@@ -158,9 +161,10 @@ pub(crate) fn as_user<T>(
     Ok(out.expect("f ran"))
 }
 
-/// Opens (truncates) an output file with the permissions of `owner` when given: the
-/// file is created by that user, where that user may create it, never by root on the
-/// user's behalf (an `--output=/etc/shadow` fails as it would for the user).
+/// Opens an output file, truncated or (`append`, sbatch `--open-mode=append`) appended
+/// to, with the permissions of `owner` when given: the file is created by that user, where
+/// that user may create it, never by root on the user's behalf (an `--output=/etc/shadow`
+/// fails as it would for the user).
 ///
 /// # Errors
 /// The message to report when it cannot be opened.
@@ -168,12 +172,14 @@ pub(crate) fn open_output(
     path: &Path,
     owner: Option<(u32, u32)>,
     groups: &[u32],
+    append: bool,
 ) -> Result<File, String> {
     let open = || {
         OpenOptions::new()
             .create(true)
             .write(true)
-            .truncate(true)
+            .append(append)
+            .truncate(!append)
             .mode(0o644)
             .open(path)
     };
@@ -182,11 +188,11 @@ pub(crate) fn open_output(
 }
 
 fn spawn(spec: &ShimSpec) -> Result<std::process::Child, String> {
-    let stdout = open_output(&spec.stdout, spec.uid_gid, &spec.groups)?;
+    let stdout = open_output(&spec.stdout, spec.uid_gid, &spec.groups, spec.append)?;
     let stderr = if spec.stderr == spec.stdout {
         stdout.try_clone().map_err(|e| e.to_string())?
     } else {
-        open_output(&spec.stderr, spec.uid_gid, &spec.groups)?
+        open_output(&spec.stderr, spec.uid_gid, &spec.groups, spec.append)?
     };
     let (prog, args) = spec.argv.split_first().ok_or("empty argv")?;
     let mut cmd = Command::new(prog);

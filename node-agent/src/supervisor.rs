@@ -324,6 +324,7 @@ impl Supervisor {
                 .then_some((run_as.uid, run_as.gid)),
             groups: run_as.gids.clone(),
             container,
+            append: spec.open_append,
         };
         write_json(&dir, "shim.json", &shim);
         write_json(&dir, "started_ms", &now_ms());

@@ -12,6 +12,7 @@
 //! default_account = "default"    # account of jobs without --account (and no user account)
 //! mig_carve_cost = 1.0           # score penalty for carving a MIG GPU holding no slice, [0, 2]
 //! packing = "bestfit"            # packing of partitions not listed: bestfit|spread|fgd|berth
+//! max_array_size = 1001          # Slurm MaxArraySize: array task indexes are below it
 //!
 //! [[partition]]                  # per-partition packing (the partition need not exist yet)
 //! name = "a100-timeslice"
@@ -100,6 +101,8 @@ struct File {
     mig_carve_cost: Option<f64>,
     #[serde(default)]
     packing: Option<String>,
+    #[serde(default)]
+    max_array_size: Option<u32>,
     #[serde(default)]
     partition: Vec<PartitionEntry>,
     #[serde(default)]
@@ -204,6 +207,8 @@ pub struct AccountsConfig {
     pub default_account: String,
     /// Who may submit to and coordinate each account.
     pub access: crate::account_access::Access,
+    /// Job array task indexes are below this (Slurm's MaxArraySize).
+    pub max_array_size: u32,
     /// How fair share charges GPU use (`charge = …`; default: as allocated).
     pub charge: charge::ChargeMode,
     /// Prices for cost reports (`[prices]`).
@@ -348,6 +353,15 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         };
         (a.name.clone(), entry)
     }));
+    let max_array_size = file
+        .max_array_size
+        .unwrap_or(crate::state_machine::array::MAX_ARRAY_SIZE_DEFAULT);
+    let most = crate::state_machine::array::MAX_ARRAY_SIZE_MAX;
+    if max_array_size == 0 || max_array_size > most {
+        return Err(AccountsError::Rule(format!(
+            "max_array_size = {max_array_size}: must be within [1, {most}]"
+        )));
+    }
     let charge = match &file.charge {
         Some(c) => charge::parse_charge(c).map_err(AccountsError::Rule)?,
         None => charge::ChargeMode::Allocated,
@@ -357,6 +371,7 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         policy,
         default_account: file.default_account,
         access,
+        max_array_size,
         charge,
         prices,
     };

@@ -262,6 +262,7 @@ async fn bind_pod(
         let cancel = pb::CancelRequest {
             job_id: job.id,
             reason: format!("binding refused: {e}"),
+            ..Default::default()
         };
         if let Err(s) = http.api.cancel(with_caller(cancel, caller)).await {
             tracing::error!(

@@ -340,7 +340,7 @@ pub async fn pod_watch_loop(
             let cancel = pb::command::Cmd::Cancel(pb::CancelJob {
                 job_id,
                 reason: "pod group reservation timed out".into(),
-                end_state: 0,
+                ..Default::default()
             });
             if let Err(e) = raft.propose(command(cancel)).await {
                 tracing::warn!("reservation release not proposed: {e}");

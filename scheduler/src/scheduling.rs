@@ -140,6 +140,9 @@ pub struct Plan {
 pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     let input = sm.pending_at(now_ms);
     let pending = input.pending;
+    // An array stands for the tasks that could start now, under synthetic ids that
+    // `views` maps back to (array, task index).
+    let views = input.views;
     // Jobs waiting on dependencies, a begin time, a reservation or a partition limit never
     // reach the policies; their reason is the state's.
     let mut reasons: HashMap<u64, (String, Option<u64>)> = sm
@@ -148,6 +151,12 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
         .chain(input.waits)
         .map(|(id, reason)| (id, (reason.to_string(), None)))
         .collect();
+    // Array tasks held back by their throttle never reach the policies either.
+    for id in sm.throttle_waits() {
+        reasons
+            .entry(id)
+            .or_insert(("JobArrayTaskLimit".to_string(), None));
+    }
     if pending.is_empty() {
         // Most passes (every job change wakes one) find nothing to place: skip the cluster
         // view, which costs a walk over every node and GPU.
@@ -161,10 +170,13 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     let cluster = sm.policy_view();
     let policy = sm.policy_config();
     let schedule = policies::schedule(&cluster, &pending, &policy, now_ms);
-    reasons.extend(schedule.pending.iter().map(|p| {
+    for p in &schedule.pending {
+        // An array's first waiting task speaks for the array's record.
         let reason = p.reason.slurm_name().to_string();
-        (p.job_id, (reason, p.expected_start_ms))
-    }));
+        reasons
+            .entry(views.record(p.job_id))
+            .or_insert((reason, p.expected_start_ms));
+    }
     let preempt = (!schedule.preemptions.is_empty()).then(|| pb::Preempt {
         term,
         preemptions: schedule
@@ -172,7 +184,7 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
             .iter()
             .map(|p| pb::Preemption {
                 victim: p.victim,
-                preemptor: p.preemptor,
+                preemptor: views.record(p.preemptor),
                 cause: match p.cause {
                     policies::PreemptCause::Priority => "priority",
                     policies::PreemptCause::Reclaim => "reclaim",
@@ -183,7 +195,18 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     });
     let allocate = (!schedule.decisions.is_empty()).then(|| pb::Allocate {
         term,
-        placements: schedule.decisions.iter().map(placement).collect(),
+        placements: schedule
+            .decisions
+            .iter()
+            .map(|d| {
+                let mut p = placement(d);
+                if let Some((array, index)) = views.get(d.job_id) {
+                    p.job_id = array;
+                    p.array_task_id = Some(index);
+                }
+                p
+            })
+            .collect(),
     });
     Some(Plan {
         reasons,
@@ -259,5 +282,6 @@ pub fn placement(d: &policies::Decision) -> pb::Placement {
     pb::Placement {
         job_id: d.job_id,
         allocations,
+        array_task_id: None,
     }
 }

@@ -314,12 +314,17 @@ impl pb::job_service_server::JobService for Api {
         }
         crate::security::note(&req, format!("job {}", req.get_ref().job_id));
         self.authorize_job(&caller, req.get_ref().job_id, "cancel")?;
-        let pb::CancelRequest { job_id, reason } = req.into_inner();
+        let pb::CancelRequest {
+            job_id,
+            reason,
+            array_tasks,
+        } = req.into_inner();
         outcome_status(
             self.propose(Cmd::Cancel(pb::CancelJob {
                 job_id,
                 reason,
                 end_state: 0,
+                array_tasks,
             }))
             .await?,
         )?;
@@ -349,10 +354,44 @@ impl pb::job_service_server::JobService for Api {
             self.propose(Cmd::Hold(pb::HoldJob {
                 job_id: r.job_id,
                 hold: r.hold,
+                array_tasks: r.array_tasks,
             }))
             .await?,
         )?;
         Ok(Response::new(pb::HoldResponse {}))
+    }
+
+    async fn requeue(
+        &self,
+        req: Request<pb::RequeueRequest>,
+    ) -> Result<Response<pb::RequeueResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.requeue(Request::new(req.into_inner())).await;
+        }
+        let job_id = req.into_inner().job_id;
+        outcome_status(
+            self.propose(Cmd::Requeue(pb::RequeueJob { job_id }))
+                .await?,
+        )?;
+        Ok(Response::new(pb::RequeueResponse {}))
+    }
+
+    async fn update_array(
+        &self,
+        req: Request<pb::UpdateArrayRequest>,
+    ) -> Result<Response<pb::UpdateArrayResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.update_array(Request::new(req.into_inner())).await;
+        }
+        let r = req.into_inner();
+        let cmd = Cmd::ArrayUpdate(pb::ArrayUpdate {
+            job_id: r.job_id,
+            array_tasks: r.array_tasks,
+            max_running: r.max_running,
+            time_limit_secs: r.time_limit_secs,
+        });
+        outcome_status(self.propose(cmd).await?)?;
+        Ok(Response::new(pb::UpdateArrayResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -376,7 +415,12 @@ impl pb::job_service_server::JobService for Api {
         let sm = self.0.raft.state();
         let jobs = sm
             .jobs()
-            .filter(|j| r.job_ids.is_empty() || r.job_ids.contains(&j.id))
+            // An array's id names every task of it too (squeue -j 12).
+            .filter(|j| {
+                r.job_ids.is_empty()
+                    || r.job_ids.contains(&j.id)
+                    || (j.array_job_id != 0 && r.job_ids.contains(&j.array_job_id))
+            })
             .filter(|j| {
                 r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user))
             })

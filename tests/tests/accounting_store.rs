@@ -250,6 +250,7 @@ fn state_with_ended_jobs(n: u64) -> berth_scheduler::state_machine::StateMachine
                 placements: vec![pb::Placement {
                     job_id: id,
                     allocations: vec![a],
+                    array_task_id: None,
                 }],
             }),
         );

@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             uid_gid: None,
             groups: Vec::new(),
             container: Some(job.clone()),
+            append: false,
         };
         let t = Instant::now();
         let rec = oci::lifecycle::run(&dir, &spec, &job);

@@ -180,6 +180,7 @@ impl Workload {
                         job_id: id,
                         reason: String::new(),
                         end_state: 0,
+                        array_tasks: Vec::new(),
                     }),
                     Asked::Cancel(id),
                 );
@@ -346,6 +347,7 @@ impl Workload {
                 job_id,
                 reason: String::new(),
                 end_state: 0,
+                array_tasks: Vec::new(),
             }));
         }
         let running: Vec<&pb::Job> = sm

@@ -53,6 +53,14 @@ pub enum OptError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A bad `--array` (Slurm's message begins so).
+    #[error("Invalid job array specification '{value}': {reason}")]
+    InvalidArray {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A bad `--signal`.
     #[error("Invalid --signal specification '{value}': {reason}")]
     InvalidSignal {

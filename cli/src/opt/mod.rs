@@ -7,10 +7,11 @@
 //! - [`table`]: [`table::OptionSpec`] and [`table::Table`].
 //! - [`getopt`]: getopt_long over a table.
 //! - [`error`]: [`OptError`], Slurm's wording.
-//! - value parsers: [`count`], [`gres`], [`signal`], [`dependency`], [`switches`],
-//!   [`export`], [`container`], [`name`], [`select`]; time limits and memory sizes are
+//! - value parsers: [`array`], [`job_id`], [`count`], [`gres`], [`signal`], [`dependency`],
+//!   [`switches`], [`export`], [`container`], [`name`], [`select`]; time limits and memory sizes are
 //!   [`crate::duration`] and [`crate::memory`].
 
+pub mod array;
 pub mod container;
 pub mod count;
 pub mod dependency;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod export;
 pub mod getopt;
 pub mod gres;
+pub mod job_id;
 pub mod name;
 pub mod select;
 pub mod signal;

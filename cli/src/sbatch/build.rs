@@ -323,6 +323,9 @@ pub fn build_spec(
         switches,
         switches_wait_secs,
         dependencies: opts.dependencies.unwrap_or_default(),
+        array: opts.array,
+        open_append: opts.open_append.unwrap_or(false),
+        wckey: opts.wckey.unwrap_or_default(),
         ..Default::default()
     })
 }

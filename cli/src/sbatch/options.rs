@@ -5,6 +5,7 @@
 use super::opts::Opts;
 use crate::duration::parse_time_limit;
 use crate::memory::parse_mem;
+use crate::opt::array::parse_array;
 use crate::opt::container::{
     parse_container_env, parse_container_image, parse_container_mounts, parse_container_workdir,
 };
@@ -36,6 +37,21 @@ const FLAG: Arg = Arg::None;
 /// The value of an option that takes one (`""` for a flag).
 fn text(value: Option<&str>) -> &str {
     value.unwrap_or_default()
+}
+
+/// `--open-mode=append|truncate` (Slurm takes any prefix of either, `a` or `t` at least):
+/// whether output files are appended to.
+fn parse_open_mode(option: &str, value: &str) -> Result<bool, OptError> {
+    let v = value.to_ascii_lowercase();
+    match v.chars().next() {
+        Some('a') if "append".starts_with(&v) => Ok(true),
+        Some('t') if "truncate".starts_with(&v) => Ok(false),
+        _ => Err(OptError::InvalidValue {
+            option: option.to_string(),
+            value: value.to_string(),
+            reason: "Invalid --open-mode specification (append or truncate)".into(),
+        }),
+    }
 }
 
 /// Result of a setter.
@@ -115,6 +131,16 @@ fn when(long: &str, v: Option<&str>) -> Result<u64, OptError> {
 /// A free-text option kept as given.
 fn free(long: &str, v: Option<&str>) -> Result<String, OptError> {
     non_empty(long, text(v))
+}
+
+fn array(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let spec = parse_array(v).map_err(|reason| OptError::InvalidArray {
+        value: v.to_string(),
+        reason,
+    })?;
+    o.array = Some(spec);
+    Ok(())
 }
 
 /// The options berth implements.
@@ -247,6 +273,7 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.account = Some(non_empty(l, text(v))?);
         Ok(())
     }),
+    opt("array", Some('a'), REQ, "ArrayTaskId", array),
     opt("chdir", Some('D'), REQ, "WorkDir", |o, l, v| {
         o.chdir = Some(non_empty(l, text(v))?);
         Ok(())
@@ -324,6 +351,14 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.ntasks = Some(parse_count("--ntasks", text(v))?);
         Ok(())
     }),
+    opt("wckey", None, REQ, "", |o, l, v| {
+        o.wckey = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("open-mode", None, REQ, "", |o, l, v| {
+        o.open_append = Some(parse_open_mode(l, text(v))?);
+        Ok(())
+    }),
     opt("output", Some('o'), REQ, "StdOut", |o, l, v| {
         o.output = Some(non_empty(l, text(v))?);
         Ok(())
@@ -373,7 +408,6 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
 
 pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("acctg-freq", None),
-    ("array", Some('a')),
     ("batch", None),
     ("bb", None),
     ("bbf", None),
@@ -407,7 +441,6 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("ntasks-per-gpu", None),
     ("ntasks-per-socket", None),
     ("oom-kill-step", None),
-    ("open-mode", None),
     ("overcommit", Some('O')),
     ("power", None),
     ("prefer", None),
@@ -431,7 +464,6 @@ pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
     ("verbose", Some('v')),
     ("wait", Some('W')),
     ("wait-all-nodes", None),
-    ("wckey", None),
 ];
 
 /// sbatch's input environment variables (sbatch(1), INPUT ENVIRONMENT VARIABLES) and the

@@ -9,7 +9,7 @@
 use crate::opt::export::Export;
 use crate::opt::gres::GpuRequest;
 use crate::opt::signal::SignalSpec;
-use berth_proto::v1::DependencyCondition;
+use berth_proto::v1::{ArraySpec, DependencyCondition};
 
 /// Declares `Opts` with its valued fields (`Option<T>`, `None` = not given) and its flags
 /// (`bool`, set by any source), and `overlaid_by`.
@@ -46,6 +46,10 @@ opts! {
         output: String,
         /// `-e`.
         error: String,
+        /// `--open-mode`: true for append, false for truncate.
+        open_append: bool,
+        /// `--wckey`.
+        wckey: String,
         /// `-t`, seconds (0: unlimited).
         time_secs: u64,
         /// `-G/--gpus`.
@@ -78,6 +82,8 @@ opts! {
         signal: SignalSpec,
         /// `-d`.
         dependencies: Vec<DependencyCondition>,
+        /// `-a/--array`.
+        array: ArraySpec,
         /// `-D`.
         chdir: String,
         /// `--export`.

@@ -23,6 +23,7 @@ fn dependency_specs_parse_and_bad_ones_fail() {
     let c = |kind: &str, job_id| DependencyCondition {
         kind: kind.into(),
         job_id,
+        ..Default::default()
     };
     // (value, Ok(conditions) or Err(part of the message))
     let cases: Vec<(&str, Result<Vec<DependencyCondition>, &str>)> = vec![
@@ -43,7 +44,22 @@ fn dependency_specs_parse_and_bad_ones_fail() {
         ("afterok:-3", Err("is not a job id")),
         ("afterok:1+10", Err("+TIME")),
         ("afterok:1?afterany:2", Err("'?'")),
-        ("singleton", Err("singleton is not supported")),
+        ("singleton", Ok(vec![c("singleton", 0)])),
+        (
+            "afterok:12_3:13,aftercorr:14",
+            Ok(vec![
+                DependencyCondition {
+                    kind: "afterok".into(),
+                    job_id: 12,
+                    array_task_id: Some(3),
+                },
+                c("afterok", 13),
+                c("aftercorr", 14),
+            ]),
+        ),
+        ("afterok:12_x", Err("the task must be one index")),
+        ("afterok:12_[1-3]", Err("the task must be one index")),
+        ("aftercorr:12_3", Err("names a whole array")),
         ("afterwards:1", Err("type \"afterwards\" is not supported")),
         ("afterok:1,", Err("is not TYPE:JOBID")),
     ];
@@ -298,20 +314,24 @@ const OPTION_ERRORS: &[(&[&str], &str)] = &[
     (&["--foo", "job.sh"], "unrecognized option '--foo'"),
     (&["-z", "job.sh"], "unrecognized option '-z'"),
     (
-        &["--array=1-3", "job.sh"],
-        "option --array is not supported by berth yet",
+        &["--array=0-", "job.sh"],
+        "Invalid job array specification '0-': 0-: the range has no last index",
     ),
     (
-        &["-a", "1-3", "job.sh"],
-        "option -a/--array is not supported by berth yet",
+        &["-a", "5-1", "job.sh"],
+        "Invalid job array specification '5-1': 5-1: 1 is below 5",
+    ),
+    (
+        &["--array=1-%2", "job.sh"],
+        "Invalid job array specification '1-%2'",
     ),
     (
         &["--dependency=afterok:1?afterany:2", "job.sh"],
         "Invalid dependency specification 'afterok:1?afterany:2': '?'",
     ),
     (
-        &["-d", "aftercorr:1", "job.sh"],
-        "dependency type \"aftercorr\" is not supported",
+        &["-d", "afterburstbuffer:1", "job.sh"],
+        "dependency type \"afterburstbuffer\" is not supported",
     ),
     // Bad values of the node-selection options, with Slurm 22.05's words.
     (
@@ -702,8 +722,8 @@ fn malformed_directives_name_the_line() {
             "line 2: malformed #SBATCH directive (expected a space after #SBATCH)",
         ),
         (
-            "#!/bin/sh\n#SBATCH --array=1-4\n",
-            "line 2: #SBATCH directive: option --array is not supported by berth yet",
+            "#!/bin/sh\n#SBATCH --array=1-4:0\n",
+            "line 2: #SBATCH directive: Invalid job array specification '1-4:0': 1-4:0: step must be at least 1",
         ),
         (
             "#!/bin/sh\n#SBATCH --time\n",
@@ -1298,4 +1318,42 @@ fn node_selection_options_land_in_the_spec() {
     );
     let s = run(&["-N", "3", "d.sh"]);
     assert_eq!((s.ntasks, s.constraint.as_str()), (6, "h100|a100"));
+}
+
+#[test]
+fn open_mode_appends_or_truncates() {
+    let f = Fixture::new();
+    f.script("job.sh", "#!/bin/sh\n#SBATCH --open-mode=append\ntrue\n");
+    let cases: &[(&[&str], bool)] = &[
+        (&["job.sh"], true),
+        (&["--open-mode=truncate", "job.sh"], false),
+        (&["--open-mode=t", "job.sh"], false),
+        (&["--open-mode=APP", "job.sh"], true),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let got = f.run(args).expect("parses").spec.open_append;
+        assert_eq!(got, *want, "#{i} {args:?}");
+    }
+    f.script("plain.sh", "#!/bin/sh\ntrue\n");
+    assert!(!f.run(&["plain.sh"]).expect("parses").spec.open_append);
+    let keyed = f.run(&["--wckey=submitit", "plain.sh"]).expect("parses");
+    assert_eq!(keyed.spec.wckey, "submitit");
+    expect_errors(
+        &f,
+        &[
+            (
+                &["--open-mode=x", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (
+                &["--open-mode=appendx", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (
+                &["--open-mode=", "plain.sh"],
+                "Invalid --open-mode specification",
+            ),
+            (&["--wckey=", "plain.sh"], "--wckey"),
+        ],
+    );
 }

@@ -160,6 +160,12 @@ fn build(sm: &StateMachine, job: &pb::Job, run: &RunView, n: u32, index: u64) ->
         command: spec.command.clone(),
         recorded_index: index,
         usage: run.usage.to_vec(),
+        // An array task is recorded under its index (sacct's `12_3`); the array's own
+        // record while it still holds pending tasks has no single index and is recorded
+        // under its id alone.
+        array_job_id: job.array_job_id,
+        array_task_id: job.array_task_id.unwrap_or(0),
+        has_array_task: job.array_task_id.is_some() && job.array_pending.is_empty(),
         ..Default::default()
     };
     if spec.pod.is_none() && run.start_ms > 0 {

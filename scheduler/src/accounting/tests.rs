@@ -64,6 +64,7 @@ fn alloc(job_id: u64, node: &str, uuids: &[&str]) -> Cmd {
                 cpus: 2,
                 ..Default::default()
             }],
+            array_task_id: None,
         }],
     })
 }
@@ -143,6 +144,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 2,
                 reason: String::new(),
+                array_tasks: vec![],
                 ..Default::default()
             }),
         ),

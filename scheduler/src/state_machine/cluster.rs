@@ -40,6 +40,8 @@ pub struct PassInput {
     pub waits: Vec<(u64, &'static str)>,
     /// Pending jobs that can no longer end before their `--deadline`.
     pub expired: Vec<u64>,
+    /// Maps the synthetic ids of array task views in `pending` back to (array, index).
+    pub views: super::array::TaskViews,
 }
 
 impl StateMachine {
@@ -324,17 +326,30 @@ impl StateMachine {
 
     /// The pending jobs for a pass at `now_ms`, and those that wait before placement.
     pub fn pending_at(&self, now_ms: u64) -> PassInput {
+        let (pending, views) = self.pending_with_tasks();
         let mut input = PassInput::default();
         let reserved = ReservedSets::new(self, now_ms);
-        for mut p in self.pending_jobs() {
-            let job = &self.state.jobs[&p.id];
+        for mut p in pending {
+            // An array's task views share its record (and so its spec and its verdict).
+            let record = views.record(p.id);
+            // Several views of one array meet the same verdict: record it once.
+            let first_view = record == p.id || {
+                let seen = |ids: &mut dyn Iterator<Item = u64>| ids.any(|id| id == record);
+                !seen(&mut input.expired.iter().copied())
+                    && !seen(&mut input.waits.iter().map(|(id, _)| *id))
+            };
+            let job = &self.state.jobs[&record];
             let spec = job.spec.as_ref().expect("jobs have specs");
             if spec.deadline_ms > 0 && cannot_meet(spec, now_ms) {
-                input.expired.push(p.id);
+                if first_view {
+                    input.expired.push(record);
+                }
                 continue;
             }
             if let Some(reason) = self.wait_reason(spec, now_ms) {
-                input.waits.push((p.id, reason));
+                if first_view {
+                    input.waits.push((record, reason));
+                }
                 continue;
             }
             if let Some(part) = self.cluster().and_then(|c| c.partition(&spec.partition)) {
@@ -346,6 +361,7 @@ impl StateMachine {
             }
             input.pending.push(p);
         }
+        input.views = views;
         input
     }
 
