@@ -200,24 +200,25 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
 /// task record alone; an array's id, its own record and every task record; tasks,
 /// the ones named (a pending task shown as its array's record with its own index).
 async fn show_jobs(
-    mut c: pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    mut c: pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
     refs: &[JobRef],
 ) -> anyhow::Result<Vec<pb::Job>> {
-    let list = |c: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
-                job_ids: Vec<u64>| {
-        let mut c = c.clone();
-        async move {
-            let req = pb::ListJobsRequest {
-                job_ids,
-                include_finished: true,
-                ..Default::default()
-            };
-            c.list(req)
-                .await
-                .map(|r| r.into_inner().jobs)
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))
-        }
-    };
+    let list =
+        |c: &mut pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
+         job_ids: Vec<u64>| {
+            let mut c = c.clone();
+            async move {
+                let req = pb::ListJobsRequest {
+                    job_ids,
+                    include_finished: true,
+                    ..Default::default()
+                };
+                c.list(req)
+                    .await
+                    .map(|r| r.into_inner().jobs)
+                    .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))
+            }
+        };
     if refs.is_empty() {
         return list(&mut c, vec![]).await;
     }
@@ -641,7 +642,9 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
 /// Reads the cluster description `file` and installs it through the Raft log; berthd
 /// checks it first and answers a bad one with its line and reason (nothing changes).
 async fn cluster_config_set(
-    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<berth_auth::channel::AuthChannel>,
+    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<
+        berth_auth::channel::AuthChannel,
+    >,
     file: &str,
 ) -> anyhow::Result<i32> {
     let toml = std::fs::read_to_string(file)

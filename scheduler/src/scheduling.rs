@@ -227,6 +227,7 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
             job_id,
             reason: "DeadLine".into(),
             end_state: pb::JobState::Deadline as i32,
+            array_tasks: Vec::new(),
         });
         match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => tracing::info!(job_id, "job cannot end before its deadline"),

@@ -365,9 +365,12 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::RequeueRequest>,
     ) -> Result<Response<pb::RequeueResponse>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.requeue(Request::new(req.into_inner())).await;
+            return leader.requeue(forward(&caller, req.into_inner())).await;
         }
+        crate::security::note(&req, format!("job {}", req.get_ref().job_id));
+        self.authorize_job(&caller, req.get_ref().job_id, "requeue")?;
         let job_id = req.into_inner().job_id;
         outcome_status(
             self.propose(Cmd::Requeue(pb::RequeueJob { job_id }))
@@ -380,9 +383,14 @@ impl pb::job_service_server::JobService for Api {
         &self,
         req: Request<pb::UpdateArrayRequest>,
     ) -> Result<Response<pb::UpdateArrayResponse>, Status> {
+        let caller = Caller::of(&req);
         if let Some(mut leader) = self.leader().await? {
-            return leader.update_array(Request::new(req.into_inner())).await;
+            return leader
+                .update_array(forward(&caller, req.into_inner()))
+                .await;
         }
+        crate::security::note(&req, format!("job {}", req.get_ref().job_id));
+        self.authorize_job(&caller, req.get_ref().job_id, "update")?;
         let r = req.into_inner();
         let cmd = Cmd::ArrayUpdate(pb::ArrayUpdate {
             job_id: r.job_id,

@@ -1595,8 +1595,8 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
-pub mod cluster;
 pub mod array;
+pub mod cluster;
 pub mod dependency;
 pub mod eligible;
 pub mod gpu_counts;

@@ -369,6 +369,7 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
                 pb::CancelRequest {
                     job_id: id,
                     reason: String::new(),
+                    ..Default::default()
                 }
                 .encode_to_vec()
             }),
@@ -380,6 +381,25 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
                 pb::HoldRequest {
                     job_id: id,
                     hold: true,
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [Allow, Deny, Allow, Allow, Allow, Deny],
+        ),
+        // Requeue and array updates: the job's owner, its account's coordinator, operators.
+        (
+            "/berth.v1.JobService/Requeue",
+            Body::Job(|id| pb::RequeueRequest { job_id: id }.encode_to_vec()),
+            [Allow, Deny, Allow, Allow, Allow, Deny],
+        ),
+        (
+            "/berth.v1.JobService/UpdateArray",
+            Body::Job(|id| {
+                pb::UpdateArrayRequest {
+                    job_id: id,
+                    max_running: Some(2),
+                    ..Default::default()
                 }
                 .encode_to_vec()
             }),

@@ -90,14 +90,15 @@ fn start(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> Result<u32, OciErro
     }
     bundle::write_config(&bundle_dir, &config)?;
     let owner = (job.uid != 0).then_some((job.uid, job.gid));
-    let stdout =
-        crate::shim::open_output(&spec.stdout, owner, &spec.groups, spec.append).map_err(OciError::Runtime)?;
+    let stdout = crate::shim::open_output(&spec.stdout, owner, &spec.groups, spec.append)
+        .map_err(OciError::Runtime)?;
     let stderr = if spec.stderr == spec.stdout {
         stdout
             .try_clone()
             .map_err(|e| OciError::Runtime(e.to_string()))?
     } else {
-        crate::shim::open_output(&spec.stderr, owner, &spec.groups, spec.append).map_err(OciError::Runtime)?
+        crate::shim::open_output(&spec.stderr, owner, &spec.groups, spec.append)
+            .map_err(OciError::Runtime)?
     };
     let pid = runtime.create(&bundle_dir, &job.id, stdout, stderr)?;
     runtime.start(&job.id)?;

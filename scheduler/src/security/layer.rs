@@ -58,6 +58,8 @@ fn state_changing(path: &str) -> bool {
         "Submit"
             | "Cancel"
             | "Hold"
+            | "Requeue"
+            | "UpdateArray"
             | "BindPod"
             | "SetAccounts"
             | "ChangeMembership"

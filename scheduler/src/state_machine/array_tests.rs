@@ -212,6 +212,7 @@ fn tasks_are_cancelled_held_and_changed_alone() {
             job_id: 1,
             reason: String::new(),
             array_tasks: tasks,
+            ..Default::default()
         })
     };
     assert_eq!(
@@ -262,6 +263,7 @@ fn tasks_are_cancelled_held_and_changed_alone() {
             job_id: 99,
             reason: String::new(),
             array_tasks: vec![range(1, 1, 1)],
+            ..Default::default()
         }),
     ] {
         assert_ne!(log.apply(bad), Outcome::Done);

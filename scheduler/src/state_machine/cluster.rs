@@ -333,11 +333,9 @@ impl StateMachine {
             // An array's task views share its record (and so its spec and its verdict).
             let record = views.record(p.id);
             // Several views of one array meet the same verdict: record it once.
-            let first_view = record == p.id || {
-                let seen = |ids: &mut dyn Iterator<Item = u64>| ids.any(|id| id == record);
-                !seen(&mut input.expired.iter().copied())
-                    && !seen(&mut input.waits.iter().map(|(id, _)| *id))
-            };
+            let first_view = record == p.id
+                || (!input.expired.contains(&record)
+                    && !input.waits.iter().any(|(id, _)| *id == record));
             let job = &self.state.jobs[&record];
             let spec = job.spec.as_ref().expect("jobs have specs");
             if spec.deadline_ms > 0 && cannot_meet(spec, now_ms) {
