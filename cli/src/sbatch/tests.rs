@@ -1054,14 +1054,14 @@ fn environment_variables() {
         .map(|s| summary(&s.spec))
         .expect("parses");
     assert!(got.contains("p=cli "), "command line overrides env: {got}");
-    f.ctx.env.insert("SBATCH_WCKEY".into(), "x".into());
+    f.ctx.env.insert("SBATCH_ACCTG_FREQ".into(), "x".into());
     let err = f
         .run(&["job.sh"])
         .map(|s| summary(&s.spec))
         .map_err(|e| e.to_string());
-    let want = "environment variable SBATCH_WCKEY: option --wckey is not supported by berth yet";
+    let want = "environment variable SBATCH_ACCTG_FREQ: option --acctg-freq is not supported by berth yet";
     assert_eq!(err, Err(want.to_string()));
-    f.ctx.env.remove("SBATCH_WCKEY");
+    f.ctx.env.remove("SBATCH_ACCTG_FREQ");
     f.ctx.env.insert("SBATCH_TIMELIMIT".into(), "soon".into());
     let err = f
         .run(&["job.sh"])
