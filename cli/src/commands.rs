@@ -601,7 +601,9 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
 /// Reads the cluster description `file` and installs it through the Raft log; berthd
 /// checks it first and answers a bad one with its line and reason (nothing changes).
 async fn cluster_config_set(
-    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<berth_auth::channel::AuthChannel>,
+    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<
+        berth_auth::channel::AuthChannel,
+    >,
     file: &str,
 ) -> anyhow::Result<i32> {
     let toml = std::fs::read_to_string(file)
