@@ -310,6 +310,7 @@ pub fn parse_states(list: &[String]) -> Result<Vec<JobState>, String> {
                 "NF" | "NODE_FAIL" => JobState::NodeFail,
                 "OOM" | "OUT_OF_MEMORY" => JobState::OutOfMemory,
                 "PR" | "PREEMPTED" => JobState::Preempted,
+                "DL" | "DEADLINE" => JobState::Deadline,
                 _ => return Err(format!("unrecognized job state value '{s}'")),
             })
         })

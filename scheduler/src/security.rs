@@ -380,7 +380,9 @@ pub fn group_names(gid: u32, gids: &[u32]) -> Vec<String> {
 /// Stamps a submit with the caller's proven identity and seals it. The spec's claimed
 /// user, if any, must be the caller, unless the caller is an admin submitting on behalf
 /// of that user (Slurm's `sbatch --uid`, root only there); the account must be one the
-/// user may submit to.
+/// user may submit to. Without an accounts file (`enforced` false) an account berth does
+/// not know is taken as named, as the state machine takes it (Slurm without accounting
+/// enforcement).
 ///
 /// # Errors
 /// `PERMISSION_DENIED` naming the rule; `INVALID_ARGUMENT` for an unknown user.
@@ -388,6 +390,7 @@ pub fn stamp_submit(
     sec: &SecurityConfig,
     caller: &Caller,
     accounts: &crate::accounts::AccountsConfig,
+    enforced: bool,
     spec: &mut pb::JobSpec,
 ) -> Result<(), Status> {
     if caller.peer != Peer::User && caller.role < Role::Admin {
@@ -402,9 +405,11 @@ pub fn stamp_submit(
     if !spec.user.is_empty() && spec.user != id.user && caller.role >= Role::Admin {
         id = resolve_user(&spec.user, &format!("as-admin:{}", id.user), &id.from)?;
     }
-    let account = accounts
-        .resolve_account(&spec.account, &id.user)
-        .map_err(Status::invalid_argument)?;
+    let account = match accounts.resolve_account(&spec.account, &id.user) {
+        Ok(a) => a,
+        Err(_) if !enforced && !spec.account.is_empty() => spec.account.clone(),
+        Err(why) => return Err(Status::invalid_argument(why)),
+    };
     if caller.role < Role::Admin && !accounts.access.may_submit(&id.user, &account) {
         let mine = accounts.access.memberships(&id.user);
         return Err(Status::permission_denied(format!(

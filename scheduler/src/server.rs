@@ -236,7 +236,8 @@ impl pb::job_service_server::JobService for Api {
         crate::security::check_env(&spec)?;
         if let Some(sec) = &self.0.security {
             let sm = self.0.raft.state();
-            crate::security::stamp_submit(sec, &caller, sm.accounts(), &mut spec)?;
+            let enforced = !sm.accounts_toml().is_empty();
+            crate::security::stamp_submit(sec, &caller, sm.accounts(), enforced, &mut spec)?;
         }
         match self
             .propose(Cmd::Submit(pb::SubmitJob { spec: Some(spec) }))

@@ -390,6 +390,7 @@ fn cpu_agent(dir: &Path, servers: &str) -> Proc {
                 "--state-dir",
             ])
             .arg(dir.join("agent"))
+            .args(berth_tests::TestCa::of(dir).agent_args("cpu1"))
             .env("RUST_LOG", "error")
             .spawn()
             .unwrap(),
@@ -406,9 +407,8 @@ fn leader(ports: &[u16], live: &[usize]) -> Option<u64> {
         .map(|i| {
             rt.block_on(async {
                 let url = format!("http://127.0.0.1:{}", ports[*i]);
-                let mut c = berth_proto::v1::admin_service_client::AdminServiceClient::connect(url)
-                    .await
-                    .ok()?;
+                let channel = berth_tests::connect(&url).await.ok()?;
+                let mut c = berth_proto::v1::admin_service_client::AdminServiceClient::new(channel);
                 let s = c
                     .get_replica_status(berth_proto::v1::ReplicaStatusRequest {})
                     .await

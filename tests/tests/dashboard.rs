@@ -6,6 +6,16 @@ use berth_tests::{berth_dev, free_port, poll, sbatch};
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 
+/// berthd's `/metrics` body over HTTPS on loopback `port`, with the certificate in `dir`.
+fn berthd_metrics(dir: &std::path::Path, port: u16) -> String {
+    let raw = berth_tests::https(port, dir, &berth_tests::http_request("GET", "/metrics", ""))
+        .expect("https /metrics");
+    match raw.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => raw,
+    }
+}
+
 fn http_get(url: &str) -> String {
     let rest = url.trim_start_matches("http://");
     let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -100,6 +110,10 @@ fn every_dashboard_query_names_an_exported_metric() {
         .find_map(|l| l.strip_prefix("berth dev: agent metrics node1 "))
         .map(|u| u.trim().to_string())
         .unwrap_or_else(|| panic!("agent metrics URL in {printed:?}"));
+    // berth dev serves /metrics over TLS from its own CA: scrape it as Prometheus would,
+    // with a client certificate from that CA.
+    let svc = berth_tests::TestCa::of_dev(&dir.join("state"))
+        .issue(&["--service", "prometheus"], "prometheus");
     let server = format!("http://127.0.0.1:{port}");
     // One job ends (the per-account counters and the queue wait get series) while
     // another still runs (the GPUs-held gauge has one only then).
@@ -110,7 +124,7 @@ fn every_dashboard_query_names_an_exported_metric() {
         "berth_account_gpus_allocated",
     ];
     let names = poll("an ended and a running job in the metrics", 60, || {
-        let mut names = exported(&http_get(&format!("http://{web_arg}/metrics")));
+        let mut names = exported(&berthd_metrics(&svc, web));
         names.extend(exported(&http_get(&agent_url)));
         want.iter().all(|w| names.contains(*w)).then_some(names)
     });

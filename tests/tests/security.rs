@@ -504,6 +504,17 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
             }),
             [Allow, Deny, Deny, Deny, Allow, Deny],
         ),
+        // Job history and usage: every user reads them (sacct without PrivateData).
+        (
+            "/berth.v1.AccountingService/Query",
+            enc(pb::RecordQuery::default()),
+            [Allow, Allow, Allow, Allow, Allow, Deny],
+        ),
+        (
+            "/berth.v1.AccountingService/Usage",
+            enc(pb::UsageQuery::default()),
+            [Allow, Allow, Allow, Allow, Allow, Deny],
+        ),
         (
             "/berth.v1.AdminService/GetCluster",
             enc(pb::ClusterRequest::default()),

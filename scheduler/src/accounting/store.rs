@@ -113,27 +113,30 @@ pub fn matches(q: &pb::RecordQuery, r: &pb::JobRecord) -> bool {
 
 fn in_window(q: &pb::RecordQuery, r: &pb::JobRecord) -> bool {
     let (start, end) = (q.window_start_ms, window_end(q));
-    let not_ended_before = r.end_time_ms == 0 || r.end_time_ms >= start;
+    // sacct's times are whole seconds (a job that ended at 10:00:00.6 ended "at 10:00:00",
+    // inside `-E now` asked at 10:00:00.9): judge each record time by its second.
+    let second = |ms: u64| ms - ms % 1000;
+    let (eligible, started, ended) = (
+        second(r.eligible_time_ms),
+        second(r.start_time_ms),
+        second(r.end_time_ms),
+    );
+    let not_ended_before = ended == 0 || ended >= start;
     if q.states.is_empty() {
-        if r.eligible_time_ms == 0 || r.held && r.start_time_ms == 0 {
+        if eligible == 0 || r.held && started == 0 {
             return q.include_ineligible && not_ended_before;
         }
-        return r.eligible_time_ms <= end && not_ended_before;
+        return eligible <= end && not_ended_before;
     }
     q.states().any(|s| match s {
         JobState::Pending => {
-            r.eligible_time_ms > 0
-                && r.eligible_time_ms <= end
-                && (r.start_time_ms == 0 || r.start_time_ms >= start)
-                && (r.start_time_ms > 0 || not_ended_before)
+            eligible > 0
+                && eligible <= end
+                && (started == 0 || started >= start)
+                && (started > 0 || not_ended_before)
         }
-        JobState::Running => r.start_time_ms > 0 && r.start_time_ms <= end && not_ended_before,
-        other => {
-            r.state() == other
-                && r.end_time_ms > 0
-                && r.end_time_ms >= start
-                && r.end_time_ms <= end
-        }
+        JobState::Running => started > 0 && started <= end && not_ended_before,
+        other => r.state() == other && ended > 0 && ended >= start && ended <= end,
     })
 }
 
