@@ -299,6 +299,7 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
             .cancel(pb::CancelRequest {
                 job_id: id,
                 reason: String::new(),
+                array_tasks: Vec::new(),
             })
             .await
         {
@@ -462,6 +463,7 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
                     .hold(pb::HoldRequest {
                         job_id: id,
                         hold: *verb != "release",
+                        array_tasks: Vec::new(),
                     })
                     .await
                 {

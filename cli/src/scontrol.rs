@@ -823,10 +823,12 @@ mod tests {
                 berth_proto::v1::DependencyCondition {
                     kind: "afterok".into(),
                     job_id: 12,
+                    ..Default::default()
                 },
                 berth_proto::v1::DependencyCondition {
                     kind: "afterany".into(),
                     job_id: 13,
+                    ..Default::default()
                 },
             ],
             ..Default::default()

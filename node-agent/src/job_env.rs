@@ -56,6 +56,10 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     if spec.mem_mb > 0 {
         set("SLURM_MEM_PER_NODE", spec.mem_mb.to_string());
     }
+    set("SLURM_RESTART_COUNT", job.restart_count.to_string());
+    for (k, v) in array_vars(job) {
+        set(k, v);
+    }
     set("SLURM_NODEID", "0".into());
     set("SLURM_PROCID", "0".into());
     set("SLURM_LOCALID", "0".into());
@@ -77,6 +81,44 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
         },
     );
     env
+}
+
+/// `SLURM_ARRAY_*` of an array task: its array's id, its index, and the array's task
+/// count, lowest and highest index and stride (1 unless all indexes are evenly spaced).
+/// Nothing for a job that is not an array task.
+pub fn array_vars(job: &pb::Job) -> Vec<(&'static str, String)> {
+    let Some(task) = job.array_task_id else {
+        return Vec::new();
+    };
+    // berthd checked the ranges at submit: ascending, disjoint, on their strides.
+    let ranges = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.array.as_ref())
+        .map(|a| a.ranges.as_slice())
+        .unwrap_or_default();
+    let count: u64 = ranges
+        .iter()
+        .map(|r| u64::from(r.end.saturating_sub(r.start) / r.step.max(1)) + 1)
+        .sum();
+    let stride = match ranges {
+        [only] if only.start < only.end => only.step,
+        _ => 1,
+    };
+    vec![
+        ("SLURM_ARRAY_JOB_ID", job.array_job_id.to_string()),
+        ("SLURM_ARRAY_TASK_ID", task.to_string()),
+        ("SLURM_ARRAY_TASK_COUNT", count.max(1).to_string()),
+        (
+            "SLURM_ARRAY_TASK_MIN",
+            ranges.first().map_or(task, |r| r.start).to_string(),
+        ),
+        (
+            "SLURM_ARRAY_TASK_MAX",
+            ranges.last().map_or(task, |r| r.end).to_string(),
+        ),
+        ("SLURM_ARRAY_TASK_STEP", stride.to_string()),
+    ]
 }
 
 /// Rewrites the GPU selection of `env` for an AMD node: `ROCR_VISIBLE_DEVICES` (ROCr, under

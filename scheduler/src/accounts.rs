@@ -12,6 +12,7 @@
 //! default_account = "default"    # account of jobs without --account (and no user account)
 //! mig_carve_cost = 1.0           # score penalty for carving a MIG GPU holding no slice, [0, 2]
 //! packing = "bestfit"            # packing of partitions not listed: bestfit|spread|fgd|berth
+//! max_array_size = 1001          # Slurm MaxArraySize: array task indexes are below it
 //!
 //! [[partition]]                  # per-partition packing (the partition need not exist yet)
 //! name = "a100-timeslice"
@@ -91,6 +92,8 @@ struct File {
     mig_carve_cost: Option<f64>,
     #[serde(default)]
     packing: Option<String>,
+    #[serde(default)]
+    max_array_size: Option<u32>,
     #[serde(default)]
     partition: Vec<PartitionEntry>,
     #[serde(default)]
@@ -183,6 +186,8 @@ pub struct AccountsConfig {
     pub policy: PolicyConfig,
     /// Account of jobs that name none (and whose user is not an account).
     pub default_account: String,
+    /// Job array task indexes are below this (Slurm's MaxArraySize).
+    pub max_array_size: u32,
 }
 
 impl AccountsConfig {
@@ -315,9 +320,19 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         ..PolicyConfig::default()
     };
     policy.validate()?;
+    let max_array_size = file
+        .max_array_size
+        .unwrap_or(crate::state_machine::array::MAX_ARRAY_SIZE_DEFAULT);
+    let most = crate::state_machine::array::MAX_ARRAY_SIZE_MAX;
+    if max_array_size == 0 || max_array_size > most {
+        return Err(AccountsError::Rule(format!(
+            "max_array_size = {max_array_size}: must be within [1, {most}]"
+        )));
+    }
     let cfg = AccountsConfig {
         policy,
         default_account: file.default_account,
+        max_array_size,
     };
     let tree = &cfg.policy.accounts;
     match tree.index(&cfg.default_account) {

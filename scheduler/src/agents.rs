@@ -266,7 +266,7 @@ pub async fn liveness_loop(
             let reason = format!("agent not responding for {}s", timeout.as_secs());
             tracing::warn!(node, "{reason}; marking the node down");
             let cmd = pb::command::Cmd::NodeDown(pb::NodeDown { node, reason });
-            if let Err(e) = raft.propose(crate::server::command(cmd)).await {
+            if let Err(e) = raft.propose(crate::command::command(cmd)).await {
                 tracing::warn!("node down not proposed: {e}");
             }
         }

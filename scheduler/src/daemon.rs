@@ -7,7 +7,7 @@
 use crate::agents::{dispatch_loop, liveness_loop, AgentRegistry};
 use crate::raft_loop::{RaftConfig, RaftHandle, StartError};
 use crate::scheduling::{scheduling_loop, PendingReasons};
-use crate::server::{Api, Shared};
+use crate::server::{Api, Shared, MESSAGE_BYTES_MAX};
 use crate::storage::StoreError;
 use berth_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
@@ -17,10 +17,6 @@ use berth_proto::v1::{
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Largest gRPC message accepted (a job spec carries its script; Slurm's default limit on a
-/// batch script is 4 MiB, plus room for the environment).
-pub const MESSAGE_BYTES_MAX: usize = 8 << 20;
 
 /// How one replica runs.
 #[derive(Debug, Clone)]

@@ -221,6 +221,7 @@ async fn bind_pod(http: &Http, body: &[u8]) -> Result<u64, String> {
         let cancel = pb::CancelRequest {
             job_id: job.id,
             reason: format!("binding refused: {e}"),
+            ..Default::default()
         };
         if let Err(s) = http.api.cancel(tonic::Request::new(cancel)).await {
             tracing::error!(

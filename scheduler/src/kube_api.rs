@@ -7,8 +7,8 @@
 //! Kubernetes refuses either step the job is cancelled again, which releases its GPUs, and
 //! kube-scheduler sees the error and retries the pod.
 
+use crate::command::command;
 use crate::raft_loop::RaftHandle;
-use crate::server::command;
 use berth_proto::v1 as pb;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -320,7 +320,7 @@ pub async fn pod_watch_loop(
         if !raft.is_leader() {
             continue;
         }
-        let now = crate::server::now_ms();
+        let now = crate::command::now_ms();
         let (running, cancelled): (Vec<pb::Job>, Vec<pb::Job>) = raft
             .state()
             .jobs()
@@ -340,6 +340,7 @@ pub async fn pod_watch_loop(
             let cancel = pb::command::Cmd::Cancel(pb::CancelJob {
                 job_id,
                 reason: "pod group reservation timed out".into(),
+                ..Default::default()
             });
             if let Err(e) = raft.propose(command(cancel)).await {
                 tracing::warn!("reservation release not proposed: {e}");

@@ -13,6 +13,7 @@
 //! - [`raft_loop`]: the ready-loop thread and the [`raft_loop::RaftHandle`] to propose/read.
 //! - [`raft_log`]: raft-rs's slog records into tracing.
 //! - [`state_machine`]: `apply(Command)` over jobs and nodes; outcomes and effects.
+//! - [`command`]: a command stamped with the proposer's clock, as every proposer sends it.
 //! - [`output_path`]: `%j %x %u %N` expansion of output file patterns.
 //! - [`scheduling`]: the leader's loop: state → `policies::schedule` → `Allocate` command.
 //! - [`agents`]: the registry of connected agents and the dispatch of effects to them.
@@ -30,6 +31,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod command;
 pub mod daemon;
 pub mod extender;
 pub mod http;

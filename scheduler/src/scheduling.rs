@@ -107,7 +107,7 @@ async fn install_once(
         if current(&raft.state()) == wanted {
             return;
         }
-        match raft.propose(crate::server::command(cmd.clone())).await {
+        match raft.propose(crate::command::command(cmd.clone())).await {
             Ok(Outcome::Done) => {
                 tracing::info!("{what} installed");
                 return;
@@ -136,7 +136,9 @@ pub struct Plan {
 /// when nothing is pending (or only held jobs are). Pure: the leader's loop and the deterministic simulator call
 /// it alike.
 pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
-    let pending = sm.pending_jobs();
+    // An array stands for the tasks that could start now, under synthetic ids that
+    // `views` maps back to (array, task index).
+    let (pending, views) = sm.pending_with_tasks();
     // Jobs waiting on dependencies never reach the policies; their reason is the state's.
     let mut reasons: HashMap<u64, (String, Option<u64>)> = sm
         .dependency_waits()
@@ -153,10 +155,13 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     }
     let cluster = sm.policy_view();
     let schedule = policies::schedule(&cluster, &pending, &sm.accounts().policy, now_ms);
-    reasons.extend(schedule.pending.iter().map(|p| {
+    for p in &schedule.pending {
+        // An array's first waiting task speaks for the array's record.
         let reason = p.reason.slurm_name().to_string();
-        (p.job_id, (reason, p.expected_start_ms))
-    }));
+        reasons
+            .entry(views.record(p.job_id))
+            .or_insert((reason, p.expected_start_ms));
+    }
     let preempt = (!schedule.preemptions.is_empty()).then(|| pb::Preempt {
         term,
         preemptions: schedule
@@ -164,7 +169,7 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
             .iter()
             .map(|p| pb::Preemption {
                 victim: p.victim,
-                preemptor: p.preemptor,
+                preemptor: views.record(p.preemptor),
                 cause: match p.cause {
                     policies::PreemptCause::Priority => "priority",
                     policies::PreemptCause::Reclaim => "reclaim",
@@ -175,7 +180,18 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
     });
     let allocate = (!schedule.decisions.is_empty()).then(|| pb::Allocate {
         term,
-        placements: schedule.decisions.iter().map(placement).collect(),
+        placements: schedule
+            .decisions
+            .iter()
+            .map(|d| {
+                let mut p = placement(d);
+                if let Some((array, index)) = views.get(d.job_id) {
+                    p.job_id = array;
+                    p.array_task_id = Some(index);
+                }
+                p
+            })
+            .collect(),
     });
     Some(Plan {
         reasons,
@@ -185,14 +201,14 @@ pub fn plan(sm: &StateMachine, term: u64, now_ms: u64) -> Option<Plan> {
 }
 
 async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
-    let now = crate::server::now_ms();
+    let now = crate::command::now_ms();
     let Some(plan) = plan(&raft.state(), raft.term(), now) else {
         return;
     };
     reasons.replace(plan.reasons);
     if let Some(preempt) = plan.preempt {
         let cmd = pb::command::Cmd::Preempt(preempt);
-        match raft.propose(crate::server::command(cmd)).await {
+        match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => {}
             Ok(other) => tracing::warn!("preemption partly refused: {other:?}"),
             Err(e) => tracing::warn!("preemption not proposed: {e}"),
@@ -200,7 +216,7 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
     }
     if let Some(alloc) = plan.allocate {
         let cmd = pb::command::Cmd::Allocate(alloc);
-        match raft.propose(crate::server::command(cmd)).await {
+        match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => {}
             Ok(other) => tracing::warn!("allocation partly refused: {other:?}"),
             Err(e) => tracing::warn!("allocation not proposed: {e}"),
@@ -238,5 +254,6 @@ pub fn placement(d: &policies::Decision) -> pb::Placement {
     pb::Placement {
         job_id: d.job_id,
         allocations,
+        array_task_id: None,
     }
 }

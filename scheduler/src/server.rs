@@ -8,6 +8,7 @@
 //! job events, and any protocol violation closes it.
 
 use crate::agents::{reconcile, AgentRegistry, AgentSender};
+use crate::command::{command, now_ms};
 use crate::raft_loop::{ProposeError, RaftHandle};
 use crate::scheduling::PendingReasons;
 use crate::state_machine::{validate_inventory, Effect, Outcome};
@@ -21,14 +22,6 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Milliseconds since the Unix epoch: the leader's clock, stamped into commands.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Tries of a bind whose GPUs the scheduling loop took between choice and commit.
 const BIND_ATTEMPTS: u32 = 3;
 
@@ -36,13 +29,9 @@ const BIND_ATTEMPTS: u32 = 3;
 /// to a follower.
 pub const LEADER_HEADER: &str = "berth-leader";
 
-/// A command stamped with the leader's clock.
-pub fn command(cmd: Cmd) -> pb::Command {
-    pb::Command {
-        time_ms: now_ms(),
-        cmd: Some(cmd),
-    }
-}
+/// Largest gRPC message accepted (a job spec carries its script; Slurm's default limit on a
+/// batch script is 4 MiB, plus room for the environment).
+pub const MESSAGE_BYTES_MAX: usize = 8 << 20;
 
 /// What the services share.
 pub struct Shared {
@@ -134,9 +123,7 @@ impl Api {
         };
         let client =
             pb::job_service_client::JobServiceClient::new(self.0.leader_channel.get(&url)?);
-        Ok(Some(client.max_encoding_message_size(
-            crate::daemon::MESSAGE_BYTES_MAX,
-        )))
+        Ok(Some(client.max_encoding_message_size(MESSAGE_BYTES_MAX)))
     }
 
     /// The leader's URL when this replica is a follower of a group; `None` when it leads
@@ -250,11 +237,13 @@ impl pb::job_service_server::JobService for Api {
         if let Some(mut leader) = self.leader().await? {
             return leader.cancel(Request::new(req.into_inner())).await;
         }
-        let pb::CancelRequest { job_id, reason } = req.into_inner();
-        outcome_status(
-            self.propose(Cmd::Cancel(pb::CancelJob { job_id, reason }))
-                .await?,
-        )?;
+        let r = req.into_inner();
+        let cmd = Cmd::Cancel(pb::CancelJob {
+            job_id: r.job_id,
+            reason: r.reason,
+            array_tasks: r.array_tasks,
+        });
+        outcome_status(self.propose(cmd).await?)?;
         Ok(Response::new(pb::CancelResponse {}))
     }
 
@@ -270,10 +259,44 @@ impl pb::job_service_server::JobService for Api {
             self.propose(Cmd::Hold(pb::HoldJob {
                 job_id: r.job_id,
                 hold: r.hold,
+                array_tasks: r.array_tasks,
             }))
             .await?,
         )?;
         Ok(Response::new(pb::HoldResponse {}))
+    }
+
+    async fn requeue(
+        &self,
+        req: Request<pb::RequeueRequest>,
+    ) -> Result<Response<pb::RequeueResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.requeue(Request::new(req.into_inner())).await;
+        }
+        let job_id = req.into_inner().job_id;
+        outcome_status(
+            self.propose(Cmd::Requeue(pb::RequeueJob { job_id }))
+                .await?,
+        )?;
+        Ok(Response::new(pb::RequeueResponse {}))
+    }
+
+    async fn update_array(
+        &self,
+        req: Request<pb::UpdateArrayRequest>,
+    ) -> Result<Response<pb::UpdateArrayResponse>, Status> {
+        if let Some(mut leader) = self.leader().await? {
+            return leader.update_array(Request::new(req.into_inner())).await;
+        }
+        let r = req.into_inner();
+        let cmd = Cmd::ArrayUpdate(pb::ArrayUpdate {
+            job_id: r.job_id,
+            array_tasks: r.array_tasks,
+            max_running: r.max_running,
+            time_limit_secs: r.time_limit_secs,
+        });
+        outcome_status(self.propose(cmd).await?)?;
+        Ok(Response::new(pb::UpdateArrayResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -295,7 +318,12 @@ impl pb::job_service_server::JobService for Api {
         let sm = self.0.raft.state();
         let jobs = sm
             .jobs()
-            .filter(|j| r.job_ids.is_empty() || r.job_ids.contains(&j.id))
+            // An array's id names every task of it too (squeue -j 12).
+            .filter(|j| {
+                r.job_ids.is_empty()
+                    || r.job_ids.contains(&j.id)
+                    || (j.array_job_id != 0 && r.job_ids.contains(&j.array_job_id))
+            })
             .filter(|j| {
                 r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user))
             })

@@ -231,8 +231,10 @@ impl StateMachine {
         };
         let (outcome, mut effects) = match cmd {
             Cmd::Submit(c) => self.submit(c.spec.unwrap_or_default(), now),
-            Cmd::Cancel(c) => self.cancel(c.job_id, &c.reason, now),
-            Cmd::Hold(c) => self.hold(c.job_id, c.hold),
+            Cmd::Cancel(c) => self.cancel(c, now),
+            Cmd::Hold(c) => self.hold(c, now),
+            Cmd::ArrayUpdate(c) => self.array_update(c, now),
+            Cmd::Requeue(_) => (Outcome::Rejected("not supported yet".into()), vec![]),
             Cmd::RegisterNode(c) => self.register_node(c.inventory.unwrap_or_default(), now),
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
@@ -272,9 +274,18 @@ impl StateMachine {
         let next_id = self.state.next_job_id.max(1);
         if let Err(why) = dependency::validate(&spec.dependencies, |id| {
             id < next_id && self.state.jobs.contains_key(&id)
-        }) {
+        })
+        .and_then(|()| self.check_task_dependencies(&spec.dependencies))
+        {
             return (Outcome::Rejected(why), vec![]);
         }
+        let array = match &spec.array {
+            Some(a) => match array::validate(a, self.accounts.max_array_size) {
+                Ok(set) => Some(set),
+                Err(why) => return (Outcome::Rejected(why), vec![]),
+            },
+            None => None,
+        };
         let wanted = pending_view(0, &spec);
         if let Err(why) = policies::feasible_when_idle(&self.cluster_view(), &wanted) {
             let msg = format!("Requested node configuration is not available ({why})");
@@ -294,14 +305,17 @@ impl StateMachine {
             held,
             account,
             qos,
+            array_job_id: if array.is_some() { id } else { 0 },
+            array_pending: array.map(|a| a.to_ranges()).unwrap_or_default(),
             ..Default::default()
         };
         self.state.jobs.insert(id, job);
         (Outcome::Submitted(id), vec![changed(id)])
     }
 
-    /// Cancels job `id`; `reason` is empty when the user asked (shown as "cancelled").
-    fn cancel(&mut self, id: u64, reason: &str, now: u64) -> Applied {
+    /// Cancels job `id` alone; `reason` is empty when the user asked (shown as
+    /// "cancelled"). Whole arrays and array tasks: [`StateMachine::cancel`].
+    fn cancel_one(&mut self, id: u64, reason: &str, now: u64) -> Applied {
         let reason = if reason.is_empty() {
             CANCELLED_BY_USER
         } else {
@@ -350,7 +364,7 @@ impl StateMachine {
         }
     }
 
-    fn hold(&mut self, id: u64, hold: bool) -> Applied {
+    fn hold_one(&mut self, id: u64, hold: bool) -> Applied {
         let Some(job) = self.state.jobs.get_mut(&id) else {
             return (Outcome::NoSuchJob(id), vec![]);
         };
@@ -573,7 +587,17 @@ impl StateMachine {
     fn allocate(&mut self, alloc: pb::Allocate, now: u64) -> Applied {
         let mut effects = Vec::new();
         let mut refused = Vec::new();
+        let mut rooms = array::Rooms::default();
         for placement in alloc.placements {
+            let array = placement.array_task_id.map(|_| placement.job_id);
+            let placement = match self.array_placement(placement, &mut rooms, now) {
+                Ok(p) => p,
+                Err((id, why)) => {
+                    refused.push(format!("job {id}: {why}"));
+                    continue;
+                }
+            };
+            effects.extend(array.map(changed));
             if let Err(why) = self.check_placement(&placement) {
                 refused.push(format!("job {}: {why}", placement.job_id));
                 continue;
@@ -700,14 +724,18 @@ impl StateMachine {
         job.allocations = p.allocations.clone();
         let spec = job.spec.clone().unwrap_or_default();
         let node = &p.allocations[0].node;
-        job.stdout_path =
-            crate::output_path::resolve(&spec, job.id, node, &spec.stdout, "slurm-%j.out");
+        let default = if job.array_job_id != 0 {
+            "slurm-%A_%a.out"
+        } else {
+            "slurm-%j.out"
+        };
+        job.stdout_path = crate::output_path::resolve_job(job, node, &spec.stdout, default);
         let stderr = if spec.stderr.is_empty() {
             &spec.stdout
         } else {
             &spec.stderr
         };
-        job.stderr_path = crate::output_path::resolve(&spec, job.id, node, stderr, "slurm-%j.out");
+        job.stderr_path = crate::output_path::resolve_job(job, node, stderr, default);
     }
 
     fn job_ended(&mut self, ended: pb::JobEnded, now: u64) -> Applied {
@@ -1102,43 +1130,6 @@ impl StateMachine {
     pub fn accounts_toml(&self) -> &str {
         &self.state.accounts_toml
     }
-
-    /// Where the dependencies of `job` stand (satisfied when it has none).
-    pub fn dependency_status(&self, job: &pb::Job) -> dependency::DependencyStatus {
-        let deps = job.spec.as_ref().map_or(&[][..], |s| &s.dependencies[..]);
-        dependency::status(deps, |id| self.state.jobs.get(&id))
-    }
-
-    /// Pending jobs (not held) that wait on their dependencies, with Slurm's reason
-    /// (`Dependency` or `DependencyNeverSatisfied`).
-    pub fn dependency_waits(&self) -> Vec<(u64, &'static str)> {
-        self.state
-            .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Pending && !j.held)
-            .filter_map(|j| Some((j.id, self.dependency_status(j).reason()?)))
-            .collect()
-    }
-
-    /// Jobs ready to be placed, FIFO by id (held jobs wait for release, dependent jobs
-    /// for their dependencies).
-    pub fn pending_jobs(&self) -> Vec<policies::PendingJob> {
-        self.state
-            .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Pending && !j.held)
-            .filter(|j| self.dependency_status(j) == dependency::DependencyStatus::Satisfied)
-            .map(|j| {
-                let mut p = pending_view(j.id, j.spec.as_ref().expect("jobs have specs"));
-                p.account = j.account.clone();
-                p.user = j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default();
-                p.qos = j.qos.clone();
-                p.submit_ms = j.eligible_time_ms.max(j.submit_time_ms);
-                p.preempted_for = j.preempted_for.clone();
-                p
-            })
-            .collect()
-    }
 }
 
 /// Whether `s` is an end state.
@@ -1438,7 +1429,10 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod array;
 pub mod dependency;
+pub mod eligible;
 pub mod gpu_counts;
 pub mod mig;
 pub mod pods;
+pub mod task_set;

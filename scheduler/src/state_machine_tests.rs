@@ -79,6 +79,7 @@ fn alloc(job_id: u64, node: &str, uuids: &[&str]) -> Cmd {
         placements: vec![pb::Placement {
             job_id,
             allocations: vec![a],
+            ..Default::default()
         }],
     })
 }
@@ -110,6 +111,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 2,
                 reason: String::new(),
+                ..Default::default()
             }),
         ),
         cmd(9, submit(spec(3))), // refused: 3 > 2 GPUs
@@ -125,6 +127,7 @@ fn log() -> Vec<pb::Command> {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 99,
                 reason: String::new(),
+                ..Default::default()
             }),
         ),
     ]
@@ -180,6 +183,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Hold(pb::HoldJob {
             job_id: 2,
             hold: true,
+            ..Default::default()
         }),
     ));
     l.push(cmd(
@@ -187,6 +191,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Cancel(pb::CancelJob {
             job_id: 1,
             reason: String::new(),
+            ..Default::default()
         }),
     ));
     l.push(cmd(
@@ -194,6 +199,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Cancel(pb::CancelJob {
             job_id: 1,
             reason: String::new(),
+            ..Default::default()
         }),
     ));
     l.push(cmd(7, alloc(2, "n1", &["GPU-n1-0"])));
@@ -202,6 +208,7 @@ fn cancel_and_hold_follow_slurm() {
         Cmd::Hold(pb::HoldJob {
             job_id: 1,
             hold: true,
+            ..Default::default()
         }),
     ));
     let (sm, out) = run(&l);
@@ -235,6 +242,7 @@ fn running_cancel_emits_kill_and_end_report_emits_ack() {
             Cmd::Cancel(pb::CancelJob {
                 job_id: 1,
                 reason: String::new(),
+                ..Default::default()
             }),
         ),
     );
@@ -905,6 +913,7 @@ fn alloc_milli(job_id: u64, node: &str, uuid: &str, gpu_milli: u32) -> Cmd {
         placements: vec![pb::Placement {
             job_id,
             allocations: vec![a],
+            ..Default::default()
         }],
     })
 }

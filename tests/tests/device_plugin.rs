@@ -512,6 +512,7 @@ async fn mig_pods_get_the_slice_berth_chose_created_and_removed_with_the_job() {
     c.cancel(pb::CancelRequest {
         job_id: job.id,
         reason: "pod deleted".into(),
+        ..Default::default()
     })
     .await
     .unwrap();

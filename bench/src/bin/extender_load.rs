@@ -206,7 +206,7 @@ async fn register(daemon: &Daemon, nodes: usize) -> anyhow::Result<Vec<String>> 
             let cmd = pb::command::Cmd::RegisterNode(pb::RegisterNode {
                 inventory: Some(inv),
             });
-            raft.propose(berth_scheduler::server::command(cmd)).await
+            raft.propose(berth_scheduler::command::command(cmd)).await
         }));
         names.push(name);
         if pending.len() == 256 {

@@ -179,6 +179,7 @@ impl Workload {
                     pb::command::Cmd::Cancel(pb::CancelJob {
                         job_id: id,
                         reason: String::new(),
+                        array_tasks: Vec::new(),
                     }),
                     Asked::Cancel(id),
                 );
@@ -344,6 +345,7 @@ impl Workload {
             cmds.push(pb::command::Cmd::Cancel(pb::CancelJob {
                 job_id,
                 reason: String::new(),
+                array_tasks: Vec::new(),
             }));
         }
         let running: Vec<&pb::Job> = sm

@@ -50,6 +50,7 @@ pub fn parse_dependency(value: &str) -> Result<Vec<DependencyCondition>, String>
             out.push(DependencyCondition {
                 kind: kind.to_string(),
                 job_id,
+                array_task_id: None,
             });
         }
     }

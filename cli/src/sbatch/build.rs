@@ -298,6 +298,7 @@ pub fn build_spec(
         switches,
         switches_wait_secs,
         dependencies: opts.dependencies.unwrap_or_default(),
+        array: None,
     })
 }
 

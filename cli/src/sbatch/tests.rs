@@ -23,6 +23,7 @@ fn dependency_specs_parse_and_bad_ones_fail() {
     let c = |kind: &str, job_id| DependencyCondition {
         kind: kind.into(),
         job_id,
+        ..Default::default()
     };
     // (value, Ok(conditions) or Err(part of the message))
     let cases: Vec<(&str, Result<Vec<DependencyCondition>, &str>)> = vec![

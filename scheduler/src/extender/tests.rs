@@ -59,6 +59,7 @@ fn state_with_node_cpus(gpus: u32, busy: u32, cpus_held: u32) -> StateMachine {
                     cpus: cpus_held,
                     ..Default::default()
                 }],
+                array_task_id: None,
             }],
         };
         sm.apply(
@@ -643,6 +644,7 @@ fn an_expired_reservation_is_released_by_cancel() {
         cmd: Some(pb::command::Cmd::Cancel(pb::CancelJob {
             job_id: expired[0],
             reason: "pod group reservation timed out".into(),
+            ..Default::default()
         })),
     };
     sm.apply(11, cancel);

@@ -6,6 +6,12 @@
 //! never hold (`afterok` on a failed job, `afternotok` on a completed one) makes the job
 //! wait with `DependencyNeverSatisfied`, as Slurm does without `kill_invalid_depend`; the
 //! user cancels it.
+//!
+//! Job arrays: a condition on an array's id is on every task of it (`afterok:12` waits for
+//! all of them), `afterok:12_3` on one task, and `aftercorr:12` makes each task of the
+//! dependent array wait for the task with the same index in array 12. `singleton` waits
+//! until no earlier job of the same name and user is pending or running. The caller
+//! resolves what each condition refers to ([`Target`]); this module only judges.
 
 use super::is_final;
 use berth_proto::v1::{self as pb, JobState};
@@ -32,7 +38,38 @@ impl DependencyStatus {
     }
 }
 
-const KINDS: [&str; 4] = ["after", "afterany", "afterok", "afternotok"];
+const KINDS: [&str; 6] = [
+    "after",
+    "afterany",
+    "afterok",
+    "afternotok",
+    "aftercorr",
+    "singleton",
+];
+
+/// What one condition refers to, as the state stands.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A job, or one task of an array that has its own record.
+    Job(&'a pb::Job),
+    /// A task still pending inside its array's record.
+    PendingTask,
+    /// A whole array.
+    Array(ArrayTally),
+    /// Nothing (a cancelled pending task, or a job that never existed).
+    Missing,
+}
+
+/// Where the tasks of one array stand (pending ones inside the array's record included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArrayTally {
+    /// Tasks not started yet.
+    pub pending: u64,
+    /// Tasks running now.
+    pub running: u64,
+    /// Tasks that ended other than COMPLETED with exit code 0.
+    pub not_ok: u64,
+}
 
 /// Most conditions one job may carry (the CLI's limit too).
 pub const CONDITIONS_MAX: usize = 64;
@@ -57,6 +94,9 @@ pub fn validate(
         if !KINDS.contains(&d.kind.as_str()) {
             return bad(format!("unknown dependency type {:?}", d.kind));
         }
+        if d.kind == "singleton" {
+            continue;
+        }
         if !exists(d.job_id) {
             return bad(format!("job {} does not exist", d.job_id));
         }
@@ -64,23 +104,41 @@ pub fn validate(
     Ok(())
 }
 
-/// Whether job `dep` (its current state) meets a condition of type `kind`.
-fn condition(kind: &str, dep: Option<&pb::Job>) -> DependencyStatus {
-    let Some(dep) = dep else {
-        return DependencyStatus::Never;
+/// Whether `target` meets a condition of type `kind` (`aftercorr` once resolved to its
+/// task, and an array's tally, judged as `afterok`).
+pub fn condition(kind: &str, target: Target<'_>) -> DependencyStatus {
+    let (started, ended, ok) = match target {
+        Target::Missing => (true, true, false),
+        Target::PendingTask => (false, false, false),
+        Target::Job(dep) => {
+            let state = dep.state();
+            let ok = state == JobState::Completed && dep.exit_code == 0 && dep.exit_signal == 0;
+            (state != JobState::Pending, is_final(state), ok)
+        }
+        Target::Array(t) => {
+            let ended = t.pending == 0 && t.running == 0;
+            if t.not_ok > 0 && kind == "afterok" {
+                return DependencyStatus::Never;
+            }
+            (t.pending == 0, ended, ended && t.not_ok == 0)
+        }
     };
-    let state = dep.state();
-    let ended = is_final(state);
-    let ok = state == JobState::Completed && dep.exit_code == 0 && dep.exit_signal == 0;
+    if matches!(target, Target::Missing) && kind == "after" {
+        return DependencyStatus::Never;
+    }
+    judge(kind, started, ended, ok)
+}
+
+fn judge(kind: &str, started: bool, ended: bool, ok: bool) -> DependencyStatus {
     let met = match kind {
-        "after" => state != JobState::Pending,
+        "after" => started,
         "afterany" => ended,
-        "afterok" => ok,
+        "afterok" | "aftercorr" => ok,
         "afternotok" => ended && !ok,
         _ => return DependencyStatus::Never,
     };
     let impossible = match kind {
-        "afterok" => ended && !ok,
+        "afterok" | "aftercorr" => ended && !ok,
         "afternotok" => ok,
         _ => false,
     };
@@ -93,14 +151,15 @@ fn condition(kind: &str, dep: Option<&pb::Job>) -> DependencyStatus {
     }
 }
 
-/// The status of all of `deps` (any condition never met wins, then any still waiting).
-pub fn status<'a>(
+/// The status of all of `deps` (any condition never met wins, then any still waiting);
+/// `judge` says where one condition stands.
+pub fn status(
     deps: &[pb::DependencyCondition],
-    job: impl Fn(u64) -> Option<&'a pb::Job>,
+    judge: impl Fn(&pb::DependencyCondition) -> DependencyStatus,
 ) -> DependencyStatus {
     let mut out = DependencyStatus::Satisfied;
     for d in deps {
-        match condition(&d.kind, job(d.job_id)) {
+        match judge(d) {
             DependencyStatus::Never => return DependencyStatus::Never,
             DependencyStatus::Waiting => out = DependencyStatus::Waiting,
             DependencyStatus::Satisfied => {}
@@ -146,11 +205,7 @@ mod tests {
         ];
         for (i, (kind, state, code, want)) in cases.into_iter().enumerate() {
             let j = job(state, code);
-            let deps = [pb::DependencyCondition {
-                kind: kind.into(),
-                job_id: 1,
-            }];
-            let got = status(&deps, |_| Some(&j));
+            let got = condition(kind, Target::Job(&j));
             if got != want {
                 panic!("#{i} {kind} on {state:?}: want {want:?}, got {got:?}");
             }
@@ -165,12 +220,16 @@ mod tests {
         let c = |kind: &str, job_id| pb::DependencyCondition {
             kind: kind.into(),
             job_id,
+            array_task_id: None,
         };
-        let jobs = |id: u64| match id {
-            1 => Some(&done),
-            2 => Some(&failed),
-            3 => Some(&running),
-            _ => None,
+        let jobs = |d: &pb::DependencyCondition| {
+            let target = match d.job_id {
+                1 => Target::Job(&done),
+                2 => Target::Job(&failed),
+                3 => Target::Job(&running),
+                _ => Target::Missing,
+            };
+            condition(&d.kind, target)
         };
         let cases = [
             (vec![], DependencyStatus::Satisfied),
@@ -197,16 +256,49 @@ mod tests {
     }
 
     #[test]
+    fn arrays_are_judged_on_every_task() {
+        use DependencyStatus::{Never, Satisfied as Yes, Waiting as Wait};
+        let t = |pending, running, not_ok| ArrayTally {
+            pending,
+            running,
+            not_ok,
+        };
+        // (kind, tally, want)
+        let cases = [
+            ("afterok", t(3, 1, 0), Wait),
+            ("afterok", t(0, 0, 0), Yes),
+            ("afterok", t(2, 0, 1), Never),
+            ("afterany", t(0, 1, 0), Wait),
+            ("afterany", t(0, 0, 2), Yes),
+            ("after", t(1, 1, 0), Wait),
+            ("after", t(0, 1, 0), Yes),
+            ("afternotok", t(0, 0, 0), Never),
+            ("afternotok", t(0, 0, 1), Yes),
+            ("afternotok", t(0, 1, 1), Wait),
+        ];
+        for (i, (kind, tally, want)) in cases.into_iter().enumerate() {
+            let got = condition(kind, Target::Array(tally));
+            if got != want {
+                panic!("#{i} {kind} on {tally:?}: want {want:?}, got {got:?}");
+            }
+        }
+        assert_eq!(condition("afterok", Target::PendingTask), Wait);
+        assert_eq!(condition("aftercorr", Target::Missing), Never);
+        assert_eq!(condition("afterany", Target::Missing), Yes);
+    }
+
+    #[test]
     fn bad_conditions_are_refused_at_submit() {
         let c = |kind: &str, job_id| pb::DependencyCondition {
             kind: kind.into(),
             job_id,
+            array_task_id: None,
         };
         let exists = |id: u64| id == 1;
-        assert!(validate(&[c("afterok", 1)], exists).is_ok());
+        assert!(validate(&[c("afterok", 1), c("singleton", 0)], exists).is_ok());
         let cases = [
             (vec![c("afterok", 2)], "job 2 does not exist"),
-            (vec![c("aftercorr", 1)], "unknown dependency type"),
+            (vec![c("afterburstbuffer", 1)], "unknown dependency type"),
             (vec![c("afterok", 1); 65], "at most 64"),
         ];
         for (i, (deps, want)) in cases.into_iter().enumerate() {

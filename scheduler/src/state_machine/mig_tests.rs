@@ -112,6 +112,7 @@ fn alloc(job_id: u64, node: &str, uuids: &[&str], slices: Vec<pb::MigSlice>) -> 
                 mig_slices: slices,
                 ..Default::default()
             }],
+            array_task_id: None,
         }],
     })
 }

@@ -139,6 +139,7 @@ impl StateMachine {
         let together = pb::Placement {
             job_id: member,
             allocations: merge_by_node(all),
+            array_task_id: None,
         };
         let uuids: Vec<&String> = together
             .allocations
@@ -165,6 +166,7 @@ impl StateMachine {
         let mine = pb::Placement {
             job_id: member,
             allocations: vec![allocation],
+            array_task_id: None,
         };
         self.place(&mine, term, now);
         let mut effects = vec![changed(member)];
@@ -185,6 +187,7 @@ impl StateMachine {
             let held = pb::Placement {
                 job_id: holder,
                 allocations: reservation,
+                array_task_id: None,
             };
             self.place(&held, term, now);
             effects.push(changed(holder));
@@ -222,6 +225,7 @@ impl StateMachine {
         let mine = pb::Placement {
             job_id: member,
             allocations: vec![allocation],
+            array_task_id: None,
         };
         self.place(&mine, term, now);
         if self.state.jobs[&reservation].allocations.is_empty() {
