@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
-    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio",
+    "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio", "srun",
 ];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
@@ -17,6 +17,7 @@ const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
 commands:
   dev        run berthd and simulated GPU nodes in this process (try this first)
   sbatch     submit a batch script
+  srun       run a job step's tasks on the allocation's nodes (inside sbatch jobs)
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
@@ -59,6 +60,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "admin" => admin(args).await,
         "sshare" => crate::fairshare::sshare(args).await,
         "sprio" => crate::fairshare::sprio(args).await,
+        "srun" => crate::srun::run(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;

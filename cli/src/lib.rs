@@ -12,6 +12,7 @@
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
 //! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
+//! - [`srun`]: job steps: tasks on the allocation's nodes, output streamed back.
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
@@ -30,6 +31,7 @@ pub mod sbatch;
 pub mod scontrol;
 pub mod sinfo;
 pub mod squeue;
+pub mod srun;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

@@ -3,6 +3,7 @@
 //! with backoff. Supervision (time limits, kill escalation) goes on while disconnected.
 
 use crate::gpu::{GpuBackend, GpuInventory};
+use crate::steps::Steps;
 use crate::supervisor::{event, Status, Supervisor};
 use berth_proto::v1::{
     self as pb, agent_message::Msg as Up, agent_service_client::AgentServiceClient,
@@ -247,6 +248,7 @@ async fn serve(
     }
     sup.set_oci(cfg.oci.clone());
     sup.set_mig_keep(cfg.mig_keep_layout);
+    let (steps, mut step_ends) = Steps::new(&cfg.node_name, cfg.kill_grace);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;
@@ -265,6 +267,8 @@ async fn serve(
             shutdown: &mut shutdown,
             redirect: &mut redirect,
             health: &mut health,
+            steps: &steps,
+            step_ends: &mut step_ends,
         };
         match session(&cfg, &inv, &sup, conn).await {
             Ok(()) => return Ok(()),
@@ -298,6 +302,9 @@ struct Conn<'a> {
     shutdown: &'a mut watch::Receiver<bool>,
     redirect: &'a mut Option<String>,
     health: &'a mut HealthReports,
+    steps: &'a Steps,
+    /// Ends of steps, for berthd; those that pile up while away also go in `Register`.
+    step_ends: &'a mut mpsc::UnboundedReceiver<pb::StepEnd>,
 }
 
 /// One connection; returns Ok on shutdown, Err when the stream ends or fails.
@@ -312,14 +319,20 @@ async fn session(
         shutdown,
         redirect,
         health,
+        steps,
+        step_ends,
     } = conn;
     let mut client = AgentServiceClient::connect(server.to_string())
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(256);
+    // Ends queued while away are in `steps.ended()`: drop the queued copies.
+    while step_ends.try_recv().is_ok() {}
     let register = pb::Register {
         inventory: Some(inv.clone()),
         jobs: sup.report(),
+        steps_running: steps.running(),
+        steps_ended: steps.ended(),
     };
     tx.send(pb::AgentMessage {
         msg: Some(Up::Register(register)),
@@ -368,7 +381,10 @@ async fn session(
                     continue;
                 }
                 term_seen = msg.term;
-                handle(cfg, sup, msg.msg, &tx, &mut reported).await?;
+                handle(cfg, sup, steps, msg.msg, &tx, &mut reported).await?;
+            }
+            Some(end) = step_ends.recv() => {
+                tx.send(pb::AgentMessage { msg: Some(Up::StepEnd(end)) }).await.map_err(|e| e.to_string())?;
             }
             Some(h) = health.next() => {
                 tx.send(pb::AgentMessage { msg: Some(Up::GpuHealth(h)) }).await.map_err(|e| e.to_string())?;
@@ -408,6 +424,7 @@ async fn send_usage(
 async fn handle(
     cfg: &AgentConfig,
     sup: &Supervisor,
+    steps: &Steps,
     msg: Option<Down>,
     tx: &mpsc::Sender<pb::AgentMessage>,
     reported: &mut BTreeSet<u64>,
@@ -447,6 +464,13 @@ async fn handle(
             };
             sup.kill_how(k.job_id, k.state(), &k.reason, how)
         }
+        Some(Down::LaunchStep(l)) => {
+            if let (Some(job), Some(step)) = (l.job, l.step) {
+                tracing::info!(job = step.job_id, step = step.step_id, "step launched");
+                steps.launch(job, step);
+            }
+        }
+        Some(Down::KillStep(k)) => steps.kill(k.job_id, k.step_id),
         Some(Down::Ack(a)) => {
             sup.ack(a.job_id);
             reported.remove(&a.job_id);

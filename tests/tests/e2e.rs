@@ -504,6 +504,7 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
             inventory: Some(inv),
             jobs: vec![],
+            ..Default::default()
         })),
     };
     let dup_gpus = pb::NodeInventory {
@@ -540,6 +541,7 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
                 job_id: 1,
                 event: None,
             }],
+            ..Default::default()
         })),
     };
     let cases = [

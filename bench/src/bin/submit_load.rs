@@ -43,6 +43,7 @@ async fn register_node(url: String) -> anyhow::Result<tokio::sync::mpsc::Sender<
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
             inventory: Some(inv),
             jobs: vec![],
+            ..Default::default()
         })),
     })
     .await?;
