@@ -361,6 +361,15 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
 
 async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Host list conversions are local, as in Slurm: no berthd needed.
+    if let ["show", what @ ("hostnames" | "hostlist"), rest @ ..] = words.as_slice() {
+        let env = std::env::var("SLURM_JOB_NODELIST").ok();
+        print!(
+            "{}",
+            crate::scontrol::show_hosts(what, rest, env.as_deref())?
+        );
+        return Ok(0);
+    }
     let channel = client::connect(&client::servers(None)).await?;
     match words.as_slice() {
         ["show", "job" | "jobs", rest @ ..] => {
