@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
     "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio", "sacct", "sreport",
+    "srun",
 ];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
@@ -18,6 +19,7 @@ const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
 commands:
   dev        run berthd and simulated GPU nodes in this process (try this first)
   sbatch     submit a batch script
+  srun       run a job step's tasks on the allocation's nodes (inside sbatch jobs)
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
@@ -73,6 +75,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "sacct" => crate::sacct::run(args).await,
         "sreport" => crate::sreport::run(args).await,
         "report" => crate::report::run(args).await,
+        "srun" => crate::srun::run(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;
@@ -445,6 +448,15 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
 
 async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Host list conversions are local, as in Slurm: no berthd needed.
+    if let ["show", what @ ("hostnames" | "hostlist"), rest @ ..] = words.as_slice() {
+        let env = std::env::var("SLURM_JOB_NODELIST").ok();
+        print!(
+            "{}",
+            crate::scontrol::show_hosts(what, rest, env.as_deref())?
+        );
+        return Ok(0);
+    }
     let channel = client::connect(&client::servers(None)).await?;
     match words.as_slice() {
         ["show", "job" | "jobs", rest @ ..] => {

@@ -15,6 +15,7 @@
 //! - [`job_update`]: `scontrol update JobId=…` on arrays and tasks.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
 //! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
+//! - [`srun`]: job steps: tasks on the allocation's nodes, output streamed back.
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
@@ -50,6 +51,7 @@ pub mod sinfo;
 pub mod slurm_time;
 pub mod squeue;
 pub mod sreport;
+pub mod srun;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

@@ -3,6 +3,7 @@
 //! with backoff. Supervision (time limits, kill escalation) goes on while disconnected.
 
 use crate::gpu::{GpuBackend, GpuInventory};
+use crate::steps::Steps;
 use crate::supervisor::{event, Status, Supervisor};
 use berth_proto::v1::{
     self as pb, agent_message::Msg as Up, agent_service_client::AgentServiceClient,
@@ -283,6 +284,8 @@ async fn serve(
     sup.set_oci(cfg.oci.clone());
     sup.set_launch_key(cfg.security.as_ref().map(|s| s.key.clone()));
     sup.set_mig_keep(cfg.mig_keep_layout);
+    let step_key = cfg.security.as_ref().map(|s| s.key.clone());
+    let (steps, mut step_ends) = Steps::new(&cfg.node_name, cfg.kill_grace, step_key);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;
@@ -301,6 +304,8 @@ async fn serve(
             shutdown: &mut shutdown,
             redirect: &mut redirect,
             health: &mut health,
+            steps: &steps,
+            step_ends: &mut step_ends,
         };
         match session(&cfg, &inv, &sup, conn).await {
             Ok(()) => return Ok(()),
@@ -334,6 +339,9 @@ struct Conn<'a> {
     shutdown: &'a mut watch::Receiver<bool>,
     redirect: &'a mut Option<String>,
     health: &'a mut HealthReports,
+    steps: &'a Steps,
+    /// Ends of steps, for berthd; those that pile up while away also go in `Register`.
+    step_ends: &'a mut mpsc::UnboundedReceiver<pb::StepEnd>,
 }
 
 /// One connection; returns Ok on shutdown, Err when the stream ends or fails.
@@ -348,6 +356,8 @@ async fn session(
         shutdown,
         redirect,
         health,
+        steps,
+        step_ends,
     } = conn;
     // TLS files are read at each connect: a renewed certificate is used from the next one.
     let profile = cfg
@@ -364,9 +374,13 @@ async fn session(
         })?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(256);
+    // Ends queued while away are in `steps.ended()`: drop the queued copies.
+    while step_ends.try_recv().is_ok() {}
     let register = pb::Register {
         inventory: Some(inv.clone()),
         jobs: sup.report(),
+        steps_running: steps.running(),
+        steps_ended: steps.ended(),
     };
     tx.send(pb::AgentMessage {
         msg: Some(Up::Register(register)),
@@ -415,7 +429,10 @@ async fn session(
                     continue;
                 }
                 term_seen = msg.term;
-                handle(cfg, sup, msg.msg, &tx, &mut reported).await?;
+                handle(cfg, sup, steps, msg.msg, &tx, &mut reported).await?;
+            }
+            Some(end) = step_ends.recv() => {
+                tx.send(pb::AgentMessage { msg: Some(Up::StepEnd(end)) }).await.map_err(|e| e.to_string())?;
             }
             Some(h) = health.next() => {
                 tx.send(pb::AgentMessage { msg: Some(Up::GpuHealth(h)) }).await.map_err(|e| e.to_string())?;
@@ -455,6 +472,7 @@ async fn send_usage(
 async fn handle(
     cfg: &AgentConfig,
     sup: &Supervisor,
+    steps: &Steps,
     msg: Option<Down>,
     tx: &mpsc::Sender<pb::AgentMessage>,
     reported: &mut BTreeSet<u64>,
@@ -494,6 +512,13 @@ async fn handle(
             };
             sup.kill_how(k.job_id, k.state(), &k.reason, how)
         }
+        Some(Down::LaunchStep(l)) => {
+            if let (Some(job), Some(step)) = (l.job, l.step) {
+                tracing::info!(job = step.job_id, step = step.step_id, "step launched");
+                steps.launch(job, step);
+            }
+        }
+        Some(Down::KillStep(k)) => steps.kill(k.job_id, k.step_id),
         Some(Down::Ack(a)) => {
             sup.ack(a.job_id);
             reported.remove(&a.job_id);

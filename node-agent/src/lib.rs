@@ -12,6 +12,7 @@
 //! - [`agent`]: the connection loop (register, heartbeat, events, commands, reconnect).
 //! - [`supervisor`]: job directories on disk, launch, kill, time limits, re-attach.
 //! - [`shim`]: the per-job process that waits for the job and records its exit.
+//! - [`steps`]: job steps (srun): tasks started here, output streamed to srun.
 //! - [`job_env`]: the Slurm and GPU environment variables of a job.
 //! - [`machine`]: CPU count and memory of this host.
 //! - [`health`]: NVML events (XID, ECC) turned into GPU health reports.
@@ -35,5 +36,6 @@ pub mod mps;
 pub mod nvml_raw;
 pub mod oci;
 pub mod shim;
+pub mod steps;
 pub mod supervisor;
 pub mod usage;

@@ -151,6 +151,34 @@ pub async fn dispatch_loop(
                 Effect::Ack { node, job_id } => {
                     agents.send(node, Msg::Ack(pb::AckJob { job_id: *job_id }), term);
                 }
+                Effect::LaunchStep { node, job, step } => {
+                    let launch = pb::LaunchStep {
+                        job: Some((**job).clone()),
+                        step: Some((**step).clone()),
+                    };
+                    if !agents.send(node, Msg::LaunchStep(launch), term) {
+                        // Not queued: the agent is away. Its re-registration reports the
+                        // steps it runs, and a step it never got is failed then
+                        // (`step_reconcile`), so srun never waits on a lost launch.
+                        tracing::warn!(
+                            node,
+                            job = step.job_id,
+                            step = step.step_id,
+                            "step launch not delivered"
+                        );
+                    }
+                }
+                Effect::KillStep {
+                    node,
+                    job_id,
+                    step_id,
+                } => {
+                    let kill = pb::KillStep {
+                        job_id: *job_id,
+                        step_id: *step_id,
+                    };
+                    agents.send(node, Msg::KillStep(kill), term);
+                }
                 Effect::JobChanged(_) | Effect::NodeChanged(_) => {}
             }
         }
@@ -225,6 +253,65 @@ pub fn reconcile(sm: &StateMachine, node: &str, reported: &[pb::JobEvent]) -> Ve
         }
     }
     out
+}
+
+/// What to do about job steps after `node`'s agent registers, reporting the steps whose
+/// tasks still run there (`running`) and ends it may not have delivered (`ended`): the
+/// step ends to record (reported ones, and, as failed, steps the state runs there that the
+/// agent does not know: it restarted, or never got the launch), and kills for steps the
+/// agent runs that the state no longer does.
+pub fn step_reconcile(
+    sm: &StateMachine,
+    node: &str,
+    running: &[pb::StepRef],
+    ended: &[pb::StepEnd],
+) -> (Vec<pb::StepEnded>, Vec<Msg>) {
+    let mut ends: Vec<pb::StepEnded> = ended
+        .iter()
+        .map(|e| pb::StepEnded {
+            node: node.to_string(),
+            end: Some(e.clone()),
+        })
+        .collect();
+    let known = |job_id: u64, step_id: u32| {
+        running
+            .iter()
+            .any(|r| r.job_id == job_id && r.step_id == step_id)
+            || ended
+                .iter()
+                .any(|e| e.job_id == job_id && e.step_id == step_id)
+    };
+    for job in sm.jobs() {
+        for step in &job.steps {
+            let here = step.nodes.iter().any(|n| n.node == node);
+            if here && !step.nodes_done.iter().any(|d| d == node) && !known(job.id, step.step_id) {
+                ends.push(pb::StepEnded {
+                    node: node.to_string(),
+                    end: Some(pb::StepEnd {
+                        job_id: job.id,
+                        step_id: step.step_id,
+                        exit_code: 1,
+                        reason: "the node's agent lost the step's tasks (restarted, or never got the launch)".into(),
+                        ..Default::default()
+                    }),
+                });
+            }
+        }
+    }
+    let kills = running
+        .iter()
+        .filter(|r| {
+            !sm.job(r.job_id)
+                .is_some_and(|j| j.steps.iter().any(|s| s.step_id == r.step_id))
+        })
+        .map(|r| {
+            Msg::KillStep(pb::KillStep {
+                job_id: r.job_id,
+                step_id: Some(r.step_id),
+            })
+        })
+        .collect();
+    (ends, kills)
 }
 
 fn kill(job_id: u64, state: JobState, reason: &str) -> Msg {

@@ -7,7 +7,7 @@
 //! nothing. An agent stream must open with `Register`; after that it carries heartbeats and
 //! job events, and any protocol violation closes it.
 
-use crate::agents::{reconcile, AgentRegistry, AgentSender};
+use crate::agents::{reconcile, step_reconcile, AgentRegistry, AgentSender};
 use crate::command::{command, now_ms};
 use crate::raft_loop::{ProposeError, RaftHandle};
 use crate::scheduling::PendingReasons;
@@ -202,7 +202,7 @@ impl Api {
 
 fn outcome_status(outcome: Outcome) -> Result<(), Status> {
     match outcome {
-        Outcome::Done | Outcome::Submitted(_) => Ok(()),
+        Outcome::Done | Outcome::Submitted(_) | Outcome::StepCreated(_) => Ok(()),
         Outcome::NoSuchJob(_) => Err(Status::not_found("Invalid job id specified")),
         Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
     }
@@ -403,6 +403,69 @@ impl pb::job_service_server::JobService for Api {
         Ok(Response::new(pb::UpdateArrayResponse {}))
     }
 
+    async fn create_step(
+        &self,
+        req: Request<pb::CreateStepRequest>,
+    ) -> Result<Response<pb::Step>, Status> {
+        let caller = Caller::of(&req);
+        if let Some(mut leader) = self.leader().await? {
+            return leader.create_step(forward(&caller, req.into_inner())).await;
+        }
+        crate::security::note(&req, format!("job {}", req.get_ref().job_id));
+        // A step runs as the job's (sealed) identity: only who may act on the job starts one.
+        self.authorize_job(&caller, req.get_ref().job_id, "srun")?;
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("step without a spec"))?;
+        validate_step_spec(&spec).map_err(Status::invalid_argument)?;
+        let cmd = Cmd::StepCreate(pb::StepCreate {
+            job_id: r.job_id,
+            spec: Some(spec),
+        });
+        match self.propose(cmd).await? {
+            Outcome::StepCreated(step_id) => {
+                let sm = self.0.raft.state();
+                // Read under the same state the command left: a step whose tasks all ended
+                // at once is already gone, so answer from the launch's copy then.
+                let step = sm
+                    .job(r.job_id)
+                    .and_then(|j| j.steps.iter().find(|s| s.step_id == step_id))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Status::aborted(format!("step {}.{step_id} ended at once", r.job_id))
+                    })?;
+                Ok(Response::new(step))
+            }
+            Outcome::NoSuchJob(_) => Err(Status::not_found("Invalid job id specified")),
+            Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn cancel_step(
+        &self,
+        req: Request<pb::CancelStepRequest>,
+    ) -> Result<Response<pb::CancelStepResponse>, Status> {
+        let caller = Caller::of(&req);
+        if let Some(mut leader) = self.leader().await? {
+            return leader.cancel_step(forward(&caller, req.into_inner())).await;
+        }
+        crate::security::note(
+            &req,
+            format!("step {}.{}", req.get_ref().job_id, req.get_ref().step_id),
+        );
+        self.authorize_job(&caller, req.get_ref().job_id, "cancel")?;
+        let r = req.into_inner();
+        let cmd = Cmd::StepCancel(pb::StepCancel {
+            job_id: r.job_id,
+            step_id: r.step_id,
+            reason: r.reason,
+        });
+        outcome_status(self.propose(cmd).await?)?;
+        Ok(Response::new(pb::CancelStepResponse {}))
+    }
+
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let caller = Caller::of(&req);
         let id = req.into_inner().job_id;
@@ -549,6 +612,7 @@ impl pb::agent_service_server::AgentService for Api {
         for ev in &reg.jobs {
             validate_event(ev).map_err(Status::invalid_argument)?;
         }
+        let steps = (reg.steps_running.clone(), reg.steps_ended.clone());
         if !self.0.raft.is_leader() {
             // Redirect: the agent reconnects to the address in `berth-leader`.
             let mut status = Status::unavailable("this berthd replica is not the leader");
@@ -584,12 +648,30 @@ impl pb::agent_service_server::AgentService for Api {
         let api = self.clone();
         tokio::spawn(async move {
             api.after_register(&node, &tx, reg.jobs).await;
+            api.after_register_steps(&node, &tx, steps).await;
             api.serve_agent(&node, &tx, inbound).await;
             api.0.agents.detach(&node, conn);
             tracing::info!(node, "agent detached");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Bounds on what one step may carry into the log.
+const STEP_TASKS_MAX: u32 = 65_536;
+
+/// A step request berthd could never take: checked before it reaches the log.
+fn validate_step_spec(s: &pb::StepSpec) -> Result<(), String> {
+    if s.argv.is_empty() || s.argv[0].is_empty() {
+        return Err("step without a program to run".into());
+    }
+    if s.ntasks > STEP_TASKS_MAX || s.ntasks_per_node > STEP_TASKS_MAX {
+        return Err(format!("at most {STEP_TASKS_MAX} tasks per step"));
+    }
+    if s.io_addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("step I/O address {:?} is not host:port", s.io_addr));
+    }
+    Ok(())
 }
 
 fn validate_event(ev: &pb::JobEvent) -> Result<(), String> {
@@ -650,6 +732,38 @@ impl Api {
         }
     }
 
+    /// Records the step ends the agent reported (and fails the steps it lost), and stops
+    /// steps it runs that berthd no longer does.
+    async fn after_register_steps(
+        &self,
+        node: &str,
+        tx: &AgentSender,
+        (running, ended): (Vec<pb::StepRef>, Vec<pb::StepEnd>),
+    ) {
+        let (ends, kills) = step_reconcile(&self.0.raft.state(), node, &running, &ended);
+        let term = self.0.raft.term();
+        for msg in kills {
+            let _ = tx
+                .send(Ok(pb::ServerMessage {
+                    term,
+                    msg: Some(msg),
+                }))
+                .await;
+        }
+        for end in ends {
+            self.step_end(end).await;
+        }
+    }
+
+    async fn step_end(&self, ended: pb::StepEnded) {
+        let node = ended.node.clone();
+        match self.propose(Cmd::StepEnded(ended)).await {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::warn!(node, "step end refused: {other:?}"),
+            Err(e) => tracing::warn!(node, "step end not recorded: {e}"),
+        }
+    }
+
     async fn serve_agent(
         &self,
         node: &str,
@@ -693,6 +807,13 @@ impl Api {
                     }
                 }
                 Some(agent_message::Msg::GpuHealth(h)) => self.gpu_unhealthy(node, h).await,
+                Some(agent_message::Msg::StepEnd(end)) => {
+                    self.step_end(pb::StepEnded {
+                        node: node.to_string(),
+                        end: Some(end),
+                    })
+                    .await
+                }
                 Some(agent_message::Msg::GpuHealthResent(h)) => {
                     if self.cleared_by_admin(node, &h) {
                         tracing::info!(

@@ -30,6 +30,8 @@ pub enum Outcome {
     Rejected(String),
     /// The job id does not exist.
     NoSuchJob(u64),
+    /// A job step was created with this step id.
+    StepCreated(u32),
 }
 
 /// Work for the leader, or news for watchers, produced by a command.
@@ -66,6 +68,24 @@ pub enum Effect {
         node: String,
         /// The job.
         job_id: u64,
+    },
+    /// Start the tasks of a job step that run on `node`.
+    LaunchStep {
+        /// Node whose agent runs some of the step's tasks.
+        node: String,
+        /// The job as it is with the step added (allocation and environment).
+        job: Box<pb::Job>,
+        /// The step.
+        step: Box<pb::Step>,
+    },
+    /// Stop a job's step (`Some`) or every step of it (`None`) on `node`.
+    KillStep {
+        /// Node running the tasks.
+        node: String,
+        /// The job.
+        job_id: u64,
+        /// The step; `None`: all of the job's steps.
+        step_id: Option<u32>,
     },
     /// A job changed (for `Watch` and for waking the scheduling loop): the job as this
     /// command left it, so a watcher sees every transition, not only the latest state.
@@ -265,6 +285,9 @@ impl StateMachine {
             Cmd::SetCluster(c) => self.set_cluster(c.toml, now),
             Cmd::Reservation(c) => self.change_reservation(c, now),
             Cmd::NodeDrain(c) => self.drain_node(&c, now),
+            Cmd::StepCreate(c) => self.step_create(c, now),
+            Cmd::StepEnded(c) => self.step_ended(c),
+            Cmd::StepCancel(c) => self.step_cancel(c),
         };
         for effect in &mut effects {
             if let Effect::JobChanged(job) = effect {
@@ -439,7 +462,10 @@ impl StateMachine {
                     batch_only: false,
                     grace_secs: 0,
                 };
-                (Outcome::Done, vec![kill, changed(id)])
+                // scancel kills every step on every node, not only the batch script.
+                let mut effects = self.stop_steps(id, false);
+                effects.extend([kill, changed(id)]);
+                (Outcome::Done, effects)
             }
             _ => (
                 Outcome::Rejected("Job/step already completing or completed".into()),
@@ -564,6 +590,21 @@ impl StateMachine {
                 reason: format!("node {name} down: {reason}"),
                 ..Default::default()
             };
+            // The job's other nodes live on: stop its batch script and steps there, so
+            // nothing of a failed job keeps running.
+            let batch_node = self.state.jobs[&id].allocations[0].node.clone();
+            if batch_node != name {
+                effects.push(Effect::Kill {
+                    node: batch_node,
+                    job_id: id,
+                    state: JobState::NodeFail,
+                    reason: finished.reason.clone(),
+                    signal: 0,
+                    batch_only: false,
+                    grace_secs: 0,
+                });
+            }
+            effects.extend(self.stop_steps(id, true));
             self.finish(id, &finished, now);
             effects.push(changed(id));
         }
@@ -873,12 +914,15 @@ impl StateMachine {
             );
         }
         let stopped_by_berth = matches!(finished.state(), JobState::Preempted | JobState::NodeFail);
+        // The batch script's end ends the job: steps still running anywhere are stopped.
+        let mut effects = self.stop_steps(ended.job_id, true);
         if stopped_by_berth && self.requeues(ended.job_id) {
             self.requeue(ended.job_id, &finished, now);
         } else {
             self.finish(ended.job_id, &finished, now);
         }
-        (Outcome::Done, vec![ack, changed(ended.job_id)])
+        effects.extend([ack, changed(ended.job_id)]);
+        (Outcome::Done, effects)
     }
 
     /// Whether a preempted job, or one stopped on a failed GPU, goes back to the queue:
@@ -1602,4 +1646,5 @@ pub mod eligible;
 pub mod gpu_counts;
 pub mod mig;
 pub mod pods;
+pub mod steps;
 pub mod task_set;

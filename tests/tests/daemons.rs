@@ -243,6 +243,7 @@ async fn watch_streams_changes_and_oversized_requests_are_refused() {
     let register = pb::Register {
         inventory: Some(inv),
         jobs: vec![],
+        ..Default::default()
     };
     up.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Register(register)),

@@ -226,7 +226,10 @@ fn impossible_and_malformed_submissions_change_nothing() {
             vec!["sbatch", "--frobnicate", "--wrap", "true"],
             "--frobnicate",
         ),
-        (vec!["sbatch", "--array=1-3", "--wrap", "true"], "--array"),
+        (
+            vec!["sbatch", "--array=5-1", "--wrap", "true"],
+            "Invalid job array specification",
+        ),
         (vec!["sbatch", "-t", "1:2:3:4", "--wrap", "true"], "1:2:3:4"),
         (vec!["sbatch", "--mem=12X", "--wrap", "true"], "12X"),
         (vec!["sbatch", "/no/such/script.sh"], "/no/such/script.sh"),
@@ -513,6 +516,7 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
             inventory: Some(inv),
             jobs: vec![],
+            ..Default::default()
         })),
     };
     let dup_gpus = pb::NodeInventory {
@@ -549,6 +553,7 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
                 job_id: 1,
                 event: None,
             }],
+            ..Default::default()
         })),
     };
     let cases = [

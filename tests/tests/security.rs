@@ -73,7 +73,9 @@ fn all_rpcs() -> Vec<String> {
         .expect("descriptor set");
     let mut out = Vec::new();
     for file in set.file.iter().filter(|f| f.package() == "berth.v1") {
-        for svc in &file.service {
+        // StepIoService is served by srun for its own step (agents present the step's I/O
+        // key), not by berthd.
+        for svc in file.service.iter().filter(|s| s.name() != "StepIoService") {
             for m in &svc.method {
                 out.push(format!("/{}.{}/{}", file.package(), svc.name(), m.name()));
             }
@@ -209,6 +211,7 @@ async fn fake_agent(
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
             inventory: Some(inv),
             jobs: vec![],
+            ..Default::default()
         })),
     })
     .await
@@ -400,6 +403,36 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
                     job_id: id,
                     max_running: Some(2),
                     ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [Allow, Deny, Allow, Allow, Allow, Deny],
+        ),
+        // Steps (srun) run as the job's identity: the job's owner, its account's
+        // coordinator, operators, admins (the job is pending, so the step itself is refused
+        // after the check).
+        (
+            "/berth.v1.JobService/CreateStep",
+            Body::Job(|id| {
+                pb::CreateStepRequest {
+                    job_id: id,
+                    spec: Some(pb::StepSpec {
+                        argv: vec!["true".into()],
+                        io_addr: "127.0.0.1:1".into(),
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec()
+            }),
+            [Allow, Deny, Allow, Allow, Allow, Deny],
+        ),
+        (
+            "/berth.v1.JobService/CancelStep",
+            Body::Job(|id| {
+                pb::CancelStepRequest {
+                    job_id: id,
+                    step_id: 0,
+                    reason: String::new(),
                 }
                 .encode_to_vec()
             }),

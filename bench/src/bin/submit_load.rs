@@ -58,6 +58,7 @@ async fn register_node(
         msg: Some(pb::agent_message::Msg::Register(pb::Register {
             inventory: Some(inv),
             jobs: vec![],
+            ..Default::default()
         })),
     })
     .await?;

@@ -1059,7 +1059,8 @@ fn environment_variables() {
         .run(&["job.sh"])
         .map(|s| summary(&s.spec))
         .map_err(|e| e.to_string());
-    let want = "environment variable SBATCH_ACCTG_FREQ: option --acctg-freq is not supported by berth yet";
+    let want =
+        "environment variable SBATCH_ACCTG_FREQ: option --acctg-freq is not supported by berth yet";
     assert_eq!(err, Err(want.to_string()));
     f.ctx.env.remove("SBATCH_ACCTG_FREQ");
     f.ctx.env.insert("SBATCH_TIMELIMIT".into(), "soon".into());

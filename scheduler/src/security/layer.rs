@@ -60,6 +60,8 @@ fn state_changing(path: &str) -> bool {
             | "Hold"
             | "Requeue"
             | "UpdateArray"
+            | "CreateStep"
+            | "CancelStep"
             | "BindPod"
             | "SetAccounts"
             | "ChangeMembership"

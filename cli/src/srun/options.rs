@@ -1,0 +1,312 @@
+//! srun's option table, its `SLURM_*` input variables, and the step request they build.
+//!
+//! Inside an allocation the step's defaults come from the allocation's environment, as in
+//! Slurm: `SLURM_JOB_ID` names the job, `SLURM_NNODES` and `SLURM_NTASKS` give the node and
+//! task counts. berth takes the environment's counts only where the command line gives no
+//! count of its own, so `srun -N1 hostname` in a 4-task job runs one task, not four on one
+//! node.
+
+use crate::opt::count::parse_count;
+use crate::opt::export::{exported_env, parse_export, Export};
+use crate::opt::name::non_empty;
+use crate::opt::select::parse_node_range;
+use crate::opt::table::{opt, Arg, OptionSpec, Table};
+use crate::opt::OptError;
+use berth_proto::v1 as pb;
+use std::collections::BTreeMap;
+
+/// What the command line and the environment asked for.
+#[derive(Debug, Default, Clone)]
+pub struct Opts {
+    /// -n.
+    pub ntasks: Option<u32>,
+    /// -N.
+    pub nodes: Option<u32>,
+    /// --ntasks-per-node.
+    pub ntasks_per_node: Option<u32>,
+    /// -w, expanded.
+    pub nodelist: Vec<String>,
+    /// --gpus-per-task.
+    pub gpus_per_task: Option<u32>,
+    /// -c.
+    pub cpus_per_task: Option<u32>,
+    /// -l: prefix each line with its task id.
+    pub label: bool,
+    /// --export.
+    pub export: Option<Export>,
+    /// -o / -e patterns (%t %n %s %j %N %%).
+    pub output: Option<String>,
+    /// See `output`.
+    pub error: Option<String>,
+    /// -K.
+    pub kill_on_bad_exit: bool,
+    /// --jobid: the allocation to run in (else SLURM_JOB_ID).
+    pub jobid: Option<u64>,
+    /// -J.
+    pub job_name: Option<String>,
+    /// -D.
+    pub chdir: Option<String>,
+    /// -Q.
+    pub quiet: bool,
+}
+
+/// srun's options.
+pub const SRUN: Table<Opts> = Table {
+    options: SUPPORTED,
+    unsupported: UNSUPPORTED,
+};
+
+const REQ: Arg = Arg::Required;
+const FLAG: Arg = Arg::None;
+
+fn text(value: Option<&str>) -> &str {
+    value.unwrap_or_default()
+}
+
+type Set = Result<(), OptError>;
+
+fn nodelist(o: &mut Opts, l: &str, v: Option<&str>) -> Set {
+    let v = non_empty(l, text(v))?;
+    o.nodelist = berth_policies::topology::hostlist::expand(&v)
+        .map_err(|why| OptError::invalid("--nodelist", &v, why))?;
+    Ok(())
+}
+
+/// `--cpu-bind`: berth binds no CPUs yet, so only the values that ask for no binding are
+/// taken (Open MPI and most launchers pass `none`).
+fn cpu_bind(_: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    let wants_binding = v
+        .split(',')
+        .any(|w| !matches!(w, "none" | "no" | "verbose" | "v" | "quiet" | "q"));
+    if wants_binding {
+        return Err(OptError::unsupported("--cpu-bind", v, "CPU binding"));
+    }
+    Ok(())
+}
+
+/// `--mpi`: berth starts no PMI server, so only `none` (what Open MPI's mpirun passes)
+/// is taken.
+fn mpi(_: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    match text(v) {
+        "none" => Ok(()),
+        other => Err(OptError::unsupported("--mpi", other, "an MPI plugin (PMI)")),
+    }
+}
+
+fn kill_on_bad_exit(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    o.kill_on_bad_exit = match v {
+        None | Some("1") => true,
+        Some("0") => false,
+        Some(other) => {
+            return Err(OptError::invalid(
+                "--kill-on-bad-exit",
+                other,
+                "must be 0 or 1",
+            ))
+        }
+    };
+    Ok(())
+}
+
+fn jobid(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
+    let v = text(v);
+    o.jobid = Some(parse_job_id(v).ok_or_else(|| OptError::invalid("--jobid", v, "not a job id"))?);
+    Ok(())
+}
+
+/// A job id as the environment or `--jobid` gives it: a positive decimal.
+pub fn parse_job_id(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().filter(|id| *id > 0)
+}
+
+/// The options berth implements.
+pub const SUPPORTED: &[OptionSpec<Opts>] = &[
+    opt("chdir", Some('D'), REQ, "", |o, l, v| {
+        o.chdir = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("cpu-bind", None, REQ, "", cpu_bind),
+    opt("cpus-per-task", Some('c'), REQ, "", |o, _, v| {
+        o.cpus_per_task = Some(parse_count("--cpus-per-task", text(v))?);
+        Ok(())
+    }),
+    opt("error", Some('e'), REQ, "", |o, l, v| {
+        o.error = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("export", None, REQ, "", |o, _, v| {
+        o.export = Some(parse_export(text(v))?);
+        Ok(())
+    }),
+    opt("gpus-per-task", None, REQ, "", |o, _, v| {
+        o.gpus_per_task = Some(parse_count("--gpus-per-task", text(v))?);
+        Ok(())
+    }),
+    opt("job-name", Some('J'), REQ, "", |o, l, v| {
+        o.job_name = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    opt("jobid", None, REQ, "", jobid),
+    opt(
+        "kill-on-bad-exit",
+        Some('K'),
+        Arg::Optional,
+        "",
+        kill_on_bad_exit,
+    ),
+    opt("label", Some('l'), FLAG, "", |o, _, _| {
+        o.label = true;
+        Ok(())
+    }),
+    opt("mpi", None, REQ, "", mpi),
+    opt("nodelist", Some('w'), REQ, "", nodelist),
+    opt("nodes", Some('N'), REQ, "", |o, _, v| {
+        o.nodes = Some(parse_nodes(text(v))?);
+        Ok(())
+    }),
+    opt("ntasks", Some('n'), REQ, "", |o, _, v| {
+        o.ntasks = Some(parse_count("--ntasks", text(v))?);
+        Ok(())
+    }),
+    opt("ntasks-per-node", None, REQ, "", |o, _, v| {
+        o.ntasks_per_node = Some(parse_count("--ntasks-per-node", text(v))?);
+        Ok(())
+    }),
+    opt("output", Some('o'), REQ, "", |o, l, v| {
+        o.output = Some(non_empty(l, text(v))?);
+        Ok(())
+    }),
+    // Steps of one job share its resources in berth (Slurm's --overlap): taken as is.
+    opt("overlap", None, FLAG, "", |_, _, _| Ok(())),
+    opt("quiet", Some('Q'), FLAG, "", |o, _, _| {
+        o.quiet = true;
+        Ok(())
+    }),
+    // Output is streamed as the tasks write it: unbuffered already.
+    opt("unbuffered", Some('u'), FLAG, "", |_, _, _| Ok(())),
+];
+
+/// Real srun options berth refuses by name.
+pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
+    ("account", Some('A')),
+    ("array", Some('a')),
+    ("bcast", None),
+    ("constraint", Some('C')),
+    ("distribution", Some('m')),
+    ("exclusive", None),
+    ("exclude", Some('x')),
+    ("gpus", Some('G')),
+    ("gres", None),
+    ("hint", None),
+    ("input", Some('i')),
+    ("mem", None),
+    ("mem-per-cpu", None),
+    ("multi-prog", None),
+    ("overcommit", Some('O')),
+    ("partition", Some('p')),
+    ("pty", None),
+    ("relative", Some('r')),
+    ("signal", None),
+    ("time", Some('t')),
+];
+
+/// Reads srun's input variables from `env` into `o` where the command line left a value
+/// unset (the command line wins, as in Slurm). Counts from the allocation's environment
+/// are taken only when the command line gives no count at all.
+///
+/// # Errors
+/// A variable whose value is not what its option takes, named with the variable.
+pub fn apply_env(o: &mut Opts, env: &BTreeMap<String, String>) -> Result<(), OptError> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let count = |k: &str, v: &str| parse_count(k, v);
+    let counted = o.ntasks.is_some() || o.nodes.is_some() || o.ntasks_per_node.is_some();
+    let named = !o.nodelist.is_empty();
+    if o.nodes.is_none() && !named {
+        let nnodes = get("SLURM_NNODES").or_else(|| get("SLURM_JOB_NUM_NODES"));
+        if let Some(v) = nnodes {
+            o.nodes = Some(parse_nodes(&v)?);
+        }
+    }
+    if !counted && !named {
+        if let Some(v) = get("SLURM_NTASKS").or_else(|| get("SLURM_NPROCS")) {
+            o.ntasks = Some(count("SLURM_NTASKS", &v)?);
+        }
+    }
+    if o.gpus_per_task.is_none() {
+        if let Some(v) = get("SLURM_GPUS_PER_TASK") {
+            o.gpus_per_task = Some(count("SLURM_GPUS_PER_TASK", &v)?);
+        }
+    }
+    if o.cpus_per_task.is_none() {
+        if let Some(v) = get("SRUN_CPUS_PER_TASK") {
+            o.cpus_per_task = Some(count("SRUN_CPUS_PER_TASK", &v)?);
+        }
+    }
+    if get("SLURM_KILL_BAD_EXIT").as_deref() == Some("1") {
+        o.kill_on_bad_exit = true;
+    }
+    if get("SLURM_LABELIO").is_some() {
+        o.label = true;
+    }
+    if o.export.is_none() {
+        if let Some(v) = get("SRUN_EXPORT_ENV").or_else(|| get("SLURM_EXPORT_ENV")) {
+            o.export = Some(parse_export(&v)?);
+        }
+    }
+    Ok(())
+}
+
+/// The step request of `o` running `argv` from `cwd`, with `env` as srun's environment.
+pub fn step_spec(
+    o: &Opts,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &str,
+) -> pb::StepSpec {
+    let export = o.export.clone().unwrap_or(Export::All(Vec::new()));
+    let (mut task_env, _) = exported_env(&export, env);
+    // The step's own variables are set by the agent for each task; stale copies from the
+    // allocation's environment must not shadow them.
+    for k in [
+        "SLURM_STEP_ID",
+        "SLURM_STEPID",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "SLURM_NODEID",
+    ] {
+        task_env.remove(k);
+    }
+    pb::StepSpec {
+        ntasks: o.ntasks.unwrap_or(0),
+        nodes: o.nodes.unwrap_or(0),
+        ntasks_per_node: o.ntasks_per_node.unwrap_or(0),
+        nodelist: o.nodelist.clone(),
+        gpus_per_task: o.gpus_per_task.unwrap_or(0),
+        cpus_per_task: o.cpus_per_task.unwrap_or(0),
+        argv: argv.to_vec(),
+        env: task_env,
+        work_dir: o.chdir.clone().unwrap_or_else(|| cwd.to_string()),
+        kill_on_bad_exit: o.kill_on_bad_exit,
+        name: o.job_name.clone().unwrap_or_else(|| {
+            argv.first()
+                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+                .unwrap_or_default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `-N N` (or `N-N`): a step uses exactly N of the allocation's nodes; a range with room
+/// to choose is refused (steps are laid out on a fixed node count).
+fn parse_nodes(value: &str) -> Result<u32, OptError> {
+    match parse_node_range(value)? {
+        (n, 0) => Ok(n),
+        (lo, hi) if lo == hi => Ok(lo),
+        _ => Err(OptError::unsupported(
+            "--nodes",
+            value,
+            "a node count range for a step (give one number)",
+        )),
+    }
+}

@@ -1,0 +1,174 @@
+//! srun's parsing: options, input variables, the step request, output patterns, and
+//! refusals of bad input.
+
+use super::io::{expand, Names};
+use super::*;
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn options_build_the_step_request() {
+    let e = env(&[("SLURM_JOB_ID", "12"), ("HOME", "/h")]);
+    let (o, argv) = parse(
+        &args(&[
+            "-n4",
+            "-N",
+            "2",
+            "--ntasks-per-node=2",
+            "-w",
+            "node[1-2]",
+            "--gpus-per-task=1",
+            "-c2",
+            "-l",
+            "-K",
+            "hostname",
+            "-f",
+        ]),
+        &e,
+    )
+    .unwrap();
+    assert_eq!(argv, ["hostname", "-f"], "options end at the program");
+    let s = options::step_spec(&o, &argv, &e, "/work");
+    assert_eq!((s.ntasks, s.nodes, s.ntasks_per_node), (4, 2, 2));
+    assert_eq!(s.nodelist, ["node1", "node2"]);
+    assert_eq!((s.gpus_per_task, s.cpus_per_task), (1, 2));
+    assert!(o.label && s.kill_on_bad_exit);
+    assert_eq!(s.work_dir, "/work");
+    assert_eq!(s.env.get("HOME").map(String::as_str), Some("/h"));
+    assert_eq!(s.name, "hostname");
+    assert_eq!(allocation(&o, &e).unwrap(), 12);
+}
+
+#[test]
+fn open_mpis_srun_line_parses() {
+    // What Open MPI 4.1's plm/slurm runs (seen with a logging srun on PATH).
+    let line = "--ntasks-per-node=1 --kill-on-bad-exit --mpi=none --nodes=1 --nodelist=n2 --ntasks=1 orted -mca ess slurm";
+    let e = env(&[
+        ("SLURM_JOB_ID", "5"),
+        ("SLURM_NNODES", "2"),
+        ("SLURM_NTASKS", "4"),
+    ]);
+    let (o, argv) = parse(&args(&line.split(' ').collect::<Vec<_>>()), &e).unwrap();
+    assert_eq!(argv[0], "orted");
+    assert_eq!(
+        (o.ntasks, o.nodes, o.ntasks_per_node),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(o.nodelist, ["n2"]);
+    assert!(o.kill_on_bad_exit);
+    // Without --nodes/--nodelist (mpirun's host outside the allocation): SLURM_NNODES.
+    let line = "--ntasks-per-node=1 --kill-on-bad-exit --mpi=none --ntasks=2 orted";
+    let (o, _) = parse(&args(&line.split(' ').collect::<Vec<_>>()), &e).unwrap();
+    assert_eq!((o.ntasks, o.nodes), (Some(2), Some(2)));
+}
+
+#[test]
+fn the_allocations_counts_apply_only_without_counts_of_its_own() {
+    let e = env(&[
+        ("SLURM_JOB_ID", "5"),
+        ("SLURM_NNODES", "2"),
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_LABELIO", "1"),
+    ]);
+    let (o, _) = parse(&args(&["true"]), &e).unwrap();
+    assert_eq!((o.ntasks, o.nodes), (Some(4), Some(2)));
+    assert!(o.label);
+    let (o, _) = parse(&args(&["-N1", "true"]), &e).unwrap();
+    assert_eq!((o.ntasks, o.nodes), (None, Some(1)));
+    let (o, _) = parse(&args(&["-w", "node2", "true"]), &e).unwrap();
+    assert_eq!((o.ntasks, o.nodes), (None, None));
+}
+
+#[test]
+fn export_picks_the_tasks_environment() {
+    let e = env(&[
+        ("SLURM_JOB_ID", "5"),
+        ("A", "1"),
+        ("B", "2"),
+        ("SLURM_PROCID", "0"),
+    ]);
+    let (o, argv) = parse(&args(&["--export=NONE", "true"]), &e).unwrap();
+    assert!(options::step_spec(&o, &argv, &e, "/").env.is_empty());
+    let (o, argv) = parse(&args(&["--export=A,C=3", "true"]), &e).unwrap();
+    let s = options::step_spec(&o, &argv, &e, "/");
+    assert_eq!(s.env, env(&[("A", "1"), ("C", "3")]));
+    let (o, argv) = parse(&args(&["true"]), &e).unwrap();
+    let s = options::step_spec(&o, &argv, &e, "/");
+    assert!(
+        s.env.contains_key("B") && !s.env.contains_key("SLURM_PROCID"),
+        "the batch's own ids never leak into tasks"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_the_option_named() {
+    let e = env(&[("SLURM_JOB_ID", "5")]);
+    let table: &[(&[&str], &str)] = &[
+        (&["--bogus", "true"], "unrecognized option '--bogus'"),
+        (&["-n", "0", "true"], "--ntasks"),
+        (&["-n", "x", "true"], "--ntasks"),
+        (&["--mpi=pmix", "true"], "--mpi"),
+        (&["--cpu-bind=cores", "true"], "--cpu-bind"),
+        (&["--pty", "bash"], "--pty is not supported by berth yet"),
+        (&["-w", "node[3-1]", "true"], "--nodelist"),
+        (&["--kill-on-bad-exit=2", "true"], "0 or 1"),
+        (&["-n", "2"], "No command given"),
+        (&["--export=NONE,A", "true"], "--export"),
+    ];
+    for (i, (a, want)) in table.iter().enumerate() {
+        match parse(&args(a), &e) {
+            Err(err) if format!("{err:#}").contains(want) => {}
+            got => panic!("#{i}: want {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_allocation_must_exist_and_be_a_job_id() {
+    let (o, _) = parse(&args(&["true"]), &env(&[])).unwrap();
+    let err = allocation(&o, &env(&[])).unwrap_err().to_string();
+    assert!(err.contains("no job allocation"), "{err}");
+    let err = allocation(&o, &env(&[("SLURM_JOB_ID", "12abc")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SLURM_JOB_ID=\"12abc\" is not a job id"),
+        "{err}"
+    );
+    let (o, _) = parse(&args(&["--jobid=7", "true"]), &env(&[])).unwrap();
+    assert_eq!(allocation(&o, &env(&[("SLURM_JOB_ID", "x")])).unwrap(), 7);
+    assert!(parse(&args(&["--jobid=0", "true"]), &env(&[])).is_err());
+    let e = env(&[("SLURM_NTASKS", "many")]);
+    assert!(
+        parse(&args(&["true"]), &e).is_err(),
+        "a bad input variable is refused"
+    );
+}
+
+#[test]
+fn output_patterns_expand_per_task_and_node() {
+    let names = Names {
+        job_id: 12,
+        step_id: 3,
+        node_index: [("n1".to_string(), 0), ("n2".to_string(), 1)].into(),
+    };
+    let table = [
+        ("out-%j.%s-%t.txt", "n2", 5, "out-12.3-5.txt"),
+        ("o-%n-%N", "n2", 0, "o-1-n2"),
+        ("%3t%%", "n1", 7, "007%"),
+    ];
+    for (i, (p, node, task, want)) in table.into_iter().enumerate() {
+        assert_eq!(expand(p, &names, node, task).unwrap(), want, "#{i}");
+    }
+    assert!(expand("x%q", &names, "n1", 0).is_err());
+    assert!(expand("x%", &names, "n1", 0).is_err());
+}
