@@ -266,20 +266,39 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         users: a.users,
         states,
         include_finished,
+        brief: true,
     };
-    let jobs = client::jobs(channel)
-        .list(req)
+    // Pages are printed as they arrive: a queue of 100,000 jobs is never held whole.
+    let mut pages = client::jobs(channel)
+        .list_pages(req)
         .await
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-        .into_inner()
-        .jobs;
-    if jobs.is_empty() && !job_ids.is_empty() {
+        .into_inner();
+    let now = crate::now_ms();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut header = !a.noheader;
+    let mut shown = 0;
+    while let Some(page) = pages
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+    {
+        if page.jobs.is_empty() && !header {
+            continue;
+        }
+        if page.jobs.is_empty() && !job_ids.is_empty() && shown == 0 {
+            // The last (empty) page of ids that match nothing: Slurm prints no header.
+            continue;
+        }
+        shown += page.jobs.len();
+        let text = crate::squeue::render(&page.jobs, &format, now, header)?;
+        header = false;
+        std::io::Write::write_all(&mut out, text.as_bytes())?;
+    }
+    if shown == 0 && !job_ids.is_empty() {
         anyhow::bail!("Invalid job id specified");
     }
-    print!(
-        "{}",
-        crate::squeue::render(&jobs, &format, crate::now_ms(), !a.noheader)?
-    );
+    std::io::Write::flush(&mut out)?;
     Ok(0)
 }
 

@@ -313,9 +313,15 @@ async fn session(
         redirect,
         health,
     } = conn;
-    let mut client = AgentServiceClient::connect(server.to_string())
+    // TCP_NODELAY: heartbeats and job events are small writes that must not wait for
+    // delayed ACKs.
+    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect()
         .await
         .map_err(|e| e.to_string())?;
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(256);
     let register = pb::Register {
         inventory: Some(inv.clone()),

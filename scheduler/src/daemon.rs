@@ -9,6 +9,7 @@ use crate::raft_loop::{RaftConfig, RaftHandle, StartError};
 use crate::scheduling::{scheduling_loop, PendingReasons};
 use crate::server::{Api, Shared, MESSAGE_BYTES_MAX};
 use crate::storage::StoreError;
+use crate::wire::WireStats;
 use berth_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
     job_service_server::JobServiceServer, node_service_server::NodeServiceServer,
@@ -78,6 +79,7 @@ pub struct Daemon {
     raft: RaftHandle,
     api: Api,
     raft_thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    wire: Arc<WireStats>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -142,7 +144,9 @@ impl Daemon {
         }));
         let api_for_http = api.clone();
         let mut stop = shutdown;
+        let wire = Arc::new(WireStats::default());
         let server = tonic::transport::Server::builder()
+            .layer(crate::wire::count_calls(wire.clone()))
             .add_service(
                 JobServiceServer::new(api.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX),
             )
@@ -159,7 +163,7 @@ impl Daemon {
                     .max_encoding_message_size(crate::transport::RAFT_BYTES_MAX),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                crate::wire::incoming(listener, wire.clone()),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
@@ -168,6 +172,7 @@ impl Daemon {
             raft,
             api: api_for_http,
             raft_thread,
+            wire,
             server: tokio::spawn(server),
         })
     }
@@ -175,6 +180,11 @@ impl Daemon {
     /// The gRPC services' implementation (the HTTP endpoint calls it in-process).
     pub fn api(&self) -> &Api {
         &self.api
+    }
+
+    /// Connections accepted and calls served by the gRPC server.
+    pub fn wire_stats(&self) -> &WireStats {
+        &self.wire
     }
 
     /// The Raft handle (state, leadership).

@@ -72,6 +72,7 @@ impl LeaderChannel {
         }
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| Status::unavailable(format!("leader address {url}: {e}")))?
+            .tcp_nodelay(true)
             .connect_lazy();
         *cached = Some((url.to_string(), channel.clone()));
         Ok(channel)
@@ -282,17 +283,48 @@ impl pb::job_service_server::JobService for Api {
         let sm = self.0.raft.state();
         let jobs = sm
             .jobs()
-            .filter(|j| r.job_ids.is_empty() || r.job_ids.contains(&j.id))
-            .filter(|j| {
-                r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user))
+            .filter(|j| crate::job_list::matches(&r, j))
+            .map(|j| {
+                let mut shown = self.view(j);
+                if r.brief {
+                    crate::job_list::make_brief(&mut shown);
+                }
+                shown
             })
-            .filter(|j| r.states.is_empty() || r.states.contains(&j.state))
-            .filter(|j| {
-                r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
-            })
-            .map(|j| self.view(j))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    type ListPagesStream = BoxStream<pb::ListJobsResponse>;
+
+    async fn list_pages(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<Self::ListPagesStream>, Status> {
+        let r = req.into_inner();
+        // Two pages in flight at most: a slow reader holds that much, never the queue.
+        let (tx, rx) = mpsc::channel(2);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                let (jobs, next) = {
+                    let sm = api.0.raft.state();
+                    crate::job_list::page(&sm, &r, after, |j| api.view(j))
+                };
+                let last = next.is_none();
+                if (!jobs.is_empty() || last)
+                    && tx.send(Ok(pb::ListJobsResponse { jobs })).await.is_err()
+                {
+                    return;
+                }
+                match next {
+                    Some(n) => after = n,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchStream = BoxStream<pb::Job>;

@@ -89,6 +89,7 @@ impl Outbox {
 async fn connect(url: &str) -> Option<RaftServiceClient<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .ok()?
+        .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(1));
     let channel = endpoint.connect().await.ok()?;
     Some(
