@@ -148,12 +148,17 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
         eprintln!("sbatch: warning: {w}");
     }
     let channel = client::connect(&client::servers(None)).await?;
-    let resp = client::jobs(channel)
-        .submit(pb::SubmitRequest {
-            spec: Some(submission.spec),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
+    let jobs = client::jobs(channel);
+    // An overloaded berthd refuses before proposing anything: resubmitting is safe.
+    let resp = client::with_backoff(std::time::Duration::from_millis(20), || {
+        let mut jobs = jobs.clone();
+        let req = pb::SubmitRequest {
+            spec: Some(submission.spec.clone()),
+        };
+        async move { jobs.submit(req).await }
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
     let id = resp.into_inner().job_id;
     if submission.parsable {
         println!("{id}");

@@ -109,7 +109,7 @@ impl RaftConfig {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     /// The proposal queue is full; the caller should retry later.
-    #[error("berthd is overloaded (proposal queue full), retry")]
+    #[error("resource exhausted, retry: berthd's proposal queue is full")]
     Busy,
     /// This replica is not the leader.
     #[error("this berthd replica is not the leader")]

@@ -84,7 +84,11 @@ impl LeaderChannel {
 pub struct Api(pub Arc<Shared>);
 
 fn propose_status(e: ProposeError) -> Status {
-    Status::unavailable(e.to_string())
+    match e {
+        // Load beyond capacity: a distinct code, so clients back off and retry.
+        ProposeError::Busy => Status::resource_exhausted(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
 }
 
 impl Api {
