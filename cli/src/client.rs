@@ -70,3 +70,82 @@ pub fn nodes(channel: Channel) -> NodeServiceClient<Channel> {
 pub fn accounting(channel: Channel) -> AccountingServiceClient<Channel> {
     AccountingServiceClient::new(channel).max_decoding_message_size(256 << 20)
 }
+
+/// Attempts of a call that berthd refuses as overloaded, at most.
+pub const OVERLOAD_ATTEMPTS_MAX: u32 = 8;
+
+/// Runs `call` until it returns anything but `RESOURCE_EXHAUSTED` (berthd's answer to load
+/// beyond capacity), waiting `first_delay` and then twice as long each time (capped at
+/// 2 s), at most [`OVERLOAD_ATTEMPTS_MAX`] attempts. Other errors return at once: only
+/// an overload refusal is known to have changed nothing.
+///
+/// # Errors
+/// The last refusal once the attempts are spent, or the first other error.
+pub async fn with_backoff<T, F, Fut>(
+    first_delay: std::time::Duration,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut delay = first_delay;
+    for attempt in 1.. {
+        match call().await {
+            Err(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && attempt < OVERLOAD_ATTEMPTS_MAX =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn overload_refusals_are_retried_and_other_errors_are_not() {
+        let calls = Cell::new(0);
+        let got = with_backoff(Duration::from_millis(1), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(tonic::Status::resource_exhausted(
+                        "resource exhausted, retry",
+                    ))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 3);
+
+        calls.set(0);
+        let got: Result<(), _> = with_backoff(Duration::from_millis(1), || {
+            calls.set(calls.get() + 1);
+            async { Err(tonic::Status::invalid_argument("bad")) }
+        })
+        .await;
+        assert_eq!(got.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(calls.get(), 1);
+
+        calls.set(0);
+        let got: Result<(), _> = with_backoff(Duration::from_millis(1), || {
+            calls.set(calls.get() + 1);
+            async { Err(tonic::Status::resource_exhausted("full")) }
+        })
+        .await;
+        assert_eq!(got.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(calls.get(), OVERLOAD_ATTEMPTS_MAX);
+    }
+}

@@ -186,10 +186,17 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
         }
     }
     let channel = client::connect(&servers).await?;
-    let resp = client::jobs(channel)
-        .submit(pb::SubmitRequest { spec: Some(spec) })
-        .await
-        .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
+    let jobs = client::jobs(channel);
+    // An overloaded berthd refuses before proposing anything: resubmitting is safe.
+    let resp = client::with_backoff(std::time::Duration::from_millis(20), || {
+        let mut jobs = jobs.clone();
+        let req = pb::SubmitRequest {
+            spec: Some(spec.clone()),
+        };
+        async move { jobs.submit(req).await }
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
     let id = resp.into_inner().job_id;
     if submission.parsable {
         println!("{id}");
@@ -345,22 +352,41 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         users: a.users,
         states,
         include_finished,
+        brief: true,
     };
-    let jobs = client::jobs(channel)
-        .list(req)
+    // Pages are printed as they arrive: a queue of 100,000 jobs is never held whole.
+    let mut pages = client::jobs(channel)
+        .list_pages(req)
         .await
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-        .into_inner()
-        .jobs;
-    if jobs.is_empty() && !job_ids.is_empty() {
+        .into_inner();
+    let now = crate::now_ms();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut header = !a.noheader;
+    let mut shown = 0;
+    while let Some(page) = pages
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+    {
+        if page.jobs.is_empty() && !header {
+            continue;
+        }
+        if page.jobs.is_empty() && !job_ids.is_empty() && shown == 0 {
+            // The last (empty) page of ids that match nothing: Slurm prints no header.
+            continue;
+        }
+        shown += page.jobs.len();
+        // An id naming tasks that are not there prints no line, as Slurm does.
+        let jobs = crate::array_view::select(&page.jobs, &refs, a.array);
+        let text = crate::squeue::render(&jobs, &format, now, header)?;
+        header = false;
+        std::io::Write::write_all(&mut out, text.as_bytes())?;
+    }
+    if shown == 0 && !job_ids.is_empty() {
         anyhow::bail!("Invalid job id specified");
     }
-    // An id naming tasks that are not there prints no line, as Slurm does.
-    let jobs = crate::array_view::select(&jobs, &refs, a.array);
-    print!(
-        "{}",
-        crate::squeue::render(&jobs, &format, crate::now_ms(), !a.noheader)?
-    );
+    std::io::Write::flush(&mut out)?;
     Ok(0)
 }
 

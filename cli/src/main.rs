@@ -19,10 +19,16 @@ fn main() {
         args.remove(0);
         commands::split_global(args)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // A client command makes one call: one thread does it, and starting a worker per core
+    // would cost more than the call. `berth dev` runs a whole daemon and gets them all.
+    let rt = if cmd == "dev" {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     let code = rt.block_on(commands::run(&cmd, rest));
     std::process::exit(code);
 }

@@ -173,6 +173,13 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .with_state(src);
+    // TCP_NODELAY: a scrape's reply must not wait for the scraper's delayed ACK.
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a metrics connection: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

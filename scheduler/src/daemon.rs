@@ -9,6 +9,7 @@ use crate::raft_loop::{RaftConfig, RaftHandle, StartError};
 use crate::scheduling::{scheduling_loop, PendingReasons};
 use crate::server::{Api, Shared, MESSAGE_BYTES_MAX};
 use crate::storage::StoreError;
+use crate::wire::WireStats;
 use berth_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
     job_service_server::JobServiceServer, node_service_server::NodeServiceServer,
@@ -92,6 +93,7 @@ pub struct Daemon {
     raft: RaftHandle,
     api: Api,
     raft_thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    wire: Arc<WireStats>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -173,7 +175,9 @@ impl Daemon {
             crate::accounting::service::AccountingApi::new(raft.clone(), accounting);
         let api_for_http = api.clone();
         let mut stop = shutdown.clone();
+        let wire = Arc::new(WireStats::default());
         let router = tonic::transport::Server::builder()
+            .layer(crate::wire::count_calls(wire.clone()))
             .layer(crate::security::layer::SecurityLayer::new(
                 cfg.security.clone(),
                 audit,
@@ -206,15 +210,18 @@ impl Daemon {
         let server = match &cfg.security {
             Some(sec) => {
                 sec.tls.watch(shutdown);
-                let incoming = berth_auth::tls::incoming(
-                    listener,
-                    sec.tls.clone(),
-                    berth_auth::tls::Alpn::Grpc,
+                let incoming = crate::wire::counted(
+                    berth_auth::tls::incoming(
+                        listener,
+                        sec.tls.clone(),
+                        berth_auth::tls::Alpn::Grpc,
+                    ),
+                    wire.clone(),
                 );
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
             None => tokio::spawn(router.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                crate::wire::incoming(listener, wire.clone()),
                 stopped,
             )),
         };
@@ -222,6 +229,7 @@ impl Daemon {
             raft,
             api: api_for_http,
             raft_thread,
+            wire,
             server,
         })
     }
@@ -229,6 +237,11 @@ impl Daemon {
     /// The gRPC services' implementation (the HTTP endpoint calls it in-process).
     pub fn api(&self) -> &Api {
         &self.api
+    }
+
+    /// Connections accepted and calls served by the gRPC server.
+    pub fn wire_stats(&self) -> &WireStats {
+        &self.wire
     }
 
     /// The Raft handle (state, leadership).

@@ -375,7 +375,7 @@ pub fn spawn(
     };
     match api.0.security.clone() {
         None => tokio::spawn(async move {
-            axum::serve(listener, router(api, kube))
+            axum::serve(crate::wire::http_listener(listener), router(api, kube))
                 .with_graceful_shutdown(stopped)
                 .await
         }),

@@ -22,10 +22,12 @@
 //! - [`raft_log`]: raft-rs's slog records into tracing.
 //! - [`state_machine`]: `apply(Command)` over jobs and nodes; outcomes and effects.
 //! - [`command`]: a command stamped with the proposer's clock, as every proposer sends it.
+//! - [`job_list`]: which jobs a listing matches, brief replies, pages of a large queue.
 //! - [`output_path`]: `%j %x %u %N` expansion of output file patterns.
 //! - [`scheduling`]: the leader's loop: state → `policies::schedule` → `Allocate` command.
 //! - [`agents`]: the registry of connected agents and the dispatch of effects to them.
 //! - [`transport`]: Raft messages to peer replicas over gRPC.
+//! - [`wire`]: accepted connections get `TCP_NODELAY`; connections and calls are counted.
 //! - [`server`]: gRPC `JobService`, `NodeService`, `AgentService`.
 //! - [`extender`]: kube-scheduler extender filter/prioritize over berth's node view.
 //! - [`pod_gpus`]: what GPUs a pod asks for (whole, MIG slices of one profile, shares).
@@ -50,6 +52,7 @@ pub mod command;
 pub mod daemon;
 pub mod extender;
 pub mod http;
+pub mod job_list;
 pub mod kube_api;
 pub mod mem_storage;
 pub mod output_path;
@@ -64,3 +67,4 @@ pub mod server;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+pub mod wire;

@@ -12,17 +12,27 @@
 //! deterministic simulator (`bench/src/sim`) drives the very same code with a fake clock,
 //! an in-memory network and [`crate::mem_storage::MemStorage`].
 //!
-//! Batching: proposals that arrive while a ready is being persisted are all proposed before
-//! the next ready, so they share one flush (one fsync) and one append to followers.
+//! Persistence is asynchronous (raft-rs `advance_append_async` / `on_persist_ready`): a
+//! ready's entries and hard state go into the store's memory, where raft-rs can read them
+//! at once, and a flusher thread makes them durable while this thread goes on proposing,
+//! sending appends to followers and applying what is already durable on a quorum. Messages
+//! that may only leave once the ready is durable (votes, a follower's acks) are held until
+//! the flush reports back. One flush runs at a time: every ready written while it runs is
+//! covered by the next one, so the fsync rate stays at the disk's pace however many clients
+//! submit, and each fsync carries more entries as load grows.
+//!
+//! Safety does not move: raft-rs hands out as committed only entries that a quorum holds
+//! durably *and* this replica has made durable, and a proposal is answered only when its
+//! entry is applied, so every acknowledged submit is on disk on a quorum.
 
 use crate::state_machine::{Effect, Outcome, StateMachine};
-use crate::storage::{LogStore, SledStorage, StoreError};
+use crate::storage::{Flusher, LogStore, SledStorage, StoreError};
 use crate::transport::Outbox;
 use berth_proto::v1 as pb;
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -102,7 +112,7 @@ impl RaftConfig {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     /// The proposal queue is full; the caller should retry later.
-    #[error("berthd is overloaded (proposal queue full), retry")]
+    #[error("resource exhausted, retry: berthd's proposal queue is full")]
     Busy,
     /// This replica is not the leader.
     #[error("this berthd replica is not the leader")]
@@ -154,6 +164,8 @@ pub(crate) enum Input {
     ReadIndex(oneshot::Sender<()>),
     /// A membership change to propose (leader only).
     ConfChange(Box<(raft::eraftpb::ConfChange, ReplySender)>),
+    /// The flusher made every ready up to this number durable (or failed: fatal).
+    Persisted(Result<u64, StoreError>),
 }
 
 /// Term and role, published by the Raft thread after every ready.
@@ -205,8 +217,10 @@ pub struct RaftHandle {
 
 /// Bound of the proposal queue; beyond it proposals fail fast with [`ProposeError::Busy`].
 const PROPOSALS_QUEUED_MAX: usize = 4096;
-/// Proposals taken into one ready (and so one fsync) at most.
+/// Proposals taken into one ready (and so one append) at most.
 const PROPOSALS_BATCH_MAX: usize = 512;
+/// Readies handled per wake of the Raft thread at most.
+const READIES_PER_WAKE_MAX: usize = 4;
 
 impl RaftHandle {
     /// Opens the store in `cfg.state_dir`, restores the state machine from its snapshot and
@@ -238,6 +252,7 @@ impl RaftHandle {
         }
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
         let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone(), cfg.peer_profile.clone());
+        let flusher = spawn_flusher(store.flusher(), tx.clone());
         let mut replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
         if let Some(hook) = hook {
             replica.set_hook(hook);
@@ -253,6 +268,9 @@ impl RaftHandle {
             rx,
             shutdown: handle.shutdown.clone(),
             tick: cfg.tick,
+            flusher,
+            flush_wanted: 0,
+            flushing: false,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -386,12 +404,39 @@ impl RaftHandle {
 }
 
 /// The thread of a real replica: wall-clock ticks and a channel of [`Input`]s around a
-/// [`Replica`] on sled and gRPC.
+/// [`Replica`] on sled and gRPC, and a flusher thread that makes its writes durable.
 struct Driver {
     replica: Replica<SledStorage, Outbox>,
     rx: Receiver<Input>,
     shutdown: Arc<AtomicBool>,
     tick: Duration,
+    /// Ready numbers to make durable; the flusher answers with [`Input::Persisted`].
+    flusher: SyncSender<u64>,
+    /// The newest ready that needs a flush.
+    flush_wanted: u64,
+    /// Whether a flush is running (one at a time: the next covers all written meanwhile).
+    flushing: bool,
+}
+
+/// Starts the thread that flushes `store` for ready numbers sent to it and reports each
+/// durable number on `report`. At most one request is outstanding (see [`Driver`]).
+fn spawn_flusher(store: Flusher, report: SyncSender<Input>) -> SyncSender<u64> {
+    let (tx, rx) = sync_channel::<u64>(1);
+    std::thread::Builder::new()
+        .name("raft-fsync".into())
+        .spawn(move || {
+            while let Ok(number) = rx.recv() {
+                // Every write of ready `number` was made before it was sent here.
+                let result = store.flush().map(|()| number);
+                // Blocking send: a durability report must never be dropped. The Raft thread
+                // drains its queue every loop, so this waits at most one ready.
+                if report.send(Input::Persisted(result)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn raft-fsync thread");
+    tx
 }
 
 impl Driver {
@@ -410,11 +455,11 @@ impl Driver {
             let timeout = self.tick.saturating_sub(last_tick.elapsed());
             match self.rx.recv_timeout(timeout) {
                 Ok(first) => {
-                    self.input(first);
-                    // Everything already queued joins this ready: one fsync for the batch.
+                    self.input(first)?;
+                    // Everything already queued joins this ready: one append for the batch.
                     let queued: Vec<Input> = self.rx.try_iter().take(PROPOSALS_BATCH_MAX).collect();
                     for i in queued {
-                        self.input(i);
+                        self.input(i)?;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -424,12 +469,34 @@ impl Driver {
                 self.replica.tick();
                 last_tick = Instant::now();
             }
-            self.replica.on_ready()?;
+            // A release of durable readies can make more ready at once (commits, acks):
+            // handle it now rather than a tick later. Bounded: each ready consumes work.
+            for _ in 0..READIES_PER_WAKE_MAX {
+                if let Some(number) = self.replica.on_ready()? {
+                    self.flush_wanted = number;
+                    self.start_flush();
+                }
+                if !self.replica.node.has_ready() {
+                    break;
+                }
+            }
         }
         self.replica.node.store().flush()
     }
 
-    fn input(&mut self, input: Input) {
+    /// Hands the newest unflushed ready to the flusher unless a flush is running (its
+    /// report starts the next one).
+    fn start_flush(&mut self) {
+        if self.flushing || self.flush_wanted <= self.replica.durable_through {
+            return;
+        }
+        // Capacity 1 and at most one outstanding request: this never blocks for long.
+        if self.flusher.send(self.flush_wanted).is_ok() {
+            self.flushing = true;
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), StoreError> {
         let r = &mut self.replica;
         match input {
             Input::Propose(p) => r.propose_with(p.cmd, p.reply),
@@ -441,7 +508,13 @@ impl Driver {
                 r.propose_conf_change(cc, reply);
             }
             Input::ReadIndex(reply) => r.read_index(reply),
+            Input::Persisted(result) => {
+                r.on_persisted(result?);
+                self.flushing = false;
+                self.start_flush();
+            }
         }
+        Ok(())
     }
 }
 
@@ -487,6 +560,20 @@ pub struct Replica<S: LogStore, M: Mailbox> {
     applied_log: Option<Vec<Entry>>,
     /// Told of every applied entry and restored state (accounting).
     hook: Option<Arc<dyn ApplyHook>>,
+    /// Readies written to the store and not yet known durable, oldest first.
+    unpersisted: VecDeque<Unpersisted>,
+    /// Every ready up to this number is durable.
+    durable_through: u64,
+}
+
+/// A ready written to the store's memory, waiting for the owner's flush.
+struct Unpersisted {
+    number: u64,
+    /// Whether it wrote anything that must be durable (entries, a snapshot, term or vote);
+    /// one that did not is durable as soon as every earlier one is.
+    must_sync: bool,
+    /// Messages that may leave only once it is durable.
+    held: Vec<Message>,
 }
 
 impl<S: LogStore, M: Mailbox> Replica<S, M> {
@@ -544,6 +631,8 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             reads_ready: Vec::new(),
             applied_log: None,
             hook: None,
+            unpersisted: VecDeque::new(),
+            durable_through: 0,
         })
     }
 
@@ -677,14 +766,18 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
         }
     }
 
-    /// The `five_mem_node` checklist, in its order. A storage error is fatal: the owner
-    /// must stop the replica.
+    /// The `five_mem_node` checklist, in its order, with asynchronous persistence: the
+    /// ready's writes go to the store's memory and the owner makes them durable. Returns
+    /// the ready's number when it needs a flush: the owner then flushes the store (one
+    /// flush covers every earlier write too) and reports it with [`Replica::on_persisted`].
+    /// Until then this replica goes on: messages that need durability wait, nothing else.
+    /// A storage error is fatal: the owner must stop the replica.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be written or a received snapshot is corrupt.
-    pub fn on_ready(&mut self) -> Result<(), StoreError> {
+    pub fn on_ready(&mut self) -> Result<Option<u64>, StoreError> {
         if !self.node.has_ready() {
-            return Ok(());
+            return Ok(None);
         }
         let mut ready = self.node.ready();
         // ReadIndex answers: each read may proceed once its index is applied.
@@ -695,34 +788,67 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
                 }
             }
         }
-        // 1. Send messages to peers: a leader's appends may leave before its own fsync.
+        // 1. Send messages to peers: a leader's appends leave before its own fsync.
         self.send(ready.take_messages());
         // 2. Install a snapshot from the leader, and restore the state machine from it.
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(&snap)?;
         }
-        // 3. Apply what is committed.
-        self.apply(ready.take_committed_entries())?;
-        // 4. Append new entries, 5. persist the hard state, then make both durable at once.
+        // 3. Apply what is committed: raft-rs hands out only entries that a quorum holds
+        //    and that are durable here (min(committed, persisted)).
+        let committed = ready.take_committed_entries();
+        let applied = committed.last().map(|e| e.index);
+        self.apply(committed)?;
+        // 4. Append new entries, 5. set the hard state: into the store's memory, where
+        //    raft-rs reads them at once (what `advance_append_async` requires).
         self.node.store().append(ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.node.store().set_hardstate(hs)?;
         }
-        self.node.store().flush()?;
-        // 6. Messages that may only leave after the entries are durable (votes, acks).
-        self.send(ready.take_persisted_messages());
-        // 7. Advance, then handle the light ready: commit index, messages, more commits.
-        let mut light = self.node.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.node.store().set_commit(commit)?;
+        // 6. Messages that may only leave once this ready is durable (votes, acks): held.
+        let (number, must_sync) = (ready.number(), ready.must_sync());
+        let held = ready.take_persisted_messages();
+        // 7. Advance without waiting for the disk; the next ready may start at once.
+        self.node.advance_append_async(ready);
+        self.unpersisted.push_back(Unpersisted {
+            number,
+            must_sync,
+            held,
+        });
+        self.release_persisted();
+        // Applied moves with the entries applied, not with an installed snapshot: raft-rs
+        // counts a snapshot applied only once it is durable (`on_persist_ready`).
+        if let Some(index) = applied {
+            self.node.advance_apply_to(index);
         }
-        self.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
-        self.node.advance_apply();
         self.release_reads();
         self.publish_status();
-        Ok(())
+        Ok(must_sync.then_some(number))
+    }
+
+    /// Every write of the readies up to `number` is durable: their held messages leave and
+    /// raft-rs learns it (which may commit entries: run [`Replica::on_ready`] next).
+    pub fn on_persisted(&mut self, number: u64) {
+        self.durable_through = self.durable_through.max(number);
+        self.release_persisted();
+    }
+
+    /// Releases, oldest first, the readies that are durable or needed no flush, and tells
+    /// raft-rs the newest one released (which implies all before it).
+    fn release_persisted(&mut self) {
+        let mut released = None;
+        while let Some(front) = self.unpersisted.front() {
+            if front.must_sync && front.number > self.durable_through {
+                break;
+            }
+            let done = self.unpersisted.pop_front().expect("front exists");
+            self.send(done.held);
+            released = Some(done.number);
+        }
+        if let Some(number) = released {
+            self.node.on_persist_ready(number);
+        }
     }
 
     fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), StoreError> {

@@ -60,6 +60,14 @@ pub async fn scheduling_loop(
                 if !wake { continue; }
             }
         }
+        // One pass serves every change applied so far: without this, a burst of N submits
+        // runs N passes back to back, each reading the whole queue under the state lock
+        // the Raft thread needs to apply. Bounded by the channel's capacity.
+        while !matches!(
+            effects.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                | tokio::sync::broadcast::error::TryRecvError::Closed)
+        ) {}
         if raft.is_leader() {
             pass(&raft, &reasons).await;
         }

@@ -109,7 +109,11 @@ impl LeaderChannel {
 pub struct Api(pub Arc<Shared>);
 
 fn propose_status(e: ProposeError) -> Status {
-    Status::unavailable(e.to_string())
+    match e {
+        // Load beyond capacity: a distinct code, so clients back off and retry.
+        ProposeError::Busy => Status::resource_exhausted(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
 }
 
 impl Api {
@@ -487,22 +491,51 @@ impl pb::job_service_server::JobService for Api {
         let sm = self.0.raft.state();
         let jobs = sm
             .jobs()
-            // An array's id names every task of it too (squeue -j 12).
-            .filter(|j| {
-                r.job_ids.is_empty()
-                    || r.job_ids.contains(&j.id)
-                    || (j.array_job_id != 0 && r.job_ids.contains(&j.array_job_id))
+            .filter(|j| crate::job_list::matches(&r, j))
+            .map(|j| {
+                let mut shown = self.view_for(&caller, j, sm.accounts());
+                if r.brief {
+                    crate::job_list::make_brief(&mut shown);
+                }
+                shown
             })
-            .filter(|j| {
-                r.users.is_empty() || j.spec.as_ref().is_some_and(|s| r.users.contains(&s.user))
-            })
-            .filter(|j| r.states.is_empty() || r.states.contains(&j.state))
-            .filter(|j| {
-                r.include_finished || matches!(j.state(), JobState::Pending | JobState::Running)
-            })
-            .map(|j| self.view_for(&caller, j, sm.accounts()))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    type ListPagesStream = BoxStream<pb::ListJobsResponse>;
+
+    async fn list_pages(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<Self::ListPagesStream>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        // Two pages in flight at most: a slow reader holds that much, never the queue.
+        let (tx, rx) = mpsc::channel(2);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                let (jobs, next) = {
+                    let sm = api.0.raft.state();
+                    crate::job_list::page(&sm, &r, after, |j| {
+                        api.view_for(&caller, j, sm.accounts())
+                    })
+                };
+                let last = next.is_none();
+                if (!jobs.is_empty() || last)
+                    && tx.send(Ok(pb::ListJobsResponse { jobs })).await.is_err()
+                {
+                    return;
+                }
+                match next {
+                    Some(n) => after = n,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchStream = BoxStream<pb::Job>;

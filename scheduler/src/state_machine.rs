@@ -211,6 +211,15 @@ impl StateMachine {
         self.state.jobs.values()
     }
 
+    /// Jobs with ids above `after`, by id (a page of a listing).
+    pub fn jobs_after(&self, after: u64) -> impl Iterator<Item = &pb::Job> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.state
+            .jobs
+            .range((Excluded(after), Unbounded))
+            .map(|(_, job)| job)
+    }
+
     /// Every node, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &pb::Node> {
         self.state.nodes.values()

@@ -483,11 +483,42 @@ impl SledStorage {
         self.db.flush().map(|_| ()).map_err(|e| self.sled(e))
     }
 
+    /// A handle that flushes this store from another thread (the Raft loop's flusher).
+    pub fn flusher(&self) -> Flusher {
+        Flusher {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
+    }
+
     fn entry(&self, index: u64) -> Result<Entry, Error> {
         match self.log.get(index_key(index)).map_err(|e| self.sled(e))? {
             Some(bytes) => decode_entry(&self.path, &bytes),
             None => Err(self.corrupt(format!("entry {index} missing inside the log"))),
         }
+    }
+}
+
+/// Makes a [`SledStorage`]'s writes durable from another thread, so the Raft thread can
+/// keep appending, sending and applying while the fsync runs. sled's flush covers every
+/// write made before it starts: a flush begun after the writes of ready `n` makes ready `n`
+/// (and every earlier one) durable.
+#[derive(Clone)]
+pub struct Flusher {
+    db: sled::Db,
+    path: String,
+}
+
+impl Flusher {
+    /// Makes every write made before this call durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Sled`] when the device fails.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush().map(|_| ()).map_err(|source| Error::Sled {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 

@@ -103,6 +103,7 @@ async fn connect(
     let endpoint = berth_auth::channel::endpoint(url, profile)
         .map_err(|e| tracing::warn!("raft peer {e}"))
         .ok()?
+        .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(1));
     let channel = endpoint.connect().await.ok()?;
     Some(

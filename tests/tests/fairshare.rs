@@ -448,7 +448,7 @@ fn dependent_jobs_wait_for_their_conditions_and_impossible_ones_say_so() {
             "Job dependency problem: job 999999 does not exist",
         ),
         ("afterok:x", "Invalid dependency specification 'afterok:x'"),
-        ("aftercorr:1", "not supported"),
+        ("afterok:1?afterany:1", "not supported"),
     ] {
         let o = dev.berth(&["sbatch", "-d", spec, "--wrap", "true"]);
         assert!(

@@ -451,6 +451,11 @@ fn table() -> Vec<(&'static str, Body, [Rule; 6])> {
             [Allow, Allow, Allow, Allow, Allow, Allow],
         ),
         (
+            "/berth.v1.JobService/ListPages",
+            enc(pb::ListJobsRequest::default()),
+            [Allow, Allow, Allow, Allow, Allow, Deny],
+        ),
+        (
             "/berth.v1.JobService/Watch",
             enc(pb::WatchRequest::default()),
             [Allow, Allow, Allow, Allow, Allow, Deny],

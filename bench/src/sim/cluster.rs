@@ -48,6 +48,9 @@ pub struct SimReplica {
     /// How many times it started.
     pub boots: u64,
     last_checked_index: u64,
+    /// A ready whose writes await their flush: the simulated fsync completes one step
+    /// later, so a crash in between loses them, as a crash during a real fsync does.
+    flush_due: Option<u64>,
 }
 
 /// One Raft tick of the simulated replicas, in milliseconds (jittered per replica).
@@ -90,6 +93,7 @@ impl Cluster {
                 next_tick_ms: rng.gen_range(0..TICK_MS),
                 restart_at_ms: 0,
                 boots: 0,
+                flush_due: None,
                 last_checked_index: 0,
             });
             cluster.boot(id as usize - 1, rng)?;
@@ -135,6 +139,7 @@ impl Cluster {
             }
         }
         r.mailbox.0.borrow_mut().clear();
+        r.flush_due = None;
         r.restart_at_ms = restart_at_ms;
     }
 
@@ -267,9 +272,17 @@ impl Cluster {
         let Some(node) = r.node.as_mut() else {
             return Ok(());
         };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.on_ready()));
+        let flush_due = r.flush_due.take();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Last step's fsync completes first, then this step's ready runs.
+            if let Some(number) = flush_due {
+                berth_scheduler::storage::LogStore::flush(node.store())?;
+                node.on_persisted(number);
+            }
+            node.on_ready()
+        }));
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(due)) => r.flush_due = due,
             Ok(Err(e)) => return Err(Failure::safety(format!("replica {id}: storage error {e}"))),
             Err(panic) => {
                 return Err(Failure::safety(format!(
