@@ -226,7 +226,10 @@ fn impossible_and_malformed_submissions_change_nothing() {
             vec!["sbatch", "--frobnicate", "--wrap", "true"],
             "--frobnicate",
         ),
-        (vec!["sbatch", "--array=1-3", "--wrap", "true"], "--array"),
+        (
+            vec!["sbatch", "--array=5-1", "--wrap", "true"],
+            "Invalid job array specification",
+        ),
         (vec!["sbatch", "-t", "1:2:3:4", "--wrap", "true"], "1:2:3:4"),
         (vec!["sbatch", "--mem=12X", "--wrap", "true"], "12X"),
         (vec!["sbatch", "/no/such/script.sh"], "/no/such/script.sh"),
