@@ -574,6 +574,11 @@ struct Unpersisted {
     must_sync: bool,
     /// Messages that may leave only once it is durable.
     held: Vec<Message>,
+    /// The index of the snapshot it installed (0: none). raft-rs counts a snapshot as
+    /// applied only when told: once durable, applied moves to it, or a replica that caught
+    /// up from a snapshot and applied nothing since would campaign from index 1, in a log
+    /// compacted past it (raft-rs panics with `Compacted`).
+    snapshot_index: u64,
 }
 
 impl<S: LogStore, M: Mailbox> Replica<S, M> {
@@ -791,9 +796,11 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
         // 1. Send messages to peers: a leader's appends leave before its own fsync.
         self.send(ready.take_messages());
         // 2. Install a snapshot from the leader, and restore the state machine from it.
+        let mut snapshot_index = 0;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(&snap)?;
+            snapshot_index = snap.get_metadata().index;
         }
         // 3. Apply what is committed: raft-rs hands out only entries that a quorum holds
         //    and that are durable here (min(committed, persisted)).
@@ -815,10 +822,11 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             number,
             must_sync,
             held,
+            snapshot_index,
         });
         self.release_persisted();
-        // Applied moves with the entries applied, not with an installed snapshot: raft-rs
-        // counts a snapshot applied only once it is durable (`on_persist_ready`).
+        // Applied moves with the entries applied here, and with an installed snapshot once
+        // it is durable (`release_persisted`).
         if let Some(index) = applied {
             self.node.advance_apply_to(index);
         }
@@ -838,6 +846,7 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
     /// raft-rs the newest one released (which implies all before it).
     fn release_persisted(&mut self) {
         let mut released = None;
+        let mut snapshot_index = 0;
         while let Some(front) = self.unpersisted.front() {
             if front.must_sync && front.number > self.durable_through {
                 break;
@@ -845,9 +854,13 @@ impl<S: LogStore, M: Mailbox> Replica<S, M> {
             let done = self.unpersisted.pop_front().expect("front exists");
             self.send(done.held);
             released = Some(done.number);
+            snapshot_index = snapshot_index.max(done.snapshot_index);
         }
         if let Some(number) = released {
             self.node.on_persist_ready(number);
+        }
+        if snapshot_index > self.node.raft.raft_log.applied() {
+            self.node.advance_apply_to(snapshot_index);
         }
     }
 
