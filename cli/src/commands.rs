@@ -301,6 +301,9 @@ struct SqueueArgs {
     /// Pending jobs with their expected start time (from the last backfill pass).
     #[arg(long)]
     start: bool,
+    /// Job steps instead of jobs (of the steps listed, e.g. `12.0,13.1`, when given).
+    #[arg(short = 's', long = "steps", num_args = 0..=1, default_missing_value = "", require_equals = false)]
+    steps: Option<String>,
     /// Print help (-h means --noheader, as in Slurm).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -318,6 +321,76 @@ fn parse_tool<P: Parser>(name: &str, args: Vec<String>) -> Result<P, i32> {
     })
 }
 
+/// `squeue -s [STEPS]`: the steps of running jobs (of `job_ids` when given), or the steps
+/// listed (`12.0,13_2.1`).
+async fn squeue_steps(a: &SqueueArgs, list: &str, mut job_ids: Vec<u64>) -> anyhow::Result<i32> {
+    let wanted: Vec<crate::step_view::StepRef> = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(crate::step_view::parse_step_ref)
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let format = a
+        .format
+        .clone()
+        .unwrap_or_else(|| crate::step_view::STEP_FORMAT.to_string());
+    // Check the format before asking the server, so a typo fails fast.
+    crate::step_view::render(&[], &format, 0, true)?;
+    job_ids.extend(
+        wanted
+            .iter()
+            .filter_map(|w| w.job.split('_').next()?.parse::<u64>().ok()),
+    );
+    let channel = client::connect(&client::servers(None)).await?;
+    let mut jobs = running_jobs(client::jobs(channel), job_ids, a.users.clone()).await?;
+    if !wanted.is_empty() {
+        for job in &mut jobs {
+            let keep: Vec<pb::Step> = job
+                .steps
+                .iter()
+                .filter(|s| wanted.iter().any(|w| crate::step_view::names(w, job, s)))
+                .cloned()
+                .collect();
+            job.steps = keep;
+        }
+    }
+    print!(
+        "{}",
+        crate::step_view::render(&jobs, &format, crate::now_ms(), !a.noheader)?
+    );
+    Ok(0)
+}
+
+/// The running jobs (steps live only in running jobs), brief, of `job_ids` and `users`
+/// when given.
+async fn running_jobs(
+    mut c: pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
+    job_ids: Vec<u64>,
+    users: Vec<String>,
+) -> anyhow::Result<Vec<pb::Job>> {
+    let req = pb::ListJobsRequest {
+        job_ids,
+        users,
+        states: vec![JobState::Running as i32],
+        include_finished: false,
+        brief: true,
+    };
+    let mut pages = c
+        .list_pages(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+        .into_inner();
+    let mut jobs = Vec::new();
+    while let Some(page) = pages
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+    {
+        jobs.extend(page.jobs);
+    }
+    Ok(jobs)
+}
+
 async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
     let a: SqueueArgs = match parse_tool("squeue", args) {
         Ok(a) => a,
@@ -326,6 +399,9 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
     let refs = parse_job_list(&a.jobs).map_err(anyhow::Error::msg)?;
     let mut job_ids: Vec<u64> = refs.iter().map(|r| r.job_id).collect();
     job_ids.dedup();
+    if let Some(list) = &a.steps {
+        return squeue_steps(&a, list, job_ids).await;
+    }
     let mut states = Vec::new();
     let mut all_states = false;
     for s in &a.states {
@@ -499,6 +575,28 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             print!("{}", text.join("\n"));
             Ok(0)
         }
+        ["show", "step" | "steps", rest @ ..] => {
+            let what = match rest {
+                [] => None,
+                [one] => Some(crate::step_view::parse_step_ref(one).map_err(anyhow::Error::msg)?),
+                _ => anyhow::bail!("scontrol show step takes one step id (12.0, 12_3.0 or 12)"),
+            };
+            let job_ids = what
+                .iter()
+                .filter_map(|w| w.job.split('_').next()?.parse().ok())
+                .collect();
+            let jobs = running_jobs(client::jobs(channel), job_ids, vec![]).await?;
+            match crate::step_view::show(&jobs, what.as_ref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("{e}");
+                    Ok(1)
+                }
+            }
+        }
         ["show", "topology"] => {
             use berth_proto::v1::admin_service_client::AdminServiceClient;
             let t = AdminServiceClient::new(channel)
@@ -645,8 +743,32 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
             Ok(0)
         }
         ["update", rest @ ..] => {
+            use crate::node_update::NodeUpdate;
             use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let r = crate::scontrol::parse_gpu_resume(rest).map_err(anyhow::Error::msg)?;
+            let r = match crate::node_update::parse_node_update(rest).map_err(anyhow::Error::msg)? {
+                NodeUpdate::GpuResume(r) => r,
+                NodeUpdate::Drain {
+                    nodes,
+                    drain,
+                    reason,
+                } => {
+                    let mut admin = AdminServiceClient::new(channel);
+                    for node in nodes {
+                        admin
+                            .drain_node(pb::NodeDrain {
+                                node,
+                                drain,
+                                reason: reason.clone(),
+                                user: String::new(),
+                            })
+                            .await
+                            .map_err(|s| {
+                                anyhow::anyhow!("slurm_update error: {}", status_text(&s))
+                            })?;
+                    }
+                    return Ok(0);
+                }
+            };
             let done = AdminServiceClient::new(channel)
                 .resume_gpu(pb::GpuHealthyRequest {
                     node: r.node.clone(),

@@ -14,6 +14,8 @@
 //! - [`array_view`]: job arrays as the tools show and select them (`12_[4-15%4]`, `12_3`).
 //! - [`job_update`]: `scontrol update JobId=…` on arrays and tasks.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
+//! - [`step_view`]: job steps as `squeue -s` and `scontrol show step` show them.
+//! - [`node_update`]: `scontrol update NodeName=… State=DRAIN|RESUME`.
 //! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`srun`]: job steps: tasks on the allocation's nodes, output streamed back.
 //! - [`client`]: finding and connecting to berthd.
@@ -38,6 +40,7 @@ pub mod format;
 pub mod hostlist;
 pub mod job_update;
 pub mod memory;
+pub mod node_update;
 pub mod opt;
 pub mod report;
 pub mod reservation;
@@ -52,6 +55,7 @@ pub mod slurm_time;
 pub mod squeue;
 pub mod sreport;
 pub mod srun;
+pub mod step_view;
 
 /// Milliseconds since the Unix epoch (for elapsed times in output).
 pub fn now_ms() -> u64 {

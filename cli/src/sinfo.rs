@@ -204,7 +204,7 @@ enum Item {
 }
 
 /// Letters that are sinfo fields in Slurm but have no berth data yet.
-const UNSUPPORTED: &str = "bBdfghHILMoOprsSuUVwXYzZ";
+const UNSUPPORTED: &str = "BdghHILMoOprsSuUVwXYzZ";
 
 /// The column title Slurm prints, or why the letter is refused.
 fn header_of(column: Column) -> Result<&'static str, FormatError> {
@@ -216,6 +216,8 @@ fn header_of(column: Column) -> Result<&'static str, FormatError> {
     Ok(match letter {
         'a' => "AVAIL",
         'A' => "NODES(A/I)",
+        'b' => "ACTIVE_FEATURES",
+        'f' => "AVAIL_FEATURES",
         'c' => "CPUS",
         'C' => "CPUS(A/I/O/T)",
         'D' => "NODES",
@@ -238,7 +240,7 @@ fn header_of(column: Column) -> Result<&'static str, FormatError> {
 fn is_key(column: Column) -> bool {
     matches!(
         column,
-        Column::Letter('a' | 'c' | 'E' | 'G' | 'l' | 'm' | 'P' | 'R' | 't' | 'T')
+        Column::Letter('a' | 'b' | 'c' | 'E' | 'f' | 'G' | 'l' | 'm' | 'P' | 'R' | 't' | 'T')
     )
 }
 
@@ -446,6 +448,9 @@ fn value(column: Column, partition: &str, nodes: &[&Node]) -> String {
     match letter {
         'a' => "up".to_string(),
         'A' => cpu_or_node_counts(nodes, false, true),
+        // Features come from the cluster description; berth has no changeable active set,
+        // so both columns show the described ones.
+        'b' | 'f' => features(first),
         'c' => inv.map_or(0, |i| i.cpus).to_string(),
         'C' => cpu_or_node_counts(nodes, true, false),
         'D' => nodes.len().to_string(),
@@ -471,6 +476,19 @@ fn value(column: Column, partition: &str, nodes: &[&Node]) -> String {
             .to_string(),
         'T' => first.map_or(NodeUse::Unknown, node_use).long().to_string(),
         other => unreachable!("letter {other:?} passed header_of but has no value"),
+    }
+}
+
+/// A node's described features, comma-separated as Slurm prints them; `(null)` when none.
+fn features(node: Option<&Node>) -> String {
+    let list = node
+        .and_then(|n| n.described.as_ref())
+        .map(|d| d.features.join(","))
+        .unwrap_or_default();
+    if list.is_empty() {
+        "(null)".to_string()
+    } else {
+        list
     }
 }
 
@@ -580,6 +598,26 @@ cpu          up   infinite      1   down (null)      (null)     cpu1
 gpu          up   infinite      2   idle gpu:h100:16 gpu:h100:0 dgx[01,04]
 gpu          up   infinite      2    mix gpu:h100:16 gpu:h100:5 dgx[02,10]
 gpu          up   infinite      1  alloc gpu:h100:8  gpu:h100:8 dgx03
+";
+        if got != want {
+            panic!("want\n{want}got\n{got}");
+        }
+    }
+
+    #[test]
+    fn features_split_lines_and_show_as_described() {
+        let mut nodes = cluster()[..3].to_vec();
+        for n in &mut nodes[..2] {
+            n.described = Some(berth_proto::v1::NodeDescription {
+                features: vec!["nvlink".into(), "ib".into()],
+                ..Default::default()
+            });
+        }
+        let got = render(&nodes, Some("%10f %N"), false, true).unwrap();
+        let want = "\
+AVAIL_FEAT NODELIST
+nvlink,ib  dgx[01-02]
+(null)     dgx03
 ";
         if got != want {
             panic!("want\n{want}got\n{got}");

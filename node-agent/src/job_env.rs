@@ -41,8 +41,13 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     set("SLURM_JOB_UID", spec.uid.to_string());
     set("SLURM_JOB_GID", spec.gid.to_string());
     set("SLURM_JOB_PARTITION", job.partition.clone());
-    set("SLURM_JOB_ACCOUNT", spec.account.clone());
-    set("SLURM_JOB_QOS", spec.qos.clone());
+    // What berthd resolved at submit (the user's default account, the default QOS) when
+    // the user named none, as Slurm's jobs see it.
+    let or_asked = |resolved: &str, asked: &str| {
+        if resolved.is_empty() { asked } else { resolved }.to_string()
+    };
+    set("SLURM_JOB_ACCOUNT", or_asked(&job.account, &spec.account));
+    set("SLURM_JOB_QOS", or_asked(&job.qos, &spec.qos));
     set("SLURM_JOB_NUM_NODES", nodes.len().to_string());
     set("SLURM_NNODES", nodes.len().to_string());
     set("SLURM_JOB_NODELIST", nodes.join(","));
@@ -223,6 +228,9 @@ mod tests {
         let job = pb::Job {
             id: 7,
             spec: Some(spec),
+            // Resolved by berthd when the user named no account or QOS.
+            account: "physics".into(),
+            qos: "normal".into(),
             allocations: vec![pb::Allocation {
                 node: "n1".into(),
                 gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
@@ -241,6 +249,8 @@ mod tests {
             ("NVIDIA_VISIBLE_DEVICES", "GPU-a,GPU-b"),
             ("SLURM_CPUS_PER_TASK", "4"),
             ("SLURM_JOB_NUM_NODES", "1"),
+            ("SLURM_JOB_ACCOUNT", "physics"),
+            ("SLURM_JOB_QOS", "normal"),
             ("HOME", "/home/x"),
         ];
         for (i, (k, v)) in want.iter().enumerate() {

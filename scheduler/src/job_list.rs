@@ -38,6 +38,12 @@ pub fn make_brief(job: &mut pb::Job) {
         spec.container_mounts.clear();
         spec.container_env.clear();
     }
+    // srun's whole environment travels in each step's spec.
+    for step in &mut job.steps {
+        if let Some(s) = step.spec.as_mut() {
+            s.env.clear();
+        }
+    }
 }
 
 /// One page of the jobs `r` matches with ids above `after`, each passed through `view`

@@ -474,6 +474,13 @@ pub fn redact(job: &mut pb::Job) {
         s.container_env.clear();
         s.launch_seal.clear();
     }
+    // A step's I/O key lets whoever holds it stream into (and end) that srun.
+    for step in &mut job.steps {
+        if let Some(s) = step.spec.as_mut() {
+            s.env.clear();
+            s.io_key.clear();
+        }
+    }
 }
 
 /// Notes what a request was about, for its audit line.
