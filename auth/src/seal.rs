@@ -54,7 +54,7 @@ impl LaunchParts {
     /// container request.
     pub fn batch(spec: &pb::JobSpec) -> LaunchParts {
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        LaunchParts::new("batch")
+        let parts = LaunchParts::new("batch")
             .part("user", spec.user.as_bytes())
             .part("uid", &spec.uid.to_be_bytes())
             .part("gid", &spec.gid.to_be_bytes())
@@ -68,7 +68,14 @@ impl LaunchParts {
             .part("container_image", spec.container_image.as_bytes())
             .list("container_mounts", &spec.container_mounts)
             .part("container_workdir", spec.container_workdir.as_bytes())
-            .list("container_env", &spec.container_env)
+            .list("container_env", &spec.container_env);
+        // The bytes the agent runs when the script is not UTF-8 (sealed only then, so the
+        // seals of every other job stay as they were).
+        if spec.script_bytes.is_empty() {
+            parts
+        } else {
+            parts.part("script_bytes", &spec.script_bytes)
+        }
     }
 
     fn with_identity(self, id: &pb::Identity) -> LaunchParts {

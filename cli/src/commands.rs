@@ -158,7 +158,10 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
 
 async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     let ctx = submit_context()?;
-    let mut read_stdin = || std::io::read_to_string(std::io::stdin());
+    let mut read_stdin = || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    };
     let submission = match sbatch::parse_submission(&args, &ctx, &mut read_stdin) {
         Ok(s) => s,
         Err(e) if e.is_help() => {

@@ -284,7 +284,13 @@ impl Supervisor {
         let io = |e| LaunchError::Io(job.id, e);
         fs::create_dir_all(&dir).map_err(io)?;
         let script = dir.join("script");
-        fs::write(&script, &spec.script).map_err(io)?;
+        // A script that is not UTF-8 runs as its own bytes (`script` is then a lossy copy).
+        let body = if spec.script_bytes.is_empty() {
+            spec.script.as_bytes()
+        } else {
+            &spec.script_bytes
+        };
+        fs::write(&script, body).map_err(io)?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io)?;
         let mut argv = vec![script.display().to_string()];
         argv.extend(spec.args.iter().cloned());

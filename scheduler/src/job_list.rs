@@ -33,6 +33,7 @@ pub fn matches(r: &pb::ListJobsRequest, job: &pb::Job) -> bool {
 pub fn make_brief(job: &mut pb::Job) {
     if let Some(spec) = job.spec.as_mut() {
         spec.script = String::new();
+        spec.script_bytes.clear();
         spec.env.clear();
         spec.args.clear();
         spec.container_mounts.clear();

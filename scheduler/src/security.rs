@@ -469,6 +469,7 @@ pub fn resolve_user(name: &str, method: &str, from: &str) -> Result<pb::Identity
 pub fn redact(job: &mut pb::Job) {
     if let Some(s) = job.spec.as_mut() {
         s.script.clear();
+        s.script_bytes.clear();
         s.args.clear();
         s.env.clear();
         s.container_env.clear();

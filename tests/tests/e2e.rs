@@ -584,3 +584,54 @@ async fn agent_sending_garbage_is_refused_and_changes_nothing() {
         String::from_utf8_lossy(&nodes_after)
     );
 }
+
+#[test]
+fn scripts_run_byte_for_byte_and_the_4_mib_limit_is_one_clear_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let dev = Dev::start(dir);
+    // Latin-1, not UTF-8: the job writes exactly the bytes its script holds.
+    let out = dir.join("latin.out");
+    let mut body = b"#!/bin/sh\n#SBATCH -J latin\n".to_vec();
+    body.extend_from_slice(format!("#SBATCH -o {}\n", out.display()).as_bytes());
+    body.extend_from_slice(b"printf 'caf\xe9\\n'\n");
+    let script = dir.join("latin.sh");
+    std::fs::write(&script, &body).unwrap();
+    let id = dev.submit(&[script.to_str().unwrap()]);
+    dev.wait_state(id, "COMPLETED", 30);
+    assert_eq!(std::fs::read(&out).unwrap(), b"caf\xe9\n");
+
+    // Just under 4 MiB is accepted (and squeue stays brief); one byte over is refused.
+    let limit = 4 << 20;
+    let big = |size: usize| {
+        let mut s = String::from("#!/bin/sh\ntrue\n");
+        let pad = size - s.len() - 1;
+        s.push_str(&"#".repeat(pad));
+        s.push('\n');
+        assert_eq!(s.len(), size);
+        s
+    };
+    let at = write_script(dir, "at.sh", &big(limit));
+    let id = dev.submit(&[&at]);
+    let listed = dev.berth(&["squeue", "-h", "-t", "all", "-o", "%i"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&id.to_string()),
+        "{listed:?}"
+    );
+    let over = write_script(dir, "over.sh", &big(limit + 1));
+    let before = dev.berth(&["squeue", "-h", "-t", "all", "-o", "%i"]).stdout;
+    let refused = dev.berth(&["sbatch", &over]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains(&format!(
+                "batch script is {} bytes, the limit is {limit}",
+                limit + 1
+            )),
+        "{err}"
+    );
+    assert_eq!(
+        dev.berth(&["squeue", "-h", "-t", "all", "-o", "%i"]).stdout,
+        before
+    );
+}

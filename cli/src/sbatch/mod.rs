@@ -86,27 +86,26 @@ pub struct Submission {
 pub fn parse_submission(
     args: &[String],
     ctx: &SubmitContext,
-    read_stdin: &mut dyn FnMut() -> io::Result<String>,
+    read_stdin: &mut dyn FnMut() -> io::Result<Vec<u8>>,
 ) -> Result<Submission, SbatchError> {
     let mut cli = Opts::default();
     let operands = &args[parse_options(args, &mut cli)?..];
     let env = env::options_from_env(&ctx.env)?;
     let (script, text, script_args) = match (&cli.wrap, operands.first()) {
         (Some(_), Some(extra)) => return Err(SbatchError::WrapWithScript(extra.clone())),
-        (Some(command), None) => (Script::Wrap, wrap_script(command), Vec::new()),
+        (Some(command), None) => (Script::Wrap, wrap_script(command).into_bytes(), Vec::new()),
         (None, Some(path)) => {
             let absolute = absolute_path(&ctx.cwd, path);
-            let text =
-                std::fs::read_to_string(&absolute).map_err(|error| SbatchError::ScriptRead {
-                    path: path.clone(),
-                    error,
-                })?;
+            let bytes = std::fs::read(&absolute).map_err(|error| SbatchError::ScriptRead {
+                path: path.clone(),
+                error,
+            })?;
             (
                 Script::File {
                     given: path.clone(),
                     absolute,
                 },
-                text,
+                bytes,
                 operands[1..].to_vec(),
             )
         }
@@ -116,11 +115,21 @@ pub fn parse_submission(
             Vec::new(),
         ),
     };
+    // A script in another encoding (Latin-1 comments, say) runs byte for byte, as Slurm
+    // runs it: its directives are read from a lossy copy, which is also what tools show.
+    let (text, raw) = match String::from_utf8(text) {
+        Ok(text) => (text, Vec::new()),
+        Err(e) => {
+            let raw = e.into_bytes();
+            (String::from_utf8_lossy(&raw).into_owned(), raw)
+        }
+    };
     check_script(&text)?;
     let (directives, warnings) = parse_directives(&text)?;
     let opts = directives.overlaid_by(env).overlaid_by(cli);
     let parsable = opts.parsable;
-    let spec = build_spec(opts, &script, text, script_args, ctx)?;
+    let mut spec = build_spec(opts, &script, text, script_args, ctx)?;
+    spec.script_bytes = raw;
     Ok(Submission {
         spec,
         parsable,

@@ -136,7 +136,7 @@ impl Fixture {
         stdin: io::Result<String>,
     ) -> Result<Submission, SbatchError> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut stdin = Some(stdin);
+        let mut stdin = Some(stdin.map(String::into_bytes));
         let mut read = || stdin.take().expect("stdin read once");
         parse_submission(&args, &self.ctx, &mut read)
     }
@@ -520,6 +520,26 @@ fn wrap_and_stdin_scripts() {
         .run_stdin(&[], Ok("#!/bin/sh\ntrue\n".into()))
         .expect("stdin");
     assert_eq!(stdin.spec.name, "sbatch");
+}
+
+#[test]
+fn a_script_that_is_not_utf8_travels_byte_for_byte() {
+    let f = Fixture::new();
+    // Latin-1 "café" in a comment and an echo: Slurm runs such scripts unchanged.
+    let body: &[u8] = b"#!/bin/sh\n#SBATCH -J latin\n# caf\xe9\necho caf\xe9\n";
+    fs::write(f.dir.path().join("latin.sh"), body).expect("write");
+    let s = f.run(&["latin.sh"]).expect("submit");
+    assert_eq!(s.spec.name, "latin");
+    assert_eq!(s.spec.script_bytes, body);
+    assert!(s.spec.script.contains("caf\u{fffd}"), "{}", s.spec.script);
+    // A UTF-8 script carries no second copy.
+    f.script("utf8.sh", "#!/bin/sh\necho café\n");
+    assert!(f
+        .run(&["utf8.sh"])
+        .expect("submit")
+        .spec
+        .script_bytes
+        .is_empty());
 }
 
 #[test]
