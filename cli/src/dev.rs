@@ -75,6 +75,12 @@ pub struct DevArgs {
     /// (`node1`…); installed through the Raft log.
     #[arg(long)]
     pub topology: Option<PathBuf>,
+    /// Cluster description (berth.toml, see docs/cluster.md): installed through the Raft
+    /// log, and one simulated node started per described node (at most 64), with the
+    /// described CPUs, memory and GPUs (from the shipped machine of that GPU type and
+    /// count). Replaces --nodes, --machine and --partition.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Turn security off: plain TCP and unproven callers (anyone who reaches the port runs
     /// jobs as any user). Default: TLS with its own CA, callers proven by a credential
     /// daemon, launches sealed.
@@ -141,7 +147,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let described = match &args.config {
+        Some(path) => Some(described_nodes(path)?),
+        None => None,
+    };
     let machine = machine(&args.machine)?;
+    // Node name, partition and machine of each simulated node.
+    let nodes: Vec<(String, String, MachineDescription)> = match &described {
+        Some((_, nodes)) => nodes.clone(),
+        None => (1..=args.nodes)
+            .map(|i| {
+                let partition = partitions[(i as usize - 1) % partitions.len()];
+                (format!("node{i}"), partition.to_string(), machine.clone())
+            })
+            .collect(),
+    };
     let sharing = Sharing::new(args.gpu_replicas, &args.gpu_sharing).map_err(anyhow::Error::msg)?;
     let lib = berth_simnvml::find_library()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -157,6 +177,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     cfg.schedule_interval = Duration::from_millis(500);
     cfg.accounts_toml = accounts_toml;
     cfg.topology_conf = topology_conf;
+    if let Some((toml, _)) = &described {
+        cfg.cluster_toml = Some(toml.clone());
+        if let Some(p) = nodes.first() {
+            cfg.default_partition = p.1.clone();
+        }
+    }
     let security = match args.insecure {
         true => None,
         false => Some(crate::dev_security::prepare(&state_dir, &addr)?),
@@ -196,14 +222,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     let mut metrics_urls = Vec::new();
     let mut agents = Vec::new();
-    for i in 1..=args.nodes {
-        let name = format!("node{i}");
+    for (name, partition, machine) in &nodes {
+        let name = name.clone();
         let node_dir = state_dir.join("nodes").join(&name);
         let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, &machine, &name)?;
         let cfg = AgentConfig {
             servers: vec![server.clone()],
             node_name: name.clone(),
-            partition: partitions[(i as usize - 1) % partitions.len()].to_string(),
+            partition: partition.clone(),
             oci: dev_oci(&node_dir, &args.container_runtime),
             state_dir: node_dir,
             shim_exe: std::env::current_exe()
@@ -233,11 +259,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         names.push(name);
     }
     wait_registered(&daemon, &names).await?;
-    let gpus = machine
-        .gpus
-        .first()
-        .map(|g| format!("{}x {}", machine.gpus.len(), g.name))
-        .unwrap_or_else(|| "no GPUs".into());
+    let gpus = match &described {
+        Some(_) => "as described".to_string(),
+        None => machine
+            .gpus
+            .first()
+            .map(|g| format!("{}x {}", machine.gpus.len(), g.name))
+            .unwrap_or_else(|| "no GPUs".into()),
+    };
+    let partition_text = match &args.config {
+        Some(path) => format!("partitions from {}", path.display()),
+        None => format!("partition {}", args.partition),
+    };
     println!(
         "berth dev: berthd listening on {server} (state in {})",
         state_dir.display()
@@ -266,10 +299,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "berth dev: {} simulated node(s) {} ({gpus} each), partition {}",
+        "berth dev: {} simulated node(s) {} ({gpus} each), {partition_text}",
         names.len(),
-        names.join(","),
-        args.partition
+        crate::hostlist::compress(&names),
     );
     for url in &metrics_urls {
         println!("berth dev: agent metrics {url}");
@@ -284,6 +316,75 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
     Ok(())
+}
+
+/// Simulated nodes the description at `path` asks for, at most 64: the text (validated)
+/// and, per described node, its name, first partition and machine.
+///
+/// # Errors
+/// An unreadable or invalid file, too many nodes, or a GPU shape no shipped machine has.
+fn described_nodes(
+    path: &std::path::Path,
+) -> anyhow::Result<(String, Vec<(String, String, MachineDescription)>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cluster description {}", path.display()))?;
+    let desc = berth_scheduler::cluster::ClusterDescription::parse(&text)
+        .with_context(|| format!("bad cluster description {}", path.display()))?;
+    if desc.nodes.is_empty() || desc.nodes.len() > 64 {
+        bail!(
+            "{}: describes {} nodes; berth dev simulates 1 to 64",
+            path.display(),
+            desc.nodes.len()
+        );
+    }
+    let mut nodes = Vec::new();
+    for (name, d) in &desc.nodes {
+        let mut m =
+            described_machine(d).with_context(|| format!("{}: node {name}", path.display()))?;
+        m.cpus = d.cpus.max(1);
+        if d.memory_mb > 0 {
+            m.memory_mb = d.memory_mb;
+        }
+        let partition = d
+            .partitions
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "gpu".into());
+        nodes.push((name.clone(), partition, m));
+    }
+    // In the description's natural order (node2 before node10), as agents would come up.
+    nodes.sort_by_key(|(n, _, _)| crate::hostlist::natural_key(n));
+    Ok((text, nodes))
+}
+
+/// The shipped machine with the described GPUs: the same GRES type and count (a CPU-only
+/// node is a shipped machine without its GPUs).
+fn described_machine(d: &berth_proto::v1::NodeDescription) -> anyhow::Result<MachineDescription> {
+    let mut offered = Vec::new();
+    for name in berth_simnvml::builtin_names() {
+        let Some(mut m) = berth_simnvml::builtin(name) else {
+            continue;
+        };
+        if d.gpus == 0 {
+            m.gpus.clear();
+            return Ok(m);
+        }
+        let kind = m
+            .gpus
+            .first()
+            .map(|g| berth_agent::gpu::gres_type(&g.name))
+            .unwrap_or_default();
+        if kind == d.gpu_type && m.gpus.len() == d.gpus as usize {
+            return Ok(m);
+        }
+        offered.push(format!("{}x{kind} ({name})", m.gpus.len()));
+    }
+    bail!(
+        "no simulated machine has {}x{} GPUs; berth dev offers {}",
+        d.gpus,
+        d.gpu_type,
+        offered.join(", ")
+    )
 }
 
 /// The running agent task of one simulated node.

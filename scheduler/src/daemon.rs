@@ -40,6 +40,9 @@ pub struct DaemonConfig {
     /// Network tree (topology.conf text, already validated) to install through the log the
     /// same way; `None` keeps the replicated one.
     pub topology_conf: Option<String>,
+    /// Cluster description (berth.toml text, already validated) to install through the log
+    /// the same way; `None` keeps the replicated one (or none: nodes come from agents).
+    pub cluster_toml: Option<String>,
     /// Keys, certificates and roles (TLS on the listener, proven callers, sealed
     /// launches); `None` runs insecure: callers are whoever they claim.
     pub security: Option<Arc<crate::security::SecurityConfig>>,
@@ -59,6 +62,7 @@ impl DaemonConfig {
             agent_silence_max: Duration::from_secs(30),
             accounts_toml: None,
             topology_conf: None,
+            cluster_toml: None,
             security: None,
             accounting: Default::default(),
         }
@@ -141,6 +145,13 @@ impl Daemon {
         ));
         if let Some(toml) = cfg.accounts_toml.clone() {
             tokio::spawn(crate::scheduling::install_accounts(
+                raft.clone(),
+                toml,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(toml) = cfg.cluster_toml.clone() {
+            tokio::spawn(crate::scheduling::install_cluster(
                 raft.clone(),
                 toml,
                 shutdown.clone(),

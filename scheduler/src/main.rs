@@ -55,6 +55,11 @@ struct Args {
     /// like --accounts.
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Cluster description (berth.toml: node groups, partitions, licenses; see
+    /// docs/cluster.md). Installed through the Raft log like --accounts; `scontrol
+    /// reconfigure` or `berth admin config set FILE` replace it later.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
     /// Keys and certificates of this replica, as `berth admin ca issue --replica ID`
     /// writes them (ca.pem, tls.pem, tls.key, cluster.key, jwt.key, optional auth.toml).
     #[arg(long, default_value = "/etc/berth")]
@@ -119,6 +124,13 @@ async fn main() -> anyhow::Result<()> {
         berth_policies::topology::NetworkConf::parse(&text)
             .with_context(|| format!("bad topology file {}", path.display()))?;
         cfg.topology_conf = Some(text);
+    }
+    if let Some(path) = &args.cluster {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read cluster description {}", path.display()))?;
+        berth_scheduler::cluster::ClusterDescription::parse(&text)
+            .with_context(|| format!("bad cluster description {}", path.display()))?;
+        cfg.cluster_toml = Some(text);
     }
     cfg.security = berth_scheduler::security::startup(&args.security_dir, args.insecure)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

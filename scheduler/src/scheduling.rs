@@ -93,6 +93,15 @@ pub async fn install_topology(raft: RaftHandle, conf: String, shutdown: watch::R
     install_once(raft, "network topology", conf, current, cmd, shutdown).await;
 }
 
+/// Proposes `SetCluster(toml)` once, the first time this process leads, if the replicated
+/// cluster description differs (berthd `--cluster FILE`, `berth dev --config FILE`), as
+/// [`install_accounts`] does.
+pub async fn install_cluster(raft: RaftHandle, toml: String, shutdown: watch::Receiver<bool>) {
+    let current = |sm: &StateMachine| sm.cluster_toml().to_string();
+    let cmd = pb::command::Cmd::SetCluster(pb::SetCluster { toml: toml.clone() });
+    install_once(raft, "cluster description", toml, current, cmd, shutdown).await;
+}
+
 /// Proposes `cmd` the first time this process leads while the replicated text (`current`)
 /// differs from `wanted`; stops once it is installed, refused, or already there.
 async fn install_once(

@@ -635,3 +635,76 @@ fn scripts_run_byte_for_byte_and_the_4_mib_limit_is_one_clear_refusal() {
         before
     );
 }
+
+/// The example description in docs/cluster.md, as the page shows it.
+fn documented_cluster() -> String {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cluster.md"))
+        .expect("docs/cluster.md");
+    let start = page
+        .find("```toml\n")
+        .expect("a toml block in docs/cluster.md")
+        + 8;
+    let len = page[start..].find("```").expect("the block ends");
+    page[start..start + len].to_string()
+}
+
+#[test]
+fn berth_dev_runs_the_documented_cluster_description() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("berth.toml");
+    std::fs::write(&config, documented_cluster()).unwrap();
+    let port = free_port();
+    let (_dev, printed) = berth_dev(
+        &dir.join("state"),
+        port,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--http-listen",
+            "off",
+            "--kill-wait-secs",
+            "2",
+        ],
+    );
+    assert!(
+        printed.iter().any(|l| l.contains("8 simulated node(s)")),
+        "{printed:?}"
+    );
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let o = berth(dir, &server, args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    // Overlapping partitions, each with its described nodes, every one up and undrained.
+    let parts = run(&["sinfo", "-h", "-o", "%P %D %f"]);
+    for want in [
+        "gpu 2 h100,ib,nvlink",
+        "gpu 2 l40s,pcie",
+        "h100 2 h100,ib,nvlink",
+        "cpu 4 amd,cpu",
+        "all 4 amd,cpu",
+    ] {
+        assert!(
+            parts.lines().any(|l| l == want),
+            "want {want:?} in:\n{parts}"
+        );
+    }
+    let reasons = run(&["sinfo", "-R", "-h"]);
+    assert!(reasons.trim().is_empty(), "no node drained: {reasons}");
+    // A CPU job lands in its partition, a feature-constrained GPU job on its nodes.
+    let cpu = sbatch(dir, &server, &["-p", "cpu", "--wrap", "true"]);
+    let l40s = sbatch(
+        dir,
+        &server,
+        &["-C", "l40s", "--gres=gpu:1", "--wrap", "true"],
+    );
+    for (id, nodes) in [(cpu, "cpu-0"), (l40s, "l40s-0")] {
+        let shown = poll(&format!("job {id} completes"), 30, || {
+            let t = run(&["scontrol", "show", "job", &id.to_string()]);
+            t.contains("JobState=COMPLETED ").then_some(t)
+        });
+        assert!(shown.contains(&format!(" NodeList={nodes}")), "{shown}");
+    }
+}
