@@ -152,13 +152,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => None,
     };
     let machine = machine(&args.machine)?;
-    // Node name, partition and machine of each simulated node.
-    let nodes: Vec<(String, String, MachineDescription)> = match &described {
+    let nodes: Vec<SimNode> = match &described {
         Some((_, nodes)) => nodes.clone(),
         None => (1..=args.nodes)
-            .map(|i| {
-                let partition = partitions[(i as usize - 1) % partitions.len()];
-                (format!("node{i}"), partition.to_string(), machine.clone())
+            .map(|i| SimNode {
+                name: format!("node{i}"),
+                partition: partitions[(i as usize - 1) % partitions.len()].to_string(),
+                machine: machine.clone(),
             })
             .collect(),
     };
@@ -179,8 +179,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     cfg.topology_conf = topology_conf;
     if let Some((toml, _)) = &described {
         cfg.cluster_toml = Some(toml.clone());
-        if let Some(p) = nodes.first() {
-            cfg.default_partition = p.1.clone();
+        if let Some(n) = nodes.first() {
+            cfg.default_partition = n.partition.clone();
         }
     }
     let security = match args.insecure {
@@ -222,10 +222,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     let mut metrics_urls = Vec::new();
     let mut agents = Vec::new();
-    for (name, partition, machine) in &nodes {
+    for SimNode {
+        name,
+        partition,
+        machine,
+    } in &nodes
+    {
         let name = name.clone();
         let node_dir = state_dir.join("nodes").join(&name);
-        let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, &machine, &name)?;
+        let nvml_lib = berth_simnvml::install_node(&node_dir.join("nvml"), &lib, machine, &name)?;
         let cfg = AgentConfig {
             servers: vec![server.clone()],
             node_name: name.clone(),
@@ -318,14 +323,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One simulated node: its name, the partition its agent names, its machine.
+#[derive(Clone)]
+struct SimNode {
+    name: String,
+    partition: String,
+    machine: MachineDescription,
+}
+
 /// Simulated nodes the description at `path` asks for, at most 64: the text (validated)
 /// and, per described node, its name, first partition and machine.
 ///
 /// # Errors
 /// An unreadable or invalid file, too many nodes, or a GPU shape no shipped machine has.
-fn described_nodes(
-    path: &std::path::Path,
-) -> anyhow::Result<(String, Vec<(String, String, MachineDescription)>)> {
+fn described_nodes(path: &std::path::Path) -> anyhow::Result<(String, Vec<SimNode>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read cluster description {}", path.display()))?;
     let desc = berth_scheduler::cluster::ClusterDescription::parse(&text)
@@ -350,10 +361,14 @@ fn described_nodes(
             .first()
             .cloned()
             .unwrap_or_else(|| "gpu".into());
-        nodes.push((name.clone(), partition, m));
+        nodes.push(SimNode {
+            name: name.clone(),
+            partition,
+            machine: m,
+        });
     }
     // In the description's natural order (node2 before node10), as agents would come up.
-    nodes.sort_by_key(|(n, _, _)| crate::hostlist::natural_key(n));
+    nodes.sort_by_key(|n| crate::hostlist::natural_key(&n.name));
     Ok((text, nodes))
 }
 
