@@ -107,6 +107,33 @@ pub fn cell(value: &str, width: Option<usize>, right: bool) -> String {
     }
 }
 
+/// A table: the header line (when `header`) from `title`, then one line per row from
+/// `value`, each ending with `\n`. The header is rendered even when hidden, so a bad
+/// letter fails with no rows too.
+///
+/// # Errors
+/// A malformed `format`, or whatever `title` or `value` return for a letter.
+pub fn render_table<T>(
+    format: &str,
+    header: bool,
+    title: impl Fn(char) -> Result<&'static str, FormatError>,
+    rows: impl IntoIterator<Item = T>,
+    mut value: impl FnMut(&T, char) -> Result<String, FormatError>,
+) -> Result<String, FormatError> {
+    let tokens = parse(format)?;
+    let head = render_line(&tokens, |l| title(l).map(str::to_string))?;
+    let mut out = String::new();
+    if header {
+        out.push_str(&head);
+        out.push('\n');
+    }
+    for row in rows {
+        out.push_str(&render_line(&tokens, |l| value(&row, l))?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Renders one line: literals as is, each field through `value` and [`cell`].
 ///
 /// # Errors

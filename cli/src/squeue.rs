@@ -34,21 +34,9 @@ pub fn render(
     now_ms: u64,
     header: bool,
 ) -> Result<String, FormatError> {
-    let tokens = format::parse(format)?;
-    let mut out = String::new();
-    // The header is rendered even when hidden, so a bad letter fails with no jobs too.
-    let head = format::render_line(&tokens, |letter| header_of(letter).map(str::to_string))?;
-    if header {
-        out.push_str(&head);
-        out.push('\n');
-    }
-    for job in jobs {
-        out.push_str(&format::render_line(&tokens, |letter| {
-            field(job, letter, now_ms)
-        })?);
-        out.push('\n');
-    }
-    Ok(out)
+    format::render_table(format, header, header_of, jobs, |job, letter| {
+        field(job, letter, now_ms)
+    })
 }
 
 /// Letters that are squeue fields in Slurm but have no berth data yet.

@@ -45,20 +45,13 @@ pub fn render(
     now_ms: u64,
     header: bool,
 ) -> Result<String, FormatError> {
-    let tokens = format::parse(format)?;
-    let head = format::render_line(&tokens, |l| header_of(l).map(str::to_string))?;
-    let mut out = String::new();
-    if header {
-        out.push_str(&head);
-        out.push('\n');
-    }
-    for (job, step) in steps_of(jobs) {
-        out.push_str(&format::render_line(&tokens, |l| {
-            field(job, step, l, now_ms)
-        })?);
-        out.push('\n');
-    }
-    Ok(out)
+    format::render_table(
+        format,
+        header,
+        header_of,
+        steps_of(jobs),
+        |(job, step), l| field(job, step, l, now_ms),
+    )
 }
 
 fn header_of(letter: char) -> Result<&'static str, FormatError> {

@@ -75,17 +75,25 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     );
     set("SLURM_JOB_GPUS", indices.join(","));
     set("GPU_DEVICE_ORDINAL", indices.join(","));
-    // Name GPUs by UUID: indexes differ between NVML and CUDA ordering, UUIDs never do.
-    set("CUDA_VISIBLE_DEVICES", uuids.clone());
-    set(
-        "NVIDIA_VISIBLE_DEVICES",
-        if uuids.is_empty() {
-            "void".into()
-        } else {
-            uuids
-        },
-    );
+    for (k, v) in visible_devices(uuids) {
+        set(k, v);
+    }
     env
+}
+
+/// `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` for GPUs `uuids` (comma-separated):
+/// by UUID, because indexes differ between NVML and CUDA ordering and UUIDs never do; the
+/// container toolkit's `void` when there are none.
+pub fn visible_devices(uuids: String) -> [(&'static str, String); 2] {
+    let nvidia = if uuids.is_empty() {
+        "void".to_string()
+    } else {
+        uuids.clone()
+    };
+    [
+        ("CUDA_VISIBLE_DEVICES", uuids),
+        ("NVIDIA_VISIBLE_DEVICES", nvidia),
+    ]
 }
 
 /// `SLURM_ARRAY_*` of an array task: its array's id, its index, and the array's task

@@ -449,15 +449,9 @@ pub fn task_env(
     set("SLURM_STEP_GPUS", indices.join(","));
     set("GPU_DEVICE_ORDINAL", indices.join(","));
     set("SLURM_GPUS_ON_NODE", gpus.len().to_string());
-    set("CUDA_VISIBLE_DEVICES", uuids.clone());
-    set(
-        "NVIDIA_VISIBLE_DEVICES",
-        if uuids.is_empty() {
-            "void".into()
-        } else {
-            uuids
-        },
-    );
+    for (k, v) in job_env::visible_devices(uuids) {
+        set(k, v);
+    }
     env
 }
 

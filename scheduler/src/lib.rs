@@ -66,5 +66,7 @@ pub mod security;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+#[cfg(test)]
+mod test_fixtures;
 pub mod transport;
 pub mod wire;

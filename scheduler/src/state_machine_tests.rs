@@ -4,56 +4,13 @@
 use super::*;
 use pb::command::Cmd;
 
-fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
-    pb::Command {
-        time_ms,
-        cmd: Some(c),
-    }
-}
+use crate::test_fixtures::{cmd, inventory, spec, submit};
 
 /// The command registering node `inventory`.
 fn register(inventory: pb::NodeInventory) -> Cmd {
     Cmd::RegisterNode(pb::RegisterNode {
         inventory: Some(inventory),
     })
-}
-
-/// The command submitting `spec`.
-fn submit(spec: pb::JobSpec) -> Cmd {
-    Cmd::Submit(pb::SubmitJob { spec: Some(spec) })
-}
-
-fn spec(gpus: u32) -> pb::JobSpec {
-    pb::JobSpec {
-        name: "j".into(),
-        script: "#!/bin/sh\n".into(),
-        work_dir: "/w".into(),
-        partition: "gpu".into(),
-        nodes: 1,
-        ntasks: 1,
-        cpus_per_task: 1,
-        gpus_per_node: gpus,
-        user: "u".into(),
-        ..Default::default()
-    }
-}
-
-fn inventory(name: &str, gpus: u32) -> pb::NodeInventory {
-    pb::NodeInventory {
-        name: name.into(),
-        partition: "gpu".into(),
-        cpus: 16,
-        memory_mb: 1024,
-        gpus: (0..gpus)
-            .map(|i| pb::Gpu {
-                uuid: format!("GPU-{name}-{i}"),
-                index: i,
-                gres_type: "h100".into(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
 }
 
 /// A log exercising every command; returns the state machine after it.

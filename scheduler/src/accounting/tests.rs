@@ -12,44 +12,15 @@ use berth_proto::v1::{self as pb, command::Cmd, JobState};
 use prost::Message as _;
 use std::sync::Arc;
 
-fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
-    pb::Command {
-        time_ms,
-        cmd: Some(c),
-    }
-}
+use crate::test_fixtures::{cmd, inventory};
 
 fn spec(user: &str, account: &str, gpus: u32) -> pb::JobSpec {
     pb::JobSpec {
         name: format!("{user}-job"),
-        script: "#!/bin/sh\n".into(),
-        work_dir: "/w".into(),
-        partition: "gpu".into(),
-        nodes: 1,
-        ntasks: 1,
         cpus_per_task: 2,
-        gpus_per_node: gpus,
         user: user.into(),
         account: account.into(),
-        ..Default::default()
-    }
-}
-
-fn inventory(name: &str, gpus: u32) -> pb::NodeInventory {
-    pb::NodeInventory {
-        name: name.into(),
-        partition: "gpu".into(),
-        cpus: 16,
-        memory_mb: 1024,
-        gpus: (0..gpus)
-            .map(|i| pb::Gpu {
-                uuid: format!("GPU-{name}-{i}"),
-                index: i,
-                gres_type: "h100".into(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
+        ..crate::test_fixtures::spec(gpus)
     }
 }
 

@@ -21,19 +21,9 @@ impl Log {
             commands: vec![],
         };
         let inventory = pb::NodeInventory {
-            name: "n1".into(),
-            partition: "gpu".into(),
             cpus: 64,
             memory_mb: 1 << 20,
-            gpus: (0..gpus)
-                .map(|i| pb::Gpu {
-                    uuid: format!("GPU-{i}"),
-                    index: i,
-                    gres_type: "h100".into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
+            ..crate::test_fixtures::inventory("n1", gpus)
         };
         log.apply(Cmd::RegisterNode(pb::RegisterNode {
             inventory: Some(inventory),
@@ -55,14 +45,6 @@ impl Log {
     fn submit(&mut self, ranges: &[(u32, u32, u32)], max_running: u32) -> Outcome {
         let spec = pb::JobSpec {
             name: "a".into(),
-            script: "#!/bin/sh\n".into(),
-            work_dir: "/w".into(),
-            partition: "gpu".into(),
-            nodes: 1,
-            ntasks: 1,
-            cpus_per_task: 1,
-            gpus_per_node: 1,
-            user: "u".into(),
             array: Some(pb::ArraySpec {
                 ranges: ranges
                     .iter()
@@ -70,7 +52,7 @@ impl Log {
                     .collect(),
                 max_running,
             }),
-            ..Default::default()
+            ..crate::test_fixtures::spec(1)
         };
         self.apply(Cmd::Submit(pb::SubmitJob { spec: Some(spec) }))
     }

@@ -10,12 +10,7 @@ use proptest::prelude::*;
 
 const A100_40: &str = "NVIDIA A100-SXM4-40GB";
 
-fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
-    pb::Command {
-        time_ms,
-        cmd: Some(c),
-    }
-}
+use crate::test_fixtures::{cmd, submit};
 
 /// A MIG-mode A100 40GB as the agent reports it: profiles with the placements NVML lists
 /// (`listed`), or without them (then berthd falls back to the built-in table).
@@ -72,22 +67,10 @@ fn register(inv: pb::NodeInventory) -> Cmd {
 
 fn mig_spec(profile: &str, count: u32) -> pb::JobSpec {
     pb::JobSpec {
-        name: "j".into(),
-        script: "#!/bin/sh\n".into(),
-        work_dir: "/w".into(),
-        partition: "gpu".into(),
-        nodes: 1,
-        ntasks: 1,
-        cpus_per_task: 1,
-        user: "u".into(),
         mig_profile: profile.into(),
         mig_per_node: count,
-        ..Default::default()
+        ..crate::test_fixtures::spec(0)
     }
-}
-
-fn submit(spec: pb::JobSpec) -> Cmd {
-    Cmd::Submit(pb::SubmitJob { spec: Some(spec) })
 }
 
 fn slice(gpu: &str, profile: &str, start: u32, size: u32) -> pb::MigSlice {
