@@ -602,3 +602,24 @@ pub fn http_request(method: &str, path: &str, body: &str) -> String {
         body.len()
     )
 }
+
+/// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs), with
+/// its state under `dir` and a node certificate from `dir`'s test CA.
+pub fn cpu_agent(dir: &std::path::Path, servers: &str) -> Proc {
+    Proc(
+        std::process::Command::new(bin("berth-agent"))
+            .args([
+                "--server",
+                servers,
+                "--node-name",
+                "cpu1",
+                "--no-gpus",
+                "--state-dir",
+            ])
+            .arg(dir.join("agent"))
+            .args(TestCa::of(dir).agent_args("cpu1"))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("spawn berth-agent"),
+    )
+}

@@ -3,7 +3,7 @@
 //! with three replicas, every replica — a replaced leader and a replica added empty
 //! after the jobs ended, catching up from a snapshot — answers with every record.
 
-use berth_tests::{berth, berth_dev, free_port, poll, replica, sbatch, Proc};
+use berth_tests::{berth, berth_dev, cpu_agent, free_port, poll, replica, sbatch, Proc};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -375,26 +375,6 @@ fn sacct_sreport_and_report_usage_show_the_jobs_berth_dev_ran() {
         out.lines().any(|l| l.trim_start().starts_with("berth ")),
         "a row for the cluster: {out}"
     );
-}
-
-/// A CPU-only agent attached to every replica.
-fn cpu_agent(dir: &Path, servers: &str) -> Proc {
-    Proc(
-        Command::new(berth_tests::bin("berth-agent"))
-            .args([
-                "--server",
-                servers,
-                "--node-name",
-                "cpu1",
-                "--no-gpus",
-                "--state-dir",
-            ])
-            .arg(dir.join("agent"))
-            .args(berth_tests::TestCa::of(dir).agent_args("cpu1"))
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn leader(ports: &[u16], live: &[usize]) -> Option<u64> {

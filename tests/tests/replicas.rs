@@ -3,29 +3,7 @@
 //! acknowledged job still there. (See also `failover.rs`: the same under continuous load with GPU agents.)
 
 use berth_proto::v1 as pb;
-use berth_tests::{berth, bin, free_port, poll, replica, Proc};
-use std::path::Path;
-use std::process::Command;
-
-/// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs).
-fn cpu_agent(dir: &Path, servers: &str) -> Proc {
-    Proc(
-        Command::new(bin("berth-agent"))
-            .args([
-                "--server",
-                servers,
-                "--node-name",
-                "cpu1",
-                "--no-gpus",
-                "--state-dir",
-            ])
-            .arg(dir.join("agent"))
-            .args(berth_tests::TestCa::of(dir).agent_args("cpu1"))
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
-    )
-}
+use berth_tests::{berth, cpu_agent, free_port, poll, replica, Proc};
 
 fn status(port: u16) -> Option<pb::ReplicaStatus> {
     let rt = tokio::runtime::Builder::new_current_thread()
