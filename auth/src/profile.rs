@@ -124,6 +124,9 @@ pub fn discover(host_port: &str) -> Profile {
     let mut p = profile_path(host_port)
         .and_then(|path| std::fs::read_to_string(path).ok())
         .and_then(|t| parse(&t).ok())
+        // A profile whose CA file is gone was left by a `berth dev` that is gone with its
+        // state directory; whatever listens on that port now is not it.
+        .filter(|p| p.ca.as_ref().is_none_or(|ca| ca.exists()))
         .unwrap_or_default();
     if p == Profile::default() {
         let ca = Path::new("/etc/berth/ca.pem");
@@ -158,6 +161,23 @@ pub fn discover(host_port: &str) -> Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The only test of this crate that reads HOME (it sets it for the process).
+    #[test]
+    fn a_profile_whose_ca_is_gone_is_ignored() {
+        let home = tempfile::tempdir().unwrap();
+        std::env::set_var("HOME", home.path());
+        let ca = home.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let p = Profile {
+            ca: Some(ca.clone()),
+            ..Default::default()
+        };
+        save("127.0.0.1:7999", &p).unwrap();
+        assert_eq!(discover("127.0.0.1:7999").ca, Some(ca.clone()));
+        std::fs::remove_file(&ca).unwrap();
+        assert_eq!(discover("127.0.0.1:7999").ca, None);
+    }
 
     #[test]
     fn profiles_round_trip_and_bad_lines_are_refused() {

@@ -184,7 +184,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     let security = match args.insecure {
-        true => None,
+        true => {
+            // A secure `berth dev` that ran on this address before left its client
+            // profile: clients would speak TLS to this plain listener.
+            if let Some(path) = berth_auth::profile::profile_path(&addr.to_string()) {
+                let _ = std::fs::remove_file(path);
+            }
+            None
+        }
         false => Some(crate::dev_security::prepare(&state_dir, &addr)?),
     };
     cfg.security = security.as_ref().map(|s| s.replica.clone());

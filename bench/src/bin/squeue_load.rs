@@ -1,0 +1,184 @@
+//! `squeue` over a large queue: wall time and peak memory of the real `berth squeue`
+//! process against a berthd holding N queued jobs.
+//!
+//! Starts one berthd in this process (raft-rs + sled in a temp dir, insecure, gRPC on
+//! loopback), registers one large fake node, submits N held jobs through the gRPC submit
+//! path with 64 concurrent clients (held, so nothing starts and every job stays in the
+//! queue), then runs `berth squeue -h` (the binary next to this one, or `--berth PATH`)
+//! R times and reports the lines printed, the wall time of each run (median and worst)
+//! and the largest peak RSS of the squeue process (getrusage of the children).
+//!
+//! `cargo build --release --workspace && target/release/squeue_load [JOBS] [RUNS]
+//! [--berth PATH]`
+
+use berth_proto::v1 as pb;
+use berth_scheduler::daemon::{Daemon, DaemonConfig};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 64;
+
+fn spec(i: usize) -> pb::JobSpec {
+    pb::JobSpec {
+        name: format!("q{i}"),
+        // A script of a realistic size: squeue must not carry it.
+        script: format!("#!/bin/sh\n{}\ntrue\n", "# padding".repeat(100)),
+        work_dir: "/tmp".into(),
+        nodes: 1,
+        ntasks: 1,
+        cpus_per_task: 1,
+        hold: true,
+        user: "bench".into(),
+        ..Default::default()
+    }
+}
+
+async fn register_node(url: &str) -> anyhow::Result<tokio::sync::mpsc::Sender<pb::AgentMessage>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect()
+        .await?;
+    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let inv = pb::NodeInventory {
+        name: "big".into(),
+        partition: "gpu".into(),
+        cpus: 1 << 20,
+        memory_mb: 1 << 30,
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Register(pb::Register {
+            inventory: Some(inv),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut down = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    down.message().await?;
+    tokio::spawn(async move { while let Ok(Some(_)) = down.message().await {} });
+    Ok(tx)
+}
+
+async fn fill(url: &str, jobs: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let per = jobs.div_ceil(CLIENTS);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .connect()
+                .await?;
+            let mut client = pb::job_service_client::JobServiceClient::new(channel)
+                .max_encoding_message_size(8 << 20);
+            for i in (c * per)..((c + 1) * per).min(jobs) {
+                client
+                    .submit(pb::SubmitRequest {
+                        spec: Some(spec(i)),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn berth_binary(args: &[String]) -> anyhow::Result<PathBuf> {
+    if let Some(i) = args.iter().position(|a| a == "--berth") {
+        let path = args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--berth needs a path"))?;
+        return Ok(PathBuf::from(path));
+    }
+    let here = std::env::current_exe()?;
+    let path = here.with_file_name("berth");
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it (cargo build --release --workspace) or pass --berth PATH",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let numbers: Vec<usize> = args
+        .iter()
+        .take_while(|a| !a.starts_with("--"))
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("JOBS and RUNS are numbers: {e}"))?;
+    let jobs = numbers.first().copied().unwrap_or(100_000);
+    let runs = numbers.get(1).copied().unwrap_or(5).max(1);
+    let berth = berth_binary(&args)?;
+
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut cfg = DaemonConfig::new(dir.path().join("r1"));
+    // Held jobs never start: passes would only add noise.
+    cfg.schedule_interval = Duration::from_secs(3600);
+    let daemon = Daemon::start(cfg, listener, stop_rx)?;
+    anyhow::ensure!(
+        daemon.wait_leader(Duration::from_secs(10)).await,
+        "no leader within 10 s"
+    );
+    let _node = register_node(&url).await?;
+    eprintln!("submitting {jobs} held jobs with {CLIENTS} clients…");
+    let secs = fill(&url, jobs).await?;
+    eprintln!(
+        "queued in {secs:.1} s ({:.0} submits/s)",
+        jobs as f64 / secs
+    );
+
+    let mut times = Vec::new();
+    let mut lines = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&berth)
+            .args(["squeue", "-h"])
+            .env("BERTH_SERVER", &url)
+            .output()
+            .await?;
+        times.push(t.elapsed());
+        anyhow::ensure!(
+            out.status.success(),
+            "squeue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines = out.stdout.iter().filter(|b| **b == b'\n').count();
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| jobs queued | squeue lines | runs | median wall | worst wall | peak RSS of squeue |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {jobs} | {lines} | {runs} | {:.0} ms | {:.0} ms | {:.1} MiB |",
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        children_max_rss_kib() as f64 / 1024.0
+    );
+    anyhow::ensure!(
+        lines == jobs,
+        "squeue printed {lines} lines for {jobs} jobs"
+    );
+    Ok(())
+}
