@@ -158,3 +158,71 @@ fn manifests_pass_only_flags_the_binaries_accept() {
         );
     }
 }
+
+/// A systemd unit's `ExecStart=` command line, continuation lines joined, as words.
+fn exec_start(unit: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let joined = text.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("{unit}: no ExecStart="));
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// The variables an environment file sets.
+fn env_file(name: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/systemd")
+        .join(name);
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn systemd_units_pass_only_flags_the_binaries_accept_and_set_every_variable() {
+    for (unit, binary, sub, defaults) in [
+        ("berthd.service", "berthd", None, Some("berthd.default")),
+        (
+            "berth-agent.service",
+            "berth-agent",
+            None,
+            Some("berth-agent.default"),
+        ),
+        ("berth-credd.service", "berth", Some("credd"), None),
+    ] {
+        let words = exec_start(unit);
+        let exe = words[0].rsplit('/').next().unwrap();
+        assert_eq!(exe, binary, "{unit} runs {}", words[0]);
+        let help = Command::new(bin(binary))
+            .args(sub.iter().copied())
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).to_string();
+        for flag in flags(&words) {
+            assert!(
+                help.contains(&format!("--{flag}")),
+                "{unit}: {binary} does not accept --{flag}"
+            );
+        }
+        // Every ${VAR} and $VAR of the command line is set by the unit's environment file.
+        let set = defaults.map(env_file).unwrap_or_default();
+        for w in &words {
+            if let Some(var) = w.strip_prefix('$') {
+                let var = var.trim_start_matches('{').trim_end_matches('}');
+                assert!(
+                    set.iter().any(|s| s == var),
+                    "{unit}: ${var} is not in {defaults:?}"
+                );
+            }
+        }
+    }
+}
