@@ -515,6 +515,12 @@ struct SinfoArgs {
     /// Output format (Slurm's %-specifiers).
     #[arg(short = 'o', long = "format")]
     format: Option<String>,
+    /// Output fields by name (`partition,nodes:.6,statecompact`), 20 wide by default.
+    #[arg(short = 'O', long = "Format")]
+    fields: Option<String>,
+    /// Only these partitions (comma-separated).
+    #[arg(short = 'p', long = "partition", value_delimiter = ',')]
+    partitions: Vec<String>,
     /// Nodes that are down or drained, with the reason.
     #[arg(short = 'R', long = "list-reasons")]
     reasons: bool,
@@ -528,24 +534,34 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
-    crate::sinfo::render(&[], a.format.as_deref(), a.node, true)?;
+    let format = match (&a.fields, a.format) {
+        (Some(_), Some(_)) => anyhow::bail!("-o/--format and -O/--Format cannot be combined"),
+        (Some(f), None) => Some(crate::sinfo::format_from_fields(f).map_err(anyhow::Error::msg)?),
+        (None, f) => f,
+    };
+    crate::sinfo::render(&[], format.as_deref(), a.node, true)?;
     let channel = client::connect(&client::servers(None)).await?;
     let nodes = client::nodes(channel)
         .list(pb::ListNodesRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?;
+    let nodes = nodes.into_inner();
     if a.reasons {
-        let nodes = nodes.into_inner().nodes;
-        print!("{}", crate::sinfo::render_reasons(&nodes, !a.noheader));
+        print!(
+            "{}",
+            crate::sinfo::render_reasons(&nodes.nodes, !a.noheader)
+        );
         return Ok(0);
     }
     print!(
         "{}",
-        crate::sinfo::render(
-            &nodes.into_inner().nodes,
-            a.format.as_deref(),
+        crate::sinfo::render_in(
+            &nodes.nodes,
+            format.as_deref(),
             a.node,
-            !a.noheader
+            !a.noheader,
+            &a.partitions,
+            &nodes.default_partition,
         )?
     );
     Ok(0)

@@ -325,6 +325,22 @@ pub fn render(
     node_oriented: bool,
     header: bool,
 ) -> Result<String, FormatError> {
+    render_in(nodes, format, node_oriented, header, &[], "")
+}
+
+/// [`render`] for the lines of partitions `only` (every partition when empty, `sinfo -p`),
+/// `%P` marking `default` (the partition of jobs that name none) with `*` as Slurm does.
+///
+/// # Errors
+/// As [`render`].
+pub fn render_in(
+    nodes: &[Node],
+    format: Option<&str>,
+    node_oriented: bool,
+    header: bool,
+    only: &[String],
+    default: &str,
+) -> Result<String, FormatError> {
     let layout = match format {
         Some(format) => user_layout(format)?,
         None => default_layout(node_oriented),
@@ -336,7 +352,10 @@ pub fn render(
             Item::Literal(_) => None,
         })
         .collect();
-    let groups = group_nodes(nodes, &columns, node_oriented);
+    let mut groups = group_nodes(nodes, &columns, node_oriented);
+    if !only.is_empty() {
+        groups.retain(|(p, _)| only.contains(p));
+    }
     let mut rows: Vec<Vec<String>> = Vec::new();
     if header {
         rows.push(
@@ -350,11 +369,71 @@ pub fn render(
         rows.push(
             columns
                 .iter()
-                .map(|c| value(*c, partition, members))
+                .map(|c| match value(*c, partition, members) {
+                    v if *c == Column::Letter('P') && partition == default => v + "*",
+                    v => v,
+                })
                 .collect(),
         );
     }
     Ok(print_rows(&layout, &rows))
+}
+
+/// `sinfo -O/--Format` (`partition,nodes:.6,statecompact:8`: names, each with an optional
+/// `:[.]WIDTH`, 20 wide by default, no separator) as the `-o` format that prints the same.
+///
+/// # Errors
+/// An unknown field name or a width that is not a number, naming it.
+pub fn format_from_fields(spec: &str) -> Result<String, String> {
+    let mut out = String::new();
+    for item in spec.split(',').filter(|s| !s.is_empty()) {
+        let (name, size) = match item.split_once(':') {
+            Some((n, s)) => (n, s),
+            None => (item, ""),
+        };
+        let letter = match name.to_ascii_lowercase().as_str() {
+            "available" => 'a',
+            "cpus" => 'c',
+            "cpusstate" => 'C',
+            "features" => 'f',
+            "featuresact" => 'b',
+            "freemem" => 'e',
+            "gres" => 'G',
+            "memory" => 'm',
+            "nodeaiot" => 'F',
+            "nodeai" => 'A',
+            "nodehost" => 'n',
+            "nodelist" => 'N',
+            "nodes" => 'D',
+            "partition" => 'P',
+            "partitionname" => 'R',
+            "reason" => 'E',
+            "statecompact" => 't',
+            "statelong" => 'T',
+            "time" => 'l',
+            _ => return Err(format!("Invalid node format specification: {name}")),
+        };
+        let (right, width) = match size.strip_prefix('.') {
+            Some(w) => (true, w),
+            None => (false, size),
+        };
+        let width: usize = if width.is_empty() {
+            20
+        } else {
+            width
+                .parse()
+                .map_err(|_| format!("Invalid node format specification: {item}"))?
+        };
+        out.push('%');
+        if right {
+            out.push('.');
+        }
+        out.push_str(&format!("{width}{letter}"));
+    }
+    if out.is_empty() {
+        return Err("Invalid node format specification: (empty)".into());
+    }
+    Ok(out)
 }
 
 /// Lays out rows of cell values, sizing `Fit` columns to their widest value.
@@ -622,6 +701,44 @@ nvlink,ib  dgx[01-02]
         if got != want {
             panic!("want\n{want}got\n{got}");
         }
+    }
+
+    #[test]
+    fn format_fields_become_the_same_layout_and_bad_ones_are_named() {
+        assert_eq!(
+            format_from_fields("partition:10,nodes:.6,StateCompact").unwrap(),
+            "%10P%.6D%20t"
+        );
+        for bad in ["", "bogus", "nodes:x", "nodes:.x"] {
+            assert!(format_from_fields(bad).is_err(), "{bad:?}");
+        }
+        let got = render(&cluster(), Some("%10P%.6D"), false, true).unwrap();
+        assert!(got.starts_with("PARTITION  NODES\n"), "{got:?}");
+    }
+
+    #[test]
+    fn only_the_partitions_asked_for() {
+        let got = render_in(
+            &cluster(),
+            Some("%P %D"),
+            false,
+            false,
+            &["cpu".to_string()],
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(got, "cpu* 1\n");
+        // %R is the bare name.
+        let got = render_in(
+            &cluster(),
+            Some("%R"),
+            false,
+            false,
+            &["cpu".to_string()],
+            "cpu",
+        )
+        .unwrap();
+        assert_eq!(got, "cpu\n");
     }
 
     #[test]

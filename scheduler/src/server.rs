@@ -594,8 +594,15 @@ impl pb::node_service_server::NodeService for Api {
         &self,
         _req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.0.raft.state().nodes().cloned().collect();
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        let sm = self.0.raft.state();
+        let nodes = sm.nodes().cloned().collect();
+        let default_partition = sm
+            .default_partition()
+            .map_or_else(|| self.0.default_partition.clone(), str::to_string);
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            default_partition,
+        }))
     }
 }
 

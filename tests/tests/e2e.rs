@@ -680,8 +680,8 @@ fn berth_dev_runs_the_documented_cluster_description() {
     // Overlapping partitions, each with its described nodes, every one up and undrained.
     let parts = run(&["sinfo", "-h", "-o", "%P %D %f"]);
     for want in [
-        "gpu 2 h100,ib,nvlink",
-        "gpu 2 l40s,pcie",
+        "gpu* 2 h100,ib,nvlink",
+        "gpu* 2 l40s,pcie",
         "h100 2 h100,ib,nvlink",
         "cpu 4 amd,cpu",
         "all 4 amd,cpu",

@@ -6,7 +6,9 @@
 //! path with 64 concurrent clients (held, so nothing starts and every job stays in the
 //! queue), then runs `berth squeue -h` (the binary next to this one, or `--berth PATH`)
 //! R times and reports the lines printed, the wall time of each run (median and worst)
-//! and the largest peak RSS of the squeue process (getrusage of the children).
+//! and the largest peak RSS of the squeue process, read by GNU time (`/usr/bin/time`,
+//! Debian package `time`): getrusage of this process's children would count the image a
+//! child has between fork and exec, which is this whole process with its berthd.
 //!
 //! `cargo build --release --workspace && target/release/squeue_load [JOBS] [RUNS]
 //! [--berth PATH]`
@@ -107,12 +109,7 @@ fn berth_binary(args: &[String]) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn children_max_rss_kib() -> i64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss
-}
+const GNU_TIME: &str = "/usr/bin/time";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -149,14 +146,30 @@ async fn main() -> anyhow::Result<()> {
 
     let mut times = Vec::new();
     let mut lines = 0;
+    let mut rss_kib: Option<u64> = None;
+    let rss_file = dir.path().join("maxrss");
+    let timed = std::path::Path::new(GNU_TIME).exists();
     for _ in 0..runs {
+        let mut cmd = if timed {
+            let mut c = tokio::process::Command::new(GNU_TIME);
+            c.arg("-f").arg("%M").arg("-o").arg(&rss_file).arg(&berth);
+            c
+        } else {
+            tokio::process::Command::new(&berth)
+        };
         let t = Instant::now();
-        let out = tokio::process::Command::new(&berth)
+        let out = cmd
             .args(["squeue", "-h"])
             .env("BERTH_SERVER", &url)
             .output()
             .await?;
         times.push(t.elapsed());
+        if let Some(kib) = std::fs::read_to_string(&rss_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            rss_kib = Some(rss_kib.unwrap_or(0).max(kib));
+        }
         anyhow::ensure!(
             out.status.success(),
             "squeue failed: {}",
@@ -170,11 +183,14 @@ async fn main() -> anyhow::Result<()> {
         "| jobs queued | squeue lines | runs | median wall | worst wall | peak RSS of squeue |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
+    let rss = rss_kib.map_or_else(
+        || format!("n/a (no {GNU_TIME})"),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    );
     println!(
-        "| {jobs} | {lines} | {runs} | {:.0} ms | {:.0} ms | {:.1} MiB |",
+        "| {jobs} | {lines} | {runs} | {:.0} ms | {:.0} ms | {rss} |",
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1]),
-        children_max_rss_kib() as f64 / 1024.0
     );
     anyhow::ensure!(
         lines == jobs,
