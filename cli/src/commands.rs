@@ -568,7 +568,13 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
 }
 
 async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `-o`/`--oneliner` (anywhere, as Slurm takes it): each record on one line.
+    let oneliner = args.iter().any(|a| a == "-o" || a == "--oneliner");
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "-o" && *a != "--oneliner")
+        .collect();
     // Host list conversions are local, as in Slurm: no berthd needed.
     if let ["show", what @ ("hostnames" | "hostlist"), rest @ ..] = words.as_slice() {
         let env = std::env::var("SLURM_JOB_NODELIST").ok();
@@ -591,7 +597,7 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
                 .iter()
                 .map(|j| crate::scontrol::show_job(j, now))
                 .collect();
-            print!("{}", text.join("\n"));
+            print!("{}", crate::scontrol::records(&text, oneliner));
             Ok(0)
         }
         ["show", "step" | "steps", rest @ ..] => {

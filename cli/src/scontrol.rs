@@ -116,6 +116,18 @@ pub fn show_job(job: &Job, now_ms: u64) -> String {
     out
 }
 
+/// Records as `scontrol show` prints them: a blank line between them, or with `-o`
+/// (`--oneliner`) each record on one line (its continuation lines joined by a space).
+pub fn records(records: &[String], oneliner: bool) -> String {
+    if !oneliner {
+        return records.join("\n");
+    }
+    records
+        .iter()
+        .map(|r| format!("{}\n", r.trim_end().replace(&format!("\n{INDENT}"), " ")))
+        .collect()
+}
+
 /// ` ArrayJobId=12 ArrayTaskId=4-15%4 ArrayTaskThrottle=4` for a record of an array
 /// (the throttle only when there is one), as Slurm puts them after `JobId=`; empty for a
 /// job that is not part of an array.
@@ -958,6 +970,25 @@ mod tests {
             }
         }
         assert_eq!(dependency(&job, &JobSpec::default()), "(null)");
+    }
+
+    #[test]
+    fn oneliner_puts_each_record_on_one_line() {
+        let a = format!("JobId=1 JobName=a\n{INDENT}UserId=u(1)\n");
+        let b = format!("JobId=2 JobName=b\n{INDENT}UserId=v(2)\n");
+        let both = [a, b];
+        assert_eq!(
+            records(&both, true),
+            "JobId=1 JobName=a UserId=u(1)\nJobId=2 JobName=b UserId=v(2)\n"
+        );
+        assert_eq!(records(&both, false), format!("{}\n{}", both[0], both[1]));
+        let one = show_job(&finished_job(), NOW_MS);
+        let line = records(&[one], true);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains(" JobState=") && line.ends_with('\n'),
+            "{line}"
+        );
     }
 
     #[test]

@@ -600,6 +600,15 @@ fn scripts_run_byte_for_byte_and_the_4_mib_limit_is_one_clear_refusal() {
     let id = dev.submit(&[script.to_str().unwrap()]);
     dev.wait_state(id, "COMPLETED", 30);
     assert_eq!(std::fs::read(&out).unwrap(), b"caf\xe9\n");
+    // `scontrol -o show job` (scripts parse it): the record on one line.
+    let one = dev.berth(&["scontrol", "-o", "show", "job", &id.to_string()]);
+    let line = String::from_utf8_lossy(&one.stdout).to_string();
+    assert!(
+        line.lines().count() == 1
+            && line.starts_with(&format!("JobId={id} JobName=latin "))
+            && line.contains(" JobState=COMPLETED "),
+        "{line}"
+    );
 
     // Just under 4 MiB is accepted (and squeue stays brief); one byte over is refused.
     let limit = 4 << 20;

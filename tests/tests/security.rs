@@ -270,9 +270,18 @@ impl Cluster {
 
     /// A new job of `daemon`'s in account science.
     async fn users_job(&self) -> u64 {
+        self.users_job_held(false).await
+    }
+
+    /// A fresh job of the user's, held when `hold` (so the scheduler does not start it
+    /// while a row checks that a refused call left it as it was).
+    async fn users_job_held(&self, hold: bool) -> u64 {
         self.jobs(Who::User)
             .submit(pb::SubmitRequest {
-                spec: Some(spec("science")),
+                spec: Some(pb::JobSpec {
+                    hold,
+                    ..spec("science")
+                }),
             })
             .await
             .unwrap()
@@ -622,7 +631,7 @@ async fn every_rpc_allows_and_refuses_each_role_as_the_table_says() {
                     (f(n), None)
                 }
                 Body::Job(f) => {
-                    let id = c.users_job().await;
+                    let id = c.users_job_held(true).await;
                     (f(id), Some(id))
                 }
             };
