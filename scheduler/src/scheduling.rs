@@ -47,6 +47,12 @@ pub async fn scheduling_loop(
 ) {
     let mut effects = raft.subscribe();
     let mut tick = tokio::time::interval(interval);
+    // When the last pass ended and what it cost: an early pass waits as long again, so
+    // passes hold the state lock at most half the time and the Raft thread (which needs it
+    // to apply) keeps up however long the queue is. On a small queue a pass costs well
+    // under a millisecond, so submit to start stays immediate.
+    let mut last_end = tokio::time::Instant::now();
+    let mut last_cost = Duration::ZERO;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -58,6 +64,7 @@ pub async fn scheduling_loop(
                     Err(_) => true,
                 };
                 if !wake { continue; }
+                tokio::time::sleep_until(last_end + last_cost).await;
             }
         }
         // One pass serves every change applied so far: without this, a burst of N submits
@@ -69,7 +76,10 @@ pub async fn scheduling_loop(
                 | tokio::sync::broadcast::error::TryRecvError::Closed)
         ) {}
         if raft.is_leader() {
+            let started = tokio::time::Instant::now();
             pass(&raft, &reasons).await;
+            last_end = tokio::time::Instant::now();
+            last_cost = last_end - started;
         }
     }
 }
