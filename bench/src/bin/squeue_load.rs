@@ -35,35 +35,6 @@ fn spec(i: usize) -> pb::JobSpec {
     }
 }
 
-async fn register_node(url: &str) -> anyhow::Result<tokio::sync::mpsc::Sender<pb::AgentMessage>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect()
-        .await?;
-    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let inv = pb::NodeInventory {
-        name: "big".into(),
-        partition: "gpu".into(),
-        cpus: 1 << 20,
-        memory_mb: 1 << 30,
-        ..Default::default()
-    };
-    tx.send(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Register(pb::Register {
-            inventory: Some(inv),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut down = client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    down.message().await?;
-    tokio::spawn(async move { while let Ok(Some(_)) = down.message().await {} });
-    Ok(tx)
-}
-
 async fn fill(url: &str, jobs: usize) -> anyhow::Result<f64> {
     let start = Instant::now();
     let per = jobs.div_ceil(CLIENTS);
@@ -136,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         daemon.wait_leader(Duration::from_secs(10)).await,
         "no leader within 10 s"
     );
-    let _node = register_node(&url).await?;
+    let _node = berth_bench::load_node::register(&url, &Default::default()).await?;
     eprintln!("submitting {jobs} held jobs with {CLIENTS} clients…");
     let secs = fill(&url, jobs).await?;
     eprintln!(

@@ -40,37 +40,6 @@ fn spec(i: usize) -> pb::JobSpec {
     }
 }
 
-async fn register_node(
-    url: &str,
-    profile: &Profile,
-) -> anyhow::Result<tokio::sync::mpsc::Sender<pb::AgentMessage>> {
-    let mut client =
-        pb::agent_service_client::AgentServiceClient::new(connect(url, profile).await?);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let inv = pb::NodeInventory {
-        name: "big".into(),
-        partition: "gpu".into(),
-        cpus: 1 << 20,
-        memory_mb: 1 << 30,
-        ..Default::default()
-    };
-    tx.send(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Register(pb::Register {
-            inventory: Some(inv),
-            jobs: vec![],
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut down = client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    down.message().await?;
-    tokio::spawn(async move { while let Ok(Some(_)) = down.message().await {} });
-    Ok(tx)
-}
-
 async fn connect(url: &str, profile: &Profile) -> anyhow::Result<AuthChannel> {
     berth_auth::channel::connect(url, Some(profile))
         .await
@@ -285,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             leader
         };
-        let _agent = register_node(&urls[leader], &mode.node).await?;
+        let _agent = berth_bench::load_node::register(&urls[leader], &mode.node).await?;
         println!(
             "\n{replicas} replica(s), clients talk to the {}; {}",
             if via_follower {
