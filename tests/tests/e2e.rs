@@ -717,3 +717,47 @@ fn berth_dev_runs_the_documented_cluster_description() {
         assert!(shown.contains(&format!(" NodeList={nodes}")), "{shown}");
     }
 }
+
+#[test]
+fn berth_dev_refuses_a_bad_description_and_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cases = [
+        (
+            "[[nodes]]\nnames = \"n[1-2]\"\ncpus = 8\nmemory = \"16G\"\n\n[[partition]]\nname = \"p\"\nnodes = \"n5\"\n",
+            "n5",
+        ),
+        (
+            "[[nodes]]\nnames = \"n1\"\ncpus = 8\nmemory = \"16G\"\ngpus = 3\ngpu_type = \"h100\"\n",
+            "no simulated machine has 3xh100 GPUs",
+        ),
+        ("not toml at all [[[\n", "bad cluster description"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let config = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let state = dir.join(format!("state{i}"));
+        let out = Command::new(bin("berth"))
+            .args([
+                "dev",
+                "--config",
+                config.to_str().unwrap(),
+                "--http-listen",
+                "off",
+            ])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--state-dir")
+            .arg(&state)
+            .env("KUBECONFIG", "/nonexistent/berth-test-kubeconfig")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "#{i}: want {want:?} in {err}"
+        );
+        // Refused before anything started: no replica state was written.
+        assert!(!state.join("berthd").exists(), "#{i}: berthd state created");
+    }
+}
