@@ -57,10 +57,25 @@ pub fn page(
     view: impl Fn(&pb::Job) -> pb::Job,
 ) -> (Vec<pb::Job>, Option<u64>) {
     let mut jobs = Vec::new();
-    // Named ids: from the smallest on (an array's started tasks have ids above the
-    // array's own, so they are in that range too).
-    let from = r.job_ids.iter().min().map_or(after, |&m| after.max(m - 1));
-    let candidates = sm.jobs_after(from);
+    // Named ids are looked up one by one, unless one may name array tasks (an array, or
+    // an id no longer in the state whose tasks may be): those records have ids of their
+    // own above the array's, so the scan runs from the smallest named id on.
+    let may_name_tasks = |id: u64| {
+        sm.job(id).is_none_or(|j| {
+            j.array_job_id != 0 || j.spec.as_ref().is_some_and(|s| s.array.is_some())
+        })
+    };
+    let candidates: Box<dyn Iterator<Item = &pb::Job>> = if r.job_ids.is_empty() {
+        Box::new(sm.jobs_after(after))
+    } else if r.job_ids.iter().any(|&id| may_name_tasks(id)) {
+        let from = r.job_ids.iter().min().map_or(after, |&m| after.max(m - 1));
+        Box::new(sm.jobs_after(from))
+    } else {
+        let mut ids: Vec<u64> = r.job_ids.iter().copied().filter(|&id| id > after).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Box::new(ids.into_iter().filter_map(|id| sm.job(id)))
+    };
     for (examined, job) in candidates.enumerate() {
         if jobs.len() == PAGE_JOBS_MAX || examined == SCAN_PER_PAGE_MAX {
             // More may follow: continue after the last job looked at.
