@@ -71,10 +71,16 @@ impl LaunchParts {
             .list("container_env", &spec.container_env);
         // The bytes the agent runs when the script is not UTF-8 (sealed only then, so the
         // seals of every other job stay as they were).
-        if spec.script_bytes.is_empty() {
+        let parts = if spec.script_bytes.is_empty() {
             parts
         } else {
             parts.part("script_bytes", &spec.script_bytes)
+        };
+        // An allocation runs the agent's holder, not its (empty) script: sealed only then.
+        if spec.allocation {
+            parts.part("allocation", &[1])
+        } else {
+            parts
         }
     }
 

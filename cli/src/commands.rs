@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
     "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sshare", "sprio", "sacct", "sreport",
-    "srun",
+    "srun", "salloc",
 ];
 
 const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
@@ -19,7 +19,8 @@ const USAGE: &str = "usage: berth [--server URL[,URL...]] <command> [args]
 commands:
   dev        run berthd and simulated GPU nodes in this process (try this first)
   sbatch     submit a batch script
-  srun       run a job step's tasks on the allocation's nodes (inside sbatch jobs)
+  srun       run a job step's tasks on the allocation's nodes (outside a job: in a new one)
+  salloc     get an allocation and run a command (default: your shell) in it
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
@@ -76,6 +77,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "sreport" => crate::sreport::run(args).await,
         "report" => crate::report::run(args).await,
         "srun" => crate::srun::run(args).await,
+        "salloc" => crate::salloc::run(args).await,
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             return 0;
@@ -128,7 +130,8 @@ async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn submit_context() -> anyhow::Result<SubmitContext> {
+/// Who submits from where, for `tool` (sbatch, salloc, srun): its warnings name it.
+pub fn submit_context(tool: &str) -> anyhow::Result<SubmitContext> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     let user = nix::unistd::User::from_uid(uid)
@@ -141,7 +144,7 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
     // still refused, with berthd's reason).
     env.retain(|k, _| match berth_auth::env_policy::denied(k) {
         Some(why) => {
-            eprintln!("sbatch: warning: {k} not exported: {why}");
+            eprintln!("{tool}: warning: {k} not exported: {why}");
             false
         }
         None => true,
@@ -157,7 +160,7 @@ fn submit_context() -> anyhow::Result<SubmitContext> {
 }
 
 async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
-    let ctx = submit_context()?;
+    let ctx = submit_context("sbatch")?;
     let mut read_stdin = || {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
@@ -295,6 +298,9 @@ struct SqueueArgs {
     /// States (comma-separated, e.g. PD,R or all).
     #[arg(short = 't', long = "states", value_delimiter = ',')]
     states: Vec<String>,
+    /// Job names (comma-separated).
+    #[arg(short = 'n', long = "name", value_delimiter = ',')]
+    names: Vec<String>,
     /// No header line.
     #[arg(short = 'h', long = "noheader")]
     noheader: bool,
@@ -457,7 +463,14 @@ async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
         }
         shown += page.jobs.len();
         // An id naming tasks that are not there prints no line, as Slurm does.
-        let jobs = crate::array_view::select(&page.jobs, &refs, a.array);
+        let mut jobs = crate::array_view::select(&page.jobs, &refs, a.array);
+        if !a.names.is_empty() {
+            jobs.retain(|j| {
+                a.names
+                    .iter()
+                    .any(|n| j.spec.as_ref().is_some_and(|s| &s.name == n))
+            });
+        }
         let text = crate::squeue::render(&jobs, &format, now, header)?;
         header = false;
         std::io::Write::write_all(&mut out, text.as_bytes())?;
@@ -486,6 +499,7 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
                 job_id: r.job_id,
                 reason: String::new(),
                 array_tasks: r.task_ranges(),
+                release: None,
             })
             .await
         {

@@ -18,6 +18,7 @@
 //! - [`node_update`]: `scontrol update NodeName=… State=DRAIN|RESUME`.
 //! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`srun`]: job steps: tasks on the allocation's nodes, output streamed back.
+//! - [`salloc`], [`allocation`]: interactive allocations (salloc, srun outside a job).
 //! - [`client`]: finding and connecting to berthd.
 //! - [`commands`]: the subcommands (arguments, call, output, errors).
 //! - [`dev`]: `berth dev`.
@@ -29,6 +30,7 @@
 //! - [`sreport`]: `sreport` cluster/user usage reports.
 //! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
 
+pub mod allocation;
 pub mod array_view;
 pub mod client;
 pub mod commands;
@@ -47,6 +49,7 @@ pub mod reservation;
 pub mod sacct;
 pub mod sacct_fields;
 pub mod sacct_json;
+pub mod salloc;
 pub mod sbatch;
 pub mod scontrol;
 pub mod security_cmds;

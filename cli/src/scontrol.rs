@@ -182,9 +182,11 @@ fn identity_lines(job: &Job) -> Vec<String> {
         ),
         format!(
             // Requeue: as asked, else unknown to the CLI (the class decides): shown as 1.
-            "Requeue={} Restarts={} BatchFlag=1 Reboot=0 ExitCode={}:{}",
+            "Requeue={} Restarts={} BatchFlag={} Reboot=0 ExitCode={}:{}",
             u8::from(spec.requeue.unwrap_or(true)),
             job.restart_count,
+            // salloc and interactive srun run no batch script.
+            u8::from(!spec.allocation),
             job.exit_code,
             job.exit_signal
         ),
@@ -405,10 +407,15 @@ fn file_lines(job: &Job) -> Vec<String> {
     let mut lines = vec![
         format!("Command={}", or_null(&spec.command)),
         format!("WorkDir={}", spec.work_dir),
-        format!("StdErr={stderr}"),
-        "StdIn=/dev/null".to_string(),
-        format!("StdOut={stdout}"),
     ];
+    // An allocation's output goes to its tool's terminal: Slurm shows no files for it.
+    if !spec.allocation {
+        lines.extend([
+            format!("StdErr={stderr}"),
+            "StdIn=/dev/null".to_string(),
+            format!("StdOut={stdout}"),
+        ]);
+    }
     if let Some(tres) = squeue::tres_per_node(job) {
         lines.push(format!("TresPerNode={tres}"));
     }

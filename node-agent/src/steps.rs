@@ -246,6 +246,7 @@ async fn run(
     }
     drop(tx);
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut warn = warning(&job, crate::supervisor::now_ms());
     loop {
         let sigkill = async {
             match kill_at {
@@ -253,7 +254,19 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
+        let warned = async {
+            match warn {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = warned => {
+                if let Some((_, sig)) = warn.take() {
+                    tracing::info!(job = step.job_id, step = step.step_id, signal = %sig, "time limit warning");
+                    signal_all(&children, sig);
+                }
+            }
             done = waits.join_next() => {
                 let Some(done) = done else { break };
                 let (code, signal) = done.unwrap_or((1, 0));
@@ -278,6 +291,24 @@ async fn run(
     // Every frame is queued; let the stream drain to srun (bounded: srun may be gone).
     let _ = tokio::time::timeout(Duration::from_secs(10), stream).await;
     end
+}
+
+/// `--signal=SIG@SECS` (without `B:`): when, by this agent's clock, and which signal the
+/// step's tasks get SECS before the job's time limit (counted from its start as berthd
+/// recorded it). `None` without a signal or a time limit, or with `B:` (the batch shell
+/// alone gets it: see the supervisor).
+pub fn warning(job: &pb::Job, now_ms: u64) -> Option<(tokio::time::Instant, Signal)> {
+    let spec = job.spec.as_ref()?;
+    if spec.signal_secs == 0 || spec.time_limit_secs == 0 || spec.signal_batch_only {
+        return None;
+    }
+    let sig = Signal::try_from(spec.signal).unwrap_or(Signal::SIGTERM);
+    let at_ms = job
+        .start_time_ms
+        .saturating_add(spec.time_limit_secs.saturating_mul(1000))
+        .saturating_sub(u64::from(spec.signal_secs) * 1000);
+    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms));
+    Some((tokio::time::Instant::now() + wait, sig))
 }
 
 /// Keeps the worst exit (a signal counts as 128 + its number, as srun ranks them).

@@ -49,6 +49,19 @@ pub enum LaunchError {
     Container(u64, crate::oci::OciError),
 }
 
+/// What an allocation without a batch script (salloc, srun outside a job) runs on its
+/// first node: a process that holds the allocation, so its time limit, scancel and the
+/// release by its client all stop it as they stop a batch job (Slurm's extern step
+/// holds its allocation with a sleeping process too). It ends by itself a little after
+/// the time limit, so one orphaned by a lost node does not sleep forever.
+fn allocation_holder(time_limit_secs: u64) -> String {
+    let secs = match time_limit_secs {
+        0 => 2_147_483_647,
+        s => s.saturating_add(300),
+    };
+    format!("#!/bin/sh\nexec sleep {secs}\n")
+}
+
 /// A kill in progress: what to report, and when SIGTERM becomes SIGKILL.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct KillRecord {
@@ -107,7 +120,8 @@ pub struct Supervisor {
     launch_key: Option<std::sync::Arc<berth_auth::key::ClusterKey>>,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -285,7 +299,10 @@ impl Supervisor {
         fs::create_dir_all(&dir).map_err(io)?;
         let script = dir.join("script");
         // A script that is not UTF-8 runs as its own bytes (`script` is then a lossy copy).
-        let body = if spec.script_bytes.is_empty() {
+        let holder = allocation_holder(spec.time_limit_secs);
+        let body = if spec.allocation {
+            holder.as_bytes()
+        } else if spec.script_bytes.is_empty() {
             spec.script.as_bytes()
         } else {
             &spec.script_bytes
@@ -595,6 +612,9 @@ impl Supervisor {
         }
         let started: u64 = self.read(id, "started_ms").unwrap_or(now);
         let limit_ms = job.spec.as_ref().map(|s| s.time_limit_secs).unwrap_or(0) * 1000;
+        if kill_rec.is_none() {
+            self.warn_batch_shell(id, job, pid, started + limit_ms, now);
+        }
         match kill_rec {
             None if limit_ms > 0 && now >= started + limit_ms => {
                 self.kill(id, JobState::Timeout, "TimeLimit")
@@ -610,6 +630,41 @@ impl Supervisor {
             _ => {}
         }
         Status::Running(pid)
+    }
+
+    /// `--signal=B:SIG@SECS`: the batch shell alone gets SIG once, SECS before the time
+    /// limit at `limit_at_ms` (the steps' tasks, without `B:`, are signalled by their
+    /// agents: see `steps::warning`).
+    fn warn_batch_shell(
+        &self,
+        id: u64,
+        job: &pb::Job,
+        pid: Option<u32>,
+        limit_at_ms: u64,
+        now: u64,
+    ) {
+        let Some(spec) = job.spec.as_ref() else {
+            return;
+        };
+        let (Some(pid), true) = (pid, spec.signal_batch_only) else {
+            return;
+        };
+        if spec.signal_secs == 0 || spec.time_limit_secs == 0 {
+            return;
+        }
+        let at = limit_at_ms.saturating_sub(u64::from(spec.signal_secs) * 1000);
+        let marker = self.job_dir(id).join("warned");
+        if now < at || marker.exists() {
+            return;
+        }
+        let sig = Signal::try_from(spec.signal).unwrap_or(Signal::SIGTERM);
+        tracing::info!(job = id, signal = %sig, "time limit warning to the batch shell");
+        if let Some(c) = self.read::<crate::oci::ContainerJob>(id, "container.json") {
+            let _ = crate::oci::signal_container(&c, &(sig as i32).to_string());
+        } else {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+        write_json(&self.job_dir(id), "warned", &now);
     }
 
     /// Forgets job `id`: berthd has recorded its end. A job whose MIG slices cannot be

@@ -255,6 +255,7 @@ async fn pass(raft: &RaftHandle, reasons: &PendingReasons) {
             reason: "DeadLine".into(),
             end_state: pb::JobState::Deadline as i32,
             array_tasks: Vec::new(),
+            release: None,
         });
         match raft.propose(crate::command::command(cmd)).await {
             Ok(Outcome::Done) => tracing::info!(job_id, "job cannot end before its deadline"),

@@ -317,12 +317,17 @@ impl pb::job_service_server::JobService for Api {
         if let Some(mut leader) = self.leader().await? {
             return leader.cancel(forward(&caller, req.into_inner())).await;
         }
-        crate::security::note(&req, format!("job {}", req.get_ref().job_id));
+        let what = match &req.get_ref().release {
+            Some(r) => format!("job {} release exit={}", req.get_ref().job_id, r.exit_code),
+            None => format!("job {}", req.get_ref().job_id),
+        };
+        crate::security::note(&req, what);
         self.authorize_job(&caller, req.get_ref().job_id, "cancel")?;
         let pb::CancelRequest {
             job_id,
             reason,
             array_tasks,
+            release,
         } = req.into_inner();
         outcome_status(
             self.propose(Cmd::Cancel(pb::CancelJob {
@@ -330,6 +335,7 @@ impl pb::job_service_server::JobService for Api {
                 reason,
                 end_state: 0,
                 array_tasks,
+                release,
             }))
             .await?,
         )?;

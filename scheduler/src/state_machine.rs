@@ -915,7 +915,15 @@ impl StateMachine {
             // to record, but the agent may forget it.
             return (Outcome::Done, vec![ack]);
         }
-        let finished = ended.finished.unwrap_or_default();
+        let mut finished = ended.finished.unwrap_or_default();
+        // A released allocation ends with its client's exit, not the holder's SIGTERM (a
+        // time limit reached first stays a TIMEOUT).
+        if let Some(r) = &job.released {
+            if matches!(finished.state(), JobState::Completed | JobState::Failed) {
+                finished.exit_code = r.exit_code;
+                finished.signal = r.signal;
+            }
+        }
         if !is_final(finished.state()) {
             return (
                 Outcome::Rejected(format!("{:?} is not an end state", finished.state())),
@@ -1545,7 +1553,15 @@ fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     } else {
         &spec.script_bytes
     };
-    if !script.starts_with(b"#!") {
+    if spec.allocation {
+        // salloc and srun hold an allocation with no script: the agent runs its holder.
+        if !script.is_empty() || !spec.args.is_empty() {
+            return Err("an allocation (salloc, srun) carries no batch script".into());
+        }
+        if spec.array.is_some() {
+            return Err("an allocation (salloc, srun) cannot be a job array".into());
+        }
+    } else if !script.starts_with(b"#!") {
         return Err(
             "batch script must start with #! followed by the path to an interpreter".into(),
         );
@@ -1648,6 +1664,7 @@ pub fn validate_inventory(inv: &pb::NodeInventory) -> Result<(), String> {
 #[path = "state_machine_tests.rs"]
 mod tests;
 
+pub mod allocation;
 pub mod array;
 pub mod cluster;
 pub mod dependency;

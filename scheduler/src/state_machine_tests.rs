@@ -4,14 +4,7 @@
 use super::*;
 use pb::command::Cmd;
 
-use crate::test_fixtures::{cmd, inventory, spec, submit};
-
-/// The command registering node `inventory`.
-fn register(inventory: pb::NodeInventory) -> Cmd {
-    Cmd::RegisterNode(pb::RegisterNode {
-        inventory: Some(inventory),
-    })
-}
+use crate::test_fixtures::{alloc, cmd, ended, inventory, register, spec, submit};
 
 /// A log exercising every command; returns the state machine after it.
 fn run(log: &[pb::Command]) -> (StateMachine, Vec<Outcome>) {
@@ -22,36 +15,6 @@ fn run(log: &[pb::Command]) -> (StateMachine, Vec<Outcome>) {
         .map(|(i, c)| sm.apply(i as u64 + 1, c.clone()).0)
         .collect();
     (sm, outcomes)
-}
-
-fn alloc(job_id: u64, node: &str, uuids: &[&str]) -> Cmd {
-    let a = pb::Allocation {
-        node: node.into(),
-        gpu_uuids: uuids.iter().map(|s| s.to_string()).collect(),
-        cpus: 1,
-        ..Default::default()
-    };
-    Cmd::Allocate(pb::Allocate {
-        term: 1,
-        placements: vec![pb::Placement {
-            job_id,
-            allocations: vec![a],
-            ..Default::default()
-        }],
-    })
-}
-
-fn ended(job_id: u64, node: &str, state: JobState, code: i32) -> Cmd {
-    let finished = pb::JobFinished {
-        state: state as i32,
-        exit_code: code,
-        ..Default::default()
-    };
-    Cmd::JobEnded(pb::JobEnded {
-        job_id,
-        node: node.into(),
-        finished: Some(finished),
-    })
 }
 
 fn log() -> Vec<pb::Command> {

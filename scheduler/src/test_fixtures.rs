@@ -2,7 +2,7 @@
 //! H100 node's inventory. One place, so that a field every job or node must carry is
 //! added once, not in each test module.
 
-use berth_proto::v1::{self as pb, command::Cmd};
+use berth_proto::v1::{self as pb, command::Cmd, JobState};
 
 /// `c` as the log carries it, applied at `time_ms`.
 pub fn cmd(time_ms: u64, c: Cmd) -> pb::Command {
@@ -50,4 +50,43 @@ pub fn inventory(name: &str, gpus: u32) -> pb::NodeInventory {
             .collect(),
         ..Default::default()
     }
+}
+
+/// The command registering node `inventory`.
+pub fn register(inventory: pb::NodeInventory) -> Cmd {
+    Cmd::RegisterNode(pb::RegisterNode {
+        inventory: Some(inventory),
+    })
+}
+
+/// The leader placing job `job_id` on `node` with GPUs `uuids` and one CPU.
+pub fn alloc(job_id: u64, node: &str, uuids: &[&str]) -> Cmd {
+    let a = pb::Allocation {
+        node: node.into(),
+        gpu_uuids: uuids.iter().map(|s| s.to_string()).collect(),
+        cpus: 1,
+        ..Default::default()
+    };
+    Cmd::Allocate(pb::Allocate {
+        term: 1,
+        placements: vec![pb::Placement {
+            job_id,
+            allocations: vec![a],
+            ..Default::default()
+        }],
+    })
+}
+
+/// Agent `node` reporting job `job_id` ended in `state` with exit `code`.
+pub fn ended(job_id: u64, node: &str, state: JobState, code: i32) -> Cmd {
+    let finished = pb::JobFinished {
+        state: state as i32,
+        exit_code: code,
+        ..Default::default()
+    };
+    Cmd::JobEnded(pb::JobEnded {
+        job_id,
+        node: node.into(),
+        finished: Some(finished),
+    })
 }

@@ -173,6 +173,19 @@ pub fn cli(
     servers: &str,
     args: &[&str],
 ) -> std::process::Output {
+    cli_command(exe, dir, servers, args)
+        .output()
+        .expect("run the berth CLI")
+}
+
+/// The command [`cli`] runs, for a caller that starts it itself (to signal it, or to add
+/// variables).
+pub fn cli_command(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    servers: &str,
+    args: &[&str],
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .current_dir(dir)
@@ -185,7 +198,7 @@ pub fn cli(
             }
         }
     }
-    cmd.output().expect("run the berth CLI")
+    cmd
 }
 
 /// Runs `berth args` in `dir` against `servers`.

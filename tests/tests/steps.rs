@@ -157,3 +157,245 @@ fn srun_runs_tasks_on_every_allocated_node_and_returns_the_worst_exit() {
     );
     let _ = berth(dir, &server, &["scancel", &id.to_string()]);
 }
+
+/// Interactive allocations: `srun` outside any job makes one, runs its step on both nodes,
+/// streams the output and ends the job with the step's exit; `salloc` runs its command
+/// here with the allocation's variables, so `srun` inside it launches there, and the job
+/// ends COMPLETED or FAILED with the command's exit; `scancel` revokes a running salloc.
+#[test]
+fn srun_outside_a_job_and_salloc_hold_an_allocation_for_their_command() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let srun = dir.join("srun");
+    let salloc = dir.join("salloc");
+    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    std::os::unix::fs::symlink(bin("berth"), &salloc).expect("salloc symlink");
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let (_dev, _) = berth_dev(
+        &dir.join("state"),
+        port,
+        &["--nodes", "2", "--http-listen", "off"],
+    );
+    let text = |o: &std::process::Output| {
+        (
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let show = |id: &str| {
+        let o = berth(dir, &server, &["scontrol", "show", "job", id]);
+        text(&o).0
+    };
+
+    // srun alone: a job of its own, named for the command, gone when the step is.
+    let o = berth_tests::cli(
+        &srun,
+        dir,
+        &server,
+        &[
+            "-N",
+            "2",
+            "-l",
+            "-t",
+            "5",
+            "bash",
+            "-c",
+            "echo on $SLURMD_NODENAME in $SLURM_JOB_ID; exit $SLURM_NODEID",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("0: on node1 in ") && out.contains("1: on node2 in "),
+        "{out}"
+    );
+    assert!(
+        err.contains("srun: error: node2: task 1: Exited with exit code 1"),
+        "{err}"
+    );
+    let id = out
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("a job id")
+        .to_string();
+    let job = poll("srun's job ends", 30, || {
+        let s = show(&id);
+        s.contains("JobState=FAILED").then_some(s)
+    });
+    for want in [
+        "JobName=bash\n",
+        "BatchFlag=0",
+        "ExitCode=1:0",
+        "NumNodes=2 ",
+        "TimeLimit=00:05:00",
+    ] {
+        assert!(job.contains(want), "want {want:?} in\n{job}");
+    }
+
+    // salloc runs its command here; srun inside it uses the allocation.
+    let o = berth_tests::cli(
+        &salloc,
+        dir,
+        &server,
+        &[
+            "-N",
+            "2",
+            "bash",
+            "-c",
+            &format!("echo nodes $SLURM_JOB_NODELIST job $SLURM_JOB_ID; {} hostname >/dev/null && {} -n 2 true; exit 3", srun.display(), srun.display()),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
+    assert!(out.starts_with("nodes node1,node2 job "), "{out}");
+    let id = out.trim().rsplit(' ').next().expect("job id").to_string();
+    assert!(
+        err.contains(&format!("salloc: Granted job allocation {id}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("salloc: Relinquishing job allocation {id}")),
+        "{err}"
+    );
+    let job = poll("salloc's job ends", 30, || {
+        let s = show(&id);
+        s.contains("JobState=FAILED").then_some(s)
+    });
+    assert!(job.contains("ExitCode=3:0"), "{job}");
+    let o = berth_tests::cli(&salloc, dir, &server, &["true"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    // scancel revokes a running salloc: its command is stopped and salloc says so.
+    let mut held = berth_tests::Proc(
+        berth_tests::cli_command(
+            &salloc,
+            dir,
+            &server,
+            &["-J", "held", "-t", "2", "sleep", "300"],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("salloc"),
+    );
+    let id = poll("salloc's job runs", 30, || {
+        let o = berth(
+            dir,
+            &server,
+            &["squeue", "-h", "-n", "held", "-t", "R", "-o", "%i"],
+        );
+        let t = text(&o).0.trim().to_string();
+        (!t.is_empty()).then_some(t)
+    });
+    let o = berth(dir, &server, &["scancel", &id]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let status = poll("salloc exits", 30, || held.0.try_wait().ok().flatten());
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut held.0.stderr.take().expect("stderr"), &mut err).ok();
+    assert!(
+        err.contains(&format!("salloc: Job allocation {id} has been revoked.")),
+        "{err}"
+    );
+
+    // Bad input changes nothing: a batch-only option, and a job option inside a job.
+    let o = berth_tests::cli(&salloc, dir, &server, &["--array=1-2", "true"]);
+    assert!(
+        !o.status.success() && text(&o).1.contains("unrecognized option"),
+        "{:?}",
+        text(&o)
+    );
+    let o = berth_tests::cli_command(&srun, dir, &server, &["-p", "gpu", "true"])
+        .env("SLURM_JOB_ID", &id)
+        .output()
+        .expect("srun");
+    assert!(
+        !o.status.success() && text(&o).1.contains("--partition shapes a new allocation"),
+        "{:?}",
+        text(&o)
+    );
+}
+
+/// `--signal=[B:]SIG@SECS` before the time limit: with `B:` the batch shell alone gets it;
+/// without, every step's tasks on every node do and the batch shell does not, as Slurm's
+/// sbatch(1) says. A one-minute limit with SECS=57 signals about 3 s after the start.
+#[test]
+fn signal_reaches_the_batch_shell_or_the_steps_before_the_time_limit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let srun = dir.join("srun");
+    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let (_dev, _) = berth_dev(
+        &dir.join("state"),
+        port,
+        &["--nodes", "2", "--http-listen", "off"],
+    );
+    let batch_out = dir.join("batch.txt");
+    let batch = dir.join("batch.sh");
+    std::fs::write(
+        &batch,
+        "#!/bin/bash\ntrap 'echo shell got USR1; exit 0' USR1\nwhile :; do sleep 0.2; done\n",
+    )
+    .expect("script");
+    let b = sbatch(
+        dir,
+        &server,
+        &[
+            "-t",
+            "1",
+            "--signal=B:USR1@57",
+            "-o",
+            batch_out.to_str().expect("utf-8"),
+            batch.to_str().expect("utf-8"),
+        ],
+    );
+    let steps_out = dir.join("steps.txt");
+    let steps = dir.join("steps.sh");
+    std::fs::write(
+        &steps,
+        format!(
+            "#!/bin/bash\ntrap 'echo shell got USR2' USR2\n\
+             {} -l bash -c 'trap \"echo task got USR2 on $SLURMD_NODENAME; exit 0\" USR2; while :; do sleep 0.2; done'\n\
+             echo step rc=$?\n",
+            srun.display()
+        ),
+    )
+    .expect("script");
+    let s = sbatch(
+        dir,
+        &server,
+        &[
+            "-N",
+            "2",
+            "-t",
+            "1",
+            "--signal=USR2@57",
+            "-o",
+            steps_out.to_str().expect("utf-8"),
+            steps.to_str().expect("utf-8"),
+        ],
+    );
+    let text = poll("the batch shell got USR1", 40, || {
+        let t = std::fs::read_to_string(&batch_out).ok()?;
+        t.contains("shell got USR1").then_some(t)
+    });
+    assert_eq!(text, "shell got USR1\n");
+    let text = poll("both step tasks got USR2", 40, || {
+        let t = std::fs::read_to_string(&steps_out).ok()?;
+        t.contains("step rc=").then_some(t)
+    });
+    for want in [
+        "0: task got USR2 on node1\n",
+        "1: task got USR2 on node2\n",
+        "step rc=0\n",
+    ] {
+        assert!(text.contains(want), "want {want:?} in\n{text}");
+    }
+    assert!(!text.contains("shell got USR2"), "{text}");
+    for id in [b, s] {
+        let _ = berth(dir, &server, &["scancel", &id.to_string()]);
+    }
+}

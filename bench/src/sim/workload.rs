@@ -181,6 +181,7 @@ impl Workload {
                         reason: String::new(),
                         end_state: 0,
                         array_tasks: Vec::new(),
+                        release: None,
                     }),
                     Asked::Cancel(id),
                 );
@@ -348,6 +349,7 @@ impl Workload {
                 reason: String::new(),
                 end_state: 0,
                 array_tasks: Vec::new(),
+                release: None,
             }));
         }
         let running: Vec<&pb::Job> = sm

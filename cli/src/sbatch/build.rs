@@ -25,6 +25,11 @@ pub enum Script {
     Wrap,
     /// Standard input.
     Stdin,
+    /// No script: an allocation for salloc or srun, named for the command run in it.
+    Allocation {
+        /// The command's name (the job name unless `--job-name` says otherwise).
+        name: String,
+    },
 }
 
 /// `path` made absolute against `cwd`, with `.` components dropped (`./a.sh` → `/cwd/a.sh`).
@@ -232,6 +237,7 @@ pub fn build_spec(
         }
         Script::Wrap => ("wrap".to_string(), "(wrap)".to_string()),
         Script::Stdin => ("sbatch".to_string(), String::new()),
+        Script::Allocation { name } => (name.clone(), String::new()),
     };
     let cwd = ctx.cwd.to_string_lossy().into_owned();
     let container_image = opts

@@ -16,9 +16,28 @@ use std::collections::BTreeMap;
 /// # Errors
 /// [`SbatchError::Environment`] naming the variable.
 pub fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchError> {
+    options_from_prefixed(env, "SBATCH_", &[])
+}
+
+/// [`options_from_env`] with the variables named `prefix` + what follows `SBATCH_` (salloc
+/// reads `SALLOC_TIMELIMIT` where sbatch reads `SBATCH_TIMELIMIT`), leaving out the
+/// options in `skip` (those the other command lacks).
+///
+/// # Errors
+/// As [`options_from_env`].
+pub fn options_from_prefixed(
+    env: &BTreeMap<String, String>,
+    prefix: &str,
+    skip: &[&str],
+) -> Result<Opts, SbatchError> {
     let mut opts = Opts::default();
-    for (var, long) in ENV_OPTIONS {
-        let Some(value) = env.get(*var) else { continue };
+    for (sbatch_var, long) in ENV_OPTIONS {
+        if skip.contains(long) {
+            continue;
+        }
+        let var = format!("{prefix}{}", &sbatch_var["SBATCH_".len()..]);
+        let var = var.as_str();
+        let Some(value) = env.get(var) else { continue };
         let wrap = |error: OptError| SbatchError::Environment {
             var: var.to_string(),
             error: Box::new(error.into()),
@@ -29,9 +48,10 @@ pub fn options_from_env(env: &BTreeMap<String, String>) -> Result<Opts, SbatchEr
         }
     }
     // Slurm's SBATCH_WAIT4SWITCH is the @max-wait half of --switches on its own.
-    if let Some(value) = env.get("SBATCH_WAIT4SWITCH").filter(|v| !v.is_empty()) {
+    let wait_var = format!("{prefix}WAIT4SWITCH");
+    if let Some(value) = env.get(&wait_var).filter(|v| !v.is_empty()) {
         let secs = parse_time_limit(value).map_err(|reason| SbatchError::Environment {
-            var: "SBATCH_WAIT4SWITCH".into(),
+            var: wait_var.clone(),
             error: Box::new(
                 OptError::InvalidTime {
                     value: value.clone(),

@@ -137,6 +137,25 @@ pub fn parse_submission(
     })
 }
 
+/// The job of an interactive allocation (salloc, srun outside any job) asked for by
+/// `opts`, running the command `name`: no script, no output files (what runs in it writes
+/// to the tool's terminal).
+///
+/// # Errors
+/// As [`parse_submission`] for the same options.
+pub fn allocation_spec(
+    opts: Opts,
+    name: &str,
+    ctx: &SubmitContext,
+) -> Result<JobSpec, SbatchError> {
+    let script = Script::Allocation { name: name.into() };
+    let mut spec = build_spec(opts, &script, String::new(), Vec::new(), ctx)?;
+    spec.allocation = true;
+    spec.stdout = "/dev/null".into();
+    spec.stderr = "/dev/null".into();
+    Ok(spec)
+}
+
 /// Parses sbatch options from `args` into `opts` and returns the index of the first operand
 /// (`args.len()` when there is none).
 fn parse_options(args: &[String], opts: &mut Opts) -> Result<usize, SbatchError> {

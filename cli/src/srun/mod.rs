@@ -46,45 +46,84 @@ pub fn parse(
     Ok((o, argv))
 }
 
-/// The allocation srun runs in: `--jobid`, else `SLURM_JOB_ID` (or `SLURM_JOBID`).
+/// The allocation srun runs in: `--jobid`, else `SLURM_JOB_ID` (or `SLURM_JOBID`); `None`
+/// outside any, where srun makes its own.
 ///
 /// # Errors
-/// A set but unparsable `SLURM_JOB_ID`; no allocation at all.
-pub fn allocation(o: &Opts, env: &BTreeMap<String, String>) -> anyhow::Result<u64> {
-    if let Some(id) = o.jobid {
-        return Ok(id);
-    }
+/// A set but unparsable `SLURM_JOB_ID`; job-only options (`-p`, `-t`…) inside an
+/// allocation, whose resources are fixed.
+pub fn allocation(o: &Opts, env: &BTreeMap<String, String>) -> anyhow::Result<Option<u64>> {
     let var = env
         .get("SLURM_JOB_ID")
         .or_else(|| env.get("SLURM_JOBID"))
         .filter(|v| !v.is_empty());
-    match var {
-        Some(v) => options::parse_job_id(v)
-            .ok_or_else(|| anyhow!("SLURM_JOB_ID={v:?} is not a job id; unset it, or pass --jobid")),
-        None => bail!(
-            "no job allocation: srun runs inside an sbatch or salloc job (SLURM_JOB_ID), or with --jobid"
-        ),
+    let id = match (o.jobid, var) {
+        (Some(id), _) => id,
+        (None, Some(v)) => options::parse_job_id(v).ok_or_else(|| {
+            anyhow!("SLURM_JOB_ID={v:?} is not a job id; unset it, or pass --jobid")
+        })?,
+        (None, None) => return Ok(None),
+    };
+    if let Some(first) = o.job_only.first() {
+        bail!(
+            "option --{first} shapes a new allocation; inside job {id} a step runs in the job's \
+             resources, and berth takes no step --{first}"
+        );
     }
+    Ok(Some(id))
 }
 
 /// Runs srun with `args`; returns its exit status.
 ///
 /// # Errors
-/// Bad options, no allocation, berthd unreachable, or the step refused.
+/// Bad options, berthd unreachable, the allocation or the step refused.
 pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let (o, argv) = parse(&args, &env)?;
-    let job_id = allocation(&o, &env)?;
+    let servers = client::servers(None);
+    let channel = client::connect(&servers).await?;
+    let mut jobs = client::jobs(channel);
+    if let Some(job_id) = allocation(&o, &env)? {
+        return run_step(&mut jobs, &servers, &o, &argv, &env, job_id).await;
+    }
+    // Outside any allocation: one of its own, the step in it, and the allocation given
+    // back with the step's exit (Slurm's interactive srun).
+    let ctx = crate::commands::submit_context("srun")?;
+    let name = argv[0].rsplit('/').next().unwrap_or(&argv[0]).to_string();
+    let spec = crate::sbatch::allocation_spec(o.job.clone(), &name, &ctx)?;
+    let granted = crate::allocation::obtain(&mut jobs, spec, "srun", o.quiet).await?;
+    let job_id = granted.job.id;
+    let mut env = env;
+    env.extend(crate::allocation::variables(&granted.job));
+    let result = run_step(&mut jobs, &servers, &o, &argv, &env, job_id).await;
+    let exit = pb::AllocationExit {
+        exit_code: *result.as_ref().unwrap_or(&1),
+        signal: 0,
+    };
+    if let Err(e) = crate::allocation::release(&mut jobs, job_id, exit).await {
+        // Already ending (time limit, scancel): nothing left to give back.
+        tracing::debug!(job_id, "release: {e}");
+    }
+    result
+}
+
+/// Runs the step of `argv` in job `job_id` and streams its output; returns the worst
+/// task's exit.
+async fn run_step(
+    jobs: &mut berth_proto::v1::job_service_client::JobServiceClient<client::Channel>,
+    servers: &[String],
+    o: &Opts,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    job_id: u64,
+) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir()
         .context("current directory")?
         .display()
         .to_string();
-    let mut spec = options::step_spec(&o, &argv, &env, &cwd);
-    let servers = client::servers(None);
-    let channel = client::connect(&servers).await?;
-    let mut jobs = client::jobs(channel);
+    let mut spec = options::step_spec(o, argv, env, &cwd);
     // The address agents reach srun on: this host's side of its route to berthd.
-    let ip = local_ip(&servers).await?;
+    let ip = local_ip(servers).await?;
     let listener = tokio::net::TcpListener::bind((ip, 0))
         .await
         .with_context(|| format!("I/O listener on {ip}"))?;

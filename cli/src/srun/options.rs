@@ -48,6 +48,64 @@ pub struct Opts {
     pub chdir: Option<String>,
     /// -Q.
     pub quiet: bool,
+    /// The job srun asks for when it runs outside any allocation: the job options
+    /// (`-p`, `-A`, `-t`, `--mem`, `--gpus`…) and the counts, read by sbatch's setters.
+    pub job: crate::sbatch::opts::Opts,
+    /// The job-only options given ([`JOB_OPTIONS`]): refused inside an allocation, whose
+    /// resources are already fixed.
+    pub job_only: Vec<&'static str>,
+}
+
+/// srun options that shape the job srun makes outside an allocation and mean nothing to a
+/// step inside one. Each has an entry in [`SUPPORTED`] that hands it to sbatch's setter
+/// of the same name (a test checks that sbatch has it, with the same letter and value).
+pub const JOB_OPTIONS: &[&str] = &[
+    "account",
+    "begin",
+    "comment",
+    "constraint",
+    "cpus-per-gpu",
+    "deadline",
+    "dependency",
+    "exclude",
+    "exclusive",
+    "gpus",
+    "gpus-per-node",
+    "gres",
+    "hold",
+    "licenses",
+    "mail-type",
+    "mail-user",
+    "mem",
+    "mem-per-cpu",
+    "mem-per-gpu",
+    "mincpus",
+    "nice",
+    "no-kill",
+    "partition",
+    "qos",
+    "reservation",
+    "signal",
+    "spread-job",
+    "time",
+    "use-min-nodes",
+    "wckey",
+];
+
+/// A job-only option: parsed by sbatch's setter into [`Opts::job`].
+fn job_opt(o: &mut Opts, l: &'static str, v: Option<&str>) -> Set {
+    also_job(o, l, v)?;
+    if !o.job_only.contains(&l) {
+        o.job_only.push(l);
+    }
+    Ok(())
+}
+
+/// An option both the step and the job take (`-N`, `-n`, `-c`…): sbatch's setter reads
+/// it for the job too.
+fn also_job(o: &mut Opts, l: &'static str, v: Option<&str>) -> Set {
+    let spec = crate::opt::getopt::lookup_long(&crate::sbatch::options::SBATCH, l)?;
+    (spec.set)(&mut o.job, spec.long, v)
 }
 
 /// srun's options.
@@ -65,11 +123,11 @@ fn text(value: Option<&str>) -> &str {
 
 type Set = Result<(), OptError>;
 
-fn nodelist(o: &mut Opts, l: &str, v: Option<&str>) -> Set {
-    let v = non_empty(l, text(v))?;
-    o.nodelist = berth_policies::topology::hostlist::expand(&v)
-        .map_err(|why| OptError::invalid("--nodelist", &v, why))?;
-    Ok(())
+fn nodelist(o: &mut Opts, l: &'static str, v: Option<&str>) -> Set {
+    let value = non_empty(l, text(v))?;
+    o.nodelist = berth_policies::topology::hostlist::expand(&value)
+        .map_err(|why| OptError::invalid("--nodelist", &value, why))?;
+    also_job(o, l, v)
 }
 
 /// `--cpu-bind`: berth binds no CPUs yet, so only the values that ask for no binding are
@@ -120,16 +178,46 @@ pub fn parse_job_id(v: &str) -> Option<u64> {
     v.parse::<u64>().ok().filter(|id| *id > 0)
 }
 
-/// The options berth implements.
+/// The options berth implements: the step's, then the job-only ones ([`JOB_OPTIONS`]).
 pub const SUPPORTED: &[OptionSpec<Opts>] = &[
+    opt("account", Some('A'), REQ, "", job_opt),
+    opt("begin", Some('b'), REQ, "", job_opt),
+    opt("comment", None, REQ, "", job_opt),
+    opt("constraint", Some('C'), REQ, "", job_opt),
+    opt("cpus-per-gpu", None, REQ, "", job_opt),
+    opt("deadline", None, REQ, "", job_opt),
+    opt("dependency", Some('d'), REQ, "", job_opt),
+    opt("exclude", Some('x'), REQ, "", job_opt),
+    opt("exclusive", None, Arg::Optional, "", job_opt),
+    opt("gpus", Some('G'), REQ, "", job_opt),
+    opt("gpus-per-node", None, REQ, "", job_opt),
+    opt("gres", None, REQ, "", job_opt),
+    opt("hold", Some('H'), FLAG, "", job_opt),
+    opt("licenses", Some('L'), REQ, "", job_opt),
+    opt("mail-type", None, REQ, "", job_opt),
+    opt("mail-user", None, REQ, "", job_opt),
+    opt("mem", None, REQ, "", job_opt),
+    opt("mem-per-cpu", None, REQ, "", job_opt),
+    opt("mem-per-gpu", None, REQ, "", job_opt),
+    opt("mincpus", None, REQ, "", job_opt),
+    opt("nice", None, Arg::Optional, "", job_opt),
+    opt("no-kill", Some('k'), Arg::Optional, "", job_opt),
+    opt("partition", Some('p'), REQ, "", job_opt),
+    opt("qos", Some('q'), REQ, "", job_opt),
+    opt("reservation", None, REQ, "", job_opt),
+    opt("signal", None, REQ, "", job_opt),
+    opt("spread-job", None, FLAG, "", job_opt),
+    opt("time", Some('t'), REQ, "", job_opt),
+    opt("use-min-nodes", None, FLAG, "", job_opt),
+    opt("wckey", None, REQ, "", job_opt),
     opt("chdir", Some('D'), REQ, "", |o, l, v| {
         o.chdir = Some(non_empty(l, text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
     opt("cpu-bind", None, REQ, "", cpu_bind),
-    opt("cpus-per-task", Some('c'), REQ, "", |o, _, v| {
+    opt("cpus-per-task", Some('c'), REQ, "", |o, l, v| {
         o.cpus_per_task = Some(parse_count("--cpus-per-task", text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
     opt("error", Some('e'), REQ, "", |o, l, v| {
         o.error = Some(non_empty(l, text(v))?);
@@ -139,13 +227,13 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.export = Some(parse_export(text(v))?);
         Ok(())
     }),
-    opt("gpus-per-task", None, REQ, "", |o, _, v| {
+    opt("gpus-per-task", None, REQ, "", |o, l, v| {
         o.gpus_per_task = Some(parse_count("--gpus-per-task", text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
     opt("job-name", Some('J'), REQ, "", |o, l, v| {
         o.job_name = Some(non_empty(l, text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
     opt("jobid", None, REQ, "", jobid),
     opt(
@@ -161,17 +249,17 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
     }),
     opt("mpi", None, REQ, "", mpi),
     opt("nodelist", Some('w'), REQ, "", nodelist),
-    opt("nodes", Some('N'), REQ, "", |o, _, v| {
+    opt("nodes", Some('N'), REQ, "", |o, l, v| {
         o.nodes = Some(parse_nodes(text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
-    opt("ntasks", Some('n'), REQ, "", |o, _, v| {
+    opt("ntasks", Some('n'), REQ, "", |o, l, v| {
         o.ntasks = Some(parse_count("--ntasks", text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
-    opt("ntasks-per-node", None, REQ, "", |o, _, v| {
+    opt("ntasks-per-node", None, REQ, "", |o, l, v| {
         o.ntasks_per_node = Some(parse_count("--ntasks-per-node", text(v))?);
-        Ok(())
+        also_job(o, l, v)
     }),
     opt("output", Some('o'), REQ, "", |o, l, v| {
         o.output = Some(non_empty(l, text(v))?);
@@ -189,26 +277,15 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
 
 /// Real srun options berth refuses by name.
 pub const UNSUPPORTED: &[(&str, Option<char>)] = &[
-    ("account", Some('A')),
     ("array", Some('a')),
     ("bcast", None),
-    ("constraint", Some('C')),
     ("distribution", Some('m')),
-    ("exclusive", None),
-    ("exclude", Some('x')),
-    ("gpus", Some('G')),
-    ("gres", None),
     ("hint", None),
     ("input", Some('i')),
-    ("mem", None),
-    ("mem-per-cpu", None),
     ("multi-prog", None),
     ("overcommit", Some('O')),
-    ("partition", Some('p')),
     ("pty", None),
     ("relative", Some('r')),
-    ("signal", None),
-    ("time", Some('t')),
 ];
 
 /// Reads srun's input variables from `env` into `o` where the command line left a value

@@ -45,7 +45,7 @@ fn options_build_the_step_request() {
     assert_eq!(s.work_dir, "/work");
     assert_eq!(s.env.get("HOME").map(String::as_str), Some("/h"));
     assert_eq!(s.name, "hostname");
-    assert_eq!(allocation(&o, &e).unwrap(), 12);
+    assert_eq!(allocation(&o, &e).unwrap(), Some(12));
 }
 
 #[test]
@@ -133,10 +133,30 @@ fn bad_input_is_refused_with_the_option_named() {
 }
 
 #[test]
-fn an_allocation_must_exist_and_be_a_job_id() {
+fn an_allocation_is_a_job_id_or_none_and_job_options_only_shape_a_new_one() {
     let (o, _) = parse(&args(&["true"]), &env(&[])).unwrap();
-    let err = allocation(&o, &env(&[])).unwrap_err().to_string();
-    assert!(err.contains("no job allocation"), "{err}");
+    assert_eq!(allocation(&o, &env(&[])).unwrap(), None);
+    // Job options outside an allocation shape the job srun makes, as sbatch reads them.
+    let (o, _) = parse(
+        &args(&["-p", "debug", "-t", "5", "-N2", "--mem=1G", "true"]),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(allocation(&o, &env(&[])).unwrap(), None);
+    assert_eq!(o.job.partition.as_deref(), Some("debug"));
+    assert_eq!(o.job.time_secs, Some(300));
+    assert_eq!(o.nodes, Some(2));
+    assert_eq!(o.job_only, vec!["partition", "time", "mem"]);
+    // Inside an allocation they are refused, naming the first.
+    let err = allocation(&o, &env(&[("SLURM_JOB_ID", "12")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--partition shapes a new allocation"), "{err}");
+    // A bad job value is refused at parse time, in sbatch's words.
+    let err = parse(&args(&["-t", "never", "true"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("never"), "{err}");
     let err = allocation(&o, &env(&[("SLURM_JOB_ID", "12abc")]))
         .unwrap_err()
         .to_string();
@@ -145,7 +165,10 @@ fn an_allocation_must_exist_and_be_a_job_id() {
         "{err}"
     );
     let (o, _) = parse(&args(&["--jobid=7", "true"]), &env(&[])).unwrap();
-    assert_eq!(allocation(&o, &env(&[("SLURM_JOB_ID", "x")])).unwrap(), 7);
+    assert_eq!(
+        allocation(&o, &env(&[("SLURM_JOB_ID", "x")])).unwrap(),
+        Some(7)
+    );
     assert!(parse(&args(&["--jobid=0", "true"]), &env(&[])).is_err());
     let e = env(&[("SLURM_NTASKS", "many")]);
     assert!(
@@ -171,4 +194,21 @@ fn output_patterns_expand_per_task_and_node() {
     }
     assert!(expand("x%q", &names, "n1", 0).is_err());
     assert!(expand("x%", &names, "n1", 0).is_err());
+}
+
+#[test]
+fn every_job_option_is_sbatchs_with_the_same_letter_and_value() {
+    use crate::opt::getopt::lookup_long;
+    use crate::sbatch::options::SBATCH;
+    for name in crate::srun::options::JOB_OPTIONS {
+        let ours = lookup_long(&crate::srun::options::SRUN, name)
+            .unwrap_or_else(|e| panic!("srun lacks --{name}: {e}"));
+        let theirs =
+            lookup_long(&SBATCH, name).unwrap_or_else(|e| panic!("sbatch lacks --{name}: {e}"));
+        assert_eq!(
+            (ours.short, ours.arg),
+            (theirs.short, theirs.arg),
+            "--{name}"
+        );
+    }
 }

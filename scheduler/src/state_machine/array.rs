@@ -95,6 +95,9 @@ impl StateMachine {
     /// Cancels what `c` names: one job, a whole array (every task, started or not), or
     /// some tasks of an array.
     pub(super) fn cancel(&mut self, c: pb::CancelJob, now: u64) -> Applied {
+        if let Some(exit) = c.release {
+            return self.release_allocation(c.job_id, exit, now);
+        }
         if !c.array_tasks.is_empty() {
             return self.cancel_tasks(c.job_id, &c.array_tasks, &c.reason, now);
         }
