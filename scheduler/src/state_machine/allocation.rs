@@ -124,7 +124,7 @@ mod tests {
         );
         let job = sm.job(1).unwrap();
         assert_eq!(job.state(), JobState::Failed);
-        assert_eq!((job.exit_code, job.reason.as_str()), (3, "NonZeroExitCode"));
+        assert_eq!((job.exit_code, job.exit_signal), (3, 0));
         // A second release is refused.
         let (_, outcome, _) = after(
             [
