@@ -56,6 +56,14 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
     set("SLURM_NTASKS", spec.ntasks.max(1).to_string());
     set("SLURM_NPROCS", spec.ntasks.max(1).to_string());
     set("SLURM_CPUS_PER_TASK", spec.cpus_per_task.max(1).to_string());
+    // Open MPI's mpirun reads the job's layout from here to size its daemons' slots.
+    set(
+        "SLURM_TASKS_PER_NODE",
+        tasks_per_node(&job_layout(spec.ntasks, spec.ntasks_per_node, nodes.len())),
+    );
+    if spec.ntasks_per_node > 0 {
+        set("SLURM_NTASKS_PER_NODE", spec.ntasks_per_node.to_string());
+    }
     set("SLURM_CPUS_ON_NODE", here.cpus.to_string());
     set("SLURM_JOB_CPUS_PER_NODE", here.cpus.to_string());
     if spec.mem_mb > 0 {
@@ -79,6 +87,34 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
         set(k, v);
     }
     env
+}
+
+/// Tasks per node of a job of `ntasks` over `nodes` nodes: `--ntasks-per-node` on each,
+/// else Slurm's block distribution (the first nodes take one more when they do not divide).
+pub fn job_layout(ntasks: u32, ntasks_per_node: u32, nodes: usize) -> Vec<u32> {
+    let n = nodes.max(1) as u32;
+    if ntasks_per_node > 0 {
+        return vec![ntasks_per_node; n as usize];
+    }
+    let ntasks = ntasks.max(n);
+    (0..n)
+        .map(|i| ntasks / n + u32::from(i < ntasks % n))
+        .collect()
+}
+
+/// Slurm's `SLURM_TASKS_PER_NODE` text: runs of equal counts folded, `2(x3),1`.
+pub fn tasks_per_node(counts: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < counts.len() {
+        let run = counts[i..].iter().take_while(|c| **c == counts[i]).count();
+        out.push(match run {
+            1 => counts[i].to_string(),
+            n => format!("{}(x{n})", counts[i]),
+        });
+        i += run;
+    }
+    out.join(",")
 }
 
 /// `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` for GPUs `uuids` (comma-separated):
@@ -222,6 +258,15 @@ pub fn mps_dirs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_per_node_is_slurms_block_layout_folded() {
+        assert_eq!(tasks_per_node(&job_layout(4, 0, 2)), "2(x2)");
+        assert_eq!(tasks_per_node(&job_layout(5, 0, 3)), "2(x2),1");
+        assert_eq!(tasks_per_node(&job_layout(1, 0, 2)), "1(x2)");
+        assert_eq!(tasks_per_node(&job_layout(0, 3, 2)), "3(x2)");
+        assert_eq!(tasks_per_node(&[1, 2, 2, 1]), "1,2(x2),1");
+    }
 
     #[test]
     fn slurm_and_gpu_variables() {

@@ -443,11 +443,8 @@ pub fn task_env(
     let mut env = job_env::build(&job, &here.node, &[]);
     env.remove("ENVIRONMENT"); // BATCH is the batch script's alone
     let nodes: Vec<&str> = step.nodes.iter().map(|n| n.node.as_str()).collect();
-    let per_node: Vec<String> = step
-        .nodes
-        .iter()
-        .map(|n| n.task_ids.len().to_string())
-        .collect();
+    let per_node: Vec<u32> = step.nodes.iter().map(|n| n.task_ids.len() as u32).collect();
+    let per_node = job_env::tasks_per_node(&per_node);
     let gtids: Vec<String> = here.task_ids.iter().map(|t| t.to_string()).collect();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -462,8 +459,8 @@ pub fn task_env(
     set("SLURM_STEP_NUM_TASKS", spec.ntasks.to_string());
     set("SLURM_STEP_NUM_NODES", nodes.len().to_string());
     set("SLURM_STEP_NODELIST", nodes.join(","));
-    set("SLURM_STEP_TASKS_PER_NODE", per_node.join(","));
-    set("SLURM_TASKS_PER_NODE", per_node.join(","));
+    set("SLURM_STEP_TASKS_PER_NODE", per_node.clone());
+    set("SLURM_TASKS_PER_NODE", per_node);
     set("SLURM_GTIDS", gtids.join(","));
     set("SLURM_CPUS_PER_TASK", spec.cpus_per_task.max(1).to_string());
     let gpus = task_gpus(here, spec.gpus_per_task, local);
@@ -571,7 +568,7 @@ mod tests {
             ("SLURM_NTASKS", "4"),
             ("SLURM_STEP_NUM_TASKS", "4"),
             ("SLURM_STEP_NODELIST", "n1,n2"),
-            ("SLURM_STEP_TASKS_PER_NODE", "2,2"),
+            ("SLURM_STEP_TASKS_PER_NODE", "2(x2)"),
             ("SLURMD_NODENAME", "n2"),
             ("SLURM_JOB_ID", "12"),
             ("CUDA_VISIBLE_DEVICES", "H1"),

@@ -106,13 +106,19 @@ pub fn expand(pattern: &str, names: &Names, node: &str, task: u32) -> Result<Str
     Ok(out)
 }
 
+/// Longest piece of one line held back waiting for its newline.
+pub const LINE_MAX: usize = 64 * 1024;
+
 /// Writes frames where they belong and records each task's exit.
 pub struct Sink {
     label: bool,
+    /// `-u`: chunks are written as they arrive; otherwise whole lines, so the lines of
+    /// tasks writing at once never interleave mid-line (Slurm's default too).
+    unbuffered: bool,
     out: Target,
     err: Target,
     names: Names,
-    /// Part of a line per (task, stderr), held until its newline when labelling.
+    /// Part of a line per (task, stderr), held until its newline (or [`LINE_MAX`]).
     partial: HashMap<(u32, bool), Vec<u8>>,
     /// Exit of each task that ended: (node, exit code, signal).
     pub exits: BTreeMap<u32, (String, i32, i32)>,
@@ -121,7 +127,13 @@ pub struct Sink {
 impl Sink {
     /// A sink for `-l` (`label`) and the `-o`/`-e` patterns (`None`: the terminal; `-e`
     /// defaults to `-o`, as in Slurm).
-    pub fn new(label: bool, output: Option<String>, error: Option<String>, names: Names) -> Sink {
+    pub fn new(
+        label: bool,
+        unbuffered: bool,
+        output: Option<String>,
+        error: Option<String>,
+        names: Names,
+    ) -> Sink {
         let error = error.or_else(|| output.clone());
         let target = |p: Option<String>, stderr| match p {
             Some(pattern) => Target::Files {
@@ -132,6 +144,7 @@ impl Sink {
         };
         Sink {
             label,
+            unbuffered,
             out: target(output, false),
             err: target(error, true),
             names,
@@ -164,22 +177,34 @@ impl Sink {
     }
 
     fn write(&mut self, node: &str, task: u32, stderr: bool, bytes: &[u8]) -> Result<(), String> {
-        if !self.label {
+        if self.unbuffered && !self.label {
             return self.emit(node, task, stderr, bytes);
         }
         let buf = self.partial.entry((task, stderr)).or_default();
         buf.extend_from_slice(bytes);
-        let Some(last_nl) = buf.iter().rposition(|b| *b == b'\n') else {
-            return Ok(());
+        let cut = match buf.iter().rposition(|b| *b == b'\n') {
+            Some(last_nl) => last_nl + 1,
+            // A line longer than LINE_MAX is written in pieces: memory stays bounded.
+            None if buf.len() >= LINE_MAX => buf.len(),
+            None => return Ok(()),
         };
-        let rest = buf.split_off(last_nl + 1);
+        let rest = buf.split_off(cut);
         let lines = std::mem::replace(buf, rest);
+        let labelled = self.labelled(task, &lines);
+        self.emit(node, task, stderr, &labelled)
+    }
+
+    /// `lines` with each line prefixed by `task: ` under `-l`.
+    fn labelled(&self, task: u32, lines: &[u8]) -> Vec<u8> {
+        if !self.label {
+            return lines.to_vec();
+        }
         let mut labelled = Vec::with_capacity(lines.len() + 8);
         for line in lines.split_inclusive(|b| *b == b'\n') {
             labelled.extend_from_slice(format!("{task}: ").as_bytes());
             labelled.extend_from_slice(line);
         }
-        self.emit(node, task, stderr, &labelled)
+        labelled
     }
 
     /// Writes what is left of a task's last line (no newline at its end).
@@ -190,8 +215,7 @@ impl Sink {
                 .remove(&(task, stderr))
                 .filter(|r| !r.is_empty())
             {
-                let mut labelled = format!("{task}: ").into_bytes();
-                labelled.extend_from_slice(&rest);
+                let labelled = self.labelled(task, &rest);
                 self.emit(node, task, stderr, &labelled)?;
             }
         }

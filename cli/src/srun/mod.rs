@@ -167,7 +167,13 @@ async fn run_step(
             .map(|n| (n.node.clone(), n.node_index))
             .collect(),
     };
-    let mut sink = io::Sink::new(o.label, o.output.clone(), o.error.clone(), names);
+    let mut sink = io::Sink::new(
+        o.label,
+        o.unbuffered,
+        o.output.clone(),
+        o.error.clone(),
+        names,
+    );
     let mut last_step = step.clone();
     let mut over: Option<(tokio::time::Instant, String)> = None;
     let mut interrupts = Interrupts::new()?;

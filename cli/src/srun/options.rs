@@ -48,6 +48,8 @@ pub struct Opts {
     pub chdir: Option<String>,
     /// -Q.
     pub quiet: bool,
+    /// -u: output written as it arrives, not line by line.
+    pub unbuffered: bool,
     /// The job srun asks for when it runs outside any allocation: the job options
     /// (`-p`, `-A`, `-t`, `--mem`, `--gpus`…) and the counts, read by sbatch's setters.
     pub job: crate::sbatch::opts::Opts,
@@ -271,8 +273,10 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.quiet = true;
         Ok(())
     }),
-    // Output is streamed as the tasks write it: unbuffered already.
-    opt("unbuffered", Some('u'), FLAG, "", |_, _, _| Ok(())),
+    opt("unbuffered", Some('u'), FLAG, "", |o, _, _| {
+        o.unbuffered = true;
+        Ok(())
+    }),
 ];
 
 /// Real srun options berth refuses by name.

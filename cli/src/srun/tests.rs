@@ -1,7 +1,7 @@
 //! srun's parsing: options, input variables, the step request, output patterns, and
 //! refusals of bad input.
 
-use super::io::{expand, Names};
+use super::io::{expand, Names, Sink};
 use super::*;
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -210,5 +210,40 @@ fn every_job_option_is_sbatchs_with_the_same_letter_and_value() {
             (theirs.short, theirs.arg),
             "--{name}"
         );
+    }
+}
+
+#[test]
+fn lines_of_tasks_writing_at_once_never_interleave_unless_unbuffered() {
+    use berth_proto::v1::{self as pb, step_io::Frame};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frame = |task: u32, b: &[u8]| pb::StepIo {
+        node: "n1".into(),
+        task_id: task,
+        frame: Some(Frame::Stdout(b.to_vec())),
+        ..Default::default()
+    };
+    let names = || Names {
+        job_id: 1,
+        step_id: 0,
+        node_index: [("n1".to_string(), 0)].into(),
+    };
+    for (unbuffered, want) in [
+        (false, "task 1 done\ntask 0 done\n"),
+        (true, "task 0task 1 done\n done\n"),
+    ] {
+        let path = dir.path().join(format!("out-{unbuffered}"));
+        let pattern = Some(path.display().to_string());
+        let mut sink = Sink::new(false, unbuffered, pattern, None, names());
+        for f in [
+            frame(0, b"task 0"),
+            frame(1, b"task 1"),
+            frame(1, b" done\n"),
+            frame(0, b" done\n"),
+        ] {
+            sink.take(f).unwrap();
+        }
+        drop(sink);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
     }
 }
