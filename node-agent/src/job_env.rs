@@ -70,6 +70,11 @@ pub fn build(job: &pb::Job, node: &str, mig: &[String]) -> BTreeMap<String, Stri
         set("SLURM_MEM_PER_NODE", spec.mem_mb.to_string());
     }
     set("SLURM_RESTART_COUNT", job.restart_count.to_string());
+    // srun inside the job appends to its files too (submitit's steps write into the
+    // batch output file).
+    if spec.open_append {
+        set("SLURM_OPEN_MODE", "append".into());
+    }
     for (k, v) in array_vars(job) {
         set(k, v);
     }

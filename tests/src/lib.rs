@@ -636,3 +636,46 @@ pub fn cpu_agent(dir: &std::path::Path, servers: &str) -> Proc {
             .expect("spawn berth-agent"),
     )
 }
+
+/// A venv with `requirement` from PyPI, made once per machine under the temporary
+/// directory (`berth-test-{name}-venv`; pip's download is the slow part), checked by
+/// running `check` in its python. Returns that python.
+///
+/// # Errors
+/// Why there is none (no python3 venv, PyPI unreachable): the caller prints it and skips.
+pub fn pypi_venv(name: &str, requirement: &str, check: &str) -> Result<PathBuf, String> {
+    use std::process::Command;
+    let venv = std::env::temp_dir().join(format!("berth-test-{name}-venv"));
+    let python = venv.join("bin/python");
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", check])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return Ok(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3 not runnable: {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+    }
+    let pip = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--timeout", "20", requirement])
+        .output()
+        .map_err(|e| format!("pip not runnable: {e}"))?;
+    if !pip.status.success() || !has(&python) {
+        return Err(format!(
+            "pip install {requirement} failed (PyPI unreachable?): {}",
+            String::from_utf8_lossy(&pip.stderr)
+        ));
+    }
+    Ok(python)
+}

@@ -67,10 +67,15 @@ pub struct Names {
     pub step_id: u32,
     /// Node name → index in the step (%N, %n).
     pub node_index: BTreeMap<String, u32>,
+    /// Array job id and task index (%A, %a) when the job is an array task.
+    pub array: Option<(u64, u32)>,
+    /// `--open-mode=append` (or the job's `SLURM_OPEN_MODE`): files are appended to, so a
+    /// step writing into its batch job's output file keeps what is there.
+    pub append: bool,
 }
 
 /// Expands `pattern` for `task` on `node`: %t task, %n node index, %N node name, %s step,
-/// %j job, %u user, %% a percent sign; a width (`%3t`) pads with zeros, as Slurm does.
+/// %j job, %A array job (the job outside arrays), %a array task, %u user, %% a percent sign; a width (`%3t`) pads with zeros, as Slurm does.
 ///
 /// # Errors
 /// An unknown `%` letter, named.
@@ -98,6 +103,9 @@ pub fn expand(pattern: &str, names: &Names, node: &str, task: u32) -> Result<Str
             Some('N') => out.push_str(node),
             Some('s') => out.push_str(&num(u64::from(names.step_id))),
             Some('j') | Some('J') => out.push_str(&num(names.job_id)),
+            Some('A') => out.push_str(&num(names.array.map_or(names.job_id, |a| a.0))),
+            // Slurm's NO_VAL - 1 outside arrays, as sbatch's %a.
+            Some('a') => out.push_str(&num(u64::from(names.array.map_or(4_294_967_294, |a| a.1)))),
             Some('u') => out.push_str(&std::env::var("USER").unwrap_or_default()),
             Some(other) => return Err(format!("unknown %{other} in output pattern {pattern:?}")),
             None => return Err(format!("output pattern {pattern:?} ends in %")),
@@ -238,7 +246,12 @@ impl Sink {
             Target::Files { pattern, open } => {
                 let path = PathBuf::from(expand(pattern, &names, node, task)?);
                 if !open.contains_key(&path) {
-                    let f = std::fs::File::create(&path)
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .append(names.append)
+                        .truncate(!names.append)
+                        .open(&path)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                     open.insert(path.clone(), f);
                 }

@@ -166,6 +166,11 @@ async fn run_step(
             .iter()
             .map(|n| (n.node.clone(), n.node_index))
             .collect(),
+        array: env
+            .get("SLURM_ARRAY_JOB_ID")
+            .and_then(|a| a.parse().ok())
+            .zip(env.get("SLURM_ARRAY_TASK_ID").and_then(|t| t.parse().ok())),
+        append: o.append,
     };
     let mut sink = io::Sink::new(
         o.label,

@@ -50,6 +50,8 @@ pub struct Opts {
     pub quiet: bool,
     /// -u: output written as it arrives, not line by line.
     pub unbuffered: bool,
+    /// `--open-mode=append`: `-o`/`-e` files are appended to.
+    pub append: bool,
     /// The job srun asks for when it runs outside any allocation: the job options
     /// (`-p`, `-A`, `-t`, `--mem`, `--gpus`…) and the counts, read by sbatch's setters.
     pub job: crate::sbatch::opts::Opts,
@@ -263,6 +265,10 @@ pub const SUPPORTED: &[OptionSpec<Opts>] = &[
         o.ntasks_per_node = Some(parse_count("--ntasks-per-node", text(v))?);
         also_job(o, l, v)
     }),
+    opt("open-mode", None, REQ, "", |o, _, v| {
+        o.append = parse_open_mode(text(v))?;
+        Ok(())
+    }),
     opt("output", Some('o'), REQ, "", |o, l, v| {
         o.output = Some(non_empty(l, text(v))?);
         Ok(())
@@ -324,6 +330,10 @@ pub fn apply_env(o: &mut Opts, env: &BTreeMap<String, String>) -> Result<(), Opt
             o.cpus_per_task = Some(count("SRUN_CPUS_PER_TASK", &v)?);
         }
     }
+    if let Some(v) = get("SLURM_OPEN_MODE") {
+        o.append |= parse_open_mode(&v)
+            .map_err(|_| OptError::invalid("SLURM_OPEN_MODE", &v, "must be append or truncate"))?;
+    }
     if get("SLURM_KILL_BAD_EXIT").as_deref() == Some("1") {
         o.kill_on_bad_exit = true;
     }
@@ -375,6 +385,19 @@ pub fn step_spec(
                 .unwrap_or_default()
         }),
         ..Default::default()
+    }
+}
+
+/// `--open-mode=append|truncate` (Slurm takes any prefix, `a` or `t`): true for append.
+fn parse_open_mode(v: &str) -> Result<bool, OptError> {
+    match v.to_ascii_lowercase().as_str() {
+        a if !a.is_empty() && "append".starts_with(a) => Ok(true),
+        t if !t.is_empty() && "truncate".starts_with(t) => Ok(false),
+        _ => Err(OptError::invalid(
+            "--open-mode",
+            v,
+            "must be append or truncate",
+        )),
     }
 }
 

@@ -183,6 +183,7 @@ fn output_patterns_expand_per_task_and_node() {
         job_id: 12,
         step_id: 3,
         node_index: [("n1".to_string(), 0), ("n2".to_string(), 1)].into(),
+        ..Default::default()
     };
     let table = [
         ("out-%j.%s-%t.txt", "n2", 5, "out-12.3-5.txt"),
@@ -192,6 +193,15 @@ fn output_patterns_expand_per_task_and_node() {
     for (i, (p, node, task, want)) in table.into_iter().enumerate() {
         assert_eq!(expand(p, &names, node, task).unwrap(), want, "#{i}");
     }
+    assert_eq!(expand("%A_%a", &names, "n1", 0).unwrap(), "12_4294967294");
+    let task = Names {
+        array: Some((10, 2)),
+        ..names.clone()
+    };
+    assert_eq!(
+        expand("%A_%a_%t.out", &task, "n1", 0).unwrap(),
+        "10_2_0.out"
+    );
     assert!(expand("x%q", &names, "n1", 0).is_err());
     assert!(expand("x%", &names, "n1", 0).is_err());
 }
@@ -227,6 +237,7 @@ fn lines_of_tasks_writing_at_once_never_interleave_unless_unbuffered() {
         job_id: 1,
         step_id: 0,
         node_index: [("n1".to_string(), 0)].into(),
+        ..Default::default()
     };
     for (unbuffered, want) in [
         (false, "task 1 done\ntask 0 done\n"),
@@ -246,4 +257,16 @@ fn lines_of_tasks_writing_at_once_never_interleave_unless_unbuffered() {
         drop(sink);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
     }
+}
+
+#[test]
+fn open_mode_is_append_or_truncate_from_the_line_or_the_job() {
+    let (o, _) = parse(&args(&["--open-mode=a", "true"]), &env(&[])).unwrap();
+    assert!(o.append);
+    let (o, _) = parse(&args(&["true"]), &env(&[("SLURM_OPEN_MODE", "append")])).unwrap();
+    assert!(o.append);
+    let (o, _) = parse(&args(&["true"]), &env(&[])).unwrap();
+    assert!(!o.append);
+    assert!(parse(&args(&["--open-mode=sometimes", "true"]), &env(&[])).is_err());
+    assert!(parse(&args(&["true"]), &env(&[("SLURM_OPEN_MODE", "x")])).is_err());
 }
