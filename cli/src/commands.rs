@@ -24,7 +24,7 @@ commands:
   squeue     list pending and running jobs
   scancel    cancel jobs
   sinfo      list partitions and nodes with their GPUs
-  scontrol   show job/node/partition/topology, hold, release, update NodeName=N Gpu=G State=RESUME,
+  scontrol   show job/node/partition/topology, hold, release, requeue, update NodeName=N Gpu=G State=RESUME,
              update JobId=ID[_TASKS] ArrayTaskThrottle=N TimeLimit=T
   sshare     the fair-share tree: shares, decayed usage, fair-share factors
   sprio      priority factors of pending jobs
@@ -710,6 +710,46 @@ async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
                 {
                     eprintln!("scontrol: error: {verb} job {r}: {}", status_text(&s));
                     code = 1;
+                }
+            }
+            Ok(code)
+        }
+        ["requeue", ids @ ..] if !ids.is_empty() => {
+            let refs = parse_job_list(ids).map_err(anyhow::Error::msg)?;
+            let mut c = client::jobs(channel);
+            let mut code = 0;
+            for r in refs {
+                // A task that runs (or ran) is a record of its own: find its id.
+                let ids = match &r.tasks {
+                    None => vec![r.job_id],
+                    Some(tasks) => {
+                        let list = c
+                            .list(pb::ListJobsRequest {
+                                job_ids: vec![r.job_id],
+                                include_finished: true,
+                                brief: true,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+                            .into_inner();
+                        list.jobs
+                            .iter()
+                            .filter(|j| j.array_job_id == r.job_id)
+                            .filter(|j| j.array_task_id.is_some_and(|t| tasks.contains(t)))
+                            .map(|j| j.id)
+                            .collect()
+                    }
+                };
+                if ids.is_empty() {
+                    eprintln!("scontrol: error: requeue job {r}: Job is pending execution");
+                    code = 1;
+                }
+                for id in ids {
+                    if let Err(s) = c.requeue(pb::RequeueRequest { job_id: id }).await {
+                        eprintln!("scontrol: error: requeue job {r}: {}", status_text(&s));
+                        code = 1;
+                    }
                 }
             }
             Ok(code)

@@ -279,7 +279,7 @@ impl StateMachine {
             Cmd::Cancel(c) => self.cancel(c, now),
             Cmd::Hold(c) => self.hold(c, now),
             Cmd::ArrayUpdate(c) => self.array_update(c, now),
-            Cmd::Requeue(_) => (Outcome::Rejected("not supported yet".into()), vec![]),
+            Cmd::Requeue(c) => self.requeue_job(c.job_id, now),
             Cmd::RegisterNode(c) => self.register_node(c.inventory.unwrap_or_default(), now),
             Cmd::NodeDown(c) => self.node_down(&c.node, &c.reason, now),
             Cmd::Allocate(c) => self.allocate(c, now),
@@ -915,6 +915,7 @@ impl StateMachine {
             // to record, but the agent may forget it.
             return (Outcome::Done, vec![ack]);
         }
+        let requeue_asked = job.requeue_requested;
         let mut finished = ended.finished.unwrap_or_default();
         // A released allocation ends with its client's exit, not the holder's SIGTERM (a
         // time limit reached first stays a TIMEOUT).
@@ -933,7 +934,7 @@ impl StateMachine {
         let stopped_by_berth = matches!(finished.state(), JobState::Preempted | JobState::NodeFail);
         // The batch script's end ends the job: steps still running anywhere are stopped.
         let mut effects = self.stop_steps(ended.job_id, true);
-        if stopped_by_berth && self.requeues(ended.job_id) {
+        if requeue_asked || (stopped_by_berth && self.requeues(ended.job_id)) {
             self.requeue(ended.job_id, &finished, now);
         } else {
             self.finish(ended.job_id, &finished, now);
@@ -963,8 +964,15 @@ impl StateMachine {
         // Accounting keeps the ended run (one record per run) before the job is reset.
         let run = record::run_of(&self.state.jobs[&id], f.state(), f, self.applied_index, now);
         self.release(id, f, now);
+        self.queue_again(id, run, now);
+    }
+
+    /// Job `id`, whose run `run` ended and whose resources are free, waits again under its
+    /// id: one more restart, a fresh eligible time.
+    fn queue_again(&mut self, id: u64, run: pb::JobRun, now: u64) {
         let job = self.state.jobs.get_mut(&id).expect("caller checked");
         record::push_run(job, run);
+        job.requeue_requested = false;
         job.usage.clear();
         job.state = JobState::Pending as i32;
         job.reason = "None".into();
@@ -1672,5 +1680,6 @@ pub mod eligible;
 pub mod gpu_counts;
 pub mod mig;
 pub mod pods;
+pub mod requeue;
 pub mod steps;
 pub mod task_set;

@@ -407,3 +407,99 @@ fn bad_array_input_is_refused_and_changes_nothing() {
     assert_eq!(before, after, "bad input changed the queue");
     assert_eq!(dev.squeue("%i", &["-t", "all"]), [format!("{a}_[0-9]")]);
 }
+
+/// `scontrol requeue`: a running job is killed and runs again under its id with
+/// `SLURM_RESTART_COUNT` counting up (its output appended with `--open-mode=append`); a
+/// finished array task is queued again by its `12_3` id; a `--no-requeue` job and a
+/// pending one are refused with Slurm's words and stay as they were.
+#[test]
+fn scontrol_requeue_runs_a_job_again_under_its_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Dev::start(tmp.path(), &[]);
+    let out = tmp.path().join("requeued.txt");
+    let out_s = out.to_str().unwrap();
+    let id = dev.submit(&[
+        "--open-mode=append",
+        "-o",
+        out_s,
+        "--wrap",
+        "echo run $SLURM_JOB_ID restart $SLURM_RESTART_COUNT; sleep 60",
+    ]);
+    let read = |what: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let t = std::fs::read_to_string(&out).unwrap_or_default();
+            if t.contains(want) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {t:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    read("the first run", &format!("run {id} restart 0\n"));
+    dev.ok(&["scontrol", "requeue", &id.to_string()]);
+    let text = read("the second run", &format!("run {id} restart 1\n"));
+    assert_eq!(text, format!("run {id} restart 0\nrun {id} restart 1\n"));
+    let shown = dev.ok(&["scontrol", "show", "job", &id.to_string()]);
+    assert!(
+        shown.contains("JobState=RUNNING") && shown.contains("Restarts=1 "),
+        "{shown}"
+    );
+    dev.ok(&["scancel", &id.to_string()]);
+
+    // A finished array task, by its task id.
+    let task_out = tmp.path().join("task-%a.txt");
+    let array = dev.submit(&[
+        "--array=0-1",
+        "--open-mode=append",
+        "-o",
+        task_out.to_str().unwrap(),
+        "--wrap",
+        "echo task $SLURM_ARRAY_TASK_ID restart $SLURM_RESTART_COUNT",
+    ]);
+    let task1 = tmp.path().join("task-1.txt");
+    let wait_file = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let t = std::fs::read_to_string(&task1).unwrap_or_default();
+            if t.contains(want) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "never {want:?}: {t:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_file("task 1 restart 0\n");
+    dev.wait_squeue(
+        "%i %T",
+        &["-j", &array.to_string()],
+        "the array finished",
+        |l| l.len() == 2 && l.iter().all(|l| l.ends_with(" COMPLETED")),
+    );
+    dev.ok(&["scontrol", "requeue", &format!("{array}_1")]);
+    let text = wait_file("task 1 restart 1\n");
+    assert_eq!(text, "task 1 restart 0\ntask 1 restart 1\n");
+
+    // Refusals change nothing.
+    let no = dev.submit(&["--no-requeue", "--wrap", "sleep 60"]);
+    dev.wait_squeue(
+        "%i %t",
+        &["-j", &no.to_string()],
+        "the --no-requeue job runs",
+        |l| l.iter().any(|l| l.ends_with(" R")),
+    );
+    let err = dev.fails(&["scontrol", "requeue", &no.to_string()]);
+    assert!(
+        err.contains("Requested operation is presently disabled"),
+        "{err}"
+    );
+    let held = dev.submit(&["-H", "--wrap", "true"]);
+    let err = dev.fails(&["scontrol", "requeue", &held.to_string()]);
+    assert!(err.contains("Job is pending execution"), "{err}");
+    let shown = dev.ok(&["scontrol", "show", "job", &no.to_string()]);
+    assert!(
+        shown.contains("JobState=RUNNING") && shown.contains("Restarts=0 "),
+        "{shown}"
+    );
+    dev.ok(&["scancel", &no.to_string(), &held.to_string()]);
+}
