@@ -619,18 +619,27 @@ pub fn http_request(method: &str, path: &str, body: &str) -> String {
 /// A CPU-only berth-agent named `cpu1` attached to `servers` (comma-separated URLs), with
 /// its state under `dir` and a node certificate from `dir`'s test CA.
 pub fn cpu_agent(dir: &std::path::Path, servers: &str) -> Proc {
+    cpu_agent_named(dir, servers, "cpu1")
+}
+
+/// [`cpu_agent`] for node `name` (state under `agent-{name}`, `agent` for cpu1).
+pub fn cpu_agent_named(dir: &std::path::Path, servers: &str, name: &str) -> Proc {
+    let state = match name {
+        "cpu1" => dir.join("agent"),
+        other => dir.join(format!("agent-{other}")),
+    };
     Proc(
         std::process::Command::new(bin("berth-agent"))
             .args([
                 "--server",
                 servers,
                 "--node-name",
-                "cpu1",
+                name,
                 "--no-gpus",
                 "--state-dir",
             ])
-            .arg(dir.join("agent"))
-            .args(TestCa::of(dir).agent_args("cpu1"))
+            .arg(state)
+            .args(TestCa::of(dir).agent_args(name))
             .env("RUST_LOG", "error")
             .spawn()
             .expect("spawn berth-agent"),

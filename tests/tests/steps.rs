@@ -399,3 +399,81 @@ fn signal_reaches_the_batch_shell_or_the_steps_before_the_time_limit() {
         let _ = berth(dir, &server, &["scancel", &id.to_string()]);
     }
 }
+
+/// An agent that dies mid-step: berthd (a real `berthd` with two `berth-agent`s here, so
+/// one can be killed) marks its node down after `--node-timeout-secs`, the job ends
+/// NODE_FAIL naming the node, the step's task on the live node is killed, and `srun`
+/// reports the dead node's tasks as lost.
+#[test]
+fn an_agent_dying_mid_step_fails_the_step_and_kills_the_rest() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let srun = dir.join("srun");
+    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let port = free_port();
+    let _berthd = berth_tests::replica(dir, 1, &[port], &["--node-timeout-secs", "2"]);
+    let server = format!("http://127.0.0.1:{port}");
+    let _cpu1 = berth_tests::cpu_agent_named(dir, &server, "cpu1");
+    let cpu2 = berth_tests::cpu_agent_named(dir, &server, "cpu2");
+    poll("both agents registered", 60, || {
+        let o = berth(dir, &server, &["sinfo", "-h", "-N", "-o", "%N %t"]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        (t.contains("cpu1 idle") && t.contains("cpu2 idle")).then_some(())
+    });
+    // A sleep nothing else on this machine runs, to find the task's process by.
+    let marker = "297.125";
+    let out = dir.join("out.txt");
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\n{} -l bash -c 'echo up on $SLURMD_NODENAME; exec sleep {marker}'\necho srun rc=$?\n",
+            srun.display()
+        ),
+    )
+    .expect("script");
+    let id = sbatch(
+        dir,
+        &server,
+        &[
+            "-N",
+            "2",
+            "-o",
+            out.to_str().expect("utf-8"),
+            script.to_str().expect("utf-8"),
+        ],
+    );
+    poll("both tasks run", 60, || {
+        let t = std::fs::read_to_string(&out).ok()?;
+        (t.contains("0: up on cpu1") && t.contains("1: up on cpu2")).then_some(())
+    });
+    let sleeping = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(sleeping(), 2, "one task per node");
+    // srun keeps streaming a step that outlives its first moments (its watch's first
+    // view, from before the step existed, is no end).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let early = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!early.contains("srun:"), "{early}");
+    assert_eq!(sleeping(), 2, "{early}");
+    drop(cpu2);
+    let shown = poll("the job ends NODE_FAIL", 60, || {
+        let o = berth(dir, &server, &["scontrol", "show", "job", &id.to_string()]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.contains("JobState=NODE_FAIL").then_some(t)
+    });
+    assert!(shown.contains("node cpu2 down"), "{shown}");
+    poll("the live node's task is killed", 60, || {
+        (sleeping() == 0).then_some(())
+    });
+    let text = poll("srun reports the lost task", 60, || {
+        let t = std::fs::read_to_string(&out).ok()?;
+        t.contains("cpu2: tasks 1: lost").then_some(t)
+    });
+    assert!(text.contains("node cpu2 down"), "{text}");
+}

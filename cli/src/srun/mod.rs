@@ -181,6 +181,7 @@ async fn run_step(
     );
     let mut last_step = step.clone();
     let mut over: Option<(tokio::time::Instant, String)> = None;
+    let mut seen = false;
     let mut interrupts = Interrupts::new()?;
     while sink.exits.len() < ntasks {
         let drain = async {
@@ -193,20 +194,28 @@ async fn run_step(
             Some(f) = frames.recv() => sink.take(f).map_err(|e| anyhow!(e))?,
             Some(job) = watch.next() => {
                 let Ok(job) = job else { continue };
-                match job.steps.iter().find(|s| s.step_id == step.step_id) {
-                    Some(s) => last_step = s.clone(),
-                    None if over.is_none() => {
-                        over = Some((tokio::time::Instant::now() + DRAIN_WAIT, last_step.reason.clone()));
-                    }
-                    None => {}
+                let current = job.steps.iter().find(|s| s.step_id == step.step_id);
+                if let Some(s) = current {
+                    last_step = s.clone();
+                    seen = true;
                 }
-                if job.state() != JobState::Running && over.is_none() {
-                    let why = format!("job {job_id} ended: {:?} {}", job.state(), job.reason);
-                    over = Some((tokio::time::Instant::now() + DRAIN_WAIT, why));
+                if over.is_none() {
+                    // The job's end says more than the step's (a node down ends both).
+                    let why = if job.state() != JobState::Running {
+                        Some(format!("job {job_id} ended: {:?} {}", job.state(), job.reason))
+                    } else if current.is_none() && seen {
+                        // Gone after it was there: it ended (the watch's first view is
+                        // from before the step was created, and does not count).
+                        Some(last_step.reason.clone())
+                    } else {
+                        None
+                    };
+                    over = why.map(|w| (tokio::time::Instant::now() + DRAIN_WAIT, w));
                 }
             }
             cancel = interrupts.next(job_id, step.step_id) => {
-                if cancel {
+                // A step already over needs no cancelling.
+                if cancel && over.is_none() {
                     let req = pb::CancelStepRequest { job_id, step_id: step.step_id, reason: "cancelled by srun".into() };
                     if let Err(s) = jobs.cancel_step(req).await {
                         eprintln!("srun: error: cancelling StepId={job_id}.{}: {}", step.step_id, s.message());
