@@ -141,6 +141,7 @@ impl StateMachine {
     ///
     /// # Panics
     /// On the first node whose counts differ.
+    #[cfg(debug_assertions)]
     pub(super) fn check_counts(&self) {
         let Some(table) = self.gpu_counts.0.get() else {
             return;
