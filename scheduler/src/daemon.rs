@@ -183,7 +183,8 @@ impl Daemon {
             accounting: accounting.clone(),
         }));
         let accounting_api =
-            crate::accounting::service::AccountingApi::new(raft.clone(), accounting);
+            crate::accounting::service::AccountingApi::new(raft.clone(), accounting)
+                .private(cfg.security.as_ref().map(|s| s.private).unwrap_or_default());
         let api_for_http = api.clone();
         let mut stop = shutdown.clone();
         let wire = Arc::new(WireStats::default());

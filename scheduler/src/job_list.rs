@@ -54,7 +54,7 @@ pub fn page(
     sm: &StateMachine,
     r: &pb::ListJobsRequest,
     after: u64,
-    view: impl Fn(&pb::Job) -> pb::Job,
+    view: impl Fn(&pb::Job) -> Option<pb::Job>,
 ) -> (Vec<pb::Job>, Option<u64>) {
     let mut jobs = Vec::new();
     // Named ids are looked up one by one, unless one may name array tasks (an array, or
@@ -81,8 +81,9 @@ pub fn page(
             // More may follow: continue after the last job looked at.
             return (jobs, Some(job.id - 1));
         }
-        if matches(r, job) {
-            let mut shown = view(job);
+        // `view` is None for a job the caller may not see (PrivateData=jobs).
+        let shown = if matches(r, job) { view(job) } else { None };
+        if let Some(mut shown) = shown {
             if r.brief {
                 make_brief(&mut shown);
             }
@@ -123,7 +124,7 @@ mod tests {
         let mut pages = Vec::new();
         let mut after = 0;
         loop {
-            let (jobs, next) = page(sm, r, after, |j| j.clone());
+            let (jobs, next) = page(sm, r, after, |j| Some(j.clone()));
             pages.push(jobs.iter().map(|j| j.id).collect());
             match next {
                 Some(n) => after = n,
@@ -180,13 +181,13 @@ mod tests {
             brief: true,
             ..Default::default()
         };
-        let (jobs, _) = page(&sm, &r, 0, |j| j.clone());
+        let (jobs, _) = page(&sm, &r, 0, |j| Some(j.clone()));
         for j in &jobs {
             let spec = j.spec.as_ref().unwrap();
             assert!(spec.script.is_empty() && spec.env.is_empty(), "{spec:?}");
             assert_eq!(spec.user, if j.id % 2 == 0 { "even" } else { "odd" });
         }
-        let (full, _) = page(&sm, &pb::ListJobsRequest::default(), 0, |j| j.clone());
+        let (full, _) = page(&sm, &pb::ListJobsRequest::default(), 0, |j| Some(j.clone()));
         assert!(!full[0].spec.as_ref().unwrap().script.is_empty());
     }
 }

@@ -174,6 +174,10 @@ struct AuthFile {
     admins: Vec<String>,
     #[serde(default)]
     operators: Vec<String>,
+    /// Slurm's `PrivateData`: `jobs` (other users' jobs hidden from listings and sacct),
+    /// `usage` (from sreport and `berth report usage`).
+    #[serde(default)]
+    private_data: Vec<String>,
     #[serde(default)]
     requests_per_sec: Option<u32>,
     #[serde(default)]
@@ -240,6 +244,55 @@ pub struct SecurityConfig {
     pub replay: ReplayCache,
     /// Per-client request rate.
     pub limits: RateLimiter,
+    /// What users see of others (`private_data` in `auth.toml`).
+    pub private: PrivateData,
+}
+
+/// Slurm's `PrivateData` for the two kinds berth keeps: a user (not an operator or admin)
+/// sees only their own jobs and records, and those of accounts they coordinate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrivateData {
+    /// `jobs`: squeue, scontrol show job, watches and sacct.
+    pub jobs: bool,
+    /// `usage`: sreport and `berth report usage`.
+    pub usage: bool,
+}
+
+impl PrivateData {
+    /// Reads `private_data = ["jobs", "usage"]`.
+    ///
+    /// # Errors
+    /// A kind berth does not keep, named.
+    pub fn parse(kinds: &[String]) -> Result<PrivateData, String> {
+        let mut p = PrivateData::default();
+        for k in kinds {
+            match k.to_ascii_lowercase().as_str() {
+                "jobs" => p.jobs = true,
+                "usage" => p.usage = true,
+                other => {
+                    return Err(format!(
+                        "private_data {other:?}: berth keeps \"jobs\" and \"usage\" private"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Whether `caller` sees a record of `user` in `account` under this setting for kind
+    /// `private` (one of this struct's fields).
+    pub fn shows(
+        private: bool,
+        caller: &Caller,
+        user: &str,
+        account: &str,
+        accounts: &crate::accounts::AccountsConfig,
+    ) -> bool {
+        !private
+            || caller.role >= Role::Operator
+            || (!caller.identity.user.is_empty() && caller.identity.user == user)
+            || accounts.access.coordinates(&caller.identity.user, account)
+    }
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -330,7 +383,9 @@ impl SecurityConfig {
             (None, None) => {}
         }
         let rate = file.requests_per_sec.unwrap_or(RATE_PER_SEC_DEFAULT);
+        let private = PrivateData::parse(&file.private_data).map_err(config_err)?;
         Ok(SecurityConfig {
+            private,
             key,
             tls,
             peer_profile: Profile {
@@ -520,4 +575,24 @@ pub fn startup(dir: &Path, insecure: bool) -> anyhow::Result<Option<Arc<Security
         .map_err(|e| anyhow::anyhow!("security configuration {}: {e}", dir.display()))?;
     tracing::info!("security on: TLS and proven callers ({})", dir.display());
     Ok(Some(Arc::new(sec)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrivateData;
+
+    #[test]
+    fn private_data_takes_slurms_jobs_and_usage_and_names_anything_else() {
+        let kinds = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            PrivateData::parse(&kinds(&["jobs", "Usage"])),
+            Ok(PrivateData {
+                jobs: true,
+                usage: true
+            })
+        );
+        assert_eq!(PrivateData::parse(&[]), Ok(PrivateData::default()));
+        let err = PrivateData::parse(&kinds(&["jobs", "nodes"])).unwrap_err();
+        assert!(err.contains("\"nodes\""), "{err}");
+    }
 }

@@ -142,6 +142,33 @@ impl Api {
         v
     }
 
+    /// Whether `caller` may not see `job` at all (`private_data = ["jobs"]`, Slurm's
+    /// `PrivateData=jobs`): then listings leave it out and a lookup does not find it.
+    fn hidden(
+        &self,
+        caller: &Caller,
+        job: &pb::Job,
+        accounts: &crate::accounts::AccountsConfig,
+    ) -> bool {
+        let private = self.0.security.as_ref().is_some_and(|s| s.private.jobs);
+        let owner = job
+            .spec
+            .as_ref()
+            .map(crate::security::owner)
+            .unwrap_or_default();
+        !crate::security::PrivateData::shows(private, caller, &owner, &job.account, accounts)
+    }
+
+    /// [`Api::view_for`], or `None` when the job is [`Api::hidden`] from `caller`.
+    fn visible_view(
+        &self,
+        caller: &Caller,
+        job: &pb::Job,
+        accounts: &crate::accounts::AccountsConfig,
+    ) -> Option<pb::Job> {
+        (!self.hidden(caller, job, accounts)).then(|| self.view_for(caller, job, accounts))
+    }
+
     /// Refuses unless `caller` may act on job `id` (an unknown job passes: the command
     /// answers "Invalid job id").
     fn authorize_job(&self, caller: &Caller, id: u64, verb: &str) -> Result<(), Status> {
@@ -482,10 +509,10 @@ impl pb::job_service_server::JobService for Api {
         // `scontrol show job` right after a submit must see it, on any replica.
         self.0.raft.read_index().await.map_err(propose_status)?;
         let sm = self.0.raft.state();
-        let job = sm
-            .job(id)
-            .ok_or_else(|| Status::not_found("Invalid job id specified"))?;
-        Ok(Response::new(self.view_for(&caller, job, sm.accounts())))
+        sm.job(id)
+            .and_then(|job| self.visible_view(&caller, job, sm.accounts()))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("Invalid job id specified"))
     }
 
     async fn list(
@@ -498,8 +525,8 @@ impl pb::job_service_server::JobService for Api {
         let jobs = sm
             .jobs()
             .filter(|j| crate::job_list::matches(&r, j))
-            .map(|j| {
-                let mut shown = self.view_for(&caller, j, sm.accounts());
+            .filter_map(|j| self.visible_view(&caller, j, sm.accounts()))
+            .map(|mut shown| {
                 if r.brief {
                     crate::job_list::make_brief(&mut shown);
                 }
@@ -526,7 +553,7 @@ impl pb::job_service_server::JobService for Api {
                 let (jobs, next) = {
                     let sm = api.0.raft.state();
                     crate::job_list::page(&sm, &r, after, |j| {
-                        api.view_for(&caller, j, sm.accounts())
+                        api.visible_view(&caller, j, sm.accounts())
                     })
                 };
                 let last = next.is_none();
@@ -559,7 +586,7 @@ impl pb::job_service_server::JobService for Api {
             let sm = self.0.raft.state();
             sm.jobs()
                 .filter(|j| wanted(j.id))
-                .map(|j| self.view_for(&caller, j, sm.accounts()))
+                .filter_map(|j| self.visible_view(&caller, j, sm.accounts()))
                 .collect()
         };
         let (tx, rx) = mpsc::channel(256);
@@ -579,8 +606,9 @@ impl pb::job_service_server::JobService for Api {
                     // The guard is dropped before the send waits.
                     let view = {
                         let sm = api.0.raft.state();
-                        api.view_for(&caller, job, sm.accounts())
+                        api.visible_view(&caller, job, sm.accounts())
                     };
+                    let Some(view) = view else { continue };
                     if tx.send(Ok(view)).await.is_err() {
                         return;
                     }

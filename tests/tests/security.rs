@@ -238,7 +238,12 @@ fn write_auth_toml(dir: &Path, extra: &str) {
 
 impl Cluster {
     async fn start(dir: &Path) -> Cluster {
-        let (berthd, url, ca) = lone_replica(dir, "").await;
+        Cluster::start_with(dir, "").await
+    }
+
+    /// [`Cluster::start`] with `auth_extra` in the replica's auth.toml.
+    async fn start_with(dir: &Path, auth_extra: &str) -> Cluster {
+        let (berthd, url, ca) = lone_replica(dir, auth_extra).await;
         let admin = up(&url, &ca).await;
         let agent = fake_agent(&url, &ca, "n1", "n1").await.unwrap();
         let mut channels = BTreeMap::new();
@@ -1190,4 +1195,79 @@ async fn audit_records_survive_a_restart_and_a_change_of_leader() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `private_data = ["jobs", "usage"]` (Slurm's `PrivateData`), enforced by berthd: another
+/// user sees none of daemon's job in listings, lookups, watches, sacct's records or the
+/// usage report, while its owner, its account's coordinator and an operator do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_data_hides_other_users_jobs_and_usage_in_berthd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start_with(tmp.path(), "private_data = [\"jobs\", \"usage\"]\n").await;
+    let id = c.users_job().await;
+    let acct = |who: Who| {
+        pb::accounting_service_client::AccountingServiceClient::new(c.channels[&who].clone())
+    };
+    for who in [
+        Who::User,
+        Who::Coordinator,
+        Who::Operator,
+        Who::Admin,
+        Who::OtherUser,
+    ] {
+        let sees = who != Who::OtherUser;
+        let listed = c
+            .jobs(who)
+            .list(pb::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert_eq!(listed.iter().any(|j| j.id == id), sees, "{who:?} list");
+        let mut pages = c
+            .jobs(who)
+            .list_pages(pb::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut paged = 0;
+        while let Some(p) = pages.message().await.unwrap() {
+            paged += p.jobs.iter().filter(|j| j.id == id).count();
+        }
+        assert_eq!(paged == 1, sees, "{who:?} list pages");
+        let got = c.jobs(who).get(pb::GetJobRequest { job_id: id }).await;
+        assert_eq!(got.is_ok(), sees, "{who:?} get: {got:?}");
+        if !sees {
+            assert_eq!(got.unwrap_err().code(), tonic::Code::NotFound);
+        }
+        let mut watch = c
+            .jobs(who)
+            .watch(pb::WatchRequest { job_ids: vec![id] })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_millis(500), watch.message()).await;
+        assert_eq!(matches!(first, Ok(Ok(Some(_)))), sees, "{who:?} watch");
+        let records = acct(who)
+            .query(pb::RecordQuery::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        assert_eq!(
+            records.iter().any(|r| r.job_id == id),
+            sees,
+            "{who:?} sacct"
+        );
+        let usage = acct(who)
+            .usage(pb::UsageQuery {
+                by: "user".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let daemon_rows = usage.rows.iter().filter(|r| r.key == "daemon").count();
+        assert_eq!(daemon_rows > 0, sees, "{who:?} usage: {:?}", usage.rows);
+    }
 }

@@ -66,7 +66,9 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = positional.get(1).map_or(Ok(20), |a| a.parse())?;
     let berth = berth_binary(&args)?;
     let state = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let server = format!("http://127.0.0.1:{port}");
     let _dev = Dev(Command::new(&berth)
         .args(["dev", "--insecure", "--http-listen", "off", "--nodes"])
@@ -93,12 +95,19 @@ fn main() -> anyhow::Result<()> {
         if idle >= nodes {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "berth dev never had {nodes} idle nodes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "berth dev never had {nodes} idle nodes"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let n = nodes.to_string();
     let o = tool(&["sbatch", "--parsable", "-N", &n, "--wrap", "sleep 3600"])?;
-    anyhow::ensure!(o.status.success(), "sbatch: {}", String::from_utf8_lossy(&o.stderr));
+    anyhow::ensure!(
+        o.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let job = String::from_utf8_lossy(&o.stdout).trim().to_string();
     loop {
         let o = tool(&["squeue", "-h", "-j", &job, "-o", "%t"])?;
@@ -115,12 +124,20 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let o = tool(&["srun", "--jobid", &job, "-N", &n, "-n", &n, "date", "+%s%N"])?;
         let took = start.elapsed().as_secs_f64() * 1000.0;
-        anyhow::ensure!(o.status.success(), "srun: {}", String::from_utf8_lossy(&o.stderr));
+        anyhow::ensure!(
+            o.status.success(),
+            "srun: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let starts: Vec<u128> = String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
-        anyhow::ensure!(starts.len() == nodes, "{} task lines, want {nodes}", starts.len());
+        anyhow::ensure!(
+            starts.len() == nodes,
+            "{} task lines, want {nodes}",
+            starts.len()
+        );
         let earliest = starts.iter().min().copied().unwrap_or(spawned);
         first.push(earliest.saturating_sub(spawned) as f64 / 1e6);
         whole.push(took);

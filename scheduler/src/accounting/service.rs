@@ -11,6 +11,7 @@ use super::store::{latest_runs, matches, StoreError};
 use super::usage;
 use super::Accounting;
 use crate::raft_loop::RaftHandle;
+use crate::security::{Caller, PrivateData};
 use crate::state_machine::{is_final, StateMachine};
 use berth_proto::v1::{self as pb};
 use std::collections::BTreeMap;
@@ -22,12 +23,35 @@ use tonic::{Request, Response, Status};
 pub struct AccountingApi {
     raft: RaftHandle,
     acct: Arc<Accounting>,
+    private: PrivateData,
 }
 
 impl AccountingApi {
     /// The service answering from `raft`'s state and `acct`'s store.
     pub fn new(raft: RaftHandle, acct: Arc<Accounting>) -> AccountingApi {
-        AccountingApi { raft, acct }
+        AccountingApi {
+            raft,
+            acct,
+            private: PrivateData::default(),
+        }
+    }
+
+    /// With Slurm's `PrivateData` (`jobs`: sacct shows a user only their own records and
+    /// their coordinated accounts'; `usage`: the same for reports), enforced here, not
+    /// by the CLI.
+    pub fn private(mut self, private: PrivateData) -> AccountingApi {
+        self.private = private;
+        self
+    }
+
+    /// Drops from `records` what `caller` may not see when `private` is on.
+    fn keep_visible(&self, caller: &Caller, private: bool, records: &mut Vec<pb::JobRecord>) {
+        if !private {
+            return;
+        }
+        let sm = self.raft.state();
+        let accounts = sm.accounts();
+        records.retain(|r| PrivateData::shows(true, caller, &r.user, &r.account, accounts));
     }
 
     async fn stored(&self, q: &pb::RecordQuery) -> Result<Vec<pb::JobRecord>, StoreError> {
@@ -40,8 +64,13 @@ impl AccountingApi {
     }
 
     /// Store ∪ state for `q`, ordered by job id then run, latest run only unless
-    /// `q.duplicates`, at most `q.limit`.
-    async fn records(&self, q: &pb::RecordQuery) -> (Vec<pb::JobRecord>, String) {
+    /// `q.duplicates`, what `caller` may see when `private`, at most `q.limit`.
+    async fn records(
+        &self,
+        q: &pb::RecordQuery,
+        caller: &Caller,
+        private: bool,
+    ) -> (Vec<pb::JobRecord>, String) {
         let (stored, error) = match self.stored(q).await {
             Ok(r) => (r, String::new()),
             Err(e) => (vec![], e.to_string()),
@@ -55,6 +84,7 @@ impl AccountingApi {
             }
         }
         let mut out = latest_runs(merged.into_values().collect(), q.duplicates);
+        self.keep_visible(caller, private, &mut out);
         if q.limit > 0 {
             out.truncate(q.limit as usize);
         }
@@ -109,9 +139,10 @@ impl pb::accounting_service_server::AccountingService for AccountingApi {
         &self,
         req: Request<pb::RecordQuery>,
     ) -> Result<Response<pb::RecordList>, Status> {
+        let caller = Caller::of(&req);
         let q = req.into_inner();
         check_window(q.window_start_ms, q.window_end_ms)?;
-        let (records, store_error) = self.records(&q).await;
+        let (records, store_error) = self.records(&q, &caller, self.private.jobs).await;
         Ok(Response::new(pb::RecordList {
             records,
             store_error,
@@ -122,6 +153,7 @@ impl pb::accounting_service_server::AccountingService for AccountingApi {
         &self,
         req: Request<pb::UsageQuery>,
     ) -> Result<Response<pb::UsageReport>, Status> {
+        let caller = Caller::of(&req);
         let u = req.into_inner();
         check_window(u.start_ms, u.end_ms)?;
         let now = now_ms();
@@ -136,7 +168,7 @@ impl pb::accounting_service_server::AccountingService for AccountingApi {
             include_ineligible: true,
             ..Default::default()
         };
-        let (records, mut store_error) = self.records(&q).await;
+        let (records, mut store_error) = self.records(&q, &caller, self.private.usage).await;
         let store = self.acct.recorder.store().clone();
         let events = tokio::task::spawn_blocking(move || store.node_events(u.start_ms, end))
             .await
