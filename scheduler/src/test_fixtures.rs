@@ -90,3 +90,20 @@ pub fn ended(job_id: u64, node: &str, state: JobState, code: i32) -> Cmd {
         finished: Some(finished),
     })
 }
+
+/// A state machine after applying `log` (command i at index and time i+1), and the
+/// outcome and effects of its last command.
+pub fn after(
+    log: Vec<Cmd>,
+) -> (
+    crate::state_machine::StateMachine,
+    crate::state_machine::Outcome,
+    Vec<crate::state_machine::Effect>,
+) {
+    let mut sm = crate::state_machine::StateMachine::default();
+    let mut last = (crate::state_machine::Outcome::Done, vec![]);
+    for (i, c) in log.into_iter().enumerate() {
+        last = sm.apply(i as u64 + 1, cmd(i as u64 + 1, c));
+    }
+    (sm, last.0, last.1)
+}

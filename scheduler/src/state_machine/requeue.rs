@@ -72,21 +72,12 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use crate::state_machine::{Effect, Outcome, StateMachine};
-    use crate::test_fixtures::{alloc, cmd, ended, inventory, register, spec, submit};
+    use crate::state_machine::{Effect, Outcome};
+    use crate::test_fixtures::{after, alloc, ended, inventory, register, spec, submit};
     use berth_proto::v1::{self as pb, command::Cmd, JobState};
 
     fn requeue(id: u64) -> Cmd {
         Cmd::Requeue(pb::RequeueJob { job_id: id })
-    }
-
-    fn after(log: Vec<Cmd>) -> (StateMachine, Outcome, Vec<Effect>) {
-        let mut sm = StateMachine::default();
-        let mut last = (Outcome::Done, vec![]);
-        for (i, c) in log.into_iter().enumerate() {
-            last = sm.apply(i as u64 + 1, cmd(i as u64 + 1, c));
-        }
-        (sm, last.0, last.1)
     }
 
     #[test]
