@@ -165,6 +165,18 @@ pub fn berth_dev(state: &std::path::Path, port: u16, args: &[&str]) -> (Proc, Ve
     }
 }
 
+/// `berth dev` with two simulated nodes and no HTTP listener, state under `dir/state`:
+/// the process (killed when dropped) and its server URL.
+pub fn two_node_dev(dir: &std::path::Path) -> (Proc, String) {
+    let port = free_port();
+    let (dev, _) = berth_dev(
+        &dir.join("state"),
+        port,
+        &["--nodes", "2", "--http-listen", "off"],
+    );
+    (dev, format!("http://127.0.0.1:{port}"))
+}
+
 /// Runs the CLI `exe` (`berth`, or one of its Slurm-named symlinks) with `args` in `dir`,
 /// against the berthd replicas in `servers` (`BERTH_SERVER`).
 pub fn cli(

@@ -6,7 +6,7 @@
 //! cancels them. Skipped with a printed reason when python3's venv or PyPI cannot be
 //! reached.
 
-use berth_tests::{berth, berth_dev, bin, free_port, poll};
+use berth_tests::{berth, bin, poll};
 
 const SCRIPT: &str = r#"
 import sys
@@ -45,13 +45,7 @@ fn dask_jobqueue_slurm_cluster_runs_its_workers_on_berth() {
     for name in ["sbatch", "squeue", "scancel"] {
         std::os::unix::fs::symlink(bin("berth"), tools.join(name)).unwrap();
     }
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     std::fs::write(dir.join("run.py"), SCRIPT).unwrap();
     let path = format!("{}:/usr/local/bin:/usr/bin:/bin", tools.display());
     let mut cmd = berth_tests::cli_command(&python, dir, &server, &[]);

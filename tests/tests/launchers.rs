@@ -14,7 +14,7 @@
 //! network; on real nodes nothing is set. Skipped with a printed reason when the Debian
 //! packages cannot be installed.
 
-use berth_tests::{berth_dev, bin, free_port, poll, sbatch};
+use berth_tests::{bin, free_port, poll, sbatch};
 use std::path::Path;
 
 const ALLREDUCE: &str = r#"
@@ -64,13 +64,7 @@ fn mpirun_starts_its_daemons_through_srun_and_the_ranks_all_reduce() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let path = tools(dir);
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     std::fs::write(dir.join("allreduce.py"), ALLREDUCE).expect("program");
     let script = dir.join("mpi.sh");
     std::fs::write(
@@ -121,13 +115,7 @@ fn a_torchrun_style_launch_runs_one_rank_per_node_around_the_first_host() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let path = tools(dir);
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     std::fs::write(dir.join("rdzv.py"), RENDEZVOUS).expect("program");
     let script = dir.join("train.sh");
     std::fs::write(

@@ -5,7 +5,7 @@
 //! node and task that failed; `squeue -s` and `scontrol show step` list a running step,
 //! and an operator drains a node and resumes it.
 
-use berth_tests::{berth, berth_dev, bin, free_port, poll, sbatch};
+use berth_tests::{berth, bin, free_port, poll, sbatch};
 
 #[test]
 fn srun_runs_tasks_on_every_allocated_node_and_returns_the_worst_exit() {
@@ -13,13 +13,7 @@ fn srun_runs_tasks_on_every_allocated_node_and_returns_the_worst_exit() {
     let dir = tmp.path();
     let srun = dir.join("srun");
     std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     let out = dir.join("out.txt");
     let script = dir.join("job.sh");
     let srun = srun.display();
@@ -170,13 +164,7 @@ fn srun_outside_a_job_and_salloc_hold_an_allocation_for_their_command() {
     let salloc = dir.join("salloc");
     std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
     std::os::unix::fs::symlink(bin("berth"), &salloc).expect("salloc symlink");
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     let text = |o: &std::process::Output| {
         (
             String::from_utf8_lossy(&o.stdout).to_string(),
@@ -326,13 +314,7 @@ fn signal_reaches_the_batch_shell_or_the_steps_before_the_time_limit() {
     let dir = tmp.path();
     let srun = dir.join("srun");
     std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let (_dev, _) = berth_dev(
-        &dir.join("state"),
-        port,
-        &["--nodes", "2", "--http-listen", "off"],
-    );
+    let (_dev, server) = berth_tests::two_node_dev(dir);
     let batch_out = dir.join("batch.txt");
     let batch = dir.join("batch.sh");
     std::fs::write(
