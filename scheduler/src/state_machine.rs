@@ -460,27 +460,37 @@ impl StateMachine {
                 (Outcome::Done, vec![changed(id)])
             }
             JobState::Running if !job.kill_requested => {
-                job.kill_requested = true;
-                let node = job.allocations[0].node.clone();
-                let kill = Effect::Kill {
-                    node,
-                    job_id: id,
-                    state: JobState::Cancelled,
-                    reason: reason.into(),
-                    signal: 0,
-                    batch_only: false,
-                    grace_secs: 0,
-                };
                 // scancel kills every step on every node, not only the batch script.
-                let mut effects = self.stop_steps(id, false);
-                effects.extend([kill, changed(id)]);
-                (Outcome::Done, effects)
+                (
+                    Outcome::Done,
+                    self.kill_running(id, JobState::Cancelled, reason.into()),
+                )
             }
             _ => (
                 Outcome::Rejected("Job/step already completing or completed".into()),
                 vec![],
             ),
         }
+    }
+
+    /// Starts stopping running job `id` (scancel, a released allocation, a requeue): its
+    /// batch node's agent kills it and reports it ended as `state` with `reason`, and
+    /// every step on every node is stopped. The job holds its resources until that report.
+    fn kill_running(&mut self, id: u64, state: JobState, reason: String) -> Vec<Effect> {
+        let job = self.state.jobs.get_mut(&id).expect("caller checked");
+        job.kill_requested = true;
+        let kill = Effect::Kill {
+            node: job.allocations[0].node.clone(),
+            job_id: id,
+            state,
+            reason,
+            signal: 0,
+            batch_only: false,
+            grace_secs: 0,
+        };
+        let mut effects = self.stop_steps(id, false);
+        effects.extend([kill, changed(id)]);
+        effects
     }
 
     fn hold_one(&mut self, id: u64, hold: bool) -> Applied {

@@ -15,7 +15,6 @@
 
 use berth_proto::v1 as pb;
 use berth_scheduler::daemon::{Daemon, DaemonConfig};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 64;
@@ -63,23 +62,6 @@ async fn fill(url: &str, jobs: usize) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn berth_binary(args: &[String]) -> anyhow::Result<PathBuf> {
-    if let Some(i) = args.iter().position(|a| a == "--berth") {
-        let path = args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--berth needs a path"))?;
-        return Ok(PathBuf::from(path));
-    }
-    let here = std::env::current_exe()?;
-    let path = here.with_file_name("berth");
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build it (cargo build --release --workspace) or pass --berth PATH",
-        path.display()
-    );
-    Ok(path)
-}
-
 const GNU_TIME: &str = "/usr/bin/time";
 
 #[tokio::main]
@@ -93,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("JOBS and RUNS are numbers: {e}"))?;
     let jobs = numbers.first().copied().unwrap_or(100_000);
     let runs = numbers.get(1).copied().unwrap_or(5).max(1);
-    let berth = berth_binary(&args)?;
+    let berth = berth_bench::berth_cli::berth_binary(&args)?;
 
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -12,25 +12,8 @@
 //! `cargo build --release --workspace && target/release/srun_launch [NODES] [RUNS]
 //! [--berth PATH]`
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn berth_binary(args: &[String]) -> anyhow::Result<PathBuf> {
-    if let Some(i) = args.iter().position(|a| a == "--berth") {
-        let path = args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--berth needs a path"))?;
-        return Ok(PathBuf::from(path));
-    }
-    let path = std::env::current_exe()?.with_file_name("berth");
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build it (cargo build --release --workspace) or pass --berth PATH",
-        path.display()
-    );
-    Ok(path)
-}
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -64,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let nodes: usize = positional.first().map_or(Ok(8), |a| a.parse())?;
     let runs: usize = positional.get(1).map_or(Ok(20), |a| a.parse())?;
-    let berth = berth_binary(&args)?;
+    let berth = berth_bench::berth_cli::berth_binary(&args)?;
     let state = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -5,7 +5,7 @@
 //! place of CANCELLED) keeps one path for freeing nodes: the resources come back only once
 //! the agent reports the holder and every step stopped, never while tasks may still run.
 
-use super::{changed, Applied, Effect, Outcome, StateMachine};
+use super::{changed, Applied, Outcome, StateMachine};
 use berth_proto::v1::{self as pb, JobState};
 
 impl StateMachine {
@@ -36,25 +36,13 @@ impl StateMachine {
                 (Outcome::Done, vec![changed(id)])
             }
             JobState::Running if !job.kill_requested => {
-                job.kill_requested = true;
                 let (state, reason) = match (exit.exit_code, exit.signal) {
                     (0, 0) => (JobState::Completed, String::new()),
                     (_, 0) => (JobState::Failed, "NonZeroExitCode".to_string()),
                     (_, sig) => (JobState::Failed, format!("RaisedSignal:{sig}")),
                 };
                 job.released = Some(exit);
-                let kill = Effect::Kill {
-                    node: job.allocations[0].node.clone(),
-                    job_id: id,
-                    state,
-                    reason,
-                    signal: 0,
-                    batch_only: false,
-                    grace_secs: 0,
-                };
-                let mut effects = self.stop_steps(id, false);
-                effects.extend([kill, changed(id)]);
-                (Outcome::Done, effects)
+                (Outcome::Done, self.kill_running(id, state, reason))
             }
             _ => (
                 Outcome::Rejected("Job/step already completing or completed".into()),

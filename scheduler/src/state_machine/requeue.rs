@@ -4,7 +4,7 @@
 //! (one record per run) and `Restarts=` / `SLURM_RESTART_COUNT` count up, as the
 //! preemption requeue does.
 
-use super::{changed, record, Applied, Effect, Outcome, StateMachine};
+use super::{changed, record, Applied, Outcome, StateMachine};
 use berth_proto::v1::{self as pb, JobState};
 
 /// Slurm's refusal for a job submitted with `--no-requeue`.
@@ -36,22 +36,15 @@ impl StateMachine {
                 refused("Job/step already completing or completed")
             }
             JobState::Running if !job.allocations.is_empty() => {
-                let node = job.allocations[0].node.clone();
-                let job = self.state.jobs.get_mut(&id).expect("checked above");
-                job.requeue_requested = true;
-                job.kill_requested = true;
-                let kill = Effect::Kill {
-                    node,
-                    job_id: id,
-                    state: JobState::Cancelled,
-                    reason: "requeued".into(),
-                    signal: 0,
-                    batch_only: false,
-                    grace_secs: 0,
-                };
-                let mut effects = self.stop_steps(id, false);
-                effects.extend([kill, changed(id)]);
-                (Outcome::Done, effects)
+                self.state
+                    .jobs
+                    .get_mut(&id)
+                    .expect("checked above")
+                    .requeue_requested = true;
+                (
+                    Outcome::Done,
+                    self.kill_running(id, JobState::Cancelled, "requeued".into()),
+                )
             }
             JobState::Running => refused("Job/step already completing or completed"),
             _ => {
