@@ -149,3 +149,8 @@ mod tests {
         assert_eq!(calls.get(), OVERLOAD_ATTEMPTS_MAX);
     }
 }
+
+/// The server's message of a failed call (what users should read).
+pub fn status_text(s: &tonic::Status) -> String {
+    s.message().to_string()
+}

@@ -1,12 +1,11 @@
 //! The subcommands: argument handling, the gRPC call, and Slurm-shaped output and errors
 //! (`sbatch: error: …` on stderr, exit status 1).
 
-use crate::client;
+use crate::client::{self, status_text};
 use crate::opt::job_id::{parse_job_list, JobRef};
-use crate::sbatch::{self, SubmitContext};
+use crate::sbatch::{self, submit_context};
 use berth_proto::v1::{self as pb, JobState};
 use clap::Parser;
-use std::collections::BTreeMap;
 
 /// Names under which the binary behaves as that Slurm tool.
 pub const TOOLS: &[&str] = &[
@@ -97,11 +96,6 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
     }
 }
 
-/// The server's message of a failed call (what users should read).
-pub fn status_text(s: &tonic::Status) -> String {
-    s.message().to_string()
-}
-
 async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
     #[derive(Parser)]
     #[command(
@@ -128,35 +122,6 @@ async fn dev(args: Vec<String>) -> anyhow::Result<i32> {
         .init();
     crate::dev::run(parsed.args).await?;
     Ok(0)
-}
-
-/// Who submits from where, for `tool` (sbatch, salloc, srun): its warnings name it.
-pub fn submit_context(tool: &str) -> anyhow::Result<SubmitContext> {
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
-    let mut env = std::env::vars().collect::<BTreeMap<_, _>>();
-    // An inherited variable berthd would refuse is left out (naming it with --export is
-    // still refused, with berthd's reason).
-    env.retain(|k, _| match berth_auth::env_policy::denied(k) {
-        Some(why) => {
-            eprintln!("{tool}: warning: {k} not exported: {why}");
-            false
-        }
-        None => true,
-    });
-    Ok(SubmitContext {
-        cwd: std::env::current_dir()?,
-        env,
-        user,
-        uid: uid.as_raw(),
-        gid: gid.as_raw(),
-        host: berth_agent::machine::hostname(),
-    })
 }
 
 async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {

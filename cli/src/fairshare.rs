@@ -5,8 +5,8 @@
 //! user associations, so sshare lists accounts only (leaves are users or projects).
 
 use crate::client;
+use crate::client::status_text;
 use crate::client::Channel;
-use crate::commands::status_text;
 use berth_proto::v1::{self as pb, admin_service_client::AdminServiceClient};
 use clap::Parser;
 

@@ -25,7 +25,7 @@
 //! - [`dev_security`]: `berth dev`'s CA, certificates, credential daemon, client profile.
 //! - [`security_cmds`]: `admin ca`, `token`, `admin audit`, `credd`.
 //! - [`fairshare`]: `sshare`, `sprio`, `admin accounts`.
-//! - [`sacct`], [`sacct_fields`], [`sacct_json`]: `sacct` from berthd's accounting records.
+//! - [`sacct`] (and its `--json`), [`sacct_fields`]: `sacct` from berthd's accounting records.
 //! - [`slurm_time`]: Slurm's date-time formats (`-S/-E`, `start=`).
 //! - [`sreport`]: `sreport` cluster/user usage reports.
 //! - [`report`]: `berth report usage` (GPU-hours allocated and busy, cost).
@@ -48,7 +48,6 @@ pub mod report;
 pub mod reservation;
 pub mod sacct;
 pub mod sacct_fields;
-pub mod sacct_json;
 pub mod salloc;
 pub mod sbatch;
 pub mod scontrol;

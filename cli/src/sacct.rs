@@ -554,7 +554,7 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
         .into_inner();
     let now = crate::now_ms();
     if req.json {
-        println!("{}", crate::sacct_json::render(&list.records, &req, now));
+        println!("{}", json::render(&list.records, &req, now));
     } else {
         print!("{}", render(&list.records, &req, now));
     }
@@ -581,6 +581,8 @@ pub fn current_user() -> (String, u32) {
         .unwrap_or_else(|| uid.to_string());
     (name, uid.as_raw())
 }
+
+pub mod json;
 
 #[cfg(test)]
 #[path = "sacct_tests.rs"]

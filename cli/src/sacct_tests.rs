@@ -378,7 +378,7 @@ fn json_has_slurms_keys_for_jobs_and_steps() {
     s.step_id = "0".into();
     rec.steps.push(s);
     let ours: serde_json::Value =
-        serde_json::from_str(&crate::sacct_json::render(&[rec], &req(&["-j", "1"]), 0))
+        serde_json::from_str(&crate::sacct::json::render(&[rec], &req(&["-j", "1"]), 0))
             .expect("berth JSON parses");
     assert_eq!(keys(&ours), keys(&slurm));
     assert_eq!(keys(&ours["meta"]), keys(&slurm["meta"]));

@@ -89,7 +89,7 @@ pub fn parse(
 /// Bad options, berthd unreachable, the allocation refused or revoked before it started,
 /// or the command not runnable.
 pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
-    let ctx = crate::commands::submit_context("salloc")?;
+    let ctx = crate::sbatch::submit_context("salloc")?;
     let (opts, mut command) = match parse(&args, &ctx.env) {
         Ok(p) => p,
         Err(e) if e.is_help() => {

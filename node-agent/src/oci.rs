@@ -3,7 +3,8 @@
 //!
 //! The agent checks a container request when it launches the job ([`ContainerJob::from_job`]:
 //! mounts against the deny list, the runtime binary present) and writes CDI specs for its
-//! GPUs ([`cdi`]). The heavy part runs in the job's shim, off the agent loop: unpack the image
+//! GPUs ([`cdi`]). The heavy part runs in the job's shim, off the agent loop
+//! ([`crate::shim::container`]): unpack the image
 //! into the content-addressed cache ([`image`]), generate the bundle's `config.json`
 //! ([`bundle`]), apply the CDI edits of the granted devices, then `create`/`start`, wait for
 //! the init, read the OOM counter of the container's cgroup and `delete` ([`runtime`]).
@@ -14,13 +15,11 @@
 //! - [`mounts`]: `--container-mounts` parsing and the deny list of host paths.
 //! - [`cdi`]: CDI spec 1.1.0 types, generation from the NVML inventory, loading, applying.
 //! - [`bundle`]: the runtime-spec `config.json` of a job.
-//! - [`lifecycle`]: the shim's side: image → bundle → create, start, wait → cleanup.
 //! - [`runtime`]: the runc/crun command line (run, kill, delete, state) and cgroup reading.
 
 pub mod bundle;
 pub mod cdi;
 pub mod image;
-pub mod lifecycle;
 pub mod mount_access;
 pub mod mounts;
 pub mod runtime;

@@ -7,6 +7,8 @@
 //! waits, and writes `exit.json` atomically. A restarted agent finds running jobs by their
 //! pid files and finished ones by `exit.json` (the conmon/containerd-shim pattern).
 
+pub mod container;
+
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -86,7 +88,7 @@ fn run(dir: &Path) -> i32 {
         }
     };
     if let Some(container) = &spec.container {
-        let record = crate::oci::lifecycle::run(dir, &spec, container);
+        let record = container::run(dir, &spec, container);
         if let Some(e) = &record.error {
             let owner = (container.uid != 0).then_some((container.uid, container.gid));
             tell_user(&spec.stderr, e, owner, &spec.groups);

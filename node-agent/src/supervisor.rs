@@ -605,7 +605,7 @@ impl Supervisor {
             };
             if let Some(c) = self.read::<crate::oci::ContainerJob>(id, "container.json") {
                 // Nobody waits for the container any more: stop it and remove its traces.
-                crate::oci::lifecycle::cleanup(&self.job_dir(id), &c);
+                crate::shim::container::cleanup(&self.job_dir(id), &c);
             }
             write_json(&self.job_dir(id), "exit.json", &exit);
             return Status::Finished(finished(&exit, kill_rec.as_ref(), now));

@@ -13,11 +13,9 @@
 //! - [`sled_store`], [`postgres_store`]: the two stores.
 //! - [`recorder`]: apply hook → durable outbox → store, with retries and retention.
 //! - [`usage`]: usage per account/user/partition/GPU type over a window, and its cost.
-//! - [`charge`]: the price table and how measured use is charged (`charge = …`).
 //! - [`service`]: the gRPC `AccountingService`.
 //! - [`metrics`]: per-account and per-user Prometheus metrics.
 
-pub mod charge;
 pub mod metrics;
 pub mod postgres_store;
 pub mod record;

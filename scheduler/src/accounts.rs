@@ -51,15 +51,22 @@
 //! ```
 //!
 //! `charge = "allocated" | "measured" | "max(measured, F)"` and a `[prices]` table are
-//! described in [`crate::accounting::charge`].
+//! described in [`charge`].
 
-use crate::accounting::charge;
 use berth_policies::{
     packing::Packing, priority::default_classes, AccountSpec, AccountTree, PolicyConfig,
     PolicyError, PriorityWeights, QosClass, Quota,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+pub mod charge;
+
+/// Slurm's MaxArraySize default: task indexes are below it.
+pub const MAX_ARRAY_SIZE_DEFAULT: u32 = 1001;
+
+/// Slurm's largest MaxArraySize.
+pub const MAX_ARRAY_SIZE_MAX: u32 = 4_000_001;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -109,10 +116,10 @@ struct File {
     account: Vec<AccountEntry>,
     #[serde(default)]
     qos: Vec<QosEntry>,
-    /// How fair share charges GPUs (see [`crate::accounting::charge`]).
+    /// How fair share charges GPUs (see [`charge`]).
     #[serde(default)]
     charge: Option<String>,
-    /// Prices for cost reports (see [`crate::accounting::charge`]).
+    /// Prices for cost reports (see [`charge`]).
     #[serde(default)]
     prices: Option<charge::PricesEntry>,
 }
@@ -353,10 +360,8 @@ pub fn parse(text: &str) -> Result<AccountsConfig, AccountsError> {
         };
         (a.name.clone(), entry)
     }));
-    let max_array_size = file
-        .max_array_size
-        .unwrap_or(crate::state_machine::array::MAX_ARRAY_SIZE_DEFAULT);
-    let most = crate::state_machine::array::MAX_ARRAY_SIZE_MAX;
+    let max_array_size = file.max_array_size.unwrap_or(MAX_ARRAY_SIZE_DEFAULT);
+    let most = MAX_ARRAY_SIZE_MAX;
     if max_array_size == 0 || max_array_size > most {
         return Err(AccountsError::Rule(format!(
             "max_array_size = {max_array_size}: must be within [1, {most}]"

@@ -27,7 +27,7 @@
 
 use crate::state_machine::{Effect, Outcome, StateMachine};
 use crate::storage::{Flusher, LogStore, SledStorage, StoreError};
-use crate::transport::Outbox;
+use crate::transport::{Delivery, Outbox};
 use berth_proto::v1 as pb;
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message};
@@ -156,10 +156,8 @@ pub(crate) enum Input {
     Propose(Box<Proposal>),
     /// A message from a peer replica.
     Step(Box<Message>),
-    /// Sending to this peer failed; raft-rs should probe it again later.
-    Unreachable(u64),
-    /// A snapshot sent to this peer arrived (true) or did not (false).
-    SnapshotSent(u64, bool),
+    /// What became of messages sent to a peer (from the transport).
+    Delivery(Delivery),
     /// A linearizable read wants to know when the applied state is current (ReadIndex).
     ReadIndex(oneshot::Sender<()>),
     /// A membership change to propose (leader only).
@@ -251,7 +249,12 @@ impl RaftHandle {
             cfg.peers.entry(id).or_insert(url);
         }
         let (tx, rx) = sync_channel(PROPOSALS_QUEUED_MAX);
-        let outbox = Outbox::start(cfg.id, &cfg.peers, tx.clone(), cfg.peer_profile.clone());
+        let deliveries = tx.clone();
+        let report: crate::transport::Report = std::sync::Arc::new(move |d| {
+            // A full queue drops the report: raft-rs probes and retries on its own.
+            let _ = deliveries.try_send(Input::Delivery(d));
+        });
+        let outbox = Outbox::start(cfg.id, &cfg.peers, report, cfg.peer_profile.clone());
         let flusher = spawn_flusher(store.flusher(), tx.clone());
         let mut replica = Replica::open(cfg.clone(), store, outbox, boot_nonce())?;
         if let Some(hook) = hook {
@@ -501,8 +504,8 @@ impl Driver {
         match input {
             Input::Propose(p) => r.propose_with(p.cmd, p.reply),
             Input::Step(m) => r.step(*m),
-            Input::Unreachable(id) => r.report_unreachable(id),
-            Input::SnapshotSent(id, ok) => r.report_snapshot(id, ok),
+            Input::Delivery(Delivery::Unreachable(id)) => r.report_unreachable(id),
+            Input::Delivery(Delivery::SnapshotSent(id, ok)) => r.report_snapshot(id, ok),
             Input::ConfChange(change) => {
                 let (cc, reply) = *change;
                 r.propose_conf_change(cc, reply);

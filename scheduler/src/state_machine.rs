@@ -13,7 +13,6 @@
 //!
 //! [`apply`]: StateMachine::apply
 
-use crate::accounting::record;
 use crate::accounts::AccountsConfig;
 use berth_policies as policies;
 use berth_proto::v1::{self as pb, command::Cmd, JobState, NodeState};
@@ -972,7 +971,7 @@ impl StateMachine {
     /// the same id, one more restart, and a fresh eligible time.
     fn requeue(&mut self, id: u64, f: &pb::JobFinished, now: u64) {
         // Accounting keeps the ended run (one record per run) before the job is reset.
-        let run = record::run_of(&self.state.jobs[&id], f.state(), f, self.applied_index, now);
+        let run = runs::run_of(&self.state.jobs[&id], f.state(), f, self.applied_index, now);
         self.release(id, f, now);
         self.queue_again(id, run, now);
     }
@@ -981,7 +980,7 @@ impl StateMachine {
     /// id: one more restart, a fresh eligible time.
     fn queue_again(&mut self, id: u64, run: pb::JobRun, now: u64) {
         let job = self.state.jobs.get_mut(&id).expect("caller checked");
-        record::push_run(job, run);
+        runs::push_run(job, run);
         job.requeue_requested = false;
         job.usage.clear();
         job.state = JobState::Pending as i32;
@@ -1691,5 +1690,6 @@ pub mod gpu_counts;
 pub mod mig;
 pub mod pods;
 pub mod requeue;
+pub mod runs;
 pub mod steps;
 pub mod task_set;

@@ -5,13 +5,16 @@
 //! Raft retransmits), and the task sends them in batches. A failed send is reported back to
 //! raft-rs as the peer being unreachable, and the outcome of a snapshot send as a snapshot
 //! status, so replication to that peer backs off and retries properly.
+//!
+//! Those outcomes go back through a [`Report`] callback the Raft loop hands in, so this
+//! module knows nothing of the loop's input queue (the loop uses the transport, never the
+//! other way round).
 
-use crate::raft_loop::Input;
 use berth_proto::v1::{raft_service_client::RaftServiceClient, RaftBatch};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -21,11 +24,23 @@ pub const RAFT_BYTES_MAX: usize = 256 << 20;
 const QUEUED_MAX: usize = 4096;
 const BATCH_MAX: usize = 256;
 
+/// What became of messages sent to a peer, for raft-rs to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Sending to this peer failed; raft-rs should probe it again later.
+    Unreachable(u64),
+    /// A snapshot sent to this peer arrived (true) or did not (false).
+    SnapshotSent(u64, bool),
+}
+
+/// Where [`Delivery`] outcomes go; must not block (it runs on the sender tasks).
+pub type Report = Arc<dyn Fn(Delivery) + Send + Sync>;
+
 /// Per-peer send queues.
 pub struct Outbox {
     self_id: u64,
     peers: HashMap<u64, mpsc::Sender<Message>>,
-    inputs: SyncSender<Input>,
+    report: Report,
     /// The runtime that runs the sender tasks: members added later are started from the
     /// Raft thread, which is not a tokio thread.
     rt: tokio::runtime::Handle,
@@ -39,13 +54,13 @@ impl Outbox {
     pub(crate) fn start(
         self_id: u64,
         peers: &BTreeMap<u64, String>,
-        inputs: SyncSender<Input>,
+        report: Report,
         profile: Option<berth_auth::profile::Profile>,
     ) -> Outbox {
         let mut out = Outbox {
             self_id,
             peers: HashMap::new(),
-            inputs,
+            report,
             rt: tokio::runtime::Handle::current(),
             profile,
         };
@@ -66,7 +81,7 @@ impl Outbox {
             id,
             url.to_string(),
             rx,
-            self.inputs.clone(),
+            self.report.clone(),
             self.profile.clone().unwrap_or_default(),
         ));
         self.peers.insert(id, tx);
@@ -89,7 +104,7 @@ impl Outbox {
                     to = msg.to,
                     "raft message to a peer without an address dropped"
                 );
-                let _ = self.inputs.try_send(Input::Unreachable(msg.to));
+                (self.report)(Delivery::Unreachable(msg.to));
             }
         }
     }
@@ -117,7 +132,7 @@ async fn peer_loop(
     to: u64,
     url: String,
     mut rx: mpsc::Receiver<Message>,
-    inputs: SyncSender<Input>,
+    report: Report,
     profile: berth_auth::profile::Profile,
 ) {
     let mut client = None;
@@ -145,10 +160,10 @@ async fn peer_loop(
         };
         if !ok {
             client = None;
-            let _ = inputs.try_send(Input::Unreachable(to));
+            report(Delivery::Unreachable(to));
         }
         if snapshot {
-            let _ = inputs.try_send(Input::SnapshotSent(to, ok));
+            report(Delivery::SnapshotSent(to, ok));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What a container job costs on top of its script: the image cache (a cold unpack of a
 //! one-layer busybox image, then a warm hit) and one whole container run through the agent's
-//! own code path (`oci::lifecycle::run`: overlay, bundle, CDI, `runc create`/`start`, wait,
+//! own code path (`shim::container::run`: overlay, bundle, CDI, `runc create`/`start`, wait,
 //! OOM check, `delete`, cleanup) for a script that does nothing.
 //!
 //! Needs root, runc and busybox-static (`apt-get install runc busybox-static`).
@@ -129,7 +129,7 @@ fn main() -> anyhow::Result<()> {
             append: false,
         };
         let t = Instant::now();
-        let rec = oci::lifecycle::run(&dir, &spec, &job);
+        let rec = berth_agent::shim::container::run(&dir, &spec, &job);
         whole.push(t.elapsed());
         anyhow::ensure!(
             rec.code == Some(0) && rec.error.is_none(),

@@ -60,6 +60,35 @@ pub struct SubmitContext {
     pub host: String,
 }
 
+/// Who submits from where, for `tool` (sbatch, salloc, srun): its warnings name it.
+pub fn submit_context(tool: &str) -> anyhow::Result<SubmitContext> {
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    let mut env = std::env::vars().collect::<BTreeMap<_, _>>();
+    // An inherited variable berthd would refuse is left out (naming it with --export is
+    // still refused, with berthd's reason).
+    env.retain(|k, _| match berth_auth::env_policy::denied(k) {
+        Some(why) => {
+            eprintln!("{tool}: warning: {k} not exported: {why}");
+            false
+        }
+        None => true,
+    });
+    Ok(SubmitContext {
+        cwd: std::env::current_dir()?,
+        env,
+        user,
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+        host: berth_agent::machine::hostname(),
+    })
+}
+
 /// A parsed submission: what to send, and how to report it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {

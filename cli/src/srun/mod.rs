@@ -88,7 +88,7 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
     }
     // Outside any allocation: one of its own, the step in it, and the allocation given
     // back with the step's exit (Slurm's interactive srun).
-    let ctx = crate::commands::submit_context("srun")?;
+    let ctx = crate::sbatch::submit_context("srun")?;
     let name = argv[0].rsplit('/').next().unwrap_or(&argv[0]).to_string();
     let spec = crate::sbatch::allocation_spec(o.job.clone(), &name, &ctx)?;
     let granted = crate::allocation::obtain(&mut jobs, spec, "srun", o.quiet).await?;

@@ -2,56 +2,15 @@
 //! a job, built the same way on every replica from the same state.
 //!
 //! A job's current run is described by the job itself; the runs before a requeue are kept
-//! in `Job.runs` ([`run_of`] makes one just before the state machine resets the job), so
-//! the records of every run can be rebuilt from the state alone — by a fresh replica from
-//! its snapshot as well as by a replica applying the log.
+//! in `Job.runs` ([`crate::state_machine::runs::run_of`] makes one just before the state
+//! machine resets the job), so the records of every run can be rebuilt from the state
+//! alone — by a fresh replica from its snapshot as well as by a replica applying the log.
 
 use crate::state_machine::{is_final, StateMachine};
 use berth_proto::v1::{self as pb, JobState};
 
-/// Most earlier runs kept per job (a bound on state size; a job requeued more often keeps
-/// its latest runs, and the dropped ones are in the store already).
-pub const RUNS_MAX: usize = 32;
-
 /// MIG memory slices of a whole A100/H100 (a slice of `size` counts `size / 8` GPU).
 const MIG_SLICES_PER_GPU: f64 = 8.0;
-
-/// The run that just ended, as the state machine is about to requeue `job` (called with
-/// the job's state before the reset).
-pub fn run_of(
-    job: &pb::Job,
-    state: JobState,
-    f: &pb::JobFinished,
-    index: u64,
-    now: u64,
-) -> pb::JobRun {
-    let end = if f.end_time_ms > 0 {
-        f.end_time_ms.clamp(job.start_time_ms.min(now), now)
-    } else {
-        now
-    };
-    pb::JobRun {
-        eligible_time_ms: job.eligible_time_ms,
-        start_time_ms: job.start_time_ms,
-        end_time_ms: end,
-        state: state as i32,
-        exit_code: f.exit_code,
-        exit_signal: f.signal,
-        reason: f.reason.clone(),
-        allocations: job.allocations.clone(),
-        usage: job.usage.clone(),
-        ended_index: index,
-    }
-}
-
-/// Appends `run` to `job.runs`, keeping the latest [`RUNS_MAX`].
-pub fn push_run(job: &mut pb::Job, run: pb::JobRun) {
-    job.runs.push(run);
-    if job.runs.len() > RUNS_MAX {
-        let extra = job.runs.len() - RUNS_MAX;
-        job.runs.drain(..extra);
-    }
-}
 
 /// The records of every ended run of `job`: the earlier runs, and the current one when
 /// the job has ended. `index` is the Raft index the state is at (the version of the

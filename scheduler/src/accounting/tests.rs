@@ -2,11 +2,11 @@
 //! a fresh replica restoring the final state records the same runs, replays add
 //! nothing, retention purges, and the selection, charge and price rules hold.
 
-use super::charge::{self, ChargeMode};
 use super::recorder::Recorder;
 use super::sled_store::SledStore;
 use super::store::{self, RecordStore};
 use super::{parse_retention, usage, AccountingMetrics};
+use crate::accounts::charge::{self, ChargeMode};
 use crate::state_machine::StateMachine;
 use berth_proto::v1::{self as pb, command::Cmd, JobState};
 use prost::Message as _;

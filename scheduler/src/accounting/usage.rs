@@ -7,7 +7,7 @@
 //! integral, not a time series, so busy time is assumed spread evenly over the run).
 //! A run still going counts up to `now`.
 
-use super::charge::{ChargeMode, PriceTable};
+use crate::accounts::charge::{ChargeMode, PriceTable};
 use berth_proto::v1 as pb;
 use std::collections::BTreeMap;
 

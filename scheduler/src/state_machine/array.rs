@@ -25,11 +25,8 @@ pub const TASK_VIEW_BIT: u64 = 1 << 63;
 /// Most tasks of one array one pass may consider (bounds a pass over a huge idle cluster).
 pub const TASK_VIEWS_MAX: u64 = 4096;
 
-/// Slurm's MaxArraySize default: task indexes are below it.
-pub const MAX_ARRAY_SIZE_DEFAULT: u32 = 1001;
-
-/// Slurm's largest MaxArraySize.
-pub const MAX_ARRAY_SIZE_MAX: u32 = 4_000_001;
+/// The array size limits belong to the accounts file, which sets MaxArraySize.
+pub use crate::accounts::{MAX_ARRAY_SIZE_DEFAULT, MAX_ARRAY_SIZE_MAX};
 
 /// Which (array, task) each synthetic pending id stands for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

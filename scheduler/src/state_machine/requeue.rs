@@ -4,7 +4,7 @@
 //! (one record per run) and `Restarts=` / `SLURM_RESTART_COUNT` count up, as the
 //! preemption requeue does.
 
-use super::{changed, record, Applied, Outcome, StateMachine};
+use super::{changed, runs, Applied, Outcome, StateMachine};
 use berth_proto::v1::{self as pb, JobState};
 
 /// Slurm's refusal for a job submitted with `--no-requeue`.
@@ -55,7 +55,7 @@ impl StateMachine {
                     reason: job.reason.clone(),
                     end_time_ms: job.end_time_ms,
                 };
-                let run = record::run_of(job, job.state(), &ended, self.applied_index, now);
+                let run = runs::run_of(job, job.state(), &ended, self.applied_index, now);
                 self.queue_again(id, run, now);
                 (Outcome::Done, vec![changed(id)])
             }

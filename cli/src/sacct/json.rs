@@ -10,7 +10,7 @@
 //! One deliberate difference: Slurm 22.05 writes `exit_code` as `SUCCESS`/0 even for a
 //! failed job (a bug fixed in 23.02); berth writes the real status and code.
 
-use crate::sacct::{lines, Request};
+use super::{lines, Request};
 use crate::sacct_fields::state_text;
 use berth_proto::v1::{self as pb, JobState};
 use serde_json::{json, Value};

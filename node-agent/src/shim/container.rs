@@ -5,10 +5,10 @@
 //! every path out, failures included, and is idempotent so a restarted agent can run it
 //! again for a job whose shim died.
 
-use super::image::ImageCache;
-use super::runtime::{self, Runtime};
-use super::{bundle, cdi, ContainerJob, OciError};
-use crate::shim::{ExitRecord, ShimSpec};
+use super::{ExitRecord, ShimSpec};
+use crate::oci::image::ImageCache;
+use crate::oci::runtime::{self, Runtime};
+use crate::oci::{bundle, cdi, ContainerJob, OciError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
@@ -19,7 +19,7 @@ const IMAGE_KEY: &str = "image_key";
 /// Runs the container job described by `spec` in job directory `dir` to its end.
 pub fn run(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> ExitRecord {
     let result = start(dir, spec, job).and_then(|pid| {
-        crate::shim::write_json(dir, "pid", &pid);
+        super::write_json(dir, "pid", &pid);
         wait_init(pid)
     });
     // Read before delete: deleting the container removes its cgroup and the counter.
@@ -90,14 +90,14 @@ fn start(dir: &Path, spec: &ShimSpec, job: &ContainerJob) -> Result<u32, OciErro
     }
     bundle::write_config(&bundle_dir, &config)?;
     let owner = (job.uid != 0).then_some((job.uid, job.gid));
-    let stdout = crate::shim::open_output(&spec.stdout, owner, &spec.groups, spec.append)
+    let stdout = super::open_output(&spec.stdout, owner, &spec.groups, spec.append)
         .map_err(OciError::Runtime)?;
     let stderr = if spec.stderr == spec.stdout {
         stdout
             .try_clone()
             .map_err(|e| OciError::Runtime(e.to_string()))?
     } else {
-        crate::shim::open_output(&spec.stderr, owner, &spec.groups, spec.append)
+        super::open_output(&spec.stderr, owner, &spec.groups, spec.append)
             .map_err(OciError::Runtime)?
     };
     let pid = runtime.create(&bundle_dir, &job.id, stdout, stderr)?;
