@@ -105,6 +105,11 @@ where
     unreachable!("the last attempt returns")
 }
 
+/// The server's message of a failed call (what users should read).
+pub fn status_text(s: &tonic::Status) -> String {
+    s.message().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,9 +153,4 @@ mod tests {
         assert_eq!(got.unwrap_err().code(), tonic::Code::ResourceExhausted);
         assert_eq!(calls.get(), OVERLOAD_ATTEMPTS_MAX);
     }
-}
-
-/// The server's message of a failed call (what users should read).
-pub fn status_text(s: &tonic::Status) -> String {
-    s.message().to_string()
 }
