@@ -2,7 +2,7 @@
 //! (`sbatch: error: …` on stderr, exit status 1).
 
 use crate::client::{self, status_text};
-use crate::opt::job_id::{parse_job_list, JobRef};
+use crate::opt::job_id::parse_job_list;
 use crate::sbatch::{self, submit_context};
 use berth_proto::v1::{self as pb, JobState};
 use clap::Parser;
@@ -66,7 +66,7 @@ pub async fn run(cmd: &str, args: Vec<String>) -> i32 {
         "squeue" => squeue(args).await,
         "scancel" => scancel(args).await,
         "sinfo" => sinfo(args).await,
-        "scontrol" => scontrol(args).await,
+        "scontrol" => crate::scontrol::run(args).await,
         "admin" => admin(args).await,
         "token" => crate::security_cmds::token(args).await,
         "credd" => crate::security_cmds::credd(args).await,
@@ -177,55 +177,6 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The records `scontrol show job` prints for `refs` (every job when empty): a job or a
-/// task record alone; an array's id, its own record and every task record; tasks,
-/// the ones named (a pending task shown as its array's record with its own index).
-async fn show_jobs(
-    mut c: pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
-    refs: &[JobRef],
-) -> anyhow::Result<Vec<pb::Job>> {
-    let list =
-        |c: &mut pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
-         job_ids: Vec<u64>| {
-            let mut c = c.clone();
-            async move {
-                let req = pb::ListJobsRequest {
-                    job_ids,
-                    include_finished: true,
-                    ..Default::default()
-                };
-                c.list(req)
-                    .await
-                    .map(|r| r.into_inner().jobs)
-                    .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))
-            }
-        };
-    if refs.is_empty() {
-        return list(&mut c, vec![]).await;
-    }
-    let mut out = Vec::new();
-    for r in refs {
-        // Get first: it reads the leader's committed state, so a job submitted just now
-        // is found on any replica.
-        let job = c
-            .get(pb::GetJobRequest { job_id: r.job_id })
-            .await
-            .map_err(|s| anyhow::anyhow!("slurm_load_jobs error: {}", status_text(&s)))?
-            .into_inner();
-        if job.array_job_id != job.id && r.tasks.is_none() {
-            out.push(job);
-            continue;
-        }
-        let all = list(&mut c, vec![r.job_id]).await?;
-        let shown = crate::array_view::select(&all, std::slice::from_ref(r), false);
-        if shown.is_empty() {
-            anyhow::bail!("Job {r} not found");
-        }
-        out.extend(shown);
-    }
-    Ok(out)
-}
-
 fn parse_state(s: &str) -> anyhow::Result<Vec<JobState>> {
     let st = match s.to_ascii_uppercase().as_str() {
         "PD" | "PENDING" => JobState::Pending,
@@ -316,7 +267,8 @@ async fn squeue_steps(a: &SqueueArgs, list: &str, mut job_ids: Vec<u64>) -> anyh
             .filter_map(|w| w.job.split('_').next()?.parse::<u64>().ok()),
     );
     let channel = client::connect(&client::servers(None)).await?;
-    let mut jobs = running_jobs(client::jobs(channel), job_ids, a.users.clone()).await?;
+    let mut jobs =
+        crate::job_query::running_jobs(client::jobs(channel), job_ids, a.users.clone()).await?;
     if !wanted.is_empty() {
         for job in &mut jobs {
             let keep: Vec<pb::Step> = job
@@ -333,36 +285,6 @@ async fn squeue_steps(a: &SqueueArgs, list: &str, mut job_ids: Vec<u64>) -> anyh
         crate::step_view::render(&jobs, &format, crate::now_ms(), !a.noheader)?
     );
     Ok(0)
-}
-
-/// The running jobs (steps live only in running jobs), brief, of `job_ids` and `users`
-/// when given.
-async fn running_jobs(
-    mut c: pb::job_service_client::JobServiceClient<berth_auth::channel::AuthChannel>,
-    job_ids: Vec<u64>,
-    users: Vec<String>,
-) -> anyhow::Result<Vec<pb::Job>> {
-    let req = pb::ListJobsRequest {
-        job_ids,
-        users,
-        states: vec![JobState::Running as i32],
-        include_finished: false,
-        brief: true,
-    };
-    let mut pages = c
-        .list_pages(req)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-        .into_inner();
-    let mut jobs = Vec::new();
-    while let Some(page) = pages
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-    {
-        jobs.extend(page.jobs);
-    }
-    Ok(jobs)
 }
 
 async fn squeue(args: Vec<String>) -> anyhow::Result<i32> {
@@ -546,320 +468,6 @@ async fn sinfo(args: Vec<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn scontrol(args: Vec<String>) -> anyhow::Result<i32> {
-    // `-o`/`--oneliner` (anywhere, as Slurm takes it): each record on one line.
-    let oneliner = args.iter().any(|a| a == "-o" || a == "--oneliner");
-    let words: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "-o" && *a != "--oneliner")
-        .collect();
-    // Host list conversions are local, as in Slurm: no berthd needed.
-    if let ["show", what @ ("hostnames" | "hostlist"), rest @ ..] = words.as_slice() {
-        let env = std::env::var("SLURM_JOB_NODELIST").ok();
-        print!(
-            "{}",
-            crate::scontrol::show_hosts(what, rest, env.as_deref())?
-        );
-        return Ok(0);
-    }
-    let channel = client::connect(&client::servers(None)).await?;
-    match words.as_slice() {
-        ["show", "job" | "jobs", rest @ ..] => {
-            let refs = parse_job_list(rest).map_err(anyhow::Error::msg)?;
-            let jobs = show_jobs(client::jobs(channel), &refs).await?;
-            if jobs.is_empty() {
-                println!("No jobs in the system");
-            }
-            let now = crate::now_ms();
-            let text: Vec<String> = jobs
-                .iter()
-                .map(|j| crate::scontrol::show_job(j, now))
-                .collect();
-            print!("{}", crate::scontrol::records(&text, oneliner));
-            Ok(0)
-        }
-        ["show", "step" | "steps", rest @ ..] => {
-            let what = match rest {
-                [] => None,
-                [one] => Some(crate::step_view::parse_step_ref(one).map_err(anyhow::Error::msg)?),
-                _ => anyhow::bail!("scontrol show step takes one step id (12.0, 12_3.0 or 12)"),
-            };
-            let job_ids = what
-                .iter()
-                .filter_map(|w| w.job.split('_').next()?.parse().ok())
-                .collect();
-            let jobs = running_jobs(client::jobs(channel), job_ids, vec![]).await?;
-            match crate::step_view::show(&jobs, what.as_ref()) {
-                Ok(text) => {
-                    print!("{text}");
-                    Ok(0)
-                }
-                Err(e) => {
-                    println!("{e}");
-                    Ok(1)
-                }
-            }
-        }
-        ["show", "topology"] => {
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let t = AdminServiceClient::new(channel)
-                .get_topology(pb::TopologyRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner();
-            print!("{}", crate::scontrol::show_topology(&t));
-            Ok(0)
-        }
-        ["show", "partition" | "partitions", rest @ ..] => {
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let toml = AdminServiceClient::new(channel.clone())
-                .get_accounts(pb::AccountsRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner()
-                .toml;
-            let cfg = berth_scheduler::accounts::parse(&toml)
-                .map_err(|e| anyhow::anyhow!("the server's accounts configuration: {e}"))?;
-            let nodes = client::nodes(channel)
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner()
-                .nodes;
-            let text = crate::scontrol::show_partitions(&nodes, &cfg.policy, rest);
-            if text.is_empty() {
-                anyhow::bail!("Partition {} not found", rest.join(","));
-            }
-            print!("{text}");
-            Ok(0)
-        }
-        ["show", "node" | "nodes", rest @ ..] => {
-            let nodes = client::nodes(channel)
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner()
-                .nodes;
-            let shown: Vec<_> = nodes
-                .iter()
-                .filter(|n| {
-                    rest.is_empty()
-                        || n.inventory
-                            .as_ref()
-                            .is_some_and(|i| rest.contains(&i.name.as_str()))
-                })
-                .collect();
-            if shown.is_empty() {
-                anyhow::bail!("Node {} not found", rest.join(","));
-            }
-            let text: Vec<String> = shown
-                .iter()
-                .map(|n| crate::scontrol::show_node(n))
-                .collect();
-            print!("{}", text.join("\n"));
-            Ok(0)
-        }
-        [verb @ ("hold" | "release" | "uhold"), ids @ ..] if !ids.is_empty() => {
-            let refs = parse_job_list(ids).map_err(anyhow::Error::msg)?;
-            let mut c = client::jobs(channel);
-            let mut code = 0;
-            for r in refs {
-                if let Err(s) = c
-                    .hold(pb::HoldRequest {
-                        job_id: r.job_id,
-                        hold: *verb != "release",
-                        array_tasks: r.task_ranges(),
-                    })
-                    .await
-                {
-                    eprintln!("scontrol: error: {verb} job {r}: {}", status_text(&s));
-                    code = 1;
-                }
-            }
-            Ok(code)
-        }
-        ["requeue", ids @ ..] if !ids.is_empty() => {
-            let refs = parse_job_list(ids).map_err(anyhow::Error::msg)?;
-            let mut c = client::jobs(channel);
-            let mut code = 0;
-            for r in refs {
-                // A task that runs (or ran) is a record of its own: find its id.
-                let ids = match &r.tasks {
-                    None => vec![r.job_id],
-                    Some(tasks) => {
-                        let list = c
-                            .list(pb::ListJobsRequest {
-                                job_ids: vec![r.job_id],
-                                include_finished: true,
-                                brief: true,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                            .into_inner();
-                        list.jobs
-                            .iter()
-                            .filter(|j| j.array_job_id == r.job_id)
-                            .filter(|j| j.array_task_id.is_some_and(|t| tasks.contains(t)))
-                            .map(|j| j.id)
-                            .collect()
-                    }
-                };
-                if ids.is_empty() {
-                    eprintln!("scontrol: error: requeue job {r}: Job is pending execution");
-                    code = 1;
-                }
-                for id in ids {
-                    if let Err(s) = c.requeue(pb::RequeueRequest { job_id: id }).await {
-                        eprintln!("scontrol: error: requeue job {r}: {}", status_text(&s));
-                        code = 1;
-                    }
-                }
-            }
-            Ok(code)
-        }
-        [op @ ("create" | "update" | "delete"), "reservation" | "reservationname", rest @ ..]
-        | [op @ ("create" | "update" | "delete"), rest @ ..]
-            if *op != "update"
-                || rest
-                    .first()
-                    .is_some_and(|w| w.to_ascii_lowercase().starts_with("reservation")) =>
-        {
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let c = crate::reservation::parse_change(op, rest, chrono::Local::now().naive_local())
-                .map_err(anyhow::Error::msg)?;
-            let done = AdminServiceClient::new(channel)
-                .change_reservation(c)
-                .await
-                .map_err(|s| {
-                    let verb = match *op {
-                        "create" => "creating",
-                        "update" => "updating",
-                        _ => "deleting",
-                    };
-                    anyhow::anyhow!("Error {verb} the reservation: {}", status_text(&s))
-                })?
-                .into_inner();
-            if *op == "create" {
-                println!("Reservation created: {}", done.name);
-            }
-            Ok(0)
-        }
-        ["show", "reservation" | "reservations" | "res"]
-        | ["show", "licenses" | "license" | "lic"] => {
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let info = AdminServiceClient::new(channel)
-                .get_cluster(pb::ClusterRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner();
-            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-            if words[1].starts_with("res") {
-                print!(
-                    "{}",
-                    crate::reservation::show_reservations(&info.reservations, now_ms)
-                );
-            } else {
-                print!("{}", crate::reservation::show_licenses(&info.licenses));
-            }
-            Ok(0)
-        }
-        // Slurm rereads slurm.conf; berth reads the description file named by
-        // BERTH_CLUSTER_CONFIG (default /etc/berth/berth.toml) and installs it through the log.
-        ["reconfigure"] | ["reconfig"] => {
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let file = std::env::var("BERTH_CLUSTER_CONFIG")
-                .unwrap_or_else(|_| "/etc/berth/berth.toml".to_string());
-            cluster_config_set(&mut AdminServiceClient::new(channel), &file).await
-        }
-        ["update", rest @ ..] if crate::job_update::is_job_update(rest) => {
-            let u = crate::job_update::parse_job_update(rest).map_err(anyhow::Error::msg)?;
-            client::jobs(channel)
-                .update_array(pb::UpdateArrayRequest {
-                    job_id: u.job.job_id,
-                    array_tasks: u.job.task_ranges(),
-                    max_running: u.max_running,
-                    time_limit_secs: u.time_limit_secs,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("Job {}: {}", u.job, status_text(&s)))?;
-            Ok(0)
-        }
-        ["update", rest @ ..] => {
-            use crate::node_update::NodeUpdate;
-            use berth_proto::v1::admin_service_client::AdminServiceClient;
-            let r = match crate::node_update::parse_node_update(rest).map_err(anyhow::Error::msg)? {
-                NodeUpdate::GpuResume(r) => r,
-                NodeUpdate::Drain {
-                    nodes,
-                    drain,
-                    reason,
-                } => {
-                    let mut admin = AdminServiceClient::new(channel);
-                    for node in nodes {
-                        admin
-                            .drain_node(pb::NodeDrain {
-                                node,
-                                drain,
-                                reason: reason.clone(),
-                                user: String::new(),
-                            })
-                            .await
-                            .map_err(|s| {
-                                anyhow::anyhow!("slurm_update error: {}", status_text(&s))
-                            })?;
-                    }
-                    return Ok(0);
-                }
-            };
-            let done = AdminServiceClient::new(channel)
-                .resume_gpu(pb::GpuHealthyRequest {
-                    node: r.node.clone(),
-                    gpu: r.gpu,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner();
-            if done.cleared_reason.is_empty() {
-                println!("GPU {} on {} was already healthy", done.gpu_uuid, r.node);
-            } else {
-                println!(
-                    "GPU {} on {} resumed (was: {})",
-                    done.gpu_uuid, r.node, done.cleared_reason
-                );
-            }
-            Ok(0)
-        }
-        [] => {
-            anyhow::bail!(
-                "no command given (show job|show node|show partition|show topology|hold|release|update)"
-            )
-        }
-        other => anyhow::bail!(
-            "invalid or unsupported scontrol command: {}",
-            other.join(" ")
-        ),
-    }
-}
-
-/// Reads the cluster description `file` and installs it through the Raft log; berthd
-/// checks it first and answers a bad one with its line and reason (nothing changes).
-async fn cluster_config_set(
-    c: &mut berth_proto::v1::admin_service_client::AdminServiceClient<
-        berth_auth::channel::AuthChannel,
-    >,
-    file: &str,
-) -> anyhow::Result<i32> {
-    let toml = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read the cluster description {file}: {e}"))?;
-    c.set_cluster(pb::ClusterConfig { toml })
-        .await
-        .map_err(|s| anyhow::anyhow!("{file}: {}", status_text(&s)))?;
-    println!("cluster description installed from {file}");
-    Ok(0)
-}
-
 async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
     use berth_proto::v1::admin_service_client::AdminServiceClient;
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -881,7 +489,7 @@ async fn admin(args: Vec<String>) -> anyhow::Result<i32> {
             print!("{}", info.toml);
             return Ok(0);
         }
-        ["config", "set", file] => return cluster_config_set(&mut c, file).await,
+        ["config", "set", file] => return crate::scontrol::cluster_config_set(&mut c, file).await,
         ["status"] => {
             let s = c
                 .get_replica_status(pb::ReplicaStatusRequest {})

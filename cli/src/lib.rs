@@ -10,12 +10,12 @@
 //!   `scontrol update`) share.
 //! - [`duration`], [`memory`]: Slurm's time-limit and memory formats.
 //! - [`format`]: the `%[.][width]X` format-string engine shared by squeue and sinfo.
-//! - [`squeue`], [`sinfo`], [`scontrol`]: Slurm-shaped output.
+//! - [`squeue`], [`sinfo`]: Slurm-shaped output; [`scontrol`]: its verbs, show (job, node,
+//!   partition, topology, hosts) and update (jobs, nodes), one module each.
+//! - [`job_query`]: fetching the jobs a command shows (by reference, or the running ones).
 //! - [`array_view`]: job arrays as the tools show and select them (`12_[4-15%4]`, `12_3`).
-//! - [`job_update`]: `scontrol update JobId=…` on arrays and tasks.
 //! - [`hostlist`]: `node[1-3]` compression and expansion.
 //! - [`step_view`]: job steps as `squeue -s` and `scontrol show step` show them.
-//! - [`node_update`]: `scontrol update NodeName=… State=DRAIN|RESUME`.
 //! - [`reservation`]: `scontrol create/update/delete/show reservation`, `show licenses`.
 //! - [`srun`]: job steps: tasks on the allocation's nodes, output streamed back.
 //! - [`salloc`], [`allocation`]: interactive allocations (salloc, srun outside a job).
@@ -40,9 +40,8 @@ pub mod duration;
 pub mod fairshare;
 pub mod format;
 pub mod hostlist;
-pub mod job_update;
+pub mod job_query;
 pub mod memory;
-pub mod node_update;
 pub mod opt;
 pub mod report;
 pub mod reservation;

@@ -5,8 +5,59 @@
 //! from the proven identity; the CLI only checks what Slurm's client checks before it sends
 //! anything: the words, the state, and that a drain has a reason.
 
-use crate::scontrol::{parse_gpu_resume, GpuResume};
 use berth_policies::topology::hostlist;
+
+/// `scontrol update NodeName=N Gpu=G State=RESUME`: the node and the GPU (UUID or index)
+/// to mark healthy again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuResume {
+    /// Node name.
+    pub node: String,
+    /// GPU UUID or NVML index on that node.
+    pub gpu: String,
+}
+
+/// Parses the words after `scontrol update`. Keys are case-insensitive, as in Slurm
+/// (`NodeName=` or `Node=`, `Gpu=`, `State=`); berth updates only a GPU's health.
+///
+/// # Errors
+/// A message naming the word that is missing, repeated, unknown or unsupported.
+pub fn parse_gpu_resume(words: &[&str]) -> Result<GpuResume, String> {
+    let (mut node, mut gpu, mut state) = (None, None, None);
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!("invalid update word {w:?} (want Key=Value)"));
+        };
+        if v.is_empty() {
+            return Err(format!("{k}= needs a value"));
+        }
+        let slot = match k.to_ascii_lowercase().as_str() {
+            "nodename" | "node" => &mut node,
+            "gpu" => &mut gpu,
+            "state" => &mut state,
+            _ => {
+                return Err(format!(
+                    "update key {k:?} is not supported by berth (NodeName=, Gpu=, State=RESUME)"
+                ))
+            }
+        };
+        if slot.replace(v.to_string()).is_some() {
+            return Err(format!("{k}= given twice"));
+        }
+    }
+    let node = node.ok_or("update needs NodeName=")?;
+    if node.contains(',') || node.contains('[') {
+        return Err(format!("NodeName={node}: name one node"));
+    }
+    let gpu = gpu.ok_or("berth updates GPUs only: add Gpu=UUID|INDEX")?;
+    match state.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("resume") => Ok(GpuResume { node, gpu }),
+        Some(other) => Err(format!(
+            "State={other}: only State=RESUME is supported for a GPU"
+        )),
+        None => Err("update needs State=RESUME".into()),
+    }
+}
 
 /// What an update asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,5 +255,45 @@ mod tests {
         }
         assert!(parse_node_update(&["State=DRAIN", "Reason=x"]).is_err());
         assert!(parse_node_update(&["NodeName=n[1-", "State=RESUME"]).is_err());
+    }
+
+    #[test]
+    fn gpu_resume_parses_and_refuses_bad_input() {
+        let ok = parse_gpu_resume(&["NodeName=node1", "Gpu=3", "State=RESUME"]);
+        assert_eq!(
+            ok,
+            Ok(GpuResume {
+                node: "node1".into(),
+                gpu: "3".into()
+            })
+        );
+        let ok = parse_gpu_resume(&["node=n2", "state=resume", "gpu=GPU-abc"]);
+        assert_eq!(ok.map(|r| r.gpu), Ok("GPU-abc".to_string()));
+        let bad: [(&[&str], &str); 8] = [
+            (&["Gpu=3", "State=RESUME"], "NodeName="),
+            (&["NodeName=n1", "State=RESUME"], "Gpu="),
+            (&["NodeName=n1", "Gpu=3"], "State=RESUME"),
+            (
+                &["NodeName=n1", "Gpu=3", "State=DRAIN"],
+                "only State=RESUME",
+            ),
+            (
+                &["NodeName=n1", "Gpu=3", "State=RESUME", "Reason=x"],
+                "not supported",
+            ),
+            (
+                &["NodeName=n1", "NodeName=n2", "Gpu=3", "State=RESUME"],
+                "twice",
+            ),
+            (&["NodeName=n[1-2]", "Gpu=3", "State=RESUME"], "one node"),
+            (&["NodeName=n1", "Gpu=", "State=RESUME"], "needs a value"),
+        ];
+        for (i, (words, want)) in bad.iter().enumerate() {
+            match parse_gpu_resume(words) {
+                Err(e) if e.contains(want) => {}
+                got => panic!("#{i}: want error containing {want:?}, got {got:?}"),
+            }
+        }
+        assert!(parse_gpu_resume(&["resume"]).is_err());
     }
 }
