@@ -1,11 +1,11 @@
 //! The client side of a secure call: a tonic channel (TLS when the profile names a CA)
-//! wrapped in [`AuthChannel`], which attaches the caller's proof to every request — a
-//! fresh single-use credential from the credential daemon, or a JWT.
+//! wrapped in [`AuthChannel`], which attaches the caller's proof to every request — an
+//! unspent single-use credential from the credential daemon (fetched a few at a time, see
+//! [`crate::credd::CredentialPool`]), or a JWT.
 
 use crate::profile::Profile;
 use crate::AuthError;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,8 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 pub enum Proof {
     /// Nothing (a berthd without security, or a daemon proven by its certificate).
     None,
-    /// A credential from the daemon at this socket, fetched per call.
-    Local(PathBuf),
+    /// A credential from the daemon at this socket, one per call.
+    Local(Arc<crate::credd::CredentialPool>),
     /// A bearer token.
     Token(String),
 }
@@ -26,7 +26,7 @@ impl Proof {
     /// The proof `profile` names (a credential daemon wins over a token).
     pub fn of(profile: &Profile) -> Proof {
         match (&profile.cred_socket, &profile.token) {
-            (Some(s), _) => Proof::Local(s.clone()),
+            (Some(s), _) => Proof::Local(Arc::new(crate::credd::CredentialPool::new(s.clone()))),
             (None, Some(t)) => Proof::Token(t.clone()),
             (None, None) => Proof::None,
         }
@@ -39,7 +39,7 @@ impl Proof {
     pub async fn header(&self) -> Result<Option<http::HeaderValue>, AuthError> {
         let text = match self {
             Proof::None => return Ok(None),
-            Proof::Local(sock) => format!("Berth {}", crate::credd::fetch(sock).await?),
+            Proof::Local(pool) => format!("Berth {}", pool.take().await?),
             Proof::Token(t) => format!("Bearer {t}"),
         };
         http::HeaderValue::from_str(&text)
