@@ -40,8 +40,8 @@ fi
 systemctl stop slurmctld slurmd etcd 2>/dev/null || true
 
 say "building berth (release)"
-cargo build --release --locked -q -p berth-cli -p berth-scheduler -p berth-agent \
-    -p berth-bench --bin submit_load
+cargo build --release --locked -q -p berth-cli -p berth-scheduler -p berth-agent
+cargo build --release --locked -q -p berth-bench --bin submit_load
 BERTH=$PWD/target/release/berth
 
 # --- etcd: three members on loopback -------------------------------------------------

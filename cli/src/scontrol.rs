@@ -94,12 +94,7 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                 .toml;
             let cfg = berth_scheduler::accounts::parse(&toml)
                 .map_err(|e| anyhow::anyhow!("the server's accounts configuration: {e}"))?;
-            let nodes = client::nodes(channel)
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner()
-                .nodes;
+            let nodes = list_nodes(channel).await?;
             let text = show_partitions(&nodes, &cfg.policy, rest);
             if text.is_empty() {
                 anyhow::bail!("Partition {} not found", rest.join(","));
@@ -108,12 +103,7 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
             Ok(0)
         }
         ["show", "node" | "nodes", rest @ ..] => {
-            let nodes = client::nodes(channel)
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
-                .into_inner()
-                .nodes;
+            let nodes = list_nodes(channel).await?;
             let shown: Vec<_> = nodes
                 .iter()
                 .filter(|n| {
@@ -328,4 +318,14 @@ pub(crate) async fn cluster_config_set(
         .map_err(|s| anyhow::anyhow!("{file}: {}", status_text(&s)))?;
     println!("cluster description installed from {file}");
     Ok(0)
+}
+
+/// Every node berthd knows.
+async fn list_nodes(channel: berth_auth::channel::AuthChannel) -> anyhow::Result<Vec<pb::Node>> {
+    Ok(client::nodes(channel)
+        .list(pb::ListNodesRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", status_text(&s)))?
+        .into_inner()
+        .nodes)
 }

@@ -126,19 +126,23 @@ impl StateMachine {
         (Outcome::Done, effects)
     }
 
+    /// GPU `uuid` of `node`, or why there is none.
+    fn gpu_mut(&mut self, node: &str, uuid: &str) -> Result<&mut pb::Gpu, String> {
+        self.state
+            .nodes
+            .get_mut(node)
+            .and_then(|n| n.inventory.as_mut())
+            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == uuid))
+            .ok_or_else(|| format!("no GPU {uuid} on node {node}"))
+    }
+
     /// An admin's word that a repaired GPU is healthy: its unhealthy mark goes (kept as
     /// `healthy_cleared_reason`, see [`pb::Gpu`]) and placement uses it again. Already
     /// healthy: nothing changes.
     pub(super) fn mark_gpu_healthy(&mut self, c: &pb::GpuHealthyMark) -> Applied {
-        let gpu = self
-            .state
-            .nodes
-            .get_mut(&c.node)
-            .and_then(|n| n.inventory.as_mut())
-            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == c.gpu_uuid));
-        let Some(gpu) = gpu else {
-            let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
-            return (Outcome::Rejected(why), vec![]);
+        let gpu = match self.gpu_mut(&c.node, &c.gpu_uuid) {
+            Ok(gpu) => gpu,
+            Err(why) => return (Outcome::Rejected(why), vec![]),
         };
         if gpu.unhealthy_reason.is_empty() {
             return (Outcome::Done, vec![]);
@@ -159,15 +163,9 @@ impl StateMachine {
                 vec![],
             );
         }
-        let gpu = self
-            .state
-            .nodes
-            .get_mut(&c.node)
-            .and_then(|n| n.inventory.as_mut())
-            .and_then(|i| i.gpus.iter_mut().find(|g| g.uuid == c.gpu_uuid));
-        let Some(gpu) = gpu else {
-            let why = format!("no GPU {} on node {}", c.gpu_uuid, c.node);
-            return (Outcome::Rejected(why), vec![]);
+        let gpu = match self.gpu_mut(&c.node, &c.gpu_uuid) {
+            Ok(gpu) => gpu,
+            Err(why) => return (Outcome::Rejected(why), vec![]),
         };
         let mut effects = vec![Effect::NodeChanged(c.node.clone())];
         if !gpu.unhealthy_reason.is_empty() {
