@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 JOBS=${1:-400}
 LEVELS=(1 8 64)
 WORK=$(mktemp -d /tmp/berth-compare.XXXXXX)
+chmod 755 "$WORK" # munged runs as munge and must reach its files here
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
