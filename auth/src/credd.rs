@@ -54,15 +54,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, AuthError> {
     Ok(listener)
 }
 
-/// The credential for a caller with `uid` and `gid`, resolved on this host.
-pub fn issue(key: &ClusterKey, uid: u32, gid: u32, ttl_ms: u64, now: u64) -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    issue_many(key, &Caller::resolve(uid, gid, host), 1, ttl_ms, now).remove(0)
-}
-
 /// A caller as the kernel reported it, with its name and groups on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
