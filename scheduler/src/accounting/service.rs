@@ -96,12 +96,20 @@ impl AccountingApi {
 /// when it names none), the current run whatever its state.
 pub fn live_records(sm: &StateMachine, q: &pb::RecordQuery) -> Vec<pb::JobRecord> {
     let index = sm.applied_index();
-    // By id when ids are given (array tasks of a live array are found by their own ids
-    // once arrays exist; see the accounting docs).
-    let jobs: Vec<&pb::Job> = if !q.job_ids.is_empty() {
-        q.job_ids.iter().filter_map(|id| sm.job(*id)).collect()
-    } else {
+    // `-j 12` names array 12: its tasks that split off hold their own job ids, so they
+    // are found by `array_job_id`, not by id (a running task would be missing otherwise).
+    let jobs: Vec<&pb::Job> = if q.job_ids.is_empty() && q.array_job_ids.is_empty() {
         sm.jobs().collect()
+    } else {
+        let mut named: Vec<&pb::Job> = q.job_ids.iter().filter_map(|id| sm.job(*id)).collect();
+        if !q.array_job_ids.is_empty() {
+            named.extend(sm.jobs().filter(|j| {
+                j.array_job_id != 0
+                    && q.array_job_ids.contains(&j.array_job_id)
+                    && !q.job_ids.contains(&j.id)
+            }));
+        }
+        named
     };
     let mut out = Vec::new();
     for job in jobs {

@@ -538,3 +538,61 @@ fn retention_parses_like_purge_job_after_and_bad_values_are_refused() {
     }
     assert_eq!(super::RETENTION_DEFAULT_MS, 365 * day);
 }
+
+/// `sacct -j 12` while array 12 runs: the tasks that split off into their own records are
+/// answered from the state too, not only once their ended runs reach the store.
+#[test]
+fn a_live_arrays_running_tasks_are_answered_by_its_array_id() {
+    let mut sm = StateMachine::default();
+    let mut index = 0;
+    let mut apply = |sm: &mut StateMachine, c: Cmd| {
+        index += 1;
+        sm.apply(index, cmd(index, c));
+        index
+    };
+    apply(
+        &mut sm,
+        Cmd::RegisterNode(pb::RegisterNode {
+            inventory: Some(pb::NodeInventory {
+                cpus: 64,
+                ..inventory("n1", 2)
+            }),
+        }),
+    );
+    let array = pb::JobSpec {
+        array: Some(pb::ArraySpec {
+            ranges: vec![pb::IndexRange {
+                start: 0,
+                end: 2,
+                step: 1,
+            }],
+            max_running: 0,
+        }),
+        ..spec("alice", "alice", 1)
+    };
+    apply(&mut sm, Cmd::Submit(pb::SubmitJob { spec: Some(array) }));
+    let id = sm.jobs().next().expect("submitted").id;
+    let at = sm.applied_index();
+    let pass = crate::scheduling::plan(&sm, 1, at).expect("a pass");
+    apply(
+        &mut sm,
+        Cmd::Allocate(pass.allocate.expect("two tasks start")),
+    );
+    let q = pb::RecordQuery {
+        job_ids: vec![id],
+        array_job_ids: vec![id],
+        include_ineligible: true,
+        ..Default::default()
+    };
+    let records = super::service::live_records(&sm, &q);
+    let running: Vec<u32> = records
+        .iter()
+        .filter(|r| r.has_array_task && r.state() == JobState::Running)
+        .map(|r| r.array_task_id)
+        .collect();
+    assert_eq!(
+        running.len(),
+        2,
+        "both running tasks are answered: {records:?}"
+    );
+}
