@@ -21,7 +21,7 @@ fn submitit_python() -> Result<PathBuf, String> {
 }
 
 const SCRIPT: &str = r#"
-import os, sys, submitit
+import os, sys, time, submitit
 
 def square(x):
     env = submitit.JobEnvironment()
@@ -33,8 +33,14 @@ jobs = ex.map_array(square, list(range(int(sys.argv[3]))))
 print("IDS", " ".join(j.job_id for j in jobs), flush=True)
 for j in jobs:
     got = j.result()
-    # submitit's watcher asks sacct at most every 10 minutes unless forced.
-    state = j.get_info(mode="force").get("State")
+    # The result file is written before the task's process ends, so sacct may still say
+    # RUNNING (as Slurm's does); submitit's watcher asks sacct at most every 10 minutes
+    # unless forced.
+    for _ in range(300):
+        state = j.get_info(mode="force").get("State")
+        if state not in (None, "PENDING", "RUNNING", "COMPLETING"):
+            break
+        time.sleep(0.1)
     print("RESULT", j.job_id, got[0], got[1], got[2], got[3], state, flush=True)
 "#;
 
