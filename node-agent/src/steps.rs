@@ -9,10 +9,11 @@
 //! so srun never waits on tasks that are gone.
 
 use crate::job_env;
+use berth_policies::cpu_bind::{self, CpuBind};
 use berth_proto::v1::{self as pb, step_io::Frame, step_io_service_client::StepIoServiceClient};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -34,6 +35,9 @@ type Key = (u64, u32);
 struct Table {
     /// Running steps: each one's kill switch.
     running: BTreeMap<Key, watch::Sender<bool>>,
+    /// The CPUs each running bound step's tasks hold here (`--cpu-bind`), so the next
+    /// step's automatic binding starts on others.
+    bound: BTreeMap<Key, BTreeSet<u32>>,
     ended: VecDeque<pb::StepEnd>,
 }
 
@@ -97,6 +101,7 @@ impl Steps {
             {
                 let mut t = this.lock();
                 t.running.remove(&key);
+                t.bound.remove(&key);
                 if t.ended.len() == ENDED_KEPT {
                     t.ended.pop_front();
                 }
@@ -130,6 +135,31 @@ impl Steps {
     /// The latest step ends (for re-sending at registration).
     pub fn ended(&self) -> Vec<pb::StepEnd> {
         self.lock().ended.iter().cloned().collect()
+    }
+
+    /// The CPU set of each of this node's tasks of step `key` under `bind` (empty sets
+    /// when unbound), held until the step ends.
+    fn bind(
+        &self,
+        key: Key,
+        bind: &CpuBind,
+        tasks: usize,
+        cpus_per_task: u32,
+    ) -> Result<Vec<Vec<u32>>, cpu_bind::CpuBindError> {
+        let mut t = self.lock();
+        let taken: BTreeSet<u32> = t
+            .bound
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let cpus = crate::machine::bindable_cpus();
+        let sets = cpu_bind::task_cpus(bind, &cpus, &taken, tasks, cpus_per_task)?;
+        let held: BTreeSet<u32> = sets.iter().flatten().copied().collect();
+        if !held.is_empty() {
+            t.bound.insert(key, held);
+        }
+        Ok(sets)
     }
 }
 
@@ -185,14 +215,27 @@ async fn run(
     // Before any task starts: a step of a job whose sealed identity is missing or forged
     // runs nothing, and srun hears why.
     let job_spec = job.spec.clone().unwrap_or_default();
-    let run_as = match crate::launch_identity::check(steps.launch_key.as_deref(), &job_spec) {
-        Ok(r) => r,
-        Err(e) => {
-            let why = format!("launch refused: {e}");
-            let first = here.task_ids.first().copied().unwrap_or(0);
-            let _ = tx
-                .send(frame(&step, node, first, Frame::LaunchError(why.clone())))
-                .await;
+    let first = here.task_ids.first().copied().unwrap_or(0);
+    let refused = |why: String| frame(&step, node, first, Frame::LaunchError(why));
+    let checked = crate::launch_identity::check(steps.launch_key.as_deref(), &job_spec)
+        .map_err(|e| format!("launch refused: {e}"))
+        .and_then(|run_as| {
+            // berthd checked the value; what this host's CPUs can give is known here only.
+            let bind = cpu_bind::parse(&spec.cpu_bind).unwrap_or_default();
+            steps
+                .bind(
+                    (step.job_id, step.step_id),
+                    &bind,
+                    here.task_ids.len(),
+                    spec.cpus_per_task,
+                )
+                .map(|sets| (run_as, bind, sets))
+                .map_err(|e| format!("launch refused on {node}: {e}"))
+        });
+    let (run_as, bind, cpu_sets) = match checked {
+        Ok(c) => c,
+        Err(why) => {
+            let _ = tx.send(refused(why.clone())).await;
             drop(tx);
             let _ = tokio::time::timeout(Duration::from_secs(10), stream).await;
             end.exit_code = 1;
@@ -205,10 +248,30 @@ async fn run(
     for (local, task) in here.task_ids.iter().enumerate() {
         let mut env = task_env(&job, &step, &here, local, *task);
         crate::launch_identity::scrub(&mut env);
-        match spawn_task(&spec, env, &run_as) {
+        if !spec.cpu_bind.is_empty() {
+            env.extend(
+                cpu_bind::env(&bind, &cpu_sets)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v)),
+            );
+        }
+        let cpus = &cpu_sets[local];
+        match spawn_task(&spec, env, &run_as, cpus) {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0) as i32;
                 children.push(pid);
+                if bind.verbose {
+                    let shown = if cpus.is_empty() {
+                        crate::machine::allowed_cpus()
+                    } else {
+                        cpus.clone()
+                    };
+                    let line =
+                        cpu_bind::verbose_line(&bind, node, *task, local, pid as u32, &shown);
+                    let _ = tx
+                        .send(frame(&step, node, *task, Frame::Stderr(line.into_bytes())))
+                        .await;
+                }
                 let out = child.stdout.take();
                 let err = child.stderr.take();
                 let (tx, step2, node2, task) = (tx.clone(), step.clone(), node.to_string(), *task);
@@ -381,11 +444,13 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Starts one task: its own process group, stdin from /dev/null, output piped, killed if
-/// the agent dies, run as the job's (verified) user and groups when the agent is root.
+/// the agent dies, bound to `cpus` (unless empty), run as the job's (verified) user and
+/// groups when the agent is root.
 fn spawn_task(
     spec: &pb::StepSpec,
     env: BTreeMap<String, String>,
     run_as: &berth_auth::seal::RunAs,
+    cpus: &[u32],
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
@@ -404,12 +469,26 @@ fn spawn_task(
         gids.push(run_as.gid);
         (run_as.uid, run_as.gid, gids)
     });
-    // SAFETY: only async-signal-safe calls (prctl, setgroups, setgid, setuid) on data
-    // prepared before the fork, between fork and exec.
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes bits below its size
+    // (ids are below berth_policies::cpu_bind::MAX_CPUS, glibc's CPU_SETSIZE).
+    let affinity = (!cpus.is_empty()).then(|| {
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &id in cpus {
+            unsafe { libc::CPU_SET(id as usize, &mut set) };
+        }
+        set
+    });
+    // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity, setgroups, setgid,
+    // setuid) on data prepared before the fork, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(set) = &affinity {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some((uid, gid, gids)) = &as_user {
                 if libc::setgroups(gids.len(), gids.as_ptr()) != 0

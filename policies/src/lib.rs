@@ -12,6 +12,7 @@
 //!   [`RunningJob`]).
 //! - [`filter`]: one small struct per feasibility rule ([`filter::Filter`]).
 //! - [`constraint`]: `--constraint` feature expressions, counts and matching OR.
+//! - [`cpu_bind`]: `srun --cpu-bind` values and the CPU set of each task on a node.
 //! - [`score`]: node scorers in `[-1, 1]` ([`score::Scorer`]).
 //! - [`pipeline`]: the chain filters → scorers → pick, for one job.
 //! - [`mig`]: MIG profiles and placements, the carve planner, its filter and scorer.
@@ -33,6 +34,7 @@
 
 pub mod backfill;
 pub mod constraint;
+pub mod cpu_bind;
 pub mod fairshare;
 pub mod filter;
 pub mod fragmentation;

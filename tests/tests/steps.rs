@@ -459,3 +459,90 @@ fn an_agent_dying_mid_step_fails_the_step_and_kills_the_rest() {
     });
     assert!(text.contains("node cpu2 down"), "{text}");
 }
+
+/// `--cpu-bind`: the agent really pins each task (the kernel's `Cpus_allowed_list` shows
+/// one CPU per task with `threads`, different CPUs where the host has them), `verbose`
+/// reports each binding as Slurm's task/affinity plugin words it, the tasks see the
+/// `SLURM_CPU_BIND*` variables, and a binding the host cannot give, or a value no type
+/// reads as, runs nothing and says why.
+#[test]
+fn cpu_bind_pins_each_task_and_refuses_what_the_host_cannot_give() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let srun = dir.join("srun");
+    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let (_dev, server) = berth_tests::two_node_dev(dir);
+    let run = |args: &[&str]| {
+        let o = berth_tests::cli(&srun, dir, &server, args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "-N1",
+        "-n2",
+        "-l",
+        "-t",
+        "5",
+        "--cpu-bind=verbose,threads",
+        "bash",
+        "-c",
+        "grep Cpus_allowed_list: /proc/self/status; echo type=$SLURM_CPU_BIND_TYPE",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let allowed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("Cpus_allowed_list:").nth(1))
+        .map(str::trim)
+        .collect();
+    assert_eq!(allowed.len(), 2, "{out}");
+    for cpus in &allowed {
+        assert!(
+            cpus.parse::<u32>().is_ok(),
+            "one CPU per task, got {cpus:?}:\n{out}"
+        );
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if host_cpus >= 2 {
+        assert_ne!(allowed[0], allowed[1], "two tasks, two CPUs:\n{out}");
+    }
+    assert!(
+        out.contains("0: type=mask_cpu:") && out.contains("1: type=mask_cpu:"),
+        "{out}"
+    );
+    for task in ["task  0  0 [", "task  1  1 ["] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("cpu-bind-threads=MASK - node1, ")
+                    && l.contains(task)
+                    && l.ends_with(" set")),
+            "want the verbose line for {task:?} in:\n{err}"
+        );
+    }
+
+    // CPU 1023 is on no test host: the node refuses the launch, naming itself.
+    let (code, out, err) = run(&["-N1", "-t", "5", "--cpu-bind=map_cpu:1023", "true"]);
+    assert_ne!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains(
+            "launch refused on node1: --cpu-bind=map_cpu: CPU 1023 is not one this node can use"
+        ),
+        "{err}"
+    );
+    // A value no binding type reads as: refused before any job is made.
+    let (code, _, err) = run(&["-N1", "--cpu-bind=boards", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("unrecognized --cpu-bind argument \"boards\""),
+        "{err}"
+    );
+    let queue = berth(dir, &server, &["squeue", "-h", "-t", "all"]);
+    let listed = String::from_utf8_lossy(&queue.stdout);
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "only the two srun jobs exist:\n{listed}"
+    );
+}

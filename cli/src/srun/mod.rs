@@ -30,6 +30,8 @@ const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 /// Parses `args` (options, then the program and its arguments) against `env`.
 ///
+/// A `--cpu-bind=help` comes back with no program and [`Opts::help`] set.
+///
 /// # Errors
 /// The first bad option or value; no program.
 pub fn parse(
@@ -38,6 +40,9 @@ pub fn parse(
 ) -> anyhow::Result<(Opts, Vec<String>)> {
     let mut o = Opts::default();
     let first = crate::opt::getopt::parse(&SRUN, args, &mut o)?;
+    if o.help.is_some() {
+        return Ok((o, Vec::new()));
+    }
     options::apply_env(&mut o, env)?;
     let argv = args[first..].to_vec();
     if argv.is_empty() {
@@ -80,6 +85,10 @@ pub fn allocation(o: &Opts, env: &BTreeMap<String, String>) -> anyhow::Result<Op
 pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let (o, argv) = parse(&args, &env)?;
+    if let Some(help) = o.help {
+        print!("{help}");
+        return Ok(0);
+    }
     let servers = client::servers(None);
     let channel = client::connect(&servers).await?;
     let mut jobs = client::jobs(channel);

@@ -40,6 +40,10 @@ pub struct Opts {
     pub error: Option<String>,
     /// -K.
     pub kill_on_bad_exit: bool,
+    /// --cpu-bind, as typed (checked).
+    pub cpu_bind: Option<String>,
+    /// A `=help` value's text: printed instead of running anything.
+    pub help: Option<&'static str>,
     /// --jobid: the allocation to run in (else SLURM_JOB_ID).
     pub jobid: Option<u64>,
     /// -J.
@@ -134,16 +138,17 @@ fn nodelist(o: &mut Opts, l: &'static str, v: Option<&str>) -> Set {
     also_job(o, l, v)
 }
 
-/// `--cpu-bind`: berth binds no CPUs yet, so only the values that ask for no binding are
-/// taken (Open MPI and most launchers pass `none`).
-fn cpu_bind(_: &mut Opts, _: &str, v: Option<&str>) -> Set {
+/// `--cpu-bind`: checked here as Slurm's srun checks it, carried as typed; each node's
+/// agent makes its tasks' CPU sets from it. `help` prints Slurm's list of types.
+fn cpu_bind(o: &mut Opts, _: &str, v: Option<&str>) -> Set {
     let v = text(v);
-    let wants_binding = v
-        .split(',')
-        .any(|w| !matches!(w, "none" | "no" | "verbose" | "v" | "quiet" | "q"));
-    if wants_binding {
-        return Err(OptError::unsupported("--cpu-bind", v, "CPU binding"));
+    if v.eq_ignore_ascii_case("help") {
+        o.help = Some(berth_policies::cpu_bind::HELP);
+        return Ok(());
     }
+    berth_policies::cpu_bind::parse(v)
+        .map_err(|why| OptError::invalid("--cpu-bind", v, why.to_string()))?;
+    o.cpu_bind = Some(v.to_string());
     Ok(())
 }
 
@@ -334,6 +339,13 @@ pub fn apply_env(o: &mut Opts, env: &BTreeMap<String, String>) -> Result<(), Opt
         o.append |= parse_open_mode(&v)
             .map_err(|_| OptError::invalid("SLURM_OPEN_MODE", &v, "must be append or truncate"))?;
     }
+    if o.cpu_bind.is_none() {
+        if let Some(v) = get("SLURM_CPU_BIND") {
+            berth_policies::cpu_bind::parse(&v)
+                .map_err(|why| OptError::invalid("SLURM_CPU_BIND", &v, why.to_string()))?;
+            o.cpu_bind = Some(v);
+        }
+    }
     if get("SLURM_KILL_BAD_EXIT").as_deref() == Some("1") {
         o.kill_on_bad_exit = true;
     }
@@ -379,6 +391,7 @@ pub fn step_spec(
         env: task_env,
         work_dir: o.chdir.clone().unwrap_or_else(|| cwd.to_string()),
         kill_on_bad_exit: o.kill_on_bad_exit,
+        cpu_bind: o.cpu_bind.clone().unwrap_or_default(),
         name: o.job_name.clone().unwrap_or_else(|| {
             argv.first()
                 .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())

@@ -110,6 +110,27 @@ fn export_picks_the_tasks_environment() {
 }
 
 #[test]
+fn cpu_bind_is_checked_and_carried_as_typed() {
+    let e = env(&[("SLURM_JOB_ID", "5")]);
+    let (o, argv) = parse(&args(&["--cpu-bind=verbose,map_cpu:0,1", "true"]), &e).unwrap();
+    let s = options::step_spec(&o, &argv, &e, "/");
+    assert_eq!(s.cpu_bind, "verbose,map_cpu:0,1");
+    // The variable applies when the line gives none; the line wins.
+    let bound = env(&[("SLURM_JOB_ID", "5"), ("SLURM_CPU_BIND", "cores")]);
+    let (o, _) = parse(&args(&["true"]), &bound).unwrap();
+    assert_eq!(o.cpu_bind.as_deref(), Some("cores"));
+    let (o, _) = parse(&args(&["--cpu-bind=none", "true"]), &bound).unwrap();
+    assert_eq!(o.cpu_bind.as_deref(), Some("none"));
+    let bad = env(&[("SLURM_JOB_ID", "5"), ("SLURM_CPU_BIND", "bogus")]);
+    let err = parse(&args(&["true"]), &bad).unwrap_err();
+    assert!(format!("{err:#}").contains("SLURM_CPU_BIND"), "{err:#}");
+    // help: Slurm's list, and nothing run.
+    let (o, argv) = parse(&args(&["--cpu-bind=help"]), &e).unwrap();
+    assert!(o.help.unwrap().starts_with("CPU bind options:"));
+    assert!(argv.is_empty());
+}
+
+#[test]
 fn bad_input_is_refused_with_the_option_named() {
     let e = env(&[("SLURM_JOB_ID", "5")]);
     let table: &[(&[&str], &str)] = &[
@@ -117,7 +138,12 @@ fn bad_input_is_refused_with_the_option_named() {
         (&["-n", "0", "true"], "--ntasks"),
         (&["-n", "x", "true"], "--ntasks"),
         (&["--mpi=pmix", "true"], "--mpi"),
-        (&["--cpu-bind=cores", "true"], "--cpu-bind"),
+        (
+            &["--cpu-bind=boards", "true"],
+            "unrecognized --cpu-bind argument \"boards\"",
+        ),
+        (&["--cpu-bind=map_cpu", "true"], "missing list"),
+        (&["--cpu-bind=mask_cpu:zz", "true"], "--cpu-bind"),
         (&["--pty", "bash"], "--pty is not supported by berth yet"),
         (&["-w", "node[3-1]", "true"], "--nodelist"),
         (&["--kill-on-bad-exit=2", "true"], "0 or 1"),

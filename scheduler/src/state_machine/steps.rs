@@ -210,6 +210,10 @@ pub fn layout(job: &pb::Job, spec: &mut pb::StepSpec) -> Result<Vec<pb::StepNode
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err("no program to run".into());
     }
+    if !spec.cpu_bind.is_empty() {
+        berth_policies::cpu_bind::parse(&spec.cpu_bind)
+            .map_err(|e| format!("Invalid --cpu-bind specification: {e}"))?;
+    }
     let alloc = &job.allocations;
     for name in &spec.nodelist {
         if !alloc.iter().any(|a| &a.node == name) {
@@ -444,6 +448,11 @@ mod tests {
         let mut no_program = spec(1, 0, 0, &[], 0, 0);
         no_program.argv.clear();
         assert!(layout(&j, &mut no_program).is_err());
+        // A --cpu-bind no agent could apply, from any client, makes no step.
+        let mut bad_bind = spec(1, 0, 0, &[], 0, 0);
+        bad_bind.cpu_bind = "map_cpu:x".into();
+        let err = layout(&j, &mut bad_bind).unwrap_err();
+        assert!(err.starts_with("Invalid --cpu-bind specification"), "{err}");
     }
 
     #[test]
