@@ -9,7 +9,7 @@ use berth_proto::v1::{
     self as pb, agent_message::Msg as Up, agent_service_client::AgentServiceClient,
     server_message::Msg as Down,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -272,20 +272,33 @@ async fn serve(
     }
     let mut sup = Supervisor::new(&cfg.state_dir, cfg.shim_exe.clone(), cfg.kill_grace, gpus)
         .map_err(AgentError::State)?;
+    let mut step_mps = None;
     if let Sharing::Mps { replicas } = cfg.sharing {
-        let memory = inv.gpus.iter().map(|g| (g.uuid.clone(), g.memory_mb));
+        let memory: BTreeMap<String, u64> = inv
+            .gpus
+            .iter()
+            .map(|g| (g.uuid.clone(), g.memory_mb))
+            .collect();
         let dirs = cfg
             .mps
             .as_ref()
             .map(|d| d.all().clone())
             .unwrap_or_default();
-        sup.set_mps(replicas, memory.collect(), dirs);
+        sup.set_mps(replicas, memory.clone(), dirs.clone());
+        step_mps = Some(crate::steps::StepMps {
+            replicas,
+            memory_mb: memory,
+            dirs,
+        });
     }
     sup.set_oci(cfg.oci.clone());
     sup.set_launch_key(cfg.security.as_ref().map(|s| s.key.clone()));
     sup.set_mig_keep(cfg.mig_keep_layout);
     let step_key = cfg.security.as_ref().map(|s| s.key.clone());
-    let (steps, mut step_ends) = Steps::new(&cfg.node_name, cfg.kill_grace, step_key);
+    let (mut steps, mut step_ends) = Steps::new(&cfg.node_name, cfg.kill_grace, step_key);
+    if let Some(mps) = step_mps {
+        steps = steps.with_mps(mps);
+    }
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0usize;
     let mut redirect: Option<String> = None;

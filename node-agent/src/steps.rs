@@ -51,6 +51,20 @@ pub struct Steps {
     /// The cluster key (a secure agent): a step runs only as the identity berthd sealed
     /// onto its job, as a batch launch does ([`crate::launch_identity`]).
     launch_key: Option<Arc<berth_auth::key::ClusterKey>>,
+    /// An MPS-shared node's limits and daemons: step tasks run under them as the batch
+    /// script does.
+    mps: Option<Arc<StepMps>>,
+}
+
+/// The MPS settings of an MPS-shared node (`--gpu-sharing mps`), for step tasks.
+#[derive(Debug, Clone, Default)]
+pub struct StepMps {
+    /// Shares per GPU.
+    pub replicas: u32,
+    /// Framebuffer MiB by GPU UUID.
+    pub memory_mb: BTreeMap<String, u64>,
+    /// The daemons' directories by GPU UUID (empty when the agent runs none).
+    pub dirs: BTreeMap<String, crate::mps::MpsDirs>,
 }
 
 impl Steps {
@@ -68,8 +82,15 @@ impl Steps {
             kill_grace,
             node: node.to_string(),
             launch_key,
+            mps: None,
         };
         (steps, rx)
+    }
+
+    /// Runs step tasks under `mps` from now on (an MPS-shared node).
+    pub fn with_mps(mut self, mps: StepMps) -> Steps {
+        self.mps = Some(Arc::new(mps));
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -248,6 +269,10 @@ async fn run(
     for (local, task) in here.task_ids.iter().enumerate() {
         let mut env = task_env(&job, &step, &here, local, *task);
         crate::launch_identity::scrub(&mut env);
+        if let Some(mps) = &steps.mps {
+            let gpus = task_gpus(&here, spec.gpus_per_task, local);
+            env.extend(task_mps(&job, node, &gpus, mps));
+        }
         if !spec.cpu_bind.is_empty() {
             env.extend(
                 cpu_bind::env(&bind, &cpu_sets)
@@ -562,6 +587,24 @@ pub fn task_env(
     env
 }
 
+/// The MPS variables of a task that sees `gpus` on `node`: the job's share limits over
+/// those GPUs, in the task's `CUDA_VISIBLE_DEVICES` order, and the daemon of its first
+/// GPU ([`job_env::mps`], [`job_env::mps_dirs`], as for the batch script).
+pub fn task_mps(
+    job: &pb::Job,
+    node: &str,
+    gpus: &[String],
+    mps: &StepMps,
+) -> Vec<(String, String)> {
+    let mut seen = job.clone();
+    if let Some(a) = seen.allocations.iter_mut().find(|a| a.node == node) {
+        a.gpu_uuids = gpus.to_vec();
+    }
+    let mut out = job_env::mps(&seen, node, mps.replicas, &mps.memory_mb);
+    out.extend(job_env::mps_dirs(&seen, node, &mps.dirs));
+    out
+}
+
 /// The GPUs task number `local` on its node sees: its `per_task` slice of the step's GPUs
 /// there, or all of them when `per_task` is 0.
 pub fn task_gpus(here: &pb::StepNode, per_task: u32, local: usize) -> Vec<String> {
@@ -633,6 +676,35 @@ mod tests {
             ..Default::default()
         };
         (job, step)
+    }
+
+    #[test]
+    fn on_an_mps_node_each_task_runs_under_the_jobs_share_of_its_own_gpus() {
+        let (job, step) = step();
+        let mps = StepMps {
+            replicas: 4,
+            memory_mb: [("H0".to_string(), 80_000), ("H1".to_string(), 40_000)].into(),
+            dirs: [(
+                "H1".to_string(),
+                crate::mps::MpsDirs {
+                    pipe: "/run/mps/H1/pipe".into(),
+                    log: "/run/mps/H1/log".into(),
+                },
+            )]
+            .into(),
+        };
+        // Task 3 is n2's second task: with one GPU per task it sees H1 alone, as ordinal 0.
+        let gpus = task_gpus(&step.nodes[1], 1, 1);
+        let env: BTreeMap<String, String> = task_mps(&job, "n2", &gpus, &mps).into_iter().collect();
+        assert_eq!(env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+        assert_eq!(env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], "0=10000M");
+        assert_eq!(env["CUDA_MPS_PIPE_DIRECTORY"], "/run/mps/H1/pipe");
+        // Sharing the node's GPUs (no --gpus-per-task): both, in allocation order; H0 has
+        // no daemon here, so no pipe is named.
+        let all = task_gpus(&step.nodes[1], 0, 1);
+        let env: BTreeMap<String, String> = task_mps(&job, "n2", &all, &mps).into_iter().collect();
+        assert_eq!(env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], "0=20000M,1=10000M");
+        assert!(!env.contains_key("CUDA_MPS_PIPE_DIRECTORY"));
     }
 
     #[test]

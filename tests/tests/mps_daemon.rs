@@ -122,6 +122,36 @@ fn one_mps_daemon_per_gpu_jobs_use_its_pipe_and_shutdown_stops_them() {
         "the job talks to its own GPU's daemon"
     );
 
+    // Step tasks run under MPS too: each task of an srun with one GPU per task talks to
+    // its own GPU's daemon, with the job's share of the SMs.
+    let srun = t.path().join("srun");
+    std::os::unix::fs::symlink(bin("berth"), &srun).unwrap();
+    let wrap = format!(
+        "{} -n 2 --gpus-per-task=1 -l bash -c 'echo $CUDA_VISIBLE_DEVICES $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE'",
+        srun.display()
+    );
+    let id = sbatch(
+        t.path(),
+        &server,
+        &["--gres=gpu:2", "-n", "2", "--wrap", &wrap],
+    );
+    let out = t.path().join(format!("slurm-{id}.out"));
+    let text = poll("step output", 60, || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.lines().count() >= 2)
+    });
+    for task in ["0:", "1:"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(task))
+            .unwrap_or_else(|| panic!("no line of task {task}:\n{text}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "{text}");
+        let pipe = mps_root.join(f[1]).join("pipe").display().to_string();
+        assert_eq!((f[2], f[3]), (pipe.as_str(), "50"), "{text}");
+    }
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dev.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -380,6 +380,9 @@ pub fn step_spec(
     ] {
         task_env.remove(k);
     }
+    // Nor the batch script's MPS settings: each task's come from its own GPUs (and the
+    // agent refuses a job setting them).
+    task_env.retain(|k, _| !k.starts_with("CUDA_MPS_"));
     pb::StepSpec {
         ntasks: o.ntasks.unwrap_or(0),
         nodes: o.nodes.unwrap_or(0),
