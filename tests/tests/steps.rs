@@ -546,3 +546,81 @@ fn cpu_bind_pins_each_task_and_refuses_what_the_host_cannot_give() {
         "only the two srun jobs exist:\n{listed}"
     );
 }
+
+/// Ctrl-C at srun: one prints Slurm's notice and the tasks run on; a second within a
+/// second cancels the step through berthd, which has every node's agent kill its tasks;
+/// srun exits non-zero and its allocation ends.
+#[test]
+fn ctrl_c_twice_cancels_the_step_on_every_node() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let srun = dir.join("srun");
+    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let (_dev, server) = berth_tests::two_node_dev(dir);
+    // A sleep no other test runs, to find the tasks by.
+    let marker = "61.4242";
+    let script = format!("echo started; exec sleep {marker}");
+    let mut child = berth_tests::cli_command(
+        &srun,
+        dir,
+        &server,
+        &["-N", "2", "-t", "5", "bash", "-c", &script],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("srun starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("both tasks start");
+        assert_eq!(line, "started");
+    }
+    let tasks_alive = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}$")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(tasks_alive(), 2, "one task per node");
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).expect("signal srun");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "one Ctrl-C stops nothing"
+    );
+    assert_eq!(tasks_alive(), 2);
+    kill(pid, Signal::SIGINT).expect("signal srun");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill(pid, Signal::SIGINT).expect("signal srun");
+    let status = poll("srun exits after the second Ctrl-C", 30, || {
+        child.try_wait().expect("wait")
+    });
+    assert!(!status.success(), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err).unwrap();
+    assert!(
+        err.contains("srun: interrupt (one more within 1 sec to abort)"),
+        "{err}"
+    );
+    assert!(err.contains("srun: sending Ctrl-C to StepId="), "{err}");
+    poll("every task killed", 30, || {
+        (tasks_alive() == 0).then_some(())
+    });
+    poll("srun's allocation ends", 30, || {
+        let o = berth(dir, &server, &["squeue", "-h"]);
+        (o.status.success() && o.stdout.is_empty()).then_some(())
+    });
+}
