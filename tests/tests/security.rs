@@ -716,6 +716,68 @@ async fn every_rpc_allows_and_refuses_each_role_as_the_table_says() {
     );
 }
 
+/// A replica's certificate speaks Raft and forwards its callers: alone, it is nobody (a
+/// stolen one changes nothing), and with a forwarded caller it acts as exactly that caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_certificate_alone_may_only_speak_raft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path()).await;
+    let id = c.users_job_held(true).await;
+    let ch = berth_tests::connect_with_cert(&c.url, &c.ca.replica_dir(2))
+        .await
+        .unwrap();
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    let err = admin
+        .change_membership(pb::ChangeMembershipRequest {
+            id: 1,
+            remove: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("this call carries no forwarded caller"),
+        "{err:?}"
+    );
+    let mut jobs = pb::job_service_client::JobServiceClient::new(ch.clone());
+    let err = jobs
+        .cancel(pb::CancelRequest {
+            job_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        c.job(id).await.state(),
+        pb::JobState::Pending,
+        "nothing changed"
+    );
+    // Forwarding bin's identity: bin may not cancel daemon's job, and says so as bin.
+    let bin = pb::Identity {
+        user: "bin".into(),
+        uid: 2,
+        gid: 2,
+        method: "local".into(),
+        ..Default::default()
+    };
+    let mut req = tonic::Request::new(pb::CancelRequest {
+        job_id: id,
+        ..Default::default()
+    });
+    let header = berth_scheduler::security::layer::encode_forwarded(&bin).unwrap();
+    req.metadata_mut().insert(
+        berth_auth::FORWARDED_IDENTITY,
+        header.to_str().unwrap().parse().unwrap(),
+    );
+    let err = jobs.cancel(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("you are \"bin\""), "{err:?}");
+    assert_eq!(c.job(id).await.state(), pb::JobState::Pending);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_node_as_certificate_cannot_register_or_report_as_node_b() {
     let tmp = tempfile::tempdir().unwrap();

@@ -101,6 +101,12 @@ fn method_check(path: &str, c: &Caller) -> Result<(), Status> {
             "Access/permission denied: a node certificate only attaches its agent and reads \
              jobs and nodes",
         )),
+        // A replica acts for the callers it forwards (proven by it, named in a header),
+        // never as itself: a stolen replica certificate alone is no admin.
+        _ if matches!(c.peer, Peer::Replica(_)) => Err(Status::permission_denied(
+            "Access/permission denied: a replica certificate only speaks Raft and forwards \
+             its callers; this call carries no forwarded caller",
+        )),
         _ => {
             let need = match method {
                 // SetAccounts: admins, or coordinators within their accounts (the handler
@@ -324,7 +330,7 @@ pub fn cert_caller(sec: &SecurityConfig, s: &Subject, from: &str) -> Caller {
         Subject::Replica(id) => Caller {
             identity: ident(format!("replica:{id}")),
             peer: Peer::Replica(*id),
-            role: Role::Admin,
+            role: Role::User,
         },
         Subject::Service(name) => Caller {
             identity: ident(format!("service:{name}")),
