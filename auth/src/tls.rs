@@ -248,6 +248,14 @@ pub fn incoming(
     tls: Arc<ReloadingTls>,
     alpn: Alpn,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    incoming_with(listener, move || tls.config(alpn))
+}
+
+/// [`incoming`] with the configuration `config` gives for each connection.
+pub fn incoming_with(
+    listener: TcpListener,
+    config: impl Fn() -> Arc<ServerConfig> + Send + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
         loop {
@@ -260,7 +268,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config(alpn));
+            let acceptor = tokio_rustls::TlsAcceptor::from(config());
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 let tx = conn_tx;
@@ -278,6 +286,58 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A fresh self-signed certificate naming `ip` (PEM) and a server configuration offering
+/// it over h2, for srun's step I/O listener: the certificate travels to the agents inside
+/// the step, over berthd's authenticated channels, and each agent trusts exactly it
+/// ([`pinned_client`]), so task output is encrypted to the srun that asked for it.
+///
+/// # Errors
+/// [`AuthError::Tls`] when the key or certificate cannot be made.
+pub fn ephemeral_server(ip: std::net::IpAddr) -> Result<(String, Arc<ServerConfig>), AuthError> {
+    let tls = |e: &dyn std::fmt::Display| AuthError::Tls(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(|e| tls(&e))?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth srun step I/O");
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+    let cert = params.self_signed(&key).map_err(|e| tls(&e))?;
+    let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .map_err(|e| tls(&e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((cert.pem(), Arc::new(cfg)))
+}
+
+/// A client configuration trusting only the certificate `pem` (one [`ephemeral_server`]
+/// made), speaking h2.
+///
+/// # Errors
+/// [`AuthError::Tls`] when `pem` holds no certificate.
+pub fn pinned_client(pem: &str) -> Result<Arc<ClientConfig>, AuthError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let c = c.map_err(|e| AuthError::Tls(format!("pinned certificate: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| AuthError::Tls(format!("pinned certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(AuthError::Tls("pinned certificate: none in the PEM".into()));
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuthError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// What a (CA-verified) peer certificate names: its `berth://` URI SAN.
@@ -308,5 +368,37 @@ mod tests {
         let tls = ReloadingTls::new(files).unwrap();
         assert!(!tls.reload_if_changed());
         assert!(load_certs(&dir.path().join("none.pem")).is_err());
+    }
+
+    /// A client pinned to one ephemeral certificate completes a handshake with its server
+    /// and with no other (another srun's, or a cluster certificate).
+    #[tokio::test]
+    async fn a_pinned_client_trusts_exactly_its_ephemeral_server() {
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let (pem, server) = ephemeral_server(ip).unwrap();
+        let (other_pem, other) = ephemeral_server(ip).unwrap();
+        assert_ne!(pem, other_pem, "each srun makes its own");
+        let handshake = |server: Arc<ServerConfig>, pem: String| async move {
+            let listener = TcpListener::bind((ip, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accept = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio_rustls::TlsAcceptor::from(server)
+                    .accept(tcp)
+                    .await
+                    .is_ok()
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+            let client = tokio_rustls::TlsConnector::from(pinned_client(&pem).unwrap())
+                .connect(name, tcp)
+                .await;
+            let _ = accept.await;
+            client.map(|_| ()).map_err(|e| e.to_string())
+        };
+        handshake(server.clone(), pem.clone()).await.unwrap();
+        let err = handshake(other, pem.clone()).await.unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+        assert!(pinned_client("not a pem").is_err());
     }
 }

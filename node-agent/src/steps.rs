@@ -214,7 +214,7 @@ async fn run(
         end.reason = format!("launch sent to {node}, which runs none of its tasks");
         return end;
     };
-    let io = match connect_io(&spec.io_addr).await {
+    let io = match connect_io(&spec.io_addr, &spec.io_cert).await {
         Ok(io) => io,
         Err(e) => {
             end.exit_code = 1;
@@ -428,9 +428,25 @@ fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> (i32, i32) {
     }
 }
 
-async fn connect_io(addr: &str) -> Result<StepIoServiceClient<tonic::transport::Channel>, String> {
-    let url = format!("http://{addr}");
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
+/// srun's I/O listener at `addr`, over TLS trusting only `cert` (the PEM srun put in the
+/// step): output reaches the srun that asked for it, encrypted.
+async fn connect_io(
+    addr: &str,
+    cert: &str,
+) -> Result<StepIoServiceClient<tonic::transport::Channel>, String> {
+    if cert.is_empty() {
+        return Err("the step names no certificate for srun's I/O listener".into());
+    }
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert))
+        .domain_name(host);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(IO_CONNECT_WAIT);
     let channel = tokio::time::timeout(IO_CONNECT_WAIT, endpoint.connect())

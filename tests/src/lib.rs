@@ -177,6 +177,14 @@ pub fn two_node_dev(dir: &std::path::Path) -> (Proc, String) {
     (dev, format!("http://127.0.0.1:{port}"))
 }
 
+/// berth's binary as the tool `name` (`srun`, `salloc`…): a symlink in `dir`, its path.
+pub fn tool(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::os::unix::fs::symlink(bin("berth"), &path)
+        .unwrap_or_else(|e| panic!("symlink {}: {e}", path.display()));
+    path
+}
+
 /// Runs the CLI `exe` (`berth`, or one of its Slurm-named symlinks) with `args` in `dir`,
 /// against the berthd replicas in `servers` (`BERTH_SERVER`).
 pub fn cli(

@@ -124,8 +124,7 @@ fn one_mps_daemon_per_gpu_jobs_use_its_pipe_and_shutdown_stops_them() {
 
     // Step tasks run under MPS too: each task of an srun with one GPU per task talks to
     // its own GPU's daemon, with the job's share of the SMs.
-    let srun = t.path().join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).unwrap();
+    let srun = berth_tests::tool(t.path(), "srun");
     let wrap = format!(
         "{} -n 2 --gpus-per-task=1 -l bash -c 'echo $CUDA_VISIBLE_DEVICES $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE'",
         srun.display()

@@ -5,14 +5,13 @@
 //! node and task that failed; `squeue -s` and `scontrol show step` list a running step,
 //! and an operator drains a node and resumes it.
 
-use berth_tests::{berth, bin, free_port, poll, sbatch};
+use berth_tests::{berth, free_port, poll, sbatch};
 
 #[test]
 fn srun_runs_tasks_on_every_allocated_node_and_returns_the_worst_exit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let srun = berth_tests::tool(dir, "srun");
     let (_dev, server) = berth_tests::two_node_dev(dir);
     let out = dir.join("out.txt");
     let script = dir.join("job.sh");
@@ -160,10 +159,8 @@ fn srun_runs_tasks_on_every_allocated_node_and_returns_the_worst_exit() {
 fn srun_outside_a_job_and_salloc_hold_an_allocation_for_their_command() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    let salloc = dir.join("salloc");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
-    std::os::unix::fs::symlink(bin("berth"), &salloc).expect("salloc symlink");
+    let srun = berth_tests::tool(dir, "srun");
+    let salloc = berth_tests::tool(dir, "salloc");
     let (_dev, server) = berth_tests::two_node_dev(dir);
     let text = |o: &std::process::Output| {
         (
@@ -312,8 +309,7 @@ fn srun_outside_a_job_and_salloc_hold_an_allocation_for_their_command() {
 fn signal_reaches_the_batch_shell_or_the_steps_before_the_time_limit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let srun = berth_tests::tool(dir, "srun");
     let (_dev, server) = berth_tests::two_node_dev(dir);
     let batch_out = dir.join("batch.txt");
     let batch = dir.join("batch.sh");
@@ -390,8 +386,7 @@ fn signal_reaches_the_batch_shell_or_the_steps_before_the_time_limit() {
 fn an_agent_dying_mid_step_fails_the_step_and_kills_the_rest() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let srun = berth_tests::tool(dir, "srun");
     let port = free_port();
     let _berthd = berth_tests::replica(dir, 1, &[port], &["--node-timeout-secs", "2"]);
     let server = format!("http://127.0.0.1:{port}");
@@ -469,8 +464,7 @@ fn an_agent_dying_mid_step_fails_the_step_and_kills_the_rest() {
 fn cpu_bind_pins_each_task_and_refuses_what_the_host_cannot_give() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let srun = berth_tests::tool(dir, "srun");
     let (_dev, server) = berth_tests::two_node_dev(dir);
     let run = |args: &[&str]| {
         let o = berth_tests::cli(&srun, dir, &server, args);
@@ -557,8 +551,7 @@ fn ctrl_c_twice_cancels_the_step_on_every_node() {
     use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let srun = dir.join("srun");
-    std::os::unix::fs::symlink(bin("berth"), &srun).expect("srun symlink");
+    let srun = berth_tests::tool(dir, "srun");
     let (_dev, server) = berth_tests::two_node_dev(dir);
     // A sleep no other test runs, to find the tasks by.
     let marker = "61.4242";

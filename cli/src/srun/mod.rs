@@ -138,6 +138,10 @@ async fn run_step(
         .with_context(|| format!("I/O listener on {ip}"))?;
     spec.io_addr = listener.local_addr()?.to_string();
     spec.io_key = io_key();
+    // Task output is encrypted to this srun: a certificate of its own, pinned by the agents.
+    let (io_cert, io_tls) = berth_auth::tls::ephemeral_server(ip)
+        .map_err(|e| anyhow!("srun's I/O certificate: {e}"))?;
+    spec.io_cert = io_cert;
     let (frames_tx, mut frames) = mpsc::channel(4096);
     let service = io::IoService {
         frames: frames_tx,
@@ -148,7 +152,9 @@ async fn run_step(
             .add_service(pb::step_io_service_server::StepIoServiceServer::new(
                 service,
             ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(berth_auth::tls::incoming_with(listener, move || {
+                io_tls.clone()
+            })),
     );
     // Watch before creating, so the step's end cannot fall before the watch starts.
     let mut watch = jobs
