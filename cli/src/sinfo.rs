@@ -616,7 +616,7 @@ fn free_memory(nodes: &[&Node]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_proto::v1::Gpu;
 

@@ -359,32 +359,8 @@ mod tests {
 
     #[test]
     fn show_node_lists_gpus() {
-        let gpus = (0..4)
-            .map(|i| Gpu {
-                uuid: format!("GPU-{i}"),
-                index: i,
-                model: "NVIDIA H100 80GB HBM3".to_string(),
-                gres_type: "h100".to_string(),
-                memory_mb: 81_559,
-                job_id: if i < 3 { 42 } else { 0 },
-                ..Gpu::default()
-            })
-            .collect();
-        let inventory = NodeInventory {
-            name: "dgx01".into(),
-            partition: "gpu".into(),
-            cpus: 64,
-            memory_mb: 512_000,
-            gpus,
-            ..Default::default()
-        };
-        let mut node = Node {
-            inventory: Some(inventory),
-            cpus_alloc: 12,
-            memory_alloc_mb: 3000,
-            ..Node::default()
-        };
-        node.set_state(NodeState::Up);
+        let mut node = crate::sinfo::tests::node("dgx01", "gpu", 4, 3, NodeState::Up);
+        node.cpus_alloc = 12;
         let mut down = node.clone();
         down.set_state(NodeState::Down);
         down.reason = "Not responding".to_string();
@@ -395,8 +371,8 @@ mod tests {
                     "NodeName=dgx01\n   CPUAlloc=12 CPUTot=64\n   Gres=gpu:h100:4\n   GresUsed=gpu:h100:3(IDX:0-2)\n",
                     "\n   RealMemory=512000 AllocMem=3000\n   State=MIXED\n   Partitions=gpu\n",
                     "\n   CfgTRES=cpu=64,mem=512000M,billing=64,gres/gpu=4\n",
-                    "\n   Gpu=0 Uuid=GPU-0 Type=h100 Memory=81559M PciBusId=(null) Job=42 Model=NVIDIA H100 80GB HBM3\n",
-                    "\n   Gpu=3 Uuid=GPU-3 Type=h100 Memory=81559M PciBusId=(null) Job=(null) Model=",
+                    "\n   Gpu=0 Uuid=GPU-dgx01-0 Type=h100 Memory=81559M PciBusId=(null) Job=42 Model=NVIDIA H100 80GB HBM3\n",
+                    "\n   Gpu=3 Uuid=GPU-dgx01-3 Type=h100 Memory=81559M PciBusId=(null) Job=(null) Model=",
                 ],
             ),
             (down, vec!["\n   State=DOWN\n   Reason=Not responding\n   Partitions=gpu\n"]),
