@@ -97,7 +97,7 @@ pub fn cpu_list(text: &str) -> Vec<u32> {
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-            out.extend((a..=b.min(MAX_CPUS - 1)).take(MAX_CPUS as usize));
+            out.extend(a..=b.min(MAX_CPUS - 1));
         }
     }
     out

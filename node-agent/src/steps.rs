@@ -167,6 +167,11 @@ impl Steps {
         tasks: usize,
         cpus_per_task: u32,
     ) -> Result<Vec<Vec<u32>>, cpu_bind::CpuBindError> {
+        if bind.kind == cpu_bind::BindKind::None {
+            return Ok(vec![Vec::new(); tasks]);
+        }
+        // The topology is read from /sys before the table is locked.
+        let cpus = crate::machine::bindable_cpus();
         let mut t = self.lock();
         let taken: BTreeSet<u32> = t
             .bound
@@ -174,7 +179,6 @@ impl Steps {
             .filter(|(k, _)| **k != key)
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
-        let cpus = crate::machine::bindable_cpus();
         let sets = cpu_bind::task_cpus(bind, &cpus, &taken, tasks, cpus_per_task)?;
         let held: BTreeSet<u32> = sets.iter().flatten().copied().collect();
         if !held.is_empty() {
@@ -242,7 +246,10 @@ async fn run(
         .map_err(|e| format!("launch refused: {e}"))
         .and_then(|run_as| {
             // berthd checked the value; what this host's CPUs can give is known here only.
-            let bind = cpu_bind::parse(&spec.cpu_bind).unwrap_or_default();
+            let bind = match spec.cpu_bind.as_str() {
+                "" => CpuBind::default(),
+                v => cpu_bind::parse(v).map_err(|e| format!("launch refused on {node}: {e}"))?,
+            };
             steps
                 .bind(
                     (step.job_id, step.step_id),
@@ -612,10 +619,20 @@ pub fn task_mps(
     gpus: &[String],
     mps: &StepMps,
 ) -> Vec<(String, String)> {
-    let mut seen = job.clone();
-    if let Some(a) = seen.allocations.iter_mut().find(|a| a.node == node) {
-        a.gpu_uuids = gpus.to_vec();
-    }
+    // The job as the task sees it: only this node's allocation, with the task's GPUs (the
+    // rest of the job, its script included, is not needed to compute the variables).
+    let seen = pb::Job {
+        allocations: job
+            .allocations
+            .iter()
+            .filter(|a| a.node == node)
+            .map(|a| pb::Allocation {
+                gpu_uuids: gpus.to_vec(),
+                ..a.clone()
+            })
+            .collect(),
+        ..Default::default()
+    };
     let mut out = job_env::mps(&seen, node, mps.replicas, &mps.memory_mb);
     out.extend(job_env::mps_dirs(&seen, node, &mps.dirs));
     out

@@ -367,8 +367,8 @@ pub fn task_cpus(
         .collect()
 }
 
-/// The automatic kinds: the node's units (threads, cores, sockets or NUMA nodes, each in
-/// socket, core, id order), the free ones before those other steps hold; each task in
+/// The automatic kinds: the node's units (threads, cores or sockets in socket, core, id
+/// order; NUMA nodes by id), the free ones before those other steps hold; each task in
 /// turn takes units until it has `cpus_per_task` CPUs, wrapping when they run out.
 fn auto(
     unit: Unit,
@@ -385,16 +385,12 @@ fn auto(
         Unit::Sockets => (c.socket, 0, 0),
         Unit::Ldoms => (c.ldom, 0, 0),
     };
-    let mut units: Vec<((u32, u32, u32), Vec<u32>)> = Vec::new();
+    let mut units: std::collections::BTreeMap<(u32, u32, u32), Vec<u32>> = Default::default();
     for c in &ordered {
-        match units.iter_mut().find(|(k, _)| *k == key(c)) {
-            Some((_, ids)) => ids.push(c.id),
-            None => units.push((key(c), vec![c.id])),
-        }
+        units.entry(key(c)).or_default().push(c.id);
     }
     let (free, busy): (Vec<_>, Vec<_>) = units
-        .into_iter()
-        .map(|(_, ids)| ids)
+        .into_values()
         .partition(|ids| ids.iter().all(|id| !taken.contains(id)));
     let pool: Vec<Vec<u32>> = free.into_iter().chain(busy).collect();
     let need = cpus_per_task.max(1) as usize;
