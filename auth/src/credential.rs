@@ -12,7 +12,8 @@ use crate::AuthError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Mutex;
 
 /// Prefix of a local credential.
@@ -123,16 +124,41 @@ fn check_fields(c: &LocalCredential) -> Result<(), String> {
 
 /// Nonces of credentials accepted and not yet expired. Bounded: when full, new
 /// credentials are refused (fail closed) until old ones expire.
+///
+/// Expired nonces leave in expiry order on every call (a heap keyed by expiry), so a call
+/// costs O(log n) however full the cache is: a full cache under a flood of credentials
+/// must not make each refusal scan a million entries under the lock.
 pub struct ReplayCache {
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Seen>,
     cap: usize,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Live nonces (the 16 random bytes the hex names).
+    live: HashSet<u128>,
+    /// The same nonces, soonest expiry first.
+    by_expiry: BinaryHeap<Reverse<(u64, u128)>>,
+}
+
+impl Seen {
+    /// Forgets every nonce whose credential expired before `now_ms`.
+    fn prune(&mut self, now_ms: u64) {
+        while let Some(Reverse((exp, nonce))) = self.by_expiry.peek().copied() {
+            if exp >= now_ms {
+                break;
+            }
+            self.by_expiry.pop();
+            self.live.remove(&nonce);
+        }
+    }
 }
 
 impl ReplayCache {
     /// A cache holding at most `cap` live nonces.
     pub fn new(cap: usize) -> ReplayCache {
         ReplayCache {
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
             cap,
         }
     }
@@ -141,28 +167,38 @@ impl ReplayCache {
     ///
     /// # Errors
     /// [`AuthError::Replayed`] when it was seen before; [`AuthError::Malformed`] when the
-    /// cache is full of live nonces.
+    /// nonce is not 16 hex bytes or the cache is full of live nonces.
     pub fn consume(&self, cred: &LocalCredential, now_ms: u64) -> Result<(), AuthError> {
+        let nonce = u128::from_str_radix(&cred.nonce, 16)
+            .ok()
+            .filter(|_| cred.nonce.len() == 32)
+            .ok_or_else(|| AuthError::Malformed {
+                what: "credential",
+                detail: "nonce is not 16 hex bytes".into(),
+            })?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= self.cap {
-            seen.retain(|_, exp| *exp >= now_ms);
-            if seen.len() >= self.cap {
-                return Err(AuthError::Malformed {
-                    what: "credential",
-                    detail: format!("replay cache full ({} live credentials); retry", self.cap),
-                });
-            }
-        }
-        if seen.contains_key(&cred.nonce) {
+        seen.prune(now_ms);
+        if seen.live.contains(&nonce) {
             return Err(AuthError::Replayed);
         }
-        seen.insert(cred.nonce.clone(), cred.expires_ms);
+        if seen.live.len() >= self.cap {
+            return Err(AuthError::Malformed {
+                what: "credential",
+                detail: format!("replay cache full ({} live credentials); retry", self.cap),
+            });
+        }
+        seen.live.insert(nonce);
+        seen.by_expiry.push(Reverse((cred.expires_ms, nonce)));
         Ok(())
     }
 
-    /// Live nonces held.
+    /// Live nonces held (as of the last call).
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .len()
     }
 
     /// Whether none is held.
@@ -256,6 +292,61 @@ mod tests {
         // Once a and b expire, room is made.
         cache.consume(&c, TTL_MS_DEFAULT + 1).unwrap();
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn expired_nonces_leave_in_expiry_order_and_live_ones_stay_refused() {
+        let cache = ReplayCache::new(100);
+        // Expiries 1 s apart, inserted out of order.
+        let creds: Vec<LocalCredential> = [5u64, 1, 4, 2, 3]
+            .iter()
+            .map(|s| {
+                let mut c = cred(0);
+                c.expires_ms = s * 1000;
+                c
+            })
+            .collect();
+        for c in &creds {
+            cache.consume(c, 0).unwrap();
+        }
+        // At 2.5 s the credentials expiring at 1 s and 2 s are forgotten, the rest kept.
+        let probe = cred(0);
+        cache.consume(&probe, 2_500).unwrap();
+        assert_eq!(cache.len(), 4, "3 s, 4 s, 5 s and the probe");
+        for c in &creds[..] {
+            if c.expires_ms >= 2_500 {
+                assert!(matches!(cache.consume(c, 2_500), Err(AuthError::Replayed)));
+            }
+        }
+        // A nonce spelled in capitals is the same nonce.
+        let mut upper = probe.clone();
+        upper.nonce = probe.nonce.to_uppercase();
+        assert!(matches!(
+            cache.consume(&upper, 2_600),
+            Err(AuthError::Replayed)
+        ));
+        let mut bad = cred(0);
+        bad.nonce = "zz".repeat(16);
+        assert!(cache.consume(&bad, 2_600).is_err());
+    }
+
+    #[test]
+    fn a_full_cache_refuses_without_rescanning_it() {
+        // Full of live nonces: each refusal must not walk the whole cache (it used to run
+        // a retain over every entry per call). 200,000 refusals against 200,000 entries
+        // would be 4e10 steps that way; with expiry-ordered pruning they are immediate.
+        let n = 200_000;
+        let cache = ReplayCache::new(n);
+        let mut c = cred(0);
+        for i in 0..n as u128 {
+            c.nonce = format!("{i:032x}");
+            cache.consume(&c, 0).unwrap();
+        }
+        for i in 0..n as u128 {
+            c.nonce = format!("{:032x}", i + n as u128);
+            assert!(cache.consume(&c, 1).is_err());
+        }
+        assert_eq!(cache.len(), n);
     }
 
     proptest::proptest! {

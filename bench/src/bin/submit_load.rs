@@ -16,8 +16,11 @@
 //! call). The secure replicas' per-client rate limit is off (`requests_per_sec = 0`): all
 //! clients are one user, and the limit is a policy, not the cost measured.
 //!
+//! `--mode insecure|local|token` runs one of the three alone (so that `perf` sees one
+//! mode per process).
+//!
 //! `cargo run --release -p berth-bench --bin submit_load -- [JOBS_PER_LEVEL] [C1,C2,...]
-//! [--replicas N] [--via-follower] [--compare-auth]`
+//! [--replicas N] [--via-follower] [--compare-auth | --mode M]`
 
 use berth_auth::channel::AuthChannel;
 use berth_auth::profile::Profile;
@@ -141,6 +144,8 @@ fn secure_replica(
 
 /// How the clients and the node of one run connect.
 struct Mode {
+    /// What `--mode` calls it.
+    key: &'static str,
     name: &'static str,
     ca: Option<PathBuf>,
     clients: Profile,
@@ -151,6 +156,7 @@ struct Mode {
 /// daemon and a token made under `root`.
 async fn modes(root: &Path, compare: bool) -> anyhow::Result<Vec<Mode>> {
     let insecure = Mode {
+        key: "insecure",
         name: "insecure (plain TCP, nobody proven)",
         ca: None,
         clients: Profile::default(),
@@ -192,12 +198,14 @@ async fn modes(root: &Path, compare: bool) -> anyhow::Result<Vec<Mode>> {
     Ok(vec![
         insecure,
         Mode {
+            key: "local",
             name: "secure, local credential per call (TLS, SO_PEERCRED daemon, HMAC, replay cache)",
             ca: Some(ca_dir.clone()),
             clients: tls(Some(socket), None),
             node: node.clone(),
         },
         Mode {
+            key: "token",
             name: "secure, berth token per call (TLS, HS256 JWT)",
             ca: Some(ca_dir.clone()),
             clients: tls(None, Some(token)),
@@ -226,6 +234,18 @@ async fn main() -> anyhow::Result<()> {
         compare_auth = true;
         args.remove(i);
     }
+    // One mode alone, so a profile or `perf stat` of the process is that mode's.
+    let mut only: Option<String> = None;
+    if let Some(i) = args.iter().position(|a| a == "--mode") {
+        anyhow::ensure!(i + 1 < args.len(), "--mode needs insecure, local or token");
+        only = Some(args[i + 1].clone());
+        anyhow::ensure!(
+            matches!(only.as_deref(), Some("insecure" | "local" | "token")),
+            "--mode is insecure, local or token"
+        );
+        args.drain(i..=i + 1);
+        compare_auth = true;
+    }
     let jobs: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let levels: Vec<usize> = args
         .get(1)
@@ -242,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_iter()
         .enumerate()
+        .filter(|(_, mode)| only.as_deref().is_none_or(|k| k == mode.key))
     {
         let root = dir.path().join(format!("run{m}"));
         let (daemons, urls, _stop) = cluster(&root, replicas, mode.ca.as_deref()).await?;
@@ -264,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
             },
             mode.name
         );
-        let cost = if m > 0 {
+        let cost = if m > 0 && only.is_none() {
             " | vs insecure |\n|---:|---:|---:|---:|---:|"
         } else {
             " |\n|---:|---:|---:|---:|"
@@ -274,10 +295,12 @@ async fn main() -> anyhow::Result<()> {
             let (rate, p50, p99) =
                 level(&urls[target], &mode.clients, (*c).max(1), jobs.max(*c)).await?;
             let vs = match baseline.get(i) {
-                Some(b) if m > 0 => format!(" {:+.1} % |", (rate / b - 1.0) * 100.0),
+                Some(b) if m > 0 && only.is_none() => {
+                    format!(" {:+.1} % |", (rate / b - 1.0) * 100.0)
+                }
                 _ => String::new(),
             };
-            if m == 0 {
+            if m == 0 || only.is_some() {
                 baseline.push(rate);
             }
             println!(
