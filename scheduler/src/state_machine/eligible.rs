@@ -18,27 +18,38 @@ pub struct Census<'a> {
     arrays: BTreeMap<u64, ArrayTally>,
     /// Records of array tasks by (array, task index).
     tasks: HashMap<(u64, u32), &'a pb::Job>,
-    /// Per (user, name): running jobs, and the lowest id still pending.
+    /// Per (user, name) that a pending `singleton` job names: running jobs, and the
+    /// lowest id still pending.
     names: HashMap<(&'a str, &'a str), (u32, u64)>,
     /// Running tasks per array.
     running: BTreeMap<u64, u32>,
 }
 
 impl<'a> Census<'a> {
-    /// Walks every job of `sm` once.
+    /// Walks every job of `sm` once (twice when a pending job waits on `singleton`).
     pub fn of(sm: &'a StateMachine) -> Census<'a> {
         let mut c = Census::default();
+        // Only the names a pending `singleton` job asks about are tallied: hashing every
+        // job's user and name on every pass was the largest cost of a pass over a long
+        // queue, and almost no job asks.
+        for j in sm.state.jobs.values() {
+            let Some(s) = j.spec.as_ref() else { continue };
+            if j.state() == JobState::Pending
+                && s.dependencies.iter().any(|d| d.kind == "singleton")
+            {
+                c.names
+                    .insert((s.user.as_str(), s.name.as_str()), (0, u64::MAX));
+            }
+        }
         for j in sm.state.jobs.values() {
             let state = j.state();
-            if let Some(s) = j.spec.as_ref() {
-                let e = c
-                    .names
-                    .entry((s.user.as_str(), s.name.as_str()))
-                    .or_insert((0, u64::MAX));
-                match state {
-                    JobState::Running => e.0 += 1,
-                    JobState::Pending => e.1 = e.1.min(j.id),
-                    _ => {}
+            if let (false, Some(s)) = (c.names.is_empty(), j.spec.as_ref()) {
+                if let Some(e) = c.names.get_mut(&(s.user.as_str(), s.name.as_str())) {
+                    match state {
+                        JobState::Running => e.0 += 1,
+                        JobState::Pending => e.1 = e.1.min(j.id),
+                        _ => {}
+                    }
                 }
             }
             if j.array_job_id == 0 {
@@ -171,6 +182,17 @@ fn per_task(job: &pb::Job) -> bool {
 }
 
 impl StateMachine {
+    /// Pending records not held, by id: what a pass may place. When there are none (a
+    /// queue of held or finished jobs, which every job change wakes a pass for) the pass
+    /// skips the census.
+    fn placeable(&self) -> Vec<&pb::Job> {
+        self.state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Pending && !j.held)
+            .collect()
+    }
+
     /// Where the dependencies of `job` stand (satisfied when it has none).
     pub fn dependency_status(&self, job: &pb::Job) -> DependencyStatus {
         Census::of(self).status(self, job, job.array_task_id)
@@ -179,11 +201,13 @@ impl StateMachine {
     /// Pending jobs (not held) that wait on their dependencies, with Slurm's reason
     /// (`Dependency` or `DependencyNeverSatisfied`).
     pub fn dependency_waits(&self) -> Vec<(u64, &'static str)> {
+        let waiting = self.placeable();
+        if waiting.is_empty() {
+            return Vec::new();
+        }
         let census = Census::of(self);
-        self.state
-            .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Pending && !j.held)
+        waiting
+            .into_iter()
             .filter_map(|j| {
                 // An array's pending tasks wait together: the first one speaks for them.
                 let task = j.array_task_id.or_else(|| {
@@ -200,11 +224,17 @@ impl StateMachine {
     /// because their array already runs as many tasks as its `%N` throttle allows:
     /// Slurm's reason `JobArrayTaskLimit`. The pass never sees them.
     pub fn throttle_waits(&self) -> Vec<u64> {
+        let arrays: Vec<&pb::Job> = self
+            .placeable()
+            .into_iter()
+            .filter(|j| j.array_job_id != 0)
+            .collect();
+        if arrays.is_empty() {
+            return Vec::new();
+        }
         let census = Census::of(self);
-        self.state
-            .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Pending && !j.held && j.array_job_id != 0)
+        arrays
+            .into_iter()
             .filter(|j| census.room(self, j.array_job_id) == Some(0))
             .filter(|j| {
                 let task = j.array_task_id.or_else(|| array::tasks_of(j).first());
@@ -224,14 +254,15 @@ impl StateMachine {
     /// many of its pending tasks as could start now (see [`StateMachine::array_views`]);
     /// their views carry synthetic ids, mapped back by the returned [`TaskViews`].
     pub fn pending_with_tasks(&self) -> (Vec<policies::PendingJob>, TaskViews) {
-        let census = Census::of(self);
         let mut views = TaskViews::default();
-        let mut rooms: BTreeMap<u64, Option<u32>> = BTreeMap::new();
         let mut out = Vec::new();
-        for j in self.state.jobs.values() {
-            if j.state() != JobState::Pending || j.held {
-                continue;
-            }
+        let waiting = self.placeable();
+        if waiting.is_empty() {
+            return (out, views);
+        }
+        let census = Census::of(self);
+        let mut rooms: BTreeMap<u64, Option<u32>> = BTreeMap::new();
+        for j in waiting {
             let mut p = pending_view(j.id, j.spec.as_ref().expect("jobs have specs"));
             p.account = j.account.clone();
             p.user = j.spec.as_ref().map(|s| s.user.clone()).unwrap_or_default();
@@ -272,5 +303,57 @@ impl StateMachine {
             }
         }
         (out, views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::{after, alloc, ended, inventory, register, spec, submit};
+    use berth_proto::v1::command::Cmd;
+
+    fn named(user: &str, name: &str, singleton: bool) -> Cmd {
+        let mut s = spec(0);
+        s.user = user.into();
+        s.name = name.into();
+        if singleton {
+            s.dependencies = vec![pb::DependencyCondition {
+                kind: "singleton".into(),
+                job_id: 0,
+                array_task_id: None,
+            }];
+        }
+        submit(s)
+    }
+
+    fn ready(sm: &StateMachine) -> Vec<u64> {
+        sm.pending_jobs().iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn singleton_waits_for_its_own_name_and_user_only() {
+        // Job 1: alice's "a" (no dependency), placed; 2 and 3: alice's "a", singleton;
+        // 4: bob's "a", singleton; 5: alice's "b", singleton.
+        let mut log = vec![
+            register(inventory("n1", 0)),
+            named("alice", "a", false),
+            alloc(1, "n1", &[]),
+            named("alice", "a", true),
+            named("alice", "a", true),
+            named("bob", "a", true),
+            named("alice", "b", true),
+        ];
+        let (sm, _, _) = after(log.clone());
+        // 2 waits for running 1; 3 for pending 2 (earlier); 4 and 5 are other names.
+        assert_eq!(ready(&sm), vec![4, 5]);
+        assert_eq!(
+            sm.dependency_waits(),
+            vec![(2, "Dependency"), (3, "Dependency")]
+        );
+        // Once 1 ends, 2 may start; 3 still waits for 2.
+        log.push(ended(1, "n1", JobState::Completed, 0));
+        let (sm, _, _) = after(log);
+        assert_eq!(ready(&sm), vec![2, 4, 5]);
+        assert_eq!(sm.dependency_waits(), vec![(3, "Dependency")]);
     }
 }
