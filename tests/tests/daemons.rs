@@ -1,6 +1,7 @@
 //! The separate daemons: `berthd` and `berth-agent` as their own processes (the agent on a
 //! simulated A100 machine through its NVML library), the CLI against them, the Watch
-//! stream, oversized requests, and kill -9 of berthd while the agent keeps its job running.
+//! stream, oversized requests, kill -9 of berthd while the agent keeps its job running,
+//! and clients stuck half-way that must not stall the others.
 
 use berth_proto::v1 as pb;
 use berth_tests::{bin, free_port, poll, simnvml, Proc, TestCa};
@@ -294,4 +295,145 @@ async fn watch_streams_changes_and_oversized_requests_are_refused() {
         other => panic!("want Launch, got {other:?}"),
     }
     drop(up);
+}
+
+/// Clients that stop half-way (a TCP connection that never speaks, a TLS handshake cut
+/// off, a Submit whose body never ends, a Watch never read while hundreds of jobs change)
+/// hold up no one else: a fresh client's 300 submits, `squeue` and `sbatch` all answer,
+/// and berthd drops the stalled handshakes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_clients_stall_no_one_else() {
+    use std::io::{Read as _, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _daemon = berthd(&tmp.path().join("berthd"), port);
+    let servers = format!("127.0.0.1:{port}");
+    let url = format!("https://{servers}");
+    let _agent = berth_tests::cpu_agent(tmp.path(), &servers);
+    let held = |i: usize| pb::JobSpec {
+        name: format!("h{i}"),
+        script: "#!/bin/sh\ntrue\n".into(),
+        work_dir: "/tmp".into(),
+        nodes: 1,
+        ntasks: 1,
+        cpus_per_task: 1,
+        hold: true,
+        ..Default::default()
+    };
+    // Up once a held job is taken (the agent's node has registered).
+    poll("berthd and its node up", 60, || {
+        let url = url.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let mut c = pb::job_service_client::JobServiceClient::new(
+                    berth_tests::connect(&url).await.ok()?,
+                );
+                c.submit(pb::SubmitRequest {
+                    spec: Some(held(0)),
+                })
+                .await
+                .ok()
+            })
+        })
+    });
+
+    // 1. Connections that never start their TLS handshake, and ones that stop inside it
+    // (a ClientHello record header announcing 200 bytes, then 2 of them).
+    let silent: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(&servers).unwrap())
+        .collect();
+    let cut: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&servers).unwrap();
+            s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00])
+                .unwrap();
+            s
+        })
+        .collect();
+    // 2. Proven clients whose Submit request body never ends.
+    let profile = TestCa::of(tmp.path()).profile();
+    for _ in 0..4 {
+        let ch = berth_tests::connect(&url).await.unwrap();
+        tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(ch);
+            grpc.ready().await.unwrap();
+            let codec = tonic_prost::ProstCodec::<pb::SubmitRequest, pb::SubmitResponse>::default();
+            let path = http::uri::PathAndQuery::from_static("/berth.v1.JobService/Submit");
+            let never = tokio_stream::pending::<pb::SubmitRequest>();
+            let _ = grpc
+                .client_streaming(tonic::Request::new(never), path, codec)
+                .await;
+        });
+    }
+    // 3. A Watch whose reader never reads, on a connection with 1 KiB flow-control
+    // windows: after a few jobs berthd can send it nothing more.
+    let ep = berth_auth::channel::endpoint(&url, &profile)
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024));
+    let stuck = berth_auth::channel::AuthChannel::new(
+        ep.connect().await.unwrap(),
+        berth_auth::channel::Proof::of(&profile),
+    );
+    let _unread = pb::job_service_client::JobServiceClient::new(stuck)
+        .watch(pb::WatchRequest { job_ids: vec![] })
+        .await
+        .unwrap();
+
+    // Everyone else: 300 submits from 10 concurrent clients, each answered in time.
+    let mut tasks = Vec::new();
+    for c in 0..10 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client =
+                pb::job_service_client::JobServiceClient::new(berth_tests::connect(&url).await?);
+            for i in 0..30 {
+                let call = client.submit(pb::SubmitRequest {
+                    spec: Some(held(1 + c * 30 + i)),
+                });
+                tokio::time::timeout(Duration::from_secs(30), call)
+                    .await
+                    .map_err(|_| format!("client {c}'s submit {i} stalled"))?
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let dir = tmp.path().to_path_buf();
+    let (s, d) = (servers.clone(), dir.clone());
+    let listed = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            berth_tests::berth(&d, &s, &["squeue", "-h", "-o", "%i"])
+        }),
+    )
+    .await
+    .expect("squeue stalled")
+    .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 301);
+    let (s, d) = (servers.clone(), dir.clone());
+    let id = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || berth_tests::sbatch(&d, &s, &["-H", "--wrap", "true"])),
+    )
+    .await
+    .expect("sbatch stalled")
+    .unwrap();
+    assert!(id > 301, "{id}");
+
+    // berthd drops a handshake that does not finish within its 10 s limit: each stalled
+    // connection is closed from its side (read sees the end, or a reset).
+    for mut s in silent.into_iter().take(4).chain(cut) {
+        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a stalled handshake was not dropped: {other:?}"),
+        }
+    }
 }
