@@ -39,7 +39,7 @@ pub async fn obtain(
     tool: &str,
     quiet: bool,
 ) -> anyhow::Result<Granted> {
-    let resp = client::with_backoff(Duration::from_millis(20), || {
+    let resp = client::retried(|| {
         let mut jobs = jobs.clone();
         let req = pb::SubmitRequest {
             spec: Some(spec.clone()),

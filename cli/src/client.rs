@@ -105,6 +105,19 @@ where
     unreachable!("the last attempt returns")
 }
 
+/// [`with_backoff`] from 20 ms: how every state-changing command meets an overloaded
+/// berthd (the refusal comes before anything was proposed, so the call is safe to repeat).
+///
+/// # Errors
+/// As [`with_backoff`].
+pub async fn retried<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    with_backoff(std::time::Duration::from_millis(20), call).await
+}
+
 /// The server's message of a failed call (what users should read).
 pub fn status_text(s: &tonic::Status) -> String {
     s.message().to_string()

@@ -159,7 +159,7 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     let channel = client::connect(&servers).await?;
     let jobs = client::jobs(channel);
     // An overloaded berthd refuses before proposing anything: resubmitting is safe.
-    let resp = client::with_backoff(std::time::Duration::from_millis(20), || {
+    let resp = client::retried(|| {
         let mut jobs = jobs.clone();
         let req = pb::SubmitRequest {
             spec: Some(spec.clone()),
@@ -378,18 +378,21 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
     }
     let refs = parse_job_list(&args).map_err(anyhow::Error::msg)?;
     let channel = client::connect(&client::servers(None)).await?;
-    let mut client = client::jobs(channel);
+    let jobs = client::jobs(channel);
     let mut code = 0;
     for r in refs {
-        if let Err(s) = client
-            .cancel(pb::CancelRequest {
-                job_id: r.job_id,
-                reason: String::new(),
-                array_tasks: r.task_ranges(),
-                release: None,
-            })
-            .await
-        {
+        let req = pb::CancelRequest {
+            job_id: r.job_id,
+            reason: String::new(),
+            array_tasks: r.task_ranges(),
+            release: None,
+        };
+        let cancelled = client::retried(|| {
+            let (mut jobs, req) = (jobs.clone(), req.clone());
+            async move { jobs.cancel(req).await }
+        })
+        .await;
+        if let Err(s) = cancelled {
             eprintln!(
                 "scancel: error: Kill job error on job id {r}: {}",
                 status_text(&s)

@@ -122,17 +122,20 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
         }
         [verb @ ("hold" | "release" | "uhold"), ids @ ..] if !ids.is_empty() => {
             let refs = parse_job_list(ids).map_err(anyhow::Error::msg)?;
-            let mut c = client::jobs(channel);
+            let c = client::jobs(channel);
             let mut code = 0;
             for r in refs {
-                if let Err(s) = c
-                    .hold(pb::HoldRequest {
-                        job_id: r.job_id,
-                        hold: *verb != "release",
-                        array_tasks: r.task_ranges(),
-                    })
-                    .await
-                {
+                let req = pb::HoldRequest {
+                    job_id: r.job_id,
+                    hold: *verb != "release",
+                    array_tasks: r.task_ranges(),
+                };
+                let held = client::retried(|| {
+                    let (mut c, req) = (c.clone(), req.clone());
+                    async move { c.hold(req).await }
+                })
+                .await;
+                if let Err(s) = held {
                     eprintln!("scontrol: error: {verb} job {r}: {}", status_text(&s));
                     code = 1;
                 }
@@ -171,7 +174,12 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                     code = 1;
                 }
                 for id in ids {
-                    if let Err(s) = c.requeue(pb::RequeueRequest { job_id: id }).await {
+                    let requeued = client::retried(|| {
+                        let mut c = c.clone();
+                        async move { c.requeue(pb::RequeueRequest { job_id: id }).await }
+                    })
+                    .await;
+                    if let Err(s) = requeued {
                         eprintln!("scontrol: error: requeue job {r}: {}", status_text(&s));
                         code = 1;
                     }

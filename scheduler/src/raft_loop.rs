@@ -1155,6 +1155,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flood_beyond_the_queue_is_refused_busy_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, thread) = RaftHandle::start(RaftConfig::new(1, dir.path().to_path_buf())).unwrap();
+        wait_leader(&h).await;
+        h.propose(node()).await.unwrap();
+        // Proposals queued in a tight loop, far faster than the Raft thread takes them (each
+        // batch waits for its fsync): beyond the bound, each is refused at once.
+        let (mut waiting, mut busy) = (Vec::new(), 0);
+        for round in 0..20 {
+            for i in 0..8 * PROPOSALS_QUEUED_MAX {
+                let (reply, rx) = oneshot::channel();
+                let cmd = submit(&format!("f{round}-{i}"));
+                match h.send(Input::Propose(Box::new(Proposal { cmd, reply }))) {
+                    Ok(()) => waiting.push(rx),
+                    Err(ProposeError::Busy) => busy += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if busy > 0 {
+                break;
+            }
+        }
+        assert!(busy > 0, "the queue never filled");
+        // Every proposal taken is applied; every refused one changed nothing.
+        let mut ids = std::collections::BTreeSet::new();
+        for rx in waiting {
+            match rx.await.unwrap() {
+                Ok(Outcome::Submitted(id)) => assert!(ids.insert(id)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(h.state().jobs().count(), ids.len());
+        // Once the flood is taken, proposals are taken again.
+        assert!(matches!(
+            h.propose(submit("after")).await,
+            Ok(Outcome::Submitted(_))
+        ));
+        h.shutdown();
+        thread.join().unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn concurrent_submits_get_distinct_ids() {
         let dir = tempfile::tempdir().unwrap();
         let (h, thread) = RaftHandle::start(RaftConfig::new(1, dir.path().to_path_buf())).unwrap();

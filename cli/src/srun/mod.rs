@@ -164,14 +164,19 @@ async fn run_step(
         .await
         .map_err(|s| anyhow!("{}", s.message()))?
         .into_inner();
-    let step = jobs
-        .create_step(pb::CreateStepRequest {
-            job_id,
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", s.message()))?
-        .into_inner();
+    let step = client::retried(|| {
+        let (mut jobs, spec) = (jobs.clone(), spec.clone());
+        async move {
+            jobs.create_step(pb::CreateStepRequest {
+                job_id,
+                spec: Some(spec),
+            })
+            .await
+        }
+    })
+    .await
+    .map_err(|s| anyhow!("{}", s.message()))?
+    .into_inner();
     let ntasks = step.spec.as_ref().map(|s| s.ntasks).unwrap_or(0) as usize;
     let names = io::Names {
         job_id,
