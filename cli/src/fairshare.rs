@@ -198,9 +198,12 @@ pub async fn accounts(c: &mut AdminServiceClient<Channel>, words: &[&str]) -> an
         ["set", file] => {
             let toml = std::fs::read_to_string(file)
                 .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
-            c.set_accounts(pb::AccountsConfig { toml })
-                .await
-                .map_err(err)?;
+            crate::client::retried(|| {
+                let (mut c, toml) = (c.clone(), toml.clone());
+                async move { c.set_accounts(pb::AccountsConfig { toml }).await }
+            })
+            .await
+            .map_err(err)?;
             println!("accounts configuration from {file} installed");
         }
         _ => anyhow::bail!("usage: berth admin accounts show | accounts set FILE"),

@@ -197,18 +197,21 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
             use berth_proto::v1::admin_service_client::AdminServiceClient;
             let c = crate::reservation::parse_change(op, rest, chrono::Local::now().naive_local())
                 .map_err(anyhow::Error::msg)?;
-            let done = AdminServiceClient::new(channel)
-                .change_reservation(c)
-                .await
-                .map_err(|s| {
-                    let verb = match *op {
-                        "create" => "creating",
-                        "update" => "updating",
-                        _ => "deleting",
-                    };
-                    anyhow::anyhow!("Error {verb} the reservation: {}", status_text(&s))
-                })?
-                .into_inner();
+            let admin = AdminServiceClient::new(channel);
+            let done = client::retried(|| {
+                let (mut admin, c) = (admin.clone(), c.clone());
+                async move { admin.change_reservation(c).await }
+            })
+            .await
+            .map_err(|s| {
+                let verb = match *op {
+                    "create" => "creating",
+                    "update" => "updating",
+                    _ => "deleting",
+                };
+                anyhow::anyhow!("Error {verb} the reservation: {}", status_text(&s))
+            })?
+            .into_inner();
             if *op == "create" {
                 println!("Reservation created: {}", done.name);
             }
@@ -243,15 +246,19 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
         }
         ["update", rest @ ..] if job_update::is_job_update(rest) => {
             let u = job_update::parse_job_update(rest).map_err(anyhow::Error::msg)?;
-            client::jobs(channel)
-                .update_array(pb::UpdateArrayRequest {
-                    job_id: u.job.job_id,
-                    array_tasks: u.job.task_ranges(),
-                    max_running: u.max_running,
-                    time_limit_secs: u.time_limit_secs,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("Job {}: {}", u.job, status_text(&s)))?;
+            let jobs = client::jobs(channel);
+            let req = pb::UpdateArrayRequest {
+                job_id: u.job.job_id,
+                array_tasks: u.job.task_ranges(),
+                max_running: u.max_running,
+                time_limit_secs: u.time_limit_secs,
+            };
+            client::retried(|| {
+                let (mut jobs, req) = (jobs.clone(), req.clone());
+                async move { jobs.update_array(req).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("Job {}: {}", u.job, status_text(&s)))?;
             Ok(0)
         }
         ["update", rest @ ..] => {
@@ -264,19 +271,20 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                     drain,
                     reason,
                 } => {
-                    let mut admin = AdminServiceClient::new(channel);
+                    let admin = AdminServiceClient::new(channel);
                     for node in nodes {
-                        admin
-                            .drain_node(pb::NodeDrain {
-                                node,
-                                drain,
-                                reason: reason.clone(),
-                                user: String::new(),
-                            })
-                            .await
-                            .map_err(|s| {
-                                anyhow::anyhow!("slurm_update error: {}", status_text(&s))
-                            })?;
+                        let req = pb::NodeDrain {
+                            node,
+                            drain,
+                            reason: reason.clone(),
+                            user: String::new(),
+                        };
+                        client::retried(|| {
+                            let (mut admin, req) = (admin.clone(), req.clone());
+                            async move { admin.drain_node(req).await }
+                        })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("slurm_update error: {}", status_text(&s)))?;
                     }
                     return Ok(0);
                 }

@@ -175,9 +175,17 @@ fn squeue_folds_pending_tasks_and_every_tool_takes_task_ids() {
         "sleep 300",
     ]);
     let id = |task: &str| format!("{a}_{task}");
-    let lines = dev.wait_squeue("%i %t %r", &[], "4 tasks running", |l| {
-        l.iter().filter(|s| s.contains(" R ")).count() == 4
-    });
+    // The throttle's reason is the pass's after the one that started the 4 (as Slurm's
+    // reasons are its next scheduling cycle's): wait for both.
+    let lines = dev.wait_squeue(
+        "%i %t %r",
+        &[],
+        "4 tasks running, the rest throttled",
+        |l| {
+            l.iter().filter(|s| s.contains(" R ")).count() == 4
+                && l.iter().any(|s| s.ends_with("JobArrayTaskLimit"))
+        },
+    );
     // Pending tasks fold into one line with the throttle; running ones stand alone.
     let want: Vec<String> = ["0", "1", "2", "3"]
         .iter()
