@@ -39,12 +39,8 @@ pub async fn obtain(
     tool: &str,
     quiet: bool,
 ) -> anyhow::Result<Granted> {
-    let resp = client::retried(|| {
-        let mut jobs = jobs.clone();
-        let req = pb::SubmitRequest {
-            spec: Some(spec.clone()),
-        };
-        async move { jobs.submit(req).await }
+    let resp = client::retried(&*jobs, spec.clone(), |mut jobs, spec| async move {
+        jobs.submit(pb::SubmitRequest { spec: Some(spec) }).await
     })
     .await
     .map_err(|s| anyhow!("Job submit/allocate failed: {}", s.message()))?;

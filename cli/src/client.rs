@@ -105,17 +105,24 @@ where
     unreachable!("the last attempt returns")
 }
 
-/// [`with_backoff`] from 20 ms: how every state-changing command meets an overloaded
-/// berthd (the refusal comes before anything was proposed, so the call is safe to repeat).
+/// Sends `req` through `client` with `call`, retried by [`with_backoff`] from 20 ms: how
+/// every state-changing command meets an overloaded berthd (the refusal comes before
+/// anything was proposed, so the call is safe to repeat). Each attempt gets its own clone
+/// of the client and the request, as tonic's calls take them.
 ///
 /// # Errors
 /// As [`with_backoff`].
-pub async fn retried<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+pub async fn retried<C, R, T, F, Fut>(client: &C, req: R, call: F) -> Result<T, tonic::Status>
 where
-    F: FnMut() -> Fut,
+    C: Clone,
+    R: Clone,
+    F: Fn(C, R) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
-    with_backoff(std::time::Duration::from_millis(20), call).await
+    with_backoff(std::time::Duration::from_millis(20), || {
+        call(client.clone(), req.clone())
+    })
+    .await
 }
 
 /// The server's message of a failed call (what users should read).

@@ -159,12 +159,8 @@ async fn sbatch_cmd(args: Vec<String>) -> anyhow::Result<i32> {
     let channel = client::connect(&servers).await?;
     let jobs = client::jobs(channel);
     // An overloaded berthd refuses before proposing anything: resubmitting is safe.
-    let resp = client::retried(|| {
-        let mut jobs = jobs.clone();
-        let req = pb::SubmitRequest {
-            spec: Some(spec.clone()),
-        };
-        async move { jobs.submit(req).await }
+    let resp = client::retried(&jobs, spec.clone(), |mut jobs, spec| async move {
+        jobs.submit(pb::SubmitRequest { spec: Some(spec) }).await
     })
     .await
     .map_err(|s| anyhow::anyhow!("Batch job submission failed: {}", status_text(&s)))?;
@@ -387,11 +383,13 @@ async fn scancel(args: Vec<String>) -> anyhow::Result<i32> {
             array_tasks: r.task_ranges(),
             release: None,
         };
-        let cancelled = client::retried(|| {
-            let (mut jobs, req) = (jobs.clone(), req.clone());
-            async move { jobs.cancel(req).await }
-        })
-        .await;
+        let cancelled =
+            client::retried(
+                &jobs,
+                req,
+                |mut jobs, req| async move { jobs.cancel(req).await },
+            )
+            .await;
         if let Err(s) = cancelled {
             eprintln!(
                 "scancel: error: Kill job error on job id {r}: {}",

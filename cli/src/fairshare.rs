@@ -198,9 +198,8 @@ pub async fn accounts(c: &mut AdminServiceClient<Channel>, words: &[&str]) -> an
         ["set", file] => {
             let toml = std::fs::read_to_string(file)
                 .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
-            crate::client::retried(|| {
-                let (mut c, toml) = (c.clone(), toml.clone());
-                async move { c.set_accounts(pb::AccountsConfig { toml }).await }
+            crate::client::retried(&*c, toml, |mut c, toml| async move {
+                c.set_accounts(pb::AccountsConfig { toml }).await
             })
             .await
             .map_err(err)?;

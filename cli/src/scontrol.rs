@@ -130,11 +130,8 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                     hold: *verb != "release",
                     array_tasks: r.task_ranges(),
                 };
-                let held = client::retried(|| {
-                    let (mut c, req) = (c.clone(), req.clone());
-                    async move { c.hold(req).await }
-                })
-                .await;
+                let held =
+                    client::retried(&c, req, |mut c, req| async move { c.hold(req).await }).await;
                 if let Err(s) = held {
                     eprintln!("scontrol: error: {verb} job {r}: {}", status_text(&s));
                     code = 1;
@@ -174,9 +171,8 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                     code = 1;
                 }
                 for id in ids {
-                    let requeued = client::retried(|| {
-                        let mut c = c.clone();
-                        async move { c.requeue(pb::RequeueRequest { job_id: id }).await }
+                    let requeued = client::retried(&c, id, |mut c, job_id| async move {
+                        c.requeue(pb::RequeueRequest { job_id }).await
                     })
                     .await;
                     if let Err(s) = requeued {
@@ -198,9 +194,8 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
             let c = crate::reservation::parse_change(op, rest, chrono::Local::now().naive_local())
                 .map_err(anyhow::Error::msg)?;
             let admin = AdminServiceClient::new(channel);
-            let done = client::retried(|| {
-                let (mut admin, c) = (admin.clone(), c.clone());
-                async move { admin.change_reservation(c).await }
+            let done = client::retried(&admin, c, |mut admin, c| async move {
+                admin.change_reservation(c).await
             })
             .await
             .map_err(|s| {
@@ -253,9 +248,8 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                 max_running: u.max_running,
                 time_limit_secs: u.time_limit_secs,
             };
-            client::retried(|| {
-                let (mut jobs, req) = (jobs.clone(), req.clone());
-                async move { jobs.update_array(req).await }
+            client::retried(&jobs, req, |mut jobs, req| async move {
+                jobs.update_array(req).await
             })
             .await
             .map_err(|s| anyhow::anyhow!("Job {}: {}", u.job, status_text(&s)))?;
@@ -279,9 +273,8 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<i32> {
                             reason: reason.clone(),
                             user: String::new(),
                         };
-                        client::retried(|| {
-                            let (mut admin, req) = (admin.clone(), req.clone());
-                            async move { admin.drain_node(req).await }
+                        client::retried(&admin, req, |mut admin, req| async move {
+                            admin.drain_node(req).await
                         })
                         .await
                         .map_err(|s| anyhow::anyhow!("slurm_update error: {}", status_text(&s)))?;

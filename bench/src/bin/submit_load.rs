@@ -300,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 _ => String::new(),
             };
-            if m == 0 || only.is_some() {
+            if m == 0 {
                 baseline.push(rate);
             }
             println!(

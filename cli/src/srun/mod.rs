@@ -164,15 +164,12 @@ async fn run_step(
         .await
         .map_err(|s| anyhow!("{}", s.message()))?
         .into_inner();
-    let step = client::retried(|| {
-        let (mut jobs, spec) = (jobs.clone(), spec.clone());
-        async move {
-            jobs.create_step(pb::CreateStepRequest {
-                job_id,
-                spec: Some(spec),
-            })
-            .await
-        }
+    let step = client::retried(&*jobs, spec, |mut jobs, spec| async move {
+        jobs.create_step(pb::CreateStepRequest {
+            job_id,
+            spec: Some(spec),
+        })
+        .await
     })
     .await
     .map_err(|s| anyhow!("{}", s.message()))?

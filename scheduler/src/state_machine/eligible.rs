@@ -43,13 +43,15 @@ impl<'a> Census<'a> {
         }
         for j in sm.state.jobs.values() {
             let state = j.state();
-            if let (false, Some(s)) = (c.names.is_empty(), j.spec.as_ref()) {
-                if let Some(e) = c.names.get_mut(&(s.user.as_str(), s.name.as_str())) {
-                    match state {
-                        JobState::Running => e.0 += 1,
-                        JobState::Pending => e.1 = e.1.min(j.id),
-                        _ => {}
-                    }
+            let asked = j
+                .spec
+                .as_ref()
+                .and_then(|s| c.names.get_mut(&(s.user.as_str(), s.name.as_str())));
+            if let Some(e) = asked {
+                match state {
+                    JobState::Running => e.0 += 1,
+                    JobState::Pending => e.1 = e.1.min(j.id),
+                    _ => {}
                 }
             }
             if j.array_job_id == 0 {
@@ -224,11 +226,8 @@ impl StateMachine {
     /// because their array already runs as many tasks as its `%N` throttle allows:
     /// Slurm's reason `JobArrayTaskLimit`. The pass never sees them.
     pub fn throttle_waits(&self) -> Vec<u64> {
-        let arrays: Vec<&pb::Job> = self
-            .placeable()
-            .into_iter()
-            .filter(|j| j.array_job_id != 0)
-            .collect();
+        let mut arrays = self.placeable();
+        arrays.retain(|j| j.array_job_id != 0);
         if arrays.is_empty() {
             return Vec::new();
         }
